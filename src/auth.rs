@@ -1,0 +1,1 @@
+//! Password verification and hashing for the users file.

@@ -1,0 +1,140 @@
+//! Fixed-size byte buffers and the pool that lends them to connections.
+//!
+//! A connection holds a buffer only while bytes are in flight (unparsed input or undrained
+//! output); an idle connection holds none, so ten thousand idle clients cost a few hundred
+//! bytes each. Buffers never grow: a full buffer is back-pressure, not a reallocation.
+
+use crate::limits;
+
+/// A fixed-capacity byte queue: bytes are appended at the end and consumed from the front.
+pub struct Buf<const N: usize> {
+    data: [u8; N],
+    start: usize,
+    end: usize,
+}
+
+impl<const N: usize> Buf<N> {
+    pub fn new_boxed() -> Box<Self> {
+        Box::new(Buf {
+            data: [0; N],
+            start: 0,
+            end: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn capacity(&self) -> usize {
+        N
+    }
+
+    /// Room left for appending (after compacting, which `spare_mut` does).
+    pub fn free(&self) -> usize {
+        N - self.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() == N
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// The writable tail, compacted so that all free room is contiguous. Call `commit` with
+    /// the number of bytes written into it.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.data[self.end..]
+    }
+
+    pub fn commit(&mut self, n: usize) {
+        debug_assert!(self.end + n <= N);
+        self.end = (self.end + n).min(N);
+    }
+
+    /// Appends as much of `bytes` as fits; returns how much was taken.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let spare = self.spare_mut();
+        let n = bytes.len().min(spare.len());
+        spare[..n].copy_from_slice(&bytes[..n]);
+        self.commit(n);
+        n
+    }
+}
+
+pub type InBuf = Buf<{ limits::IN_BUF }>;
+pub type OutBuf = Buf<{ limits::OUT_BUF }>;
+
+/// Free lists of input and output buffers.
+#[derive(Default)]
+pub struct Pool {
+    inputs: Vec<Box<InBuf>>,
+    outputs: Vec<Box<OutBuf>>,
+}
+
+impl Pool {
+    pub fn take_in(&mut self) -> Box<InBuf> {
+        self.inputs.pop().unwrap_or_else(InBuf::new_boxed)
+    }
+
+    pub fn take_out(&mut self) -> Box<OutBuf> {
+        self.outputs.pop().unwrap_or_else(OutBuf::new_boxed)
+    }
+
+    pub fn give_in(&mut self, mut b: Box<InBuf>) {
+        if self.inputs.len() < limits::POOL_KEEP {
+            b.clear();
+            self.inputs.push(b);
+        }
+    }
+
+    pub fn give_out(&mut self, mut b: Box<OutBuf>) {
+        if self.outputs.len() < limits::POOL_KEEP {
+            b.clear();
+            self.outputs.push(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_consume_compact() {
+        let mut b = Buf::<8>::new_boxed();
+        assert_eq!(b.push(b"abcdef"), 6);
+        b.consume(4);
+        assert_eq!(b.bytes(), b"ef");
+        assert_eq!(b.push(b"123456789"), 6);
+        assert_eq!(b.bytes(), b"ef123456");
+        assert!(b.is_full());
+        b.consume(8);
+        assert!(b.is_empty());
+    }
+}

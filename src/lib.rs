@@ -1,0 +1,14 @@
+//! postling: a small SMTP, POP3 and POP2 mail server in one thread around one `mio` reactor.
+//!
+//! Module map (see shared/DESIGN.md): `proto` holds the sans-I/O sessions; `reactor` and
+//! `conn` own sockets, buffers and deadlines; `spool` owns durability; `deliver` owns delivery
+//! and its schedule; `config` and `directory` turn files into typed values.
+
+pub mod auth;
+pub mod buf;
+pub mod config;
+pub mod directory;
+pub mod limits;
+pub mod mailbox;
+pub mod proto;
+pub mod spool;

@@ -1,0 +1,97 @@
+//! Every fixed size, count and duration of the server, each with the reason it has its value.
+//!
+//! Values an administrator may want to tune are config keys (see `config.rs`); their defaults
+//! live here too, so a reader finds every limit in one file.
+
+use std::time::Duration;
+
+// ---- buffers -------------------------------------------------------------------------------
+
+/// Per-connection input buffer. Must hold the longest SMTP command line (512, RFC 5321
+/// §4.5.3.1.4) several times over so pipelined batches arrive in few reads, and must be larger
+/// than `MAX_UNIT` so a session can always make progress on a full buffer.
+pub const IN_BUF: usize = 8 * 1024;
+
+/// Per-connection output buffer. Large enough that one write syscall carries a useful chunk of
+/// a streamed POP3 message; replies are far smaller.
+pub const OUT_BUF: usize = 16 * 1024;
+
+/// A session processes the next command only when the output buffer has this much room, so
+/// one reply always fits without growing anything. The longest single reply (EHLO's list,
+/// POP3 CAPA) is far below it; multi-line listings stream across several fills.
+pub const REPLY_RESERVE: usize = 1024;
+
+/// A session never answers "need more input" while this much input is buffered: it either
+/// finds a complete unit or treats the bytes as an over-long line. Keeps a full input buffer
+/// from stalling a connection.
+pub const MAX_UNIT: usize = 2048;
+
+/// Buffers kept in the free pool beyond those in use; more are returned to the allocator, so
+/// a burst of connections does not pin memory forever.
+pub const POOL_KEEP: usize = 64;
+
+// ---- SMTP (RFC 5321) ------------------------------------------------------------------------
+
+/// RFC 5321 §4.5.3.1.4: command line including CRLF.
+pub const SMTP_MAX_LINE: usize = 512;
+/// RFC 5321 §4.5.3.1.8 asks servers to accept at least 100 recipients.
+pub const SMTP_MAX_RCPTS: usize = 100;
+/// RFC 5321 §4.5.3.1.3: a path is at most 256 octets.
+pub const SMTP_MAX_PATH: usize = 256;
+/// Erroneous commands (syntax, sequence, unknown) before `421 4.7.0`; stops abusive scanners.
+pub const SMTP_MAX_ERRORS: u32 = 10;
+/// Rejected recipients per session before `421 4.7.0`: address-harvest protection.
+pub const SMTP_MAX_REJECTED_RCPTS: u32 = 20;
+/// Cap on a whole SMTP session, whatever progress it makes: a 10 MiB message at a slow
+/// 3 KiB/s still fits, a client drip-feeding NOOPs does not hold a slot forever.
+pub const SMTP_SESSION_CAP: Duration = Duration::from_secs(60 * 60);
+/// Default `smtp_timeout`: RFC 5321 §4.5.3.2.7 asks for 5 minutes while awaiting a command.
+pub const SMTP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
+
+// ---- POP3 (RFC 1939) / POP2 (RFC 937) -------------------------------------------------------
+
+/// RFC 2449 §4: a POP3 command line is at most 255 octets including CRLF.
+pub const POP_MAX_LINE: usize = 255;
+/// RFC 1939 §3: the inactivity timer must be at least 10 minutes.
+pub const POP3_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10 * 60);
+/// Cap on a whole POP session: enough to download 100 MiB over a slow link.
+pub const POP_SESSION_CAP: Duration = Duration::from_secs(2 * 60 * 60);
+/// Failed logins on one connection before it is closed.
+pub const AUTH_MAX_FAILURES: u32 = 3;
+/// Default delay before a failed login is answered (config `auth_failure_delay`).
+pub const AUTH_FAILURE_DELAY_DEFAULT: Duration = Duration::from_secs(2);
+/// The failure delay may not be configured below this.
+pub const AUTH_FAILURE_DELAY_MIN: Duration = Duration::from_secs(1);
+/// Failed logins from one client address within `AUTH_THROTTLE_WINDOW` before further
+/// attempts from that address are refused without checking the password.
+pub const AUTH_THROTTLE_FAILURES: u32 = 10;
+pub const AUTH_THROTTLE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Client addresses remembered by the throttle; the oldest are forgotten first.
+pub const AUTH_THROTTLE_TABLE: usize = 1024;
+
+// ---- connections ----------------------------------------------------------------------------
+
+pub const MAX_CONNECTIONS_DEFAULT: usize = 512;
+pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 16;
+/// How long accepting pauses after EMFILE/ENFILE before it is tried again (it is also retried
+/// as soon as any connection closes). Long enough that a saturated server costs no CPU.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// Descriptors needed beside connections: listeners, spool and mailbox files, log, signals.
+pub const FD_RESERVE: usize = 32;
+/// On SIGTERM, how long open sessions get to finish writing their goodbye.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Listen backlog for every listener.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+// ---- messages and queue ---------------------------------------------------------------------
+
+pub const MAX_MESSAGE_SIZE_DEFAULT: u64 = 10 * 1024 * 1024;
+pub const RETRY_MIN_DEFAULT: Duration = Duration::from_secs(60);
+pub const RETRY_MAX_DEFAULT: Duration = Duration::from_secs(60 * 60);
+pub const QUEUE_LIFETIME_DEFAULT: Duration = Duration::from_secs(5 * 24 * 60 * 60);
+/// Deliveries attempted in one reactor turn: a backlog never starves clients.
+pub const DELIVERIES_PER_TURN: usize = 8;
+/// Alias expansion depth before it is treated as a loop.
+pub const ALIAS_MAX_DEPTH: usize = 16;
+/// Addresses one recipient may expand to through aliases.
+pub const ALIAS_MAX_EXPANSION: usize = 1000;

@@ -1,0 +1,1 @@
+//! Reading a user's Maildir for POP: lock, snapshot, streaming reads, and the UPDATE state.

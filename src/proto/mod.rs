@@ -1,0 +1,120 @@
+//! Protocol sessions: sans-I/O state machines for SMTP, POP3 and POP2.
+//!
+//! A session never touches sockets, files or clocks. The reactor calls `step` with the bytes
+//! it has buffered, the current time and the connection's output buffer; the session consumes
+//! whole units (a command line, a run of message lines), writes replies into the output buffer
+//! and says what it needs next (`Next`). Synchronous services (directory lookups, spool
+//! appends, reading a mailbox) go through a host trait the reactor implements per call and
+//! tests fake; anything that must wait (a group commit, an authentication delay) is a `Next`
+//! that the reactor later answers with `resume`.
+//!
+//! Contract with the reactor:
+//! - `step` is only called when the output buffer has at least `limits::REPLY_RESERVE` free.
+//! - `step` returns `NeedInput` only while fewer than `limits::MAX_UNIT` bytes are offered;
+//!   with more, it consumes (an over-long line is discarded in sync), so a full input buffer
+//!   can never stall.
+//! - A session consumes a unit only when it is complete, so `consumed > 0` is protocol
+//!   progress: the reactor resets the idle deadline on it (a byte trickle does not).
+
+pub mod dotdata;
+pub mod pop2;
+pub mod pop3;
+pub mod smtp;
+pub mod smtp_addr;
+
+use std::io;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use crate::buf::OutBuf;
+
+/// The time, passed in so sessions stay deterministic under test.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    /// Monotonic time, for anything measured in durations.
+    pub now: Instant,
+    /// Wall-clock time, for dates written into headers.
+    pub wall: SystemTime,
+}
+
+/// What a session needs after a `step`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Call `step` again (input or a streamed response may continue).
+    Continue,
+    /// No complete unit in the input: read more from the socket.
+    NeedInput,
+    /// Output is too full for the next reply or chunk: drain it, then call `step` again.
+    NeedOutput,
+    /// A commit was handed to the spool; `resume(Completion::Committed(..))` follows.
+    AwaitCommit,
+    /// Answer nothing and read nothing for this long, then `resume(Completion::Woke)`.
+    /// (The delay after a failed login.)
+    Sleep(Duration),
+    /// Flush what is in the output buffer, then close the connection.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Input bytes consumed by this call.
+    pub consumed: usize,
+    pub next: Next,
+}
+
+impl Step {
+    pub fn new(consumed: usize, next: Next) -> Step {
+        Step { consumed, next }
+    }
+}
+
+/// Answers to a `Next::AwaitCommit` or `Next::Sleep`.
+#[derive(Debug)]
+pub enum Completion {
+    Committed(Result<crate::spool::QueueId, crate::spool::SpoolError>),
+    Woke,
+}
+
+/// Services a POP3 or POP2 session needs from the reactor for one call.
+pub trait PopHost {
+    /// Verify a user's password. Unknown users and wrong passwords must be indistinguishable
+    /// (same verdict, same work); per-address throttling is the host's business.
+    fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict;
+    /// Lock the user's mailbox and take a snapshot of its messages (new/ moved to cur/).
+    fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError>;
+    /// Read raw bytes of snapshot message `index` (0-based) from byte `offset` of its file.
+    /// Returns 0 at end of file.
+    fn message_read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// UPDATE state: remove these messages (0-based snapshot indices) and release the lock.
+    fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError>;
+    /// Release the lock without deleting anything (QUIT in AUTHORIZATION, drop, timeout).
+    fn mailbox_release(&mut self);
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// Credentials are good; carries the canonical user name (the mailbox to open).
+    Accepted(String),
+    /// Unknown user or wrong password (deliberately the same).
+    Rejected,
+    /// Too many recent failures from this client address.
+    Throttled,
+}
+
+/// One message of a mailbox snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// The Maildir unique name (before `:2,`): the UIDL.
+    pub uid: Box<str>,
+    /// Size in octets as sent: with CRLF line endings, before dot-stuffing.
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailboxError {
+    /// Another session holds this mailbox (`[IN-USE]`).
+    InUse,
+    /// A transient problem (`[SYS/TEMP]`): unreadable directory, I/O error.
+    Temporary(String),
+    /// A permanent problem (`[SYS/PERM]`).
+    Permanent(String),
+}

@@ -1,0 +1,1 @@
+//! RFC 5321 path and parameter syntax for MAIL and RCPT (§4.1.2).
