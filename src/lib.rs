@@ -7,8 +7,14 @@
 pub mod auth;
 pub mod buf;
 pub mod config;
+pub mod config_stub;
+pub mod conn;
+pub mod deadline;
 pub mod directory;
+pub mod hosts;
 pub mod limits;
+pub mod listen;
 pub mod mailbox;
 pub mod proto;
+pub mod reactor;
 pub mod spool;

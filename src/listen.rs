@@ -1,0 +1,98 @@
+//! Binding the listening sockets, with one clear line per failure.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::conn::Proto;
+use crate::limits;
+
+pub struct Listener {
+    pub proto: Proto,
+    pub addr: SocketAddr,
+    pub socket: mio::net::TcpListener,
+}
+
+/// A listener that could not be bound: protocol, address, OS error and what to check.
+#[derive(Debug)]
+pub struct BindError {
+    pub proto: Proto,
+    pub addr: SocketAddr,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = format!("{}_listen", self.proto.name());
+        let hint = match self.error.raw_os_error() {
+            Some(libc::EADDRINUSE) => format!(
+                "another program is already listening on port {} (see `ss -ltnp 'sport = :{}'`); stop it or change {key}",
+                self.addr.port(),
+                self.addr.port()
+            ),
+            Some(libc::EACCES) | Some(libc::EPERM) => format!(
+                "ports below 1024 need root (or CAP_NET_BIND_SERVICE); start postling as root or change {key}"
+            ),
+            Some(libc::EADDRNOTAVAIL) => format!(
+                "{} is not an address of this machine (see `ip addr`); change {key}",
+                self.addr.ip()
+            ),
+            Some(libc::EAFNOSUPPORT) => format!(
+                "this machine has no IPv6 support; remove {} from {key}",
+                self.addr
+            ),
+            _ => format!("check {key}"),
+        };
+        write!(
+            f,
+            "cannot listen for {} on {}: {}; {}",
+            self.proto.name().to_uppercase(),
+            self.addr,
+            self.error,
+            hint
+        )
+    }
+}
+
+/// Binds one address: SO_REUSEADDR so a restart works while old connections sit in TIME_WAIT,
+/// IPV6_V6ONLY so `0.0.0.0:25` and `[::]:25` can both be listed.
+pub fn bind(proto: Proto, addr: SocketAddr) -> Result<Listener, BindError> {
+    let wrap = |error| BindError { proto, addr, error };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(wrap)?;
+    socket.set_reuse_address(true).map_err(wrap)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(wrap)?;
+    }
+    socket.set_nonblocking(true).map_err(wrap)?;
+    socket.set_cloexec(true).map_err(wrap)?;
+    socket.bind(&addr.into()).map_err(wrap)?;
+    socket.listen(limits::LISTEN_BACKLOG).map_err(wrap)?;
+    let std_listener: std::net::TcpListener = socket.into();
+    // The kernel picked the port if 0 was asked for; report the real one.
+    let addr = std_listener.local_addr().unwrap_or(addr);
+    Ok(Listener {
+        proto,
+        addr,
+        socket: mio::net::TcpListener::from_std(std_listener),
+    })
+}
+
+/// Binds every configured address, or none: postling never starts half-way.
+pub fn bind_all(
+    smtp: &[SocketAddr],
+    pop3: &[SocketAddr],
+    pop2: &[SocketAddr],
+) -> Result<Vec<Listener>, BindError> {
+    let mut out = Vec::new();
+    for (proto, addrs) in [
+        (Proto::Smtp, smtp),
+        (Proto::Pop3, pop3),
+        (Proto::Pop2, pop2),
+    ] {
+        for &addr in addrs {
+            out.push(bind(proto, addr)?);
+        }
+    }
+    Ok(out)
+}

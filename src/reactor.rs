@@ -1,0 +1,658 @@
+//! The reactor: one `mio::Poll` in one thread owning every listener, connection and deadline.
+//!
+//! Each turn waits for readiness with the nearest deadline as the timeout (none pending: it
+//! blocks indefinitely, so an idle server makes no wake-ups), drives the connections that
+//! became ready, finishes the turn's group commit, and fires due deadlines. Connections are
+//! edge-triggered and registered once for both directions; `Conn::can_read`/`can_write`
+//! remember whether the socket may have more, so interest is derived from state, never polled.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{debug, info, warn};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::buf::Pool;
+use crate::conn::{Conn, LINGER, Phase, Proto, Session};
+use crate::deadline::Deadlines;
+use crate::hosts::Services;
+use crate::limits;
+use crate::listen::Listener;
+use crate::proto::pop2::Pop2Session;
+use crate::proto::pop3::{Pop3Session, PopSettings};
+use crate::proto::smtp::{SmtpSession, SmtpSettings};
+use crate::proto::{Completion, Ctx, Next};
+
+const SIGNAL_TOKEN: Token = Token(0);
+const LISTENER_BASE: usize = 1;
+const MAX_LISTENERS: usize = 1023;
+const CONN_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
+
+/// Values the reactor needs from the config, in the form it uses them.
+pub struct Settings {
+    pub smtp: Rc<SmtpSettings>,
+    pub pop: Rc<PopSettings>,
+    pub smtp_timeout: Duration,
+    pub pop3_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+pub struct Reactor {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Conn>>,
+    free_slots: Vec<usize>,
+    open: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    deadlines: Deadlines,
+    pool: Pool,
+    next_id: u64,
+    /// Accepting is paused until then after the process ran out of descriptors.
+    accept_paused_until: Option<Instant>,
+    signals: Signals,
+    /// Set by SIGTERM/SIGINT: the time by which the process exits whatever is still open.
+    stop_by: Option<Instant>,
+    settings: Settings,
+    services: Services,
+    /// Slots whose session waits for the group commit at the end of this turn.
+    awaiting_commit: Vec<usize>,
+}
+
+impl Reactor {
+    pub fn new(
+        listeners: Vec<Listener>,
+        settings: Settings,
+        services: Services,
+    ) -> io::Result<Reactor> {
+        if listeners.len() > MAX_LISTENERS {
+            return Err(io::Error::other(format!(
+                "at most {MAX_LISTENERS} listen addresses are supported"
+            )));
+        }
+        let poll = Poll::new()?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        let mut reactor = Reactor {
+            poll,
+            listeners,
+            conns: Vec::new(),
+            free_slots: Vec::new(),
+            open: 0,
+            per_ip: HashMap::new(),
+            deadlines: Deadlines::default(),
+            pool: Pool::default(),
+            next_id: 1,
+            accept_paused_until: None,
+            signals,
+            stop_by: None,
+            settings,
+            services,
+            awaiting_commit: Vec::new(),
+        };
+        for (i, l) in reactor.listeners.iter_mut().enumerate() {
+            reactor.poll.registry().register(
+                &mut l.socket,
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            )?;
+            info!("listening for {} on {}", l.proto.name(), l.addr);
+        }
+        Ok(reactor)
+    }
+
+    /// Runs until SIGTERM/SIGINT and every connection has said goodbye (or the grace period
+    /// ran out).
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            if let Some(stop_by) = self.stop_by {
+                if self.open == 0 || now >= stop_by {
+                    info!("stopped ({} connections cut at shutdown)", self.open);
+                    return Ok(());
+                }
+            }
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => self.handle_signals(now),
+                    Token(t) if t >= CONN_BASE => {
+                        let slot = t - CONN_BASE;
+                        if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                conn.can_read = true;
+                            }
+                            if event.is_writable() || event.is_write_closed() || event.is_error() {
+                                conn.can_write = true;
+                            }
+                            self.drive(slot, now);
+                        }
+                    }
+                    Token(t) => self.accept(t - LISTENER_BASE, now),
+                }
+            }
+            self.finish_commits(now);
+            self.fire_deadlines(now);
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.resume_accepting(now);
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        let mut t = self.deadlines.timeout(now);
+        for extra in [self.accept_paused_until, self.stop_by]
+            .into_iter()
+            .flatten()
+        {
+            let d = extra.saturating_duration_since(now);
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
+        t
+    }
+
+    fn handle_signals(&mut self, now: Instant) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGTERM | SIGINT => self.begin_stop(now),
+                SIGHUP => info!("SIGHUP received: reload is not implemented yet, ignored"),
+                SIGUSR1 => info!("SIGUSR1 received: log reopen is not implemented yet, ignored"),
+                SIGUSR2 => info!("SIGUSR2 received: queue run is not implemented yet, ignored"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Stop accepting, say goodbye to every session and exit once they are gone.
+    fn begin_stop(&mut self, now: Instant) {
+        if self.stop_by.is_some() {
+            return;
+        }
+        info!("shutting down: {} connections open", self.open);
+        self.stop_by = Some(now + limits::SHUTDOWN_GRACE);
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        self.accept_paused_until = None;
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            if conn.phase == Phase::Closing || conn.phase == Phase::AwaitCommit {
+                // A commit in flight is finished at the end of this turn and answered first.
+                continue;
+            }
+            self.say_goodbye(slot, now);
+        }
+    }
+
+    fn say_goodbye(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        self.services.session_ended(slot, &mut conn.session);
+        let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+        if out.free() >= limits::REPLY_RESERVE {
+            match &mut conn.session {
+                Session::Smtp(s) => s.on_shutdown(out),
+                Session::Pop3(s) => s.on_shutdown(out),
+                Session::Pop2(s) => s.on_shutdown(out),
+            }
+        }
+        self.start_closing(slot, "shutdown", now);
+        self.drive(slot, now);
+    }
+
+    fn accept(&mut self, index: usize, now: Instant) {
+        if self.accept_paused_until.is_some() || self.stop_by.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let proto = listener.proto;
+            match listener.socket.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, proto, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                    | Some(libc::ENOMEM) => {
+                        warn!(
+                            "cannot accept connections: {e}; pausing accepts for {:?} or until a connection closes ({} open)",
+                            limits::ACCEPT_BACKOFF,
+                            self.open
+                        );
+                        self.accept_paused_until = Some(now + limits::ACCEPT_BACKOFF);
+                        return;
+                    }
+                    // The peer vanished between SYN and accept; nothing to do for it.
+                    Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::ECONNRESET) => {
+                        continue;
+                    }
+                    _ => {
+                        warn!("accept on {} failed: {e}", listener.addr);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn resume_accepting(&mut self, now: Instant) {
+        self.accept_paused_until = None;
+        for i in 0..self.listeners.len() {
+            self.accept(i, now);
+        }
+    }
+
+    fn admit(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        proto: Proto,
+        now: Instant,
+    ) {
+        let ip = peer.ip();
+        let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.open >= self.settings.max_connections
+            || per_ip >= self.settings.max_connections_per_ip
+        {
+            // Best effort: a fresh socket's send buffer takes one short line without blocking.
+            let _ = io::Write::write(&mut stream, proto.busy_reply());
+            info!(
+                "{} refused {peer}: {} ({} open, {per_ip} from this address)",
+                proto.name(),
+                if per_ip >= self.settings.max_connections_per_ip {
+                    "max_connections_per_ip"
+                } else {
+                    "max_connections"
+                },
+                self.open
+            );
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(CONN_BASE + slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("{} cannot register {peer}: {e}", proto.name());
+            self.free_slots.push(slot);
+            return;
+        }
+        let (session, idle_timeout, cap) = match proto {
+            Proto::Smtp => (
+                Session::Smtp(SmtpSession::new(self.settings.smtp.clone(), peer)),
+                self.settings.smtp_timeout,
+                limits::SMTP_SESSION_CAP,
+            ),
+            Proto::Pop3 => (
+                Session::Pop3(Pop3Session::new(self.settings.pop.clone())),
+                self.settings.pop3_timeout,
+                limits::POP_SESSION_CAP,
+            ),
+            Proto::Pop2 => (
+                Session::Pop2(Pop2Session::new(self.settings.pop.clone())),
+                self.settings.pop3_timeout,
+                limits::POP_SESSION_CAP,
+            ),
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut conn = Conn {
+            stream,
+            peer,
+            proto,
+            session,
+            input: None,
+            output: None,
+            phase: Phase::Active,
+            can_read: true,
+            can_write: true,
+            eof: false,
+            id,
+            opened: now,
+            idle_timeout,
+            idle_deadline: now + idle_timeout,
+            cap_deadline: now + cap,
+            wake_at: None,
+            linger_deadline: None,
+            armed: Default::default(),
+            close_reason: "",
+        };
+        let ctx = Ctx {
+            now,
+            wall: SystemTime::now(),
+        };
+        let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+        match &mut conn.session {
+            Session::Smtp(s) => s.greet(ctx, out),
+            Session::Pop3(s) => s.greet(ctx, out),
+            Session::Pop2(s) => s.greet(ctx, out),
+        }
+        self.conns[slot] = Some(conn);
+        self.open += 1;
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        debug!("{} connect from {peer}", proto.name());
+        self.drive(slot, now);
+    }
+
+    /// Moves bytes and runs the session until nothing more can happen without the network,
+    /// the spool or the clock.
+    fn drive(&mut self, slot: usize, now: Instant) {
+        let ctx = Ctx {
+            now,
+            wall: SystemTime::now(),
+        };
+        loop {
+            let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+                return;
+            };
+
+            if conn.pending_output() && conn.can_write {
+                match conn.flush() {
+                    Ok(true) => conn.progress(now),
+                    Ok(false) => {}
+                    Err(e) => {
+                        conn.close_reason = if e.kind() == io::ErrorKind::BrokenPipe {
+                            "peer closed"
+                        } else {
+                            "write error"
+                        };
+                        self.close(slot, now);
+                        return;
+                    }
+                }
+            }
+            if conn.phase == Phase::Closing {
+                if !conn.pending_output() {
+                    self.close(slot, now);
+                } else {
+                    self.arm(slot);
+                }
+                return;
+            }
+            if conn.phase != Phase::Active {
+                break;
+            }
+            let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+            if out.free() < limits::REPLY_RESERVE {
+                if conn.can_write {
+                    continue;
+                }
+                break;
+            }
+            let input: &[u8] = conn.input.as_ref().map_or(&[], |b| b.bytes());
+            let offered = input.len();
+            let step = match &mut conn.session {
+                Session::Smtp(s) => s.step(
+                    input,
+                    ctx,
+                    out,
+                    &mut self.services.smtp_host(slot, conn.peer),
+                ),
+                Session::Pop3(s) => s.step(
+                    input,
+                    ctx,
+                    out,
+                    &mut self.services.pop_host(slot, conn.peer),
+                ),
+                Session::Pop2(s) => s.step(
+                    input,
+                    ctx,
+                    out,
+                    &mut self.services.pop_host(slot, conn.peer),
+                ),
+            };
+            if step.consumed > 0 {
+                if let Some(b) = conn.input.as_mut() {
+                    b.consume(step.consumed);
+                }
+                conn.progress(now);
+            }
+            match step.next {
+                Next::Continue => {}
+                Next::NeedOutput => {
+                    if !conn.can_write {
+                        break;
+                    }
+                }
+                Next::NeedInput => {
+                    debug_assert!(
+                        offered < limits::MAX_UNIT || step.consumed > 0,
+                        "session stalled on a full buffer"
+                    );
+                    if conn.buffered_input() >= limits::IN_BUF && step.consumed == 0 {
+                        // Contract breach by a session: never spin, never grow; drop the client.
+                        conn.close_reason = "session made no progress on a full buffer";
+                        self.close(slot, now);
+                        return;
+                    }
+                    if conn.eof {
+                        conn.close_reason = "peer closed";
+                        if conn.pending_output() {
+                            self.start_closing(slot, "peer closed", now);
+                            continue;
+                        }
+                        self.close(slot, now);
+                        return;
+                    }
+                    if !conn.can_read {
+                        break;
+                    }
+                    match conn.read_some(&mut self.pool) {
+                        Ok(_) => {}
+                        Err(_) => {
+                            conn.close_reason = "read error";
+                            self.close(slot, now);
+                            return;
+                        }
+                    }
+                }
+                Next::AwaitCommit => {
+                    conn.phase = Phase::AwaitCommit;
+                    self.awaiting_commit.push(slot);
+                    break;
+                }
+                Next::Sleep(d) => {
+                    conn.phase = Phase::Sleeping;
+                    conn.wake_at = Some(now + d);
+                    break;
+                }
+                Next::Close => {
+                    self.start_closing(slot, "session ended", now);
+                }
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) {
+            conn.return_buffers(&mut self.pool);
+        }
+        self.arm(slot);
+    }
+
+    fn start_closing(&mut self, slot: usize, reason: &'static str, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) {
+            if conn.phase != Phase::Closing {
+                conn.phase = Phase::Closing;
+                if conn.close_reason.is_empty() {
+                    conn.close_reason = reason;
+                }
+                conn.linger_deadline = Some(now + LINGER);
+            }
+        }
+    }
+
+    fn arm(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) {
+            let when = conn.deadline();
+            self.deadlines.arm(&mut conn.armed, when, slot, conn.id);
+        }
+    }
+
+    fn close(&mut self, slot: usize, now: Instant) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(|c| c.take()) else {
+            return;
+        };
+        self.services.session_ended(slot, &mut conn.session);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let ip = conn.peer.ip();
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        if let Some(b) = conn.input.take() {
+            self.pool.give_in(b);
+        }
+        if let Some(b) = conn.output.take() {
+            self.pool.give_out(b);
+        }
+        self.open -= 1;
+        self.free_slots.push(slot);
+        info!(
+            "{} close {} after {:.3}s: {}",
+            conn.proto.name(),
+            conn.peer,
+            now.duration_since(conn.opened).as_secs_f64(),
+            if conn.close_reason.is_empty() {
+                "done"
+            } else {
+                conn.close_reason
+            }
+        );
+        if self.accept_paused_until.is_some() {
+            // A descriptor was just freed: try the backlog now rather than at the back-off.
+            self.resume_accepting(now);
+        }
+    }
+
+    fn finish_commits(&mut self, now: Instant) {
+        if self.awaiting_commit.is_empty() {
+            return;
+        }
+        let results = self.services.commit_flush();
+        self.awaiting_commit.clear();
+        for (slot, result) in results {
+            let ctx = Ctx {
+                now,
+                wall: SystemTime::now(),
+            };
+            let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            if conn.phase != Phase::AwaitCommit {
+                continue;
+            }
+            conn.phase = Phase::Active;
+            let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+            if let Session::Smtp(s) = &mut conn.session {
+                s.resume(
+                    Completion::Committed(result),
+                    ctx,
+                    out,
+                    &mut self.services.smtp_host(slot, conn.peer),
+                );
+            }
+            conn.progress(now);
+            if self.stop_by.is_some() {
+                self.say_goodbye(slot, now);
+            } else {
+                self.drive(slot, now);
+            }
+        }
+    }
+
+    fn fire_deadlines(&mut self, now: Instant) {
+        while let Some((at, slot, id)) = self.deadlines.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            if conn.id != id || !conn.armed.fired(at) {
+                continue;
+            }
+            if conn.linger_deadline.is_some_and(|t| t <= now) {
+                conn.close_reason = "peer did not read its last reply";
+                self.close(slot, now);
+                continue;
+            }
+            if conn.wake_at.is_some_and(|t| t <= now) {
+                conn.wake_at = None;
+                conn.phase = Phase::Active;
+                let ctx = Ctx {
+                    now,
+                    wall: SystemTime::now(),
+                };
+                let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+                match &mut conn.session {
+                    Session::Smtp(s) => s.resume(
+                        Completion::Woke,
+                        ctx,
+                        out,
+                        &mut self.services.smtp_host(slot, conn.peer),
+                    ),
+                    Session::Pop3(s) => s.resume(
+                        Completion::Woke,
+                        ctx,
+                        out,
+                        &mut self.services.pop_host(slot, conn.peer),
+                    ),
+                    Session::Pop2(s) => s.resume(
+                        Completion::Woke,
+                        ctx,
+                        out,
+                        &mut self.services.pop_host(slot, conn.peer),
+                    ),
+                }
+                self.drive(slot, now);
+                continue;
+            }
+            if conn.idle_deadline <= now || conn.cap_deadline <= now {
+                let reason = if conn.cap_deadline <= now {
+                    "session time cap"
+                } else {
+                    "idle timeout"
+                };
+                self.services.session_ended(slot, &mut conn.session);
+                let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+                if out.free() >= limits::REPLY_RESERVE {
+                    match &mut conn.session {
+                        Session::Smtp(s) => s.on_timeout(out),
+                        Session::Pop3(s) => s.on_timeout(out),
+                        Session::Pop2(s) => s.on_timeout(out),
+                    }
+                }
+                conn.close_reason = reason;
+                self.start_closing(slot, reason, now);
+                self.drive(slot, now);
+                continue;
+            }
+            self.arm(slot);
+        }
+    }
+}
