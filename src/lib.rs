@@ -10,6 +10,7 @@ pub mod config;
 pub mod config_stub;
 pub mod conn;
 pub mod deadline;
+pub mod deliver;
 pub mod directory;
 pub mod hosts;
 pub mod limits;

@@ -1,0 +1,301 @@
+//! Delivery into a local user's Maildir (the Maildir specification: tmp/ → fsync → new/).
+//!
+//! Files are written with LF line endings (the Unix convention every Maildir reader expects),
+//! headed by `Return-Path:` and `Delivered-To:`, and named
+//! `<secs>.M<usec>P<pid>Q<seq>.<host>,S=<bytes on disk>,W=<bytes with CRLF>`: `W=` is the
+//! size as POP3 sends it, so a POP3 login never has to read the files to count them.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::Outcome;
+
+pub struct Maildirs {
+    root: PathBuf,
+    /// The host name with `/` and `:` replaced, as the Maildir spec asks.
+    host: String,
+    pid: u32,
+    seq: u64,
+}
+
+/// A local part or user name that is safe as one path component under the Maildir root.
+pub fn safe_mailbox_name(user: &str) -> bool {
+    !user.is_empty()
+        && !user.starts_with('.')
+        && user.len() <= 255
+        && !user
+            .bytes()
+            .any(|b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f)
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn temporary(what: &str, path: &Path, e: &io::Error) -> Outcome {
+    Outcome::Temporary(format!("{what} {}: {e}", path.display()))
+}
+
+impl Maildirs {
+    pub fn new(root: &Path, hostname: &str) -> Maildirs {
+        let host = hostname.replace('/', "\\057").replace(':', "\\072");
+        Maildirs {
+            root: root.to_path_buf(),
+            host,
+            pid: std::process::id(),
+            seq: 0,
+        }
+    }
+
+    pub fn user_dir(&self, user: &str) -> PathBuf {
+        self.root.join(user)
+    }
+
+    /// Delivers one message read from `data` (as stored in the spool: CRLF line endings) to
+    /// `user`. Returns only after the file is durable in `new/`.
+    pub fn deliver(
+        &mut self,
+        user: &str,
+        return_path: &str,
+        delivered_to: &str,
+        data: &mut dyn Read,
+        now: SystemTime,
+    ) -> Outcome {
+        if !safe_mailbox_name(user) {
+            return Outcome::Permanent(format!("5.1.3 mailbox name {user:?} is not allowed"));
+        }
+        let dir = self.user_dir(user);
+        for sub in ["tmp", "new", "cur"] {
+            let d = dir.join(sub);
+            if !d.is_dir() {
+                if let Err(e) = DirBuilder::new().recursive(true).mode(0o700).create(&d) {
+                    return temporary("cannot create", &d, &e);
+                }
+            }
+        }
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.seq += 1;
+        let base = format!(
+            "{}.M{}P{}Q{}.{}",
+            since.as_secs(),
+            since.subsec_micros(),
+            self.pid,
+            self.seq,
+            self.host
+        );
+        let tmp = dir.join("tmp").join(&base);
+        let file = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) => return temporary("cannot create", &tmp, &e),
+        };
+        let written = write_lf(file, return_path, delivered_to, data);
+        let (size, wire_size) = match written {
+            Ok(sizes) => sizes,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return temporary("cannot write", &tmp, &e);
+            }
+        };
+        let new = dir
+            .join("new")
+            .join(format!("{base},S={size},W={wire_size}"));
+        if let Err(e) = fs::rename(&tmp, &new) {
+            let _ = fs::remove_file(&tmp);
+            return temporary("cannot move into", &new, &e);
+        }
+        if let Err(e) = fsync_dir(&dir.join("new")) {
+            return temporary("cannot sync", &dir.join("new"), &e);
+        }
+        Outcome::Delivered
+    }
+}
+
+/// Writes the trace headers and the message with CRLF turned into LF, fsyncs, and returns
+/// (bytes on disk, bytes as POP3 will send them).
+fn write_lf(
+    file: File,
+    return_path: &str,
+    delivered_to: &str,
+    data: &mut dyn Read,
+) -> io::Result<(u64, u64)> {
+    let mut w = BufWriter::with_capacity(64 * 1024, file);
+    let mut size = 0u64;
+    let mut lfs = 0u64;
+    let head = format!("Return-Path: <{return_path}>\nDelivered-To: {delivered_to}\n");
+    w.write_all(head.as_bytes())?;
+    size += head.len() as u64;
+    lfs += 2;
+    let mut buf = [0u8; 16 * 1024];
+    // A CR at the end of one read may pair with an LF at the start of the next.
+    let mut pending_cr = false;
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut chunk = &buf[..n];
+        if pending_cr {
+            pending_cr = false;
+            if chunk.first() == Some(&b'\n') {
+                w.write_all(b"\n")?;
+                size += 1;
+                lfs += 1;
+                chunk = &chunk[1..];
+            } else {
+                w.write_all(b"\r")?;
+                size += 1;
+            }
+        }
+        let mut start = 0;
+        for i in memchr::memchr_iter(b'\n', chunk) {
+            let end = if i > start && chunk[i - 1] == b'\r' {
+                i - 1
+            } else {
+                i
+            };
+            w.write_all(&chunk[start..end])?;
+            w.write_all(b"\n")?;
+            size += (end - start + 1) as u64;
+            // After CRLF→LF no LF on disk is preceded by CR unless the data had CR CR LF;
+            // POP3 leaves an existing CRLF alone, so count only the LFs it will expand.
+            if !(end > start && chunk[end - 1] == b'\r') {
+                lfs += 1;
+            }
+            start = i + 1;
+        }
+        let mut tail = &chunk[start..];
+        if tail.last() == Some(&b'\r') {
+            pending_cr = true;
+            tail = &tail[..tail.len() - 1];
+        }
+        w.write_all(tail)?;
+        size += tail.len() as u64;
+    }
+    if pending_cr {
+        w.write_all(b"\r")?;
+        size += 1;
+    }
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok((size, size + lfs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only_file(dir: &Path) -> PathBuf {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.pop().unwrap()
+    }
+
+    #[test]
+    fn delivers_with_lf_endings_trace_headers_and_sizes() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "mail.example.test");
+        let msg = b"Subject: hi\r\n\r\nline one\r\n.dot\r\nbare\rcr\r\n";
+        let out = m.deliver(
+            "alice",
+            "bob@example.org",
+            "alice@example.test",
+            &mut &msg[..],
+            SystemTime::now(),
+        );
+        assert_eq!(out, Outcome::Delivered);
+        let f = only_file(&root.path().join("alice/new"));
+        let body = fs::read(&f).unwrap();
+        assert_eq!(
+            body,
+            b"Return-Path: <bob@example.org>\nDelivered-To: alice@example.test\nSubject: hi\n\nline one\n.dot\nbare\rcr\n"
+        );
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        let wire = body.len() + body.iter().filter(|&&b| b == b'\n').count();
+        assert!(
+            name.ends_with(&format!(",S={},W={}", body.len(), wire)),
+            "{name}"
+        );
+        assert!(name.contains(".mail.example.test,"));
+        for sub in ["tmp", "cur"] {
+            assert!(root.path().join("alice").join(sub).is_dir());
+        }
+        assert_eq!(
+            fs::read_dir(root.path().join("alice/tmp")).unwrap().count(),
+            0
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(root.path().join("alice/new"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn crlf_split_across_reads_is_still_one_line_end() {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Ok(0);
+                }
+                buf[0] = self.0[0];
+                self.0 = &self.0[1..];
+                Ok(1)
+            }
+        }
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let out = m.deliver(
+            "u",
+            "",
+            "u@h",
+            &mut Trickle(b"a\r\nb\r\r\nc\r"),
+            SystemTime::now(),
+        );
+        assert_eq!(out, Outcome::Delivered);
+        let body = fs::read(only_file(&root.path().join("u/new"))).unwrap();
+        assert_eq!(body, b"Return-Path: <>\nDelivered-To: u@h\na\nb\r\nc\r");
+    }
+
+    #[test]
+    fn unsafe_names_are_permanent_failures_and_touch_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(&root.path().join("mail"), "h");
+        for bad in ["../etc", "a/b", ".hidden", "", "x\0y", "a\nb"] {
+            let out = m.deliver(bad, "", "x", &mut &b"x\r\n"[..], SystemTime::now());
+            assert!(matches!(out, Outcome::Permanent(_)), "{bad:?}");
+        }
+        assert!(!root.path().join("mail").exists());
+        assert!(!root.path().join("etc").exists());
+    }
+
+    #[test]
+    fn unwritable_maildir_is_a_temporary_failure() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        // A plain file where the user's Maildir should be: cannot create tmp/ under it.
+        fs::write(root.path().join("carol"), b"").unwrap();
+        let out = m.deliver(
+            "carol",
+            "",
+            "carol@h",
+            &mut &b"x\r\n"[..],
+            SystemTime::now(),
+        );
+        assert!(matches!(out, Outcome::Temporary(_)), "{out:?}");
+    }
+}
