@@ -55,6 +55,8 @@ pub struct Reactor {
     next_id: u64,
     /// Accepting is paused until then after the process ran out of descriptors.
     accept_paused_until: Option<Instant>,
+    /// Set while accepts fail for lack of descriptors, so the condition is logged once.
+    descriptors_exhausted: bool,
     signals: Signals,
     /// Set by SIGTERM/SIGINT: the time by which the process exits whatever is still open.
     stop_by: Option<Instant>,
@@ -90,6 +92,7 @@ impl Reactor {
             pool: Pool::default(),
             next_id: 1,
             accept_paused_until: None,
+            descriptors_exhausted: false,
             signals,
             stop_by: None,
             settings,
@@ -228,17 +231,26 @@ impl Reactor {
             };
             let proto = listener.proto;
             match listener.socket.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, proto, now),
+                Ok((stream, peer)) => {
+                    if self.descriptors_exhausted {
+                        self.descriptors_exhausted = false;
+                        info!("accepting connections again ({} open)", self.open);
+                    }
+                    self.admit(stream, peer, proto, now)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
                     | Some(libc::ENOMEM) => {
-                        warn!(
-                            "cannot accept connections: {e}; pausing accepts for {:?} or until a connection closes ({} open)",
-                            limits::ACCEPT_BACKOFF,
-                            self.open
-                        );
+                        if !self.descriptors_exhausted {
+                            self.descriptors_exhausted = true;
+                            warn!(
+                                "cannot accept connections: {e}; pausing accepts for {:?} at a time, or until a connection closes ({} open)",
+                                limits::ACCEPT_BACKOFF,
+                                self.open
+                            );
+                        }
                         self.accept_paused_until = Some(now + limits::ACCEPT_BACKOFF);
                         return;
                     }
