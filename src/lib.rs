@@ -19,3 +19,4 @@ pub mod mailbox;
 pub mod proto;
 pub mod reactor;
 pub mod spool;
+pub mod throttle;
