@@ -3,6 +3,7 @@
 
 pub mod bounce;
 pub mod maildir;
+pub mod schedule;
 
 /// The result of one delivery attempt for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
