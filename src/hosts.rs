@@ -21,6 +21,9 @@ impl Services {
         PopHostFor { _services: self }
     }
 
+    /// SIGHUP: re-read users and aliases, pick up changed paths and settings.
+    pub fn reload(&mut self, _config: &crate::config::Config) {}
+
     /// The connection in `slot` is going away: drop its unfinished message, release its mailbox.
     pub fn session_ended(&mut self, _slot: usize, _session: &mut crate::conn::Session) {}
 

@@ -3,16 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
 
 use log::{error, info, warn};
 
 use postling::config::Config;
 use postling::hosts::Services;
-use postling::limits;
 use postling::listen;
-use postling::proto::pop3::PopSettings;
-use postling::proto::smtp::SmtpSettings;
 use postling::reactor::{Reactor, Settings};
 
 const EX_USAGE: u8 = 64;
@@ -159,8 +155,6 @@ fn run(config: Config, foreground: bool) -> ExitCode {
         config.users_file.display(),
         config.aliases_file.display()
     );
-    let max_connections = fit_descriptor_limit(config.max_connections);
-
     let listeners = match listen::bind_all(
         &config.smtp_listen,
         &config.pop3_listen,
@@ -183,21 +177,13 @@ fn run(config: Config, foreground: bool) -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     }
-    let settings = Settings {
-        smtp: Rc::new(SmtpSettings {
-            hostname: config.hostname.clone(),
-            max_message_size: config.max_message_size,
-        }),
-        pop: Rc::new(PopSettings {
-            hostname: config.hostname.clone(),
-            auth_failure_delay: config.auth_failure_delay,
-        }),
-        smtp_timeout: config.smtp_timeout,
-        pop3_timeout: config.pop3_timeout,
-        max_connections,
-        max_connections_per_ip: config.max_connections_per_ip,
-    };
-    let mut reactor = match Reactor::new(listeners, settings, Services::default()) {
+    let settings = Settings::from_config(&config);
+    let mut reactor = match Reactor::new(
+        listeners,
+        settings,
+        Services::default(),
+        config.path.clone(),
+    ) {
         Ok(r) => r,
         Err(e) => {
             error!("cannot start the reactor: {e}");
@@ -212,43 +198,6 @@ fn run(config: Config, foreground: bool) -> ExitCode {
             ExitCode::from(EX_OSERR)
         }
     }
-}
-
-/// Raises the soft descriptor limit as far as `max_connections` needs (and the hard limit
-/// allows) and returns the number of connections that really fit, warning if it is fewer.
-fn fit_descriptor_limit(max_connections: usize) -> usize {
-    let wanted = (max_connections + limits::FD_RESERVE) as libc::rlim_t;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return max_connections;
-        }
-        if lim.rlim_cur < wanted {
-            let raised = libc::rlimit {
-                rlim_cur: wanted.min(lim.rlim_max),
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = raised.rlim_cur;
-            }
-        }
-    }
-    if lim.rlim_cur >= wanted {
-        return max_connections;
-    }
-    let effective = (lim.rlim_cur as usize)
-        .saturating_sub(limits::FD_RESERVE)
-        .max(1);
-    warn!(
-        "the descriptor limit (ulimit -n) is {}, enough for {effective} connections, not max_connections = {max_connections}; \
-         serving at most {effective} (raise the limit, e.g. `ulimit -n {wanted}`, to allow more)",
-        lim.rlim_cur
-    );
-    effective
 }
 
 /// Detaches from the terminal: fork, setsid, stdio to /dev/null. Runs only after the config is

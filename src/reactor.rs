@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +19,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::buf::Pool;
+use crate::config::Config;
 use crate::conn::{Conn, LINGER, Phase, Proto, Session};
 use crate::deadline::Deadlines;
 use crate::hosts::Services;
@@ -45,7 +47,8 @@ pub struct Settings {
 
 pub struct Reactor {
     poll: Poll,
-    listeners: Vec<Listener>,
+    /// Slots are stable (a token names a slot) so a reload can close some and add others.
+    listeners: Vec<Option<Listener>>,
     conns: Vec<Option<Conn>>,
     free_slots: Vec<usize>,
     open: usize,
@@ -64,6 +67,77 @@ pub struct Reactor {
     services: Services,
     /// Slots whose session waits for the group commit at the end of this turn.
     awaiting_commit: Vec<usize>,
+    /// Re-read on SIGHUP.
+    config_path: PathBuf,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            smtp: Rc::new(SmtpSettings {
+                hostname: config.hostname.clone(),
+                max_message_size: config.max_message_size,
+            }),
+            pop: Rc::new(PopSettings {
+                hostname: config.hostname.clone(),
+                auth_failure_delay: config.auth_failure_delay,
+            }),
+            smtp_timeout: config.smtp_timeout,
+            pop3_timeout: config.pop3_timeout,
+            max_connections: fit_descriptor_limit(config.max_connections),
+            max_connections_per_ip: config.max_connections_per_ip,
+        }
+    }
+}
+
+/// Every configured listen address with its protocol.
+pub fn wanted_listeners(config: &Config) -> Vec<(Proto, SocketAddr)> {
+    let mut v = Vec::new();
+    for (proto, addrs) in [
+        (Proto::Smtp, &config.smtp_listen),
+        (Proto::Pop3, &config.pop3_listen),
+        (Proto::Pop2, &config.pop2_listen),
+    ] {
+        v.extend(addrs.iter().map(|&a| (proto, a)));
+    }
+    v
+}
+
+/// Raises the soft descriptor limit as far as `max_connections` needs (and the hard limit
+/// allows) and returns the number of connections that really fit, warning if it is fewer.
+fn fit_descriptor_limit(max_connections: usize) -> usize {
+    let wanted = (max_connections + limits::FD_RESERVE) as libc::rlim_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return max_connections;
+        }
+        if lim.rlim_cur < wanted {
+            let raised = libc::rlimit {
+                rlim_cur: wanted.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+    }
+    if lim.rlim_cur >= wanted {
+        return max_connections;
+    }
+    let effective = (lim.rlim_cur as usize)
+        .saturating_sub(limits::FD_RESERVE)
+        .max(1);
+    warn!(
+        "the descriptor limit (ulimit -n) is {}, enough for {effective} connections, not max_connections = {max_connections}; \
+         serving at most {effective} (raise the limit, e.g. `ulimit -n {wanted}`, to allow more)",
+        lim.rlim_cur
+    );
+    effective
 }
 
 impl Reactor {
@@ -71,6 +145,7 @@ impl Reactor {
         listeners: Vec<Listener>,
         settings: Settings,
         services: Services,
+        config_path: PathBuf,
     ) -> io::Result<Reactor> {
         if listeners.len() > MAX_LISTENERS {
             return Err(io::Error::other(format!(
@@ -83,7 +158,7 @@ impl Reactor {
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         let mut reactor = Reactor {
             poll,
-            listeners,
+            listeners: Vec::new(),
             conns: Vec::new(),
             free_slots: Vec::new(),
             open: 0,
@@ -98,14 +173,10 @@ impl Reactor {
             settings,
             services,
             awaiting_commit: Vec::new(),
+            config_path,
         };
-        for (i, l) in reactor.listeners.iter_mut().enumerate() {
-            reactor.poll.registry().register(
-                &mut l.socket,
-                Token(LISTENER_BASE + i),
-                Interest::READABLE,
-            )?;
-            info!("listening for {} on {}", l.proto.name(), l.addr);
+        for l in listeners {
+            reactor.add_listener(l)?;
         }
         Ok(reactor)
     }
@@ -173,10 +244,39 @@ impl Reactor {
         for sig in pending {
             match sig {
                 SIGTERM | SIGINT => self.begin_stop(now),
-                SIGHUP => info!("SIGHUP received: reload is not implemented yet, ignored"),
+                SIGHUP => self.reload(),
                 SIGUSR1 => info!("SIGUSR1 received: log reopen is not implemented yet, ignored"),
                 SIGUSR2 => info!("SIGUSR2 received: queue run is not implemented yet, ignored"),
                 _ => {}
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the config; a bad one is logged and the running one kept. New sessions
+    /// get the new settings, open sessions keep theirs.
+    fn reload(&mut self) {
+        let path = self.config_path.clone();
+        match Config::load(&path) {
+            Err(errors) => {
+                warn!(
+                    "reload of {} failed with {} error(s); still running on the previous config",
+                    path.display(),
+                    errors.len()
+                );
+                for e in &errors {
+                    warn!("{e}");
+                }
+            }
+            Ok((config, warnings)) => {
+                for w in &warnings {
+                    warn!("{w}");
+                }
+                self.settings = Settings::from_config(&config);
+                if self.stop_by.is_none() {
+                    self.set_listeners(&wanted_listeners(&config));
+                }
+                self.services.reload(&config);
+                info!("reloaded {}", path.display());
             }
         }
     }
@@ -188,7 +288,7 @@ impl Reactor {
         }
         info!("shutting down: {} connections open", self.open);
         self.stop_by = Some(now + limits::SHUTDOWN_GRACE);
-        for mut l in self.listeners.drain(..) {
+        for mut l in self.listeners.drain(..).flatten() {
             let _ = self.poll.registry().deregister(&mut l.socket);
         }
         self.accept_paused_until = None;
@@ -226,7 +326,7 @@ impl Reactor {
             return;
         }
         loop {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some(Some(listener)) = self.listeners.get(index) else {
                 return;
             };
             let proto = listener.proto;
@@ -263,6 +363,64 @@ impl Reactor {
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    fn add_listener(&mut self, mut l: Listener) -> io::Result<()> {
+        let slot = match self.listeners.iter().position(|l| l.is_none()) {
+            Some(i) => i,
+            None if self.listeners.len() < MAX_LISTENERS => {
+                self.listeners.push(None);
+                self.listeners.len() - 1
+            }
+            None => {
+                return Err(io::Error::other(format!(
+                    "at most {MAX_LISTENERS} listen addresses are supported"
+                )));
+            }
+        };
+        self.poll.registry().register(
+            &mut l.socket,
+            Token(LISTENER_BASE + slot),
+            Interest::READABLE,
+        )?;
+        info!("listening for {} on {}", l.proto.name(), l.addr);
+        self.listeners[slot] = Some(l);
+        Ok(())
+    }
+
+    /// Makes the open listeners match `wanted`: closes the ones no longer configured and binds
+    /// the new ones. A new address that cannot be bound is logged and skipped; the server keeps
+    /// running on the others (unlike at start-up, where that is fatal).
+    pub fn set_listeners(&mut self, wanted: &[(Proto, SocketAddr)]) {
+        for slot in 0..self.listeners.len() {
+            let keep = self.listeners[slot]
+                .as_ref()
+                .is_some_and(|l| wanted.iter().any(|&(p, a)| p == l.proto && a == l.addr));
+            if !keep {
+                if let Some(mut l) = self.listeners[slot].take() {
+                    let _ = self.poll.registry().deregister(&mut l.socket);
+                    info!("no longer listening for {} on {}", l.proto.name(), l.addr);
+                }
+            }
+        }
+        for &(proto, addr) in wanted {
+            if self
+                .listeners
+                .iter()
+                .flatten()
+                .any(|l| l.proto == proto && l.addr == addr)
+            {
+                continue;
+            }
+            match crate::listen::bind(proto, addr) {
+                Ok(l) => {
+                    if let Err(e) = self.add_listener(l) {
+                        warn!("cannot listen for {} on {addr}: {e}", proto.name());
+                    }
+                }
+                Err(e) => warn!("{e}; keeping the other listeners"),
             }
         }
     }

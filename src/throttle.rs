@@ -31,7 +31,12 @@ impl Throttle {
     pub fn record_failure(&mut self, ip: IpAddr, now: Instant) {
         if !self.failures.contains_key(&ip) && self.failures.len() >= limits::AUTH_THROTTLE_TABLE {
             // Bounded memory: forget the address whose window started longest ago.
-            if let Some(oldest) = self.failures.iter().min_by_key(|(_, (_, t))| *t).map(|(ip, _)| *ip) {
+            if let Some(oldest) = self
+                .failures
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(ip, _)| *ip)
+            {
                 self.failures.remove(&oldest);
             }
         }

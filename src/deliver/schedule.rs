@@ -27,7 +27,11 @@ impl Schedule {
 
     /// Everything deferred becomes due now (SIGUSR2).
     pub fn flush(&mut self) {
-        let mut all: Vec<_> = self.deferred.drain().map(|Reverse((at, id))| (at, id)).collect();
+        let mut all: Vec<_> = self
+            .deferred
+            .drain()
+            .map(|Reverse((at, id))| (at, id))
+            .collect();
         all.sort();
         self.ready.extend(all.into_iter().map(|(_, id)| id));
     }
@@ -37,7 +41,9 @@ impl Schedule {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        self.deferred.peek().map(|Reverse((at, _))| at.saturating_duration_since(now))
+        self.deferred
+            .peek()
+            .map(|Reverse((at, _))| at.saturating_duration_since(now))
     }
 
     /// The next entry to attempt, if any is due; at most one deferred entry is moved per call,
