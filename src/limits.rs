@@ -95,3 +95,19 @@ pub const DELIVERIES_PER_TURN: usize = 8;
 pub const ALIAS_MAX_DEPTH: usize = 16;
 /// Addresses one recipient may expand to through aliases.
 pub const ALIAS_MAX_EXPANSION: usize = 1000;
+
+// ---- spool ----------------------------------------------------------------------------------
+
+/// Write buffer of one message being received, allocated once per message and never grown:
+/// a few disk writes per typical message instead of one per network read.
+pub const SPOOL_WRITE_BUF: usize = 16 * 1024;
+/// Largest envelope header or state file the spool writes or reads back: bounds memory when
+/// reading a damaged file, and is far above 100 recipients (RFC 5321 §4.5.3.1.8) of 256
+/// octets each (§4.5.3.1.3), even when every byte is escaped.
+pub const SPOOL_MAX_CONTROL: usize = 1024 * 1024;
+/// Longest error text kept per recipient or attempt: a reply line is at most 512 octets
+/// (RFC 5321 §4.5.3.1.5); longer multi-line replies are cut.
+pub const SPOOL_MAX_REASON: usize = 1000;
+/// New ids tried by `begin` when a name is already taken (clock stepped back past old
+/// entries) before it gives up.
+pub const SPOOL_ID_TRIES: u32 = 16;

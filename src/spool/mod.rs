@@ -1,10 +1,40 @@
 //! The spool: the only code that writes under `spool_dir`. It owns the on-disk formats, the
 //! queue ids, and the commit protocol: a message is `Committed` only after its files are
 //! fsync'ed, renamed into the queue and the queue directory is fsync'ed.
+//!
+//! Like qmail's queue (notqmail INTERNALS.md §2), every state of a message is named by which
+//! files exist, and every transition is one rename or unlink:
+//!
+//! - `tmp/<id>`: a message being received (envelope header, then data). Garbage after a crash.
+//! - `tmp/<id>.state`: a state file being written. Garbage after a crash.
+//! - `queue/<id>`: a committed message. Its rename from `tmp/` is the commit point; its
+//!   unlink is the removal point.
+//! - `queue/<id>.state`: delivery bookkeeping (per-recipient outcomes, attempts, next attempt),
+//!   replaced atomically by rename. Without `queue/<id>` it is the remnant of a removal.
+//!
+//! `Spool::open` scans both directories once at start-up; after that no directory is listed
+//! again (`list_queue` is the read-only exception for `postling -q`). doc/spool.md carries the
+//! full state table.
+
+mod format;
+mod listing;
+#[cfg(test)]
+mod tests;
+
+pub use format::RcptState;
+pub use listing::{QueueSummary, format_queue, list_queue};
 
 use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use format::{DeliveryState, ID_LIMIT, bad, id_decode, id_encode};
+
+use crate::limits;
 
 /// A queue id: short, unique across restarts, safe as a file name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,4 +86,617 @@ pub struct Envelope {
     pub arrival: SystemTime,
     pub smtputf8: bool,
     pub body: BodyType,
+}
+
+/// Sub-directory of files under construction; emptied at start-up.
+const TMP_DIR: &str = "tmp";
+/// Sub-directory of committed entries.
+const QUEUE_DIR: &str = "queue";
+/// Suffix of a state file beside its message.
+const STATE_SUFFIX: &str = ".state";
+
+impl QueueId {
+    /// Is this a well-formed id (and so a safe file name)?
+    pub fn is_valid(&self) -> bool {
+        id_decode(&self.0).is_some()
+    }
+}
+
+fn check_id(id: &QueueId) -> io::Result<()> {
+    if id.is_valid() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a queue id: {:?}", id.0),
+        ))
+    }
+}
+
+/// The durable queue. One per process; owns `spool_dir`.
+pub struct Spool {
+    tmp: PathBuf,
+    queue: PathBuf,
+    /// Kept open to fsync the queue directory after renames (the commit's last step).
+    queue_dir: File,
+    /// Highest id value handed out or found on disk: ids only grow, even within one
+    /// microsecond or when the clock steps back.
+    last_id: u64,
+    /// Entries handed to `commit_enqueue`, made durable together by `commit_flush`.
+    pending: Vec<(usize, Incoming)>,
+}
+
+/// A message being received: a temp file and a fixed write buffer.
+pub struct Incoming {
+    id: QueueId,
+    file: File,
+    tmp_path: PathBuf,
+    buf: Box<[u8]>,
+    used: usize,
+    /// The first write error; later appends are ignored and the commit fails with it.
+    error: Option<SpoolError>,
+    /// The temp file exists and is ours to remove when this is dropped.
+    armed: bool,
+}
+
+impl Incoming {
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Buffers `bytes`, writing the buffer out whenever it fills. Never fails: the first error
+    /// is latched and reported by `Spool::commit_enqueue`.
+    pub fn append(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.error.is_none() {
+            let room = self.buf.get_mut(self.used..).unwrap_or_default();
+            let n = room.len().min(bytes.len());
+            let (now, rest) = bytes.split_at(n);
+            if let Some(dst) = room.get_mut(..n) {
+                dst.copy_from_slice(now);
+            }
+            self.used += n;
+            bytes = rest;
+            if self.used == self.buf.len() {
+                self.flush_buf();
+            }
+        }
+    }
+
+    /// Has a write failed?
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    fn flush_buf(&mut self) {
+        if self.error.is_none() && self.used > 0 {
+            let data = self.buf.get(..self.used).unwrap_or_default();
+            if let Err(e) = self.file.write_all(data) {
+                self.error = Some(SpoolError::from_io(&e));
+            }
+        }
+        self.used = 0;
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = fs::remove_file(&self.tmp_path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("spool: cannot remove {}: {e}", self.tmp_path.display());
+                }
+            }
+        }
+    }
+}
+
+/// A committed entry as read back for delivery.
+#[derive(Debug)]
+pub struct QueueEntry {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    /// One per `envelope.recipients`, same order.
+    pub rcpts: Vec<RcptState>,
+    /// Delivery attempts recorded with `record_deferral`.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When to try again; the arrival time when nothing was recorded (due at once).
+    pub next_attempt: SystemTime,
+    path: PathBuf,
+    data_offset: u64,
+    data_len: u64,
+}
+
+impl QueueEntry {
+    /// The message file. The data starts at `data_offset()`, after the envelope header.
+    pub fn data_path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+
+    /// Size of the message data in octets (as received: CRLF lines, unstuffed).
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Opens the message file positioned at the start of the data; returns it with the data's
+    /// length (the data runs to the end of the file).
+    pub fn open_data(&self) -> io::Result<(File, u64)> {
+        let mut f = File::open(&self.path)?;
+        f.seek(SeekFrom::Start(self.data_offset))?;
+        Ok((f, self.data_len))
+    }
+
+    /// Recipients still to be delivered, with their index in the envelope.
+    pub fn pending(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.envelope
+            .recipients
+            .iter()
+            .zip(&self.rcpts)
+            .enumerate()
+            .filter(|(_, (_, st))| **st == RcptState::Pending)
+            .map(|(i, (r, _))| (i, r.as_str()))
+    }
+
+    /// No recipient is pending: the entry can be removed (after any bounce is enqueued).
+    pub fn is_finished(&self) -> bool {
+        self.pending().next().is_none()
+    }
+}
+
+/// A deferral to record with an attempt (see `Spool::record_attempt`).
+#[derive(Clone, Copy, Debug)]
+pub struct Deferral<'a> {
+    pub attempts: u32,
+    pub last_error: &'a str,
+    pub next_attempt: SystemTime,
+}
+
+fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+fn mkdir_0700(path: &Path) -> io::Result<()> {
+    match DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
+/// The names of a directory that are ids, optionally with `suffix`, plus the rest.
+enum DirName {
+    Message(u64),
+    State(u64),
+    Other,
+}
+
+fn classify(name: &std::ffi::OsStr) -> DirName {
+    let Some(name) = name.to_str() else {
+        return DirName::Other;
+    };
+    if let Some(v) = id_decode(name) {
+        return DirName::Message(v);
+    }
+    match name.strip_suffix(STATE_SUFFIX).and_then(id_decode) {
+        Some(v) => DirName::State(v),
+        None => DirName::Other,
+    }
+}
+
+/// Reads the envelope header at the top of a message file: (id, envelope, data offset).
+fn read_header(file: &File) -> io::Result<(QueueId, Envelope, u64)> {
+    let mut r = BufReader::new(file).take(limits::SPOOL_MAX_CONTROL as u64);
+    let mut text = Vec::with_capacity(512);
+    loop {
+        let start = text.len();
+        if r.read_until(b'\n', &mut text)? == 0 || !text.ends_with(b"\n") {
+            return Err(bad("envelope header not terminated"));
+        }
+        if text.len() - start == 1 {
+            break;
+        }
+    }
+    let offset = text.len() as u64;
+    let body = text.get(..text.len().saturating_sub(2)).unwrap_or_default();
+    let body = std::str::from_utf8(body).map_err(|_| bad("header is not UTF-8"))?;
+    let (id, env) = format::header_decode(body)?;
+    Ok((id, env, offset))
+}
+
+/// Reads a state file; a missing one means nothing was recorded yet.
+fn read_state(path: &Path, n_rcpts: usize) -> io::Result<DeliveryState> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(DeliveryState::fresh(n_rcpts)),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    file.take(limits::SPOOL_MAX_CONTROL as u64 + 1)
+        .read_to_string(&mut text)?;
+    if text.len() > limits::SPOOL_MAX_CONTROL {
+        return Err(bad("state file too large"));
+    }
+    format::state_decode(&text, n_rcpts)
+}
+
+impl Spool {
+    /// Opens (creating, mode 0700) the spool at `dir`, removes what a crash left half-done,
+    /// and returns the committed entries, oldest first.
+    pub fn open(dir: &Path) -> io::Result<(Spool, Vec<QueueId>)> {
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let tmp = dir.join(TMP_DIR);
+        let queue = dir.join(QUEUE_DIR);
+        mkdir_0700(&tmp)?;
+        mkdir_0700(&queue)?;
+        // The sub-directories must survive a crash before anything is committed into them.
+        fsync_dir(dir)?;
+        let mut last_id = 0;
+
+        for ent in fs::read_dir(&tmp)? {
+            let ent = ent?;
+            if let DirName::Message(v) | DirName::State(v) = classify(&ent.file_name()) {
+                last_id = last_id.max(v);
+            }
+            // Everything in tmp/ is an unfinished message or state file: the commit or the
+            // state replacement never happened, so the entry's committed state is unchanged.
+            match fs::remove_file(ent.path()) {
+                Ok(()) => log::info!("spool: removed leftover {}", ent.path().display()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("spool: cannot remove {}: {e}", ent.path().display()),
+            }
+        }
+
+        let mut messages = Vec::new();
+        let mut states = Vec::new();
+        for ent in fs::read_dir(&queue)? {
+            let ent = ent?;
+            match classify(&ent.file_name()) {
+                DirName::Message(v) => messages.push(v),
+                DirName::State(v) => states.push((v, ent.path())),
+                DirName::Other => {
+                    log::warn!("spool: ignoring unknown file {}", ent.path().display())
+                }
+            }
+        }
+        messages.sort_unstable();
+        for (v, path) in states {
+            last_id = last_id.max(v);
+            // A state file without its message is what a crash during `remove` leaves.
+            if messages.binary_search(&v).is_err() {
+                match fs::remove_file(&path) {
+                    Ok(()) => log::info!("spool: removed orphan {}", path.display()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => log::warn!("spool: cannot remove {}: {e}", path.display()),
+                }
+            }
+        }
+        if let Some(&v) = messages.last() {
+            last_id = last_id.max(v);
+        }
+        let queue_dir = File::open(&queue)?;
+        let spool = Spool {
+            tmp,
+            queue,
+            queue_dir,
+            last_id,
+            pending: Vec::new(),
+        };
+        Ok((spool, messages.into_iter().map(id_encode).collect()))
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let now = format::micros_since_epoch(SystemTime::now()).min(ID_LIMIT - 1);
+        let mut v = now.max(self.last_id.saturating_add(1));
+        if v >= ID_LIMIT {
+            // Only reachable through a forged name on disk; the existence checks in `begin`
+            // keep ids unique anyway.
+            v = now;
+        }
+        self.last_id = v;
+        v
+    }
+
+    fn message_path(&self, id: &QueueId) -> PathBuf {
+        self.queue.join(&id.0)
+    }
+
+    fn state_path(&self, id: &QueueId) -> PathBuf {
+        self.queue.join(format!("{}{STATE_SUFFIX}", id.0))
+    }
+
+    /// Starts a new entry: a temp file named by a fresh id, the envelope header written first.
+    pub fn begin(&mut self, env: &Envelope) -> Result<Incoming, SpoolError> {
+        if env.recipients.is_empty() {
+            return Err(SpoolError::Failed("envelope without recipients".into()));
+        }
+        let forbidden = format::has_forbidden(&env.sender)
+            || format::has_forbidden(&env.helo)
+            || env.recipients.iter().any(|r| format::has_forbidden(r));
+        if forbidden {
+            return Err(SpoolError::Failed("envelope contains CR, LF or NUL".into()));
+        }
+        let mut inc = self.create_incoming()?;
+        let header = format::header_encode(&inc.id, env);
+        if header.len() > limits::SPOOL_MAX_CONTROL {
+            return Err(SpoolError::Failed("envelope too large".into()));
+        }
+        inc.append(header.as_bytes());
+        match inc.error.take() {
+            Some(e) => Err(e),
+            None => Ok(inc),
+        }
+    }
+
+    fn create_incoming(&mut self) -> Result<Incoming, SpoolError> {
+        for _ in 0..limits::SPOOL_ID_TRIES {
+            let id = id_encode(self.next_id());
+            let tmp_path = self.tmp.join(&id.0);
+            let file = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp_path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(SpoolError::from_io(&e)),
+            };
+            let inc = Incoming {
+                file,
+                tmp_path,
+                buf: vec![0; limits::SPOOL_WRITE_BUF].into_boxed_slice(),
+                used: 0,
+                error: None,
+                armed: true,
+                id,
+            };
+            // The clock may have stepped back past a committed entry: never reuse its name.
+            match fs::symlink_metadata(self.message_path(&inc.id)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(inc),
+                Err(e) => return Err(SpoolError::from_io(&e)),
+                Ok(_) => continue, // dropping `inc` removes its temp file
+            }
+        }
+        Err(SpoolError::Failed("no free queue id".into()))
+    }
+
+    /// Discards a message being received and its temp file.
+    pub fn abort(&mut self, inc: Incoming) {
+        drop(inc);
+    }
+
+    /// Hands a finished message to the next `commit_flush`. A write error seen while
+    /// receiving fails here at once and the entry is discarded.
+    pub fn commit_enqueue(&mut self, mut inc: Incoming, tag: usize) -> Result<(), SpoolError> {
+        inc.flush_buf();
+        if let Some(e) = inc.error.take() {
+            return Err(e);
+        }
+        self.pending.push((tag, inc));
+        Ok(())
+    }
+
+    /// Are commits waiting for `commit_flush`?
+    pub fn commit_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Makes every enqueued entry durable and reports each by its tag. Order per entry: data
+    /// on disk (fdatasync) → rename into `queue/` → one fsync of `queue/` for the whole group.
+    /// Writeback of all files is started first, so the fdatasyncs mostly wait for I/O already
+    /// under way and share journal commits. A failure fails only its own entry.
+    pub fn commit_flush(&mut self) -> Vec<(usize, Result<QueueId, SpoolError>)> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let group = std::mem::take(&mut self.pending);
+        let mut results = Vec::with_capacity(group.len());
+        let mut live = Vec::with_capacity(group.len());
+
+        #[cfg(target_os = "linux")]
+        for (tag, inc) in group {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid open descriptor; offset 0 / nbytes 0 means the whole file.
+            let rc = unsafe {
+                libc::sync_file_range(inc.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+            };
+            if rc == 0 {
+                live.push((tag, inc));
+            } else {
+                let e = io::Error::last_os_error();
+                log::warn!("spool: writeback of {} failed: {e}", inc.id);
+                results.push((tag, Err(SpoolError::from_io(&e))));
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        live.extend(group);
+
+        let mut synced = Vec::with_capacity(live.len());
+        for (tag, inc) in live {
+            match inc.file.sync_data() {
+                Ok(()) => synced.push((tag, inc)),
+                Err(e) => {
+                    log::warn!("spool: fdatasync of {} failed: {e}", inc.id);
+                    results.push((tag, Err(SpoolError::from_io(&e))));
+                }
+            }
+        }
+
+        let mut renamed = Vec::with_capacity(synced.len());
+        for (tag, mut inc) in synced {
+            // The commit point: from here on a crash leaves a complete entry in queue/.
+            match fs::rename(&inc.tmp_path, self.message_path(&inc.id)) {
+                Ok(()) => {
+                    inc.armed = false;
+                    renamed.push((tag, inc.id.clone()));
+                }
+                Err(e) => {
+                    log::warn!("spool: rename of {} failed: {e}", inc.id);
+                    results.push((tag, Err(SpoolError::from_io(&e))));
+                }
+            }
+        }
+        if renamed.is_empty() {
+            return results;
+        }
+
+        match self.queue_dir.sync_all() {
+            Ok(()) => results.extend(renamed.into_iter().map(|(tag, id)| (tag, Ok(id)))),
+            Err(e) => {
+                // The renames may or may not survive a crash: take them back so the client's
+                // retry is the only copy (a failed unlink risks a duplicate, never a loss).
+                log::warn!("spool: fsync of {} failed: {e}", self.queue.display());
+                for (tag, id) in renamed {
+                    if let Err(e2) = fs::remove_file(self.message_path(&id)) {
+                        log::warn!("spool: cannot withdraw {id}: {e2}");
+                    }
+                    results.push((tag, Err(SpoolError::from_io(&e))));
+                }
+            }
+        }
+        results
+    }
+
+    /// Reads a committed entry: its envelope, delivery state and where its data is.
+    pub fn read_entry(&self, id: &QueueId) -> io::Result<QueueEntry> {
+        check_id(id)?;
+        let path = self.message_path(id);
+        read_entry_at(&path, &self.state_path(id), id)
+    }
+
+    /// Durably records per-recipient outcomes (indices into the envelope's recipients).
+    pub fn record_progress(
+        &mut self,
+        id: &QueueId,
+        delivered: &[usize],
+        failed: &[(usize, String)],
+    ) -> io::Result<()> {
+        self.record_attempt(id, delivered, failed, None)
+    }
+
+    /// Durably records a deferral: the attempt count, the last temporary error and when to
+    /// try again.
+    pub fn record_deferral(
+        &mut self,
+        id: &QueueId,
+        attempts: u32,
+        last_error: &str,
+        next_attempt: SystemTime,
+    ) -> io::Result<()> {
+        let d = Deferral {
+            attempts,
+            last_error,
+            next_attempt,
+        };
+        self.record_attempt(id, &[], &[], Some(d))
+    }
+
+    /// `record_progress` and `record_deferral` in one state replacement (one fsync pair
+    /// instead of two).
+    pub fn record_attempt(
+        &mut self,
+        id: &QueueId,
+        delivered: &[usize],
+        failed: &[(usize, String)],
+        deferral: Option<Deferral<'_>>,
+    ) -> io::Result<()> {
+        check_id(id)?;
+        let (_, env, _) = read_header(&File::open(self.message_path(id))?)?;
+        let n = env.recipients.len();
+        let state_path = self.state_path(id);
+        let mut st = read_state(&state_path, n)?;
+        let out_of_range = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("recipient index out of range for {id}"),
+            )
+        };
+        for &i in delivered {
+            *st.rcpts.get_mut(i).ok_or_else(out_of_range)? = RcptState::Delivered;
+        }
+        for (i, why) in failed {
+            *st.rcpts.get_mut(*i).ok_or_else(out_of_range)? =
+                RcptState::Failed(format::clip_reason(why).to_string());
+        }
+        if let Some(d) = deferral {
+            st.attempts = d.attempts;
+            st.last_error = Some(format::clip_reason(d.last_error).to_string());
+            st.next_attempt = Some(d.next_attempt);
+        }
+        self.write_state(id, &state_path, &format::state_encode(&st))
+    }
+
+    /// Replaces the state file: temp file, fdatasync, rename over the old, fsync `queue/`.
+    fn write_state(&mut self, id: &QueueId, dest: &Path, text: &str) -> io::Result<()> {
+        if text.len() > limits::SPOOL_MAX_CONTROL {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("state of {id} too large"),
+            ));
+        }
+        let tmp = self.tmp.join(format!("{}{STATE_SUFFIX}", id.0));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_data()?;
+            fs::rename(&tmp, dest)?;
+            self.queue_dir.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Removes an entry. The message file goes first (the entry no longer exists once that
+    /// unlink is durable), then its state file; a crash in between leaves an orphan state
+    /// file, which `open` removes. Removing an entry that is already gone is not an error.
+    pub fn remove(&mut self, id: &QueueId) -> io::Result<()> {
+        check_id(id)?;
+        // The fsync makes the message's unlink durable before the state's: otherwise a crash
+        // could keep the message but lose its state, and every recipient would get it again.
+        match fs::remove_file(self.message_path(id)) {
+            Ok(()) => self.queue_dir.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match fs::remove_file(self.state_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads a message file and its optional state file.
+fn read_entry_at(path: &Path, state_path: &Path, id: &QueueId) -> io::Result<QueueEntry> {
+    let file = File::open(path)?;
+    let (stored_id, envelope, data_offset) = read_header(&file)?;
+    if stored_id != *id {
+        return Err(bad("id in header does not match the file name"));
+    }
+    let data_len = file
+        .metadata()?
+        .len()
+        .checked_sub(data_offset)
+        .ok_or_else(|| bad("file shorter than its header"))?;
+    let st = read_state(state_path, envelope.recipients.len())?;
+    Ok(QueueEntry {
+        id: id.clone(),
+        next_attempt: st.next_attempt.unwrap_or(envelope.arrival),
+        envelope,
+        rcpts: st.rcpts,
+        attempts: st.attempts,
+        last_error: st.last_error,
+        path: path.to_path_buf(),
+        data_offset,
+        data_len,
+    })
 }

@@ -1,0 +1,204 @@
+//! The queue listing for `postling -q`: reads `queue/` directly and read-only, so it works
+//! with or without a running daemon, and tolerates entries that vanish while it reads.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::format::{id_decode, id_encode, id_time};
+use super::{QUEUE_DIR, QueueId, STATE_SUFFIX, read_entry_at};
+
+/// One line of the listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSummary {
+    pub id: QueueId,
+    pub arrival: SystemTime,
+    /// Message data in octets.
+    pub size: u64,
+    /// Empty for the null sender.
+    pub sender: String,
+    /// Recipients not yet delivered nor failed.
+    pub pending: Vec<String>,
+    pub last_error: Option<String>,
+    pub next_attempt: SystemTime,
+}
+
+/// Summarises every committed entry under `dir` (the spool directory), oldest first. An
+/// entry that disappears meanwhile is skipped; one that cannot be read is listed with the
+/// reason as its error.
+pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
+    let queue = dir.join(QUEUE_DIR);
+    let mut ids = Vec::new();
+    for ent in fs::read_dir(&queue)? {
+        let ent = ent?;
+        if let Some(v) = ent.file_name().to_str().and_then(id_decode) {
+            ids.push(v);
+        }
+    }
+    ids.sort_unstable();
+    let mut out = Vec::with_capacity(ids.len());
+    for v in ids {
+        let id = id_encode(v);
+        let path = queue.join(&id.0);
+        let state_path = queue.join(format!("{}{STATE_SUFFIX}", id.0));
+        match read_entry_at(&path, &state_path, &id) {
+            Ok(e) => out.push(QueueSummary {
+                pending: e.pending().map(|(_, r)| r.to_string()).collect(),
+                size: e.data_len(),
+                id: e.id,
+                arrival: e.envelope.arrival,
+                sender: e.envelope.sender,
+                last_error: e.last_error,
+                next_attempt: e.next_attempt,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => out.push(QueueSummary {
+                id,
+                arrival: id_time(v),
+                size: fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                sender: "?".into(),
+                pending: Vec::new(),
+                last_error: Some(format!("unreadable entry: {e}")),
+                next_attempt: id_time(v),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Renders the listing, one line per message, then a count. Addresses and errors come from
+/// clients and remote servers, so control and direction-changing characters are shown as
+/// `?` to keep them from driving the terminal.
+pub fn format_queue(entries: &[QueueSummary], now: SystemTime) -> String {
+    if entries.is_empty() {
+        return "Mail queue is empty\n".to_string();
+    }
+    let mut s = String::new();
+    s.push_str("QUEUE-ID      AGE       SIZE SENDER RECIPIENTS LAST-ERROR NEXT-ATTEMPT\n");
+    for e in entries {
+        let age = now.duration_since(e.arrival).unwrap_or(Duration::ZERO);
+        let sender = if e.sender.is_empty() {
+            "<>".to_string()
+        } else {
+            printable(&e.sender)
+        };
+        let rcpts = if e.pending.is_empty() {
+            "-".to_string()
+        } else {
+            printable(&e.pending.join(","))
+        };
+        let error = match &e.last_error {
+            Some(err) => format!("\"{}\"", printable(err).replace('"', "\\\"")),
+            None => "-".to_string(),
+        };
+        let next = if e.next_attempt <= now {
+            "now".to_string()
+        } else {
+            utc(e.next_attempt)
+        };
+        let _ = writeln!(
+            s,
+            "{:<12} {:>4} {:>10} {sender} {rcpts} {error} {next}",
+            e.id.0,
+            age_text(age),
+            e.size
+        );
+    }
+    let n = entries.len();
+    let _ = writeln!(
+        s,
+        "{n} {} in queue",
+        if n == 1 { "message" } else { "messages" }
+    );
+    s
+}
+
+/// `45s`, `3m`, `2h`, `1d`: the largest whole unit.
+fn age_text(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi || c == '\u{2028}' || c == '\u{2029}' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// ISO 8601 in UTC, to the second (`2024-05-01T12:34:56Z`).
+fn utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(1_714_566_896)),
+            "2024-05-01T12:34:56Z"
+        );
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age_text(Duration::from_secs(0)), "0s");
+        assert_eq!(age_text(Duration::from_secs(59)), "59s");
+        assert_eq!(age_text(Duration::from_secs(180)), "3m");
+        assert_eq!(age_text(Duration::from_secs(2 * 3600 + 5)), "2h");
+        assert_eq!(age_text(Duration::from_secs(86400 * 3)), "3d");
+    }
+
+    #[test]
+    fn hostile_text_is_neutralised() {
+        assert_eq!(printable("a\u{1b}[2Jb\u{202e}c"), "a?[2Jb?c");
+        assert_eq!(printable("grüße"), "grüße");
+    }
+}

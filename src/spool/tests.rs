@@ -1,0 +1,609 @@
+//! Spool tests on real temporary directories.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::format::{ID_LIMIT, id_decode, id_encode};
+use super::*;
+
+fn env(rcpts: &[&str]) -> Envelope {
+    Envelope {
+        sender: "alice@example.org".into(),
+        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        helo: "client.example.org".into(),
+        arrival: UNIX_EPOCH + Duration::new(1_714_566_896, 250_000_000),
+        smtputf8: false,
+        body: BodyType::SevenBit,
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn read_data(entry: &QueueEntry) -> Vec<u8> {
+    let (f, len) = entry.open_data().unwrap();
+    let mut v = Vec::new();
+    f.take(len).read_to_end(&mut v).unwrap();
+    assert_eq!(v.len() as u64, len);
+    v
+}
+
+/// begin + append + enqueue + flush; returns the committed id.
+fn store(spool: &mut Spool, e: &Envelope, data: &[u8]) -> QueueId {
+    let mut inc = spool.begin(e).unwrap();
+    inc.append(data);
+    spool.commit_enqueue(inc, 1).unwrap();
+    let mut r = spool.commit_flush();
+    assert_eq!(r.len(), 1);
+    let (tag, res) = r.pop().unwrap();
+    assert_eq!(tag, 1);
+    res.unwrap()
+}
+
+#[test]
+fn round_trip_keeps_envelope_and_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("spool");
+    let (mut spool, ids) = Spool::open(&root).unwrap();
+    assert!(ids.is_empty());
+    for sub in ["", "tmp", "queue"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(root.join(sub)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{sub}");
+    }
+
+    let e = env(&["bob@example.net", "carol@example.net"]);
+    let mut inc = spool.begin(&e).unwrap();
+    let id = inc.id().clone();
+    assert!(id.is_valid());
+    assert_eq!(names(&root.join("tmp")), vec![id.0.clone()]);
+    // Many small appends crossing the write buffer several times.
+    let mut data = b"Received: from client\r\nSubject: hi\r\n\r\n".to_vec();
+    for i in 0..5000 {
+        data.extend_from_slice(format!("line {i} .with a dot\r\n").as_bytes());
+    }
+    for chunk in data.chunks(977) {
+        inc.append(chunk);
+    }
+    spool.commit_enqueue(inc, 42).unwrap();
+    assert!(spool.commit_pending());
+    // Nothing is in the queue before the flush: no 250 may be sent yet.
+    assert!(names(&root.join("queue")).is_empty());
+    let r = spool.commit_flush();
+    assert_eq!(r, vec![(42, Ok(id.clone()))]);
+    assert!(!spool.commit_pending());
+    assert!(names(&root.join("tmp")).is_empty());
+    assert_eq!(names(&root.join("queue")), vec![id.0.clone()]);
+
+    let entry = spool.read_entry(&id).unwrap();
+    assert_eq!(entry.id, id);
+    assert_eq!(entry.envelope, e);
+    assert_eq!(entry.rcpts, vec![RcptState::Pending, RcptState::Pending]);
+    assert_eq!(entry.attempts, 0);
+    assert_eq!(entry.last_error, None);
+    assert_eq!(entry.next_attempt, e.arrival);
+    assert_eq!(entry.data_len(), data.len() as u64);
+    assert_eq!(read_data(&entry), data);
+    assert_eq!(
+        entry.pending().collect::<Vec<_>>(),
+        vec![(0, "bob@example.net"), (1, "carol@example.net")]
+    );
+
+    // The file is readable as text: header, blank line, then the data verbatim.
+    let raw = fs::read(entry.data_path()).unwrap();
+    assert!(raw.starts_with(b"postling-message 1\nid "));
+    assert_eq!(raw.get(entry.data_offset() as usize..).unwrap(), &data[..]);
+
+    drop(spool);
+    let (_spool, ids) = Spool::open(&root).unwrap();
+    assert_eq!(ids, vec![id]);
+}
+
+#[test]
+fn empty_message_round_trips() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let id = store(&mut spool, &env(&["x@y"]), b"");
+    let entry = spool.read_entry(&id).unwrap();
+    assert_eq!(entry.data_len(), 0);
+    assert!(read_data(&entry).is_empty());
+}
+
+#[test]
+fn odd_envelope_values_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let e = Envelope {
+        sender: String::new(),
+        recipients: vec![
+            "\"john doe\"@example.org".into(),
+            "a=b%20c@example.org".into(),
+            "grüße@bücher.example".into(),
+            "tab\there\u{1b}esc@x".into(),
+            "%%%@%".into(),
+            " spaced @x ".into(),
+        ],
+        client_ip: "2001:db8::1".parse().unwrap(),
+        helo: "[IPv6:2001:db8::1] = weird % helo".into(),
+        arrival: UNIX_EPOCH + Duration::new(1_000_000_000, 1),
+        smtputf8: true,
+        body: BodyType::EightBitMime,
+    };
+    let id = store(&mut spool, &e, b"x\r\n");
+    assert_eq!(spool.read_entry(&id).unwrap().envelope, e);
+}
+
+#[test]
+fn begin_rejects_line_breaks_and_nul() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    for bad in ["a\r@x", "a\n@x", "a\0@x"] {
+        assert!(matches!(
+            spool.begin(&env(&["ok@x", bad])),
+            Err(SpoolError::Failed(_))
+        ));
+        let mut e = env(&["ok@x"]);
+        e.sender = bad.into();
+        assert!(spool.begin(&e).is_err());
+        let mut e = env(&["ok@x"]);
+        e.helo = bad.into();
+        assert!(spool.begin(&e).is_err());
+    }
+    assert!(spool.begin(&env(&[])).is_err());
+    assert!(names(&d.path().join("tmp")).is_empty());
+}
+
+#[test]
+fn group_commit_reports_every_tag() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut expected = Vec::new();
+    for tag in 0..6usize {
+        let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+        inc.append(format!("message {tag}\r\n").as_bytes());
+        expected.push((tag * 10, inc.id().clone()));
+        spool.commit_enqueue(inc, tag * 10).unwrap();
+    }
+    let r = spool.commit_flush();
+    let got: Vec<(usize, QueueId)> = r.into_iter().map(|(t, res)| (t, res.unwrap())).collect();
+    assert_eq!(got, expected);
+    for (tag, id) in &expected {
+        let entry = spool.read_entry(id).unwrap();
+        assert_eq!(
+            read_data(&entry),
+            format!("message {}\r\n", tag / 10).as_bytes()
+        );
+    }
+    // A second flush has nothing to do.
+    assert!(spool.commit_flush().is_empty());
+    drop(spool);
+    let (_s, ids) = Spool::open(d.path()).unwrap();
+    assert_eq!(
+        ids,
+        expected.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn one_failure_in_a_group_fails_only_that_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut ids = Vec::new();
+    for tag in 0..3 {
+        let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+        inc.append(b"data\r\n");
+        ids.push(inc.id().clone());
+        spool.commit_enqueue(inc, tag).unwrap();
+    }
+    // The middle entry's temp file disappears: its rename fails.
+    fs::remove_file(d.path().join("tmp").join(&ids[1].0)).unwrap();
+    let r = spool.commit_flush();
+    assert_eq!(r.len(), 3);
+    for (tag, res) in r {
+        match tag {
+            1 => assert!(matches!(res, Err(SpoolError::Failed(_)))),
+            t => assert_eq!(res, Ok(ids[t].clone())),
+        }
+    }
+    assert_eq!(
+        names(&d.path().join("queue")),
+        vec![ids[0].0.clone(), ids[2].0.clone()]
+    );
+    assert!(names(&d.path().join("tmp")).is_empty());
+}
+
+#[test]
+fn abort_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+    inc.append(&[b'x'; 40_000]);
+    assert_eq!(names(&d.path().join("tmp")).len(), 1);
+    spool.abort(inc);
+    assert!(names(&d.path().join("tmp")).is_empty());
+    assert!(names(&d.path().join("queue")).is_empty());
+    assert!(spool.commit_flush().is_empty());
+}
+
+#[test]
+fn disk_full_is_latched_and_reported_as_full() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+    // Every write to /dev/full fails with ENOSPC, as a full spool disk would.
+    inc.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+    inc.append(&[b'a'; limits::SPOOL_WRITE_BUF + 10]);
+    assert!(inc.failed());
+    inc.append(b"ignored after the error");
+    assert_eq!(spool.commit_enqueue(inc, 7), Err(SpoolError::Full));
+    assert!(spool.commit_flush().is_empty());
+    assert!(names(&d.path().join("tmp")).is_empty());
+    assert!(names(&d.path().join("queue")).is_empty());
+}
+
+#[test]
+fn write_error_on_the_final_flush_fails_the_commit() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+    inc.append(b"short");
+    // Read-only descriptor: the buffered bytes fail when commit_enqueue writes them (EBADF).
+    inc.file = File::open(&inc.tmp_path).unwrap();
+    assert!(!inc.failed());
+    assert!(matches!(
+        spool.commit_enqueue(inc, 7),
+        Err(SpoolError::Failed(_))
+    ));
+    assert!(names(&d.path().join("tmp")).is_empty());
+    assert!(names(&d.path().join("queue")).is_empty());
+}
+
+#[test]
+fn open_recovers_from_a_crash_at_every_point() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let (mut spool, _) = Spool::open(root).unwrap();
+    // Complete entries: one plain, one with recorded progress.
+    let done = store(&mut spool, &env(&["a@x", "b@x"]), b"one\r\n");
+    let progressed = store(&mut spool, &env(&["a@x", "b@x"]), b"two\r\n");
+    spool.record_progress(&progressed, &[0], &[]).unwrap();
+    drop(spool);
+
+    let t = root.join("tmp");
+    let q = root.join("queue");
+    let base = id_decode(&progressed.0).unwrap();
+    // Crash while receiving: a temp message, partly written.
+    fs::write(t.join(id_encode(base + 1).0), b"postling-message 1\nid ").unwrap();
+    // Crash after writing but before the rename (commit point) of the next message.
+    fs::copy(q.join(&done.0), t.join(id_encode(base + 2).0)).unwrap();
+    // Crash while replacing a state file: the new one is still in tmp/.
+    fs::write(t.join(format!("{}.state", progressed.0)), b"postling-st").unwrap();
+    // Crash during remove: the message is gone, its state file is not.
+    let removed = id_encode(base + 3);
+    fs::write(
+        q.join(format!("{}.state", removed.0)),
+        b"postling-state 1\n",
+    )
+    .unwrap();
+    // A file that is none of ours is left alone.
+    fs::write(q.join("README"), b"admin notes").unwrap();
+
+    let (mut spool, ids) = Spool::open(root).unwrap();
+    assert_eq!(ids, vec![done.clone(), progressed.clone()]);
+    assert!(names(&t).is_empty());
+    assert_eq!(
+        names(&q),
+        vec![
+            done.0.clone(),
+            progressed.0.clone(),
+            format!("{}.state", progressed.0),
+            "README".to_string()
+        ]
+    );
+    // The committed progress survived the crash of its replacement.
+    let e = spool.read_entry(&progressed).unwrap();
+    assert_eq!(e.rcpts, vec![RcptState::Delivered, RcptState::Pending]);
+    // New ids are beyond every id seen on disk, temp leftovers included.
+    let inc = spool.begin(&env(&["r@x"])).unwrap();
+    assert!(id_decode(&inc.id().0).unwrap() > base + 3);
+}
+
+#[test]
+fn ids_are_unique_and_increasing_over_ten_thousand_begins() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let e = env(&["r@x"]);
+    let mut seen = HashSet::new();
+    let mut prev = String::new();
+    for _ in 0..10_000 {
+        let inc = spool.begin(&e).unwrap();
+        let id = inc.id().0.clone();
+        assert_eq!(id.len(), 12);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert!(id > prev, "{id} after {prev}");
+        assert!(seen.insert(id.clone()));
+        prev = id;
+        spool.abort(inc);
+    }
+    assert!(names(&d.path().join("tmp")).is_empty());
+}
+
+#[test]
+fn ids_skip_names_already_in_the_queue() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    // A name the generator is about to hand out is already in the queue (copied in by hand,
+    // or left by a run whose clock was ahead): it is skipped, not overwritten.
+    let now = format::micros_since_epoch(SystemTime::now());
+    spool.last_id = now + 1_000_000_000;
+    let taken = id_encode(spool.last_id + 1);
+    fs::write(d.path().join("queue").join(&taken.0), b"x").unwrap();
+    let inc = spool.begin(&env(&["r@x"])).unwrap();
+    assert_eq!(
+        id_decode(&inc.id().0),
+        Some(id_decode(&taken.0).unwrap() + 1)
+    );
+    assert_eq!(
+        fs::read(d.path().join("queue").join(&taken.0)).unwrap(),
+        b"x"
+    );
+    // A forged maximal id on disk does not break id generation.
+    spool.last_id = ID_LIMIT - 1;
+    let inc2 = spool.begin(&env(&["r@x"])).unwrap();
+    assert!(inc2.id().is_valid());
+    assert_ne!(inc2.id(), inc.id());
+}
+
+#[test]
+fn progress_and_deferral_survive_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let id = store(&mut spool, &env(&["a@x", "b@x", "c@x"]), b"m\r\n");
+    spool
+        .record_progress(&id, &[2], &[(0, "550 5.1.1 <a@x>: no such user".into())])
+        .unwrap();
+    let next = UNIX_EPOCH + Duration::new(1_800_000_000, 42);
+    spool
+        .record_deferral(&id, 3, "451 4.2.0 mailbox \"b\" busy", next)
+        .unwrap();
+    drop(spool);
+
+    let (mut spool, ids) = Spool::open(d.path()).unwrap();
+    assert_eq!(ids, vec![id.clone()]);
+    let e = spool.read_entry(&id).unwrap();
+    assert_eq!(
+        e.rcpts,
+        vec![
+            RcptState::Failed("550 5.1.1 <a@x>: no such user".into()),
+            RcptState::Pending,
+            RcptState::Delivered
+        ]
+    );
+    assert_eq!(e.attempts, 3);
+    assert_eq!(
+        e.last_error.as_deref(),
+        Some("451 4.2.0 mailbox \"b\" busy")
+    );
+    assert_eq!(e.next_attempt, next);
+    assert_eq!(e.pending().collect::<Vec<_>>(), vec![(1, "b@x")]);
+    assert!(!e.is_finished());
+
+    // Both at once; earlier outcomes are kept.
+    let later = next + Duration::from_secs(600);
+    let d2 = Deferral {
+        attempts: 4,
+        last_error: "timeout",
+        next_attempt: later,
+    };
+    spool.record_attempt(&id, &[1], &[], Some(d2)).unwrap();
+    let e = spool.read_entry(&id).unwrap();
+    assert!(e.is_finished());
+    assert_eq!(e.attempts, 4);
+    assert_eq!(e.next_attempt, later);
+    assert!(matches!(e.rcpts[0], RcptState::Failed(_)));
+
+    // Out-of-range indices are refused and change nothing.
+    let err = spool.record_progress(&id, &[3], &[]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(spool.read_entry(&id).unwrap().attempts, 4);
+    assert!(names(&d.path().join("tmp")).is_empty());
+}
+
+#[test]
+fn long_reasons_are_clipped() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let id = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+    let long = "x".repeat(100_000);
+    spool
+        .record_progress(&id, &[], &[(0, long.clone())])
+        .unwrap();
+    spool.record_deferral(&id, 1, &long, UNIX_EPOCH).unwrap();
+    let e = spool.read_entry(&id).unwrap();
+    assert_eq!(
+        e.rcpts,
+        vec![RcptState::Failed("x".repeat(limits::SPOOL_MAX_REASON))]
+    );
+    assert_eq!(e.last_error.unwrap().len(), limits::SPOOL_MAX_REASON);
+}
+
+#[test]
+fn remove_deletes_every_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let id = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+    let keep = store(&mut spool, &env(&["a@x"]), b"k\r\n");
+    spool.record_progress(&id, &[0], &[]).unwrap();
+    assert_eq!(names(&d.path().join("queue")).len(), 3);
+    spool.remove(&id).unwrap();
+    assert_eq!(names(&d.path().join("queue")), vec![keep.0.clone()]);
+    assert_eq!(
+        spool.read_entry(&id).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    // Idempotent; and recording on a removed entry fails without leaving a state file.
+    spool.remove(&id).unwrap();
+    assert!(spool.record_progress(&id, &[0], &[]).is_err());
+    assert_eq!(names(&d.path().join("queue")), vec![keep.0.clone()]);
+    drop(spool);
+    let (_s, ids) = Spool::open(d.path()).unwrap();
+    assert_eq!(ids, vec![keep]);
+}
+
+#[test]
+fn malformed_ids_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    for bad in ["../../etc/passwd", "", "short", "0000000000000"] {
+        let id = QueueId(bad.into());
+        assert_eq!(
+            spool.read_entry(&id).unwrap_err().kind(),
+            std::io::ErrorKind::InvalidInput
+        );
+        assert!(spool.remove(&id).is_err());
+        assert!(spool.record_progress(&id, &[], &[]).is_err());
+    }
+}
+
+#[test]
+fn damaged_entries_are_errors_not_panics() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let q = d.path().join("queue");
+    let cases: [&[u8]; 5] = [
+        b"",
+        b"postling-message 1\nid 000000000001\n",
+        b"garbage\n\n",
+        b"postling-message 1\nid 000000000002\narrival 1.000000000\n\n",
+        &[0xff; 100],
+    ];
+    for (i, content) in cases.iter().enumerate() {
+        let id = id_encode(i as u64 + 1);
+        fs::write(q.join(&id.0), content).unwrap();
+        assert_eq!(
+            spool.read_entry(&id).unwrap_err().kind(),
+            std::io::ErrorKind::InvalidData,
+            "case {i}"
+        );
+    }
+    // A header claiming another id is refused too.
+    let real = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+    let other = id_encode(99);
+    fs::copy(q.join(&real.0), q.join(&other.0)).unwrap();
+    assert!(spool.read_entry(&other).is_err());
+    // An endless header line is cut at the limit, not read into memory.
+    let huge = id_encode(100);
+    let mut f = File::create(q.join(&huge.0)).unwrap();
+    std::io::Write::write_all(&mut f, &vec![b'a'; limits::SPOOL_MAX_CONTROL + 10]).unwrap();
+    assert!(spool.read_entry(&huge).is_err());
+}
+
+#[test]
+fn bounces_enqueue_outside_an_smtp_session() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let bounce = Envelope {
+        sender: String::new(),
+        recipients: vec!["alice@example.org".into()],
+        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        helo: "mail.example.org".into(),
+        arrival: SystemTime::now(),
+        smtputf8: false,
+        body: BodyType::SevenBit,
+    };
+    let mut inc = spool.begin(&bounce).unwrap();
+    inc.append(b"Subject: Undelivered Mail\r\n\r\nsorry\r\n");
+    spool.commit_enqueue(inc, usize::MAX).unwrap();
+    let r = spool.commit_flush();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, usize::MAX);
+    let id = r[0].1.clone().unwrap();
+    assert_eq!(spool.read_entry(&id).unwrap().envelope, bounce);
+}
+
+#[test]
+fn listing_shows_one_line_per_message() {
+    let d = tempfile::tempdir().unwrap();
+    assert_eq!(
+        format_queue(&[], SystemTime::now()),
+        "Mail queue is empty\n"
+    );
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    assert_eq!(list_queue(d.path()).unwrap(), vec![]);
+
+    let now = UNIX_EPOCH + Duration::from_secs(1_714_566_896);
+    let mut e1 = env(&["bob@example.net", "carol@example.net"]);
+    e1.arrival = now - Duration::from_secs(180);
+    let a = store(&mut spool, &e1, b"12345\r\n");
+    spool.record_progress(&a, &[0], &[]).unwrap();
+    spool
+        .record_deferral(
+            &a,
+            2,
+            "451 4.2.0 \"busy\"\u{1b}[2J",
+            now + Duration::from_secs(3600),
+        )
+        .unwrap();
+    let mut e2 = env(&["dave@example.net"]);
+    e2.sender.clear();
+    e2.arrival = now - Duration::from_secs(2 * 86400 + 5);
+    let b = store(&mut spool, &e2, b"");
+    // An entry whose header is unreadable is listed with the reason.
+    let broken = id_encode(id_decode(&b.0).unwrap() + 1);
+    fs::write(d.path().join("queue").join(&broken.0), b"junk").unwrap();
+
+    let list = list_queue(d.path()).unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0].pending, vec!["carol@example.net".to_string()]);
+    assert_eq!(list[0].size, 7);
+    let mut list2 = list.clone();
+    list2.truncate(2);
+    let text = format_queue(&list2, now);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "QUEUE-ID      AGE       SIZE SENDER RECIPIENTS LAST-ERROR NEXT-ATTEMPT",
+            &format!(
+                "{}   3m          7 alice@example.org carol@example.net \"451 4.2.0 \\\"busy\\\"?[2J\" 2024-05-01T13:34:56Z",
+                a.0
+            ),
+            &format!("{}   2d          0 <> dave@example.net - now", b.0),
+            "2 messages in queue",
+        ]
+    );
+    let text = format_queue(&list, now);
+    assert!(text.ends_with("3 messages in queue\n"));
+    assert!(text.contains(&format!("{} ", broken.0)));
+    assert!(text.contains("unreadable entry"));
+    let one = format_queue(&list[1..2], now);
+    assert!(one.ends_with("\n1 message in queue\n"));
+}
+
+#[test]
+fn listing_tolerates_vanishing_entries_and_missing_spool() {
+    let d = tempfile::tempdir().unwrap();
+    assert!(list_queue(&d.path().join("nope")).is_err());
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let a = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+    spool.remove(&a).unwrap();
+    assert!(list_queue(d.path()).unwrap().is_empty());
+    // An orphan state file (crash during remove) is not an entry.
+    fs::write(
+        d.path().join("queue").join(format!("{}.state", a.0)),
+        b"postling-state 1\n",
+    )
+    .unwrap();
+    assert!(list_queue(d.path()).unwrap().is_empty());
+}
