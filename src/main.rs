@@ -95,8 +95,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EX_CONFIG);
     }
     if m.opt_present("q") {
-        eprintln!("postling: the queue listing is not available yet");
-        return ExitCode::from(EX_OSERR);
+        return print_queue(&config);
     }
 
     let foreground = m.opt_present("f");
@@ -113,6 +112,24 @@ fn main() -> ExitCode {
         warn!("{w}");
     }
     run(config, foreground)
+}
+
+/// `-q`: reads the spool directly, so it works whether or not the daemon runs.
+fn print_queue(config: &Config) -> ExitCode {
+    match postling::spool::list_queue(&config.spool_dir) {
+        Ok(entries) => {
+            print!("{}", postling::spool::format_queue(&entries, std::time::SystemTime::now()));
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("Mail queue is empty (no spool at {} yet)", config.spool_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postling: cannot read the queue in {}: {e}", config.spool_dir.display());
+            ExitCode::from(EX_OSERR)
+        }
+    }
 }
 
 fn init_logging(config: &Config, level: log::LevelFilter) -> std::io::Result<()> {
