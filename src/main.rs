@@ -118,15 +118,24 @@ fn main() -> ExitCode {
 fn print_queue(config: &Config) -> ExitCode {
     match postling::spool::list_queue(&config.spool_dir) {
         Ok(entries) => {
-            print!("{}", postling::spool::format_queue(&entries, std::time::SystemTime::now()));
+            print!(
+                "{}",
+                postling::spool::format_queue(&entries, std::time::SystemTime::now())
+            );
             ExitCode::SUCCESS
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("Mail queue is empty (no spool at {} yet)", config.spool_dir.display());
+            println!(
+                "Mail queue is empty (no spool at {} yet)",
+                config.spool_dir.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("postling: cannot read the queue in {}: {e}", config.spool_dir.display());
+            eprintln!(
+                "postling: cannot read the queue in {}: {e}",
+                config.spool_dir.display()
+            );
             ExitCode::from(EX_OSERR)
         }
     }

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn};
 
+use super::Outcome;
 use super::bounce::{self, FailedRecipient};
 use super::maildir::Maildirs;
 use super::schedule::{Schedule, backoff};
-use super::Outcome;
-use crate::directory::{Directory, Resolved, ResolveError};
-use crate::proto::smtp::rfc5322_date;
+use crate::date::rfc5322_date;
+use crate::directory::{Directory, ResolveError, Resolved};
 use crate::spool::{BodyType, Envelope, QueueId, SpoolError};
 
 /// One queue entry as delivery sees it.
@@ -31,8 +31,16 @@ pub trait QueueStore {
     fn load(&mut self, id: &QueueId) -> io::Result<Entry>;
     /// The stored message data (CRLF line endings), from its first byte.
     fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>>;
-    fn record_progress(&mut self, id: &QueueId, delivered: &[usize], failed: &[(usize, String)]) -> io::Result<()>;
-    fn record_deferral(&mut self, id: &QueueId, attempts: u32, last_error: &str, next_attempt: SystemTime) -> io::Result<()>;
+    /// Durably records the recipients finished in this attempt and when to try the rest.
+    fn record_attempt(
+        &mut self,
+        id: &QueueId,
+        delivered: &[usize],
+        failed: &[(usize, String)],
+        attempts: u32,
+        last_error: &str,
+        next_attempt: SystemTime,
+    ) -> io::Result<()>;
     fn remove(&mut self, id: &QueueId) -> io::Result<()>;
     /// Queue a new message (a bounce) and make it durable before returning its id.
     fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError>;
@@ -55,7 +63,10 @@ pub struct Engine {
 fn split_status(reason: &str, default: &str) -> (String, String) {
     let mut parts = reason.splitn(2, ' ');
     let first = parts.next().unwrap_or("");
-    let is_status = first.split('.').count() == 3 && first.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let is_status = first.split('.').count() == 3
+        && first
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if is_status {
         (first.to_string(), parts.next().unwrap_or("").to_string())
     } else {
@@ -65,7 +76,11 @@ fn split_status(reason: &str, default: &str) -> (String, String) {
 
 impl Engine {
     pub fn new(maildirs: Maildirs, policy: DeliveryPolicy) -> Engine {
-        Engine { schedule: Schedule::default(), maildirs, policy }
+        Engine {
+            schedule: Schedule::default(),
+            maildirs,
+            policy,
+        }
     }
 
     pub fn set_policy(&mut self, policy: DeliveryPolicy, maildirs: Maildirs) {
@@ -74,28 +89,48 @@ impl Engine {
     }
 
     /// Attempts up to `budget` due entries; returns how many were attempted.
-    pub fn run(&mut self, budget: usize, store: &mut dyn QueueStore, dir: &Directory, now: Instant, wall: SystemTime) -> usize {
+    pub fn run(
+        &mut self,
+        budget: usize,
+        store: &mut dyn QueueStore,
+        dir: &Directory,
+        now: Instant,
+        wall: SystemTime,
+    ) -> usize {
         let mut done = 0;
         while done < budget {
-            let Some(id) = self.schedule.next_due(now) else { break };
+            let Some(id) = self.schedule.next_due(now) else {
+                break;
+            };
             self.attempt(&id, store, dir, now, wall);
             done += 1;
         }
         done
     }
 
-    fn attempt(&mut self, id: &QueueId, store: &mut dyn QueueStore, dir: &Directory, now: Instant, wall: SystemTime) {
+    fn attempt(
+        &mut self,
+        id: &QueueId,
+        store: &mut dyn QueueStore,
+        dir: &Directory,
+        now: Instant,
+        wall: SystemTime,
+    ) {
         let entry = match store.load(id) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => {
-                warn!("{id}: cannot read queue entry: {e}; retrying in {:?}", self.policy.retry_max);
+                warn!(
+                    "{id}: cannot read queue entry: {e}; retrying in {:?}",
+                    self.policy.retry_max
+                );
                 self.schedule.defer(id.clone(), now + self.policy.retry_max);
                 return;
             }
         };
         let env = &entry.envelope;
-        let expired = wall.duration_since(env.arrival).unwrap_or_default() >= self.policy.queue_lifetime;
+        let expired =
+            wall.duration_since(env.arrival).unwrap_or_default() >= self.policy.queue_lifetime;
         let mut delivered = Vec::new();
         let mut failed: Vec<(usize, String)> = Vec::new();
         let mut temporary: Option<String> = None;
@@ -103,26 +138,41 @@ impl Engine {
         let mut users_done: HashSet<String> = HashSet::new();
 
         for &idx in &entry.pending {
-            let Some(rcpt) = env.recipients.get(idx) else { continue };
+            let Some(rcpt) = env.recipients.get(idx) else {
+                continue;
+            };
             let outcome = match dir.resolve(rcpt) {
                 Err(ResolveError::UnknownUser) => Outcome::Permanent("5.1.1 unknown user".into()),
-                Err(ResolveError::AliasLoop(name)) => Outcome::Permanent(format!("5.4.6 alias loop at {name}")),
-                Err(ResolveError::NotLocal) => Outcome::Temporary(format!("{rcpt} is not local and no relay is configured")),
-                Ok(targets) => self.deliver_targets(id, env, rcpt, &targets, store, &mut users_done, wall),
+                Err(ResolveError::AliasLoop(name)) => {
+                    Outcome::Permanent(format!("5.4.6 alias loop at {name}"))
+                }
+                Err(ResolveError::NotLocal) => {
+                    Outcome::Temporary(format!("{rcpt} is not local and no relay is configured"))
+                }
+                Ok(targets) => {
+                    self.deliver_targets(id, env, rcpt, &targets, store, &mut users_done, wall)
+                }
             };
             match outcome {
                 Outcome::Delivered => delivered.push(idx),
                 Outcome::Permanent(r) => failed.push((idx, r)),
-                Outcome::Temporary(r) if expired => {
-                    failed.push((idx, format!("4.4.7 message expired after {}; last error: {r}", human(self.policy.queue_lifetime))))
-                }
+                Outcome::Temporary(r) if expired => failed.push((
+                    idx,
+                    format!(
+                        "4.4.7 message expired after {}; last error: {r}",
+                        human(self.policy.queue_lifetime)
+                    ),
+                )),
                 Outcome::Temporary(r) => temporary = Some(format!("{rcpt}: {r}")),
             }
         }
 
         if !failed.is_empty() {
             if env.sender.is_empty() {
-                info!("{id}: {} recipient(s) failed; no bounce for the null sender", failed.len());
+                info!(
+                    "{id}: {} recipient(s) failed; no bounce for the null sender",
+                    failed.len()
+                );
             } else if let Err(e) = self.bounce(id, env, &failed, store, wall) {
                 // Keep the failed recipients pending so the bounce is not lost; retry later.
                 warn!("{id}: cannot queue the bounce: {e:?}; will retry");
@@ -136,21 +186,22 @@ impl Engine {
                 info!("{id}: to <{}> failed: {r}", env.recipients[*idx]);
             }
             match store.remove(id) {
-                Ok(()) => info!("{id}: done ({} delivered, {} bounced)", delivered.len(), failed.len()),
+                Ok(()) => info!(
+                    "{id}: done ({} delivered, {} bounced)",
+                    delivered.len(),
+                    failed.len()
+                ),
                 Err(e) => warn!("{id}: delivered but cannot remove the queue entry: {e}"),
             }
             return;
         }
-        if finished > 0 {
-            if let Err(e) = store.record_progress(id, &delivered, &failed) {
-                warn!("{id}: cannot record delivery progress: {e}");
-            }
-        }
         let attempts = entry.attempts + 1;
         let delay = backoff(attempts, self.policy.retry_min, self.policy.retry_max);
         let reason = temporary.unwrap_or_else(|| "temporary failure".into());
-        if let Err(e) = store.record_deferral(id, attempts, &reason, wall + delay) {
-            warn!("{id}: cannot record deferral: {e}");
+        if let Err(e) =
+            store.record_attempt(id, &delivered, &failed, attempts, &reason, wall + delay)
+        {
+            warn!("{id}: cannot record the delivery attempt: {e}");
         }
         info!("{id}: deferred for {}: {reason}", human(delay));
         self.schedule.defer(id.clone(), now + delay);
@@ -175,20 +226,25 @@ impl Engine {
                         continue;
                     }
                     match store.open_data(id) {
-                        Ok(mut data) => self.maildirs.deliver(user, &env.sender, rcpt, &mut data, wall),
+                        Ok(mut data) => {
+                            self.maildirs
+                                .deliver(user, &env.sender, rcpt, &mut data, wall)
+                        }
                         Err(e) => Outcome::Temporary(format!("cannot read queued message: {e}")),
                     }
                 }
-                Resolved::Remote { address } => {
-                    Outcome::Temporary(format!("forwarding to {address} needs a relay, and none is configured"))
-                }
+                Resolved::Remote { address } => Outcome::Temporary(format!(
+                    "forwarding to {address} needs a relay, and none is configured"
+                )),
             };
             match (&outcome, t) {
                 (Outcome::Delivered, Resolved::Local { user }) => {
                     users_done.insert(user.clone());
                 }
                 (Outcome::Temporary(_), _) => result = outcome,
-                (Outcome::Permanent(_), _) if !matches!(result, Outcome::Temporary(_)) => result = outcome,
+                (Outcome::Permanent(_), _) if !matches!(result, Outcome::Temporary(_)) => {
+                    result = outcome
+                }
                 _ => {}
             }
         }
@@ -207,7 +263,11 @@ impl Engine {
             .iter()
             .map(|(idx, reason)| {
                 let (status, text) = split_status(reason, "5.0.0");
-                FailedRecipient { address: env.recipients.get(*idx).cloned().unwrap_or_default(), status, reason: text }
+                FailedRecipient {
+                    address: env.recipients.get(*idx).cloned().unwrap_or_default(),
+                    status,
+                    reason: text,
+                }
             })
             .collect();
         let mut head = [0u8; bounce::MAX_RETURNED_HEADERS];

@@ -2,8 +2,10 @@
 //! schedule of when each queue entry is tried again.
 
 pub mod bounce;
+pub mod engine;
 pub mod maildir;
 pub mod schedule;
+pub mod store;
 
 /// The result of one delivery attempt for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]

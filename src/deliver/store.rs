@@ -1,0 +1,93 @@
+//! The spool as the delivery engine's `QueueStore`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::engine::{Entry, QueueStore};
+use crate::spool::{Deferral, Envelope, QueueId, Spool, SpoolError};
+
+/// Tag of a commit made by delivery itself (a bounce), distinct from any connection slot.
+pub const BOUNCE_TAG: usize = usize::MAX;
+
+pub struct SpoolStore<'a> {
+    pub spool: &'a mut Spool,
+    /// Where the data of the last loaded entry starts, so each local target does not re-read
+    /// the envelope header.
+    last: Option<(QueueId, PathBuf, u64, u64)>,
+}
+
+impl<'a> SpoolStore<'a> {
+    pub fn new(spool: &'a mut Spool) -> SpoolStore<'a> {
+        SpoolStore { spool, last: None }
+    }
+}
+
+impl QueueStore for SpoolStore<'_> {
+    fn load(&mut self, id: &QueueId) -> io::Result<Entry> {
+        let e = self.spool.read_entry(id)?;
+        self.last = Some((
+            id.clone(),
+            e.data_path().to_path_buf(),
+            e.data_offset(),
+            e.data_len(),
+        ));
+        Ok(Entry {
+            pending: e.pending().map(|(i, _)| i).collect(),
+            attempts: e.attempts,
+            envelope: e.envelope,
+        })
+    }
+
+    fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>> {
+        let (path, offset, len) = match &self.last {
+            Some((last, path, offset, len)) if last == id => (path.clone(), *offset, *len),
+            _ => {
+                let e = self.spool.read_entry(id)?;
+                (e.data_path().to_path_buf(), e.data_offset(), e.data_len())
+            }
+        };
+        let mut f = File::open(path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        Ok(Box::new(f.take(len)))
+    }
+
+    fn record_attempt(
+        &mut self,
+        id: &QueueId,
+        delivered: &[usize],
+        failed: &[(usize, String)],
+        attempts: u32,
+        last_error: &str,
+        next_attempt: SystemTime,
+    ) -> io::Result<()> {
+        let deferral = Deferral {
+            attempts,
+            last_error,
+            next_attempt,
+        };
+        self.spool
+            .record_attempt(id, delivered, failed, Some(deferral))
+    }
+
+    fn remove(&mut self, id: &QueueId) -> io::Result<()> {
+        self.spool.remove(id)
+    }
+
+    fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
+        // Delivery runs only when no session's commit is pending (the reactor flushes those
+        // first), so this flush reports this message alone.
+        debug_assert!(!self.spool.commit_pending());
+        let mut inc = self.spool.begin(envelope)?;
+        inc.append(data);
+        self.spool.commit_enqueue(inc, BOUNCE_TAG)?;
+        let mut result = Err(SpoolError::Failed("bounce was not committed".into()));
+        for (tag, r) in self.spool.commit_flush() {
+            if tag == BOUNCE_TAG {
+                result = r;
+            }
+        }
+        result
+    }
+}
