@@ -1,77 +1,318 @@
-//! The reactor's side of the session host traits: it lends each session the spool, the
-//! directory and the mailbox store for one call, keyed by the connection's slot.
+//! The reactor's side of the sessions' host traits, and the services behind them: the spool
+//! (messages being received, the group commit), the directory (users, aliases), the delivery
+//! engine (and its schedule), open POP mailboxes and the failed-login throttle.
+//!
+//! Per-connection state (a message being received, a locked mailbox) is keyed by the
+//! connection's slot; the reactor reports every slot's end through `session_ended`, so nothing
+//! outlives its connection.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::directory::RcptVerdict;
+use log::{info, warn};
+
+use crate::auth;
+use crate::config::Config;
+use crate::deliver::engine::{DeliveryPolicy, Engine};
+use crate::deliver::maildir::Maildirs;
+use crate::deliver::store::SpoolStore;
+use crate::directory::{Directory, RcptVerdict};
+use crate::limits;
+use crate::mailbox::Mailbox;
 use crate::proto::smtp::SmtpHost;
 use crate::proto::{AuthVerdict, MailboxError, MessageInfo, PopHost};
-use crate::spool::{Envelope, QueueId, SpoolError};
+use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
+use crate::throttle::Throttle;
 
-/// Everything sessions reach through their host traits.
-#[derive(Default)]
-pub struct Services {}
+/// Why the services could not start: names what and where, for the one start-up error line.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything sessions reach through their host traits, and the delivery side of the queue.
+pub struct Services {
+    spool: Spool,
+    spool_dir: PathBuf,
+    /// The message each SMTP slot is receiving.
+    incoming: HashMap<usize, Incoming>,
+    directory: Directory,
+    engine: Engine,
+    mailbox_root: PathBuf,
+    /// The mailbox each POP slot has locked.
+    mailboxes: HashMap<usize, Mailbox>,
+    throttle: Throttle,
+}
+
+fn policy(config: &Config) -> DeliveryPolicy {
+    DeliveryPolicy {
+        hostname: config.hostname.clone(),
+        retry_min: config.retry_min,
+        retry_max: config.retry_max,
+        queue_lifetime: config.queue_lifetime,
+    }
+}
 
 impl Services {
-    pub fn smtp_host(&mut self, _slot: usize, _peer: SocketAddr) -> SmtpHostFor<'_> {
-        SmtpHostFor { _services: self }
+    /// Opens the spool (removing what a crash left half-done), reads the users and aliases,
+    /// and schedules every queued message for an attempt at once. Returns warnings to log.
+    pub fn start(config: &Config) -> Result<(Services, Vec<String>), StartError> {
+        let (spool, queued) = Spool::open(&config.spool_dir).map_err(|e| {
+            StartError(format!(
+                "cannot open the spool {}: {e}; check that the directory is writable by the user postling runs as (spool_dir in {})",
+                config.spool_dir.display(),
+                config.path.display()
+            ))
+        })?;
+        let (directory, warnings) =
+            Directory::load(config.directory_settings()).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                StartError(lines.join("\n"))
+            })?;
+        let mut engine = Engine::new(
+            Maildirs::new(&config.mailbox_dir, &config.hostname),
+            policy(config),
+        );
+        if !queued.is_empty() {
+            info!(
+                "{} message(s) in the queue; delivering them now",
+                queued.len()
+            );
+        }
+        for id in queued {
+            engine.schedule.due_now(id);
+        }
+        let services = Services {
+            spool,
+            spool_dir: config.spool_dir.clone(),
+            incoming: HashMap::new(),
+            directory,
+            engine,
+            mailbox_root: config.mailbox_dir.clone(),
+            mailboxes: HashMap::new(),
+            throttle: Throttle::default(),
+        };
+        Ok((services, warnings))
     }
 
-    pub fn pop_host(&mut self, _slot: usize, _peer: SocketAddr) -> PopHostFor<'_> {
-        PopHostFor { _services: self }
+    pub fn smtp_host(&mut self, slot: usize, _peer: SocketAddr) -> SmtpHostFor<'_> {
+        SmtpHostFor {
+            services: self,
+            slot,
+        }
     }
 
-    /// SIGHUP: re-read users and aliases, pick up changed paths and settings.
-    pub fn reload(&mut self, _config: &crate::config::Config) {}
+    pub fn pop_host(&mut self, slot: usize, peer: SocketAddr, now: Instant) -> PopHostFor<'_> {
+        PopHostFor {
+            services: self,
+            slot,
+            peer,
+            now,
+        }
+    }
 
-    /// The connection in `slot` is going away: drop its unfinished message, release its mailbox.
-    pub fn session_ended(&mut self, _slot: usize, _session: &mut crate::conn::Session) {}
+    /// SIGHUP: re-read users and aliases, pick up changed paths and delivery settings. A
+    /// directory that fails to load keeps the previous tables.
+    pub fn reload(&mut self, config: &Config) {
+        let settings = config.directory_settings();
+        if &settings != self.directory.settings() {
+            match Directory::load(settings) {
+                Ok((directory, warnings)) => {
+                    for w in warnings {
+                        warn!("{w}");
+                    }
+                    self.directory = directory;
+                }
+                Err(errors) => {
+                    for e in errors {
+                        warn!("{e}");
+                    }
+                    warn!("keeping the previous users and aliases");
+                }
+            }
+        } else {
+            self.directory.refresh();
+        }
+        self.engine.set_policy(
+            policy(config),
+            Maildirs::new(&config.mailbox_dir, &config.hostname),
+        );
+        self.mailbox_root = config.mailbox_dir.clone();
+        if config.spool_dir != self.spool_dir {
+            warn!(
+                "spool_dir changed to {}; the change takes effect at the next restart (still using {})",
+                config.spool_dir.display(),
+                self.spool_dir.display()
+            );
+        }
+    }
 
-    /// Makes this turn's finished messages durable; returns each waiting slot's outcome.
+    /// The connection in `slot` is going away: drop its unfinished message (removing its temp
+    /// file) and release its mailbox lock without deleting anything.
+    pub fn session_ended(&mut self, slot: usize, _session: &mut crate::conn::Session) {
+        if let Some(inc) = self.incoming.remove(&slot) {
+            self.spool.abort(inc);
+        }
+        self.mailboxes.remove(&slot);
+    }
+
+    /// Makes this turn's finished messages durable; returns each waiting slot's outcome and
+    /// schedules every committed message for delivery at once.
     pub fn commit_flush(&mut self) -> Vec<(usize, Result<QueueId, SpoolError>)> {
-        Vec::new()
+        let results = self.spool.commit_flush();
+        for (_, r) in &results {
+            if let Ok(id) = r {
+                self.engine.schedule.due_now(id.clone());
+            }
+        }
+        results
+    }
+
+    /// Attempts the deliveries that are due, at most `limits::DELIVERIES_PER_TURN`, so a
+    /// backlog never starves the clients. Must run after `commit_flush` in the same turn.
+    pub fn deliver(&mut self, now: Instant, wall: SystemTime) {
+        if self.engine.schedule.timeout(now) != Some(Duration::ZERO) {
+            return;
+        }
+        self.directory.refresh();
+        let mut store = SpoolStore::new(&mut self.spool);
+        self.engine.run(
+            limits::DELIVERIES_PER_TURN,
+            &mut store,
+            &self.directory,
+            now,
+            wall,
+        );
+    }
+
+    /// How long the reactor may sleep as far as delivery is concerned (None: forever).
+    pub fn delivery_timeout(&self, now: Instant) -> Option<Duration> {
+        self.engine.schedule.timeout(now)
+    }
+
+    /// SIGUSR2: every queued message is due now.
+    pub fn queue_run_now(&mut self) {
+        info!(
+            "queue run requested: {} message(s) due now",
+            self.engine.schedule.len()
+        );
+        self.engine.schedule.flush();
     }
 }
 
 pub struct SmtpHostFor<'a> {
-    _services: &'a mut Services,
+    services: &'a mut Services,
+    slot: usize,
 }
 
 impl SmtpHost for SmtpHostFor<'_> {
-    fn rcpt_verdict(&mut self, _rcpt: &str) -> RcptVerdict {
-        RcptVerdict::TempFail
+    fn rcpt_verdict(&mut self, rcpt: &str) -> RcptVerdict {
+        self.services.directory.refresh();
+        self.services.directory.rcpt_verdict(rcpt)
     }
-    fn message_begin(&mut self, _envelope: &Envelope) -> Result<QueueId, SpoolError> {
-        Err(SpoolError::Failed("spool not available".into()))
+
+    fn message_begin(&mut self, envelope: &Envelope) -> Result<QueueId, SpoolError> {
+        if let Some(old) = self.services.incoming.remove(&self.slot) {
+            self.services.spool.abort(old);
+        }
+        let inc = self.services.spool.begin(envelope).inspect_err(|e| {
+            warn!("spool: cannot start a message: {e:?}");
+        })?;
+        let id = inc.id().clone();
+        self.services.incoming.insert(self.slot, inc);
+        Ok(id)
     }
-    fn message_append(&mut self, _bytes: &[u8]) {}
+
+    fn message_append(&mut self, bytes: &[u8]) {
+        if let Some(inc) = self.services.incoming.get_mut(&self.slot) {
+            inc.append(bytes);
+        }
+    }
+
     fn message_commit(&mut self) -> Result<(), SpoolError> {
-        Err(SpoolError::Failed("spool not available".into()))
+        let Some(inc) = self.services.incoming.remove(&self.slot) else {
+            return Err(SpoolError::Failed("no message in progress".into()));
+        };
+        let id = inc.id().clone();
+        self.services
+            .spool
+            .commit_enqueue(inc, self.slot)
+            .inspect_err(|e| warn!("spool: {id} not committed: {e:?}"))
     }
-    fn message_abort(&mut self) {}
+
+    fn message_abort(&mut self) {
+        if let Some(inc) = self.services.incoming.remove(&self.slot) {
+            self.services.spool.abort(inc);
+        }
+    }
 }
 
 pub struct PopHostFor<'a> {
-    _services: &'a mut Services,
+    services: &'a mut Services,
+    slot: usize,
+    peer: SocketAddr,
+    now: Instant,
 }
 
 impl PopHost for PopHostFor<'_> {
-    fn authenticate(&mut self, _user: &str, _password: &[u8]) -> AuthVerdict {
-        AuthVerdict::Rejected
+    fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict {
+        let ip = self.peer.ip();
+        if !self.services.throttle.allows(ip, self.now) {
+            warn!("pop: login as {user:?} from {ip} refused: too many recent failures");
+            return AuthVerdict::Throttled;
+        }
+        self.services.directory.refresh();
+        let found = self.services.directory.credential(user);
+        let accepted = auth::verify(found.map(|(_, c)| c), password);
+        match found {
+            Some((name, _)) if accepted => {
+                let name = name.to_string();
+                self.services.throttle.record_success(ip);
+                info!("pop: {name} logged in from {ip}");
+                AuthVerdict::Accepted(name)
+            }
+            _ => {
+                self.services.throttle.record_failure(ip, self.now);
+                info!("pop: failed login as {user:?} from {ip}");
+                AuthVerdict::Rejected
+            }
+        }
     }
-    fn mailbox_open(&mut self, _user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
-        Err(MailboxError::Temporary("mailboxes not available".into()))
+
+    fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
+        self.services.mailboxes.remove(&self.slot);
+        let (mailbox, messages) = Mailbox::open(&self.services.mailbox_root, user)?;
+        self.services.mailboxes.insert(self.slot, mailbox);
+        Ok(messages)
     }
+
     fn message_read(
         &mut self,
-        _index: usize,
-        _offset: u64,
-        _buf: &mut [u8],
+        index: usize,
+        offset: u64,
+        buf: &mut [u8],
     ) -> std::io::Result<usize> {
-        Ok(0)
+        match self.services.mailboxes.get_mut(&self.slot) {
+            Some(m) => m.read(index, offset, buf),
+            None => Err(std::io::Error::other("no mailbox open")),
+        }
     }
-    fn mailbox_update(&mut self, _deleted: &[usize]) -> Result<(), MailboxError> {
-        Ok(())
+
+    fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
+        match self.services.mailboxes.remove(&self.slot) {
+            Some(m) => m.update(deleted),
+            None => Err(MailboxError::Temporary("no mailbox open".into())),
+        }
     }
-    fn mailbox_release(&mut self) {}
+
+    fn mailbox_release(&mut self) {
+        self.services.mailboxes.remove(&self.slot);
+    }
 }

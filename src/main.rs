@@ -203,13 +203,21 @@ fn run(config: Config, foreground: bool) -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     }
+    let services = match Services::start(&config) {
+        Ok((services, warnings)) => {
+            for w in &warnings {
+                warn!("{w}");
+            }
+            services
+        }
+        Err(e) => {
+            eprintln!("postling: {e}");
+            error!("{e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
     let settings = Settings::from_config(&config);
-    let mut reactor = match Reactor::new(
-        listeners,
-        settings,
-        Services::default(),
-        config.path.clone(),
-    ) {
+    let mut reactor = match Reactor::new(listeners, settings, services, config.path.clone()) {
         Ok(r) => r,
         Err(e) => {
             error!("cannot start the reactor: {e}");

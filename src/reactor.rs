@@ -220,6 +220,7 @@ impl Reactor {
                 }
             }
             self.finish_commits(now);
+            self.services.deliver(now, SystemTime::now());
             self.fire_deadlines(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.resume_accepting(now);
@@ -229,6 +230,9 @@ impl Reactor {
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         let mut t = self.deadlines.timeout(now);
+        if let Some(d) = self.services.delivery_timeout(now) {
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
         for extra in [self.accept_paused_until, self.stop_by]
             .into_iter()
             .flatten()
@@ -246,7 +250,7 @@ impl Reactor {
                 SIGTERM | SIGINT => self.begin_stop(now),
                 SIGHUP => self.reload(),
                 SIGUSR1 => info!("SIGUSR1 received: log reopen is not implemented yet, ignored"),
-                SIGUSR2 => info!("SIGUSR2 received: queue run is not implemented yet, ignored"),
+                SIGUSR2 => self.services.queue_run_now(),
                 _ => {}
             }
         }
@@ -590,13 +594,13 @@ impl Reactor {
                     input,
                     ctx,
                     out,
-                    &mut self.services.pop_host(slot, conn.peer),
+                    &mut self.services.pop_host(slot, conn.peer, now),
                 ),
                 Session::Pop2(s) => s.step(
                     input,
                     ctx,
                     out,
-                    &mut self.services.pop_host(slot, conn.peer),
+                    &mut self.services.pop_host(slot, conn.peer, now),
                 ),
             };
             if step.consumed > 0 {
@@ -790,13 +794,13 @@ impl Reactor {
                         Completion::Woke,
                         ctx,
                         out,
-                        &mut self.services.pop_host(slot, conn.peer),
+                        &mut self.services.pop_host(slot, conn.peer, now),
                     ),
                     Session::Pop2(s) => s.resume(
                         Completion::Woke,
                         ctx,
                         out,
-                        &mut self.services.pop_host(slot, conn.peer),
+                        &mut self.services.pop_host(slot, conn.peer, now),
                     ),
                 }
                 self.drive(slot, now);
