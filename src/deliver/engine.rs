@@ -2,7 +2,7 @@
 //! recipient, delivers into Maildirs, records per-recipient progress durably, and finally
 //! removes the entry, defers it with back-off, or bounces what failed for good.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,7 +10,7 @@ use log::{info, warn};
 
 use super::Outcome;
 use super::bounce::{self, FailedRecipient};
-use super::maildir::Maildirs;
+use super::maildir::{Maildirs, Staged};
 use super::schedule::{Schedule, backoff};
 use crate::date::rfc5322_date;
 use crate::directory::{Directory, ResolveError, Resolved};
@@ -53,6 +53,44 @@ pub struct DeliveryPolicy {
     pub queue_lifetime: Duration,
 }
 
+/// One entry of a delivery batch between staging and settling.
+struct Attempt {
+    id: QueueId,
+    entry: Entry,
+    /// Each pending recipient's index with where its copies went.
+    rcpts: Vec<(usize, Vec<Target>)>,
+}
+
+/// Where one resolved copy of a recipient stands.
+#[derive(Clone)]
+enum Target {
+    /// Decided without a file (resolution failed, no relay, staging failed).
+    Done(Outcome),
+    /// Written to a Maildir's tmp/: its outcome comes from the batch commit.
+    Staged(usize),
+}
+
+/// A recipient's outcome from its copies: any temporary failure keeps it pending; otherwise
+/// any permanent failure bounces it; otherwise it is delivered.
+fn combine(targets: &[Target], committed: &[Outcome]) -> Outcome {
+    let mut result = Outcome::Delivered;
+    for t in targets {
+        let o = match t {
+            Target::Done(o) => o,
+            Target::Staged(i) => match committed.get(*i) {
+                Some(o) => o,
+                None => return Outcome::Temporary("the Maildir commit reported nothing".into()),
+            },
+        };
+        match o {
+            Outcome::Temporary(_) => return o.clone(),
+            Outcome::Permanent(_) => result = o.clone(),
+            Outcome::Delivered => {}
+        }
+    }
+    result
+}
+
 pub struct Engine {
     pub schedule: Schedule,
     maildirs: Maildirs,
@@ -88,7 +126,10 @@ impl Engine {
         self.maildirs = maildirs;
     }
 
-    /// Attempts up to `budget` due entries; returns how many were attempted.
+    /// Attempts up to `budget` due entries as one batch; returns how many were attempted.
+    /// All Maildir files of the batch are written first and made durable together (one
+    /// fdatasync each, overlapping, and one fsync per `new/` directory), then each entry is
+    /// settled: removed, bounced, or deferred with its progress recorded.
     pub fn run(
         &mut self,
         budget: usize,
@@ -97,67 +138,129 @@ impl Engine {
         now: Instant,
         wall: SystemTime,
     ) -> usize {
-        let mut done = 0;
-        while done < budget {
+        let mut batch = Vec::new();
+        let mut staged = Vec::new();
+        while batch.len() < budget {
             let Some(id) = self.schedule.next_due(now) else {
                 break;
             };
-            self.attempt(&id, store, dir, now, wall);
-            done += 1;
+            let entry = match store.load(&id) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    warn!(
+                        "{id}: cannot read queue entry: {e}; retrying in {}",
+                        human(self.policy.retry_max)
+                    );
+                    self.schedule.defer(id, now + self.policy.retry_max);
+                    continue;
+                }
+            };
+            let attempt = self.stage(id, entry, store, dir, wall, &mut staged);
+            batch.push(attempt);
         }
-        done
+        let attempted = batch.len();
+        if attempted == 0 {
+            return 0;
+        }
+        let outcomes = self.maildirs.commit(staged);
+        for attempt in batch {
+            self.settle(attempt, &outcomes, store, now, wall);
+        }
+        attempted
     }
 
-    fn attempt(
+    /// Resolves every pending recipient of one entry and writes a Maildir file per local user
+    /// (one per user, however many recipients lead there).
+    fn stage(
         &mut self,
-        id: &QueueId,
+        id: QueueId,
+        entry: Entry,
         store: &mut dyn QueueStore,
         dir: &Directory,
+        wall: SystemTime,
+        staged: &mut Vec<Staged>,
+    ) -> Attempt {
+        let mut users: HashMap<String, Target> = HashMap::new();
+        let mut rcpts = Vec::with_capacity(entry.pending.len());
+        for &idx in &entry.pending {
+            let Some(rcpt) = entry.envelope.recipients.get(idx) else {
+                continue;
+            };
+            let targets = match dir.resolve(rcpt) {
+                Err(ResolveError::UnknownUser) => {
+                    vec![Target::Done(Outcome::Permanent(
+                        "5.1.1 unknown user".into(),
+                    ))]
+                }
+                Err(ResolveError::AliasLoop(name)) => vec![Target::Done(Outcome::Permanent(
+                    format!("5.4.6 alias loop at {name}"),
+                ))],
+                Err(ResolveError::NotLocal) => vec![Target::Done(Outcome::Temporary(format!(
+                    "{rcpt} is not local and no relay is configured"
+                )))],
+                Ok(resolved) => resolved
+                    .iter()
+                    .map(|t| match t {
+                        Resolved::Local { user } => {
+                            if let Some(t) = users.get(user) {
+                                return t.clone();
+                            }
+                            let target = match store.open_data(&id) {
+                                Ok(mut data) => match self.maildirs.stage(
+                                    user,
+                                    &entry.envelope.sender,
+                                    rcpt,
+                                    &mut data,
+                                    wall,
+                                ) {
+                                    Ok(s) => {
+                                        staged.push(s);
+                                        Target::Staged(staged.len() - 1)
+                                    }
+                                    Err(outcome) => Target::Done(outcome),
+                                },
+                                Err(e) => Target::Done(Outcome::Temporary(format!(
+                                    "cannot read queued message: {e}"
+                                ))),
+                            };
+                            users.insert(user.clone(), target.clone());
+                            target
+                        }
+                        Resolved::Remote { address } => Target::Done(Outcome::Temporary(format!(
+                            "forwarding to {address} needs a relay, and none is configured"
+                        ))),
+                    })
+                    .collect(),
+            };
+            rcpts.push((idx, targets));
+        }
+        Attempt { id, entry, rcpts }
+    }
+
+    /// Decides what happens to one entry once its Maildir files are committed.
+    fn settle(
+        &mut self,
+        attempt: Attempt,
+        outcomes: &[Outcome],
+        store: &mut dyn QueueStore,
         now: Instant,
         wall: SystemTime,
     ) {
-        let entry = match store.load(id) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(e) => {
-                warn!(
-                    "{id}: cannot read queue entry: {e}; retrying in {:?}",
-                    self.policy.retry_max
-                );
-                self.schedule.defer(id.clone(), now + self.policy.retry_max);
-                return;
-            }
-        };
+        let Attempt { id, entry, rcpts } = attempt;
         let env = &entry.envelope;
         let expired =
             wall.duration_since(env.arrival).unwrap_or_default() >= self.policy.queue_lifetime;
         let mut delivered = Vec::new();
         let mut failed: Vec<(usize, String)> = Vec::new();
         let mut temporary: Option<String> = None;
-        // One copy per local user per attempt, however many recipients resolve to them.
-        let mut users_done: HashSet<String> = HashSet::new();
-
-        for &idx in &entry.pending {
-            let Some(rcpt) = env.recipients.get(idx) else {
-                continue;
-            };
-            let outcome = match dir.resolve(rcpt) {
-                Err(ResolveError::UnknownUser) => Outcome::Permanent("5.1.1 unknown user".into()),
-                Err(ResolveError::AliasLoop(name)) => {
-                    Outcome::Permanent(format!("5.4.6 alias loop at {name}"))
-                }
-                Err(ResolveError::NotLocal) => {
-                    Outcome::Temporary(format!("{rcpt} is not local and no relay is configured"))
-                }
-                Ok(targets) => {
-                    self.deliver_targets(id, env, rcpt, &targets, store, &mut users_done, wall)
-                }
-            };
-            match outcome {
-                Outcome::Delivered => delivered.push(idx),
-                Outcome::Permanent(r) => failed.push((idx, r)),
+        for (idx, targets) in &rcpts {
+            let rcpt = env.recipients.get(*idx).map_or("", String::as_str);
+            match combine(targets, outcomes) {
+                Outcome::Delivered => delivered.push(*idx),
+                Outcome::Permanent(r) => failed.push((*idx, r)),
                 Outcome::Temporary(r) if expired => failed.push((
-                    idx,
+                    *idx,
                     format!(
                         "4.4.7 message expired after {}; last error: {r}",
                         human(self.policy.queue_lifetime)
@@ -173,19 +276,21 @@ impl Engine {
                     "{id}: {} recipient(s) failed; no bounce for the null sender",
                     failed.len()
                 );
-            } else if let Err(e) = self.bounce(id, env, &failed, store, wall) {
+            } else if let Err(e) = self.bounce(&id, env, &failed, store, wall) {
                 // Keep the failed recipients pending so the bounce is not lost; retry later.
                 warn!("{id}: cannot queue the bounce: {e:?}; will retry");
                 temporary.get_or_insert_with(|| format!("cannot queue bounce: {e:?}"));
                 failed.clear();
             }
         }
-        let finished = delivered.len() + failed.len();
-        if finished == entry.pending.len() {
-            for (idx, r) in &failed {
-                info!("{id}: to <{}> failed: {r}", env.recipients[*idx]);
-            }
-            match store.remove(id) {
+        for (idx, r) in &failed {
+            info!(
+                "{id}: to <{}> failed: {r}",
+                env.recipients.get(*idx).map_or("", String::as_str)
+            );
+        }
+        if delivered.len() + failed.len() == entry.pending.len() {
+            match store.remove(&id) {
                 Ok(()) => info!(
                     "{id}: done ({} delivered, {} bounced)",
                     delivered.len(),
@@ -199,56 +304,12 @@ impl Engine {
         let delay = backoff(attempts, self.policy.retry_min, self.policy.retry_max);
         let reason = temporary.unwrap_or_else(|| "temporary failure".into());
         if let Err(e) =
-            store.record_attempt(id, &delivered, &failed, attempts, &reason, wall + delay)
+            store.record_attempt(&id, &delivered, &failed, attempts, &reason, wall + delay)
         {
             warn!("{id}: cannot record the delivery attempt: {e}");
         }
         info!("{id}: deferred for {}: {reason}", human(delay));
-        self.schedule.defer(id.clone(), now + delay);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn deliver_targets(
-        &mut self,
-        id: &QueueId,
-        env: &Envelope,
-        rcpt: &str,
-        targets: &[Resolved],
-        store: &mut dyn QueueStore,
-        users_done: &mut HashSet<String>,
-        wall: SystemTime,
-    ) -> Outcome {
-        let mut result = Outcome::Delivered;
-        for t in targets {
-            let outcome = match t {
-                Resolved::Local { user } => {
-                    if users_done.contains(user) {
-                        continue;
-                    }
-                    match store.open_data(id) {
-                        Ok(mut data) => {
-                            self.maildirs
-                                .deliver(user, &env.sender, rcpt, &mut data, wall)
-                        }
-                        Err(e) => Outcome::Temporary(format!("cannot read queued message: {e}")),
-                    }
-                }
-                Resolved::Remote { address } => Outcome::Temporary(format!(
-                    "forwarding to {address} needs a relay, and none is configured"
-                )),
-            };
-            match (&outcome, t) {
-                (Outcome::Delivered, Resolved::Local { user }) => {
-                    users_done.insert(user.clone());
-                }
-                (Outcome::Temporary(_), _) => result = outcome,
-                (Outcome::Permanent(_), _) if !matches!(result, Outcome::Temporary(_)) => {
-                    result = outcome
-                }
-                _ => {}
-            }
-        }
-        result
+        self.schedule.defer(id, now + delay);
     }
 
     fn bounce(

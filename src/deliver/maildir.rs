@@ -64,15 +64,37 @@ impl Maildirs {
         data: &mut dyn Read,
         now: SystemTime,
     ) -> Outcome {
+        match self.stage(user, return_path, delivered_to, data, now) {
+            Ok(staged) => self
+                .commit(vec![staged])
+                .pop()
+                .unwrap_or(Outcome::Delivered),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// First half of a delivery: writes the message into `tmp/` and starts its writeback,
+    /// without waiting for the disk. `commit` finishes a whole batch of these, so the waits
+    /// for the disk overlap and each `new/` directory is synced once per batch.
+    pub fn stage(
+        &mut self,
+        user: &str,
+        return_path: &str,
+        delivered_to: &str,
+        data: &mut dyn Read,
+        now: SystemTime,
+    ) -> Result<Staged, Outcome> {
         if !safe_mailbox_name(user) {
-            return Outcome::Permanent(format!("5.1.3 mailbox name {user:?} is not allowed"));
+            return Err(Outcome::Permanent(format!(
+                "5.1.3 mailbox name {user:?} is not allowed"
+            )));
         }
         let dir = self.user_dir(user);
         for sub in ["tmp", "new", "cur"] {
             let d = dir.join(sub);
             if !d.is_dir() {
                 if let Err(e) = DirBuilder::new().recursive(true).mode(0o700).create(&d) {
-                    return temporary("cannot create", &d, &e);
+                    return Err(temporary("cannot create", &d, &e));
                 }
             }
         }
@@ -94,38 +116,112 @@ impl Maildirs {
             .open(&tmp)
         {
             Ok(f) => f,
-            Err(e) => return temporary("cannot create", &tmp, &e),
+            Err(e) => return Err(temporary("cannot create", &tmp, &e)),
         };
-        let written = write_lf(file, return_path, delivered_to, data);
-        let (size, wire_size) = match written {
-            Ok(sizes) => sizes,
+        match write_lf(file, return_path, delivered_to, data) {
+            Ok((file, size, wire_size)) => {
+                start_writeback(&file);
+                Ok(Staged {
+                    name: format!("{base},S={size},W={wire_size}"),
+                    dir,
+                    tmp,
+                    file,
+                })
+            }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                return temporary("cannot write", &tmp, &e);
+                Err(temporary("cannot write", &tmp, &e))
             }
-        };
-        let new = dir
-            .join("new")
-            .join(format!("{base},S={size},W={wire_size}"));
-        if let Err(e) = fs::rename(&tmp, &new) {
-            let _ = fs::remove_file(&tmp);
-            return temporary("cannot move into", &new, &e);
         }
-        if let Err(e) = fsync_dir(&dir.join("new")) {
-            return temporary("cannot sync", &dir.join("new"), &e);
+    }
+
+    /// Second half: makes every staged file durable (fdatasync), moves it into `new/`, and
+    /// syncs each `new/` directory once. One outcome per staged file, in order; a file that
+    /// failed is removed from `tmp/`.
+    pub fn commit(&mut self, staged: Vec<Staged>) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(staged.len());
+        let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
+        for s in staged {
+            let new = s.dir.join("new").join(&s.name);
+            let result = s
+                .file
+                .sync_data()
+                .map_err(|e| temporary("cannot write", &s.tmp, &e))
+                .and_then(|()| {
+                    fs::rename(&s.tmp, &new).map_err(|e| temporary("cannot move into", &new, &e))
+                });
+            match result {
+                Ok(()) => {
+                    let new_dir = s.dir.join("new");
+                    if !dirs_to_sync.contains(&new_dir) {
+                        dirs_to_sync.push(new_dir);
+                    }
+                    outcomes.push(Ok(s.dir));
+                }
+                Err(outcome) => {
+                    let _ = fs::remove_file(&s.tmp);
+                    outcomes.push(Err(outcome));
+                }
+            }
         }
-        Outcome::Delivered
+        let failed_dirs: Vec<(PathBuf, Outcome)> = dirs_to_sync
+            .into_iter()
+            .filter_map(|d| {
+                fsync_dir(&d)
+                    .err()
+                    .map(|e| (d.clone(), temporary("cannot sync", &d, &e)))
+            })
+            .collect();
+        outcomes
+            .into_iter()
+            .map(|r| match r {
+                Ok(dir) => match failed_dirs
+                    .iter()
+                    .find(|(d, _)| d.parent() == Some(dir.as_path()))
+                {
+                    Some((_, outcome)) => outcome.clone(),
+                    None => Outcome::Delivered,
+                },
+                Err(outcome) => outcome,
+            })
+            .collect()
     }
 }
 
-/// Writes the trace headers and the message with CRLF turned into LF, fsyncs, and returns
-/// (bytes on disk, bytes as POP3 will send them).
+/// A message written to a Maildir's `tmp/`, waiting for `Maildirs::commit`.
+pub struct Staged {
+    /// The user's Maildir.
+    dir: PathBuf,
+    tmp: PathBuf,
+    /// The final name in `new/`.
+    name: String,
+    file: File,
+}
+
+/// Asks the kernel to start writing the file out now, so the later fdatasyncs of a batch
+/// mostly wait for I/O already under way.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; offset 0 / nbytes 0 means the whole file. A failure
+        // only loses the head start: the fdatasync in `commit` still does the work.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+/// Writes the trace headers and the message with CRLF turned into LF and returns the file
+/// with (bytes on disk, bytes as POP3 will send them). Not yet synced.
 fn write_lf(
     file: File,
     return_path: &str,
     delivered_to: &str,
     data: &mut dyn Read,
-) -> io::Result<(u64, u64)> {
+) -> io::Result<(File, u64, u64)> {
     let mut w = BufWriter::with_capacity(64 * 1024, file);
     let mut size = 0u64;
     let mut lfs = 0u64;
@@ -186,8 +282,7 @@ fn write_lf(
         size += 1;
     }
     let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    Ok((size, size + lfs))
+    Ok((file, size, size + lfs))
 }
 
 #[cfg(test)]
