@@ -24,6 +24,11 @@
 //!   name. Any other cycle, a chain deeper than `limits::ALIAS_MAX_DEPTH` or more than
 //!   `limits::ALIAS_MAX_EXPANSION` targets is `AliasLoop`; any unknown target makes the whole
 //!   recipient `UnknownUser`. Each user and remote address appears once in the result.
+//!
+//! `refresh` never leaves the directory without tables: a file that vanishes (the users file)
+//! or stops parsing is logged once and the tables read before stay in force, so the directory
+//! itself never answers `RcptVerdict::TempFail`; that verdict is the host's, for when it has
+//! no directory at all.
 
 mod parse;
 
