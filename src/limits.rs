@@ -95,6 +95,16 @@ pub const DELIVERIES_PER_TURN: usize = 8;
 pub const ALIAS_MAX_DEPTH: usize = 16;
 /// Addresses one recipient may expand to through aliases.
 pub const ALIAS_MAX_EXPANSION: usize = 1000;
+/// Largest users or aliases file read: far above 100 000 users of ~150 octets a line, and it
+/// bounds what a mistaken path (a device, a log file) can make the server allocate.
+pub const DIRECTORY_FILE_MAX: u64 = 16 * 1024 * 1024;
+/// Highest `rounds=` accepted in a `{SHA512-CRYPT}` hash. A login costs about a microsecond a
+/// round in the one reactor thread, so this keeps one check near 50 ms; `openssl passwd -6`
+/// and `mkpasswd` use the default 5 000.
+pub const SHA512_CRYPT_MAX_ROUNDS: usize = 50_000;
+/// Longest password accepted anywhere: a POP3 command line is at most 255 octets (RFC 2449
+/// §4), so no longer password can arrive; bounds the constant-time `{PLAIN}` comparison.
+pub const PASSWORD_MAX: usize = 255;
 
 // ---- spool ----------------------------------------------------------------------------------
 

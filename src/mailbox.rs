@@ -1,31 +1,368 @@
 //! Reading a user's Maildir for POP: lock, snapshot, streaming reads, and the UPDATE state.
 //!
-//! INTERFACE STUB: the real implementation lands from the `directory` branch.
+//! - The Maildir is `<root>/<user>`, created (`tmp new cur`, mode 0700) when missing; the user
+//!   name is checked with `safe_mailbox_name` before any path is built.
+//! - One session per mailbox: an exclusive, non-blocking `flock` on `.postling-pop.lock` inside
+//!   the Maildir, held by the open `Mailbox` and released when it is dropped in any way. The
+//!   kernel drops flocks with the descriptor, so a crashed daemon leaves no stale lock. (A
+//!   second open in the same process is a second open file description and conflicts too.)
+//! - The snapshot at login: every file of `new/` is moved to `cur/` with the `:2,` info suffix
+//!   (Maildir spec), then `cur/` is listed, skipping dot files and anything but regular files.
+//!   A file that cannot be moved is served from `new/`. Order: the leading decimal seconds of
+//!   the name (delivery time), then the name. The UID is the unique name, before `:2,`.
+//! - Sizes are octets as POP sends them (CRLF line endings, before dot-stuffing): `W=<n>` from
+//!   the name when present (postling's own deliveries carry it), else counted by reading the
+//!   file once: its length plus one per LF not preceded by CR.
+//! - Message files are opened with `O_NOFOLLOW`: a symlink dropped into a Maildir never
+//!   serves another file.
 
-use std::io;
+use std::cmp::Ordering;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use log::warn;
+
+use crate::deliver::maildir::safe_mailbox_name;
 use crate::proto::{MailboxError, MessageInfo};
 
+/// The lock file inside each Maildir; a dot file, so Maildir readers ignore it.
+pub const LOCK_FILE: &str = ".postling-pop.lock";
+/// The Maildir info suffix of a message with no flags set.
+const INFO_SUFFIX: &str = ":2,";
+
+/// Which directory of the Maildir a snapshot message lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sub {
+    Cur,
+    New,
+}
+
+impl Sub {
+    fn dir(self) -> &'static str {
+        match self {
+            Sub::Cur => "cur",
+            Sub::New => "new",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Message {
+    sub: Sub,
+    /// The file name, with its info suffix.
+    file: String,
+    /// The unique name: `file` before `:2,`.
+    uid_len: usize,
+    seconds: Option<u64>,
+}
+
+impl Message {
+    fn new(sub: Sub, file: String) -> Message {
+        let uid_len = file.find(':').unwrap_or(file.len());
+        let digits = file.bytes().take_while(u8::is_ascii_digit).count();
+        let seconds = file.get(..digits).and_then(|d| d.parse().ok());
+        Message {
+            sub,
+            file,
+            uid_len,
+            seconds,
+        }
+    }
+
+    fn uid(&self) -> &str {
+        self.file.get(..self.uid_len).unwrap_or(&self.file)
+    }
+
+    /// Delivery order: names without leading seconds last.
+    fn order(&self, other: &Message) -> Ordering {
+        let a = self.seconds.unwrap_or(u64::MAX);
+        let b = other.seconds.unwrap_or(u64::MAX);
+        a.cmp(&b).then_with(|| self.uid().cmp(other.uid()))
+    }
+}
+
 /// One locked mailbox with its login snapshot.
-pub struct Mailbox {}
+pub struct Mailbox {
+    dir: PathBuf,
+    /// Holds the flock; closing it (drop) releases the mailbox.
+    _lock: File,
+    messages: Vec<Message>,
+    /// The message being read, kept open between `read` calls.
+    current: Option<(usize, File)>,
+}
+
+fn temporary(what: &str, path: &Path, e: &io::Error) -> MailboxError {
+    MailboxError::Temporary(format!("{what} {}: {e}", path.display()))
+}
+
+/// Creates the Maildir's directories that are missing, mode 0700.
+fn create_maildir(dir: &Path) -> Result<(), MailboxError> {
+    for sub in ["tmp", "new", "cur"] {
+        let d = dir.join(sub);
+        if !d.is_dir() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(|e| temporary("cannot create", &d, &e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes the mailbox's lock without waiting.
+fn lock(dir: &Path) -> Result<File, MailboxError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| temporary("cannot open the lock file", &path, &e))?;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Err(MailboxError::InUse),
+            _ => return Err(temporary("cannot lock", &path, &e)),
+        }
+    }
+}
+
+/// Regular, non-dot files of one Maildir directory with UTF-8 names.
+fn list(dir: &Path) -> Result<Vec<String>, MailboxError> {
+    let entries = fs::read_dir(dir).map_err(|e| temporary("cannot list", dir, &e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| temporary("cannot list", dir, &e))?;
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            warn!(
+                "{}: skipping {:?}: the name is not UTF-8",
+                dir.display(),
+                entry.file_name()
+            );
+            continue;
+        };
+        if is_file && !name.starts_with('.') {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Moves `new/` into `cur/` as the Maildir spec asks of a reader; returns what could not be
+/// moved (those are served from `new/`).
+fn move_new_to_cur(dir: &Path) -> Result<Vec<Message>, MailboxError> {
+    let mut stayed = Vec::new();
+    for name in list(&dir.join("new"))? {
+        let from = dir.join("new").join(&name);
+        let target = if name.contains(':') {
+            name.clone()
+        } else {
+            format!("{name}{INFO_SUFFIX}")
+        };
+        let to = dir.join("cur").join(&target);
+        // rename(2) would silently replace a message of the same name in cur/.
+        if fs::symlink_metadata(&to).is_ok() {
+            warn!(
+                "{}: {target} already exists in cur/; serving {name} from new/",
+                dir.display()
+            );
+            stayed.push(Message::new(Sub::New, name));
+            continue;
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            // Another reader moved or removed it since the listing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(
+                    "cannot move {} to cur/: {e}; serving it from new/",
+                    from.display()
+                );
+                stayed.push(Message::new(Sub::New, name));
+            }
+        }
+    }
+    Ok(stayed)
+}
+
+/// The POP size of a message: `W=` from the unique name, or counted from the file.
+fn pop_size(dir: &Path, m: &Message) -> io::Result<u64> {
+    let from_name = m
+        .uid()
+        .split(',')
+        .skip(1)
+        .find_map(|field| field.strip_prefix("W="))
+        .and_then(|n| n.parse::<u64>().ok());
+    if let Some(size) = from_name {
+        return Ok(size);
+    }
+    let mut file = open_message(&dir.join(m.sub.dir()).join(&m.file))?;
+    wire_size(&mut file)
+}
+
+/// Length plus one CR for every LF that POP will expand to CRLF.
+fn wire_size(data: &mut dyn Read) -> io::Result<u64> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut size = 0u64;
+    let mut previous = 0u8;
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => return Ok(size),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = &buf[..n];
+        size += n as u64;
+        for i in memchr::memchr_iter(b'\n', chunk) {
+            let before = if i == 0 { previous } else { chunk[i - 1] };
+            if before != b'\r' {
+                size += 1;
+            }
+        }
+        previous = chunk[n - 1];
+    }
+}
+
+fn open_message(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
 
 impl Mailbox {
     /// Locks `<root>/<user>` (creating the Maildir if missing) and takes the snapshot.
-    pub fn open(_root: &Path, _user: &str) -> Result<(Mailbox, Vec<MessageInfo>), MailboxError> {
-        Err(MailboxError::Temporary("not implemented".into()))
+    pub fn open(root: &Path, user: &str) -> Result<(Mailbox, Vec<MessageInfo>), MailboxError> {
+        if !safe_mailbox_name(user) {
+            return Err(MailboxError::Permanent(format!(
+                "mailbox name {user:?} is not allowed"
+            )));
+        }
+        let dir = root.join(user);
+        create_maildir(&dir)?;
+        let lock = lock(&dir)?;
+        let mut messages = move_new_to_cur(&dir)?;
+        messages.extend(
+            list(&dir.join("cur"))?
+                .into_iter()
+                .map(|name| Message::new(Sub::Cur, name)),
+        );
+        messages.sort_by(Message::order);
+        let mut infos = Vec::with_capacity(messages.len());
+        let mut kept = Vec::with_capacity(messages.len());
+        for m in messages {
+            match pop_size(&dir, &m) {
+                Ok(size) => {
+                    infos.push(MessageInfo {
+                        uid: m.uid().into(),
+                        size,
+                    });
+                    kept.push(m);
+                }
+                // Removed by another program since the listing: not part of the snapshot.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let path = dir.join(m.sub.dir()).join(&m.file);
+                    return Err(temporary("cannot read", &path, &e));
+                }
+            }
+        }
+        let mailbox = Mailbox {
+            dir,
+            _lock: lock,
+            messages: kept,
+            current: None,
+        };
+        Ok((mailbox, infos))
     }
 
-    pub fn read(&mut self, _index: usize, _offset: u64, _buf: &mut [u8]) -> io::Result<usize> {
-        Ok(0)
+    /// Reads bytes of snapshot message `index` from `offset`; 0 at end of file. A message
+    /// removed since the snapshot is an error.
+    pub fn read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let open_index = self.current.as_ref().map(|(i, _)| *i);
+        if open_index != Some(index) {
+            self.current = None;
+            let path = self.message_path(index)?;
+            self.current = Some((index, open_message(&path)?));
+        }
+        match &self.current {
+            Some((_, file)) => loop {
+                match file.read_at(buf, offset) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => return other,
+                }
+            },
+            None => Err(io::Error::other("no message open")),
+        }
     }
 
     /// Removes the messages at these snapshot indices; the lock goes with `self`.
-    pub fn update(self, _deleted: &[usize]) -> Result<(), MailboxError> {
-        Ok(())
+    pub fn update(mut self, deleted: &[usize]) -> Result<(), MailboxError> {
+        self.current = None;
+        let mut first_error = None;
+        let mut synced = [false, false];
+        for &index in deleted {
+            let Ok(path) = self.message_path(index) else {
+                continue;
+            };
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                // Someone else removed it: the outcome the client asked for.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_error.get_or_insert_with(|| temporary("cannot delete", &path, &e));
+                    continue;
+                }
+            }
+            if let Some(m) = self.messages.get(index) {
+                synced[usize::from(m.sub == Sub::New)] = true;
+            }
+        }
+        // The unlinks are durable once their directory is synced.
+        for (sub, touched) in [Sub::Cur, Sub::New].into_iter().zip(synced) {
+            let d = self.dir.join(sub.dir());
+            if touched {
+                if let Err(e) = File::open(&d).and_then(|f| f.sync_all()) {
+                    first_error.get_or_insert_with(|| temporary("cannot sync", &d, &e));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
+    /// The Maildir directory.
     pub fn path(&self) -> PathBuf {
-        PathBuf::new()
+        self.dir.clone()
+    }
+
+    fn message_path(&self, index: usize) -> io::Result<PathBuf> {
+        let m = self.messages.get(index).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no message {index} in the snapshot"),
+            )
+        })?;
+        Ok(self.dir.join(m.sub.dir()).join(&m.file))
     }
 }
+
+#[cfg(test)]
+mod tests;

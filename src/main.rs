@@ -19,12 +19,16 @@ const DEFAULT_CONFIG: &str = "/etc/postling/postling.conf";
 fn usage(opts: &getopts::Options) -> String {
     opts.usage(&format!(
         "Usage: postling [-c FILE] [-f] [-t] [-q] [-v] [-V] [-h]\n\
+         \x20      postling passwd USER   (reads a password from stdin, prints the users-file line)\n\
          A small SMTP, POP3 and POP2 mail server. Config file default: {DEFAULT_CONFIG}"
     ))
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "passwd") {
+        return postling::auth::passwd_main(&args[1..]);
+    }
     let mut opts = getopts::Options::new();
     opts.optopt(
         "c",

@@ -1,0 +1,324 @@
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+fn put(root: &Path, user: &str, sub: &str, name: &str, data: &[u8]) {
+    let d = root.join(user);
+    for s in ["tmp", "new", "cur"] {
+        fs::create_dir_all(d.join(s)).unwrap();
+    }
+    fs::write(d.join(sub).join(name), data).unwrap();
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn read_all(mb: &mut Mailbox, index: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 7];
+    loop {
+        let n = mb.read(index, out.len() as u64, &mut buf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn uids(infos: &[MessageInfo]) -> Vec<&str> {
+    infos.iter().map(|m| &*m.uid).collect()
+}
+
+#[test]
+fn open_creates_a_private_empty_maildir() {
+    let root = tempfile::tempdir().unwrap();
+    let (mb, infos) = Mailbox::open(&root.path().join("mail"), "alice").unwrap();
+    assert!(infos.is_empty());
+    assert_eq!(mb.path(), root.path().join("mail/alice"));
+    for sub in ["tmp", "new", "cur"] {
+        let meta = fs::metadata(root.path().join("mail/alice").join(sub)).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{sub}");
+    }
+    assert!(root.path().join("mail/alice").join(LOCK_FILE).is_file());
+}
+
+#[test]
+fn unsafe_user_names_are_permanent_and_build_no_path() {
+    let root = tempfile::tempdir().unwrap();
+    let mail = root.path().join("mail");
+    for bad in ["../etc", "a/b", ".hidden", "", "x\0y", "a\nb"] {
+        match Mailbox::open(&mail, bad) {
+            Err(MailboxError::Permanent(_)) => {}
+            Err(e) => panic!("{bad:?}: {e:?}"),
+            Ok(_) => panic!("{bad:?} opened"),
+        }
+    }
+    assert!(!mail.exists());
+    assert!(!root.path().join("etc").exists());
+}
+
+#[test]
+fn a_blocked_maildir_is_temporary() {
+    let root = tempfile::tempdir().unwrap();
+    fs::write(root.path().join("bob"), b"not a directory").unwrap();
+    match Mailbox::open(root.path(), "bob") {
+        Err(MailboxError::Temporary(why)) => assert!(why.contains("cannot create"), "{why}"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("opened"),
+    }
+}
+
+#[test]
+fn one_session_per_mailbox_until_dropped() {
+    let root = tempfile::tempdir().unwrap();
+    let (first, _) = Mailbox::open(root.path(), "bob").unwrap();
+    // Same process, second open file description: flock conflicts all the same.
+    assert!(matches!(
+        Mailbox::open(root.path(), "bob"),
+        Err(MailboxError::InUse)
+    ));
+    // Other mailboxes are independent.
+    let (carol, _) = Mailbox::open(root.path(), "carol").unwrap();
+    drop(first);
+    let (second, _) = Mailbox::open(root.path(), "bob").unwrap();
+    assert!(matches!(
+        Mailbox::open(root.path(), "bob"),
+        Err(MailboxError::InUse)
+    ));
+    // UPDATE releases it too.
+    second.update(&[]).unwrap();
+    let (_third, _) = Mailbox::open(root.path(), "bob").unwrap();
+    drop(carol);
+}
+
+#[test]
+fn new_messages_move_to_cur_with_the_info_suffix() {
+    let root = tempfile::tempdir().unwrap();
+    put(root.path(), "bob", "new", "1000.M1P1Q1.h,S=3", b"a\n\n");
+    put(root.path(), "bob", "new", "1001.M1P1Q2.h:2,S", b"b\n");
+    put(root.path(), "bob", "new", ".hidden", b"x");
+    put(root.path(), "bob", "cur", "999.M1P1Q0.h:2,S", b"c\n");
+    let (_mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    let d = root.path().join("bob");
+    assert_eq!(names(&d.join("new")), vec![".hidden"]);
+    assert_eq!(
+        names(&d.join("cur")),
+        vec![
+            "1000.M1P1Q1.h,S=3:2,",
+            "1001.M1P1Q2.h:2,S",
+            "999.M1P1Q0.h:2,S"
+        ]
+    );
+    assert_eq!(
+        uids(&infos),
+        vec!["999.M1P1Q0.h", "1000.M1P1Q1.h,S=3", "1001.M1P1Q2.h"]
+    );
+}
+
+#[test]
+fn a_name_taken_in_cur_is_not_overwritten_but_served_from_new() {
+    let root = tempfile::tempdir().unwrap();
+    put(root.path(), "bob", "cur", "5.M1P1Q1.h:2,", b"old\n");
+    put(root.path(), "bob", "new", "5.M1P1Q1.h", b"newer\n");
+    let (mut mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(uids(&infos), vec!["5.M1P1Q1.h", "5.M1P1Q1.h"]);
+    let mut bodies = vec![read_all(&mut mb, 0).unwrap(), read_all(&mut mb, 1).unwrap()];
+    bodies.sort();
+    assert_eq!(bodies, vec![b"newer\n".to_vec(), b"old\n".to_vec()]);
+    // Deleting the one in new/ works as well.
+    let in_new = (0..2)
+        .find(|&i| read_all(&mut mb, i).unwrap() == b"newer\n")
+        .unwrap();
+    mb.update(&[in_new]).unwrap();
+    assert!(names(&root.path().join("bob/new")).is_empty());
+    assert_eq!(names(&root.path().join("bob/cur")), vec!["5.M1P1Q1.h:2,"]);
+}
+
+#[test]
+fn snapshot_order_is_by_leading_seconds_then_name() {
+    let root = tempfile::tempdir().unwrap();
+    for name in [
+        "1001.M1P1Q1.h",
+        "999.M9P9Q9.h",
+        "1000.Mb.h",
+        "1000.Ma.h",
+        "noseconds.h",
+        "20.x",
+    ] {
+        put(root.path(), "bob", "new", name, b"x\n");
+    }
+    put(root.path(), "bob", "cur", "1000.Mab.h:2,RS", b"x\n");
+    let (_mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(
+        uids(&infos),
+        vec![
+            "20.x",
+            "999.M9P9Q9.h",
+            "1000.Ma.h",
+            "1000.Mab.h",
+            "1000.Mb.h",
+            "1001.M1P1Q1.h",
+            "noseconds.h"
+        ]
+    );
+}
+
+#[test]
+fn only_regular_non_dot_files_are_messages() {
+    let root = tempfile::tempdir().unwrap();
+    put(root.path(), "bob", "cur", "1.M1.h:2,", b"one\n");
+    put(root.path(), "bob", "cur", ".2.M1.h:2,", b"dot file\n");
+    fs::create_dir(root.path().join("bob/cur/3.M1.h:2,")).unwrap();
+    fs::create_dir(root.path().join("bob/new/4.M1.h")).unwrap();
+    let secret = root.path().join("secret");
+    fs::write(&secret, b"not mail\n").unwrap();
+    std::os::unix::fs::symlink(&secret, root.path().join("bob/cur/5.M1.h:2,")).unwrap();
+    std::os::unix::fs::symlink(&secret, root.path().join("bob/new/6.M1.h")).unwrap();
+    let (_mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(uids(&infos), vec!["1.M1.h"]);
+}
+
+#[test]
+fn sizes_come_from_w_or_from_counting() {
+    let root = tempfile::tempdir().unwrap();
+    // W= is trusted (that is the point: no read at login), even when it disagrees.
+    put(root.path(), "bob", "new", "1.M1P1Q1.h,S=4,W=99", b"abc\n");
+    // S= alone is the size on disk, not on the wire: counted.
+    put(
+        root.path(),
+        "bob",
+        "new",
+        "2.M1P1Q1.h,S=30",
+        b"Subject: one\n\nfirst body\n",
+    );
+    put(
+        root.path(),
+        "bob",
+        "new",
+        "3.M1P1Q1.h",
+        b"a\nb\r\nc\rd\n\nno final newline",
+    );
+    put(root.path(), "bob", "new", "4.M1P1Q1.h,W=x", b"\n\n");
+    put(root.path(), "bob", "new", "5.M1P1Q1.h", b"");
+    let (_mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    let sizes: Vec<u64> = infos.iter().map(|m| m.size).collect();
+    let one = b"Subject: one\r\n\r\nfirst body\r\n".len() as u64;
+    let three = b"a\r\nb\r\nc\rd\r\n\r\nno final newline".len() as u64;
+    assert_eq!(sizes, vec![99, one, three, 4, 0]);
+}
+
+#[test]
+fn counting_pairs_cr_and_lf_across_read_chunks() {
+    // The CR ends the first 16 KiB read, its LF starts the next.
+    let mut data = vec![b'x'; 16 * 1024 - 1];
+    data.extend_from_slice(b"\r\n\n");
+    let size = wire_size(&mut &data[..]).unwrap();
+    assert_eq!(size, data.len() as u64 + 1);
+    let mut lf_first = vec![b'x'; 16 * 1024 - 1];
+    lf_first.extend_from_slice(b"\n\n");
+    assert_eq!(
+        wire_size(&mut &lf_first[..]).unwrap(),
+        lf_first.len() as u64 + 2
+    );
+}
+
+#[test]
+fn read_streams_from_offsets_and_switches_messages() {
+    let root = tempfile::tempdir().unwrap();
+    put(root.path(), "bob", "new", "1.M1.h", b"first message\n");
+    put(root.path(), "bob", "cur", "2.M1.h:2,S", b"second\n");
+    let (mut mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(infos.len(), 2);
+    assert_eq!(read_all(&mut mb, 0).unwrap(), b"first message\n");
+    assert_eq!(read_all(&mut mb, 1).unwrap(), b"second\n");
+    let mut buf = [0u8; 4];
+    assert_eq!(mb.read(0, 6, &mut buf).unwrap(), 4);
+    assert_eq!(&buf, b"mess");
+    assert_eq!(mb.read(0, 1000, &mut buf).unwrap(), 0);
+    let e = mb.read(2, 0, &mut buf).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    // Still usable after a bad index.
+    assert_eq!(read_all(&mut mb, 1).unwrap(), b"second\n");
+}
+
+#[test]
+fn a_message_removed_after_the_snapshot_is_a_read_error() {
+    let root = tempfile::tempdir().unwrap();
+    put(root.path(), "bob", "cur", "1.M1.h:2,", b"one\n");
+    put(root.path(), "bob", "cur", "2.M1.h:2,", b"two\n");
+    let (mut mb, _) = Mailbox::open(root.path(), "bob").unwrap();
+    fs::remove_file(root.path().join("bob/cur/2.M1.h:2,")).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        mb.read(1, 0, &mut buf).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    // Removed while open: the open file still reads (POP keeps its snapshot).
+    assert_eq!(mb.read(0, 0, &mut buf).unwrap(), 4);
+    fs::remove_file(root.path().join("bob/cur/1.M1.h:2,")).unwrap();
+    assert_eq!(mb.read(0, 0, &mut buf).unwrap(), 4);
+}
+
+#[test]
+fn update_deletes_only_what_was_marked() {
+    let root = tempfile::tempdir().unwrap();
+    for i in 1..=4 {
+        put(root.path(), "bob", "new", &format!("{i}.M1.h"), b"m\n");
+    }
+    let (mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(infos.len(), 4);
+    // Someone else already removed one of those marked: fine.
+    fs::remove_file(root.path().join("bob/cur/3.M1.h:2,")).unwrap();
+    mb.update(&[0, 2, 2, 99]).unwrap();
+    assert_eq!(
+        names(&root.path().join("bob/cur")),
+        vec!["2.M1.h:2,", "4.M1.h:2,"]
+    );
+    let (_mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(uids(&infos), vec!["2.M1.h", "4.M1.h"]);
+}
+
+#[test]
+fn update_failure_is_temporary_names_the_file_and_still_unlocks() {
+    let root = tempfile::tempdir().unwrap();
+    put(root.path(), "bob", "cur", "1.M1.h:2,", b"one\n");
+    put(root.path(), "bob", "cur", "2.M1.h:2,", b"two\n");
+    let (mb, _) = Mailbox::open(root.path(), "bob").unwrap();
+    // A non-empty directory where the message was: unlink fails even for root.
+    let path = root.path().join("bob/cur/1.M1.h:2,");
+    fs::remove_file(&path).unwrap();
+    fs::create_dir(&path).unwrap();
+    fs::write(path.join("x"), b"").unwrap();
+    match mb.update(&[0, 1]) {
+        Err(MailboxError::Temporary(why)) => {
+            assert!(
+                why.contains("cannot delete") && why.contains("1.M1.h:2,"),
+                "{why}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // The other deletion still happened, and the lock is gone.
+    assert!(!root.path().join("bob/cur/2.M1.h:2,").exists());
+    assert!(Mailbox::open(root.path(), "bob").is_ok());
+}
+
+#[test]
+fn mail_arriving_during_a_session_waits_for_the_next() {
+    let root = tempfile::tempdir().unwrap();
+    put(root.path(), "bob", "new", "1.M1.h", b"one\n");
+    let (mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(infos.len(), 1);
+    put(root.path(), "bob", "new", "2.M1.h", b"two\n");
+    mb.update(&[]).unwrap();
+    assert_eq!(names(&root.path().join("bob/new")), vec!["2.M1.h"]);
+    let (_mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(uids(&infos), vec!["1.M1.h", "2.M1.h"]);
+}
