@@ -376,3 +376,6 @@ pub fn human(d: Duration) -> String {
         _ => format!("{}d", s / 86400),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,298 @@
+//! The engine on a fake in-memory queue and a real directory and Maildir root on temp dirs.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::*;
+use crate::directory::{Directory, DirectorySettings};
+use crate::spool::BodyType;
+
+/// (entry, delivered, failed, attempts, last error) per `record_attempt`.
+type Recorded = (QueueId, Vec<usize>, Vec<(usize, String)>, u32, String);
+
+#[derive(Default)]
+struct FakeQueue {
+    entries: HashMap<QueueId, (Envelope, Vec<u8>, Vec<usize>, u32)>,
+    removed: Vec<QueueId>,
+    recorded: Vec<Recorded>,
+    bounces: Vec<(Envelope, Vec<u8>)>,
+    next: u32,
+}
+
+impl FakeQueue {
+    fn add(&mut self, sender: &str, rcpts: &[&str]) -> QueueId {
+        self.next += 1;
+        let id = QueueId(format!("ID{:010}", self.next));
+        let env = Envelope {
+            sender: sender.into(),
+            recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: "client".into(),
+            arrival: SystemTime::now(),
+            smtputf8: false,
+            body: BodyType::SevenBit,
+        };
+        let data = b"Subject: test\r\nFrom: x@example.org\r\n\r\nbody\r\n".to_vec();
+        self.entries
+            .insert(id.clone(), (env, data, (0..rcpts.len()).collect(), 0));
+        id
+    }
+}
+
+impl QueueStore for FakeQueue {
+    fn load(&mut self, id: &QueueId) -> io::Result<Entry> {
+        let (env, _, pending, attempts) = self
+            .entries
+            .get(id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        Ok(Entry {
+            envelope: env.clone(),
+            pending: pending.clone(),
+            attempts: *attempts,
+        })
+    }
+    fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>> {
+        let (_, data, _, _) = self
+            .entries
+            .get(id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        Ok(Box::new(io::Cursor::new(data.clone())))
+    }
+    fn record_attempt(
+        &mut self,
+        id: &QueueId,
+        delivered: &[usize],
+        failed: &[(usize, String)],
+        attempts: u32,
+        last_error: &str,
+        _next_attempt: SystemTime,
+    ) -> io::Result<()> {
+        if let Some((_, _, pending, a)) = self.entries.get_mut(id) {
+            pending.retain(|i| !delivered.contains(i) && !failed.iter().any(|(f, _)| f == i));
+            *a = attempts;
+        }
+        self.recorded.push((
+            id.clone(),
+            delivered.to_vec(),
+            failed.to_vec(),
+            attempts,
+            last_error.to_string(),
+        ));
+        Ok(())
+    }
+    fn remove(&mut self, id: &QueueId) -> io::Result<()> {
+        self.entries.remove(id);
+        self.removed.push(id.clone());
+        Ok(())
+    }
+    fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
+        self.bounces.push((envelope.clone(), data.to_vec()));
+        Ok(QueueId(format!("BOUNCE{:06}", self.bounces.len())))
+    }
+}
+
+struct World {
+    _tmp: tempfile::TempDir,
+    mail: std::path::PathBuf,
+    dir: Directory,
+    engine: Engine,
+    queue: FakeQueue,
+}
+
+fn world(aliases: &str, lifetime: Duration) -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("users");
+    let alias_file = tmp.path().join("aliases");
+    fs::write(&users, "alice:{PLAIN}a\nbob:{PLAIN}b\ncarol:{PLAIN}c\n").unwrap();
+    fs::write(&alias_file, aliases).unwrap();
+    let (dir, _) = Directory::load(DirectorySettings {
+        users_file: users,
+        aliases_file: alias_file,
+        domains: vec!["example.test".into()],
+        recipient_delimiter: Some('+'),
+    })
+    .unwrap();
+    let mail = tmp.path().join("mail");
+    let engine = Engine::new(
+        Maildirs::new(&mail, "mail.example.test"),
+        DeliveryPolicy {
+            hostname: "mail.example.test".into(),
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            queue_lifetime: lifetime,
+        },
+    );
+    World {
+        _tmp: tmp,
+        mail,
+        dir,
+        engine,
+        queue: FakeQueue::default(),
+    }
+}
+
+fn count(mail: &Path, user: &str) -> usize {
+    fs::read_dir(mail.join(user).join("new"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+impl World {
+    fn run(&mut self, budget: usize) -> usize {
+        self.engine.run(
+            budget,
+            &mut self.queue,
+            &self.dir,
+            Instant::now(),
+            SystemTime::now(),
+        )
+    }
+}
+
+const ALIASES: &str =
+    "postmaster: alice\nteam: alice, bob\nghost: nosuchuser\nloop1: loop2\nloop2: loop1\n";
+
+#[test]
+fn one_copy_per_user_however_many_recipients_lead_there() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    let id = w.queue.add(
+        "s@example.org",
+        &[
+            "alice@example.test",
+            "team@example.test",
+            "bob+x@example.test",
+        ],
+    );
+    w.engine.schedule.due_now(id.clone());
+    assert_eq!(w.run(8), 1);
+    assert_eq!(count(&w.mail, "alice"), 1);
+    assert_eq!(count(&w.mail, "bob"), 1);
+    assert_eq!(w.queue.removed, vec![id]);
+    assert!(w.queue.bounces.is_empty());
+    assert!(w.engine.schedule.is_empty());
+}
+
+#[test]
+fn unknown_target_and_loop_bounce_at_once_to_the_sender() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    let id = w.queue.add(
+        "s@example.org",
+        &[
+            "ghost@example.test",
+            "loop1@example.test",
+            "carol@example.test",
+        ],
+    );
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert_eq!(count(&w.mail, "carol"), 1);
+    assert_eq!(w.queue.removed, vec![id]);
+    assert_eq!(w.queue.bounces.len(), 1);
+    let (env, report) = &w.queue.bounces[0];
+    assert_eq!(env.sender, "");
+    assert_eq!(env.recipients, vec!["s@example.org".to_string()]);
+    let report = String::from_utf8_lossy(report);
+    assert!(report.contains(
+        "Final-Recipient: rfc822; ghost@example.test\r\nAction: failed\r\nStatus: 5.1.1"
+    ));
+    assert!(report.contains(
+        "Final-Recipient: rfc822; loop1@example.test\r\nAction: failed\r\nStatus: 5.4.6"
+    ));
+    assert!(!report.contains("carol@example.test"));
+    assert!(
+        report.contains("Subject: test\r\n"),
+        "original headers attached"
+    );
+    // The bounce is queued like any message and due at once.
+    assert_eq!(
+        w.engine.schedule.next_due(Instant::now()),
+        Some(QueueId("BOUNCE000001".into()))
+    );
+}
+
+#[test]
+fn nothing_bounces_to_the_null_sender() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    let id = w.queue.add("", &["ghost@example.test"]);
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert!(w.queue.bounces.is_empty());
+    assert_eq!(w.queue.removed, vec![id]);
+}
+
+#[test]
+fn temporary_failure_records_progress_and_defers_with_backoff() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    fs::create_dir_all(&w.mail).unwrap();
+    fs::write(w.mail.join("bob"), b"not a maildir").unwrap();
+    let id = w
+        .queue
+        .add("s@example.org", &["alice@example.test", "bob@example.test"]);
+    w.engine.schedule.due_now(id.clone());
+    let t0 = Instant::now();
+    w.run(8);
+    assert_eq!(count(&w.mail, "alice"), 1);
+    assert!(w.queue.removed.is_empty());
+    let (rid, delivered, failed, attempts, why) = &w.queue.recorded[0];
+    assert_eq!(
+        (rid, delivered.as_slice(), failed.len(), *attempts),
+        (&id, &[0][..], 0, 1)
+    );
+    assert!(why.starts_with("bob@example.test: "), "{why}");
+    // Not due before retry_min, due after it.
+    assert_eq!(w.engine.schedule.next_due(t0), None);
+    let timeout = w.engine.schedule.timeout(t0).unwrap();
+    assert!(
+        timeout > Duration::from_secs(59) && timeout < Duration::from_secs(61),
+        "{timeout:?}"
+    );
+    // Fixed: the next attempt delivers only bob (alice is done and not repeated).
+    fs::remove_file(w.mail.join("bob")).unwrap();
+    w.engine.schedule.flush();
+    w.run(8);
+    assert_eq!(count(&w.mail, "alice"), 1);
+    assert_eq!(count(&w.mail, "bob"), 1);
+    assert_eq!(w.queue.removed, vec![id]);
+}
+
+#[test]
+fn expired_temporary_failures_bounce_with_4_4_7() {
+    let mut w = world(ALIASES, Duration::ZERO);
+    fs::create_dir_all(&w.mail).unwrap();
+    fs::write(w.mail.join("bob"), b"not a maildir").unwrap();
+    let id = w.queue.add("s@example.org", &["bob@example.test"]);
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert_eq!(w.queue.removed, vec![id]);
+    let report = String::from_utf8_lossy(&w.queue.bounces[0].1).to_string();
+    assert!(report.contains("Status: 4.4.7"), "{report}");
+    assert!(report.contains("expired"));
+}
+
+#[test]
+fn a_turn_attempts_at_most_its_budget_and_delivers_the_batch() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    for _ in 0..20 {
+        let id = w.queue.add("s@example.org", &["alice@example.test"]);
+        w.engine.schedule.due_now(id);
+    }
+    assert_eq!(w.run(8), 8);
+    assert_eq!(count(&w.mail, "alice"), 8);
+    assert_eq!(w.run(8), 8);
+    assert_eq!(w.run(8), 4);
+    assert_eq!(w.run(8), 0);
+    assert_eq!(count(&w.mail, "alice"), 20);
+    assert_eq!(w.queue.removed.len(), 20);
+}
+
+#[test]
+fn vanished_entries_are_skipped() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    w.engine.schedule.due_now(QueueId("GONE00000000".into()));
+    assert_eq!(w.run(8), 0);
+    assert!(w.engine.schedule.is_empty());
+}
