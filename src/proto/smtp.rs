@@ -11,13 +11,13 @@
 //! and the EHLO/HELO reply. Pipelined commands (RFC 2920) are answered in order, as many per
 //! `step` as the output buffer has room for.
 
-mod received;
 #[cfg(test)]
 mod command_tests;
 #[cfg(test)]
 mod data_tests;
 #[cfg(test)]
 mod dialog_tests;
+mod received;
 #[cfg(test)]
 mod tests;
 
@@ -279,13 +279,7 @@ impl SmtpSession {
     }
 
     /// The spool's verdict on the message handed over with `Next::AwaitCommit`.
-    pub fn resume(
-        &mut self,
-        c: Completion,
-        _ctx: Ctx,
-        out: &mut OutBuf,
-        _host: &mut dyn SmtpHost,
-    ) {
+    pub fn resume(&mut self, c: Completion, _ctx: Ctx, out: &mut OutBuf, _host: &mut dyn SmtpHost) {
         let Completion::Committed(result) = c else {
             return;
         };
@@ -558,7 +552,10 @@ impl SmtpSession {
             );
             return Flow::Continue;
         }
-        if mail.size.is_some_and(|n| n > self.settings.max_message_size) {
+        if mail
+            .size
+            .is_some_and(|n| n > self.settings.max_message_size)
+        {
             reply!(
                 out,
                 "552 5.3.4 Message size exceeds fixed maximum message size"
@@ -592,7 +589,9 @@ impl SmtpSession {
         let rcpt = match smtp_addr::parse_rcpt(args) {
             Ok(r) => Some(r),
             Err(ArgError::UnsafeLocalPart) => None,
-            Err(e) => return self.argument_error(e, "RCPT TO:<address>", "5.1.3", "recipient", out),
+            Err(e) => {
+                return self.argument_error(e, "RCPT TO:<address>", "5.1.3", "recipient", out);
+            }
         };
         if accepted >= limits::SMTP_MAX_RCPTS {
             reply!(out, "452 4.5.3 Too many recipients");
@@ -782,6 +781,12 @@ impl SmtpSession {
             }
             let grown = size.saturating_add(bytes.len() as u64);
             if grown > limit {
+                // The host gets exactly the first `limit` octets, however the input was split.
+                let fits = usize::try_from(limit.saturating_sub(*size)).unwrap_or(usize::MAX);
+                if let Some(head) = bytes.get(..fits).filter(|h| !h.is_empty()) {
+                    host.message_append(head);
+                }
+                *size = limit;
                 *over_limit = true;
                 host.message_abort();
             } else {

@@ -281,7 +281,10 @@ fn rcpt_verdicts() {
             "dave@example.test",
         ]
     );
-    assert_eq!(d.session.rejected_rcpts, 2, "temporary failures are not rejections");
+    assert_eq!(
+        d.session.rejected_rcpts, 2,
+        "temporary failures are not rejections"
+    );
 }
 
 #[test]
@@ -305,7 +308,10 @@ fn rcpt_syntax_errors() {
         ),
         &want,
     );
-    assert!(d.host.calls.is_empty(), "nothing malformed reaches the directory");
+    assert!(
+        d.host.calls.is_empty(),
+        "nothing malformed reaches the directory"
+    );
 }
 
 #[test]
@@ -356,7 +362,10 @@ fn one_hundred_recipients_then_452() {
     assert_eq!(rcpt_replies[..limits::SMTP_MAX_RCPTS], [RCPT_OK; 100]);
     assert_eq!(
         rcpt_replies[limits::SMTP_MAX_RCPTS..limits::SMTP_MAX_RCPTS + 2],
-        ["452 4.5.3 Too many recipients", "452 4.5.3 Too many recipients"]
+        [
+            "452 4.5.3 Too many recipients",
+            "452 4.5.3 Too many recipients"
+        ]
     );
     assert_eq!(d.host.verdict_calls().len(), limits::SMTP_MAX_RCPTS);
     let env = &d.host.envelopes()[0];
@@ -381,14 +390,14 @@ fn command_line_of_512_octets_is_accepted_513_is_too_long() {
     assert_eq!(at_limit.len(), limits::SMTP_MAX_LINE);
     let over = format!("NOOP {}\r\n", "x".repeat(limits::SMTP_MAX_LINE - 6));
     assert_eq!(over.len(), limits::SMTP_MAX_LINE + 1);
-    expect(
-        &format!("{at_limit}{over}NOOP\r\n"),
-        &[OK, TOO_LONG, OK],
-    );
+    expect(&format!("{at_limit}{over}NOOP\r\n"), &[OK, TOO_LONG, OK]);
     // A bare LF ends a command line too; its 512 octets include the LF.
     let lf_at_limit = format!("NOOP {}\n", "x".repeat(limits::SMTP_MAX_LINE - 6));
     let lf_over = format!("NOOP {}\n", "x".repeat(limits::SMTP_MAX_LINE - 5));
-    expect(&format!("{lf_at_limit}{lf_over}NOOP\n"), &[OK, TOO_LONG, OK]);
+    expect(
+        &format!("{lf_at_limit}{lf_over}NOOP\n"),
+        &[OK, TOO_LONG, OK],
+    );
 }
 
 #[test]
@@ -410,10 +419,7 @@ fn long_line_split_anyhow_stays_in_sync_without_growing() {
 
 #[test]
 fn long_line_then_pipelined_commands_in_one_read() {
-    let input = format!(
-        "EHLO c\r\n{}\r\nMAIL FROM:<a@b.org>\r\n",
-        "z".repeat(3000)
-    );
+    let input = format!("EHLO c\r\n{}\r\nMAIL FROM:<a@b.org>\r\n", "z".repeat(3000));
     let mut want = EHLO_REPLY.to_vec();
     want.extend([TOO_LONG, MAIL_OK]);
     expect(&input, &want);
@@ -478,7 +484,10 @@ fn every_kind_of_error_counts_and_others_do_not() {
     assert!(!d.closed);
     let mut d = d;
     d.send(b"BOGUS\r\n");
-    assert_eq!(d.replies().last().map(String::as_str), Some(TOO_MANY_ERRORS));
+    assert_eq!(
+        d.replies().last().map(String::as_str),
+        Some(TOO_MANY_ERRORS)
+    );
     assert!(d.closed);
 }
 

@@ -241,7 +241,10 @@ impl Driver {
             match step.next {
                 Next::Continue => {}
                 Next::NeedOutput => {
-                    assert!(self.out.free() < limits::REPLY_RESERVE, "NeedOutput with room");
+                    assert!(
+                        self.out.free() < limits::REPLY_RESERVE,
+                        "NeedOutput with room"
+                    );
                     self.drain();
                 }
                 Next::NeedInput => {
