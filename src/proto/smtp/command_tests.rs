@@ -52,6 +52,11 @@ fn ehlo_and_helo_need_a_name() {
     expect(&long, &["501 5.5.2 Syntax: EHLO hostname"]);
     let at_limit = format!("EHLO {}\r\n", "h".repeat(limits::SMTP_MAX_HELO));
     expect(&at_limit, &EHLO_REPLY);
+    // Extra spaces before the name and words after it are tolerated.
+    expect(
+        "HELO   c.example.org extra words\r\n",
+        &["250 mail.example.test"],
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use super::tests::*;
 use super::*;
 use crate::buf::Buf;
+use crate::date::rfc5322_date;
 
 const PREAMBLE: &str = "EHLO client.example.org\r\nMAIL FROM:<s@example.org>\r\n\
                         RCPT TO:<alice@example.test>\r\nDATA\r\n";

@@ -4,6 +4,7 @@
 
 use super::tests::*;
 use super::*;
+use crate::date::rfc5322_date;
 
 struct Transcript {
     name: &'static str,
