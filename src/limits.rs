@@ -38,6 +38,8 @@ pub const SMTP_MAX_LINE: usize = 512;
 pub const SMTP_MAX_RCPTS: usize = 100;
 /// RFC 5321 §4.5.3.1.3: a path is at most 256 octets.
 pub const SMTP_MAX_PATH: usize = 256;
+/// Longest EHLO/HELO name kept: a domain is at most 255 octets (RFC 1035 §2.3.4).
+pub const SMTP_MAX_HELO: usize = 255;
 /// Erroneous commands (syntax, sequence, unknown) before `421 4.7.0`; stops abusive scanners.
 pub const SMTP_MAX_ERRORS: u32 = 10;
 /// Rejected recipients per session before `421 4.7.0`: address-harvest protection.

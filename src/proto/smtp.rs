@@ -1,10 +1,37 @@
 //! The SMTP server session (RFC 5321): a sans-I/O state machine.
+//!
+//! Owns the dialog: command framing (512-octet lines, §4.5.3.1.4, over-long lines discarded
+//! in sync), the command sequence (greeting, transaction, DATA), every reply text, the error
+//! and rejected-recipient budgets, the `Received:` header, and the streaming of DATA through
+//! the dot decoder into the host's spool entry. Paths and parameters are parsed by
+//! `smtp_addr`, the data stream by `dotdata`; the host answers recipient verdicts and stores
+//! the message.
+//!
+//! Replies follow RFC 2034: every one carries an RFC 3463 enhanced code except the greeting
+//! and the EHLO/HELO reply. Pipelined commands (RFC 2920) are answered in order, as many per
+//! `step` as the output buffer has room for.
 
+#[cfg(test)]
+mod command_tests;
+#[cfg(test)]
+mod data_tests;
+#[cfg(test)]
+mod dialog_tests;
+mod received;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
+use memchr::{memchr, memmem};
+
+use super::smtp_addr::{self, ArgError};
 use super::{Completion, Ctx, Next, OutBuf, Step};
 use crate::directory::RcptVerdict;
-use crate::spool::{Envelope, QueueId, SpoolError};
+use crate::limits;
+use crate::spool::{BodyType, Envelope, QueueId, SpoolError};
 
 /// Settings shared by all SMTP sessions (swapped as a whole on reload).
 #[derive(Clone, Debug)]
@@ -35,12 +62,169 @@ pub trait SmtpHost {
 /// One SMTP server session.
 pub struct SmtpSession {
     settings: Rc<SmtpSettings>,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
+    mode: Mode,
+    /// Set by EHLO/HELO.
+    greeting: Option<Greeting>,
+    /// Set by MAIL, cleared by RSET, EHLO/HELO and the end of DATA.
+    transaction: Option<Transaction>,
+    /// Erroneous commands so far (syntax, sequence, unknown).
+    errors: u32,
+    /// Recipients refused so far in this session.
+    rejected_rcpts: u32,
+}
+
+enum Mode {
+    /// Reading command lines.
+    Command,
+    /// Reading and dropping the rest of an over-long command line.
+    DiscardLine,
+    /// Receiving message data.
+    Data(data::DataReceiver),
+    /// The message was handed to the spool; `resume` brings the verdict.
+    AwaitCommit,
+    /// The session is over; only the output is still drained.
+    Closed,
+}
+
+struct Greeting {
+    name: String,
+    /// EHLO rather than HELO: ESMTP parameters are allowed.
+    extended: bool,
+}
+
+struct Transaction {
+    sender: String,
+    smtputf8: bool,
+    body: BodyType,
+    recipients: Vec<String>,
+}
+
+/// What a command handler wants the loop to do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+    AwaitCommit,
+}
+
+/// The outcome of looking at the start of the input.
+enum Unit {
+    /// Not enough input for a complete unit.
+    Incomplete,
+    /// This many octets were consumed.
+    Done(usize, Flow),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Help,
+    Vrfy,
+    Expn,
+}
+
+const VERBS: [(&[u8], Verb); 11] = [
+    (b"EHLO", Verb::Ehlo),
+    (b"HELO", Verb::Helo),
+    (b"MAIL", Verb::Mail),
+    (b"RCPT", Verb::Rcpt),
+    (b"DATA", Verb::Data),
+    (b"RSET", Verb::Rset),
+    (b"NOOP", Verb::Noop),
+    (b"QUIT", Verb::Quit),
+    (b"HELP", Verb::Help),
+    (b"VRFY", Verb::Vrfy),
+    (b"EXPN", Verb::Expn),
+];
+
+/// First words of HTTP requests: a browser or proxy talking to the SMTP port (cross-protocol
+/// attacks) is dropped without a reply rather than answered line by line.
+const HTTP_METHODS: [&[u8]; 7] = [
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"DELETE ",
+];
+
+/// An EHLO keyword line. STARTTLS and AUTH will join this list.
+enum Extension {
+    Pipelining,
+    Size(u64),
+    EightBitMime,
+    EnhancedStatusCodes,
+    SmtpUtf8,
+}
+
+impl fmt::Display for Extension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Extension::Pipelining => f.write_str("PIPELINING"),
+            Extension::Size(n) => write!(f, "SIZE {n}"),
+            Extension::EightBitMime => f.write_str("8BITMIME"),
+            Extension::EnhancedStatusCodes => f.write_str("ENHANCEDSTATUSCODES"),
+            Extension::SmtpUtf8 => f.write_str("SMTPUTF8"),
+        }
+    }
+}
+
+/// Appends formatted text to the output buffer (a reply always fits: the loop keeps
+/// `limits::REPLY_RESERVE` free before each command).
+struct OutWriter<'a>(&'a mut OutBuf);
+
+impl fmt::Write for OutWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.push(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Writes one reply line; the text comes without its CRLF.
+fn reply(out: &mut OutBuf, text: fmt::Arguments<'_>) {
+    let _ = fmt::Write::write_fmt(&mut OutWriter(out), text);
+    out.push(b"\r\n");
+}
+
+macro_rules! reply {
+    ($out:expr, $($arg:tt)*) => { reply($out, format_args!($($arg)*)) };
+}
+
+// After the macro, which it uses.
+mod data;
+
+fn looks_like_http(line: &[u8]) -> bool {
+    HTTP_METHODS.iter().any(|m| line.starts_with(m)) || memmem::find(line, b" HTTP/1.").is_some()
+}
+
+/// `bytes` without any trailing spaces or tabs (a common client sloppiness, harmless).
+fn trim_end_blanks(mut bytes: &[u8]) -> &[u8] {
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
 }
 
 impl SmtpSession {
-    pub fn new(settings: Rc<SmtpSettings>, peer: std::net::SocketAddr) -> SmtpSession {
-        SmtpSession { settings, peer }
+    pub fn new(settings: Rc<SmtpSettings>, peer: SocketAddr) -> SmtpSession {
+        SmtpSession {
+            settings,
+            peer,
+            mode: Mode::Command,
+            greeting: None,
+            transaction: None,
+            errors: 0,
+            rejected_rcpts: 0,
+        }
     }
 
     /// Writes the `220` greeting.
@@ -48,24 +232,57 @@ impl SmtpSession {
         out.push(format!("220 {} ESMTP postling\r\n", self.settings.hostname).as_bytes());
     }
 
+    /// Handles as many complete commands (or data lines) of `input` as the output buffer has
+    /// room to answer; see the contract in `proto`.
     pub fn step(
         &mut self,
-        _input: &[u8],
-        _ctx: Ctx,
-        _out: &mut OutBuf,
-        _host: &mut dyn SmtpHost,
+        input: &[u8],
+        ctx: Ctx,
+        out: &mut OutBuf,
+        host: &mut dyn SmtpHost,
     ) -> Step {
-        let _ = self.peer;
-        Step::new(0, Next::NeedInput)
+        let mut pos = 0;
+        loop {
+            match self.mode {
+                Mode::Closed => return Step::new(pos, Next::Close),
+                Mode::AwaitCommit => return Step::new(pos, Next::AwaitCommit),
+                _ if out.free() < limits::REPLY_RESERVE => {
+                    return Step::new(pos, Next::NeedOutput);
+                }
+                _ => {}
+            }
+            let rest = input.get(pos..).unwrap_or(&[]);
+            let unit = match self.mode {
+                Mode::Data(_) => self.data_unit(rest, out, host),
+                _ => self.command_unit(rest, ctx, out, host),
+            };
+            match unit {
+                Unit::Incomplete => return Step::new(pos, Next::NeedInput),
+                Unit::Done(used, flow) => {
+                    pos += used;
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Close => self.mode = Mode::Closed,
+                        Flow::AwaitCommit => self.mode = Mode::AwaitCommit,
+                    }
+                }
+            }
+        }
     }
 
-    pub fn resume(
-        &mut self,
-        _c: Completion,
-        _ctx: Ctx,
-        _out: &mut OutBuf,
-        _host: &mut dyn SmtpHost,
-    ) {
+    /// The spool's verdict on the message handed over with `Next::AwaitCommit`.
+    pub fn resume(&mut self, c: Completion, _ctx: Ctx, out: &mut OutBuf, _host: &mut dyn SmtpHost) {
+        let Completion::Committed(result) = c else {
+            return;
+        };
+        if !matches!(self.mode, Mode::AwaitCommit) {
+            return;
+        }
+        self.mode = Mode::Command;
+        match result {
+            Ok(id) => reply!(out, "250 2.0.0 Ok: queued as {id}"),
+            Err(e) => self.spool_failure(out, &e),
+        }
     }
 
     /// The idle deadline or session cap passed: write `421 4.4.2`.
@@ -88,5 +305,372 @@ impl SmtpSession {
             )
             .as_bytes(),
         );
+    }
+
+    // ---- framing ----------------------------------------------------------------------------
+
+    /// One command line, or a step through an over-long one.
+    fn command_unit(
+        &mut self,
+        rest: &[u8],
+        ctx: Ctx,
+        out: &mut OutBuf,
+        host: &mut dyn SmtpHost,
+    ) -> Unit {
+        if matches!(self.mode, Mode::DiscardLine) {
+            return match memchr(b'\n', rest) {
+                Some(lf) => {
+                    self.mode = Mode::Command;
+                    Unit::Done(lf + 1, self.line_too_long(out))
+                }
+                None if rest.len() >= limits::MAX_UNIT => Unit::Done(rest.len(), Flow::Continue),
+                None => Unit::Incomplete,
+            };
+        }
+        let window = rest.get(..limits::SMTP_MAX_LINE).unwrap_or(rest);
+        if let Some(lf) = memchr(b'\n', window) {
+            let line = window.get(..=lf).unwrap_or(window);
+            return Unit::Done(lf + 1, self.command_line(line, ctx, out, host));
+        }
+        if rest.len() < limits::SMTP_MAX_LINE {
+            return Unit::Incomplete;
+        }
+        // Longer than any command may be. An HTTP request line can be this long too.
+        if looks_like_http(window) {
+            return Unit::Done(rest.len(), Flow::Close);
+        }
+        let beyond = rest.get(limits::SMTP_MAX_LINE..).unwrap_or(&[]);
+        match memchr(b'\n', beyond) {
+            Some(k) => Unit::Done(limits::SMTP_MAX_LINE + k + 1, self.line_too_long(out)),
+            None if rest.len() >= limits::MAX_UNIT => {
+                self.mode = Mode::DiscardLine;
+                Unit::Done(rest.len(), Flow::Continue)
+            }
+            None => Unit::Incomplete,
+        }
+    }
+
+    fn line_too_long(&mut self, out: &mut OutBuf) -> Flow {
+        self.client_error(out, format_args!("500 5.5.2 Error: line too long"))
+    }
+
+    /// One complete command line, `line` ending in LF (normally CRLF).
+    fn command_line(
+        &mut self,
+        line: &[u8],
+        ctx: Ctx,
+        out: &mut OutBuf,
+        host: &mut dyn SmtpHost,
+    ) -> Flow {
+        let ended_in_crlf = line.ends_with(b"\r\n");
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if memchr(0, text).is_some() {
+            return self.client_error(
+                out,
+                format_args!("500 5.5.2 Error: NUL character in command"),
+            );
+        }
+        if looks_like_http(text) {
+            return Flow::Close;
+        }
+        let text = trim_end_blanks(text);
+        let (word, args) = match memchr(b' ', text) {
+            Some(sp) => (
+                text.get(..sp).unwrap_or(text),
+                text.get(sp + 1..).unwrap_or(&[]),
+            ),
+            None => (text, &[][..]),
+        };
+        let Some(verb) = VERBS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(word))
+            .map(|&(_, verb)| verb)
+        else {
+            return self.client_error(out, format_args!("500 5.5.2 Error: command not recognized"));
+        };
+        match verb {
+            Verb::Ehlo => self.ehlo(args, true, out),
+            Verb::Helo => self.ehlo(args, false, out),
+            Verb::Mail => self.mail(args, out),
+            Verb::Rcpt => self.rcpt(args, out, host),
+            Verb::Data => self.data(args, ended_in_crlf, ctx, out, host),
+            Verb::Rset => self.without_args(args, "RSET", out, |s, out| {
+                s.transaction = None;
+                reply!(out, "250 2.0.0 Ok");
+            }),
+            Verb::Noop => {
+                reply!(out, "250 2.0.0 Ok");
+                Flow::Continue
+            }
+            Verb::Quit => {
+                if !args.is_empty() {
+                    return self.client_error(out, format_args!("501 5.5.4 Syntax: QUIT"));
+                }
+                reply!(out, "221 2.0.0 Bye");
+                Flow::Close
+            }
+            Verb::Help => {
+                reply!(
+                    out,
+                    "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"
+                );
+                Flow::Continue
+            }
+            Verb::Vrfy => {
+                if args.is_empty() {
+                    return self.client_error(out, format_args!("501 5.5.4 Syntax: VRFY address"));
+                }
+                // Never tells whether a user exists (address harvesting).
+                reply!(
+                    out,
+                    "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+                );
+                Flow::Continue
+            }
+            Verb::Expn => {
+                reply!(out, "502 5.5.1 EXPN not available");
+                Flow::Continue
+            }
+        }
+    }
+
+    // ---- replies that count against the budgets ---------------------------------------------
+
+    /// A syntax, sequence or unknown-command error: the reply, or `421` once the budget is
+    /// spent (scanners and confused peers do not get unlimited tries).
+    fn client_error(&mut self, out: &mut OutBuf, text: fmt::Arguments<'_>) -> Flow {
+        self.errors = self.errors.saturating_add(1);
+        if self.errors >= limits::SMTP_MAX_ERRORS {
+            reply!(out, "421 4.7.0 {} too many errors", self.settings.hostname);
+            return Flow::Close;
+        }
+        reply(out, text);
+        Flow::Continue
+    }
+
+    /// A refused recipient: the reply, or `421` past the harvest budget.
+    fn rejected_rcpt(&mut self, out: &mut OutBuf, text: fmt::Arguments<'_>) -> Flow {
+        self.rejected_rcpts = self.rejected_rcpts.saturating_add(1);
+        if self.rejected_rcpts > limits::SMTP_MAX_REJECTED_RCPTS {
+            reply!(
+                out,
+                "421 4.7.0 {} too many rejected recipients",
+                self.settings.hostname
+            );
+            return Flow::Close;
+        }
+        reply(out, text);
+        Flow::Continue
+    }
+
+    fn without_args(
+        &mut self,
+        args: &[u8],
+        verb: &str,
+        out: &mut OutBuf,
+        handler: impl FnOnce(&mut Self, &mut OutBuf),
+    ) -> Flow {
+        if !args.is_empty() {
+            return self.client_error(out, format_args!("501 5.5.4 Syntax: {verb}"));
+        }
+        handler(self, out);
+        Flow::Continue
+    }
+
+    // ---- commands ---------------------------------------------------------------------------
+
+    fn ehlo(&mut self, args: &[u8], extended: bool, out: &mut OutBuf) -> Flow {
+        let verb = if extended { "EHLO" } else { "HELO" };
+        let token = args
+            .trim_ascii_start()
+            .split(|&b| b == b' ')
+            .next()
+            .unwrap_or(&[]);
+        // Any visible name is taken (real clients send `my_host`, `[::1]`, bare words); the
+        // Received header shows it only if it is a valid domain.
+        let name = std::str::from_utf8(token).ok().filter(|n| {
+            !n.is_empty()
+                && n.len() <= limits::SMTP_MAX_HELO
+                && n.bytes().all(|b| b > b' ' && b != 0x7f)
+        });
+        let Some(name) = name else {
+            return self.client_error(out, format_args!("501 5.5.2 Syntax: {verb} hostname"));
+        };
+        self.transaction = None;
+        self.greeting = Some(Greeting {
+            name: name.to_owned(),
+            extended,
+        });
+        let hostname = &self.settings.hostname;
+        if !extended {
+            reply!(out, "250 {hostname}");
+            return Flow::Continue;
+        }
+        let extensions = [
+            Extension::Pipelining,
+            Extension::Size(self.settings.max_message_size),
+            Extension::EightBitMime,
+            Extension::EnhancedStatusCodes,
+            Extension::SmtpUtf8,
+        ];
+        reply!(out, "250-{hostname}");
+        let last = extensions.len() - 1;
+        for (i, ext) in extensions.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            reply!(out, "250{sep}{ext}");
+        }
+        Flow::Continue
+    }
+
+    fn mail(&mut self, args: &[u8], out: &mut OutBuf) -> Flow {
+        let Some(extended) = self.greeting.as_ref().map(|g| g.extended) else {
+            return self.client_error(out, format_args!("503 5.5.1 Error: send HELO/EHLO first"));
+        };
+        if self.transaction.is_some() {
+            return self.client_error(out, format_args!("503 5.5.1 Error: nested MAIL command"));
+        }
+        let Ok(args) = std::str::from_utf8(args) else {
+            return self.client_error(
+                out,
+                format_args!("501 5.1.7 Bad sender address syntax: invalid UTF-8"),
+            );
+        };
+        let mail = match smtp_addr::parse_mail(args, extended) {
+            Ok(m) => m,
+            Err(e) => return self.argument_error(e, "MAIL FROM:<address>", "5.1.7", "sender", out),
+        };
+        if mail.path.non_ascii && !mail.smtputf8 {
+            // RFC 6531 §3.5: a non-ASCII address needs the SMTPUTF8 parameter.
+            reply!(
+                out,
+                "553 5.6.7 Non-ASCII sender address not permitted without SMTPUTF8"
+            );
+            return Flow::Continue;
+        }
+        if mail
+            .size
+            .is_some_and(|n| n > self.settings.max_message_size)
+        {
+            reply!(
+                out,
+                "552 5.3.4 Message size exceeds fixed maximum message size"
+            );
+            return Flow::Continue;
+        }
+        self.transaction = Some(Transaction {
+            sender: mail.path.address.to_owned(),
+            smtputf8: mail.smtputf8,
+            body: mail.body.unwrap_or_default(),
+            recipients: Vec::new(),
+        });
+        reply!(out, "250 2.1.0 Ok");
+        Flow::Continue
+    }
+
+    fn rcpt(&mut self, args: &[u8], out: &mut OutBuf, host: &mut dyn SmtpHost) -> Flow {
+        let Some((accepted, smtputf8)) = self
+            .transaction
+            .as_ref()
+            .map(|t| (t.recipients.len(), t.smtputf8))
+        else {
+            return self.client_error(out, format_args!("503 5.5.1 Error: need MAIL command"));
+        };
+        let Ok(args) = std::str::from_utf8(args) else {
+            return self.client_error(
+                out,
+                format_args!("501 5.1.3 Bad recipient address syntax: invalid UTF-8"),
+            );
+        };
+        let rcpt = match smtp_addr::parse_rcpt(args) {
+            Ok(r) => Some(r),
+            Err(ArgError::UnsafeLocalPart) => None,
+            Err(e) => {
+                return self.argument_error(e, "RCPT TO:<address>", "5.1.3", "recipient", out);
+            }
+        };
+        if accepted >= limits::SMTP_MAX_RCPTS {
+            reply!(out, "452 4.5.3 Too many recipients");
+            return Flow::Continue;
+        }
+        let Some(rcpt) = rcpt else {
+            // Never handed to the directory: such a local part must never become a path.
+            return self.rejected_rcpt(
+                out,
+                format_args!("550 5.1.3 Recipient address rejected: local part not allowed"),
+            );
+        };
+        let address = rcpt.path.address;
+        if rcpt.path.non_ascii && !smtputf8 {
+            return self.rejected_rcpt(
+                out,
+                format_args!(
+                    "553 5.6.7 Non-ASCII recipient address not permitted without SMTPUTF8"
+                ),
+            );
+        }
+        let duplicate = self
+            .transaction
+            .as_ref()
+            .is_some_and(|t| t.recipients.iter().any(|r| r == address));
+        if duplicate {
+            reply!(out, "250 2.1.5 Ok");
+            return Flow::Continue;
+        }
+        match host.rcpt_verdict(address) {
+            RcptVerdict::Accept => {
+                if let Some(t) = self.transaction.as_mut() {
+                    t.recipients.push(address.to_owned());
+                }
+                reply!(out, "250 2.1.5 Ok");
+                Flow::Continue
+            }
+            RcptVerdict::UnknownUser => self.rejected_rcpt(
+                out,
+                format_args!("550 5.1.1 <{address}>: Recipient address rejected: User unknown"),
+            ),
+            RcptVerdict::RelayDenied => self.rejected_rcpt(
+                out,
+                format_args!("550 5.7.1 <{address}>: Relay access denied"),
+            ),
+            RcptVerdict::TempFail => {
+                reply!(
+                    out,
+                    "451 4.3.0 <{address}>: Temporary lookup failure, try again later"
+                );
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The reply to a MAIL or RCPT argument that did not parse. `code` and `role` name the
+    /// address (5.1.7 sender, 5.1.3 recipient, RFC 3463).
+    fn argument_error(
+        &mut self,
+        e: ArgError<'_>,
+        syntax: &str,
+        code: &str,
+        role: &str,
+        out: &mut OutBuf,
+    ) -> Flow {
+        match e {
+            ArgError::Syntax => self.client_error(out, format_args!("501 5.5.2 Syntax: {syntax}")),
+            ArgError::BadPath(why) => self.client_error(
+                out,
+                format_args!("501 {code} Bad {role} address syntax: {why}"),
+            ),
+            ArgError::PathTooLong => {
+                self.client_error(out, format_args!("501 {code} Path too long"))
+            }
+            ArgError::UnknownParameter(keyword) => self.client_error(
+                out,
+                format_args!("555 5.5.4 Unsupported parameter: {keyword}"),
+            ),
+            ArgError::BadParameter(why) => self.client_error(out, format_args!("501 5.5.4 {why}")),
+            ArgError::UnsafeLocalPart => self.client_error(
+                out,
+                format_args!("501 {code} Bad {role} address syntax: local part not allowed"),
+            ),
+        }
     }
 }
