@@ -185,11 +185,7 @@ impl Pop2Session {
             State::Call if cmd.is("HELO") => self.helo(&cmd, ctx, out, host),
             State::Call => self.error(out, "send HELO first"),
             _ if cmd.is("HELO") => self.error(out, "already logged in"),
-            _ if cmd.is("FOLD") => self.fold(&cmd, out),
-            _ if cmd.is("READ") => self.read(&cmd, out),
-            State::Selected { current, sized } if cmd.is("RETR") => {
-                self.retr(current, sized, out, host)
-            }
+            // XFER: RFC 937 allows only the acknowledgements (and QUIT) here.
             State::Xfer { current } if cmd.is("ACKS") => {
                 self.acknowledge(current.saturating_add(1), out)
             }
@@ -203,6 +199,11 @@ impl Pop2Session {
             }
             State::Xfer { current } if cmd.is("NACK") => self.acknowledge(current, out),
             State::Xfer { .. } => self.error(out, "send ACKS, ACKD or NACK"),
+            _ if cmd.is("FOLD") => self.fold(&cmd, out),
+            _ if cmd.is("READ") => self.read(&cmd, out),
+            State::Selected { current, sized } if cmd.is("RETR") => {
+                self.retr(current, sized, out, host)
+            }
             _ if ["RETR", "ACKS", "ACKD", "NACK"].iter().any(|k| cmd.is(k)) => {
                 self.error(out, "command not valid now")
             }
@@ -266,9 +267,7 @@ impl Pop2Session {
                 Some(n) => n,
                 None => return self.error(out, "invalid message number"),
             },
-            (State::Selected { current, .. } | State::Xfer { current }, None)
-                if cmd.rest.iter().all(|&b| b == b' ') =>
-            {
+            (State::Selected { current, .. }, None) if cmd.rest.iter().all(|&b| b == b' ') => {
                 *current
             }
             _ => return self.error(out, "syntax: READ [n]"),

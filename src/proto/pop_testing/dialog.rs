@@ -10,9 +10,9 @@
 //! @update-error temp|perm   mailbox_update fails
 //! @throttled                authenticate answers Throttled
 //! @read-error OFFSET        reading any message at or past OFFSET fails
-//! C: TEXT                   the client sends TEXT + CRLF
+//! C: TEXT                   the client sends TEXT + CRLF (`C:` alone: an empty line)
 //! C| TEXT                   the client sends exactly TEXT
-//! S: TEXT                   the server sends TEXT + CRLF next
+//! S: TEXT                   the server sends TEXT + CRLF next (`S:` alone: CRLF)
 //! S| TEXT                   the server sends exactly TEXT next
 //! -- sleep                  the session now waits out the failure delay; it passes
 //! -- close                  the session has closed the connection
@@ -127,7 +127,12 @@ pub fn run<S: PopSession>(
                 h.insert(fresh)
             }
         };
-        let (tag, text) = (line.get(..3).unwrap_or(line), line.get(3..).unwrap_or(""));
+        // `S:` / `C:` alone is an empty line (editors strip the trailing space of `S: `).
+        let (tag, text) = match line {
+            "S:" => ("S: ", ""),
+            "C:" => ("C: ", ""),
+            _ => (line.get(..3).unwrap_or(line), line.get(3..).unwrap_or("")),
+        };
         match tag {
             "C: " | "C| " => {
                 let mut bytes = unescape(text).map_err(at)?;
