@@ -49,6 +49,7 @@ pub enum Missing {
 #[derive(Debug)]
 pub struct Maildrop {
     messages: Vec<MessageInfo>,
+    total_octets: u64,
     deleted: Vec<bool>,
     deleted_count: usize,
     deleted_octets: u64,
@@ -57,8 +58,11 @@ pub struct Maildrop {
 impl Maildrop {
     pub fn new(messages: Vec<MessageInfo>) -> Maildrop {
         let deleted = vec![false; messages.len()];
+        // Saturating: sizes come from the host, and a wrapped total would be a lie.
+        let total_octets = messages.iter().fold(0u64, |t, m| t.saturating_add(m.size));
         Maildrop {
             messages,
+            total_octets,
             deleted,
             deleted_count: 0,
             deleted_octets: 0,
@@ -72,7 +76,7 @@ impl Maildrop {
 
     /// Octets of the whole snapshot, deleted or not.
     pub fn total_octets(&self) -> u64 {
-        self.messages.iter().map(|m| m.size).sum()
+        self.total_octets
     }
 
     /// Messages not marked deleted.
@@ -82,7 +86,7 @@ impl Maildrop {
 
     /// Octets of the messages not marked deleted.
     pub fn live_octets(&self) -> u64 {
-        self.total_octets() - self.deleted_octets
+        self.total_octets.saturating_sub(self.deleted_octets)
     }
 
     /// The 0-based index of visible message `number` (1-based).
@@ -114,7 +118,7 @@ impl Maildrop {
             Some(mark) if !*mark => {
                 *mark = true;
                 self.deleted_count += 1;
-                self.deleted_octets += size;
+                self.deleted_octets = self.deleted_octets.saturating_add(size);
                 true
             }
             _ => false,

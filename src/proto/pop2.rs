@@ -23,7 +23,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use log::warn;
+use log::{debug, warn};
 
 use super::maildrop::{self, Login, Maildrop};
 use super::pop3::PopSettings;
@@ -222,7 +222,8 @@ impl Pop2Session {
             throttled,
         };
         match maildrop::login(host, args.keyword, args.rest) {
-            Login::Opened(_, drop) => {
+            Login::Opened(name, drop) => {
+                debug!("pop2: {name} logged in, {} messages", drop.total_count());
                 push_fmt(out, format_args!("#{}\r\n", drop.total_count()));
                 self.maildrop = Some(drop);
                 self.state = State::Selected {

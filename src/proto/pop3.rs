@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
-use log::warn;
+use log::{debug, warn};
 
 use super::maildrop::{self, Login, Maildrop, Missing};
 use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
@@ -382,7 +382,8 @@ impl Pop3Session {
         host: &mut dyn PopHost,
     ) {
         match maildrop::login(host, user, password) {
-            Login::Opened(_, drop) => {
+            Login::Opened(name, drop) => {
+                debug!("pop3: {name} logged in, {} messages", drop.total_count());
                 push_fmt(
                     out,
                     format_args!(
@@ -665,6 +666,9 @@ fn write_listing_line(out: &mut OutBuf, uidl: bool, number: u64, uid: &str, size
     }
 }
 
+#[cfg(test)]
+#[path = "pop3_auth_tests.rs"]
+mod auth_tests;
 #[cfg(test)]
 #[path = "pop3_tests.rs"]
 mod tests;
