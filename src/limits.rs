@@ -54,6 +54,27 @@ pub const SMTP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
 
 /// RFC 2449 §4: a POP3 command line is at most 255 octets including CRLF.
 pub const POP_MAX_LINE: usize = 255;
+/// RFC 5034 §4 lets a SASL response line exceed the 255-octet command limit. RFC 4616 §2
+/// bounds PLAIN's authzid, authcid and passwd at 255 octets each: 767 octets are 1024 base64
+/// characters, plus CRLF.
+pub const POP_SASL_MAX_LINE: usize = 1026;
+/// Decoded SASL PLAIN message: authzid NUL authcid NUL passwd (RFC 4616 §2), rounded up to the
+/// whole base64 quanta of `POP_SASL_MAX_LINE`.
+pub const POP_SASL_MAX_DECODED: usize = (POP_SASL_MAX_LINE - 2) / 4 * 3;
+/// Erroneous commands (unknown, wrong state, bad syntax, over-long) before the connection is
+/// closed; stops scanners and confused clients from holding a slot.
+pub const POP_MAX_ERRORS: u32 = 10;
+/// Bytes of a message file read per call while streaming RETR/TOP (a stack array, never a
+/// heap buffer): a 100 MiB message costs no more memory than a small one. At most doubled by
+/// LF→CRLF and dot-stuffing, so one read always fits in `OUT_BUF`.
+pub const POP_STREAM_CHUNK: usize = 4 * 1024;
+/// A streamed message pauses for the output to drain rather than read fewer bytes than this:
+/// tiny reads would cost one system call each for a handful of bytes.
+pub const POP_STREAM_MIN_READ: usize = 256;
+/// Longest unique-id written by UIDL. RFC 1939 §7 says 1 to 70 characters, but a Maildir
+/// unique name with a long hostname can exceed that; a file name (NAME_MAX) never exceeds 255.
+/// Keeps a UIDL line far below `REPLY_RESERVE` whatever the host returns.
+pub const POP_MAX_UID: usize = 255;
 /// RFC 1939 §3: the inactivity timer must be at least 10 minutes.
 pub const POP3_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10 * 60);
 /// Cap on a whole POP session: enough to download 100 MiB over a slow link.

@@ -17,8 +17,14 @@
 //!   progress: the reactor resets the idle deadline on it (a byte trickle does not).
 
 pub mod dotdata;
+pub mod maildrop;
 pub mod pop2;
 pub mod pop3;
+#[cfg(test)]
+pub mod pop_testing;
+pub mod popline;
+pub mod popmsg;
+pub mod sasl;
 pub mod smtp;
 pub mod smtp_addr;
 

@@ -1,17 +1,83 @@
 //! The POP2 server session (RFC 937): a sans-I/O state machine.
+//!
+//! RFC 937's states map as: CALL (before `HELO`), NMBR (a folder selected, `#count` sent),
+//! SIZE (`=size` of the current message sent, after `READ` or an acknowledgement) and XFER
+//! (the message text sent by `RETR`, awaiting `ACKS`, `ACKD` or `NACK`). Replies are `+` / `-`
+//! lines, `#count` and `=size`.
+//!
+//! - `HELO user password` authenticates and opens the mailbox with the same rules as POP3: a
+//!   rejected login is answered only after `auth_failure_delay`, the same for an unknown user
+//!   and a wrong password. As RFC 937 says, a failed `HELO` (bad credentials, throttled, or a
+//!   mailbox that cannot be opened) gets `-` and the connection is closed: one guess per
+//!   connection and per delay.
+//! - `FOLD name` selects the user's own INBOX (case-insensitive) → `#count`; any other name
+//!   selects an empty folder → `#0` (RFC 937 has no negative reply to FOLD).
+//! - Messages are numbered 1.. over the login snapshot. `READ [n]` makes n (default: the
+//!   current one) current and answers `=size` (`=0`: no such message, or deleted). `RETR`
+//!   sends exactly `size` octets with CRLF line ends, no dot-stuffing, no terminator. `ACKS`
+//!   keeps it, `ACKD` marks it deleted, both move on and answer `=size` of the next; `NACK`
+//!   keeps it current and answers its `=size` again.
+//! - `QUIT` deletes the `ACKD` messages (UPDATE) and closes; a drop, timeout or shutdown
+//!   deletes nothing.
 
 use std::rc::Rc;
+use std::time::Instant;
 
+use log::{debug, warn};
+
+use super::maildrop::{self, Login, Maildrop};
 use super::pop3::PopSettings;
-use super::{Completion, Ctx, Next, OutBuf, PopHost, Step};
+use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
+use super::popmsg::{Fill, MessageStream};
+use super::{Completion, Ctx, MailboxError, Next, OutBuf, PopHost, Step};
+use crate::limits;
 
+enum State {
+    /// CALL: waiting for HELO.
+    Call,
+    /// HELO failed; answered at `wake_at`, then the connection closes.
+    Delaying {
+        wake_at: Instant,
+        throttled: bool,
+    },
+    /// NMBR (`sized` false) or SIZE (`sized` true: `=size` of `current` was sent).
+    Selected {
+        current: u64,
+        sized: bool,
+    },
+    /// RETR's text in flight.
+    Sending {
+        stream: MessageStream,
+        current: u64,
+    },
+    /// XFER: the text of `current` was sent; an acknowledgement is due.
+    Xfer {
+        current: u64,
+    },
+    Closed,
+}
+
+/// One POP2 server session.
 pub struct Pop2Session {
     settings: Rc<PopSettings>,
+    state: State,
+    framer: LineFramer,
+    maildrop: Option<Maildrop>,
+    /// FOLD selected INBOX (the default after HELO) rather than an empty folder.
+    inbox: bool,
+    errors: u32,
 }
 
 impl Pop2Session {
     pub fn new(settings: Rc<PopSettings>) -> Pop2Session {
-        Pop2Session { settings }
+        Pop2Session {
+            settings,
+            state: State::Call,
+            framer: LineFramer::default(),
+            maildrop: None,
+            inbox: true,
+            errors: 0,
+        }
     }
 
     pub fn greet(&mut self, _ctx: Ctx, out: &mut OutBuf) {
@@ -24,30 +90,250 @@ impl Pop2Session {
         );
     }
 
+    /// Consumes whole command lines and writes their replies; see the contract in `proto`.
     pub fn step(
         &mut self,
-        _input: &[u8],
-        _ctx: Ctx,
-        _out: &mut OutBuf,
-        _host: &mut dyn PopHost,
+        input: &[u8],
+        ctx: Ctx,
+        out: &mut OutBuf,
+        host: &mut dyn PopHost,
     ) -> Step {
-        Step::new(0, Next::NeedInput)
+        let mut consumed = 0;
+        loop {
+            match &mut self.state {
+                State::Closed => return Step::new(consumed, Next::Close),
+                State::Delaying { wake_at, .. } => {
+                    let left = wake_at.saturating_duration_since(ctx.now);
+                    return Step::new(consumed, Next::Sleep(left));
+                }
+                State::Sending { stream, current } => match stream.fill(host, out) {
+                    Fill::Full => return Step::new(consumed, Next::NeedOutput),
+                    Fill::Done => self.state = State::Xfer { current: *current },
+                    Fill::Failed(e) => {
+                        warn!("pop2: reading a message failed mid-transfer ({e}); closing");
+                        self.state = State::Closed;
+                        continue;
+                    }
+                },
+                _ => {}
+            }
+            if out.free() < limits::REPLY_RESERVE {
+                return Step::new(consumed, Next::NeedOutput);
+            }
+            if matches!(self.state, State::Call) && !out.is_empty() {
+                // Flush earlier replies first, so a login delay never holds them back.
+                return Step::new(consumed, Next::NeedOutput);
+            }
+            let (n, frame) = self.framer.next(
+                input.get(consumed..).unwrap_or_default(),
+                limits::POP_MAX_LINE,
+            );
+            consumed += n;
+            match frame {
+                Frame::Partial => return Step::new(consumed, Next::NeedInput),
+                Frame::TooLong => self.error(out, "line too long"),
+                Frame::Line(line) => self.command(line, ctx, out, host),
+            }
+        }
     }
 
-    pub fn resume(
-        &mut self,
-        _c: Completion,
-        _ctx: Ctx,
-        _out: &mut OutBuf,
-        _host: &mut dyn PopHost,
-    ) {
+    /// The failure delay is over: answer the failed HELO and close.
+    pub fn resume(&mut self, c: Completion, _ctx: Ctx, out: &mut OutBuf, _host: &mut dyn PopHost) {
+        let (Completion::Woke, State::Delaying { throttled, .. }) = (c, &self.state) else {
+            return;
+        };
+        out.push(if *throttled {
+            b"- Too many failed logins from your address, try again later\r\n".as_slice()
+        } else {
+            b"- Invalid user name or password\r\n".as_slice()
+        });
+        self.state = State::Closed;
     }
 
+    /// Deletes nothing. During RETR's text the reply would read as message text: left out.
     pub fn on_timeout(&mut self, out: &mut OutBuf) {
-        out.push(b"- timeout, closing connection\r\n");
+        if !matches!(self.state, State::Sending { .. }) {
+            out.push(b"- timeout, closing connection\r\n");
+        }
+        self.state = State::Closed;
     }
 
+    /// Deletes nothing (as `on_timeout`).
     pub fn on_shutdown(&mut self, out: &mut OutBuf) {
-        out.push(b"- server shutting down\r\n");
+        if !matches!(self.state, State::Sending { .. }) {
+            out.push(b"- server shutting down\r\n");
+        }
+        self.state = State::Closed;
+    }
+
+    fn error(&mut self, out: &mut OutBuf, text: &str) {
+        self.errors += 1;
+        if self.errors >= limits::POP_MAX_ERRORS {
+            out.push(b"- too many bad commands, closing connection\r\n");
+            self.state = State::Closed;
+        } else {
+            push_fmt(out, format_args!("- {text}\r\n"));
+        }
+    }
+
+    fn command(&mut self, line: &[u8], ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+        let cmd = Command::parse(line);
+        if cmd.is("QUIT") {
+            return self.quit(out, host);
+        }
+        match self.state {
+            State::Call if cmd.is("HELO") => self.helo(&cmd, ctx, out, host),
+            State::Call => self.error(out, "send HELO first"),
+            _ if cmd.is("HELO") => self.error(out, "already logged in"),
+            // XFER: RFC 937 allows only the acknowledgements (and QUIT) here.
+            State::Xfer { current } if cmd.is("ACKS") => {
+                self.acknowledge(current.saturating_add(1), out)
+            }
+            State::Xfer { current } if cmd.is("ACKD") => {
+                if let Some(index) = self.index(current) {
+                    if let Some(drop) = self.maildrop.as_mut() {
+                        drop.delete(index);
+                    }
+                }
+                self.acknowledge(current.saturating_add(1), out);
+            }
+            State::Xfer { current } if cmd.is("NACK") => self.acknowledge(current, out),
+            State::Xfer { .. } => self.error(out, "send ACKS, ACKD or NACK"),
+            _ if cmd.is("FOLD") => self.fold(&cmd, out),
+            _ if cmd.is("READ") => self.read(&cmd, out),
+            State::Selected { current, sized } if cmd.is("RETR") => {
+                self.retr(current, sized, out, host)
+            }
+            _ if ["RETR", "ACKS", "ACKD", "NACK"].iter().any(|k| cmd.is(k)) => {
+                self.error(out, "command not valid now")
+            }
+            _ => self.error(out, "unknown command"),
+        }
+    }
+
+    /// `HELO user password`; the password is the rest of the line.
+    fn helo(&mut self, cmd: &Command<'_>, ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+        let args = Command::parse(cmd.rest);
+        if args.keyword.is_empty() || args.rest.is_empty() {
+            return self.error(out, "syntax: HELO user password");
+        }
+        let delay = |throttled| State::Delaying {
+            wake_at: ctx.now + self.settings.auth_failure_delay,
+            throttled,
+        };
+        match maildrop::login(host, args.keyword, args.rest) {
+            Login::Opened(name, drop) => {
+                debug!("pop2: {name} logged in, {} messages", drop.total_count());
+                push_fmt(out, format_args!("#{}\r\n", drop.total_count()));
+                self.maildrop = Some(drop);
+                self.state = State::Selected {
+                    current: 1,
+                    sized: false,
+                };
+            }
+            Login::Rejected => self.state = delay(false),
+            Login::Throttled => self.state = delay(true),
+            Login::Unavailable(e) => {
+                out.push(match e {
+                    MailboxError::InUse => b"- mailbox is in use by another session\r\n".as_slice(),
+                    MailboxError::Temporary(why) | MailboxError::Permanent(why) => {
+                        warn!("pop2: mailbox open failed: {why}");
+                        b"- mailbox unavailable, try again later\r\n".as_slice()
+                    }
+                });
+                self.state = State::Closed;
+            }
+        }
+    }
+
+    fn fold(&mut self, cmd: &Command<'_>, out: &mut OutBuf) {
+        let Some([name]) = cmd.exact_args::<1>() else {
+            return self.error(out, "syntax: FOLD mailbox");
+        };
+        self.inbox = name.eq_ignore_ascii_case(b"INBOX");
+        let count = match &self.maildrop {
+            Some(d) if self.inbox => d.total_count(),
+            _ => 0,
+        };
+        push_fmt(out, format_args!("#{count}\r\n"));
+        self.state = State::Selected {
+            current: 1,
+            sized: false,
+        };
+    }
+
+    fn read(&mut self, cmd: &Command<'_>, out: &mut OutBuf) {
+        let current = match (&self.state, cmd.exact_args::<1>()) {
+            (_, Some([arg])) => match parse_number(arg) {
+                Some(n) => n,
+                None => return self.error(out, "invalid message number"),
+            },
+            (State::Selected { current, .. }, None) if cmd.rest.iter().all(|&b| b == b' ') => {
+                *current
+            }
+            _ => return self.error(out, "syntax: READ [n]"),
+        };
+        self.acknowledge(current, out);
+    }
+
+    /// Makes `current` the current message and answers its `=size` (SIZE state).
+    fn acknowledge(&mut self, current: u64, out: &mut OutBuf) {
+        push_fmt(out, format_args!("={}\r\n", self.size(current)));
+        self.state = State::Selected {
+            current,
+            sized: true,
+        };
+    }
+
+    /// The 0-based index of a visible message in the selected folder.
+    fn index(&self, number: u64) -> Option<usize> {
+        self.maildrop
+            .as_ref()
+            .filter(|_| self.inbox)
+            .and_then(|d| d.lookup(number).ok())
+    }
+
+    fn size(&self, number: u64) -> u64 {
+        self.index(number)
+            .and_then(|i| self.maildrop.as_ref()?.info(i))
+            .map_or(0, |m| m.size)
+    }
+
+    fn retr(&mut self, current: u64, sized: bool, out: &mut OutBuf, host: &mut dyn PopHost) {
+        let (true, Some(index)) = (sized, self.index(current)) else {
+            return self.error(out, "no message to retrieve (send READ first)");
+        };
+        let mut stream = MessageStream::pop2(index, self.size(current));
+        match stream.start(host, out, b"") {
+            Ok(Fill::Done) => self.state = State::Xfer { current },
+            Ok(Fill::Full) => self.state = State::Sending { stream, current },
+            Ok(Fill::Failed(e)) => {
+                warn!("pop2: reading message {current} failed mid-transfer ({e}); closing");
+                self.state = State::Closed;
+            }
+            Err(e) => {
+                warn!("pop2: cannot read message {current}: {e}");
+                out.push(b"- cannot read that message now\r\n");
+            }
+        }
+    }
+
+    /// QUIT: before HELO just closes; after it, the UPDATE removes the `ACKD` messages.
+    fn quit(&mut self, out: &mut OutBuf, host: &mut dyn PopHost) {
+        match &self.maildrop {
+            None => out.push(b"+ postling POP2 server signing off\r\n"),
+            Some(drop) => match host.mailbox_update(&drop.deleted_indices()) {
+                Ok(()) => out.push(b"+ postling POP2 server signing off\r\n"),
+                Err(e) => {
+                    warn!("pop2: UPDATE failed: {e:?}");
+                    out.push(b"- some deleted messages were not removed\r\n")
+                }
+            },
+        };
+        self.state = State::Closed;
     }
 }
+
+#[cfg(test)]
+#[path = "pop2_tests.rs"]
+mod tests;

@@ -1,0 +1,228 @@
+//! The logged-in side of a POP session, shared by POP3 and POP2: the login itself
+//! (authenticate, then lock and snapshot the mailbox) and the snapshot with its deletion marks.
+//!
+//! Message numbers are 1-based over the snapshot taken at login and never change during the
+//! session; a message marked deleted keeps its number but is invisible until RSET. Nothing is
+//! removed until the session's UPDATE (QUIT), which hands the marked indices to the host.
+
+use crate::proto::{AuthVerdict, MailboxError, MessageInfo, PopHost};
+
+/// How a login attempt ended.
+#[derive(Debug)]
+pub enum Login {
+    /// Authenticated and the mailbox is locked; carries the canonical user name.
+    Opened(String, Maildrop),
+    /// Unknown user or wrong password: answer after the failure delay.
+    Rejected,
+    /// The client address has failed too often: answer after the delay, then close.
+    Throttled,
+    /// Authenticated, but the mailbox could not be opened (nothing is locked).
+    Unavailable(MailboxError),
+}
+
+/// Checks the credentials and, if they are good, locks the mailbox and takes its snapshot.
+/// A user name that is not UTF-8 cannot exist, but is still checked (lossily) so the host
+/// does the same work and counts the failure against the client address.
+pub fn login(host: &mut dyn PopHost, user: &[u8], password: &[u8]) -> Login {
+    let user = String::from_utf8_lossy(user);
+    match host.authenticate(&user, password) {
+        AuthVerdict::Accepted(name) => match host.mailbox_open(&name) {
+            Ok(messages) => Login::Opened(name, Maildrop::new(messages)),
+            Err(e) => Login::Unavailable(e),
+        },
+        AuthVerdict::Rejected => Login::Rejected,
+        AuthVerdict::Throttled => Login::Throttled,
+    }
+}
+
+/// Why a message number does not name a visible message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Zero, or past the end of the snapshot.
+    NoSuchMessage,
+    /// Marked deleted in this session.
+    Deleted,
+}
+
+/// The login snapshot with this session's deletion marks. Allocated once at login (sized by
+/// the mailbox, never by client input) and never grown.
+#[derive(Debug)]
+pub struct Maildrop {
+    messages: Vec<MessageInfo>,
+    total_octets: u64,
+    deleted: Vec<bool>,
+    deleted_count: usize,
+    deleted_octets: u64,
+}
+
+impl Maildrop {
+    pub fn new(messages: Vec<MessageInfo>) -> Maildrop {
+        let deleted = vec![false; messages.len()];
+        // Saturating: sizes come from the host, and a wrapped total would be a lie.
+        let total_octets = messages.iter().fold(0u64, |t, m| t.saturating_add(m.size));
+        Maildrop {
+            messages,
+            total_octets,
+            deleted,
+            deleted_count: 0,
+            deleted_octets: 0,
+        }
+    }
+
+    /// Messages in the snapshot, deleted or not (the highest message number).
+    pub fn total_count(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Octets of the whole snapshot, deleted or not.
+    pub fn total_octets(&self) -> u64 {
+        self.total_octets
+    }
+
+    /// Messages not marked deleted.
+    pub fn live_count(&self) -> usize {
+        self.messages.len() - self.deleted_count
+    }
+
+    /// Octets of the messages not marked deleted.
+    pub fn live_octets(&self) -> u64 {
+        self.total_octets.saturating_sub(self.deleted_octets)
+    }
+
+    /// The 0-based index of visible message `number` (1-based).
+    pub fn lookup(&self, number: u64) -> Result<usize, Missing> {
+        let index = usize::try_from(number)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .filter(|&i| i < self.messages.len())
+            .ok_or(Missing::NoSuchMessage)?;
+        if self.is_deleted(index) {
+            return Err(Missing::Deleted);
+        }
+        Ok(index)
+    }
+
+    /// The message at a 0-based index, deleted or not.
+    pub fn info(&self, index: usize) -> Option<&MessageInfo> {
+        self.messages.get(index)
+    }
+
+    pub fn is_deleted(&self, index: usize) -> bool {
+        self.deleted.get(index).copied().unwrap_or(false)
+    }
+
+    /// Marks a message deleted; false if it already was (or does not exist).
+    pub fn delete(&mut self, index: usize) -> bool {
+        let size = self.messages.get(index).map_or(0, |m| m.size);
+        match self.deleted.get_mut(index) {
+            Some(mark) if !*mark => {
+                *mark = true;
+                self.deleted_count += 1;
+                self.deleted_octets = self.deleted_octets.saturating_add(size);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// RSET: every mark is removed.
+    pub fn undelete_all(&mut self) {
+        self.deleted.iter_mut().for_each(|d| *d = false);
+        self.deleted_count = 0;
+        self.deleted_octets = 0;
+    }
+
+    pub fn deleted_count(&self) -> usize {
+        self.deleted_count
+    }
+
+    /// The 0-based indices to hand to `PopHost::mailbox_update`.
+    pub fn deleted_indices(&self) -> Vec<usize> {
+        self.deleted
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &d)| d.then_some(i))
+            .collect()
+    }
+
+    /// Heap bytes held, for the tests that prove memory stays flat while streaming.
+    #[cfg(test)]
+    pub fn heap_capacity(&self) -> usize {
+        self.messages.capacity() * std::mem::size_of::<MessageInfo>() + self.deleted.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::pop_testing::FakeHost;
+
+    fn drop_of(sizes: &[u64]) -> Maildrop {
+        Maildrop::new(
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| MessageInfo {
+                    uid: format!("u{i}").into(),
+                    size,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn lookup_is_one_based_and_hides_deleted() {
+        let mut d = drop_of(&[10, 20, 30]);
+        assert_eq!(d.lookup(0), Err(Missing::NoSuchMessage));
+        assert_eq!(d.lookup(1), Ok(0));
+        assert_eq!(d.lookup(3), Ok(2));
+        assert_eq!(d.lookup(4), Err(Missing::NoSuchMessage));
+        assert_eq!(d.lookup(u64::MAX), Err(Missing::NoSuchMessage));
+        assert_eq!(d.lookup(4_294_967_297), Err(Missing::NoSuchMessage));
+        assert!(d.delete(1));
+        assert!(!d.delete(1));
+        assert!(!d.delete(3));
+        assert_eq!(d.lookup(2), Err(Missing::Deleted));
+        assert_eq!((d.live_count(), d.live_octets()), (2, 40));
+        assert_eq!((d.total_count(), d.total_octets()), (3, 60));
+        assert_eq!(d.deleted_indices(), vec![1]);
+        d.undelete_all();
+        assert_eq!(d.lookup(2), Ok(1));
+        assert_eq!(
+            (d.live_count(), d.live_octets(), d.deleted_count()),
+            (3, 60, 0)
+        );
+        assert!(d.deleted_indices().is_empty());
+    }
+
+    #[test]
+    fn login_outcomes() {
+        let mut host = FakeHost::new();
+        host.add_user("bob", "pw");
+        host.add_message("1.a", b"x\n");
+        assert!(
+            matches!(login(&mut host, b"bob", b"pw"), Login::Opened(n, d) if n == "bob" && d.total_count() == 1)
+        );
+        assert!(matches!(login(&mut host, b"bob", b"no"), Login::Rejected));
+        assert!(matches!(
+            login(&mut host, b"nobody", b"pw"),
+            Login::Rejected
+        ));
+        // A non-UTF-8 name still reaches the host (same work, counted by its throttle).
+        assert!(matches!(
+            login(&mut host, b"b\xffb", b"pw"),
+            Login::Rejected
+        ));
+        assert_eq!(
+            host.auth_calls.last().map(|(u, _)| u.as_str()),
+            Some("b\u{fffd}b")
+        );
+        host.open_error = Some(MailboxError::InUse);
+        assert!(matches!(
+            login(&mut host, b"bob", b"pw"),
+            Login::Unavailable(MailboxError::InUse)
+        ));
+        host.throttled = true;
+        assert!(matches!(login(&mut host, b"bob", b"pw"), Login::Throttled));
+    }
+}
