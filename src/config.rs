@@ -1,11 +1,31 @@
-//! The flat config file (`key = value`), parsed once into typed values. Every error names the
-//! file, the line and the key, and says what was expected.
+//! The flat config file (`key = value`), parsed once into typed values. Owns the syntax, the
+//! checks across keys, and `postling -t`'s check of the files the config names. Every error
+//! names the file, the line and the key, and says what was expected; all errors of a file are
+//! reported together. The keys themselves (defaults, forms, meanings, appliers) are one table
+//! in `keys` (the value forms are in `values`), from which `docs` generates the example config,
+//! the README reference and the man page.
+//!
+//! Syntax: `#` at the start of a line or after whitespace begins a comment; blank lines are
+//! ignored; a key may appear once; values are trimmed; lists are comma-separated.
 
+pub mod docs;
+#[cfg(test)]
+mod files_tests;
+pub mod keys;
+#[cfg(test)]
+mod tests;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::directory::{Directory, DirectorySettings};
 use crate::limits;
+use keys::ValueCtx;
+use values::{format_duration, quoted};
 
 /// The parsed configuration. Paths are absolute (relative ones are resolved against the
 /// config file's directory).
@@ -42,21 +62,60 @@ pub struct Config {
     pub auth_failure_delay: Duration,
     /// Run as this user after binding (empty: stay as started).
     pub user: Option<String>,
+    /// The line each key was set on; a key not in the map has its default.
+    pub set_on_line: BTreeMap<&'static str, usize>,
+}
+
+/// One thing wrong with the config or a file it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The config file could not be read at all: `FILE: cannot read: <error>`.
+    Unreadable { file: PathBuf, error: String },
+    /// `FILE:LINE: key: problem (expected …)`; `line` is None for a key left at its default.
+    Bad {
+        file: PathBuf,
+        line: Option<usize>,
+        key: String,
+        problem: String,
+        expected: String,
+    },
+    /// An error in a file the config names (users, aliases), already `FILE:LINE: …`.
+    InNamedFile(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Unreadable { file, error } => {
+                write!(f, "{}: cannot read: {error}", file.display())
+            }
+            ConfigError::Bad {
+                file,
+                line,
+                key,
+                problem,
+                expected,
+            } => {
+                write!(f, "{}", file.display())?;
+                if let Some(n) = line {
+                    write!(f, ":{n}")?;
+                }
+                write!(f, ": {key}: {problem} (expected {expected})")
+            }
+            ConfigError::InNamedFile(text) => f.write_str(text),
+        }
+    }
 }
 
 impl Config {
     /// Built-in defaults, as if the file were empty. `path` is where it would be read from.
     pub fn defaults(path: &Path) -> Config {
         let (hostname, _) = system_hostname();
-        let domain = match hostname.split_once('.') {
-            Some((_, d)) if !d.is_empty() => d.to_ascii_lowercase(),
-            _ => hostname.to_ascii_lowercase(),
-        };
         Config {
             path: path.to_path_buf(),
+            domains: vec![domain_of_hostname(&hostname)],
             hostname,
             hostname_from_system: true,
-            domains: vec![domain],
             smtp_listen: vec![SocketAddr::from(([0, 0, 0, 0], 25))],
             pop3_listen: vec![SocketAddr::from(([0, 0, 0, 0], 110))],
             pop2_listen: Vec::new(),
@@ -78,7 +137,126 @@ impl Config {
             queue_lifetime: limits::QUEUE_LIFETIME_DEFAULT,
             auth_failure_delay: limits::AUTH_FAILURE_DELAY_DEFAULT,
             user: None,
+            set_on_line: BTreeMap::new(),
         }
+    }
+
+    /// Reads and checks the config file. Warnings (things that work but are probably not
+    /// meant) come back beside the config; errors are all of them, in file order.
+    pub fn load(path: &Path) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
+        let text = read_limited(path).map_err(|error| {
+            vec![ConfigError::Unreadable {
+                file: path.to_path_buf(),
+                error,
+            }]
+        })?;
+        parse(&text, &config_dir(path), Config::defaults(path))
+    }
+
+    /// What `postling -t` adds to `load`: the files the config names (see `check`).
+    pub fn check_files(&self) -> Vec<ConfigError> {
+        self.check().0
+    }
+
+    /// Checks the files the config names, with the warnings of the users and aliases parser:
+    /// users and aliases files readable and valid; spool and mailbox directories directories if
+    /// they exist (the server creates them); the directories of the log and pid files exist;
+    /// `user` exists.
+    pub fn check(&self) -> (Vec<ConfigError>, Vec<String>) {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let users_ok = self.check_readable_file("users_file", &self.users_file, &mut errors);
+        let aliases_ok = self.check_readable_file("aliases_file", &self.aliases_file, &mut errors);
+        if users_ok && aliases_ok {
+            match Directory::load(self.directory_settings()) {
+                Ok((_, w)) => warnings = w,
+                Err(es) => {
+                    errors.extend(es.iter().map(|e| ConfigError::InNamedFile(e.to_string())))
+                }
+            }
+        }
+        self.check_dir_if_present("spool_dir", &self.spool_dir, &mut errors);
+        self.check_dir_if_present("mailbox_dir", &self.mailbox_dir, &mut errors);
+        if let Some(f) = &self.log_file {
+            self.check_file_directory("log_file", f, &mut errors);
+        }
+        if let Some(f) = &self.pid_file {
+            self.check_file_directory("pid_file", f, &mut errors);
+        }
+        if let Some(user) = &self.user {
+            if !system_user_exists(user) {
+                errors.push(self.file_error(
+                    "user",
+                    format!("{} is not in the system's user database", quoted(user)),
+                    "an existing user, e.g. one made with `useradd --system postling`",
+                ));
+            }
+        }
+        (errors, warnings)
+    }
+
+    /// What the users and aliases tables are built from.
+    pub fn directory_settings(&self) -> DirectorySettings {
+        DirectorySettings {
+            users_file: self.users_file.clone(),
+            aliases_file: self.aliases_file.clone(),
+            domains: self.domains.clone(),
+            recipient_delimiter: self.recipient_delimiter,
+        }
+    }
+
+    /// An error about a key's value as a whole, on the line it was set (if it was).
+    fn file_error(&self, key: &str, problem: String, expected: &str) -> ConfigError {
+        ConfigError::Bad {
+            file: self.path.clone(),
+            line: self.set_on_line.get(key).copied(),
+            key: key.to_string(),
+            problem,
+            expected: expected.to_string(),
+        }
+    }
+
+    fn check_readable_file(&self, key: &str, path: &Path, errors: &mut Vec<ConfigError>) -> bool {
+        let expected = "a readable file";
+        let problem = match std::fs::metadata(path) {
+            Err(e) => format!("cannot read {}: {e}", path.display()),
+            Ok(m) if !m.is_file() => format!("{} is not a regular file", path.display()),
+            Ok(_) => match std::fs::File::open(path) {
+                Ok(_) => return true,
+                Err(e) => format!("cannot read {}: {e}", path.display()),
+            },
+        };
+        errors.push(self.file_error(key, problem, expected));
+        false
+    }
+
+    fn check_dir_if_present(&self, key: &str, path: &Path, errors: &mut Vec<ConfigError>) {
+        let problem = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Ok(_) => format!("{} exists but is not a directory", path.display()),
+            Err(e) => format!("cannot check {}: {e}", path.display()),
+        };
+        errors.push(self.file_error(
+            key,
+            problem,
+            "a directory, or a path where the server may create one",
+        ));
+    }
+
+    fn check_file_directory(&self, key: &str, path: &Path, errors: &mut Vec<ConfigError>) {
+        let expected = "a file in an existing directory";
+        let problem = if path.is_dir() {
+            format!("{} is a directory", path.display())
+        } else {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => return,
+                Ok(_) => format!("{} is not a directory", dir.display()),
+                Err(e) => format!("directory {}: {e}", dir.display()),
+            }
+        };
+        errors.push(self.file_error(key, problem, expected));
     }
 }
 
@@ -102,7 +280,9 @@ pub fn system_hostname() -> (String, bool) {
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
     let name = if rc == 0 {
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).trim().to_string()
+        String::from_utf8_lossy(buf.get(..end).unwrap_or(&[]))
+            .trim()
+            .to_string()
     } else {
         String::new()
     };
@@ -113,4 +293,331 @@ pub fn system_hostname() -> (String, bool) {
     };
     let fq = name.contains('.');
     (name, fq)
+}
+
+/// The default of `domains`: the part of the host name after its first dot, or the name.
+pub fn domain_of_hostname(hostname: &str) -> String {
+    match hostname.split_once('.') {
+        Some((_, d)) if !d.is_empty() => d.to_ascii_lowercase(),
+        _ => hostname.to_ascii_lowercase(),
+    }
+}
+
+/// Whether the system's user database knows `name` (getpwnam_r: files, or whatever NSS says).
+fn system_user_exists(name: &str) -> bool {
+    let Ok(c_name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    let mut buf = [0 as libc::c_char; 4096];
+    // SAFETY: all-zero is a valid passwd (null pointers, zero ids); getpwnam_r fills it.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer length is its real size.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 {
+        return !result.is_null();
+    }
+    // ENOENT (and, on some systems, ESRCH) means no such user; any other failure (an entry too
+    // large for the buffer, an unreachable NSS source) says nothing about the name, and the
+    // privilege drop at start reports it.
+    rc != libc::ENOENT && rc != libc::ESRCH
+}
+
+/// The whole file, refusing one larger than `limits::CONFIG_MAX_BYTES`.
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = Vec::new();
+    file.take(limits::CONFIG_MAX_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > limits::CONFIG_MAX_BYTES {
+        return Err(format!(
+            "larger than {} bytes; is this a config file?",
+            limits::CONFIG_MAX_BYTES
+        ));
+    }
+    Ok(text)
+}
+
+/// The absolute directory of the config file, which relative paths in it start from.
+fn config_dir(path: &Path) -> PathBuf {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if let Ok(canonical) = std::fs::canonicalize(&parent) {
+        return canonical;
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(parent),
+        Err(_) => parent,
+    }
+}
+
+/// Collects errors and warnings while the file is read.
+struct Report<'a> {
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+}
+
+impl Report<'_> {
+    fn error(&mut self, line: Option<usize>, key: &str, problem: String, expected: &str) {
+        self.errors.push(ConfigError::Bad {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.to_string(),
+            problem,
+            expected: expected.to_string(),
+        });
+    }
+
+    fn warn(&mut self, line: Option<usize>, key: &str, text: &str) {
+        let place = match line {
+            Some(n) => format!("{}:{n}", self.file.display()),
+            None => self.file.display().to_string(),
+        };
+        self.warnings.push(format!("{place}: {key}: {text}"));
+    }
+}
+
+/// Parses the text of a config file onto `config` (the defaults, carrying the file's path).
+/// `base` is the absolute directory relative paths start from.
+pub(crate) fn parse(
+    text: &[u8],
+    base: &Path,
+    mut config: Config,
+) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
+    let file = config.path.clone();
+    let mut report = Report {
+        file: &file,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut failed: Vec<&'static str> = Vec::new();
+    // Editors on some systems start UTF-8 files with a byte-order mark; it is not part of a key.
+    let text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(text);
+    for (index, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let n = index + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = match decode_line(raw) {
+            Ok(line) => line,
+            Err((label, problem)) => {
+                report.error(Some(n), &label, problem, "UTF-8 text without NUL bytes");
+                continue;
+            }
+        };
+        let content = strip_comment(line).trim();
+        if content.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = content.split_once('=') else {
+            let label = content.split_whitespace().next().unwrap_or(content);
+            report.error(
+                Some(n),
+                &quoted_label(label),
+                "the line has no `=`".to_string(),
+                "key = value, or `key =` for an empty value",
+            );
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() {
+            report.error(
+                Some(n),
+                "line",
+                "no key before `=`".to_string(),
+                "key = value",
+            );
+            continue;
+        }
+        let Some(spec) = keys::spec(key) else {
+            report.error(
+                Some(n),
+                &quoted_label(key),
+                format!("unknown key; did you mean {}?", keys::nearest_key(key)),
+                "one of the keys listed in postling(8) and postling.conf.example",
+            );
+            continue;
+        };
+        if let Some(first) = config.set_on_line.get(spec.name) {
+            let problem = format!("set again; it was first set on line {first}");
+            report.error(Some(n), spec.name, problem, "each key at most once");
+            continue;
+        }
+        config.set_on_line.insert(spec.name, n);
+        let mut ctx = ValueCtx {
+            base,
+            warnings: Vec::new(),
+        };
+        if let Err(problem) = (spec.apply)(&mut config, value, &mut ctx) {
+            report.error(Some(n), spec.name, problem, spec.form);
+            failed.push(spec.name);
+        }
+        for w in ctx.warnings {
+            report.warn(Some(n), spec.name, &w);
+        }
+    }
+    if !config.set_on_line.contains_key("domains") {
+        config.domains = vec![domain_of_hostname(&config.hostname)];
+    }
+    check_across_keys(&config, &failed, &mut report);
+    if report.errors.is_empty() {
+        Ok((config, report.warnings))
+    } else {
+        Err(report.errors)
+    }
+}
+
+/// A line as text, or the label and problem of an error: NUL bytes and invalid UTF-8 are
+/// reported, never passed on.
+fn decode_line(raw: &[u8]) -> Result<&str, (String, String)> {
+    // Name the key when the damage is in the value, so the message points at something.
+    let label = || {
+        let before = raw.split(|&b| b == b'=').next().unwrap_or(&[]);
+        match std::str::from_utf8(before) {
+            Ok(k) if raw.contains(&b'=') && !k.trim().is_empty() && !k.contains('\0') => {
+                quoted_label(k.trim())
+            }
+            _ => "line".to_string(),
+        }
+    };
+    if let Some(at) = raw.iter().position(|&b| b == 0) {
+        return Err((label(), format!("contains a NUL byte at column {}", at + 1)));
+    }
+    std::str::from_utf8(raw).map_err(|e| {
+        let problem = format!("is not valid UTF-8 at column {}", e.valid_up_to() + 1);
+        (label(), problem)
+    })
+}
+
+/// The line without its comment: `#` starts one at the start of the line or after whitespace;
+/// inside a word it is part of the value.
+fn strip_comment(line: &str) -> &str {
+    let mut previous_is_space = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && previous_is_space {
+            return line.get(..i).unwrap_or(line);
+        }
+        previous_is_space = c.is_whitespace();
+    }
+    line
+}
+
+/// A key as written by the user, shown without back-quotes unless it needs escaping.
+fn quoted_label(key: &str) -> String {
+    let shown = quoted(key);
+    let plain = shown.trim_matches('`');
+    if plain == key { key.to_string() } else { shown }
+}
+
+/// Rules between keys, checked once the whole file is read. Keys whose own value was bad are
+/// left out, so one mistake gives one error.
+fn check_across_keys(c: &Config, failed: &[&'static str], report: &mut Report<'_>) {
+    let line = |key: &str| c.set_on_line.get(key).copied();
+    let ok = |key: &str| !failed.contains(&key);
+
+    if ok("retry_min") && ok("retry_max") && c.retry_min > c.retry_max {
+        let key = if line("retry_max").is_some() {
+            "retry_max"
+        } else {
+            "retry_min"
+        };
+        report.error(
+            line(key),
+            key,
+            format!(
+                "retry_min {} is longer than retry_max {}",
+                format_duration(c.retry_min),
+                format_duration(c.retry_max)
+            ),
+            "retry_min no longer than retry_max",
+        );
+    }
+
+    check_listeners(c, failed, report);
+
+    if ok("hostname") && !c.hostname.contains('.') {
+        let h = &c.hostname;
+        report.warnings.push(format!(
+            "hostname '{h}' is not fully qualified; set `hostname = {h}.example.org` in {}",
+            c.path.display()
+        ));
+    }
+    if c.hostname_from_system {
+        if let Err(problem) = values::domain_name(&c.hostname) {
+            report.warn(
+                None,
+                "hostname",
+                &format!(
+                    "the system host name is not a valid domain name ({problem}); set hostname"
+                ),
+            );
+        }
+    }
+    if ok("pop3_timeout") && c.pop3_timeout < limits::POP3_TIMEOUT_RFC_MIN {
+        report.warn(
+            line("pop3_timeout"),
+            "pop3_timeout",
+            &format!(
+                "{} is shorter than the {} RFC 1939 section 3 asks for; clients that pause \
+                 longer are cut off",
+                format_duration(c.pop3_timeout),
+                format_duration(limits::POP3_TIMEOUT_RFC_MIN)
+            ),
+        );
+    }
+}
+
+/// Every listen address must be bindable beside the others: no port on one address twice, and
+/// a wildcard address (`0.0.0.0`, `[::]`) covers every address of its family.
+fn check_listeners(c: &Config, failed: &[&'static str], report: &mut Report<'_>) {
+    let mut seen: Vec<(&'static str, Option<usize>, SocketAddr)> = Vec::new();
+    let lists = [
+        ("smtp_listen", &c.smtp_listen),
+        ("pop3_listen", &c.pop3_listen),
+        ("pop2_listen", &c.pop2_listen),
+    ];
+    for (key, addrs) in lists {
+        if failed.contains(&key) {
+            continue;
+        }
+        let line = c.set_on_line.get(key).copied();
+        for &a in addrs {
+            let clash = seen.iter().find(|(_, _, b)| {
+                a.port() == b.port()
+                    && a.is_ipv4() == b.is_ipv4()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            });
+            if let Some(&(other_key, other_line, b)) = clash {
+                let where_ = match other_line {
+                    Some(n) => format!("{other_key}, line {n}"),
+                    None => format!("{other_key}, by default"),
+                };
+                report.error(
+                    line,
+                    key,
+                    format!("{a} overlaps {b} ({where_}); both cannot be bound"),
+                    "each port of an address used once; 0.0.0.0 and [::] cover every address \
+                     of their family",
+                );
+            }
+            seen.push((key, line, a));
+        }
+    }
+    if seen.is_empty() && !lists.iter().any(|(k, _)| failed.contains(k)) {
+        report.warn(
+            None,
+            "smtp_listen",
+            "smtp_listen, pop3_listen and pop2_listen are all empty: no connections are accepted",
+        );
+    }
 }

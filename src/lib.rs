@@ -7,7 +7,6 @@
 pub mod auth;
 pub mod buf;
 pub mod config;
-pub mod config_stub;
 pub mod conn;
 pub mod date;
 pub mod deadline;

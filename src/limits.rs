@@ -144,3 +144,18 @@ pub const SPOOL_MAX_REASON: usize = 1000;
 /// New ids tried by `begin` when a name is already taken (clock stepped back past old
 /// entries) before it gives up.
 pub const SPOOL_ID_TRIES: u32 = 16;
+
+// ---- config ---------------------------------------------------------------------------------
+
+/// Largest config file read: a complete one is a few KiB; bounds memory when `-c` names the
+/// wrong file (a log, a device).
+pub const CONFIG_MAX_BYTES: u64 = 1024 * 1024;
+/// Longest duration any key accepts: deadlines are `Instant + duration`, which must not
+/// overflow, and no timeout, retry or lifetime makes sense beyond ten years.
+pub const CONFIG_MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 60 * 60);
+/// Highest `max_connections` / `max_connections_per_ip`: far above any descriptor limit, and
+/// keeps descriptor arithmetic on the value far from overflow.
+pub const CONFIG_MAX_CONNECTIONS: usize = 1_000_000;
+/// RFC 1939 §3: a POP3 inactivity timer must be at least 10 minutes; a shorter `pop3_timeout`
+/// is allowed but warned about.
+pub const POP3_TIMEOUT_RFC_MIN: Duration = Duration::from_secs(10 * 60);

@@ -85,8 +85,8 @@ fn main() -> ExitCode {
         }
     };
     if m.opt_present("t") {
-        let errors = config.check_files();
-        for w in &warnings {
+        let (errors, file_warnings) = config.check();
+        for w in warnings.iter().chain(&file_warnings) {
             eprintln!("postling: warning: {w}");
         }
         if errors.is_empty() {

@@ -1,0 +1,348 @@
+//! Documentation generated from the key table (`keys::KEYS`): the example config, the README's
+//! "Configuration reference" and the man page. Pure functions; a unit test keeps the committed
+//! files equal to their output (`POSTLING_REGEN_DOCS=1 cargo test --lib config` rewrites them).
+
+use super::keys::{DefaultValue, KEYS, KeySpec};
+
+/// The command that rewrites the generated files.
+pub const REGEN_COMMAND: &str = "POSTLING_REGEN_DOCS=1 cargo test --lib config";
+
+/// The README markers the reference is written between.
+pub const README_BEGIN: &str = "<!-- config-reference:begin -->";
+pub const README_END: &str = "<!-- config-reference:end -->";
+
+/// The syntax of the file, one rule per item; `backticks` mark literal text.
+pub const SYNTAX: &[&str] = &[
+    "One `key = value` per line; blank lines are ignored.",
+    "`#` at the start of a line or after whitespace begins a comment that runs to the end of \
+     the line; inside a word (`a#b`) it is part of the value.",
+    "Each key may appear once. An unknown key is an error that names the nearest known key.",
+    "Values are trimmed of surrounding whitespace. Lists are separated by commas; empty items \
+     are ignored. An empty value (`key =`) turns off what the key describes, where that is \
+     allowed.",
+    "Relative paths are relative to the directory of the config file.",
+    "Sizes are a whole number of bytes, or with a binary suffix `K`, `M` or `G` (1K = 1024).",
+    "Durations are a whole number with a unit `s`, `m`, `h` or `d`; a plain number is seconds. \
+     Zero is refused, and so is anything above 3650d.",
+    "Every error in the file is reported at once, each as `FILE:LINE: key: what is wrong \
+     (expected ...)`; `postling -t` checks a file, and the files it names, without starting.",
+];
+
+fn default_text(spec: &KeySpec) -> String {
+    match spec.default {
+        DefaultValue::Text(t) => format!("`{t}`"),
+        DefaultValue::Empty => "empty".to_string(),
+        DefaultValue::Derived { text, .. } => text.to_string(),
+    }
+}
+
+/// Greedy word wrap of `text` into lines of at most `width` characters after the prefix:
+/// `first` before the first line, `rest` before the others.
+fn wrap_hanging(text: &str, width: usize, first: &str, rest: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            out.push_str(if out.is_empty() { first } else { rest });
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        out.push_str(if out.is_empty() { first } else { rest });
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+fn wrap(text: &str, width: usize, prefix: &str) -> String {
+    wrap_hanging(text, width, prefix, prefix)
+}
+
+/// `conf/postling.conf.example`: every key commented out, with its meaning, form and default.
+pub fn example_conf() -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# postling.conf.example: every configuration key with its meaning and default.\n\
+         #\n\
+         # Generated from the key table in src/config/keys.rs; edit the table, then run\n",
+    );
+    out.push_str(&format!("#   {REGEN_COMMAND}\n"));
+    out.push_str(
+        "# Copy it to /etc/postling/postling.conf and uncomment the lines you change; a\n\
+         # commented-out key has the default shown. Check the result with `postling -t`.\n\
+         #\n\
+         # Syntax:\n",
+    );
+    for rule in SYNTAX {
+        out.push_str(&wrap_hanging(rule, 72, "#   - ", "#     "));
+    }
+    for spec in KEYS {
+        out.push_str("\n# ---- ");
+        out.push_str(spec.name);
+        out.push(' ');
+        out.push_str(&"-".repeat(70usize.saturating_sub(spec.name.len())));
+        out.push('\n');
+        out.push_str(&wrap(spec.meaning, 76, "# "));
+        out.push_str(&wrap(&format!("Expected: {}.", spec.form), 76, "# "));
+        let line = match spec.default {
+            DefaultValue::Text(t) => {
+                out.push_str(&wrap(&format!("Default: {t}"), 76, "# "));
+                format!("#{} = {t}", spec.name)
+            }
+            DefaultValue::Empty => {
+                out.push_str("# Default: empty.\n");
+                format!("#{} =", spec.name)
+            }
+            DefaultValue::Derived { text, example } => {
+                out.push_str(&wrap(&format!("Default: {text}. For example:"), 76, "# "));
+                format!("#{} = {example}", spec.name)
+            }
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+fn markdown_cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+/// The README's configuration reference: what goes between `README_BEGIN` and `README_END`.
+pub fn readme_reference() -> String {
+    let mut out = String::new();
+    out.push_str(
+        "Generated from the key table the parser itself uses (`src/config/keys.rs`), as are\n\
+         `conf/postling.conf.example` and the man page `doc/postling.8`\n",
+    );
+    out.push_str(&format!(
+        "(`man -l doc/postling.8`); after changing the table run `{REGEN_COMMAND}`.\n\n"
+    ));
+    for rule in SYNTAX {
+        out.push_str("- ");
+        out.push_str(rule);
+        out.push('\n');
+    }
+    out.push_str("\n| key | default | expected | meaning |\n| --- | --- | --- | --- |\n");
+    for spec in KEYS {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            spec.name,
+            markdown_cell(&default_text(spec)),
+            markdown_cell(spec.form),
+            markdown_cell(spec.meaning)
+        ));
+    }
+    out
+}
+
+/// `readme` with the text between the markers replaced by `block`; None if the markers are
+/// missing or out of order.
+pub fn splice_readme(readme: &str, block: &str) -> Option<String> {
+    let begin = readme.find(README_BEGIN)? + README_BEGIN.len();
+    let end = begin + readme.get(begin..)?.find(README_END)?;
+    Some(format!(
+        "{}\n{block}{}",
+        readme.get(..begin)?,
+        readme.get(end..)?
+    ))
+}
+
+/// Roff text for one line of prose: backslashes escaped, `code` in bold with real minus
+/// signs, and a leading `.` or `'` guarded so it is not read as a request.
+fn roff(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        let escaped = part.replace('\\', "\\e");
+        if i % 2 == 1 {
+            out.push_str("\\fB");
+            out.push_str(&escaped.replace('-', "\\-"));
+            out.push_str("\\fR");
+        } else {
+            out.push_str(&escaped);
+        }
+    }
+    if out.starts_with('.') || out.starts_with('\'') {
+        out.insert_str(0, "\\&");
+    }
+    out
+}
+
+fn roff_tagged(out: &mut String, tag: &str, body: &[&str]) {
+    out.push_str(".TP\n");
+    out.push_str(&roff(tag));
+    out.push('\n');
+    for (i, paragraph) in body.iter().enumerate() {
+        if i > 0 {
+            out.push_str(".br\n");
+        }
+        out.push_str(&roff(paragraph));
+        out.push('\n');
+    }
+}
+
+const DESCRIPTION: &[&str] = &[
+    "`postling` is a small, hard-to-break mail server for low-resource machines. One process \
+     with one thread serves every SMTP, POP3 and POP2 connection, keeps accepted mail in a \
+     durable spool, and delivers it into local Maildirs. It starts without DNS, says plainly \
+     what is missing, never spins the CPU and never lets one client stall the others.",
+    "Without `-f` it detaches (fork, setsid, standard streams to /dev/null) only after the \
+     configuration is valid and every listener is bound, so an init script sees any failure \
+     as a non-zero exit status with the message on standard error.",
+    "`postling passwd USER` reads a password from standard input (twice when that is a \
+     terminal) and prints the line to put in the users file (`USER:{SHA512-CRYPT}$6$...`).",
+];
+
+const OPTIONS: &[(&str, &str)] = &[
+    (
+        "`-c` FILE",
+        "Read the configuration from FILE instead of /etc/postling/postling.conf.",
+    ),
+    (
+        "`-f`",
+        "Stay in the foreground; with an empty `log_file`, log to standard error.",
+    ),
+    (
+        "`-t`",
+        "Check the configuration and the files it names (users and aliases files readable and \
+         valid; spool and mailbox directories, if they exist, are directories; the directories \
+         of the log and pid files exist; `user` exists), print `postling: config OK` or every \
+         error, and exit. The spool and mailbox directories need not exist yet.",
+    ),
+    (
+        "`-q`",
+        "Print the mail queue and exit. It is read from the spool directly, whether or not \
+         the daemon runs.",
+    ),
+    ("`-v`", "Log at debug level, whatever `log_level` says."),
+    ("`-V`", "Print the version and exit."),
+    ("`-h`", "Print the usage and exit."),
+];
+
+const EXIT_STATUS: &[(&str, &str)] = &[
+    (
+        "0",
+        "Success: also `-h`, `-V`, `-t` with a good configuration, and a clean stop on \
+         SIGTERM or SIGINT.",
+    ),
+    ("64", "Bad usage: an unknown option or a stray argument."),
+    (
+        "71",
+        "An operating system failure at start: a listener cannot be bound (the message names \
+         the protocol, the address, the error and what to check), or a state directory cannot \
+         be created.",
+    ),
+    (
+        "78",
+        "A configuration error; every error is printed as `FILE:LINE: key: what is wrong \
+         (expected ...)`.",
+    ),
+];
+
+const SIGNALS: &[(&str, &str)] = &[
+    (
+        "HUP",
+        "Re-read the configuration, users and aliases. A bad new configuration is logged and \
+         the running one kept; changed listen addresses are bound or closed; open sessions \
+         continue.",
+    ),
+    (
+        "TERM, INT",
+        "Stop accepting, send every session its protocol's shutdown reply, finish a commit \
+         already in flight, and exit 0 within two seconds.",
+    ),
+    (
+        "USR1",
+        "Reopen `log_file`, for log rotation: rename the file, then send the signal.",
+    ),
+    ("USR2", "Make every queued message due for delivery now."),
+];
+
+const FILES: &[(&str, &str)] = &[
+    ("/etc/postling/postling.conf", "The configuration file."),
+    (
+        "/etc/postling/users",
+        "Users and password hashes (`users_file`).",
+    ),
+    ("/etc/postling/aliases", "Aliases (`aliases_file`)."),
+    ("/var/spool/postling", "The mail queue (`spool_dir`)."),
+    (
+        "/var/mail/postling/USER",
+        "The Maildir of each user (`mailbox_dir`).",
+    ),
+];
+
+/// `doc/postling.8`: the man page, with every key of the table in CONFIGURATION.
+pub fn man_page() -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        ".\\\" Generated from src/config/keys.rs by `{REGEN_COMMAND}`; do not edit.\n"
+    ));
+    out.push_str(".TH POSTLING 8 \"\" \"postling\" \"System Manager's Manual\"\n");
+    out.push_str(".SH NAME\npostling \\- small SMTP, POP3 and POP2 mail server\n");
+    out.push_str(
+        ".SH SYNOPSIS\n.B postling\n\
+         [\\fB\\-c\\fR \\fIFILE\\fR] [\\fB\\-f\\fR] [\\fB\\-t\\fR] [\\fB\\-q\\fR] \
+         [\\fB\\-v\\fR] [\\fB\\-V\\fR] [\\fB\\-h\\fR]\n\
+         .br\n.B postling passwd\n.I USER\n",
+    );
+    out.push_str(".SH DESCRIPTION\n");
+    for (i, paragraph) in DESCRIPTION.iter().enumerate() {
+        if i > 0 {
+            out.push_str(".PP\n");
+        }
+        out.push_str(&roff(paragraph));
+        out.push('\n');
+    }
+    out.push_str(".SH OPTIONS\n");
+    for (tag, text) in OPTIONS {
+        roff_tagged(&mut out, tag, &[text]);
+    }
+    out.push_str(".SH EXIT STATUS\n");
+    for (tag, text) in EXIT_STATUS {
+        roff_tagged(&mut out, &format!("`{tag}`"), &[text]);
+    }
+    out.push_str(".SH CONFIGURATION\n");
+    out.push_str(&roff(
+        "The configuration is a flat file of `key = value` lines (default \
+         /etc/postling/postling.conf, see `-c`).",
+    ));
+    out.push('\n');
+    for rule in SYNTAX {
+        out.push_str(".IP \\(bu 2\n");
+        out.push_str(&roff(rule));
+        out.push('\n');
+    }
+    out.push_str(".PP\nThe keys:\n");
+    for spec in KEYS {
+        let expected = format!("Expected: {}.", spec.form);
+        let default = format!("Default: {}", default_text(spec));
+        roff_tagged(
+            &mut out,
+            &format!("`{}`", spec.name),
+            &[spec.meaning, &expected, &default],
+        );
+    }
+    out.push_str(".SH SIGNALS\n");
+    for (tag, text) in SIGNALS {
+        roff_tagged(&mut out, &format!("`{tag}`"), &[text]);
+    }
+    out.push_str(".SH FILES\n");
+    for (tag, text) in FILES {
+        roff_tagged(&mut out, tag, &[text]);
+    }
+    out.push_str(".SH SEE ALSO\n");
+    out.push_str(&roff(
+        "The README of the source tree, `conf/postling.conf.example`, `openssl`(1) \
+         (`openssl passwd -6` makes SHA512-CRYPT hashes).",
+    ));
+    out.push('\n');
+    out
+}

@@ -1,0 +1,320 @@
+//! Tests of reading real files: `load`, `check_files`, the shipped configs, and the generated
+//! documentation against the committed files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::docs;
+use super::keys::{self, KEYS};
+use super::*;
+
+fn manifest(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn parsed(text: &str) -> (Config, Vec<String>) {
+    let defaults = Config::defaults(Path::new("/etc/p.conf"));
+    match parse(text.as_bytes(), Path::new("/etc/postling"), defaults) {
+        Ok(r) => r,
+        Err(e) => panic!("unexpected errors: {e:#?}"),
+    }
+}
+
+#[test]
+fn load_reports_an_unreadable_file_in_one_line() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("none.conf");
+    let e = Config::load(&missing).unwrap_err();
+    assert_eq!(
+        e.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [format!(
+            "{}: cannot read: No such file or directory (os error 2)",
+            missing.display()
+        )]
+    );
+    let e = Config::load(t.path()).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        format!(
+            "{}: cannot read: Is a directory (os error 21)",
+            t.path().display()
+        )
+    );
+    let big = t.path().join("big.conf");
+    std::fs::write(&big, vec![b'#'; limits::CONFIG_MAX_BYTES as usize + 1]).unwrap();
+    let e = Config::load(&big).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        format!(
+            "{}: cannot read: larger than 1048576 bytes; is this a config file?",
+            big.display()
+        )
+    );
+}
+
+#[test]
+fn load_resolves_paths_against_the_file_and_keeps_its_name_in_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let conf = t.path().join("p.conf");
+    std::fs::write(
+        &conf,
+        "hostname = a.example\nusers_file = users\nlog_level = x\n",
+    )
+    .unwrap();
+    let e = Config::load(&conf).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        format!(
+            "{}:3: log_level: `x` is not a log level (expected one of error, warn, info, debug)",
+            conf.display()
+        )
+    );
+    std::fs::write(&conf, "hostname = a.example\nusers_file = users\n").unwrap();
+    let (c, w) = Config::load(&conf).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(c.path, conf);
+    assert_eq!(
+        c.users_file,
+        std::fs::canonicalize(t.path()).unwrap().join("users")
+    );
+}
+
+fn checked_config(dir: &Path, extra: &str) -> Config {
+    let conf = dir.join("p.conf");
+    std::fs::write(
+        &conf,
+        format!("hostname = a.example\nusers_file = users\naliases_file = aliases\n{extra}"),
+    )
+    .unwrap();
+    Config::load(&conf).unwrap().0
+}
+
+#[test]
+fn check_files_wants_readable_users_and_aliases() {
+    let t = tempfile::tempdir().unwrap();
+    let c = checked_config(t.path(), "");
+    let errors: Vec<String> = c.check_files().iter().map(ToString::to_string).collect();
+    let conf = t.path().join("p.conf");
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "{}:2: users_file: cannot read {}: No such file or directory (os error 2) \
+                 (expected a readable file)",
+                conf.display(),
+                c.users_file.display()
+            ),
+            format!(
+                "{}:3: aliases_file: cannot read {}: No such file or directory (os error 2) \
+                 (expected a readable file)",
+                conf.display(),
+                c.aliases_file.display()
+            ),
+        ]
+    );
+    std::fs::write(t.path().join("users"), "bob:{PLAIN}x\n").unwrap();
+    std::fs::create_dir(t.path().join("aliases")).unwrap();
+    let errors = c.check_files();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]
+            .to_string()
+            .ends_with("aliases is not a regular file (expected a readable file)")
+    );
+    std::fs::remove_dir(t.path().join("aliases")).unwrap();
+    std::fs::write(t.path().join("aliases"), "postmaster: bob\n").unwrap();
+    assert_eq!(c.check_files(), []);
+}
+
+#[test]
+fn check_files_lets_state_directories_be_missing_but_not_be_files() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("users"), "bob:{PLAIN}x\n").unwrap();
+    std::fs::write(t.path().join("aliases"), "").unwrap();
+    let c = checked_config(t.path(), "spool_dir = var/spool\nmailbox_dir = mail\n");
+    assert_eq!(
+        c.check_files(),
+        [],
+        "missing directories are created at start"
+    );
+    std::fs::write(t.path().join("mail"), "").unwrap();
+    let e = c.check_files();
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        e[0].to_string(),
+        format!(
+            "{}:5: mailbox_dir: {} exists but is not a directory (expected a directory, or a \
+             path where the server may create one)",
+            t.path().join("p.conf").display(),
+            c.mailbox_dir.display()
+        )
+    );
+}
+
+#[test]
+fn check_files_wants_the_log_and_pid_directories_and_the_user() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("users"), "").unwrap();
+    std::fs::write(t.path().join("aliases"), "").unwrap();
+    let c = checked_config(t.path(), "log_file = log/postling.log\npid_file = .\n");
+    let e: Vec<String> = c.check_files().iter().map(ToString::to_string).collect();
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].contains(":4: log_file: directory ") && e[0].contains("No such file"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains(":5: pid_file: ")
+            && e[1].ends_with("is a directory (expected a file in an existing directory)"),
+        "{e:?}"
+    );
+    std::fs::create_dir(t.path().join("log")).unwrap();
+    let c = checked_config(t.path(), "log_file = log/postling.log\nuser = root\n");
+    assert_eq!(c.check_files(), []);
+    let c = checked_config(t.path(), "user = no-such-user-postling\n");
+    let e = c.check_files();
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].to_string()
+            .contains(":4: user: `no-such-user-postling` is not in the system's user database")
+    );
+}
+
+#[test]
+fn the_shipped_config_loads_and_its_files_check() {
+    let (c, w) = Config::load(&manifest("conf/postling.conf")).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(c.hostname, "mail.example.test");
+    assert_eq!(c.domains, ["example.test"]);
+    assert_eq!(
+        c.smtp_listen,
+        ["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        c.pop3_listen,
+        ["127.0.0.1:1110".parse::<SocketAddr>().unwrap()]
+    );
+    assert!(c.pop2_listen.is_empty());
+    let root = std::fs::canonicalize(manifest("")).unwrap();
+    assert_eq!(c.spool_dir, root.join("var/spool"));
+    assert_eq!(c.mailbox_dir, root.join("var/mail"));
+    assert_eq!(c.users_file, root.join("conf/users"));
+    assert_eq!(c.aliases_file, root.join("conf/aliases"));
+    assert_eq!(c.log_file, None);
+    assert_eq!(c.check_files(), []);
+}
+
+#[test]
+fn the_example_config_parses_commented_and_uncommented() {
+    let text = docs::example_conf();
+    let (c, _) = parsed(&text);
+    assert!(c.set_on_line.is_empty(), "every key is commented out");
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if keys::spec(rest.split(" =").next().unwrap_or("")).is_some() => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (c, w) = parsed(&uncommented);
+    assert_eq!(
+        c.set_on_line.len(),
+        KEYS.len(),
+        "every key has a line to uncomment"
+    );
+    assert!(w.is_empty(), "{w:?}");
+    for line in text.lines() {
+        assert!(line.len() <= 80, "line too long: {line}");
+    }
+}
+
+#[test]
+fn roff_and_markdown_escaping() {
+    let man = docs::man_page();
+    assert!(man.is_ascii());
+    for spec in KEYS {
+        assert!(man.contains(&format!(".TP\n\\fB{}\\fR\n", spec.name.replace('-', "\\-"))));
+    }
+    for line in man.lines() {
+        assert!(!line.starts_with('\''), "{line}");
+        if line.starts_with('.') {
+            let request = line.split_whitespace().next().unwrap();
+            assert!(
+                [
+                    ".\\\"", ".TH", ".SH", ".B", ".I", ".br", ".PP", ".TP", ".IP"
+                ]
+                .contains(&request),
+                "unexpected request: {line}"
+            );
+        }
+    }
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "EXIT STATUS",
+        "CONFIGURATION",
+        "SIGNALS",
+        "FILES",
+    ] {
+        assert!(man.contains(&format!(".SH {section}\n")), "{section}");
+    }
+    let reference = docs::readme_reference();
+    for spec in KEYS {
+        assert!(reference.contains(&format!("| `{}` |", spec.name)));
+    }
+    let spliced = docs::splice_readme(
+        "a\n<!-- config-reference:begin -->\nold\n<!-- config-reference:end -->\nb\n",
+        "new\n",
+    );
+    assert_eq!(
+        spliced.as_deref(),
+        Some("a\n<!-- config-reference:begin -->\nnew\n<!-- config-reference:end -->\nb\n")
+    );
+    assert_eq!(docs::splice_readme("no markers", "x"), None);
+    assert_eq!(
+        docs::splice_readme(
+            "<!-- config-reference:end --><!-- config-reference:begin -->",
+            "x"
+        ),
+        None
+    );
+}
+
+/// The committed documentation equals what the key table generates. With
+/// POSTLING_REGEN_DOCS=1 the files are rewritten instead.
+#[test]
+fn generated_docs_are_current() {
+    let readme_path = manifest("README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let Some(readme_new) = docs::splice_readme(&readme, &docs::readme_reference()) else {
+        panic!(
+            "README.md lacks the markers {} and {}",
+            docs::README_BEGIN,
+            docs::README_END
+        );
+    };
+    let files = [
+        ("conf/postling.conf.example", docs::example_conf()),
+        ("doc/postling.8", docs::man_page()),
+        ("README.md", readme_new),
+    ];
+    let regen = std::env::var_os("POSTLING_REGEN_DOCS").is_some_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for (rel, want) in files {
+        let path = manifest(rel);
+        if regen {
+            std::fs::write(&path, &want).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(want.as_str()) {
+            stale.push(rel);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} differ from the key table in src/config/keys.rs; regenerate them with: {}",
+        stale.join(", "),
+        docs::REGEN_COMMAND
+    );
+}

@@ -1,0 +1,491 @@
+//! The one table of config keys: name, documented default, expected form, meaning, and the
+//! function that parses the value. The parser (unknown keys, suggestions, the "expected" part
+//! of every error) and all generated documentation read this table, so they cannot drift.
+
+use std::path::Path;
+
+use super::Config;
+use super::values::{
+    count, domain_name, duration, duration_with_zero, format_duration, list_items, listen_list,
+    optional_path, quoted, required_path, size,
+};
+use crate::limits;
+
+/// What a key is when the file does not set it, as documented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    /// A literal value, written as it would be in the file.
+    Text(&'static str),
+    /// Empty: the feature is off.
+    Empty,
+    /// Derived at start-up; `example` is a value the example file shows instead.
+    Derived {
+        text: &'static str,
+        example: &'static str,
+    },
+}
+
+/// One config key. `form` is the "expected ..." text of its errors and of the documentation.
+pub struct KeySpec {
+    pub name: &'static str,
+    pub default: DefaultValue,
+    pub form: &'static str,
+    /// One paragraph; `backticks` mark literal text (rendered bold in the man page).
+    pub meaning: &'static str,
+    pub(super) apply: Apply,
+}
+
+/// Parses `value` into its field of the config, or says what is wrong with it.
+pub(super) type Apply = fn(&mut Config, &str, &mut ValueCtx<'_>) -> Result<(), String>;
+
+/// What a value parser needs beside the value: where relative paths start, and a place for
+/// warnings about the line being parsed.
+pub(super) struct ValueCtx<'a> {
+    pub base: &'a Path,
+    pub warnings: Vec<String>,
+}
+
+const DURATION_FORM: &str =
+    "a duration: a whole number with s, m, h or d (a plain number is seconds), 1s to 3650d";
+const PATH_FORM: &str = "a path (relative to the directory of the config file)";
+const OPTIONAL_PATH_FORM: &str = "a path (relative to the directory of the config file), or empty";
+const LISTEN_FORM: &str =
+    "a comma-separated list of IP:PORT or [IPv6]:PORT (port 1-65535), or empty for off";
+const COUNT_FORM: &str = "a whole number from 1 to 1000000";
+
+/// Characters that may separate a subaddress. `#` is left out because it starts a comment.
+pub const RECIPIENT_DELIMITERS: &str = "+-_=.~";
+
+/// Every key, in the order the documentation lists them.
+pub static KEYS: &[KeySpec] = &[
+    KeySpec {
+        name: "hostname",
+        default: DefaultValue::Derived {
+            text: "the system host name (gethostname(2), never DNS)",
+            example: "mail.example.org",
+        },
+        form: "a domain name, e.g. mail.example.org",
+        meaning: "The name postling uses for itself: in the SMTP greeting, in Received headers \
+                  and as the domain of the sender of bounces. A name without a dot works but \
+                  draws a start-up warning. Nothing at start-up looks it up in the DNS.",
+        apply: set_hostname,
+    },
+    KeySpec {
+        name: "domains",
+        default: DefaultValue::Derived {
+            text: "the part of `hostname` after its first dot (`hostname` itself if it has none)",
+            example: "example.org, example.net",
+        },
+        form: "a comma-separated list of domain names",
+        meaning: "The mail domains delivered here. Mail to a known user or alias at one of them \
+                  is accepted; mail to any other domain is refused, since postling does not \
+                  relay. Names are lower-cased and compared without regard to case.",
+        apply: set_domains,
+    },
+    KeySpec {
+        name: "smtp_listen",
+        default: DefaultValue::Text("0.0.0.0:25"),
+        form: LISTEN_FORM,
+        meaning: "Addresses that accept SMTP. Only IP literals: a host name here is an error, \
+                  because start-up never uses DNS. IPv6 sockets are IPv6-only, so \
+                  `0.0.0.0:25, [::]:25` listens on both families. Empty turns SMTP off.",
+        apply: set_smtp_listen,
+    },
+    KeySpec {
+        name: "pop3_listen",
+        default: DefaultValue::Text("0.0.0.0:110"),
+        form: LISTEN_FORM,
+        meaning: "Addresses that accept POP3 (RFC 1939), written like `smtp_listen`. Empty \
+                  turns POP3 off.",
+        apply: set_pop3_listen,
+    },
+    KeySpec {
+        name: "pop2_listen",
+        default: DefaultValue::Empty,
+        form: LISTEN_FORM,
+        meaning: "Addresses that accept POP2 (RFC 937), for old clients, written like \
+                  `smtp_listen`. Off unless set.",
+        apply: set_pop2_listen,
+    },
+    KeySpec {
+        name: "spool_dir",
+        default: DefaultValue::Text("/var/spool/postling"),
+        form: PATH_FORM,
+        meaning: "The queue: every accepted message lives here until each recipient is \
+                  delivered or the message is bounced. Mail is acknowledged only once it is \
+                  safely written here, so keep it on storage that survives a reboot. Created \
+                  at start if missing.",
+        apply: set_spool_dir,
+    },
+    KeySpec {
+        name: "mailbox_dir",
+        default: DefaultValue::Text("/var/mail/postling"),
+        form: PATH_FORM,
+        meaning: "One Maildir per user, `<mailbox_dir>/<user>/{tmp,new,cur}`, created with \
+                  mode 0700 on first delivery. POP3 and POP2 read from here. Created at start \
+                  if missing.",
+        apply: set_mailbox_dir,
+    },
+    KeySpec {
+        name: "users_file",
+        default: DefaultValue::Text("/etc/postling/users"),
+        form: PATH_FORM,
+        meaning: "The users and their passwords, one `user:{SCHEME}hash` per line. Schemes: \
+                  `SHA512-CRYPT` (`$6$...`, as printed by `postling passwd USER` or \
+                  `openssl passwd -6`) and `PLAIN`. Re-read when it changes.",
+        apply: set_users_file,
+    },
+    KeySpec {
+        name: "aliases_file",
+        default: DefaultValue::Text("/etc/postling/aliases"),
+        form: PATH_FORM,
+        meaning: "Aliases, one `local-part: target, target...` per line. A target is a local \
+                  user, another alias or a full address; the local part `*` catches every \
+                  unknown local part. Re-read when it changes.",
+        apply: set_aliases_file,
+    },
+    KeySpec {
+        name: "max_connections",
+        default: DefaultValue::Text("512"),
+        form: COUNT_FORM,
+        meaning: "Connections open at once over all protocols. More are refused politely \
+                  (SMTP `421 4.3.2`, POP3 `-ERR [SYS/TEMP]`). If the descriptor limit is too \
+                  low, postling raises it or says how many connections it will really serve.",
+        apply: set_max_connections,
+    },
+    KeySpec {
+        name: "max_connections_per_ip",
+        default: DefaultValue::Text("16"),
+        form: COUNT_FORM,
+        meaning: "Connections open at once from one client address; more are refused like \
+                  those past `max_connections`.",
+        apply: set_max_connections_per_ip,
+    },
+    KeySpec {
+        name: "max_message_size",
+        default: DefaultValue::Text("10M"),
+        form: "a size: a whole number of bytes, or with a K, M or G suffix (1K = 1024)",
+        meaning: "The largest message accepted, advertised with the SMTP SIZE extension. A \
+                  larger message is read to its end and refused with `552 5.3.4`.",
+        apply: set_max_message_size,
+    },
+    KeySpec {
+        name: "smtp_timeout",
+        default: DefaultValue::Text("5m"),
+        form: DURATION_FORM,
+        meaning: "How long an SMTP client may stay silent while postling waits for a command \
+                  or message data (RFC 5321 section 4.5.3.2.7 asks for 5 minutes). Only \
+                  progress resets it, and a whole session is capped at 1 hour.",
+        apply: set_smtp_timeout,
+    },
+    KeySpec {
+        name: "pop3_timeout",
+        default: DefaultValue::Text("10m"),
+        form: DURATION_FORM,
+        meaning: "How long a POP3 or POP2 client may stay idle. RFC 1939 section 3 asks for \
+                  at least 10 minutes; a shorter value works but draws a warning. A whole \
+                  session is capped at 2 hours.",
+        apply: set_pop3_timeout,
+    },
+    KeySpec {
+        name: "log_file",
+        default: DefaultValue::Empty,
+        form: OPTIONAL_PATH_FORM,
+        meaning: "Where log lines go. Empty: standard error in the foreground (`-f`), the \
+                  system log (mail facility) when detached. SIGUSR1 reopens the file, for log \
+                  rotation.",
+        apply: set_log_file,
+    },
+    KeySpec {
+        name: "log_level",
+        default: DefaultValue::Text("info"),
+        form: "one of error, warn, info, debug",
+        meaning: "How much is logged: `info` writes a line per connection and per delivery, \
+                  `debug` adds detail. The `-v` option means `debug`.",
+        apply: set_log_level,
+    },
+    KeySpec {
+        name: "pid_file",
+        default: DefaultValue::Empty,
+        form: OPTIONAL_PATH_FORM,
+        meaning: "A file holding the daemon's process id, created and locked before privileges \
+                  are dropped and removed at a clean exit; a second instance with the same pid \
+                  file refuses to start. Empty: none.",
+        apply: set_pid_file,
+    },
+    KeySpec {
+        name: "recipient_delimiter",
+        default: DefaultValue::Text("+"),
+        form: "one of the characters + - _ = . ~, or empty for off",
+        meaning: "Subaddressing: `user+tag@domain` is delivered to `user` unless `user+tag` \
+                  is itself an alias. Empty turns subaddressing off.",
+        apply: set_recipient_delimiter,
+    },
+    KeySpec {
+        name: "retry_min",
+        default: DefaultValue::Text("1m"),
+        form: DURATION_FORM,
+        meaning: "The wait before a failed delivery is first tried again; each further wait \
+                  doubles, up to `retry_max`.",
+        apply: set_retry_min,
+    },
+    KeySpec {
+        name: "retry_max",
+        default: DefaultValue::Text("1h"),
+        form: DURATION_FORM,
+        meaning: "The longest wait between two delivery attempts; not shorter than \
+                  `retry_min`.",
+        apply: set_retry_max,
+    },
+    KeySpec {
+        name: "queue_lifetime",
+        default: DefaultValue::Text("5d"),
+        form: DURATION_FORM,
+        meaning: "How long a message may stay undeliverable in the queue before it is \
+                  returned to its sender with a delivery status notification.",
+        apply: set_queue_lifetime,
+    },
+    KeySpec {
+        name: "auth_failure_delay",
+        default: DefaultValue::Text("2s"),
+        form: "a duration of at least 1s: a whole number with s, m, h or d (a plain number is \
+               seconds)",
+        meaning: "How long a wrong password waits for its `-ERR`; an unknown user waits the \
+                  same. Other clients are served meanwhile. Not below 1s, which keeps password \
+                  guessing slow.",
+        apply: set_auth_failure_delay,
+    },
+    KeySpec {
+        name: "user",
+        default: DefaultValue::Empty,
+        form: "a user name (letters, digits, . _ -), or empty",
+        meaning: "After binding its ports as root, postling drops to this user and its group, \
+                  and refuses to go on as root if that fails. Empty: keep running as the user \
+                  that started it.",
+        apply: set_user,
+    },
+];
+
+/// The spec of a key, if it is one.
+pub fn spec(name: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The known key closest to `name` by edit distance (ties: the earlier in the table).
+pub fn nearest_key(name: &str) -> &'static str {
+    // Suggestions only need the start of a long line; bounds the work on garbage.
+    let name: String = name
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let mut best = ("hostname", usize::MAX);
+    for k in KEYS {
+        let d = edit_distance(&name, k.name);
+        if d < best.1 {
+            best = (k.name, d);
+        }
+    }
+    best.0
+}
+
+/// Levenshtein distance over characters, with one row of memory.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row.first().copied().unwrap_or(0);
+        if let Some(first) = row.first_mut() {
+            *first = i + 1;
+        }
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row.get(j + 1).copied().unwrap_or(usize::MAX);
+            let left = row.get(j).copied().unwrap_or(usize::MAX);
+            let substitute = diagonal + usize::from(ca != cb);
+            let best = substitute
+                .min(above.saturating_add(1))
+                .min(left.saturating_add(1));
+            diagonal = above;
+            if let Some(cell) = row.get_mut(j + 1) {
+                *cell = best;
+            }
+        }
+    }
+    row.last().copied().unwrap_or(0)
+}
+
+// ---- appliers, one per key ------------------------------------------------------------------
+
+fn set_hostname(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.hostname = domain_name(v)?;
+    c.hostname_from_system = false;
+    Ok(())
+}
+
+fn set_domains(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    let mut domains: Vec<String> = Vec::new();
+    let mut problems = Vec::new();
+    for item in list_items(v) {
+        match domain_name(item) {
+            Ok(d) => {
+                let d = d.to_ascii_lowercase();
+                if domains.contains(&d) {
+                    ctx.warnings.push(format!("{d} is listed twice"));
+                } else {
+                    domains.push(d);
+                }
+            }
+            Err(p) => problems.push(p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    if domains.is_empty() {
+        return Err("no domain given".to_string());
+    }
+    c.domains = domains;
+    Ok(())
+}
+
+fn set_smtp_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.smtp_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_pop3_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.pop3_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_pop2_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.pop2_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_spool_dir(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.spool_dir = required_path(v, ctx.base)?;
+    Ok(())
+}
+
+fn set_mailbox_dir(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.mailbox_dir = required_path(v, ctx.base)?;
+    Ok(())
+}
+
+fn set_users_file(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.users_file = required_path(v, ctx.base)?;
+    Ok(())
+}
+
+fn set_aliases_file(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.aliases_file = required_path(v, ctx.base)?;
+    Ok(())
+}
+
+fn set_max_connections(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.max_connections = count(v, 1, limits::CONFIG_MAX_CONNECTIONS)?;
+    Ok(())
+}
+
+fn set_max_connections_per_ip(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.max_connections_per_ip = count(v, 1, limits::CONFIG_MAX_CONNECTIONS)?;
+    Ok(())
+}
+
+fn set_max_message_size(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    let n = size(v)?;
+    if n == 0 {
+        return Err(format!("{} would refuse every message", quoted(v)));
+    }
+    c.max_message_size = n;
+    Ok(())
+}
+
+fn set_smtp_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.smtp_timeout = duration(v)?;
+    Ok(())
+}
+
+fn set_pop3_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.pop3_timeout = duration(v)?;
+    Ok(())
+}
+
+fn set_log_file(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.log_file = optional_path(v, ctx.base);
+    Ok(())
+}
+
+fn set_log_level(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.log_level = match v.to_ascii_lowercase().as_str() {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        _ => return Err(format!("{} is not a log level", quoted(v))),
+    };
+    Ok(())
+}
+
+fn set_pid_file(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.pid_file = optional_path(v, ctx.base);
+    Ok(())
+}
+
+fn set_recipient_delimiter(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    let mut chars = v.chars();
+    c.recipient_delimiter = match (chars.next(), chars.next()) {
+        (None, _) => None,
+        (Some(d), None) if RECIPIENT_DELIMITERS.contains(d) => Some(d),
+        (Some(_), None) => {
+            return Err(format!(
+                "{} cannot separate a subaddress from a user name",
+                quoted(v)
+            ));
+        }
+        (Some(_), Some(_)) => return Err(format!("{} is more than one character", quoted(v))),
+    };
+    Ok(())
+}
+
+fn set_retry_min(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.retry_min = duration(v)?;
+    Ok(())
+}
+
+fn set_retry_max(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.retry_max = duration(v)?;
+    Ok(())
+}
+
+fn set_queue_lifetime(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.queue_lifetime = duration(v)?;
+    Ok(())
+}
+
+fn set_auth_failure_delay(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    let d = duration_with_zero(v)?;
+    if d < limits::AUTH_FAILURE_DELAY_MIN {
+        return Err(format!(
+            "{} is below the minimum of {}: a quicker answer helps password guessing",
+            quoted(v),
+            format_duration(limits::AUTH_FAILURE_DELAY_MIN)
+        ));
+    }
+    c.auth_failure_delay = d;
+    Ok(())
+}
+
+fn set_user(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    if v.is_empty() {
+        c.user = None;
+        return Ok(());
+    }
+    let valid_char = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-');
+    if v.len() > 32 || v.starts_with('-') || !v.chars().all(valid_char) {
+        return Err(format!("{} is not a user name", quoted(v)));
+    }
+    c.user = Some(v.to_string());
+    Ok(())
+}

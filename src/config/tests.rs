@@ -1,0 +1,677 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::keys::{self, DefaultValue, KEYS};
+use super::values;
+use super::*;
+
+const FILE: &str = "/etc/p.conf";
+const BASE: &str = "/etc/postling";
+
+fn parse_bytes(text: &[u8]) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
+    parse(text, Path::new(BASE), Config::defaults(Path::new(FILE)))
+}
+
+fn parsed(text: &str) -> (Config, Vec<String>) {
+    match parse_bytes(text.as_bytes()) {
+        Ok(r) => r,
+        Err(e) => panic!("unexpected errors for {text:?}: {e:#?}"),
+    }
+}
+
+fn error_lines(text: &[u8]) -> Vec<String> {
+    match parse_bytes(text) {
+        Ok(_) => panic!("no error for {:?}", String::from_utf8_lossy(text)),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const SIZE: &str = "a size: a whole number of bytes, or with a K, M or G suffix (1K = 1024)";
+const DURATION: &str =
+    "a duration: a whole number with s, m, h or d (a plain number is seconds), 1s to 3650d";
+const LISTEN: &str =
+    "a comma-separated list of IP:PORT or [IPv6]:PORT (port 1-65535), or empty for off";
+
+#[test]
+fn every_error_form_names_file_line_key_and_expected() {
+    let cases: &[(&[u8], String)] = &[
+        (
+            b"smtp_lisen = 1.2.3.4:25",
+            "/etc/p.conf:1: smtp_lisen: unknown key; did you mean smtp_listen? (expected one of \
+             the keys listed in postling(8) and postling.conf.example)"
+                .into(),
+        ),
+        (
+            b"hostname = a.example\n# x\nhostname = b.example",
+            "/etc/p.conf:3: hostname: set again; it was first set on line 1 (expected each key \
+             at most once)"
+                .into(),
+        ),
+        (
+            b"max_message_size = 10X",
+            format!(
+                "/etc/p.conf:1: max_message_size: `10X` has an unknown suffix `X` (expected {SIZE})"
+            ),
+        ),
+        (
+            b"max_message_size = -1",
+            format!("/etc/p.conf:1: max_message_size: `-1` is negative (expected {SIZE})"),
+        ),
+        (
+            b"max_message_size = 99999999999G",
+            format!(
+                "/etc/p.conf:1: max_message_size: `99999999999G` is too large (expected {SIZE})"
+            ),
+        ),
+        (
+            b"max_message_size = 99999999999999999999999",
+            format!(
+                "/etc/p.conf:1: max_message_size: `99999999999999999999999` is too large (expected {SIZE})"
+            ),
+        ),
+        (
+            b"max_message_size = 0",
+            format!(
+                "/etc/p.conf:1: max_message_size: `0` would refuse every message (expected {SIZE})"
+            ),
+        ),
+        (
+            b"max_message_size = ten",
+            format!("/etc/p.conf:1: max_message_size: `ten` is not a size (expected {SIZE})"),
+        ),
+        (
+            b"smtp_timeout = 5x",
+            format!(
+                "/etc/p.conf:1: smtp_timeout: `5x` has an unknown unit `x` (expected {DURATION})"
+            ),
+        ),
+        (
+            b"smtp_timeout = 1.5m",
+            format!(
+                "/etc/p.conf:1: smtp_timeout: `1.5m` has an unknown unit `.5m` (expected {DURATION})"
+            ),
+        ),
+        (
+            b"smtp_timeout = 0",
+            format!(
+                "/etc/p.conf:1: smtp_timeout: `0` is too short: 1s is the least (expected {DURATION})"
+            ),
+        ),
+        (
+            b"queue_lifetime = 3651d",
+            format!(
+                "/etc/p.conf:1: queue_lifetime: `3651d` is longer than 3650d (expected {DURATION})"
+            ),
+        ),
+        (
+            b"retry_min = 99999999999999999999d",
+            format!(
+                "/etc/p.conf:1: retry_min: `99999999999999999999d` is longer than 3650d (expected {DURATION})"
+            ),
+        ),
+        (
+            b"pop3_timeout = -5m",
+            format!("/etc/p.conf:1: pop3_timeout: `-5m` is negative (expected {DURATION})"),
+        ),
+        (
+            b"smtp_listen = 1.2.3.4",
+            format!("/etc/p.conf:1: smtp_listen: `1.2.3.4` has no port (expected {LISTEN})"),
+        ),
+        (
+            b"smtp_listen = localhost:25",
+            format!(
+                "/etc/p.conf:1: smtp_listen: `localhost:25` names the host `localhost`; an IP \
+                 literal is required, since start-up never uses DNS (expected {LISTEN})"
+            ),
+        ),
+        (
+            b"pop3_listen = mail.example.org",
+            format!(
+                "/etc/p.conf:1: pop3_listen: `mail.example.org` is a host name and has no port; \
+                 an IP literal is required, since start-up never uses DNS (expected {LISTEN})"
+            ),
+        ),
+        (
+            b"smtp_listen = ::1:25",
+            format!(
+                "/etc/p.conf:1: smtp_listen: `::1:25` is an IPv6 address without a port; write \
+                 the address in brackets and add the port, like [::1]:25 (expected {LISTEN})"
+            ),
+        ),
+        (
+            b"smtp_listen = fe80::1::2:25",
+            format!(
+                "/etc/p.conf:1: smtp_listen: `fe80::1::2:25`: an IPv6 address needs brackets, \
+                 like [::1]:25 (expected {LISTEN})"
+            ),
+        ),
+        (
+            b"smtp_listen = 127.0.0.1:0",
+            format!(
+                "/etc/p.conf:1: smtp_listen: `127.0.0.1:0`: port 0 would listen on a random \
+                 port no client knows (expected {LISTEN})"
+            ),
+        ),
+        (
+            b"smtp_listen = 127.0.0.1:70000",
+            format!(
+                "/etc/p.conf:1: smtp_listen: `127.0.0.1:70000`: port 70000 is above 65535 (expected {LISTEN})"
+            ),
+        ),
+        (
+            b"smtp_listen = 127.0.0.1:smtp",
+            format!(
+                "/etc/p.conf:1: smtp_listen: `127.0.0.1:smtp`: port `smtp` is not a number (expected {LISTEN})"
+            ),
+        ),
+        (
+            b"smtp_listen = 1.2.3:25",
+            format!("/etc/p.conf:1: smtp_listen: `1.2.3` is not an IP address (expected {LISTEN})"),
+        ),
+        (
+            b"smtp_listen = 127.0.0.1:25, localhost:26, 1.2.3.4",
+            format!(
+                "/etc/p.conf:1: smtp_listen: `localhost:26` names the host `localhost`; an IP \
+                 literal is required, since start-up never uses DNS; `1.2.3.4` has no port \
+                 (expected {LISTEN})"
+            ),
+        ),
+        (
+            b"log_level = verbose",
+            "/etc/p.conf:1: log_level: `verbose` is not a log level (expected one of error, \
+             warn, info, debug)"
+                .into(),
+        ),
+        (
+            b"auth_failure_delay = 0s",
+            "/etc/p.conf:1: auth_failure_delay: `0s` is below the minimum of 1s: a quicker \
+             answer helps password guessing (expected a duration of at least 1s: a whole \
+             number with s, m, h or d (a plain number is seconds))"
+                .into(),
+        ),
+        (
+            b"retry_min = 2h\nretry_max = 1h",
+            "/etc/p.conf:2: retry_max: retry_min 2h is longer than retry_max 1h (expected \
+             retry_min no longer than retry_max)"
+                .into(),
+        ),
+        (
+            b"retry_min = 2h",
+            "/etc/p.conf:1: retry_min: retry_min 2h is longer than retry_max 1h (expected \
+             retry_min no longer than retry_max)"
+                .into(),
+        ),
+        (
+            b"hostname = caf\xe9.example",
+            "/etc/p.conf:1: hostname: is not valid UTF-8 at column 15 (expected UTF-8 text \
+             without NUL bytes)"
+                .into(),
+        ),
+        (
+            b"# fine\n\xff\xfe = 1",
+            "/etc/p.conf:2: line: is not valid UTF-8 at column 1 (expected UTF-8 text without \
+             NUL bytes)"
+                .into(),
+        ),
+        (
+            b"log_level = in\0fo",
+            "/etc/p.conf:1: log_level: contains a NUL byte at column 15 (expected UTF-8 text \
+             without NUL bytes)"
+                .into(),
+        ),
+        (
+            b"smtp_listen 127.0.0.1:25",
+            "/etc/p.conf:1: smtp_listen: the line has no `=` (expected key = value, or `key =` \
+             for an empty value)"
+                .into(),
+        ),
+        (
+            b" = 127.0.0.1:25",
+            "/etc/p.conf:1: line: no key before `=` (expected key = value)".into(),
+        ),
+        (
+            b"max_connections = 0",
+            "/etc/p.conf:1: max_connections: `0` is below 1 (expected a whole number from 1 to \
+             1000000)"
+                .into(),
+        ),
+        (
+            b"max_connections_per_ip = 1000001",
+            "/etc/p.conf:1: max_connections_per_ip: `1000001` is above 1000000 (expected a \
+             whole number from 1 to 1000000)"
+                .into(),
+        ),
+        (
+            b"max_connections = +5",
+            "/etc/p.conf:1: max_connections: `+5` is not a whole number (expected a whole \
+             number from 1 to 1000000)"
+                .into(),
+        ),
+        (
+            b"max_connections = -5",
+            "/etc/p.conf:1: max_connections: `-5` is negative (expected a whole number from 1 \
+             to 1000000)"
+                .into(),
+        ),
+        (
+            b"recipient_delimiter = ++",
+            "/etc/p.conf:1: recipient_delimiter: `++` is more than one character (expected one \
+             of the characters + - _ = . ~, or empty for off)"
+                .into(),
+        ),
+        (
+            b"recipient_delimiter = a",
+            "/etc/p.conf:1: recipient_delimiter: `a` cannot separate a subaddress from a user \
+             name (expected one of the characters + - _ = . ~, or empty for off)"
+                .into(),
+        ),
+        (
+            b"domains = example.org, exa_mple.org",
+            "/etc/p.conf:1: domains: `exa_mple.org` contains `_`, which a domain name cannot \
+             (expected a comma-separated list of domain names)"
+                .into(),
+        ),
+        (
+            b"domains = , ,",
+            "/etc/p.conf:1: domains: no domain given (expected a comma-separated list of \
+             domain names)"
+                .into(),
+        ),
+        (
+            b"domains = 192.0.2.1",
+            "/etc/p.conf:1: domains: `192.0.2.1` is an IP address, not a domain name \
+             (expected a comma-separated list of domain names)"
+                .into(),
+        ),
+        (
+            "domains = b\u{fc}cher.example".as_bytes(),
+            "/etc/p.conf:1: domains: `b\u{fc}cher.example` is not ASCII; write an \
+             international name in its xn-- form (expected a comma-separated list of domain \
+             names)"
+                .into(),
+        ),
+        (
+            b"hostname = mail..example.org",
+            "/etc/p.conf:1: hostname: `mail..example.org` has an empty label (two dots, or a \
+             dot at an end) (expected a domain name, e.g. mail.example.org)"
+                .into(),
+        ),
+        (
+            b"hostname = -mail.example.org",
+            "/etc/p.conf:1: hostname: label `-mail` starts or ends with a hyphen (expected a \
+             domain name, e.g. mail.example.org)"
+                .into(),
+        ),
+        (
+            b"hostname =",
+            "/etc/p.conf:1: hostname: no name given (expected a domain name, e.g. \
+             mail.example.org)"
+                .into(),
+        ),
+        (
+            b"spool_dir =",
+            "/etc/p.conf:1: spool_dir: no path given (expected a path (relative to the \
+             directory of the config file))"
+                .into(),
+        ),
+        (
+            b"user = mail user",
+            "/etc/p.conf:1: user: `mail user` is not a user name (expected a user name \
+             (letters, digits, . _ -), or empty)"
+                .into(),
+        ),
+        (
+            b"smtp_listen = 127.0.0.1:25\npop3_listen = 127.0.0.1:25",
+            "/etc/p.conf:2: pop3_listen: 127.0.0.1:25 overlaps 127.0.0.1:25 (smtp_listen, line \
+             1); both cannot be bound (expected each port of an address used once; 0.0.0.0 and \
+             [::] cover every address of their family)"
+                .into(),
+        ),
+        (
+            b"smtp_listen = 0.0.0.0:25, 127.0.0.1:25",
+            "/etc/p.conf:1: smtp_listen: 127.0.0.1:25 overlaps 0.0.0.0:25 (smtp_listen, line \
+             1); both cannot be bound (expected each port of an address used once; 0.0.0.0 and \
+             [::] cover every address of their family)"
+                .into(),
+        ),
+        (
+            b"pop2_listen = 127.0.0.1:25",
+            "/etc/p.conf:1: pop2_listen: 127.0.0.1:25 overlaps 0.0.0.0:25 (smtp_listen, by \
+             default); both cannot be bound (expected each port of an address used once; \
+             0.0.0.0 and [::] cover every address of their family)"
+                .into(),
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(
+            error_lines(text),
+            vec![want.clone()],
+            "for {:?}",
+            String::from_utf8_lossy(text)
+        );
+    }
+}
+
+#[test]
+fn all_errors_are_reported_together_in_file_order() {
+    let text = b"hostnme = a.example\n\
+                 smtp_listen = localhost:25\n\
+                 max_message_size = 10X\n\
+                 log_level = loud\n\
+                 \xff = 1\n\
+                 log_level = info\n\
+                 pop3_listen = 127.0.0.1:1110\n";
+    let errors = error_lines(text);
+    let lines: Vec<&str> = errors
+        .iter()
+        .map(|e| e.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "/etc/p.conf:1",
+            "/etc/p.conf:2",
+            "/etc/p.conf:3",
+            "/etc/p.conf:4",
+            "/etc/p.conf:5",
+            "/etc/p.conf:6"
+        ]
+    );
+    assert!(errors[0].contains("did you mean hostname?"));
+    assert!(errors[5].contains("set again; it was first set on line 4"));
+}
+
+#[test]
+fn unknown_keys_suggest_the_nearest_known_key() {
+    for (typo, want) in [
+        ("smtp_lsten", "smtp_listen"),
+        ("pop3_timout", "pop3_timeout"),
+        ("LOG_LEVEL", "log_level"),
+        ("maxconnections", "max_connections"),
+        ("max_connection_per_ip", "max_connections_per_ip"),
+        ("domain", "domains"),
+        ("spooldir", "spool_dir"),
+        ("userfile", "users_file"),
+        ("users", "user"),
+        ("pidfile", "pid_file"),
+    ] {
+        assert_eq!(keys::nearest_key(typo), want, "for {typo}");
+    }
+    assert_eq!(keys::edit_distance("kitten", "sitting"), 3);
+    assert_eq!(keys::edit_distance("", "abc"), 3);
+    assert_eq!(keys::edit_distance("abc", ""), 3);
+    assert_eq!(keys::edit_distance("same", "same"), 0);
+    // A line of garbage gets a message of bounded length.
+    let long = format!("{} = 1", "x".repeat(5000));
+    let e = &error_lines(long.as_bytes())[0];
+    assert!(e.len() < 300, "{e}");
+}
+
+#[test]
+fn relative_paths_start_at_the_config_directory() {
+    let (c, _) = parsed(
+        "users_file = users\n\
+         aliases_file = ./sub/aliases\n\
+         spool_dir = ../var/spool\n\
+         mailbox_dir = /srv/mail\n\
+         log_file = logs/../postling.log\n\
+         pid_file = ../../../../run/postling.pid\n",
+    );
+    assert_eq!(c.users_file, PathBuf::from("/etc/postling/users"));
+    assert_eq!(c.aliases_file, PathBuf::from("/etc/postling/sub/aliases"));
+    assert_eq!(c.spool_dir, PathBuf::from("/etc/var/spool"));
+    assert_eq!(c.mailbox_dir, PathBuf::from("/srv/mail"));
+    // Only leading `..` steps are folded into the (canonical) base; later ones may cross a
+    // symbolic link and are kept.
+    assert_eq!(
+        c.log_file,
+        Some(PathBuf::from("/etc/postling/logs/../postling.log"))
+    );
+    assert_eq!(c.pid_file, Some(PathBuf::from("/run/postling.pid")));
+    let (c, _) = parsed("log_file =\npid_file =");
+    assert_eq!((c.log_file, c.pid_file), (None, None));
+}
+
+#[test]
+fn config_dir_is_absolute_even_for_a_relative_config_path() {
+    let dir = config_dir(Path::new("postling.conf"));
+    assert!(dir.is_absolute());
+    assert_eq!(dir, std::fs::canonicalize(".").unwrap());
+    let t = tempfile::tempdir().unwrap();
+    let canonical = std::fs::canonicalize(t.path()).unwrap();
+    assert_eq!(config_dir(&t.path().join("p.conf")), canonical);
+}
+
+#[test]
+fn sizes_and_durations_accept_their_suffixes() {
+    for (v, want) in [
+        ("0", 0),
+        ("5", 5),
+        ("2K", 2048),
+        ("3k", 3072),
+        ("10M", 10 << 20),
+        ("1G", 1 << 30),
+        ("16777216G", 1 << 54),
+    ] {
+        assert_eq!(values::size(v), Ok(want), "{v}");
+    }
+    for (v, secs) in [
+        ("1", 1),
+        ("90", 90),
+        ("1s", 1),
+        ("5m", 300),
+        ("2h", 7200),
+        ("1d", 86_400),
+        ("3650d", 3650 * 86_400),
+    ] {
+        assert_eq!(values::duration(v), Ok(Duration::from_secs(secs)), "{v}");
+    }
+    for (secs, text) in [
+        (1, "1s"),
+        (90, "90s"),
+        (600, "10m"),
+        (7200, "2h"),
+        (432_000, "5d"),
+    ] {
+        assert_eq!(values::format_duration(Duration::from_secs(secs)), text);
+    }
+    let (c, _) = parsed(
+        "max_message_size = 2K\nsmtp_timeout = 1s\nqueue_lifetime = 1s\nretry_min = 1s\n\
+         retry_max = 1s\nauth_failure_delay = 1s\npop3_timeout = 3m",
+    );
+    assert_eq!(c.max_message_size, 2048);
+    assert_eq!(c.smtp_timeout, Duration::from_secs(1));
+    assert_eq!(c.queue_lifetime, Duration::from_secs(1));
+    assert_eq!(
+        (c.retry_min, c.retry_max),
+        (Duration::from_secs(1), Duration::from_secs(1))
+    );
+    assert_eq!(c.auth_failure_delay, Duration::from_secs(1));
+    assert_eq!(c.pop3_timeout, Duration::from_secs(180));
+}
+
+#[test]
+fn an_empty_file_gives_the_defaults() {
+    let (c, _) = parsed("# nothing but a comment\n\n   \n");
+    let (system, _) = system_hostname();
+    assert_eq!(c.hostname, system);
+    assert!(c.hostname_from_system);
+    assert_eq!(c.domains, vec![domain_of_hostname(&system)]);
+    assert_eq!(c.smtp_listen, vec![SocketAddr::from(([0, 0, 0, 0], 25))]);
+    assert_eq!(c.pop3_listen, vec![SocketAddr::from(([0, 0, 0, 0], 110))]);
+    assert!(c.pop2_listen.is_empty());
+    assert_eq!(c.max_connections, limits::MAX_CONNECTIONS_DEFAULT);
+    assert_eq!(c.recipient_delimiter, Some('+'));
+    assert_eq!(c.log_level, log::LevelFilter::Info);
+    assert_eq!(c.user, None);
+    assert!(c.set_on_line.is_empty());
+}
+
+/// The documented default of every key is what `Config::defaults` really uses.
+#[test]
+fn documented_defaults_are_the_real_defaults() {
+    let defaults = format!("{:?}", Config::defaults(Path::new(FILE)));
+    for spec in KEYS {
+        let value = match spec.default {
+            DefaultValue::Text(t) => t,
+            DefaultValue::Empty => "",
+            DefaultValue::Derived { .. } => continue,
+        };
+        let text = format!("{} = {value}", spec.name);
+        let (mut c, _) = parsed(&text);
+        c.set_on_line.clear();
+        assert_eq!(format!("{c:?}"), defaults, "{text}");
+    }
+}
+
+#[test]
+fn hostname_sets_the_default_domain_and_domains_are_lower_cased() {
+    let (c, w) = parsed("hostname = Mail.Example.TEST");
+    assert_eq!(c.hostname, "Mail.Example.TEST");
+    assert!(!c.hostname_from_system);
+    assert_eq!(c.domains, ["example.test"]);
+    assert!(w.is_empty(), "{w:?}");
+    let (c, _) = parsed("hostname = mail.example.test\ndomains = Example.ORG, b.example,");
+    assert_eq!(c.domains, ["example.org", "b.example"]);
+    assert_eq!(domain_of_hostname("box"), "box");
+    assert_eq!(domain_of_hostname("a.b.c"), "b.c");
+}
+
+#[test]
+fn warnings_for_what_works_but_is_probably_not_meant() {
+    let (c, w) = parsed("hostname = box");
+    assert_eq!(c.domains, ["box"]);
+    assert_eq!(
+        w,
+        ["hostname 'box' is not fully qualified; set `hostname = box.example.org` in /etc/p.conf"]
+    );
+    let (_, w) = parsed("hostname = a.example\npop3_timeout = 1m");
+    assert_eq!(
+        w,
+        [
+            "/etc/p.conf:2: pop3_timeout: 1m is shorter than the 10m RFC 1939 section 3 asks for; \
+          clients that pause longer are cut off"
+        ]
+    );
+    let (c, w) = parsed(
+        "hostname = a.example\nsmtp_listen = 127.0.0.1:25, [::1]:25, 127.0.0.1:25\n\
+         domains = a.example, A.example",
+    );
+    assert_eq!(
+        c.smtp_listen,
+        [
+            "127.0.0.1:25".parse::<SocketAddr>().unwrap(),
+            "[::1]:25".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.domains, ["a.example"]);
+    assert_eq!(
+        w,
+        [
+            "/etc/p.conf:2: smtp_listen: 127.0.0.1:25 is listed twice",
+            "/etc/p.conf:3: domains: a.example is listed twice"
+        ]
+    );
+    let (_, w) = parsed("hostname = a.example\nsmtp_listen =\npop3_listen =\npop2_listen =");
+    assert_eq!(
+        w,
+        [
+            "/etc/p.conf: smtp_listen: smtp_listen, pop3_listen and pop2_listen are all empty: \
+          no connections are accepted"
+        ]
+    );
+}
+
+#[test]
+fn listen_addresses_of_both_families_and_wildcards_coexist() {
+    let (c, w) = parsed(
+        "hostname = a.example\nsmtp_listen = 0.0.0.0:25, [::]:25\npop3_listen = [::1]:110, \
+         127.0.0.1:110\npop2_listen = 127.0.0.1:109",
+    );
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(c.smtp_listen.len(), 2);
+    assert_eq!(c.pop3_listen[0], "[::1]:110".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        c.pop2_listen,
+        ["127.0.0.1:109".parse::<SocketAddr>().unwrap()]
+    );
+    let e = error_lines(b"smtp_listen = [::]:25\npop3_listen = [::1]:25");
+    assert!(
+        e[0].starts_with("/etc/p.conf:2: pop3_listen: [::1]:25 overlaps [::]:25"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn comments_blank_lines_and_line_endings() {
+    let (c, _) = parsed(
+        "# a comment\r\n\
+         \t  # an indented comment\r\n\
+         hostname = mail.example.test   # after whitespace\r\n\
+         \r\n\
+         log_file=logs/a#b.log\n",
+    );
+    assert_eq!(
+        c.log_file,
+        Some(PathBuf::from("/etc/postling/logs/a#b.log"))
+    );
+    assert_eq!(c.hostname, "mail.example.test");
+    assert_eq!(c.set_on_line.get("hostname"), Some(&3));
+    let e = error_lines(b"log_level = debug#x");
+    assert!(e[0].contains("`debug#x` is not a log level"), "{e:?}");
+    let (c, _) = parsed("\u{feff}hostname = bom.example\n");
+    assert_eq!(c.hostname, "bom.example", "a byte-order mark is skipped");
+    let (c, _) = parsed("recipient_delimiter =\n");
+    assert_eq!(c.recipient_delimiter, None);
+    let (c, _) = parsed("recipient_delimiter = -   # qmail style");
+    assert_eq!(c.recipient_delimiter, Some('-'));
+    let (c, _) = parsed("recipient_delimiter = =");
+    assert_eq!(c.recipient_delimiter, Some('='));
+    let (c, _) = parsed("user = postling\nlog_level = WARN");
+    assert_eq!(c.user.as_deref(), Some("postling"));
+    assert_eq!(c.log_level, log::LevelFilter::Warn);
+}
+
+#[test]
+fn directory_settings_carry_what_the_directory_needs() {
+    let (c, _) = parsed(
+        "hostname = a.example\ndomains = a.example, b.example\nusers_file = u\n\
+         aliases_file = /x/al\nrecipient_delimiter = -",
+    );
+    assert_eq!(
+        c.directory_settings(),
+        DirectorySettings {
+            users_file: PathBuf::from("/etc/postling/u"),
+            aliases_file: PathBuf::from("/x/al"),
+            domains: vec!["a.example".into(), "b.example".into()],
+            recipient_delimiter: Some('-'),
+        }
+    );
+}
+
+#[test]
+fn the_key_table_is_consistent() {
+    let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+    assert_eq!(names.len(), 23);
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 23, "key names are unique");
+    for k in KEYS {
+        assert!(keys::spec(k.name).is_some());
+        assert!(
+            k.meaning.is_ascii() && k.form.is_ascii(),
+            "{}: docs stay ASCII",
+            k.name
+        );
+        assert!(
+            !k.meaning.contains("  "),
+            "{}: meaning has double spaces",
+            k.name
+        );
+    }
+    assert!(
+        !keys::RECIPIENT_DELIMITERS.contains('#'),
+        "`#` starts a comment"
+    );
+}

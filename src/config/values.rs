@@ -1,0 +1,319 @@
+//! The forms a config value takes (domain names, listen addresses, counts, sizes, durations,
+//! paths): strict parsers that say what is wrong in words the error message can carry.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use crate::limits;
+
+/// A value as shown inside an error: back-quoted, cut at 60 characters, control characters
+/// escaped, so a line of garbage cannot make a garbage message.
+pub fn quoted(v: &str) -> String {
+    let mut out = String::from("`");
+    for (i, c) in v.chars().enumerate() {
+        if i == 60 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('`');
+    out
+}
+
+/// The items of a comma-separated list, trimmed; empty items are skipped.
+pub fn list_items(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// A syntactically valid domain name (RFC 1035 section 2.3.1 labels, ASCII), returned as given.
+pub fn domain_name(v: &str) -> Result<String, String> {
+    let problem = if v.is_empty() {
+        Some("no name given".to_string())
+    } else if !v.is_ascii() {
+        Some(format!(
+            "{} is not ASCII; write an international name in its xn-- form",
+            quoted(v)
+        ))
+    } else if v.parse::<IpAddr>().is_ok() {
+        Some(format!("{} is an IP address, not a domain name", quoted(v)))
+    } else if v.len() > 253 {
+        Some(format!("{} is longer than 253 characters", quoted(v)))
+    } else {
+        v.split('.').find_map(|label| label_problem(v, label))
+    };
+    match problem {
+        Some(p) => Err(p),
+        None => Ok(v.to_string()),
+    }
+}
+
+fn label_problem(name: &str, label: &str) -> Option<String> {
+    if label.is_empty() {
+        return Some(format!(
+            "{} has an empty label (two dots, or a dot at an end)",
+            quoted(name)
+        ));
+    }
+    if label.len() > 63 {
+        return Some(format!(
+            "label {} is longer than 63 characters",
+            quoted(label)
+        ));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        return Some(format!(
+            "{} contains {}, which a domain name cannot",
+            quoted(name),
+            quoted(&c.to_string())
+        ));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Some(format!(
+            "label {} starts or ends with a hyphen",
+            quoted(label)
+        ));
+    }
+    None
+}
+
+/// A list of listen addresses. An address listed twice is used once, with a warning.
+pub fn listen_list(v: &str, warnings: &mut Vec<String>) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut problems = Vec::new();
+    for item in list_items(v) {
+        match listen_addr(item) {
+            Ok(a) if addrs.contains(&a) => warnings.push(format!("{a} is listed twice")),
+            Ok(a) => addrs.push(a),
+            Err(p) => problems.push(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(addrs)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// One `IP:PORT` or `[IPv6]:PORT`. Never resolves a name: start-up must not need DNS.
+pub fn listen_addr(v: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = v.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(format!(
+                "{}: port 0 would listen on a random port no client knows",
+                quoted(v)
+            ));
+        }
+        return Ok(a);
+    }
+    match v.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => return Err(format!("{} has no port", quoted(v))),
+        Ok(IpAddr::V6(_)) => {
+            return Err(format!(
+                "{} is an IPv6 address without a port; write the address in brackets and add \
+                 the port, like [::1]:25",
+                quoted(v)
+            ));
+        }
+        Err(_) => {}
+    }
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return Err(if looks_like_host_name(v) {
+            format!(
+                "{} is a host name and has no port; an IP literal is required, since start-up \
+                 never uses DNS",
+                quoted(v)
+            )
+        } else {
+            format!("{} is not an address", quoted(v))
+        });
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(format!(
+            "{}: an IPv6 address needs brackets, like [::1]:25",
+            quoted(v)
+        ));
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{}: port {} is not a number",
+            quoted(v),
+            quoted(port)
+        ));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{}: port {port} is above 65535", quoted(v)));
+    }
+    if looks_like_host_name(host) {
+        return Err(format!(
+            "{} names the host {}; an IP literal is required, since start-up never uses DNS",
+            quoted(v),
+            quoted(host)
+        ));
+    }
+    Err(format!("{} is not an IP address", quoted(host)))
+}
+
+/// Letters, digits, dots and hyphens with at least one letter: what a host name looks like,
+/// as opposed to a mistyped IP literal.
+fn looks_like_host_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && v.chars().any(|c| c.is_ascii_alphabetic())
+}
+
+/// A whole number in `min..=max`, digits only (no sign, no spaces).
+pub fn count(v: &str, min: usize, max: usize) -> Result<usize, String> {
+    if v.starts_with('-') {
+        return Err(format!("{} is negative", quoted(v)));
+    }
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{} is not a whole number", quoted(v)));
+    }
+    match v.parse::<usize>() {
+        Ok(n) if n < min => Err(format!("{} is below {min}", quoted(v))),
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("{} is above {max}", quoted(v))),
+    }
+}
+
+/// Splits a leading run of ASCII digits from the rest (a unit or suffix).
+fn number_and_suffix(v: &str) -> (&str, &str) {
+    let end = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    // The digits are ASCII, so `end` is a character boundary.
+    v.split_at(end)
+}
+
+/// A size in bytes: digits with an optional binary K, M or G suffix (either case).
+pub fn size(v: &str) -> Result<u64, String> {
+    if v.starts_with('-') {
+        return Err(format!("{} is negative", quoted(v)));
+    }
+    let (digits, suffix) = number_and_suffix(v);
+    if digits.is_empty() {
+        return Err(format!("{} is not a size", quoted(v)));
+    }
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{} has an unknown suffix {}",
+                quoted(v),
+                quoted(suffix)
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("{} is too large", quoted(v)))
+}
+
+/// A duration of at least 1s and at most `limits::CONFIG_MAX_DURATION`.
+pub fn duration(v: &str) -> Result<Duration, String> {
+    let d = duration_with_zero(v)?;
+    if d.is_zero() {
+        return Err(format!("{} is too short: 1s is the least", quoted(v)));
+    }
+    Ok(d)
+}
+
+/// A duration of at most `limits::CONFIG_MAX_DURATION`; zero allowed (the caller decides).
+pub fn duration_with_zero(v: &str) -> Result<Duration, String> {
+    if v.starts_with('-') {
+        return Err(format!("{} is negative", quoted(v)));
+    }
+    let (digits, unit) = number_and_suffix(v);
+    if digits.is_empty() {
+        return Err(format!("{} is not a duration", quoted(v)));
+    }
+    let seconds_per_unit: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        _ => {
+            return Err(format!(
+                "{} has an unknown unit {}",
+                quoted(v),
+                quoted(unit)
+            ));
+        }
+    };
+    let too_long = || {
+        format!(
+            "{} is longer than {}",
+            quoted(v),
+            format_duration(limits::CONFIG_MAX_DURATION)
+        )
+    };
+    let seconds = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds_per_unit))
+        .ok_or_else(too_long)?;
+    let d = Duration::from_secs(seconds);
+    if d > limits::CONFIG_MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(d)
+}
+
+/// A duration in the largest unit that divides it: `90s`, `10m`, `5d`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, per) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s >= per && s % per == 0 {
+            return format!("{}{unit}", s / per);
+        }
+    }
+    format!("{s}s")
+}
+
+pub fn required_path(v: &str, base: &Path) -> Result<PathBuf, String> {
+    if v.is_empty() {
+        return Err("no path given".to_string());
+    }
+    Ok(resolve_path(base, v))
+}
+
+pub fn optional_path(v: &str, base: &Path) -> Option<PathBuf> {
+    (!v.is_empty()).then(|| resolve_path(base, v))
+}
+
+/// `v` relative to `base` (the config file's directory). Leading `..` steps consume `base`'s
+/// last components, which is exact because `base` is canonical; later ones are kept.
+pub fn resolve_path(base: &Path, v: &str) -> PathBuf {
+    let value = Path::new(v);
+    if value.is_absolute() {
+        return value.to_path_buf();
+    }
+    let mut out = base.to_path_buf();
+    let mut leading = true;
+    for part in value.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if leading && out.parent().is_some() => {
+                out.pop();
+            }
+            other => {
+                leading = leading && other == Component::ParentDir;
+                out.push(other.as_os_str());
+            }
+        }
+    }
+    out
+}
