@@ -260,18 +260,6 @@ impl Config {
     }
 }
 
-impl Config {
-    /// What the users and aliases tables are built from.
-    pub fn directory_settings(&self) -> crate::directory::DirectorySettings {
-        crate::directory::DirectorySettings {
-            users_file: self.users_file.clone(),
-            aliases_file: self.aliases_file.clone(),
-            domains: self.domains.clone(),
-            recipient_delimiter: self.recipient_delimiter,
-        }
-    }
-}
-
 /// The machine's host name from `gethostname(2)`: no DNS, never fails (falls back to
 /// "localhost"). The flag says whether it is fully qualified (contains a dot).
 pub fn system_hostname() -> (String, bool) {
