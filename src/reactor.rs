@@ -448,8 +448,8 @@ impl Reactor {
         if self.open >= self.settings.max_connections
             || per_ip >= self.settings.max_connections_per_ip
         {
-            // Best effort: a fresh socket's send buffer takes one short line without blocking.
-            let _ = io::Write::write(&mut stream, proto.busy_reply());
+            // Logged before the refusal is written, so whoever reads the refusal finds the
+            // reason in the log already.
             info!(
                 "{} refused {peer}: {} ({} open, {per_ip} from this address)",
                 proto.name(),
@@ -460,6 +460,8 @@ impl Reactor {
                 },
                 self.open
             );
+            // Best effort: a fresh socket's send buffer takes one short line without blocking.
+            let _ = io::Write::write(&mut stream, proto.busy_reply());
             return;
         }
         let _ = stream.set_nodelay(true);

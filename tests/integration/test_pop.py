@@ -125,7 +125,7 @@ def test_concurrent_login_in_use_and_drop_deletes_nothing(server_factory):
         pop(s)
     assert b"[IN-USE]" in e.value.args[0]
     p1.dele(1)
-    p1.sock.close()  # dropped without QUIT: nothing is deleted, the lock is released
+    p1.close()  # dropped without QUIT (closes the socket and its file): nothing is deleted, the lock is released
     time.sleep(0.3)
     p2 = pop(s)
     assert p2.stat()[0] == 1
