@@ -25,6 +25,8 @@ impl Config {
             .map_err(|e| vec![StubError(format!("{}: {e}", path.display()))])?;
         let mut c = Config::defaults(path);
         let mut warnings = vec![];
+        let rel = |v: &str| path.parent().unwrap_or(Path::new("")).join(v);
+        let opt_path = |v: &str| (!v.is_empty()).then(|| rel(v));
         for line in text.lines() {
             let Some((k, v)) = line.split_once('=') else {
                 continue;
@@ -48,6 +50,13 @@ impl Config {
                 "pop3_timeout" => c.pop3_timeout = dur(v),
                 "max_connections" => c.max_connections = v.parse().unwrap_or(1),
                 "max_connections_per_ip" => c.max_connections_per_ip = v.parse().unwrap_or(1),
+                "pid_file" => c.pid_file = opt_path(v),
+                "log_file" => c.log_file = opt_path(v),
+                "user" => c.user = (!v.is_empty()).then(|| v.to_string()),
+                "spool_dir" => c.spool_dir = rel(v),
+                "mailbox_dir" => c.mailbox_dir = rel(v),
+                "users_file" => c.users_file = rel(v),
+                "aliases_file" => c.aliases_file = rel(v),
                 _ => {}
             }
         }

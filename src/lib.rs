@@ -9,6 +9,7 @@ pub mod buf;
 pub mod config;
 pub mod config_stub;
 pub mod conn;
+pub mod daemon;
 pub mod date;
 pub mod deadline;
 pub mod deliver;

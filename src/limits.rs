@@ -111,3 +111,17 @@ pub const SPOOL_MAX_REASON: usize = 1000;
 /// New ids tried by `begin` when a name is already taken (clock stepped back past old
 /// entries) before it gives up.
 pub const SPOOL_ID_TRIES: u32 = 16;
+
+// ---- operations (daemon start-up, pid file, logging) ---------------------------------------
+
+/// Longest start-up report a detached child sends its waiting parent ("ready", or an exit
+/// status and one error line): above any start-up error line, so nothing useful is cut.
+pub const START_REPORT_MAX: usize = 2048;
+/// Bytes read from a pid file held by another instance: a pid has at most 10 digits.
+pub const PID_FILE_MAX: usize = 32;
+/// The getpwnam_r/getpwuid_r buffer starts at `PASSWD_BUF_START` and doubles on ERANGE up to
+/// this; an entry longer than that is not a real account.
+pub const PASSWD_BUF_START: usize = 1024;
+pub const PASSWD_BUF_MAX: usize = 1024 * 1024;
+/// RFC 3164 §4.1: a syslog packet is at most 1024 octets; longer lines are cut.
+pub const SYSLOG_MAX_PACKET: usize = 1024;

@@ -245,7 +245,7 @@ impl Reactor {
             match sig {
                 SIGTERM | SIGINT => self.begin_stop(now),
                 SIGHUP => self.reload(),
-                SIGUSR1 => info!("SIGUSR1 received: log reopen is not implemented yet, ignored"),
+                SIGUSR1 => crate::daemon::log::reopen_on_signal(),
                 SIGUSR2 => info!("SIGUSR2 received: queue run is not implemented yet, ignored"),
                 _ => {}
             }
