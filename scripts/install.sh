@@ -75,9 +75,12 @@ put_config() {
     fi
 }
 
+# Files under /etc/postling belong to group postling; anything else stays root's.
 own_config() {
     if [ -z "$DESTDIR" ]; then
-        chgrp "$USER_NAME" "$1"
+        case "$1" in
+            /etc/postling | /etc/postling/*) chgrp "$USER_NAME" "$1" ;;
+        esac
     fi
 }
 

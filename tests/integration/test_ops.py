@@ -591,7 +591,10 @@ cp -a /usr/sbin "$root/sbin" && mount --bind "$root/sbin" /usr/sbin
 for d in /var/spool /var/mail /run /usr/lib/systemd/system /usr/share/man/man8; do
     mkdir -p "$d" && mount -t tmpfs tmpfs "$d"
 done
-ip link set lo up
+ip link set lo up 2>/dev/null || python3 -c 'import fcntl, socket, struct
+s = socket.socket()
+flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0)))[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))'
 POSTLING_BIN=$bin sh "$repo/scripts/install.sh"; step install $?
 POSTLING_BIN=$bin sh "$repo/scripts/install.sh" >/dev/null; step install-again $?
 /usr/sbin/postling -t; step configtest $?
