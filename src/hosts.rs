@@ -7,7 +7,6 @@
 //! outlives its connection.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +15,7 @@ use log::{info, warn};
 
 use crate::auth;
 use crate::config::Config;
+use crate::daemon::StartError;
 use crate::deliver::engine::{DeliveryPolicy, Engine};
 use crate::deliver::maildir::Maildirs;
 use crate::deliver::store::SpoolStore;
@@ -26,16 +26,6 @@ use crate::proto::smtp::SmtpHost;
 use crate::proto::{AuthVerdict, MailboxError, MessageInfo, PopHost};
 use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
 use crate::throttle::Throttle;
-
-/// Why the services could not start: names what and where, for the one start-up error line.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Everything sessions reach through their host traits, and the delivery side of the queue.
 pub struct Services {
@@ -65,7 +55,7 @@ impl Services {
     /// and schedules every queued message for an attempt at once. Returns warnings to log.
     pub fn start(config: &Config) -> Result<(Services, Vec<String>), StartError> {
         let (spool, queued) = Spool::open(&config.spool_dir).map_err(|e| {
-            StartError(format!(
+            StartError::os(format!(
                 "cannot open the spool {}: {e}; check that the directory is writable by the user postling runs as (spool_dir in {})",
                 config.spool_dir.display(),
                 config.path.display()
@@ -74,7 +64,7 @@ impl Services {
         let (directory, warnings) =
             Directory::load(config.directory_settings()).map_err(|errors| {
                 let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-                StartError(lines.join("\n"))
+                StartError::config(lines.join("\n"))
             })?;
         let mut engine = Engine::new(
             Maildirs::new(&config.mailbox_dir, &config.hostname),

@@ -159,3 +159,17 @@ pub const CONFIG_MAX_CONNECTIONS: usize = 1_000_000;
 /// RFC 1939 §3: a POP3 inactivity timer must be at least 10 minutes; a shorter `pop3_timeout`
 /// is allowed but warned about.
 pub const POP3_TIMEOUT_RFC_MIN: Duration = Duration::from_secs(10 * 60);
+
+// ---- operations (daemon start-up, pid file, logging) ---------------------------------------
+
+/// Longest start-up report a detached child sends its waiting parent ("ready", or an exit
+/// status and one error line): above any start-up error line, so nothing useful is cut.
+pub const START_REPORT_MAX: usize = 2048;
+/// Bytes read from a pid file held by another instance: a pid has at most 10 digits.
+pub const PID_FILE_MAX: usize = 32;
+/// The getpwnam_r/getpwuid_r buffer starts at `PASSWD_BUF_START` and doubles on ERANGE up to
+/// this; an entry longer than that is not a real account.
+pub const PASSWD_BUF_START: usize = 1024;
+pub const PASSWD_BUF_MAX: usize = 1024 * 1024;
+/// RFC 3164 §4.1: a syslog packet is at most 1024 octets; longer lines are cut.
+pub const SYSLOG_MAX_PACKET: usize = 1024;

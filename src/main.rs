@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use postling::config::Config;
+use postling::daemon::pidfile::{PidFile, Released};
+use postling::daemon::{self, Detached, Readiness, StartError, privilege};
 use postling::hosts::Services;
 use postling::listen;
 use postling::reactor::{Reactor, Settings};
@@ -108,9 +110,13 @@ fn main() -> ExitCode {
     } else {
         config.log_level
     };
-    if let Err(e) = init_logging(&config, level) {
-        eprintln!("postling: cannot open log file: {e}");
-        return ExitCode::from(EX_OSERR);
+    match init_logging(&config, level, foreground) {
+        Ok(Some(warning)) => warn!("{warning}"),
+        Ok(None) => {}
+        Err(line) => {
+            eprintln!("postling: {line}");
+            return ExitCode::from(EX_OSERR);
+        }
     }
     for w in &warnings {
         warn!("{w}");
@@ -145,28 +151,24 @@ fn print_queue(config: &Config) -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config, level: log::LevelFilter) -> std::io::Result<()> {
-    let log_config = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_thread_level(log::LevelFilter::Off)
-        .set_target_level(log::LevelFilter::Off)
-        .set_location_level(log::LevelFilter::Off)
-        .build();
-    let result = match &config.log_file {
-        Some(p) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?;
-            simplelog::WriteLogger::init(level, log_config, file)
-        }
-        None => simplelog::WriteLogger::init(level, log_config, std::io::stderr()),
-    };
-    // Only fails when a logger is already set, which cannot happen here.
-    let _ = result;
-    Ok(())
+/// Log lines go to `log_file` when set, else to stderr with `-f` and to syslog once detached
+/// (see `daemon::log`). Ok carries a warning to log (no syslog socket: stderr instead).
+fn init_logging(
+    config: &Config,
+    level: log::LevelFilter,
+    foreground: bool,
+) -> Result<Option<String>, String> {
+    daemon::log::init(
+        daemon::log::destination(config.log_file.as_deref(), foreground),
+        level,
+    )
 }
 
+/// Start-up order, each step only after the previous one worked, so postling never starts
+/// half-way: who to become (`user` looked up), the pid file locked (a second instance stops
+/// here, naming the first), every listener bound, detach (the parent waits for the daemon's
+/// report), then in the daemon: its pid written, state directories created and owned, the
+/// privilege drop, the directories checked as the running user, the reactor, `ready`.
 fn run(config: Config, foreground: bool) -> ExitCode {
     info!(
         "postling {} starting with {}",
@@ -185,6 +187,14 @@ fn run(config: Config, foreground: bool) -> ExitCode {
         config.users_file.display(),
         config.aliases_file.display()
     );
+    let identity = match privilege::plan(config.user.as_deref()) {
+        Ok(i) => i,
+        Err(e) => return start_failed(Readiness::foreground(), None, e),
+    };
+    let mut pid_file = match config.pid_file.as_deref().map(PidFile::lock).transpose() {
+        Ok(p) => p,
+        Err(e) => return start_failed(Readiness::foreground(), None, e),
+    };
     let listeners = match listen::bind_all(
         &config.smtp_listen,
         &config.pop3_listen,
@@ -192,20 +202,21 @@ fn run(config: Config, foreground: bool) -> ExitCode {
     ) {
         Ok(l) => l,
         Err(e) => {
-            let line = format!("{e} in {}", config.path.display());
-            // The init script reads stderr; the log file (if any) gets the same line.
-            eprintln!("postling: {line}");
-            if config.log_file.is_some() {
-                error!("{line}");
-            }
-            return ExitCode::from(EX_OSERR);
+            let e = StartError::os(format!("{e} in {}", config.path.display()));
+            return start_failed(Readiness::foreground(), pid_file, e);
         }
     };
-    if !foreground {
-        if let Err(e) = daemonize() {
-            eprintln!("postling: cannot detach: {e}");
-            return ExitCode::from(EX_OSERR);
+    let readiness = if foreground {
+        Readiness::foreground()
+    } else {
+        match daemonize() {
+            Ok(Detached::Parent(status)) => return ExitCode::from(status),
+            Ok(Detached::Child(r)) => r,
+            Err(e) => return start_failed(Readiness::foreground(), pid_file, e),
         }
+    };
+    if let Err(e) = daemon::settle(&config, &identity, pid_file.as_mut()) {
+        return start_failed(readiness, pid_file, e);
     }
     let services = match Services::start(&config) {
         Ok((services, warnings)) => {
@@ -214,54 +225,63 @@ fn run(config: Config, foreground: bool) -> ExitCode {
             }
             services
         }
-        Err(e) => {
-            eprintln!("postling: {e}");
-            error!("{e}");
-            return ExitCode::from(EX_OSERR);
-        }
+        Err(e) => return start_failed(readiness, pid_file, e),
     };
     let settings = Settings::from_config(&config);
     let mut reactor = match Reactor::new(listeners, settings, services, config.path.clone()) {
         Ok(r) => r,
         Err(e) => {
-            error!("cannot start the reactor: {e}");
-            return ExitCode::from(EX_OSERR);
+            let e = StartError::os(format!("cannot start the reactor: {e}"));
+            return start_failed(readiness, pid_file, e);
         }
     };
     info!("ready");
-    match reactor.run() {
+    readiness.ready();
+    let status = match reactor.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("reactor failed: {e}");
             ExitCode::from(EX_OSERR)
         }
+    };
+    if let Some(p) = pid_file {
+        release_pid_file(p);
+    }
+    status
+}
+
+/// A start-up failure: the line goes to the log (unless that is stderr anyway), the pid file
+/// is released first (so whoever waits sees a consistent state), then the line reaches the
+/// starting terminal or init script: directly, or through the detached daemon's report.
+fn start_failed(readiness: Readiness, pid_file: Option<PidFile>, e: StartError) -> ExitCode {
+    if !daemon::log::logs_to_stderr() {
+        error!("{e}");
+    }
+    if let Some(p) = pid_file {
+        release_pid_file(p);
+    }
+    readiness.fail(&e);
+    ExitCode::from(e.status)
+}
+
+fn release_pid_file(p: PidFile) {
+    let path = p.path().to_path_buf();
+    match p.release() {
+        Ok(Released::Removed) => debug!("removed the pid file {}", path.display()),
+        Ok(Released::Truncated) => info!(
+            "emptied the pid file {} (its directory is not writable by the running user, so it cannot be removed)",
+            path.display()
+        ),
+        Ok(Released::NotOurs) => warn!(
+            "the pid file {} was replaced or removed while running; left alone",
+            path.display()
+        ),
+        Err(e) => warn!("cannot remove the pid file {}: {e}", path.display()),
     }
 }
 
-/// Detaches from the terminal: fork, setsid, stdio to /dev/null. Runs only after the config is
-/// valid and every listener is bound, so an init script sees any failure as an exit status.
-fn daemonize() -> std::io::Result<()> {
-    // SAFETY: single-threaded at this point; the parent exits immediately without running
-    // destructors that could touch shared state.
-    unsafe {
-        match libc::fork() {
-            -1 => return Err(std::io::Error::last_os_error()),
-            0 => {}
-            _ => libc::_exit(0),
-        }
-        if libc::setsid() == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        for fd in 0..3 {
-            libc::dup2(null, fd);
-        }
-        if null > 2 {
-            libc::close(null);
-        }
-    }
-    Ok(())
+/// Without `-f`: fork with a report pipe (see `daemon::detach`). Runs after the config is
+/// valid and every listener is bound, and while the process still has a single thread.
+fn daemonize() -> Result<Detached, StartError> {
+    daemon::detach()
 }

@@ -249,7 +249,7 @@ impl Reactor {
             match sig {
                 SIGTERM | SIGINT => self.begin_stop(now),
                 SIGHUP => self.reload(),
-                SIGUSR1 => info!("SIGUSR1 received: log reopen is not implemented yet, ignored"),
+                SIGUSR1 => crate::daemon::log::reopen_on_signal(),
                 SIGUSR2 => self.services.queue_run_now(),
                 _ => {}
             }
