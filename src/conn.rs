@@ -74,6 +74,9 @@ pub struct Conn {
     pub phase: Phase,
     /// The last read did not hit WouldBlock, so the socket may have more (edge-triggered).
     pub can_read: bool,
+    /// The poller reported the peer's FIN (or an error): read until it is seen, even after a
+    /// short read.
+    pub read_closed: bool,
     /// The last write did not hit WouldBlock.
     pub can_write: bool,
     /// The peer closed its sending side.
@@ -130,6 +133,12 @@ impl Conn {
                     return Ok(0);
                 }
                 Ok(n) => {
+                    // A short read drained the socket: with edge-triggered readiness, bytes
+                    // arriving later raise a new event, so asking again now would only return
+                    // WouldBlock (one syscall saved per read).
+                    if n < spare.len() && !self.read_closed {
+                        self.can_read = false;
+                    }
                     buf.commit(n);
                     return Ok(n);
                 }

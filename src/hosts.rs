@@ -36,9 +36,14 @@ pub struct Services {
     directory: Directory,
     engine: Engine,
     mailbox_root: PathBuf,
+    /// The name deliveries put into Maildir file names.
+    hostname: String,
     /// The mailbox each POP slot has locked.
     mailboxes: HashMap<usize, Mailbox>,
     throttle: Throttle,
+    /// The users and aliases files were checked for changes in this reactor turn: one `stat`
+    /// each per turn at most, however many RCPTs, logins and deliveries it has.
+    directory_checked: bool,
 }
 
 fn policy(config: &Config) -> DeliveryPolicy {
@@ -86,10 +91,26 @@ impl Services {
             directory,
             engine,
             mailbox_root: config.mailbox_dir.clone(),
+            hostname: config.hostname.clone(),
             mailboxes: HashMap::new(),
             throttle: Throttle::default(),
+            directory_checked: false,
         };
         Ok((services, warnings))
+    }
+
+    /// A new reactor turn starts (after the poll returned).
+    pub fn begin_turn(&mut self) {
+        self.directory_checked = false;
+    }
+
+    /// Picks up edits of the users and aliases files (a cheap stat, at most once a turn).
+    fn directory_fresh(&mut self) -> &Directory {
+        if !self.directory_checked {
+            self.directory.refresh();
+            self.directory_checked = true;
+        }
+        &self.directory
     }
 
     pub fn smtp_host(&mut self, slot: usize, _peer: SocketAddr) -> SmtpHostFor<'_> {
@@ -130,10 +151,12 @@ impl Services {
         } else {
             self.directory.refresh();
         }
-        self.engine.set_policy(
-            policy(config),
-            Maildirs::new(&config.mailbox_dir, &config.hostname),
-        );
+        self.engine.set_policy(policy(config));
+        if config.mailbox_dir != self.mailbox_root || config.hostname != self.hostname {
+            self.engine
+                .set_maildirs(Maildirs::new(&config.mailbox_dir, &config.hostname));
+            self.hostname = config.hostname.clone();
+        }
         self.mailbox_root = config.mailbox_dir.clone();
         if config.spool_dir != self.spool_dir {
             warn!(
@@ -171,7 +194,7 @@ impl Services {
         if self.engine.schedule.timeout(now) != Some(Duration::ZERO) {
             return;
         }
-        self.directory.refresh();
+        self.directory_fresh();
         let mut store = SpoolStore::new(&mut self.spool);
         self.engine.run(
             limits::DELIVERIES_PER_TURN,
@@ -204,8 +227,7 @@ pub struct SmtpHostFor<'a> {
 
 impl SmtpHost for SmtpHostFor<'_> {
     fn rcpt_verdict(&mut self, rcpt: &str) -> RcptVerdict {
-        self.services.directory.refresh();
-        self.services.directory.rcpt_verdict(rcpt)
+        self.services.directory_fresh().rcpt_verdict(rcpt)
     }
 
     fn message_begin(&mut self, envelope: &Envelope) -> Result<QueueId, SpoolError> {
@@ -258,8 +280,7 @@ impl PopHost for PopHostFor<'_> {
             warn!("pop: login as {user:?} from {ip} refused: too many recent failures");
             return AuthVerdict::Throttled;
         }
-        self.services.directory.refresh();
-        let found = self.services.directory.credential(user);
+        let found = self.services.directory_fresh().credential(user);
         let accepted = auth::verify(found.map(|(_, c)| c), password);
         match found {
             Some((name, _)) if accepted => {

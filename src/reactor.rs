@@ -201,6 +201,7 @@ impl Reactor {
                 return Err(e);
             }
             let now = Instant::now();
+            self.services.begin_turn();
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.handle_signals(now),
@@ -209,6 +210,9 @@ impl Reactor {
                         if let Some(Some(conn)) = self.conns.get_mut(slot) {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
                                 conn.can_read = true;
+                            }
+                            if event.is_read_closed() || event.is_error() {
+                                conn.read_closed = true;
                             }
                             if event.is_writable() || event.is_write_closed() || event.is_error() {
                                 conn.can_write = true;
@@ -509,6 +513,7 @@ impl Reactor {
             output: None,
             phase: Phase::Active,
             can_read: true,
+            read_closed: false,
             can_write: true,
             eof: false,
             id,
@@ -639,6 +644,10 @@ impl Reactor {
                         return;
                     }
                     if !conn.can_read {
+                        if conn.pending_output() && conn.can_write {
+                            // Replies written by this step still go out before the wait.
+                            continue;
+                        }
                         break;
                     }
                     match conn.read_some(&mut self.pool) {

@@ -121,8 +121,11 @@ impl Engine {
         }
     }
 
-    pub fn set_policy(&mut self, policy: DeliveryPolicy, maildirs: Maildirs) {
+    pub fn set_policy(&mut self, policy: DeliveryPolicy) {
         self.policy = policy;
+    }
+
+    pub fn set_maildirs(&mut self, maildirs: Maildirs) {
         self.maildirs = maildirs;
     }
 

@@ -5,6 +5,7 @@
 //! `<secs>.M<usec>P<pid>Q<seq>.<host>,S=<bytes on disk>,W=<bytes with CRLF>`: `W=` is the
 //! size as POP3 sends it, so a POP3 login never has to read the files to count them.
 
+use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -19,6 +20,8 @@ pub struct Maildirs {
     host: String,
     pid: u32,
     seq: u64,
+    /// Users whose `tmp/ new/ cur/` were seen or made: no directory checks per delivery.
+    ready: HashSet<String>,
 }
 
 /// A local part or user name that is safe as one path component under the Maildir root.
@@ -29,6 +32,21 @@ pub fn safe_mailbox_name(user: &str) -> bool {
         && !user
             .bytes()
             .any(|b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f)
+}
+
+/// Creates the Maildir's `tmp/ new/ cur/` (mode 0700) where missing.
+fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
+    for sub in ["tmp", "new", "cur"] {
+        let d = dir.join(sub);
+        if !d.is_dir() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(|e| temporary("cannot create", &d, &e))?;
+        }
+    }
+    Ok(())
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -47,6 +65,7 @@ impl Maildirs {
             host,
             pid: std::process::id(),
             seq: 0,
+            ready: HashSet::new(),
         }
     }
 
@@ -90,13 +109,9 @@ impl Maildirs {
             )));
         }
         let dir = self.user_dir(user);
-        for sub in ["tmp", "new", "cur"] {
-            let d = dir.join(sub);
-            if !d.is_dir() {
-                if let Err(e) = DirBuilder::new().recursive(true).mode(0o700).create(&d) {
-                    return Err(temporary("cannot create", &d, &e));
-                }
-            }
+        if !self.ready.contains(user) {
+            ensure_maildir(&dir)?;
+            self.ready.insert(user.to_string());
         }
         let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
         self.seq += 1;
@@ -109,13 +124,22 @@ impl Maildirs {
             self.host
         );
         let tmp = dir.join("tmp").join(&base);
-        let file = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-        {
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+        };
+        let file = match create() {
             Ok(f) => f,
+            // The Maildir went away since it was last seen (an administrator moved it).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ready.remove(user);
+                ensure_maildir(&dir)?;
+                self.ready.insert(user.to_string());
+                create().map_err(|e| temporary("cannot create", &tmp, &e))?
+            }
             Err(e) => return Err(temporary("cannot create", &tmp, &e)),
         };
         match write_lf(file, return_path, delivered_to, data) {
@@ -376,6 +400,19 @@ mod tests {
         }
         assert!(!root.path().join("mail").exists());
         assert!(!root.path().join("etc").exists());
+    }
+
+    #[test]
+    fn a_maildir_removed_after_a_delivery_is_made_again() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let deliver =
+            |m: &mut Maildirs| m.deliver("u", "", "u@h", &mut &b"x\r\n"[..], SystemTime::now());
+        assert_eq!(deliver(&mut m), Outcome::Delivered);
+        fs::remove_dir_all(root.path().join("u")).unwrap();
+        assert_eq!(deliver(&mut m), Outcome::Delivered);
+        assert_eq!(fs::read_dir(root.path().join("u/new")).unwrap().count(), 1);
+        assert!(root.path().join("u/cur").is_dir());
     }
 
     #[test]

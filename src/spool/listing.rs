@@ -43,7 +43,7 @@ pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
         let id = id_encode(v);
         let path = queue.join(&id.0);
         let state_path = queue.join(format!("{}{STATE_SUFFIX}", id.0));
-        match read_entry_at(&path, &state_path, &id) {
+        match read_entry_at(&path, Some(&state_path), &id) {
             Ok(e) => out.push(QueueSummary {
                 pending: e.pending().map(|(_, r)| r.to_string()).collect(),
                 size: e.data_len(),

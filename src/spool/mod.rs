@@ -24,6 +24,7 @@ mod tests;
 pub use format::RcptState;
 pub use listing::{QueueSummary, format_queue, list_queue};
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -92,6 +93,8 @@ pub struct Envelope {
 const TMP_DIR: &str = "tmp";
 /// Sub-directory of committed entries.
 const QUEUE_DIR: &str = "queue";
+/// Sub-directory of message files kept for reuse (see `Spool::recycle`). Never read.
+const FREE_DIR: &str = "free";
 /// Suffix of a state file beside its message.
 const STATE_SUFFIX: &str = ".state";
 
@@ -124,6 +127,17 @@ pub struct Spool {
     last_id: u64,
     /// Entries handed to `commit_enqueue`, made durable together by `commit_flush`.
     pending: Vec<(usize, Incoming)>,
+    /// `free/`: message files of removed entries, kept to be rewritten by new messages.
+    free_dir: PathBuf,
+    free: Vec<PathBuf>,
+    /// Names the next file put into `free/`.
+    free_seq: u64,
+    /// Entries that have a state file: without one, reading and removing an entry need no
+    /// look at `<id>.state` at all.
+    stated: HashSet<QueueId>,
+    /// Envelopes of entries committed by this process and not yet read back, so the first
+    /// delivery attempt does not re-read and re-parse what was just written.
+    fresh: HashMap<QueueId, (Envelope, u64, u64)>,
 }
 
 /// A message being received: a temp file and a fixed write buffer.
@@ -137,6 +151,14 @@ pub struct Incoming {
     error: Option<SpoolError>,
     /// The temp file exists and is ours to remove when this is dropped.
     armed: bool,
+    /// The file was a recycled one from `free/`: bytes past `written` are an old message's
+    /// and are cut off before the commit.
+    recycled: bool,
+    /// Bytes written to the file so far (header and data).
+    written: u64,
+    /// The envelope and header length, for the spool's cache of fresh entries.
+    envelope: Option<Envelope>,
+    header_len: u64,
 }
 
 impl Incoming {
@@ -170,8 +192,9 @@ impl Incoming {
     fn flush_buf(&mut self) {
         if self.error.is_none() && self.used > 0 {
             let data = self.buf.get(..self.used).unwrap_or_default();
-            if let Err(e) = self.file.write_all(data) {
-                self.error = Some(SpoolError::from_io(&e));
+            match self.file.write_all(data) {
+                Ok(()) => self.written += data.len() as u64,
+                Err(e) => self.error = Some(SpoolError::from_io(&e)),
             }
         }
         self.used = 0;
@@ -306,6 +329,34 @@ fn read_header(file: &File) -> io::Result<(QueueId, Envelope, u64)> {
     Ok((id, env, offset))
 }
 
+/// The files waiting in `free/` and the number after the highest name; anything else there is
+/// removed (only the spool writes into it).
+fn scan_free(dir: &Path) -> io::Result<(Vec<PathBuf>, u64)> {
+    let mut free = Vec::new();
+    let mut seq = 0;
+    for ent in fs::read_dir(dir)? {
+        let ent = ent?;
+        let n = ent
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix('f'))
+            .and_then(|n| n.parse::<u64>().ok());
+        let is_file = ent.file_type().is_ok_and(|t| t.is_file());
+        match n {
+            Some(n) if is_file && free.len() < limits::SPOOL_FREE_KEEP => {
+                seq = seq.max(n);
+                free.push(ent.path());
+            }
+            _ => {
+                if let Err(e) = fs::remove_file(ent.path()) {
+                    log::warn!("spool: cannot remove {}: {e}", ent.path().display());
+                }
+            }
+        }
+    }
+    Ok((free, seq))
+}
+
 /// Reads a state file; a missing one means nothing was recorded yet.
 fn read_state(path: &Path, n_rcpts: usize) -> io::Result<DeliveryState> {
     let file = match File::open(path) {
@@ -329,8 +380,10 @@ impl Spool {
         DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let tmp = dir.join(TMP_DIR);
         let queue = dir.join(QUEUE_DIR);
+        let free_dir = dir.join(FREE_DIR);
         mkdir_0700(&tmp)?;
         mkdir_0700(&queue)?;
+        mkdir_0700(&free_dir)?;
         // The sub-directories must survive a crash before anything is committed into them.
         fsync_dir(dir)?;
         let mut last_id = 0;
@@ -349,6 +402,8 @@ impl Spool {
             }
         }
 
+        let (free, free_seq) = scan_free(&free_dir)?;
+
         let mut messages = Vec::new();
         let mut states = Vec::new();
         for ent in fs::read_dir(&queue)? {
@@ -362,8 +417,12 @@ impl Spool {
             }
         }
         messages.sort_unstable();
+        let mut stated = HashSet::new();
         for (v, path) in states {
             last_id = last_id.max(v);
+            if messages.binary_search(&v).is_ok() {
+                stated.insert(id_encode(v));
+            }
             // A state file without its message is what a crash during `remove` leaves.
             if messages.binary_search(&v).is_err() {
                 match fs::remove_file(&path) {
@@ -383,6 +442,11 @@ impl Spool {
             queue_dir,
             last_id,
             pending: Vec::new(),
+            free_dir,
+            free,
+            free_seq,
+            stated,
+            fresh: HashMap::new(),
         };
         Ok((spool, messages.into_iter().map(id_encode).collect()))
     }
@@ -424,6 +488,10 @@ impl Spool {
             return Err(SpoolError::Failed("envelope too large".into()));
         }
         inc.append(header.as_bytes());
+        inc.header_len = header.len() as u64;
+        if self.fresh.len() < limits::SPOOL_FRESH_MAX {
+            inc.envelope = Some(env.clone());
+        }
         match inc.error.take() {
             Some(e) => Err(e),
             None => Ok(inc),
@@ -434,15 +502,18 @@ impl Spool {
         for _ in 0..limits::SPOOL_ID_TRIES {
             let id = id_encode(self.next_id());
             let tmp_path = self.tmp.join(&id.0);
-            let file = match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp_path)
-            {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(SpoolError::from_io(&e)),
+            let (file, recycled) = match self.take_free(&tmp_path) {
+                Some(f) => (f, true),
+                None => match OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp_path)
+                {
+                    Ok(f) => (f, false),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(SpoolError::from_io(&e)),
+                },
             };
             let inc = Incoming {
                 file,
@@ -451,6 +522,10 @@ impl Spool {
                 used: 0,
                 error: None,
                 armed: true,
+                recycled,
+                written: 0,
+                envelope: None,
+                header_len: 0,
                 id,
             };
             // The clock may have stepped back past a committed entry: never reuse its name.
@@ -461,6 +536,24 @@ impl Spool {
             }
         }
         Err(SpoolError::Failed("no free queue id".into()))
+    }
+
+    /// A file from `free/`, moved to `dest` and opened for rewriting from its start. Reusing
+    /// files instead of creating new ones spares the filesystem an inode allocation per
+    /// message, which on a busy ext4 is the most expensive step of the whole commit.
+    fn take_free(&mut self, dest: &Path) -> Option<File> {
+        while let Some(path) = self.free.pop() {
+            if fs::rename(&path, dest).is_err() {
+                continue;
+            }
+            match OpenOptions::new().write(true).open(dest) {
+                Ok(f) => return Some(f),
+                Err(_) => {
+                    let _ = fs::remove_file(dest);
+                }
+            }
+        }
+        None
     }
 
     /// Discards a message being received and its temp file.
@@ -495,6 +588,21 @@ impl Spool {
         let group = std::mem::take(&mut self.pending);
         let mut results = Vec::with_capacity(group.len());
         let mut live = Vec::with_capacity(group.len());
+
+        let mut group = group;
+        group.retain(|(tag, inc)| {
+            if !inc.recycled {
+                return true;
+            }
+            match inc.file.set_len(inc.written) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("spool: cannot truncate {}: {e}", inc.id);
+                    results.push((*tag, Err(SpoolError::from_io(&e))));
+                    false
+                }
+            }
+        });
 
         #[cfg(target_os = "linux")]
         for (tag, inc) in group {
@@ -531,6 +639,10 @@ impl Spool {
             match fs::rename(&inc.tmp_path, self.message_path(&inc.id)) {
                 Ok(()) => {
                     inc.armed = false;
+                    if let Some(env) = inc.envelope.take() {
+                        self.fresh
+                            .insert(inc.id.clone(), (env, inc.header_len, inc.written));
+                    }
                     renamed.push((tag, inc.id.clone()));
                 }
                 Err(e) => {
@@ -550,6 +662,7 @@ impl Spool {
                 // retry is the only copy (a failed unlink risks a duplicate, never a loss).
                 log::warn!("spool: fsync of {} failed: {e}", self.queue.display());
                 for (tag, id) in renamed {
+                    self.fresh.remove(&id);
                     if let Err(e2) = fs::remove_file(self.message_path(&id)) {
                         log::warn!("spool: cannot withdraw {id}: {e2}");
                     }
@@ -561,10 +674,27 @@ impl Spool {
     }
 
     /// Reads a committed entry: its envelope, delivery state and where its data is.
-    pub fn read_entry(&self, id: &QueueId) -> io::Result<QueueEntry> {
+    pub fn read_entry(&mut self, id: &QueueId) -> io::Result<QueueEntry> {
         check_id(id)?;
         let path = self.message_path(id);
-        read_entry_at(&path, &self.state_path(id), id)
+        if let Some((envelope, data_offset, written)) = self.fresh.remove(id) {
+            let data_len = written
+                .checked_sub(data_offset)
+                .ok_or_else(|| bad("file shorter than its header"))?;
+            return Ok(QueueEntry {
+                id: id.clone(),
+                next_attempt: envelope.arrival,
+                rcpts: vec![RcptState::Pending; envelope.recipients.len()],
+                attempts: 0,
+                last_error: None,
+                envelope,
+                path,
+                data_offset,
+                data_len,
+            });
+        }
+        let state = self.stated.contains(id).then(|| self.state_path(id));
+        read_entry_at(&path, state.as_deref(), id)
     }
 
     /// Durably records per-recipient outcomes (indices into the envelope's recipients).
@@ -648,6 +778,9 @@ impl Spool {
             f.write_all(text.as_bytes())?;
             f.sync_data()?;
             fs::rename(&tmp, dest)?;
+            // From here on the state file, not the cached fresh envelope, is the truth.
+            self.fresh.remove(id);
+            self.stated.insert(id.clone());
             self.queue_dir.sync_all()
         })();
         if result.is_err() {
@@ -666,26 +799,39 @@ impl Spool {
     /// two unlinks, so a crash can never keep the message but lose its progress.
     pub fn remove(&mut self, id: &QueueId) -> io::Result<()> {
         check_id(id)?;
-        match fs::remove_file(self.message_path(id)) {
+        self.fresh.remove(id);
+        let path = self.message_path(id);
+        match self.recycle(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let state = self.state_path(id);
-        match fs::symlink_metadata(&state) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            _ => {}
+        if !self.stated.remove(id) {
+            return Ok(());
         }
         self.queue_dir.sync_all()?;
-        match fs::remove_file(&state) {
+        match fs::remove_file(self.state_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
+
+    /// Takes a removed entry's file out of `queue/`: into `free/` for reuse while fewer than
+    /// `limits::SPOOL_FREE_KEEP` wait there, else unlinked. Either is one directory operation.
+    fn recycle(&mut self, path: &Path) -> io::Result<()> {
+        if self.free.len() >= limits::SPOOL_FREE_KEEP {
+            return fs::remove_file(path);
+        }
+        self.free_seq += 1;
+        let dest = self.free_dir.join(format!("f{}", self.free_seq));
+        fs::rename(path, &dest)?;
+        self.free.push(dest);
+        Ok(())
+    }
 }
 
-/// Reads a message file and its optional state file.
-fn read_entry_at(path: &Path, state_path: &Path, id: &QueueId) -> io::Result<QueueEntry> {
+/// With `state_path` None the entry is known to have no state file (nothing recorded yet).
+fn read_entry_at(path: &Path, state_path: Option<&Path>, id: &QueueId) -> io::Result<QueueEntry> {
     let file = File::open(path)?;
     let (stored_id, envelope, data_offset) = read_header(&file)?;
     if stored_id != *id {
@@ -696,7 +842,10 @@ fn read_entry_at(path: &Path, state_path: &Path, id: &QueueId) -> io::Result<Que
         .len()
         .checked_sub(data_offset)
         .ok_or_else(|| bad("file shorter than its header"))?;
-    let st = read_state(state_path, envelope.recipients.len())?;
+    let st = match state_path {
+        Some(p) => read_state(p, envelope.recipients.len())?,
+        None => DeliveryState::fresh(envelope.recipients.len()),
+    };
     Ok(QueueEntry {
         id: id.clone(),
         next_attempt: st.next_attempt.unwrap_or(envelope.arrival),

@@ -607,3 +607,90 @@ fn listing_tolerates_vanishing_entries_and_missing_spool() {
     .unwrap();
     assert!(list_queue(d.path()).unwrap().is_empty());
 }
+
+#[test]
+fn removed_files_are_rewritten_by_later_messages_without_old_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let big = vec![b'B'; 100_000];
+    let first = store(&mut spool, &env(&["a@x"]), &big);
+    spool.remove(&first).unwrap();
+    assert_eq!(names(&d.path().join("free")).len(), 1);
+    assert!(names(&d.path().join("queue")).is_empty());
+    let second = store(&mut spool, &env(&["b@x"]), b"short\r\n");
+    assert!(
+        names(&d.path().join("free")).is_empty(),
+        "the free file was reused"
+    );
+    let e = spool.read_entry(&second).unwrap();
+    assert_eq!(read_data(&e), b"short\r\n");
+    // The same holds when read back from disk (no cache), as after a restart.
+    drop(spool);
+    let (mut spool, ids) = Spool::open(d.path()).unwrap();
+    assert_eq!(ids, vec![second.clone()]);
+    let e = spool.read_entry(&second).unwrap();
+    assert_eq!(e.envelope.recipients, vec!["b@x".to_string()]);
+    assert_eq!(read_data(&e), b"short\r\n");
+}
+
+#[test]
+fn free_files_survive_a_restart_and_junk_there_is_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let ids: Vec<QueueId> = (0..3)
+        .map(|_| store(&mut spool, &env(&["a@x"]), b"m\r\n"))
+        .collect();
+    for id in &ids {
+        spool.remove(id).unwrap();
+    }
+    drop(spool);
+    fs::write(d.path().join("free").join("junk"), b"?").unwrap();
+    let (mut spool, ids) = Spool::open(d.path()).unwrap();
+    assert!(ids.is_empty());
+    let mut free = names(&d.path().join("free"));
+    free.sort();
+    assert_eq!(free, vec!["f1", "f2", "f3"]);
+    // New frees continue the numbering instead of overwriting a kept file.
+    let id = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+    spool.remove(&id).unwrap();
+    assert_eq!(names(&d.path().join("free")).len(), 3);
+    assert!(names(&d.path().join("free")).iter().all(|n| n != "junk"));
+}
+
+#[test]
+fn the_free_pool_is_bounded() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let ids: Vec<QueueId> = (0..limits::SPOOL_FREE_KEEP + 5)
+        .map(|_| {
+            let inc = spool.begin(&env(&["a@x"])).unwrap();
+            spool.commit_enqueue(inc, 0).unwrap();
+            spool.commit_flush().pop().unwrap().1.unwrap()
+        })
+        .collect();
+    for id in &ids {
+        spool.remove(id).unwrap();
+    }
+    assert_eq!(names(&d.path().join("free")).len(), limits::SPOOL_FREE_KEEP);
+}
+
+#[test]
+fn a_fresh_entry_reads_back_as_from_disk_and_state_wins_once_written() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let e = env(&["a@x", "b@x"]);
+    let id = store(&mut spool, &e, b"data\r\n");
+    let cached = spool.read_entry(&id).unwrap();
+    let (mut reopened, _) = Spool::open(d.path()).unwrap();
+    let disk = reopened.read_entry(&id).unwrap();
+    assert_eq!(cached.envelope, disk.envelope);
+    assert_eq!(cached.rcpts, disk.rcpts);
+    assert_eq!(cached.data_offset(), disk.data_offset());
+    assert_eq!(cached.data_len(), disk.data_len());
+    assert_eq!(read_data(&cached), b"data\r\n");
+
+    let id2 = store(&mut spool, &e, b"x\r\n");
+    spool.record_progress(&id2, &[0], &[]).unwrap();
+    let after = spool.read_entry(&id2).unwrap();
+    assert_eq!(after.rcpts, vec![RcptState::Delivered, RcptState::Pending]);
+}
