@@ -56,6 +56,8 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// Separator of subaddresses (`user+tag`); None disables subaddressing.
     pub recipient_delimiter: Option<char>,
+    /// How writes are made durable (`fsync`).
+    pub fsync: crate::durable::SyncMode,
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub queue_lifetime: Duration,
@@ -132,6 +134,7 @@ impl Config {
             log_level: log::LevelFilter::Info,
             pid_file: None,
             recipient_delimiter: Some('+'),
+            fsync: crate::durable::SyncMode::File,
             retry_min: limits::RETRY_MIN_DEFAULT,
             retry_max: limits::RETRY_MAX_DEFAULT,
             queue_lifetime: limits::QUEUE_LIFETIME_DEFAULT,

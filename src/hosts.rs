@@ -55,11 +55,17 @@ fn policy(config: &Config) -> DeliveryPolicy {
     }
 }
 
+fn maildirs(config: &Config) -> Maildirs {
+    let mut m = Maildirs::new(&config.mailbox_dir, &config.hostname);
+    m.set_sync_mode(config.fsync);
+    m
+}
+
 impl Services {
     /// Opens the spool (removing what a crash left half-done), reads the users and aliases,
     /// and schedules every queued message for an attempt at once. Returns warnings to log.
     pub fn start(config: &Config) -> Result<(Services, Vec<String>), StartError> {
-        let (spool, queued) = Spool::open(&config.spool_dir).map_err(|e| {
+        let (mut spool, queued) = Spool::open(&config.spool_dir).map_err(|e| {
             StartError::os(format!(
                 "cannot open the spool {}: {e}; check that the directory is writable by the user postling runs as (spool_dir in {})",
                 config.spool_dir.display(),
@@ -71,10 +77,8 @@ impl Services {
                 let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
                 StartError::config(lines.join("\n"))
             })?;
-        let mut engine = Engine::new(
-            Maildirs::new(&config.mailbox_dir, &config.hostname),
-            policy(config),
-        );
+        spool.set_sync_mode(config.fsync);
+        let mut engine = Engine::new(maildirs(config), policy(config));
         if !queued.is_empty() {
             info!(
                 "{} message(s) in the queue; delivering them now",
@@ -152,9 +156,10 @@ impl Services {
             self.directory.refresh();
         }
         self.engine.set_policy(policy(config));
+        self.spool.set_sync_mode(config.fsync);
+        self.engine.set_sync_mode(config.fsync);
         if config.mailbox_dir != self.mailbox_root || config.hostname != self.hostname {
-            self.engine
-                .set_maildirs(Maildirs::new(&config.mailbox_dir, &config.hostname));
+            self.engine.set_maildirs(maildirs(config));
             self.hostname = config.hostname.clone();
         }
         self.mailbox_root = config.mailbox_dir.clone();

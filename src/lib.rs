@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod date;
 pub mod deadline;
 pub mod deliver;
+pub mod durable;
 pub mod directory;
 pub mod hosts;
 pub mod limits;

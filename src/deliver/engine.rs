@@ -129,6 +129,10 @@ impl Engine {
         self.maildirs = maildirs;
     }
 
+    pub fn set_sync_mode(&mut self, mode: crate::durable::SyncMode) {
+        self.maildirs.set_sync_mode(mode);
+    }
+
     /// Attempts up to `budget` due entries as one batch; returns how many were attempted.
     /// All Maildir files of the batch are written first and made durable together (one
     /// fdatasync each, overlapping, and one fsync per `new/` directory), then each entry is

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Outcome;
+use crate::durable::{self, SyncMode};
 
 pub struct Maildirs {
     root: PathBuf,
@@ -22,6 +23,7 @@ pub struct Maildirs {
     seq: u64,
     /// Users whose `tmp/ new/ cur/` were seen or made: no directory checks per delivery.
     ready: HashSet<String>,
+    sync_mode: SyncMode,
 }
 
 /// A local part or user name that is safe as one path component under the Maildir root.
@@ -49,9 +51,6 @@ fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
     Ok(())
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
 
 fn temporary(what: &str, path: &Path, e: &io::Error) -> Outcome {
     Outcome::Temporary(format!("{what} {}: {e}", path.display()))
@@ -66,6 +65,7 @@ impl Maildirs {
             pid: std::process::id(),
             seq: 0,
             ready: HashSet::new(),
+            sync_mode: SyncMode::default(),
         }
     }
 
@@ -144,7 +144,9 @@ impl Maildirs {
         };
         match write_lf(file, return_path, delivered_to, data) {
             Ok((file, size, wire_size)) => {
-                start_writeback(&file);
+                if self.sync_mode == SyncMode::File {
+                    durable::start_writeback(&file);
+                }
                 Ok(Staged {
                     name: format!("{base},S={size},W={wire_size}"),
                     dir,
@@ -163,52 +165,85 @@ impl Maildirs {
     /// syncs each `new/` directory once. One outcome per staged file, in order; a file that
     /// failed is removed from `tmp/`.
     pub fn commit(&mut self, staged: Vec<Staged>) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(staged.len());
-        let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
-        for s in staged {
-            let new = s.dir.join("new").join(&s.name);
-            let result = s
-                .file
-                .sync_data()
+        let files: Vec<&File> = staged.iter().map(|s| &s.file).collect();
+        let synced = durable::files(self.sync_mode, &files);
+        // Per staged file: the `new/` it was renamed into, or why it failed.
+        let mut moved: Vec<Result<PathBuf, Outcome>> = Vec::with_capacity(staged.len());
+        for (s, synced) in staged.iter().zip(synced) {
+            let new_dir = s.dir.join("new");
+            let new = new_dir.join(&s.name);
+            let result = synced
                 .map_err(|e| temporary("cannot write", &s.tmp, &e))
                 .and_then(|()| {
                     fs::rename(&s.tmp, &new).map_err(|e| temporary("cannot move into", &new, &e))
                 });
-            match result {
-                Ok(()) => {
-                    let new_dir = s.dir.join("new");
-                    if !dirs_to_sync.contains(&new_dir) {
-                        dirs_to_sync.push(new_dir);
-                    }
-                    outcomes.push(Ok(s.dir));
-                }
-                Err(outcome) => {
-                    let _ = fs::remove_file(&s.tmp);
-                    outcomes.push(Err(outcome));
-                }
+            if result.is_err() {
+                let _ = fs::remove_file(&s.tmp);
             }
+            moved.push(result.map(|()| new_dir));
         }
-        let failed_dirs: Vec<(PathBuf, Outcome)> = dirs_to_sync
-            .into_iter()
-            .filter_map(|d| {
-                fsync_dir(&d)
-                    .err()
-                    .map(|e| (d.clone(), temporary("cannot sync", &d, &e)))
-            })
-            .collect();
-        outcomes
+        let failed_dirs = self.sync_new_dirs(&staged, &moved);
+        moved
             .into_iter()
             .map(|r| match r {
-                Ok(dir) => match failed_dirs
-                    .iter()
-                    .find(|(d, _)| d.parent() == Some(dir.as_path()))
-                {
+                Ok(dir) => match failed_dirs.iter().find(|(d, _)| *d == dir) {
                     Some((_, outcome)) => outcome.clone(),
                     None => Outcome::Delivered,
                 },
                 Err(outcome) => outcome,
             })
             .collect()
+    }
+
+    /// Makes the renames into each `new/` durable; returns the directories that failed.
+    fn sync_new_dirs(
+        &self,
+        staged: &[Staged],
+        moved: &[Result<PathBuf, Outcome>],
+    ) -> Vec<(PathBuf, Outcome)> {
+        let mut failed = Vec::new();
+        let mut dirs: Vec<&PathBuf> = Vec::new();
+        let mut any_file: Vec<(&PathBuf, &File)> = Vec::new();
+        for (s, m) in staged.iter().zip(moved) {
+            if let Ok(d) = m {
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                    any_file.push((d, &s.file));
+                }
+            }
+        }
+        match self.sync_mode {
+            SyncMode::File => {
+                let mut opened: Vec<(&PathBuf, File)> = Vec::new();
+                for d in dirs {
+                    match File::open(d) {
+                        Ok(f) => opened.push((d, f)),
+                        Err(e) => failed.push((d.clone(), temporary("cannot sync", d, &e))),
+                    }
+                }
+                let handles: Vec<&File> = opened.iter().map(|(_, f)| f).collect();
+                for ((d, _), r) in opened.iter().zip(durable::dirs(SyncMode::File, &handles)) {
+                    if let Err(e) = r {
+                        failed.push(((*d).clone(), temporary("cannot sync", d, &e)));
+                    }
+                }
+            }
+            SyncMode::Filesystem => {
+                // Any open file on the filesystem names it for syncfs: the staged files do.
+                let handles: Vec<&File> = any_file.iter().map(|(_, f)| *f).collect();
+                for ((d, _), r) in any_file.iter().zip(durable::dirs(SyncMode::Filesystem, &handles)) {
+                    if let Err(e) = r {
+                        failed.push(((*d).clone(), temporary("cannot sync", d, &e)));
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// How deliveries are made durable (the `fsync` config key).
+    pub fn set_sync_mode(&mut self, mode: SyncMode) {
+        self.sync_mode = mode;
     }
 }
 
@@ -220,22 +255,6 @@ pub struct Staged {
     /// The final name in `new/`.
     name: String,
     file: File,
-}
-
-/// Asks the kernel to start writing the file out now, so the later fdatasyncs of a batch
-/// mostly wait for I/O already under way.
-fn start_writeback(file: &File) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor; offset 0 / nbytes 0 means the whole file. A failure
-        // only loses the head start: the fdatasync in `commit` still does the work.
-        unsafe {
-            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
 }
 
 /// Writes the trace headers and the message with CRLF turned into LF and returns the file

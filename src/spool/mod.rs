@@ -35,6 +35,7 @@ use std::time::SystemTime;
 
 use format::{DeliveryState, ID_LIMIT, bad, id_decode, id_encode};
 
+use crate::durable::{self, SyncMode};
 use crate::limits;
 
 /// A queue id: short, unique across restarts, safe as a file name.
@@ -138,12 +139,15 @@ pub struct Spool {
     /// Envelopes of entries committed by this process and not yet read back, so the first
     /// delivery attempt does not re-read and re-parse what was just written.
     fresh: HashMap<QueueId, (Envelope, u64, u64)>,
+    sync_mode: SyncMode,
 }
 
 /// A message being received: a temp file and a fixed write buffer.
 pub struct Incoming {
     id: QueueId,
     file: File,
+    /// Where the file is written before the commit renames it into `queue/`: `tmp/<id>`
+    /// for a new file, `free/f<n>` for a recycled one.
     tmp_path: PathBuf,
     buf: Box<[u8]>,
     used: usize,
@@ -447,6 +451,7 @@ impl Spool {
             free_seq,
             stated,
             fresh: HashMap::new(),
+            sync_mode: SyncMode::default(),
         };
         Ok((spool, messages.into_iter().map(id_encode).collect()))
     }
@@ -501,19 +506,21 @@ impl Spool {
     fn create_incoming(&mut self) -> Result<Incoming, SpoolError> {
         for _ in 0..limits::SPOOL_ID_TRIES {
             let id = id_encode(self.next_id());
-            let tmp_path = self.tmp.join(&id.0);
-            let (file, recycled) = match self.take_free(&tmp_path) {
-                Some(f) => (f, true),
-                None => match OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp_path)
-                {
-                    Ok(f) => (f, false),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(SpoolError::from_io(&e)),
-                },
+            let (file, tmp_path, recycled) = match self.take_free() {
+                Some((f, path)) => (f, path, true),
+                None => {
+                    let tmp_path = self.tmp.join(&id.0);
+                    match OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp_path)
+                    {
+                        Ok(f) => (f, tmp_path, false),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => return Err(SpoolError::from_io(&e)),
+                    }
+                }
             };
             let inc = Incoming {
                 file,
@@ -538,19 +545,15 @@ impl Spool {
         Err(SpoolError::Failed("no free queue id".into()))
     }
 
-    /// A file from `free/`, moved to `dest` and opened for rewriting from its start. Reusing
-    /// files instead of creating new ones spares the filesystem an inode allocation per
-    /// message, which on a busy ext4 is the most expensive step of the whole commit.
-    fn take_free(&mut self, dest: &Path) -> Option<File> {
+    /// A file from `free/`, opened for rewriting from its start where it lies: its rename into
+    /// `queue/` is the commit point as for a new file in `tmp/` (whatever a crash leaves in
+    /// `free/` is free space by definition). Reusing files instead of creating new ones
+    /// spares the filesystem an inode allocation per message, which on a busy ext4 is the
+    /// most expensive step of the whole commit.
+    fn take_free(&mut self) -> Option<(File, PathBuf)> {
         while let Some(path) = self.free.pop() {
-            if fs::rename(&path, dest).is_err() {
-                continue;
-            }
-            match OpenOptions::new().write(true).open(dest) {
-                Ok(f) => return Some(f),
-                Err(_) => {
-                    let _ = fs::remove_file(dest);
-                }
+            if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+                return Some((f, path));
             }
         }
         None
@@ -585,11 +588,8 @@ impl Spool {
         if self.pending.is_empty() {
             return Vec::new();
         }
-        let group = std::mem::take(&mut self.pending);
+        let mut group = std::mem::take(&mut self.pending);
         let mut results = Vec::with_capacity(group.len());
-        let mut live = Vec::with_capacity(group.len());
-
-        let mut group = group;
         group.retain(|(tag, inc)| {
             if !inc.recycled {
                 return true;
@@ -604,30 +604,14 @@ impl Spool {
             }
         });
 
-        #[cfg(target_os = "linux")]
-        for (tag, inc) in group {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid open descriptor; offset 0 / nbytes 0 means the whole file.
-            let rc = unsafe {
-                libc::sync_file_range(inc.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
-            };
-            if rc == 0 {
-                live.push((tag, inc));
-            } else {
-                let e = io::Error::last_os_error();
-                log::warn!("spool: writeback of {} failed: {e}", inc.id);
-                results.push((tag, Err(SpoolError::from_io(&e))));
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        live.extend(group);
-
-        let mut synced = Vec::with_capacity(live.len());
-        for (tag, inc) in live {
-            match inc.file.sync_data() {
+        let files: Vec<&File> = group.iter().map(|(_, inc)| &inc.file).collect();
+        let outcomes = durable::files(self.sync_mode, &files);
+        let mut synced = Vec::with_capacity(group.len());
+        for ((tag, inc), outcome) in group.into_iter().zip(outcomes) {
+            match outcome {
                 Ok(()) => synced.push((tag, inc)),
                 Err(e) => {
-                    log::warn!("spool: fdatasync of {} failed: {e}", inc.id);
+                    log::warn!("spool: cannot make {} durable: {e}", inc.id);
                     results.push((tag, Err(SpoolError::from_io(&e))));
                 }
             }
@@ -655,7 +639,7 @@ impl Spool {
             return results;
         }
 
-        match self.queue_dir.sync_all() {
+        match self.sync_queue_dir() {
             Ok(()) => results.extend(renamed.into_iter().map(|(tag, id)| (tag, Ok(id)))),
             Err(e) => {
                 // The renames may or may not survive a crash: take them back so the client's
@@ -776,12 +760,14 @@ impl Spool {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(text.as_bytes())?;
-            f.sync_data()?;
+            durable::files(self.sync_mode, &[&f])
+                .pop()
+                .unwrap_or(Ok(()))?;
             fs::rename(&tmp, dest)?;
             // From here on the state file, not the cached fresh envelope, is the truth.
             self.fresh.remove(id);
             self.stated.insert(id.clone());
-            self.queue_dir.sync_all()
+            self.sync_queue_dir()
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -809,11 +795,22 @@ impl Spool {
         if !self.stated.remove(id) {
             return Ok(());
         }
-        self.queue_dir.sync_all()?;
+        self.sync_queue_dir()?;
         match fs::remove_file(self.state_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// How commits are made durable (the `fsync` config key).
+    pub fn set_sync_mode(&mut self, mode: SyncMode) {
+        self.sync_mode = mode;
+    }
+
+    fn sync_queue_dir(&self) -> io::Result<()> {
+        durable::dirs(self.sync_mode, &[&self.queue_dir])
+            .pop()
+            .unwrap_or(Ok(()))
     }
 
     /// Takes a removed entry's file out of `queue/`: into `free/` for reuse while fewer than
