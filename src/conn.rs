@@ -96,6 +96,13 @@ pub struct Conn {
 
 impl Conn {
     pub fn deadline(&self) -> Instant {
+        // A closing connection has said its last word: only the linger limit is left. (Its
+        // idle deadline has often passed already; arming it again would fire at once, forever.)
+        if self.phase == Phase::Closing {
+            if let Some(l) = self.linger_deadline {
+                return l;
+            }
+        }
         let mut d = self.idle_deadline.min(self.cap_deadline);
         if let Some(w) = self.wake_at {
             d = d.min(w);

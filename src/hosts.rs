@@ -41,6 +41,10 @@ pub struct Services {
     /// The mailbox each POP slot has locked.
     mailboxes: HashMap<usize, Mailbox>,
     throttle: Throttle,
+    /// Commits in progress: ticket (the spool's tag) → connection slot, and back.
+    tickets: HashMap<usize, usize>,
+    slot_ticket: HashMap<usize, usize>,
+    next_ticket: usize,
     /// The users and aliases files were checked for changes in this reactor turn: one `stat`
     /// each per turn at most, however many RCPTs, logins and deliveries it has.
     directory_checked: bool,
@@ -99,6 +103,9 @@ impl Services {
             mailboxes: HashMap::new(),
             throttle: Throttle::default(),
             directory_checked: false,
+            tickets: HashMap::new(),
+            slot_ticket: HashMap::new(),
+            next_ticket: 0,
         };
         Ok((services, warnings))
     }
@@ -178,40 +185,69 @@ impl Services {
         if let Some(inc) = self.incoming.remove(&slot) {
             self.spool.abort(inc);
         }
+        // A commit still in progress goes on, but its outcome must not reach the next
+        // connection that is given this slot.
+        if let Some(ticket) = self.slot_ticket.remove(&slot) {
+            self.tickets.remove(&ticket);
+        }
         self.mailboxes.remove(&slot);
     }
 
-    /// Makes this turn's finished messages durable; returns each waiting slot's outcome and
-    /// schedules every committed message for delivery at once.
-    pub fn commit_flush(&mut self) -> Vec<(usize, Result<QueueId, SpoolError>)> {
-        let results = self.spool.commit_flush();
-        for (_, r) in &results {
-            if let Ok(id) = r {
-                self.engine.schedule.due_now(id.clone());
-            }
-        }
-        results
+    /// Are commits in progress (the reactor must come back without waiting)?
+    pub fn commit_pending(&self) -> bool {
+        self.spool.commit_pending()
     }
 
-    /// Attempts the deliveries that are due, at most `limits::DELIVERIES_PER_TURN`, so a
-    /// backlog never starves the clients. Must run after `commit_flush` in the same turn.
-    pub fn deliver(&mut self, now: Instant, wall: SystemTime) {
-        if self.engine.schedule.timeout(now) != Some(Duration::ZERO) {
+    /// Runs group-commit steps until `deadline`; returns the outcome for each connection slot
+    /// whose message finished, and schedules every committed message for delivery at once.
+    /// A commit whose connection went away meanwhile is still delivered, but reported to no one.
+    pub fn commit_work(&mut self, deadline: Instant) -> Vec<(usize, Result<QueueId, SpoolError>)> {
+        let mut out = Vec::new();
+        for (ticket, r) in self.spool.commit_work(deadline) {
+            if let Ok(id) = &r {
+                self.engine.schedule.due_now(id.clone());
+            }
+            if let Some(slot) = self.tickets.remove(&ticket) {
+                self.slot_ticket.remove(&slot);
+                out.push((slot, r));
+            }
+        }
+        out
+    }
+
+    /// Delivery steps until `deadline` (at least one when any is due), so a backlog never
+    /// starves the clients: batches of up to `limits::DELIVERIES_PER_TURN` entries.
+    pub fn deliver(&mut self, now: Instant, wall: SystemTime, deadline: Instant) {
+        if !self.engine.has_work(now) {
             return;
         }
         self.directory_fresh();
         let mut store = SpoolStore::new(&mut self.spool);
-        self.engine.run(
+        self.engine.work(
             limits::DELIVERIES_PER_TURN,
             &mut store,
             &self.directory,
             now,
             wall,
+            deadline,
         );
+    }
+
+    /// Shutdown: finishes the commits and the delivery batch in progress, so nothing is left
+    /// half done (a delivered message whose queue entry was not yet removed would be
+    /// delivered again after the restart).
+    pub fn finish_in_flight(&mut self) {
+        self.spool.commit_flush();
+        let mut store = SpoolStore::new(&mut self.spool);
+        self.engine
+            .finish_batch(&mut store, &self.directory, SystemTime::now());
     }
 
     /// How long the reactor may sleep as far as delivery is concerned (None: forever).
     pub fn delivery_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.engine.has_work(now) {
+            return Some(Duration::ZERO);
+        }
         self.engine.schedule.timeout(now)
     }
 
@@ -258,10 +294,16 @@ impl SmtpHost for SmtpHostFor<'_> {
             return Err(SpoolError::Failed("no message in progress".into()));
         };
         let id = inc.id().clone();
-        self.services
+        let services = &mut *self.services;
+        services.next_ticket = services.next_ticket.wrapping_add(1);
+        let ticket = services.next_ticket;
+        services
             .spool
-            .commit_enqueue(inc, self.slot)
-            .inspect_err(|e| warn!("spool: {id} not committed: {e:?}"))
+            .commit_enqueue(inc, ticket)
+            .inspect_err(|e| warn!("spool: {id} not committed: {e:?}"))?;
+        services.tickets.insert(ticket, self.slot);
+        services.slot_ticket.insert(self.slot, ticket);
+        Ok(())
     }
 
     fn message_abort(&mut self) {

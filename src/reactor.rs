@@ -65,8 +65,6 @@ pub struct Reactor {
     stop_by: Option<Instant>,
     settings: Settings,
     services: Services,
-    /// Slots whose session waits for the group commit at the end of this turn.
-    awaiting_commit: Vec<usize>,
     /// Re-read on SIGHUP.
     config_path: PathBuf,
 }
@@ -172,7 +170,6 @@ impl Reactor {
             stop_by: None,
             settings,
             services,
-            awaiting_commit: Vec::new(),
             config_path,
         };
         for l in listeners {
@@ -189,6 +186,7 @@ impl Reactor {
             let now = Instant::now();
             if let Some(stop_by) = self.stop_by {
                 if self.open == 0 || now >= stop_by {
+                    self.services.finish_in_flight();
                     info!("stopped ({} connections cut at shutdown)", self.open);
                     return Ok(());
                 }
@@ -223,8 +221,11 @@ impl Reactor {
                     Token(t) => self.accept(t - LISTENER_BASE, now),
                 }
             }
-            self.finish_commits(now);
-            self.services.deliver(now, SystemTime::now());
+            // Disk work gets a slice of each turn, one wait for the disk at a time, so no
+            // client waits behind a whole batch of fsyncs.
+            let work_until = Instant::now() + limits::WORK_SLICE;
+            self.finish_commits(now, work_until);
+            self.services.deliver(now, SystemTime::now(), work_until);
             self.fire_deadlines(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.resume_accepting(now);
@@ -233,6 +234,9 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.services.commit_pending() {
+            return Some(Duration::ZERO);
+        }
         let mut t = self.deadlines.timeout(now);
         if let Some(d) = self.services.delivery_timeout(now) {
             t = Some(t.map_or(d, |t| t.min(d)));
@@ -661,7 +665,6 @@ impl Reactor {
                 }
                 Next::AwaitCommit => {
                     conn.phase = Phase::AwaitCommit;
-                    self.awaiting_commit.push(slot);
                     break;
                 }
                 Next::Sleep(d) => {
@@ -737,12 +740,11 @@ impl Reactor {
         }
     }
 
-    fn finish_commits(&mut self, now: Instant) {
-        if self.awaiting_commit.is_empty() {
+    fn finish_commits(&mut self, now: Instant, work_until: Instant) {
+        if !self.services.commit_pending() {
             return;
         }
-        let results = self.services.commit_flush();
-        self.awaiting_commit.clear();
+        let results = self.services.commit_work(work_until);
         for (slot, result) in results {
             let ctx = Ctx {
                 now,
@@ -784,6 +786,10 @@ impl Reactor {
             if conn.linger_deadline.is_some_and(|t| t <= now) {
                 conn.close_reason = "peer did not read its last reply";
                 self.close(slot, now);
+                continue;
+            }
+            if conn.phase == Phase::Closing {
+                self.arm(slot);
                 continue;
             }
             if conn.wake_at.is_some_and(|t| t <= now) {

@@ -184,6 +184,12 @@ fn every_error_form_names_file_line_key_and_expected() {
                 .into(),
         ),
         (
+            b"fsync = sometimes",
+            "/etc/p.conf:1: fsync: `sometimes` is not a sync mode (expected `file` or \
+             `filesystem`)"
+                .into(),
+        ),
+        (
             b"auth_failure_delay = 0s",
             "/etc/p.conf:1: auth_failure_delay: `0s` is below the minimum of 1s: a quicker \
              answer helps password guessing (expected a duration of at least 1s: a whole \
@@ -622,6 +628,8 @@ fn comments_blank_lines_and_line_endings() {
     assert!(e[0].contains("`debug#x` is not a log level"), "{e:?}");
     let (c, _) = parsed("\u{feff}hostname = bom.example\n");
     assert_eq!(c.hostname, "bom.example", "a byte-order mark is skipped");
+    let (c, _) = parsed("fsync = Filesystem\n");
+    assert_eq!(c.fsync, crate::durable::SyncMode::Filesystem);
     let (c, _) = parsed("recipient_delimiter =\n");
     assert_eq!(c.recipient_delimiter, None);
     let (c, _) = parsed("recipient_delimiter = -   # qmail style");
@@ -653,10 +661,10 @@ fn directory_settings_carry_what_the_directory_needs() {
 #[test]
 fn the_key_table_is_consistent() {
     let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-    assert_eq!(names.len(), 23);
+    assert_eq!(names.len(), 24);
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 23, "key names are unique");
+    assert_eq!(names.len(), 24, "key names are unique");
     for k in KEYS {
         assert!(keys::spec(k.name).is_some());
         assert!(

@@ -2,7 +2,7 @@
 //! recipient, delivers into Maildirs, records per-recipient progress durably, and finally
 //! removes the entry, defers it with back-off, or bounces what failed for good.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,7 +10,7 @@ use log::{info, warn};
 
 use super::Outcome;
 use super::bounce::{self, FailedRecipient};
-use super::maildir::{Maildirs, Staged};
+use super::maildir::{Commit, Maildirs, Staged};
 use super::schedule::{Schedule, backoff};
 use crate::date::rfc5322_date;
 use crate::directory::{Directory, ResolveError, Resolved};
@@ -95,6 +95,40 @@ pub struct Engine {
     pub schedule: Schedule,
     maildirs: Maildirs,
     policy: DeliveryPolicy,
+    /// The batch in progress (see `work`).
+    batch: Option<Batch>,
+}
+
+/// A delivery batch: entries staged one per step, their Maildir files committed in steps,
+/// then each entry settled.
+#[derive(Default)]
+struct Batch {
+    /// Staged and not yet settled, in staging order.
+    attempts: VecDeque<Attempt>,
+    /// Files written while staging; moved into `commit` when staging ends.
+    staged: Vec<Staged>,
+    /// No more entries join (shutdown).
+    staging_closed: bool,
+    phase: Phase,
+}
+
+#[derive(Default)]
+enum Phase {
+    /// Entries join one per step until `budget` or nothing more is due.
+    #[default]
+    Staging,
+    /// The batch's Maildir files are being made durable.
+    Committing(Commit),
+    /// One outcome per staged file; entries are settled one per step.
+    Settling(Vec<Outcome>),
+}
+
+/// What one `Engine::step` did.
+struct Step {
+    /// Nothing to do: no batch and nothing due.
+    idle: bool,
+    /// Entries settled by this step.
+    settled: usize,
 }
 
 /// Splits `"5.1.1 text"` into its RFC 3463 status and the text.
@@ -118,6 +152,7 @@ impl Engine {
             schedule: Schedule::default(),
             maildirs,
             policy,
+            batch: None,
         }
     }
 
@@ -133,10 +168,8 @@ impl Engine {
         self.maildirs.set_sync_mode(mode);
     }
 
-    /// Attempts up to `budget` due entries as one batch; returns how many were attempted.
-    /// All Maildir files of the batch are written first and made durable together (one
-    /// fdatasync each, overlapping, and one fsync per `new/` directory), then each entry is
-    /// settled: removed, bounced, or deferred with its progress recorded.
+    /// Runs one whole delivery batch of up to `budget` due entries; returns how many were
+    /// attempted. (Tests; the reactor uses `work`, which spreads a batch over turns.)
     pub fn run(
         &mut self,
         budget: usize,
@@ -145,36 +178,147 @@ impl Engine {
         now: Instant,
         wall: SystemTime,
     ) -> usize {
-        let mut batch = Vec::new();
-        let mut staged = Vec::new();
-        while batch.len() < budget {
-            let Some(id) = self.schedule.next_due(now) else {
-                break;
-            };
-            let entry = match store.load(&id) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    warn!(
-                        "{id}: cannot read queue entry: {e}; retrying in {}",
-                        human(self.policy.retry_max)
-                    );
-                    self.schedule.defer(id, now + self.policy.retry_max);
-                    continue;
-                }
-            };
-            let attempt = self.stage(id, entry, store, dir, wall, &mut staged);
-            batch.push(attempt);
-        }
-        let attempted = batch.len();
-        if attempted == 0 {
+        let mut attempted = 0;
+        if self.step(budget, store, dir, now, wall).idle {
             return 0;
         }
-        let outcomes = self.maildirs.commit(staged);
-        for attempt in batch {
-            self.settle(attempt, &outcomes, store, now, wall);
+        while self.batch.is_some() {
+            attempted += self.step(budget, store, dir, now, wall).settled;
         }
         attempted
+    }
+
+    /// Finishes the batch in progress, if any, without starting another (shutdown).
+    pub fn finish_batch(&mut self, store: &mut dyn QueueStore, dir: &Directory, wall: SystemTime) {
+        let now = Instant::now();
+        while self.batch.is_some() {
+            if let Some(b) = self.batch.as_mut() {
+                b.staging_closed = true;
+            }
+            self.step(0, store, dir, now, wall);
+        }
+    }
+
+    /// Is a batch in progress or an entry due?
+    pub fn has_work(&self, now: Instant) -> bool {
+        self.batch.is_some() || self.schedule.timeout(now) == Some(Duration::ZERO)
+    }
+
+    /// Delivery steps until `deadline` has passed (at least one when there is work). One
+    /// step waits for the disk at most once: staging one entry (its Maildir files written),
+    /// one sync of the batch's commit, or settling one entry. A batch gathers up to `budget`
+    /// due entries, so its syncs are shared, and the reactor polls its sockets between steps.
+    pub fn work(
+        &mut self,
+        budget: usize,
+        store: &mut dyn QueueStore,
+        dir: &Directory,
+        now: Instant,
+        wall: SystemTime,
+        deadline: Instant,
+    ) {
+        loop {
+            if self.step(budget, store, dir, now, wall).idle || Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+
+    fn step(
+        &mut self,
+        budget: usize,
+        store: &mut dyn QueueStore,
+        dir: &Directory,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Step {
+        let Some(mut batch) = self.batch.take() else {
+            if self.schedule.timeout(now) != Some(Duration::ZERO) {
+                return Step {
+                    idle: true,
+                    settled: 0,
+                };
+            }
+            self.batch = Some(Batch::default());
+            return Step {
+                idle: false,
+                settled: 0,
+            };
+        };
+        let mut settled = 0;
+        match &mut batch.phase {
+            Phase::Staging => {
+                let next = if batch.staging_closed || batch.attempts.len() >= budget {
+                    None
+                } else {
+                    self.schedule.next_due(now)
+                };
+                match next {
+                    Some(id) => {
+                        if let Some(a) =
+                            self.load_and_stage(id, store, dir, now, wall, &mut batch.staged)
+                        {
+                            batch.attempts.push_back(a);
+                        }
+                    }
+                    None => {
+                        batch.phase =
+                            Phase::Committing(Commit::new(std::mem::take(&mut batch.staged)))
+                    }
+                }
+            }
+            Phase::Committing(commit) => {
+                if self.maildirs.commit_step(commit) {
+                    let done = std::mem::replace(&mut batch.phase, Phase::Settling(Vec::new()));
+                    if let Phase::Committing(c) = done {
+                        batch.phase = Phase::Settling(c.outcomes());
+                    }
+                }
+            }
+            Phase::Settling(outcomes) => match batch.attempts.pop_front() {
+                Some(attempt) => {
+                    self.settle(attempt, outcomes, store, now, wall);
+                    settled = 1;
+                }
+                // Every entry settled: the batch is over.
+                None => {
+                    return Step {
+                        idle: false,
+                        settled: 0,
+                    };
+                }
+            },
+        }
+        self.batch = Some(batch);
+        Step {
+            idle: false,
+            settled,
+        }
+    }
+
+    /// Reads one due entry and stages its Maildir files; None if it vanished or is unreadable
+    /// (then it is deferred).
+    fn load_and_stage(
+        &mut self,
+        id: QueueId,
+        store: &mut dyn QueueStore,
+        dir: &Directory,
+        now: Instant,
+        wall: SystemTime,
+        staged: &mut Vec<Staged>,
+    ) -> Option<Attempt> {
+        match store.load(&id) {
+            Ok(entry) => Some(self.stage(id, entry, store, dir, wall, staged)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!(
+                    "{id}: cannot read queue entry: {e}; retrying in {}",
+                    human(self.policy.retry_max)
+                );
+                self.schedule.defer(id, now + self.policy.retry_max);
+                None
+            }
+        }
     }
 
     /// Resolves every pending recipient of one entry and writes a Maildir file per local user

@@ -51,7 +51,6 @@ fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
     Ok(())
 }
 
-
 fn temporary(what: &str, path: &Path, e: &io::Error) -> Outcome {
     Outcome::Temporary(format!("{what} {}: {e}", path.display()))
 }
@@ -161,89 +160,164 @@ impl Maildirs {
         }
     }
 
-    /// Second half: makes every staged file durable (fdatasync), moves it into `new/`, and
-    /// syncs each `new/` directory once. One outcome per staged file, in order; a file that
-    /// failed is removed from `tmp/`.
+    /// Second half, all at once: makes every staged file durable, moves it into `new/`, and
+    /// syncs each `new/` directory once. One outcome per staged file, in order.
     pub fn commit(&mut self, staged: Vec<Staged>) -> Vec<Outcome> {
-        let files: Vec<&File> = staged.iter().map(|s| &s.file).collect();
-        let synced = durable::files(self.sync_mode, &files);
-        // Per staged file: the `new/` it was renamed into, or why it failed.
-        let mut moved: Vec<Result<PathBuf, Outcome>> = Vec::with_capacity(staged.len());
-        for (s, synced) in staged.iter().zip(synced) {
-            let new_dir = s.dir.join("new");
-            let new = new_dir.join(&s.name);
-            let result = synced
-                .map_err(|e| temporary("cannot write", &s.tmp, &e))
-                .and_then(|()| {
-                    fs::rename(&s.tmp, &new).map_err(|e| temporary("cannot move into", &new, &e))
-                });
-            if result.is_err() {
-                let _ = fs::remove_file(&s.tmp);
-            }
-            moved.push(result.map(|()| new_dir));
-        }
-        let failed_dirs = self.sync_new_dirs(&staged, &moved);
-        moved
-            .into_iter()
-            .map(|r| match r {
-                Ok(dir) => match failed_dirs.iter().find(|(d, _)| *d == dir) {
-                    Some((_, outcome)) => outcome.clone(),
-                    None => Outcome::Delivered,
-                },
-                Err(outcome) => outcome,
-            })
-            .collect()
+        let mut c = Commit::new(staged);
+        while !self.commit_step(&mut c) {}
+        c.outcomes()
     }
 
-    /// Makes the renames into each `new/` durable; returns the directories that failed.
-    fn sync_new_dirs(
-        &self,
-        staged: &[Staged],
-        moved: &[Result<PathBuf, Outcome>],
-    ) -> Vec<(PathBuf, Outcome)> {
-        let mut failed = Vec::new();
-        let mut dirs: Vec<&PathBuf> = Vec::new();
-        let mut any_file: Vec<(&PathBuf, &File)> = Vec::new();
-        for (s, m) in staged.iter().zip(moved) {
-            if let Ok(d) = m {
-                if !dirs.contains(&d) {
-                    dirs.push(d);
-                    any_file.push((d, &s.file));
+    /// One step of a commit (one wait for the disk at most); true when it is finished. In
+    /// order: each file's data durable (fdatasync each, or one syncfs), then every file
+    /// renamed into `new/`, then each `new/` directory durable. A file that failed is removed
+    /// from `tmp/`.
+    pub fn commit_step(&mut self, c: &mut Commit) -> bool {
+        match c.stage {
+            Stage::Data => {
+                let range = match self.sync_mode {
+                    SyncMode::File => c.next..(c.next + 1).min(c.staged.len()),
+                    SyncMode::Filesystem => c.next..c.staged.len(),
+                };
+                let files: Vec<&File> = c.staged[range.clone()].iter().map(|s| &s.file).collect();
+                let results = durable::files(self.sync_mode, &files);
+                for (i, r) in range.zip(results) {
+                    let s = &c.staged[i];
+                    c.moved.push(r.map(|()| PathBuf::new()).map_err(|e| {
+                        let _ = fs::remove_file(&s.tmp);
+                        temporary("cannot write", &s.tmp, &e)
+                    }));
+                    c.next = i + 1;
                 }
+                if c.next >= c.staged.len() {
+                    c.stage = Stage::Rename;
+                }
+                false
+            }
+            Stage::Rename => {
+                for (s, m) in c.staged.iter().zip(c.moved.iter_mut()) {
+                    if m.is_err() {
+                        continue;
+                    }
+                    let new_dir = s.dir.join("new");
+                    let new = new_dir.join(&s.name);
+                    *m = match fs::rename(&s.tmp, &new) {
+                        Ok(()) => {
+                            if !c.dirs.iter().any(|(d, _)| *d == new_dir) {
+                                c.dirs.push((new_dir.clone(), None));
+                            }
+                            Ok(new_dir)
+                        }
+                        Err(e) => {
+                            let _ = fs::remove_file(&s.tmp);
+                            Err(temporary("cannot move into", &new, &e))
+                        }
+                    };
+                }
+                c.next = 0;
+                c.stage = Stage::Dirs;
+                c.dirs.is_empty()
+            }
+            Stage::Dirs => {
+                self.sync_dirs_step(c);
+                c.next >= c.dirs.len()
             }
         }
+    }
+
+    /// Makes the renames into the next `new/` durable (per file), or all of them (syncfs,
+    /// named by any file on each filesystem).
+    fn sync_dirs_step(&self, c: &mut Commit) {
         match self.sync_mode {
             SyncMode::File => {
-                let mut opened: Vec<(&PathBuf, File)> = Vec::new();
-                for d in dirs {
-                    match File::open(d) {
-                        Ok(f) => opened.push((d, f)),
-                        Err(e) => failed.push((d.clone(), temporary("cannot sync", d, &e))),
-                    }
-                }
-                let handles: Vec<&File> = opened.iter().map(|(_, f)| f).collect();
-                for ((d, _), r) in opened.iter().zip(durable::dirs(SyncMode::File, &handles)) {
-                    if let Err(e) = r {
-                        failed.push(((*d).clone(), temporary("cannot sync", d, &e)));
-                    }
-                }
+                let Some((d, result)) = c.dirs.get_mut(c.next) else {
+                    return;
+                };
+                *result = Some(match File::open(&*d) {
+                    Ok(f) => durable::dirs(SyncMode::File, &[&f])
+                        .pop()
+                        .unwrap_or(Ok(()))
+                        .map_err(|e| temporary("cannot sync", d, &e)),
+                    Err(e) => Err(temporary("cannot sync", d, &e)),
+                });
+                c.next += 1;
             }
             SyncMode::Filesystem => {
-                // Any open file on the filesystem names it for syncfs: the staged files do.
-                let handles: Vec<&File> = any_file.iter().map(|(_, f)| *f).collect();
-                for ((d, _), r) in any_file.iter().zip(durable::dirs(SyncMode::Filesystem, &handles)) {
-                    if let Err(e) = r {
-                        failed.push(((*d).clone(), temporary("cannot sync", d, &e)));
-                    }
+                let mut handles: Vec<&File> = Vec::new();
+                for (d, _) in &c.dirs {
+                    let file = c
+                        .staged
+                        .iter()
+                        .zip(&c.moved)
+                        .find(|(_, m)| m.as_ref().is_ok_and(|m| m == d))
+                        .map(|(s, _)| &s.file);
+                    handles.extend(file);
                 }
+                let results = durable::dirs(SyncMode::Filesystem, &handles);
+                for ((d, result), r) in c.dirs.iter_mut().zip(results) {
+                    *result = Some(r.map_err(|e| temporary("cannot sync", d, &e)));
+                }
+                c.next = c.dirs.len();
             }
         }
-        failed
     }
 
     /// How deliveries are made durable (the `fsync` config key).
     pub fn set_sync_mode(&mut self, mode: SyncMode) {
         self.sync_mode = mode;
+    }
+}
+
+/// Where a `Commit` stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Data,
+    Rename,
+    Dirs,
+}
+
+/// A batch of staged files on their way into `new/` (see `Maildirs::commit_step`).
+pub struct Commit {
+    staged: Vec<Staged>,
+    stage: Stage,
+    /// The next file (Data) or directory (Dirs) to sync.
+    next: usize,
+    /// Per staged file, once decided: the `new/` it went into, or why it failed.
+    moved: Vec<Result<PathBuf, Outcome>>,
+    /// Each `new/` written into, with its sync result once done.
+    dirs: Vec<(PathBuf, Option<Result<(), Outcome>>)>,
+}
+
+impl Commit {
+    pub fn new(staged: Vec<Staged>) -> Commit {
+        let stage = if staged.is_empty() {
+            Stage::Dirs
+        } else {
+            Stage::Data
+        };
+        Commit {
+            moved: Vec::with_capacity(staged.len()),
+            staged,
+            stage,
+            next: 0,
+            dirs: Vec::new(),
+        }
+    }
+
+    /// One outcome per staged file, in order (after the last `commit_step`).
+    pub fn outcomes(self) -> Vec<Outcome> {
+        let dirs = self.dirs;
+        self.moved
+            .into_iter()
+            .map(|m| match m {
+                Ok(dir) => match dirs.iter().find(|(d, _)| *d == dir) {
+                    Some((_, Some(Err(outcome)))) => outcome.clone(),
+                    Some((_, Some(Ok(())))) => Outcome::Delivered,
+                    _ => Outcome::Temporary("the Maildir directory was not synced".into()),
+                },
+                Err(outcome) => outcome,
+            })
+            .collect()
     }
 }
 

@@ -8,9 +8,6 @@ use std::time::SystemTime;
 use super::engine::{Entry, QueueStore};
 use crate::spool::{Deferral, Envelope, QueueId, Spool, SpoolError};
 
-/// Tag of a commit made by delivery itself (a bounce), distinct from any connection slot.
-pub const BOUNCE_TAG: usize = usize::MAX;
-
 pub struct SpoolStore<'a> {
     pub spool: &'a mut Spool,
     /// Where the data of the last loaded entry starts, so each local target does not re-read
@@ -76,18 +73,8 @@ impl QueueStore for SpoolStore<'_> {
     }
 
     fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
-        // Delivery runs only when no session's commit is pending (the reactor flushes those
-        // first), so this flush reports this message alone.
-        debug_assert!(!self.spool.commit_pending());
         let mut inc = self.spool.begin(envelope)?;
         inc.append(data);
-        self.spool.commit_enqueue(inc, BOUNCE_TAG)?;
-        let mut result = Err(SpoolError::Failed("bounce was not committed".into()));
-        for (tag, r) in self.spool.commit_flush() {
-            if tag == BOUNCE_TAG {
-                result = r;
-            }
-        }
-        result
+        self.spool.commit_one(inc)
     }
 }

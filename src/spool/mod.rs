@@ -16,11 +16,13 @@
 //! again (`list_queue` is the read-only exception for `postling -q`). doc/spool.md carries the
 //! full state table.
 
+mod commit;
 mod format;
 mod listing;
 #[cfg(test)]
 mod tests;
 
+pub use commit::Committed;
 pub use format::RcptState;
 pub use listing::{QueueSummary, format_queue, list_queue};
 
@@ -126,8 +128,10 @@ pub struct Spool {
     /// Highest id value handed out or found on disk: ids only grow, even within one
     /// microsecond or when the clock steps back.
     last_id: u64,
-    /// Entries handed to `commit_enqueue`, made durable together by `commit_flush`.
+    /// Entries handed to `commit_enqueue`, made durable together by the next group.
     pending: Vec<(usize, Incoming)>,
+    /// The group commit in progress (see `commit.rs`).
+    group: Option<commit::Group>,
     /// `free/`: message files of removed entries, kept to be rewritten by new messages.
     free_dir: PathBuf,
     free: Vec<PathBuf>,
@@ -446,6 +450,7 @@ impl Spool {
             queue_dir,
             last_id,
             pending: Vec::new(),
+            group: None,
             free_dir,
             free,
             free_seq,
@@ -564,7 +569,7 @@ impl Spool {
         drop(inc);
     }
 
-    /// Hands a finished message to the next `commit_flush`. A write error seen while
+    /// Hands a finished message to the next commit group. A write error seen while
     /// receiving fails here at once and the entry is discarded.
     pub fn commit_enqueue(&mut self, mut inc: Incoming, tag: usize) -> Result<(), SpoolError> {
         inc.flush_buf();
@@ -573,88 +578,6 @@ impl Spool {
         }
         self.pending.push((tag, inc));
         Ok(())
-    }
-
-    /// Are commits waiting for `commit_flush`?
-    pub fn commit_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// Makes every enqueued entry durable and reports each by its tag. Order per entry: data
-    /// on disk (fdatasync) → rename into `queue/` → one fsync of `queue/` for the whole group.
-    /// Writeback of all files is started first, so the fdatasyncs mostly wait for I/O already
-    /// under way and share journal commits. A failure fails only its own entry.
-    pub fn commit_flush(&mut self) -> Vec<(usize, Result<QueueId, SpoolError>)> {
-        if self.pending.is_empty() {
-            return Vec::new();
-        }
-        let mut group = std::mem::take(&mut self.pending);
-        let mut results = Vec::with_capacity(group.len());
-        group.retain(|(tag, inc)| {
-            if !inc.recycled {
-                return true;
-            }
-            match inc.file.set_len(inc.written) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::warn!("spool: cannot truncate {}: {e}", inc.id);
-                    results.push((*tag, Err(SpoolError::from_io(&e))));
-                    false
-                }
-            }
-        });
-
-        let files: Vec<&File> = group.iter().map(|(_, inc)| &inc.file).collect();
-        let outcomes = durable::files(self.sync_mode, &files);
-        let mut synced = Vec::with_capacity(group.len());
-        for ((tag, inc), outcome) in group.into_iter().zip(outcomes) {
-            match outcome {
-                Ok(()) => synced.push((tag, inc)),
-                Err(e) => {
-                    log::warn!("spool: cannot make {} durable: {e}", inc.id);
-                    results.push((tag, Err(SpoolError::from_io(&e))));
-                }
-            }
-        }
-
-        let mut renamed = Vec::with_capacity(synced.len());
-        for (tag, mut inc) in synced {
-            // The commit point: from here on a crash leaves a complete entry in queue/.
-            match fs::rename(&inc.tmp_path, self.message_path(&inc.id)) {
-                Ok(()) => {
-                    inc.armed = false;
-                    if let Some(env) = inc.envelope.take() {
-                        self.fresh
-                            .insert(inc.id.clone(), (env, inc.header_len, inc.written));
-                    }
-                    renamed.push((tag, inc.id.clone()));
-                }
-                Err(e) => {
-                    log::warn!("spool: rename of {} failed: {e}", inc.id);
-                    results.push((tag, Err(SpoolError::from_io(&e))));
-                }
-            }
-        }
-        if renamed.is_empty() {
-            return results;
-        }
-
-        match self.sync_queue_dir() {
-            Ok(()) => results.extend(renamed.into_iter().map(|(tag, id)| (tag, Ok(id)))),
-            Err(e) => {
-                // The renames may or may not survive a crash: take them back so the client's
-                // retry is the only copy (a failed unlink risks a duplicate, never a loss).
-                log::warn!("spool: fsync of {} failed: {e}", self.queue.display());
-                for (tag, id) in renamed {
-                    self.fresh.remove(&id);
-                    if let Err(e2) = fs::remove_file(self.message_path(&id)) {
-                        log::warn!("spool: cannot withdraw {id}: {e2}");
-                    }
-                    results.push((tag, Err(SpoolError::from_io(&e))));
-                }
-            }
-        }
-        results
     }
 
     /// Reads a committed entry: its envelope, delivery state and where its data is.
