@@ -26,14 +26,9 @@ pub enum SyncMode {
 /// Makes the data of each file durable. One result per file, in order.
 pub fn files(mode: SyncMode, files: &[&File]) -> Vec<io::Result<()>> {
     match mode {
-        SyncMode::File => {
-            // Start the writeback of all of them first, so the fdatasyncs mostly wait for I/O
-            // already under way instead of starting it one by one.
-            for f in files {
-                start_writeback(f);
-            }
-            files.iter().map(|f| f.sync_data()).collect()
-        }
+        // Callers start the writeback of a whole batch early (`start_writeback`), so these
+        // mostly wait for I/O already under way.
+        SyncMode::File => files.iter().map(|f| f.sync_data()).collect(),
         SyncMode::Filesystem => per_filesystem(files),
     }
 }
