@@ -169,8 +169,10 @@ class SmtpLoad:
     that must get it, and counts what got no promise: refused (a 4xx/5xx reply or no
     connection) and cut (the connection died after the end of data, before any reply)."""
 
-    def __init__(self, server, sessions=20, per_session=4, sizes=(200, 4000), seed=1):
+    def __init__(self, server, sessions=20, per_session=4, sizes=(200, 4000), seed=1,
+                 recipient_sets=RECIPIENT_SETS):
         self.server = server
+        self.recipient_sets = recipient_sets
         self.sessions, self.per_session, self.sizes = sessions, per_session, sizes
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -220,7 +222,7 @@ class SmtpLoad:
                         break
                     k += 1
                     token = f"w{n}-{k}"
-                    rcpts = rng.choice(RECIPIENT_SETS)
+                    rcpts = rng.choice(self.recipient_sets)
                     body = message_body(token, rng.randint(*self.sizes))
                     self._count("sent")
                     try:
