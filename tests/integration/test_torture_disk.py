@@ -5,9 +5,7 @@ import contextlib
 import errno
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
