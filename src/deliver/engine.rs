@@ -97,6 +97,23 @@ pub struct Engine {
     policy: DeliveryPolicy,
     /// The batch in progress (see `work`).
     batch: Option<Batch>,
+    /// Outcomes that could not be written to the spool (it was full): kept here so that no
+    /// retry in this process delivers or bounces those recipients again, and written with
+    /// the next state that can be.
+    unrecorded: HashMap<QueueId, Recorded>,
+}
+
+/// Recipients of an entry that are done: delivered, and failed with the reason.
+#[derive(Default)]
+struct Recorded {
+    delivered: Vec<usize>,
+    failed: Vec<(usize, String)>,
+}
+
+impl Recorded {
+    fn contains(&self, idx: usize) -> bool {
+        self.delivered.contains(&idx) || self.failed.iter().any(|(f, _)| *f == idx)
+    }
 }
 
 /// A delivery batch: entries staged one per step, their Maildir files committed in steps,
@@ -153,6 +170,7 @@ impl Engine {
             maildirs,
             policy,
             batch: None,
+            unrecorded: HashMap::new(),
         }
     }
 
@@ -308,7 +326,12 @@ impl Engine {
         staged: &mut Vec<Staged>,
     ) -> Option<Attempt> {
         match store.load(&id) {
-            Ok(entry) => Some(self.stage(id, entry, store, dir, wall, staged)),
+            Ok(mut entry) => {
+                if let Some(done) = self.unrecorded.get(&id) {
+                    entry.pending.retain(|&i| !done.contains(i));
+                }
+                Some(self.stage(id, entry, store, dir, wall, staged))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
                 warn!(
@@ -441,6 +464,7 @@ impl Engine {
             );
         }
         if delivered.len() + failed.len() == entry.pending.len() {
+            self.unrecorded.remove(&id);
             match store.remove(&id) {
                 Ok(()) => info!(
                     "{id}: done ({} delivered, {} bounced)",
@@ -454,10 +478,21 @@ impl Engine {
         let attempts = entry.attempts + 1;
         let delay = backoff(attempts, self.policy.retry_min, self.policy.retry_max);
         let reason = temporary.unwrap_or_else(|| "temporary failure".into());
-        if let Err(e) =
-            store.record_attempt(&id, &delivered, &failed, attempts, &reason, wall + delay)
-        {
-            warn!("{id}: cannot record the delivery attempt: {e}");
+        let mut done = self.unrecorded.remove(&id).unwrap_or_default();
+        done.delivered.extend(delivered);
+        done.failed.extend(failed);
+        if let Err(e) = store.record_attempt(
+            &id,
+            &done.delivered,
+            &done.failed,
+            attempts,
+            &reason,
+            wall + delay,
+        ) {
+            warn!(
+                "{id}: cannot record the delivery attempt: {e}; the recipients done are kept in memory"
+            );
+            self.unrecorded.insert(id.clone(), done);
         }
         info!("{id}: deferred for {}: {reason}", human(delay));
         self.schedule.defer(id, now + delay);

@@ -168,10 +168,6 @@ def test_full_spool_answers_452_keeps_serving_and_loses_nothing(server_factory, 
         s.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "deliver::engine::Engine::settle: when record_attempt cannot write the .state file "
-    "(ENOSPC on the spool), the recipients delivered in that attempt are not remembered, so "
-    "every retry delivers them again while the spool stays full"))
 def test_full_spool_never_redelivers_a_recipient_already_done(server_factory, tmp_path):
     with tmpfs(tmp_path / "spoolfs", "2m") as fs:
         s = server_factory(spool_dir=str(fs / "spool"), retry_min="1s", retry_max="1s", log_level="info")

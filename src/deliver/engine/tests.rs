@@ -21,6 +21,8 @@ struct FakeQueue {
     recorded: Vec<Recorded>,
     bounces: Vec<(Envelope, Vec<u8>)>,
     next: u32,
+    /// `record_attempt` fails as on a full spool.
+    records_fail: bool,
 }
 
 impl FakeQueue {
@@ -71,6 +73,9 @@ impl QueueStore for FakeQueue {
         last_error: &str,
         _next_attempt: SystemTime,
     ) -> io::Result<()> {
+        if self.records_fail {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         if let Some((_, _, pending, a)) = self.entries.get_mut(id) {
             pending.retain(|i| !delivered.contains(i) && !failed.iter().any(|(f, _)| f == i));
             *a = attempts;
@@ -295,4 +300,43 @@ fn vanished_entries_are_skipped() {
     w.engine.schedule.due_now(QueueId("GONE00000000".into()));
     assert_eq!(w.run(8), 0);
     assert!(w.engine.schedule.is_empty());
+}
+
+#[test]
+fn progress_that_cannot_be_recorded_is_remembered_until_it_can() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    fs::create_dir_all(&w.mail).unwrap();
+    fs::write(w.mail.join("bob"), b"not a maildir").unwrap();
+    let id = w.queue.add(
+        "s@example.org",
+        &[
+            "alice@example.test",
+            "bob@example.test",
+            "ghost@example.test",
+        ],
+    );
+    w.queue.records_fail = true;
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert_eq!(count(&w.mail, "alice"), 1);
+    assert_eq!(w.queue.bounces.len(), 1, "ghost bounced once");
+    for _ in 0..3 {
+        w.engine.schedule.flush();
+        w.run(8);
+    }
+    assert_eq!(count(&w.mail, "alice"), 1, "alice is not delivered again");
+    assert_eq!(w.queue.bounces.len(), 1, "ghost is not bounced again");
+    // Space returns: the next record carries what was kept in memory.
+    w.queue.records_fail = false;
+    w.engine.schedule.flush();
+    w.run(8);
+    let (_, delivered, failed, _, _) = w.queue.recorded.last().unwrap();
+    assert_eq!(delivered, &vec![0]);
+    assert_eq!(failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![2]);
+    fs::remove_file(w.mail.join("bob")).unwrap();
+    w.engine.schedule.flush();
+    w.run(8);
+    assert_eq!(count(&w.mail, "alice"), 1);
+    assert_eq!(count(&w.mail, "bob"), 1);
+    assert_eq!(w.queue.removed, vec![id]);
 }
