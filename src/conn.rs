@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use arrayvec::ArrayVec;
+
 use crate::buf::{InBuf, OutBuf, Pool};
 use crate::deadline::Armed;
+use crate::limits;
 use crate::proto::pop2::Pop2Session;
 use crate::proto::pop3::Pop3Session;
 use crate::proto::smtp::SmtpSession;
@@ -70,6 +73,9 @@ pub struct Conn {
     pub session: Session,
     /// Lent from the pool only while it holds bytes.
     pub input: Option<Box<InBuf>>,
+    /// A few unconsumed input bytes kept inline (a partial command line) so the input buffer
+    /// can go back to the pool: a client sending a byte now and then holds no 8 KiB buffer.
+    pub stash: ArrayVec<u8, { limits::INPUT_STASH }>,
     pub output: Option<Box<OutBuf>>,
     pub phase: Phase,
     /// The last read did not hit WouldBlock, so the socket may have more (edge-triggered).
@@ -123,12 +129,28 @@ impl Conn {
     }
 
     pub fn buffered_input(&self) -> usize {
-        self.input.as_ref().map_or(0, |b| b.len())
+        self.input.as_ref().map_or(self.stash.len(), |b| b.len())
+    }
+
+    /// The session consumed `n` bytes of the unconsumed input (buffer or stash).
+    pub fn consume_input(&mut self, n: usize) {
+        match self.input.as_mut() {
+            Some(b) => b.consume(n),
+            None => {
+                self.stash.drain(..n.min(self.stash.len()));
+            }
+        }
     }
 
     /// Reads once into the input buffer. Returns bytes read; sets `eof` / clears `can_read`.
     pub fn read_some(&mut self, pool: &mut Pool) -> io::Result<usize> {
-        let buf = self.input.get_or_insert_with(|| pool.take_in());
+        let stash = &mut self.stash;
+        let buf = self.input.get_or_insert_with(|| {
+            let mut b = pool.take_in();
+            b.push(stash);
+            stash.clear();
+            b
+        });
         let spare = buf.spare_mut();
         if spare.is_empty() {
             return Ok(0);
@@ -181,8 +203,13 @@ impl Conn {
 
     /// Gives empty buffers back to the pool: an idle connection holds none.
     pub fn return_buffers(&mut self, pool: &mut Pool) {
-        if self.input.as_ref().is_some_and(|b| b.is_empty()) {
+        if self
+            .input
+            .as_ref()
+            .is_some_and(|b| b.len() <= self.stash.capacity() - self.stash.len())
+        {
             if let Some(b) = self.input.take() {
+                self.stash.extend(b.bytes().iter().copied());
                 pool.give_in(b);
             }
         }

@@ -26,6 +26,12 @@ pub const REPLY_RESERVE: usize = 1024;
 /// from stalling a connection.
 pub const MAX_UNIT: usize = 2048;
 
+/// Unconsumed input (a partial command line) of up to this many bytes is kept inside the
+/// connection and its input buffer returned to the pool: a slow or idle client holds no
+/// buffer. Longer than most command lines, small enough that an idle connection stays far
+/// below 1 KiB.
+pub const INPUT_STASH: usize = 96;
+
 /// Buffers kept in the free pool beyond those in use; more are returned to the allocator, so
 /// a burst of connections does not pin memory forever.
 pub const POOL_KEEP: usize = 64;

@@ -514,6 +514,7 @@ impl Reactor {
             proto,
             session,
             input: None,
+            stash: arrayvec::ArrayVec::new(),
             output: None,
             phase: Phase::Active,
             can_read: true,
@@ -592,7 +593,8 @@ impl Reactor {
                 }
                 break;
             }
-            let input: &[u8] = conn.input.as_ref().map_or(&[], |b| b.bytes());
+            // Field by field: the session and the output buffer are borrowed mutably beside it.
+            let input: &[u8] = conn.input.as_ref().map_or(&conn.stash[..], |b| b.bytes());
             let offered = input.len();
             let step = match &mut conn.session {
                 Session::Smtp(s) => s.step(
@@ -615,9 +617,7 @@ impl Reactor {
                 ),
             };
             if step.consumed > 0 {
-                if let Some(b) = conn.input.as_mut() {
-                    b.consume(step.consumed);
-                }
+                conn.consume_input(step.consumed);
                 conn.progress(now);
             }
             match step.next {
