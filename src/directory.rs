@@ -179,6 +179,27 @@ pub fn unsafe_local_part(local: &str) -> bool {
             .any(|b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f)
 }
 
+/// A quoted local part means the same as its content (RFC 5321 §4.1.2: `"alice"` and `alice`
+/// are one mailbox): the quotes and the backslashes of quoted pairs go. Whatever the content
+/// then is (an `@`, a `/`) is judged as if it had been sent unquoted.
+fn unquote(local: &str) -> std::borrow::Cow<'_, str> {
+    let Some(inner) = local
+        .strip_prefix('"')
+        .and_then(|l| l.strip_suffix('"'))
+    else {
+        return std::borrow::Cow::Borrowed(local);
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Whether `name` (already lower-cased) may be a user or alias name: reachable by mail, safe
 /// as a Maildir directory name, and unambiguous in the files. The error says what is expected.
 pub fn check_user_name(name: &str) -> Result<(), String> {
@@ -406,7 +427,8 @@ impl Directory {
             }
             None => rcpt,
         };
-        if unsafe_local_part(local) {
+        let local = unquote(local);
+        if unsafe_local_part(&local) {
             Address::Unsafe
         } else {
             Address::Local(local.to_lowercase())
