@@ -183,10 +183,7 @@ pub fn unsafe_local_part(local: &str) -> bool {
 /// are one mailbox): the quotes and the backslashes of quoted pairs go. Whatever the content
 /// then is (an `@`, a `/`) is judged as if it had been sent unquoted.
 fn unquote(local: &str) -> std::borrow::Cow<'_, str> {
-    let Some(inner) = local
-        .strip_prefix('"')
-        .and_then(|l| l.strip_suffix('"'))
-    else {
+    let Some(inner) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) else {
         return std::borrow::Cow::Borrowed(local);
     };
     let mut out = String::with_capacity(inner.len());

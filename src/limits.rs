@@ -125,6 +125,9 @@ pub const DELIVERIES_PER_TURN: usize = 8;
 /// sockets again. One step (one fdatasync or fsync) is about 0.1-0.3 ms on an SSD, so a
 /// client waits for a step or two at most, never for a whole batch.
 pub const WORK_SLICE: Duration = Duration::from_micros(250);
+/// Files in a Maildir's `tmp/` older than this are what a crash left behind; the Maildir
+/// specification says to remove them after 36 hours.
+pub const MAILDIR_TMP_MAX_AGE: Duration = Duration::from_secs(36 * 60 * 60);
 /// Alias expansion depth before it is treated as a loop.
 pub const ALIAS_MAX_DEPTH: usize = 16;
 /// Addresses one recipient may expand to through aliases.

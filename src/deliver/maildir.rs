@@ -36,6 +36,30 @@ pub fn safe_mailbox_name(user: &str) -> bool {
             .any(|b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f)
 }
 
+/// Removes files from a Maildir's `tmp/` not touched for `limits::MAILDIR_TMP_MAX_AGE`, as the
+/// Maildir specification asks: what a crash left half-written. Done on the first delivery to
+/// each user after start-up, so it costs one directory read per user and process.
+fn clean_tmp(tmp: &Path, now: SystemTime) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for ent in entries.flatten() {
+        let old = ent
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= crate::limits::MAILDIR_TMP_MAX_AGE);
+        if old {
+            match fs::remove_file(ent.path()) {
+                Ok(()) => log::info!("maildir: removed stale {}", ent.path().display()),
+                Err(e) => log::warn!("maildir: cannot remove {}: {e}", ent.path().display()),
+            }
+        }
+    }
+}
+
 /// Creates the Maildir's `tmp/ new/ cur/` (mode 0700) where missing.
 fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
     for sub in ["tmp", "new", "cur"] {
@@ -110,6 +134,7 @@ impl Maildirs {
         let dir = self.user_dir(user);
         if !self.ready.contains(user) {
             ensure_maildir(&dir)?;
+            clean_tmp(&dir.join("tmp"), now);
             self.ready.insert(user.to_string());
         }
         let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -493,6 +518,29 @@ mod tests {
         }
         assert!(!root.path().join("mail").exists());
         assert!(!root.path().join("etc").exists());
+    }
+
+    #[test]
+    fn stale_tmp_files_are_removed_at_the_first_delivery_and_fresh_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let tmp = root.path().join("u/tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let stale = tmp.join("1.M1P1Q1.crashed");
+        let fresh = tmp.join("2.M1P2Q1.writing");
+        fs::write(&stale, b"half").unwrap();
+        fs::write(&fresh, b"half").unwrap();
+        let long_ago = SystemTime::now() - crate::limits::MAILDIR_TMP_MAX_AGE;
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let out = m.deliver("u", "", "u@h", &mut &b"x\r\n"[..], SystemTime::now());
+        assert_eq!(out, Outcome::Delivered);
+        assert!(!stale.exists());
+        assert!(fresh.exists());
     }
 
     #[test]

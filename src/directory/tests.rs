@@ -91,9 +91,18 @@ fn domain_and_local_part_are_case_insensitive() {
 #[test]
 fn a_quoted_local_part_is_the_same_mailbox_as_its_content() {
     let (d, _f) = dir_with("postmaster: alice\nteam: alice, bob\n");
-    assert_eq!(d.rcpt_verdict("\"alice\"@example.test"), RcptVerdict::Accept);
-    assert_eq!(d.resolve("\"Alice\"@example.test"), Ok(vec![local("alice")]));
-    assert_eq!(d.resolve("\"te\\am\"@example.test"), Ok(vec![local("alice"), local("bob")]));
+    assert_eq!(
+        d.rcpt_verdict("\"alice\"@example.test"),
+        RcptVerdict::Accept
+    );
+    assert_eq!(
+        d.resolve("\"Alice\"@example.test"),
+        Ok(vec![local("alice")])
+    );
+    assert_eq!(
+        d.resolve("\"te\\am\"@example.test"),
+        Ok(vec![local("alice"), local("bob")])
+    );
     // An @ inside the quotes is part of the local part, never a second address.
     assert_eq!(
         d.rcpt_verdict("\"alice@elsewhere.example\"@example.test"),
