@@ -3,7 +3,7 @@
 # /etc/default/postling, the init script, the systemd unit, the man page, the `postling`
 # system user and its spool and mail directories.
 #
-#   scripts/install.sh                            build (cargo build --release), then install
+#   scripts/install.sh                            build (scripts/build-release: static), then install
 #   POSTLING_BIN=/path/to/postling scripts/install.sh    install a prebuilt binary
 #   DESTDIR=/tmp/image scripts/install.sh         only stage the files under DESTDIR
 #
@@ -37,8 +37,7 @@ if [ -n "${POSTLING_BIN:-}" ]; then
     bin=$POSTLING_BIN
 else
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust, or set POSTLING_BIN to a built postling"
-    (cd "$here" && cargo build --release --quiet)
-    bin=${CARGO_TARGET_DIR:-$here/target}/release/postling
+    bin=$("$here/scripts/build-release")
 fi
 [ -x "$bin" ] || die "$bin is not an executable postling binary"
 
