@@ -62,11 +62,19 @@ fn local_fields(secs: i64) -> Option<(Fields, i64)> {
     Some((fields, tm.tm_gmtoff))
 }
 
-/// UTC by arithmetic (days-from-civil inverse), the fallback when localtime fails.
+/// UTC by arithmetic, the fallback when localtime fails.
 fn utc_fields(secs: i64) -> Fields {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400) as u32;
     let wday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let (year, month, day) = civil_from_days(days);
+    let month0 = (month as usize).saturating_sub(1);
+    (year, month0, day, wday, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month 1-12, day 1-31) in the proleptic Gregorian calendar
+/// (Howard Hinnant's civil_from_days).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -74,9 +82,32 @@ fn utc_fields(secs: i64) -> Fields {
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 2 } else { mp - 10 } as usize;
-    let year = yoe + era * 400 + if month < 2 { 1 } else { 0 };
-    (year, month, day, wday, rem / 3600, rem / 60 % 60, rem % 60)
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// RFC 3339 in UTC (`2026-12-01T19:06:42Z`), with the nanoseconds as a fraction without
+/// trailing zeros when `fraction` is set (none when they are zero). A clock before 1970
+/// prints as the epoch.
+pub fn rfc3339_utc(t: SystemTime, fraction: bool) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let nanos = since.subsec_nanos();
+    let fraction = if !fraction || nanos == 0 {
+        String::new()
+    } else {
+        let digits = format!("{nanos:09}");
+        format!(".{}", digits.trim_end_matches('0'))
+    };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@
 //!   serves another file.
 
 use std::cmp::Ordering;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use log::warn;
@@ -96,21 +96,6 @@ pub struct Mailbox {
 
 fn temporary(what: &str, path: &Path, e: &io::Error) -> MailboxError {
     MailboxError::Temporary(format!("{what} {}: {e}", path.display()))
-}
-
-/// Creates the Maildir's directories that are missing, mode 0700.
-fn create_maildir(dir: &Path) -> Result<(), MailboxError> {
-    for sub in ["tmp", "new", "cur"] {
-        let d = dir.join(sub);
-        if !d.is_dir() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&d)
-                .map_err(|e| temporary("cannot create", &d, &e))?;
-        }
-    }
-    Ok(())
 }
 
 /// Takes the mailbox's lock without waiting.
@@ -254,7 +239,8 @@ impl Mailbox {
             )));
         }
         let dir = root.join(user);
-        create_maildir(&dir)?;
+        crate::deliver::maildir::create_maildir(&dir)
+            .map_err(|(d, e)| temporary("cannot create", &d, &e))?;
         let lock = lock(&dir)?;
         let mut messages = move_new_to_cur(&dir)?;
         messages.extend(

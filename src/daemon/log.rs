@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use ::log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -257,40 +257,9 @@ pub fn format_line(now: SystemTime, level: Level, args: &fmt::Arguments) -> Stri
     format!("{} [{}] {}\n", rfc3339(now), level.as_str(), args)
 }
 
-/// RFC 3339 in UTC; a clock before 1970 prints as the epoch.
+/// RFC 3339 in UTC with the fraction of a second; a clock before 1970 prints as the epoch.
 pub fn rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    let nanos = since.subsec_nanos();
-    let fraction = if nanos == 0 {
-        String::new()
-    } else {
-        let digits = format!("{nanos:09}");
-        format!(".{}", digits.trim_end_matches('0'))
-    };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic Gregorian (H. Hinnant's
-/// civil_from_days).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    crate::date::rfc3339_utc(t, true)
 }
 
 /// RFC 3164 severity of a `log` level.
@@ -324,6 +293,7 @@ pub fn syslog_packet(level: Level, pid: u32, args: &fmt::Arguments) -> Vec<u8> {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     /// 2026-12-01T19:06:42Z.
     const STAMP: u64 = 1_796_152_002;

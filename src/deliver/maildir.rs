@@ -60,8 +60,9 @@ fn clean_tmp(tmp: &Path, now: SystemTime) {
     }
 }
 
-/// Creates the Maildir's `tmp/ new/ cur/` (mode 0700) where missing.
-fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
+/// Creates a Maildir's `tmp/ new/ cur/` (mode 0700) where missing; on failure, the directory
+/// that could not be made. (Delivery and a POP login both make a missing Maildir.)
+pub fn create_maildir(dir: &Path) -> Result<(), (PathBuf, io::Error)> {
     for sub in ["tmp", "new", "cur"] {
         let d = dir.join(sub);
         if !d.is_dir() {
@@ -69,10 +70,14 @@ fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
                 .recursive(true)
                 .mode(0o700)
                 .create(&d)
-                .map_err(|e| temporary("cannot create", &d, &e))?;
+                .map_err(|e| (d, e))?;
         }
     }
     Ok(())
+}
+
+fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
+    create_maildir(dir).map_err(|(d, e)| temporary("cannot create", &d, &e))
 }
 
 fn temporary(what: &str, path: &Path, e: &io::Error) -> Outcome {
