@@ -219,6 +219,11 @@ impl Services {
     /// starves the clients: batches of up to `limits::DELIVERIES_PER_TURN` entries.
     pub fn deliver(&mut self, now: Instant, wall: SystemTime, deadline: Instant) {
         if !self.engine.has_work(now) {
+            if !self.spool.commit_pending() {
+                // Nothing due and nothing being committed: give back the spool files kept
+                // while mail was flowing, a few per turn.
+                self.spool.trim_free(limits::SPOOL_TRIM_PER_TURN);
+            }
             return;
         }
         self.directory_fresh();
@@ -245,7 +250,7 @@ impl Services {
 
     /// How long the reactor may sleep as far as delivery is concerned (None: forever).
     pub fn delivery_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.engine.has_work(now) {
+        if self.engine.has_work(now) || self.spool.free_excess() {
             return Some(Duration::ZERO);
         }
         self.engine.schedule.timeout(now)

@@ -158,10 +158,13 @@ pub const SPOOL_MAX_REASON: usize = 1000;
 /// New ids tried by `begin` when a name is already taken (clock stepped back past old
 /// entries) before it gives up.
 pub const SPOOL_ID_TRIES: u32 = 16;
-/// Message files of removed entries kept in `free/` for reuse: enough for every message of a
-/// busy reactor turn, so under load new messages rewrite old files instead of allocating
-/// inodes; a few MiB of disk at most.
+/// Message files of removed entries kept in `free/` for reuse once the queue is idle (while
+/// mail flows, every removed file is kept): a burst of this many messages rewrites old files
+/// instead of allocating inodes; a few MiB of disk at most.
 pub const SPOOL_FREE_KEEP: usize = 256;
+/// Excess free files unlinked per reactor turn while the queue is idle: the clean-up never
+/// holds a client up for long.
+pub const SPOOL_TRIM_PER_TURN: usize = 32;
 /// Envelopes of just-committed entries kept in memory for their first delivery attempt;
 /// past this (delivery far behind) entries are read back from disk as after a restart.
 pub const SPOOL_FRESH_MAX: usize = 4096;

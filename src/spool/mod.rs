@@ -736,17 +736,39 @@ impl Spool {
             .unwrap_or(Ok(()))
     }
 
-    /// Takes a removed entry's file out of `queue/`: into `free/` for reuse while fewer than
-    /// `limits::SPOOL_FREE_KEEP` wait there, else unlinked. Either is one directory operation.
+    /// Takes a removed entry's file out of `queue/` into `free/` for reuse: one rename. There
+    /// is no cap while mail flows: an unlink now would make every file creation of the next
+    /// minutes slower (ext4 skips recently freed inodes one by one when it allocates), and the
+    /// files are needed again as soon as new mail arrives. `trim_free` gives the excess back
+    /// once the queue is idle.
     fn recycle(&mut self, path: &Path) -> io::Result<()> {
-        if self.free.len() >= limits::SPOOL_FREE_KEEP {
-            return fs::remove_file(path);
-        }
         self.free_seq += 1;
         let dest = self.free_dir.join(format!("f{}", self.free_seq));
         fs::rename(path, &dest)?;
         self.free.push(dest);
         Ok(())
+    }
+
+    /// Are more files waiting in `free/` than `limits::SPOOL_FREE_KEEP`?
+    pub fn free_excess(&self) -> bool {
+        self.free.len() > limits::SPOOL_FREE_KEEP
+    }
+
+    /// Unlinks up to `max` free files beyond `limits::SPOOL_FREE_KEEP` (the oldest first is
+    /// not needed: any free file is as good as another).
+    pub fn trim_free(&mut self, max: usize) {
+        for _ in 0..max {
+            if !self.free_excess() {
+                return;
+            }
+            if let Some(path) = self.free.pop() {
+                if let Err(e) = fs::remove_file(&path) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        log::warn!("spool: cannot remove {}: {e}", path.display());
+                    }
+                }
+            }
+        }
     }
 }
 

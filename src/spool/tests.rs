@@ -658,10 +658,10 @@ fn free_files_survive_a_restart_and_junk_there_is_removed() {
 }
 
 #[test]
-fn the_free_pool_is_bounded() {
+fn the_free_pool_keeps_everything_while_busy_and_is_trimmed_when_asked() {
     let d = tempfile::tempdir().unwrap();
     let (mut spool, _) = Spool::open(d.path()).unwrap();
-    let ids: Vec<QueueId> = (0..limits::SPOOL_FREE_KEEP + 5)
+    let ids: Vec<QueueId> = (0..limits::SPOOL_FREE_KEEP + 40)
         .map(|_| {
             let inc = spool.begin(&env(&["a@x"])).unwrap();
             spool.commit_enqueue(inc, 0).unwrap();
@@ -671,7 +671,20 @@ fn the_free_pool_is_bounded() {
     for id in &ids {
         spool.remove(id).unwrap();
     }
-    assert_eq!(names(&d.path().join("free")).len(), limits::SPOOL_FREE_KEEP);
+    let free = || names(&d.path().join("free")).len();
+    assert_eq!(
+        free(),
+        limits::SPOOL_FREE_KEEP + 40,
+        "no unlink while mail flows"
+    );
+    assert!(spool.free_excess());
+    spool.trim_free(30);
+    assert_eq!(free(), limits::SPOOL_FREE_KEEP + 10);
+    spool.trim_free(30);
+    assert_eq!(free(), limits::SPOOL_FREE_KEEP);
+    assert!(!spool.free_excess());
+    spool.trim_free(30);
+    assert_eq!(free(), limits::SPOOL_FREE_KEEP);
 }
 
 #[test]
