@@ -530,6 +530,9 @@ def main():
         log("interrupted: stopping the servers")
         raise
     finally:
+        # A second Ctrl-C must not cut the cleanup short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for s in reversed(started):
             try:
                 if s is pf:
