@@ -2,13 +2,19 @@
 """postling side by side with Postfix (SMTP) and Dovecot (POP3) on this machine, in one run.
 
 A benchmark, not a test: it reports numbers into bench/RESULTS.md and never fails on them.
-Every figure is measured for postling and the peer in alternation (A B A B ...), several
-rounds, and reported as median with min-max. Every process it starts is stopped at the end.
-Traffic goes to 127.0.0.1 only.
+Each figure is measured for postling and its peer in alternation (A B A B ...), several
+rounds, reported as median with min-max. Every process it starts is stopped at the end, also
+on Ctrl-C or an error. Traffic goes to 127.0.0.1 only. Run it through bench/run, which
+installs the peers and builds postling first.
+
+Raw samples go to bench/results.json; `--only FIGURE` reruns some figures and keeps the
+others' samples from the previous run, so RESULTS.md is always the full table.
 """
 import argparse
+import json
 import os
 import platform
+import selectors
 import shutil
 import signal
 import socket
@@ -18,476 +24,537 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import popclient  # noqa: E402
+import procstat  # noqa: E402
+from servers import (Dovecot, EtcPostfixGuard, Postfix, Postling, free_port, maildir_clear,  # noqa: E402
+                     maildir_count, sh)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"
-BIN = ROOT / "target" / "release" / "postling"
+RESULTS_JSON = ROOT / "bench" / "results.json"
+RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BIN = TARGET_DIR / "release" / "postling"
 
-PL_SMTP, PL_POP3 = 22525, 21110
-PF_SMTP = 32525
-DC_POP3 = 31110
-USERS = ["alice", "bob"]
-
-
-def sh(cmd, check=True, **kw):
-    return subprocess.run(cmd, shell=isinstance(cmd, str), check=check, capture_output=True, text=True, **kw)
+FIGURES = ["parsers", "durability", "smtp1", "smtp20", "pop3", "idle", "memory", "deferred", "footprint"]
+SIZE = 4096
+SENDER = "bench@example.org"
 
 
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Stop(Exception):
+    """SIGTERM or SIGHUP: unwind through the finally blocks like Ctrl-C does."""
+
+
+def on_signal(signum, _frame):
+    raise Stop(f"signal {signum}")
+
+
+# ---- SMTP load ------------------------------------------------------------------------------
+
+def smtp_source(port, sessions, messages, rcpt, size=SIZE):
+    # One message per connection (smtp-source's default, like inbound MX traffic); the
+    # HELO name is given so smtp-source does not look the machine's name up.
+    return subprocess.Popen(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+                             "-M", "client.example.org", "-f", SENDER, "-t", rcpt, f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+class SideSession:
+    """An open SMTP session that times NOOPs while the load runs."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reply()
+        self.sock.sendall(b"EHLO side.example.org\r\n")
+        self._reply()
+        self.samples = []
+
+    def _reply(self):
+        buf = b""
+        while True:
+            buf += self.sock.recv(4096)
+            lines = buf.split(b"\r\n")
+            if len(lines) >= 2 and lines[-2][3:4] == b" ":
+                return lines[-2]
+
+    def noop(self):
+        t = time.perf_counter()
+        self.sock.sendall(b"NOOP\r\n")
+        reply = self._reply()
+        self.samples.append(time.perf_counter() - t)
+        if not reply.startswith(b"250"):
+            raise RuntimeError(f"NOOP answered {reply!r}")
+
+    def close(self):
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def pids_of(names):
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            comm = (p / "comm").read_text().strip()
-        except OSError:
-            continue
-        if comm in names:
-            out.append(int(p.name))
-    return out
-
-
-def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        try:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            self.sock.sendall(b"QUIT\r\n")
         except OSError:
             pass
-    return total
+        self.sock.close()
 
 
-def cpu_and_switches(pids):
-    ticks = switches = 0
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-            for line in open(f"/proc/{pid}/status"):
-                if "ctxt_switches" in line:
-                    switches += int(line.split()[1])
-        except OSError:
-            pass
-    return ticks, switches
+def percentile(values, p):
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))
+    return s[int(k)]
 
 
-def count_maildir(root, users):
-    n = 0
-    for u in users:
-        for sub in ("new", "cur"):
-            d = Path(root) / u / sub
-            if d.is_dir():
-                n += sum(1 for _ in d.iterdir())
-    return n
-
-
-# ---- servers -------------------------------------------------------------------------------
-
-class Postling:
-    name = "postling"
-
-    def __init__(self):
-        self.dir = WORK / "postling"
-        self.mail = self.dir / "mail"
-        self.proc = None
-
-    def setup(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True)
-        (self.dir / "users").write_text("".join(f"{u}:{{PLAIN}}{u}-pw\n" for u in USERS))
-        (self.dir / "aliases").write_text("postmaster: alice\n")
-        (self.dir / "postling.conf").write_text(
-            f"hostname = bench.example.test\ndomains = example.test\n"
-            f"smtp_listen = 127.0.0.1:{PL_SMTP}\npop3_listen = 127.0.0.1:{PL_POP3}\n"
-            f"spool_dir = spool\nmailbox_dir = mail\nusers_file = users\naliases_file = aliases\n"
-            f"max_connections = 20000\nmax_connections_per_ip = 20000\nlog_file = postling.log\nlog_level = warn\n"
-            f"auth_failure_delay = 1s\n"
-        )
-
-    def start(self):
-        self.proc = subprocess.Popen([str(BIN), "-f", "-c", str(self.dir / "postling.conf")],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=lambda: os.setpgrp())
-        wait_port(PL_SMTP)
-
-    def pids(self):
-        return [self.proc.pid] if self.proc and self.proc.poll() is None else []
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc = None
-
-    def clear_mail(self):
-        shutil.rmtree(self.mail, ignore_errors=True)
-
-    smtp_port = PL_SMTP
-    pop3_port = PL_POP3
-
-
-class Postfix:
-    """The system Postfix reconfigured for loopback, virtual Maildir delivery; restored after."""
-    name = "postfix"
-    smtp_port = PF_SMTP
-
-    def __init__(self):
-        self.dir = WORK / "postfix"
-        self.mail = self.dir / "mail"
-        self.saved = WORK / "postfix-etc-saved"
-
-    def setup(self):
-        if not shutil.which("postfix"):
-            raise RuntimeError("postfix not installed")
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.mail.mkdir(parents=True)
-        if not self.saved.exists():
-            shutil.copytree("/etc/postfix", self.saved)
-        vmaps = self.dir / "vmailbox"
-        vmaps.write_text("".join(f"{u}@example.test {u}/\n" for u in USERS))
-        sh(["postmap", str(vmaps)])
-        shutil.chown(self.mail, "postfix", "postfix")
-        settings = {
-            "inet_interfaces": "127.0.0.1", "inet_protocols": "ipv4", "mydestination": "",
-            "myhostname": "bench.example.test", "virtual_mailbox_domains": "example.test",
-            "virtual_mailbox_base": str(self.mail), "virtual_mailbox_maps": f"hash:{vmaps}",
-            "virtual_uid_maps": "static:" + str(_uid("postfix")), "virtual_gid_maps": "static:" + str(_gid("postfix")),
-            "smtpd_recipient_restrictions": "permit_mynetworks,reject_unauth_destination",
-            "mynetworks": "127.0.0.0/8", "default_process_limit": "100", "smtpd_client_connection_count_limit": "0",
-            "smtpd_client_connection_rate_limit": "0", "maillog_file": str(self.dir / "maillog"),
-            "compatibility_level": "3.6", "smtputf8_enable": "no",
-        }
-        sh(["postconf", "-e"] + [f"{k}={v}" for k, v in settings.items()])
-        master = Path("/etc/postfix/master.cf").read_text().splitlines()
-        master = [l for l in master if not l.startswith("smtp      inet")]
-        master.insert(0, f"127.0.0.1:{PF_SMTP} inet n - y - - smtpd")
-        Path("/etc/postfix/master.cf").write_text("\n".join(master) + "\n")
-        sh("postfix check", check=False)
-
-    def start(self):
-        sh("postfix start", check=False)
-        wait_port(PF_SMTP)
-
-    def pids(self):
-        return pids_of({"master", "qmgr", "pickup", "smtpd", "cleanup", "trivial-rewrite", "virtual", "anvil", "tlsmgr", "postlogd", "proxymap", "scache", "bounce"})
-
-    def stop(self):
-        sh("postfix stop", check=False)
-        time.sleep(1)
-
-    def restore(self):
-        if self.saved.exists():
-            shutil.rmtree("/etc/postfix")
-            shutil.copytree(self.saved, "/etc/postfix")
-            shutil.rmtree(self.saved)
-
-    def clear_mail(self):
-        for u in USERS:
-            shutil.rmtree(self.mail / u, ignore_errors=True)
-
-
-class Dovecot:
-    name = "dovecot"
-    pop3_port = DC_POP3
-
-    def __init__(self):
-        self.dir = WORK / "dovecot"
-        self.mail = self.dir / "mail"
-        self.proc = None
-
-    def setup(self):
-        if not shutil.which("dovecot"):
-            raise RuntimeError("dovecot not installed")
-        shutil.rmtree(self.dir, ignore_errors=True)
-        (self.dir / "run").mkdir(parents=True)
-        self.mail.mkdir()
-        (self.dir / "passwd").write_text("".join(f"{u}:{{PLAIN}}{u}-pw\n" for u in USERS))
-        (self.dir / "dovecot.conf").write_text(f"""
-base_dir = {self.dir}/run
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-log_path = {self.dir}/dovecot.log
-passdb {{
-  driver = passwd-file
-  args = {self.dir}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid=mail gid=mail home={self.mail}/%u
-}}
-mail_location = maildir:{self.mail}/%u
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {DC_POP3}
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-}}
-first_valid_uid = 1
-""")
-
-    def start(self):
-        sh(["dovecot", "-c", str(self.dir / "dovecot.conf")])
-        wait_port(DC_POP3)
-
-    def pids(self):
-        return pids_of({"dovecot", "pop3-login", "pop3", "auth", "config", "log", "anvil"})
-
-    def stop(self):
-        sh(["doveadm", "-c", str(self.dir / "dovecot.conf"), "stop"], check=False)
-        time.sleep(0.5)
-
-    def clear_mail(self):
-        shutil.rmtree(self.mail, ignore_errors=True)
-        self.mail.mkdir()
-        shutil.chown(self.mail, "mail", "mail")
-
-
-def _uid(user):
-    import pwd
-    return pwd.getpwnam(user).pw_uid
-
-
-def _gid(group):
-    import grp
-    return grp.getgrnam(group).gr_gid
-
-
-# ---- figures -------------------------------------------------------------------------------
-
-def smtp_load(server, sessions, messages, size=4096, side_latency=False):
-    """smtp-source load; returns (msg/s, seconds until all are in the Maildirs, NOOP p50, p99)."""
-    server.clear_mail()
-    lat = []
-    side = None
-    if side_latency:
-        side = socket.create_connection(("127.0.0.1", server.smtp_port))
-        side.recv(1000)
-        side.sendall(b"EHLO side\r\n")
-        time.sleep(0.1)
-        side.recv(1000)
-    t0 = time.time()
-    src = subprocess.Popen(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
-                            "-f", "bench@example.org", "-t", "alice@example.test", f"127.0.0.1:{server.smtp_port}"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while src.poll() is None:
-        if side:
-            a = time.perf_counter()
-            side.sendall(b"NOOP\r\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                buf += side.recv(100)
-            lat.append(time.perf_counter() - a)
-            time.sleep(0.005)
-        else:
+def smtp_load(server, sessions, messages, side=False, ledger=False):
+    maildir_clear(server.mail, "alice")
+    side_session = SideSession(server.smtp_port) if side else None
+    acct = procstat.Ledger(server.root_pid) if ledger else None
+    if acct:
+        acct.__enter__()
+    try:
+        t0 = time.perf_counter()
+        src = smtp_source(server.smtp_port, sessions, messages, "alice@example.test")
+        while src.poll() is None:
+            if side_session:
+                side_session.noop()
+                time.sleep(0.001)  # a small pause, so the side session is no load itself
+            else:
+                time.sleep(0.002)
+        accepted = time.perf_counter() - t0
+        err = src.stderr.read().decode(errors="replace").strip()
+        deadline = time.time() + 600
+        while maildir_count(server.mail, "alice") < messages and time.time() < deadline:
             time.sleep(0.01)
-    accepted = time.time() - t0
-    err = src.stderr.read().decode(errors="replace")
-    deadline = time.time() + 300
-    while count_maildir(server.mail, ["alice"]) < messages and time.time() < deadline:
-        time.sleep(0.05)
-    delivered = time.time() - t0
-    got = count_maildir(server.mail, ["alice"])
-    if side:
-        side.close()
-    if got < messages:
-        print(f"  {server.name}: only {got}/{messages} delivered; smtp-source said: {err[:300]}", file=sys.stderr)
-    p50 = statistics.median(lat) * 1000 if lat else None
-    p99 = sorted(lat)[int(len(lat) * 0.99) - 1] * 1000 if len(lat) >= 100 else None
-    return messages / accepted, delivered, p50, p99
+        delivered_after = time.perf_counter() - t0
+        got = maildir_count(server.mail, "alice")
+        if acct:
+            time.sleep(1)  # the queue files' removal after the last delivery
+    finally:
+        if acct:
+            acct.__exit__(None, None, None)
+        if side_session:
+            side_session.close()
+    if got < messages or src.returncode != 0:
+        log(f"  {server.name}: {got}/{messages} delivered; smtp-source exit {src.returncode}: {err[:300]}")
+    r = {"rate": messages / accepted, "until": delivered_after, "delivered": got, "messages": messages,
+         "source_status": src.returncode}
+    if side_session:
+        lat = side_session.samples
+        r.update(noop_n=len(lat), noop_p50=percentile(lat, 50) * 1000 if lat else None,
+                 noop_p99=percentile(lat, 99) * 1000 if lat else None)
+    if acct:
+        t = acct.totals
+        r.update(write_bytes=t["write_bytes"], cancelled=t["cancelled_write_bytes"],
+                 bytes_per_msg=t["write_bytes"] / messages, processes=acct.processes,
+                 exits_lost=acct.exits_lost, load_ticks=t["ticks"])
+    return r
 
 
-def idle_connections(server, n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            s.connect(("127.0.0.1", server.smtp_port))
-        except BlockingIOError:
-            pass
-        socks.append(s)
-    greeted = 0
-    deadline = time.time() + 60
-    pending = set(range(n))
-    import select
-    while pending and time.time() < deadline:
-        fds = {socks[i].fileno(): i for i in list(pending)[:1000]}
-        r, _, _ = select.select(list(fds), [], [], 0.5)
-        for fd in r:
-            i = fds[fd]
+# ---- idle connections -----------------------------------------------------------------------
+
+def mem_available_kib():
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    return 0
+
+
+def hold_idle(server, n, pending_max=256, stall=30, reserve_kib=6 << 20):
+    """Opens `n` SMTP connections (at most `pending_max` waiting for their greeting at once),
+    waits for the greetings, measures the server's memory while they all stay open, closes
+    them with a reset. Stops early if the server stops greeting for `stall` seconds or the
+    machine's available memory falls below `reserve_kib`."""
+    sel = selectors.DefaultSelector()
+    socks, pending = [], {}
+    greeted = refused = 0
+    stopped = None
+    last_progress = last_memory_check = time.time()
+    while len(socks) < n or pending:
+        while len(socks) < n and len(pending) < pending_max:
+            s = socket.socket()
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             try:
-                if socks[i].recv(1000).startswith(b"220"):
-                    greeted += 1
-            except OSError:
+                s.connect(("127.0.0.1", server.smtp_port))
+            except BlockingIOError:
                 pass
-            pending.discard(i)
-    time.sleep(1)
-    rss = rss_kib(server.pids())
+            socks.append(s)
+            pending[s.fileno()] = s
+            sel.register(s, selectors.EVENT_READ)
+        for key, _ in sel.select(timeout=0.5):
+            s = key.fileobj
+            try:
+                data = s.recv(512)
+            except OSError:
+                data = b""
+            if data.startswith(b"220"):
+                greeted += 1
+            else:
+                refused += 1
+            sel.unregister(s)
+            pending.pop(s.fileno(), None)
+            last_progress = time.time()
+        if time.time() - last_memory_check >= 1:
+            last_memory_check = time.time()
+            if mem_available_kib() < reserve_kib:
+                stopped = f"stopped at {len(socks)} connections: less than {reserve_kib >> 20} GiB of memory left"
+                break
+        if time.time() - last_progress > stall:
+            stopped = f"no greeting for {stall} s after {greeted} greetings ({len(pending)} waiting)"
+            break
+    time.sleep(2)
+    pids = server.pids()
+    rss, pss = procstat.memory_kib(pids)
     for s in socks:
         s.close()
-    return greeted, rss
+    sel.close()
+    return {"greeted": greeted, "refused": refused, "rss": rss, "pss": pss, "processes": len(pids),
+            "stopped": stopped}
 
 
-def idle_cost(server, seconds):
-    pids = server.pids()
-    c0, s0 = cpu_and_switches(pids)
-    time.sleep(seconds)
-    c1, s1 = cpu_and_switches(pids)
-    return c1 - c0, s1 - s0
+def comm(pid):
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
+
+def settle(server, quiet=10, timeout=400):
+    """Waits until the server is at rest: its process set unchanged for `quiet` seconds and,
+    for a server that names them (`rest_processes`), nothing but its permanent processes
+    left. An idle Postfix smtpd, cleanup or virtual exits `max_idle` (100 s) after its last
+    job; until then Postfix is not at rest."""
+    deadline = time.time() + timeout
+    last, since = None, time.time()
+    while time.time() < deadline:
+        pids = server.pids()
+        # The process set and their CPU time: a single-process server still finishing work
+        # (writing deferral records, say) is not at rest either.
+        now = (frozenset(pids), sum((procstat.proc_counters(p) or (0, {"ticks": 0}))[1]["ticks"] for p in pids))
+        rest = server.rest_processes is None or all(comm(p) in server.rest_processes for p in pids)
+        if now != last or not rest:
+            last, since = now, time.time()
+        elif time.time() - since >= quiet:
+            return True
+        time.sleep(1)
+    return False
+
+
+def idle_window(server, seconds):
+    settled = settle(server)
+    with procstat.Ledger(server.root_pid) as acct:
+        time.sleep(seconds)
+    t = acct.totals
+    return {"ticks": t["ticks"], "switches": t["switches"], "processes": acct.processes, "settled": settled}
+
+
+# ---- deferred queue ------------------------------------------------------------------------
+
+def make_deferred(server, count):
+    """Queues `count` messages to carol, whose Maildir path is a plain file: each server
+    tries once, fails with a temporary error (ENOTDIR) and keeps the message for a retry an
+    hour later. Returns what the server's own queue listing says."""
+    carol = Path(server.mail) / "carol"
+    shutil.rmtree(carol, ignore_errors=True)
+    carol.write_text("not a directory: deliveries to carol fail temporarily\n")
+    if server.name == "postfix":
+        shutil.chown(carol, "postfix", "postfix")
+    src = smtp_source(server.smtp_port, 10, count, "carol@example.test")
+    src.wait()
+    deadline = time.time() + 300
+    queued = deferred = 0
+    while time.time() < deadline:
+        queued, deferred = server.queue()
+        if deferred >= count:
+            break
+        time.sleep(1)
+    return {"queued": queued, "deferred": deferred, "source_status": src.returncode}
+
+
+# ---- POP3 -----------------------------------------------------------------------------------
 
 def pop3_fill(server, count, size):
-    server.clear_mail()
     d = Path(server.mail) / "bob"
+    shutil.rmtree(d, ignore_errors=True)
     for sub in ("tmp", "new", "cur"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / sub).mkdir(parents=True)
     line = b"x" * 75 + b"\n"
-    body = b"Subject: bench\n\n" + line * (size // len(line))
+    body = b"From: <bench@example.org>\nTo: <bob@example.test>\nSubject: bench\n\n" + line * (size // len(line))
     for i in range(count):
         (d / "new" / f"{1700000000 + i}.M{i}P1Q{i}.bench").write_bytes(body)
     if server.name == "dovecot":
-        sh(["chown", "-R", "mail:mail", str(server.mail)])
+        sh(["chown", "-R", "mail:mail", str(d)])
+    os.sync()  # the fill's writeback must not land inside the measurement
 
 
-def pop3_retr_dele(server, count):
-    import poplib
-    t0 = time.time()
-    p = poplib.POP3("127.0.0.1", server.pop3_port, timeout=60)
-    p.user("bob")
-    p.pass_("bob-pw")
-    n, _ = p.stat()
-    total = 0
-    for i in range(1, n + 1):
-        _, lines, octets = p.retr(i)
-        total += octets
-        p.dele(i)
-    p.quit()
-    took = time.time() - t0
-    return n / took, total / took / 1e6
+def pop3_session(port, expect, big=False):
+    """One session: log in, RETR+DELE everything (or RETR the one big message), QUIT.
+    Returns (messages, octets, seconds): the whole session for RETR+DELE, the RETR alone for
+    the big message."""
+    t0 = time.perf_counter()
+    c = popclient.Client(port)
+    c.login("bob", "bob-pw")
+    n = c.stat()
+    if n != expect:
+        raise RuntimeError(f"STAT says {n} messages, {expect} expected")
+    if big:
+        t0 = time.perf_counter()
+        octets = c.retr(1)
+        took = time.perf_counter() - t0
+        c.quit()
+        return n, octets, took
+    octets = c.retr_dele_all(n)
+    c.quit()
+    return n, octets, time.perf_counter() - t0
 
 
-def fmt(values, unit="", digits=0):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    med = statistics.median(vals)
-    return f"{med:.{digits}f}{unit} ({min(vals):.{digits}f}–{max(vals):.{digits}f})"
+def pop3_run(server, count, big_size):
+    pop3_fill(server, count, SIZE)
+    n, octets, took = pop3_session(server.pop3_port, count)
+    left = maildir_count(server.mail, "bob")
+    pop3_fill(server, 1, big_size)
+    _, big_octets, big_took = pop3_session(server.pop3_port, 1, big=True)
+    return {"rate": n / took, "mbs": octets / took / 1e6, "big_mbs": big_octets / big_took / 1e6,
+            "big_octets": big_octets, "left_after_quit": left}
+
+
+def pop3_client_ceiling(count, big_size):
+    """The same client against an in-memory dummy server (a ceiling for the client)."""
+    out = {}
+    for size, key in ((SIZE, "rate"), (big_size, "big")):
+        port = free_port()
+        dummy = subprocess.Popen([sys.executable, str(Path(popclient.__file__)), "dummy", str(port), str(size)],
+                                 stdout=subprocess.PIPE, start_new_session=True)
+        try:
+            dummy.stdout.readline()
+            if key == "rate":
+                n, octets, took = pop3_session(port, 1000)
+                out["rate"], out["mbs"] = n / took, octets / took / 1e6
+            else:
+                _, octets, took = pop3_session(port, 1000, big=True)
+                out["big_mbs"] = octets / took / 1e6
+        finally:
+            dummy.kill()
+            dummy.wait()
+    return out
+
+
+# ---- one-off figures ------------------------------------------------------------------------
+
+def durability(server, messages=100):
+    """fsync-family and rename calls per accepted message (strace -f over the server's whole
+    process tree, on a short run outside the timed figures), and whether all landed."""
+    maildir_clear(server.mail, "alice")
+    out = WORK / f"strace-{server.name}.txt"
+    args = ["strace", "-f", "-c", "-o", str(out),
+            "-e", "trace=fsync,fdatasync,sync_file_range,rename,renameat,renameat2,link,linkat"]
+    for pid in server.pids():
+        args += ["-p", str(pid)]
+    tracer = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(1.5)
+    src = smtp_source(server.smtp_port, 5, messages, "alice@example.test")
+    src.wait()
+    deadline = time.time() + 120
+    while maildir_count(server.mail, "alice") < messages and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    calls = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1].isidentifier() and parts[0][0].isdigit():
+            calls[parts[-1]] = int(parts[3])
+    syncs = sum(v for k, v in calls.items() if k in ("fsync", "fdatasync", "sync_file_range"))
+    renames = sum(v for k, v in calls.items() if k.startswith(("rename", "link")))
+    return {"syncs_per_msg": syncs / messages, "renames_per_msg": renames / messages, "calls": calls,
+            "delivered": maildir_count(server.mail, "alice"), "messages": messages}
+
+
+def footprint():
+    def installed(pkgs):
+        total = 0
+        for p in pkgs:
+            v = sh(["dpkg-query", "-W", "-f=${Installed-Size}", p], check=False).stdout.strip()
+            total += int(v or 0) * 1024
+        return total
+    stripped = "not stripped" not in sh(["file", "-L", str(BIN)], check=False).stdout
+    return {"postling": BIN.stat().st_size, "stripped": stripped,
+            "postfix": installed(["postfix"]), "dovecot": installed(["dovecot-core", "dovecot-pop3d"])}
+
+
+def parsers(quick):
+    cmd = ["cargo", "bench", "--quiet", "--bench", "parsers"] + (["--", "--quick"] if quick else [])
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"cargo bench failed: {out.stderr[-2000:]}")
+    return {"table": [l for l in out.stdout.splitlines() if l.startswith("|")]}
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    fs = sh(["findmnt", "-n", "-o", "SOURCE,FSTYPE,OPTIONS", "-T", str(WORK)], check=False).stdout.strip()
+    osr = dict(l.split("=", 1) for l in Path("/etc/os-release").read_text().splitlines() if "=" in l)
+    commit = sh(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], check=False).stdout.strip()
+    pf = sh("dpkg-query -W -f='${Version}' postfix", check=False).stdout
+    dc = sh("dpkg-query -W -f='${Version}' dovecot-pop3d", check=False).stdout
+    rustc = sh(["rustc", "--version"], check=False).stdout.strip()
+    return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "mem_mib": mem,
+            "kernel": platform.release(), "os": osr.get("PRETTY_NAME", "?").strip('"'), "fs": fs,
+            "postling": commit, "rustc": rustc, "postfix": pf, "dovecot": dc,
+            "python": platform.python_version(), "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+def alternate(rounds, servers, measure, label):
+    """Runs `measure(server)` for each server in turn, `rounds` times: A B A B ..."""
+    samples = {s.name: [] for s in servers}
+    for r in range(rounds):
+        for s in servers:
+            v = measure(s)
+            samples[s.name].append(v)
+            log(f"  {label} round {r + 1}/{rounds} {s.name}: {brief(v)}")
+    return samples
+
+
+def brief(v):
+    return ", ".join(f"{k}={round(x, 3) if isinstance(x, float) else x}" for k, x in v.items()
+                     if not isinstance(x, (dict, list)))
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--messages", type=int, default=5000)
-    ap.add_argument("--idle-seconds", type=int, default=60)
-    ap.add_argument("--quick", action="store_true", help="small numbers, for trying the harness")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small numbers and one round, for trying the harness")
+    ap.add_argument("--rounds", type=int, help="rounds per figure (default 3, --quick 1)")
+    ap.add_argument("--memory-rounds", type=int, default=1,
+                    help="rounds of the memory figure (default 1: it is deterministic to about 1%%, and Postfix "
+                         "takes minutes to fork 10,000 smtpd processes)")
+    ap.add_argument("--messages", type=int, help="messages per SMTP run (default 5000, --quick 500)")
+    ap.add_argument("--idle-seconds", type=int, help="idle window (default 60, --quick 10)")
+    ap.add_argument("--connections", type=int, nargs=2, metavar=("N1", "N2"),
+                    help="idle connection counts (default 1000 10000, --quick 100 1000)")
+    ap.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
+                    help=f"run only these figures ({', '.join(FIGURES)}); the others keep their last results")
     args = ap.parse_args()
-    if args.quick:
-        args.rounds, args.messages, args.idle_seconds = 1, 500, 5
+    q = args.quick
+    args.rounds = args.rounds or (1 if q else 3)
+    args.messages = args.messages or (500 if q else 5000)
+    args.idle_seconds = args.idle_seconds or (10 if q else 60)
+    args.connections = args.connections or ([100, 1000] if q else [1000, 10000])
+    pop_count, big_size, deferred_count = (200, 8 << 20, 100) if q else (1000, 50 << 20, 1000)
+    figures = args.only or FIGURES
+    if os.geteuid() != 0:
+        sys.exit("bench.py needs root: it runs Postfix and Dovecot (use bench/run)")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    previous = json.loads(RESULTS_JSON.read_text()) if args.only and RESULTS_JSON.exists() else {}
+    results = previous.get("figures", {})
     WORK.mkdir(parents=True, exist_ok=True)
-    pl, pf, dc = Postling(), Postfix(), Dovecot()
-    rows = []
+    run = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds,
+           "memory_rounds": args.memory_rounds,
+           "messages": args.messages, "idle_seconds": args.idle_seconds, "connections": args.connections,
+           "pop_count": pop_count, "big_size": big_size, "deferred_count": deferred_count, "quick": q}
+    info = machine()
+
+    def record(name, measure):
+        """Runs one figure; an error is logged and recorded, and the run goes on."""
+        if name not in figures:
+            return
+        log(f"{name}:")
+        try:
+            results[name] = {"run": run, "data": measure()}
+        except (KeyboardInterrupt, Stop):
+            raise
+        except Exception as e:
+            log(f"{name} failed: {e!r}")
+            results[name] = {"run": run, "error": repr(e)[:500]}
+
+    record("parsers", lambda: parsers(q))
+
+    guard = EtcPostfixGuard(WORK)
+    guard.save()
+    pl = Postling(WORK, BIN, (free_port(), free_port()))
+    pf = Postfix(WORK, free_port(), maxproc=args.connections[1] + 100)
+    dc = Dovecot(WORK, free_port())
     started = []
     try:
-        for s in (pl, pf, dc):
-            s.setup()
-        for s in (pl, pf, dc):
-            s.start()
-            started.append(s)
-        res = {}
-        def add(key, server, value):
-            res.setdefault((key, server.name), []).append(value)
+        needs = set(figures) - {"parsers", "footprint"}
+        if needs:
+            for s in (pl, pf, dc):
+                s.setup()
+            for s in (pl, pf, dc):
+                started.append(s)  # before start(): a half-started server is still stopped
+                s.start()
+            for s in (pl, pf):  # warm-up, not measured
+                smtp_load(s, 5, 200)
+        smtp = (pl, pf)
+        record("durability", lambda: {s.name: durability(s) for s in smtp})
+        record("smtp1", lambda: alternate(args.rounds, smtp, lambda s: smtp_load(s, 1, args.messages), "smtp1"))
+        record("smtp20", lambda: alternate(args.rounds, smtp,
+                                           lambda s: smtp_load(s, 20, args.messages, side=True, ledger=True), "smtp20"))
 
-        for r in range(args.rounds):
-            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
-            for server in (pl, pf):
-                for sessions in (1, 20):
-                    rate, until, p50, p99 = smtp_load(server, sessions, args.messages, side_latency=(sessions == 20))
-                    add(f"smtp{sessions}_rate", server, rate)
-                    add(f"smtp{sessions}_until", server, until)
-                    if sessions == 20:
-                        add("noop_p50", server, p50)
-                        add("noop_p99", server, p99)
-                    print(f"  {server.name} {sessions} sessions: {rate:.0f} msg/s, all delivered after {until:.1f}s, "
-                          f"NOOP p50/p99 {p50 and round(p50, 2)}/{p99 and round(p99, 2)} ms", file=sys.stderr)
-            for server in (pl, dc):
-                pop3_fill(server, 1000, 4096)
-                rate, mbs = pop3_retr_dele(server, 1000)
-                add("pop3_rate", server, rate)
-                pop3_fill(server, 1, 50 * 1024 * 1024)
-                _, mbs = pop3_retr_dele(server, 1)
-                add("pop3_big", server, mbs)
-                print(f"  {server.name} POP3: {rate:.0f} RETR+DELE/s; 50 MiB at {mbs:.0f} MB/s", file=sys.stderr)
-        for server in (pl, pf):
-            server.clear_mail()
-            time.sleep(2)
-            add("rss_idle", server, rss_kib(server.pids()))
-            for n in (1000, 10000):
-                greeted, rss = idle_connections(server, n)
-                add(f"rss_{n}", server, rss)
-                add(f"greeted_{n}", server, greeted)
-                print(f"  {server.name}: {greeted}/{n} idle connections greeted, RSS {rss} KiB", file=sys.stderr)
-            time.sleep(2)
-            ticks, switches = idle_cost(server, args.idle_seconds)
-            add("idle_ticks", server, ticks)
-            add("idle_switches", server, switches)
-        pl_size = BIN.stat().st_size
-        pf_size = int(sh("dpkg-query -W -f='${Installed-Size}' postfix").stdout or 0) * 1024
-        dc_size = sum(int(sh(f"dpkg-query -W -f='${{Installed-Size}}' {p}").stdout or 0) for p in ("dovecot-core", "dovecot-pop3d")) * 1024
+        def pop3():
+            data = alternate(args.rounds, (pl, dc), lambda s: pop3_run(s, pop_count, big_size), "pop3")
+            data["client_ceiling"] = pop3_client_ceiling(pop_count, big_size)
+            return data
+        record("pop3", pop3)
+        record("idle", lambda: alternate(args.rounds, smtp, lambda s: idle_window(s, args.idle_seconds), "idle"))
+
+        def memory(s):
+            settle(s)
+            rss, pss = procstat.memory_kib(s.pids())
+            out = {"rss_idle": rss, "pss_idle": pss, "processes_idle": len(s.pids())}
+            if s is pf:
+                out["rss_idle_with_dovecot"] = rss + procstat.memory_kib(dc.pids())[0]
+            for n in args.connections:
+                h = hold_idle(s, n)
+                out.update({f"{k}_{n}": v for k, v in h.items()})
+            return out
+        record("memory", lambda: alternate(args.memory_rounds, smtp, memory, "memory"))
+
+        def deferred():
+            setup = {s.name: make_deferred(s, deferred_count) for s in smtp}
+            log(f"  deferred queues: {setup}")
+            data = alternate(args.rounds, smtp, lambda s: idle_window(s, args.idle_seconds), "deferred")
+            data["setup"] = setup
+            data["after"] = {s.name: dict(zip(("queued", "deferred"), s.queue())) for s in smtp}
+            return data
+        record("deferred", deferred)
+        record("footprint", footprint)
+    except KeyboardInterrupt:
+        log("interrupted: stopping the servers")
+        raise
     finally:
-        for s in started:
-            s.stop()
-        pf.restore()
-
-    def cell(key, name, unit="", digits=0):
-        return fmt(res.get((key, name), []), unit, digits)
-
-    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, kernel {platform.release()}"
-    lines = [
-        "# postling benchmark results", "",
-        f"Machine: {machine}. Rounds: {args.rounds} (median, min–max). Messages per run: {args.messages} × 4 KiB.",
-        f"Generated by `bench/run` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-        "| figure | postling | peer |", "| --- | --- | --- |",
-        f"| SMTP accept, 1 session (msg/s) | {cell('smtp1_rate', 'postling')} | Postfix {cell('smtp1_rate', 'postfix')} |",
-        f"| SMTP accept, 20 sessions (msg/s) | {cell('smtp20_rate', 'postling')} | Postfix {cell('smtp20_rate', 'postfix')} |",
-        f"| all in Maildirs after, 20 sessions (s) | {cell('smtp20_until', 'postling', '', 1)} | Postfix {cell('smtp20_until', 'postfix', '', 1)} |",
-        f"| NOOP on a side session during the 20-session load, p50 (ms) | {cell('noop_p50', 'postling', '', 2)} | Postfix {cell('noop_p50', 'postfix', '', 2)} |",
-        f"| same, p99 (ms) | {cell('noop_p99', 'postling', '', 2)} | Postfix {cell('noop_p99', 'postfix', '', 2)} |",
-        f"| RSS idle (KiB, all processes) | {cell('rss_idle', 'postling')} | Postfix {cell('rss_idle', 'postfix')} |",
-        f"| RSS with 1,000 idle SMTP connections (KiB) | {cell('rss_1000', 'postling')} | Postfix {cell('rss_1000', 'postfix')} |",
-        f"| RSS with 10,000 idle SMTP connections (KiB) | {cell('rss_10000', 'postling')} (greeted {cell('greeted_10000', 'postling')}) | Postfix {cell('rss_10000', 'postfix')} (greeted {cell('greeted_10000', 'postfix')}) |",
-        f"| CPU ticks over {args.idle_seconds}s idle | {cell('idle_ticks', 'postling')} | Postfix {cell('idle_ticks', 'postfix')} |",
-        f"| context switches over {args.idle_seconds}s idle | {cell('idle_switches', 'postling')} | Postfix {cell('idle_switches', 'postfix')} |",
-        f"| POP3 RETR+DELE of 1,000 × 4 KiB (msg/s) | {cell('pop3_rate', 'postling')} | Dovecot {cell('pop3_rate', 'dovecot')} |",
-        f"| POP3 RETR of one 50 MiB message (MB/s) | {cell('pop3_big', 'postling')} | Dovecot {cell('pop3_big', 'dovecot')} |",
-        f"| footprint (bytes) | binary {pl_size:,} | Postfix package {pf_size:,}; Dovecot packages {dc_size:,} |",
-        "",
-    ]
-    out = ROOT / "bench" / "RESULTS.md"
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+        # A second Ctrl-C must not cut the cleanup short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        for s in reversed(started):
+            try:
+                if s is pf:
+                    pf.purge_queue()
+                s.stop()
+            except Exception as e:  # keep stopping the others
+                log(f"stopping {s.name}: {e}")
+        if guard.restore():
+            log("/etc/postfix had changed during the run and was restored")
+        for s in (pl, pf, dc):
+            for sub in ("mail", "spool", "queue"):
+                shutil.rmtree(Path(s.dir) / sub, ignore_errors=True)
+    info["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    out = {"machine": info, "figures": results}
+    RESULTS_JSON.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    import report
+    RESULTS_MD.write_text(report.render(out))
+    print(RESULTS_MD.read_text())
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (KeyboardInterrupt, Stop) as e:
+        sys.exit(f"bench: stopped ({e or 'Ctrl-C'}); every server it started was stopped")

@@ -1,0 +1,261 @@
+"""Renders bench/results.json as bench/RESULTS.md."""
+import statistics
+
+
+def med(values):
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def num(v, digits=0):
+    if v is None:
+        return "n/a"
+    return f"{v:,.{digits}f}"
+
+
+def cell(values, digits=0, scale=1.0):
+    vals = [v * scale for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    m = statistics.median(vals)
+    if len(vals) == 1 or min(vals) == max(vals):
+        return num(m, digits)
+    return f"{num(m, digits)} ({num(min(vals), digits)}–{num(max(vals), digits)})"
+
+
+class Table:
+    def __init__(self, figures):
+        self.figures = figures
+        self.rows = []
+
+    def samples(self, fig, server, key):
+        f = self.figures.get(fig, {})
+        data = f.get("data", {})
+        rounds = data.get(server, [])
+        if callable(key):
+            return [key(r) for r in rounds]
+        return [r.get(key) for r in rounds]
+
+    def row(self, label, fig, key, peer, digits=0, scale=1.0, target=None):
+        """`target`: ("ratio>=", x) on postling ÷ peer, ("<=", x) or ("==", x) on postling."""
+        if "error" in self.figures.get(fig, {}):
+            self.rows.append(f"| {label} | failed: {self.figures[fig]['error'][:80]} | | | | |")
+            return
+        pl = self.samples(fig, "postling", key)
+        pe = self.samples(fig, peer, key) if peer else []
+        m_pl, m_pe = med(pl), med(pe)
+        ratio = m_pl / m_pe if m_pl is not None and m_pe not in (None, 0) else None
+        met, want = "", "–"
+        if target and m_pl is not None:
+            kind, x = target
+            if kind == "ratio>=":
+                want = f"≥ {x}× {peer.capitalize()}"
+                met = "✓" if ratio is not None and ratio >= x else "✗"
+            elif kind == "<=":
+                want = f"≤ {num(x, digits)}"
+                met = "✓" if m_pl * scale <= x else "✗"
+            elif kind == "==":
+                want = f"{num(x, digits)}"
+                met = "✓" if m_pl * scale == x else "✗"
+        peer_cell = f"{peer.capitalize()}: {cell(pe, digits, scale)}" if peer else "–"
+        ratio_cell = f"{ratio:.2f}" if ratio is not None else "–"
+        self.rows.append(f"| {label} | {cell(pl, digits, scale)} | {peer_cell} | {ratio_cell} | {want} | {met} |")
+
+
+def render(results):
+    m = results["machine"]
+    f = results["figures"]
+    runs = {name: fig.get("run", {}) for name, fig in f.items()}
+    any_run = next(iter(runs.values()), {})
+    msgs = runs.get("smtp20", any_run).get("messages", "?")
+    idle_s = runs.get("idle", any_run).get("idle_seconds", "?")
+    n1, n2 = runs.get("memory", any_run).get("connections", [1000, 10000])
+    pop_n = runs.get("pop3", any_run).get("pop_count", 1000)
+    big = runs.get("pop3", any_run).get("big_size", 50 << 20) >> 20
+    deferred_n = runs.get("deferred", any_run).get("deferred_count", 1000)
+    t = Table(f)
+    MiB = 1 / 1024
+
+    t.row(f"SMTP acceptance, 1 session, {msgs} × 4 KiB (msg/s)", "smtp1", "rate", "postfix", target=("ratio>=", 2.5))
+    t.row("  all in the Maildirs after (s)", "smtp1", "until", "postfix", digits=1)
+    t.row(f"SMTP acceptance, 20 sessions, {msgs} × 4 KiB (msg/s)", "smtp20", "rate", "postfix", target=("ratio>=", 3))
+    t.row("  all in the Maildirs after (s)", "smtp20", "until", "postfix", digits=1)
+    t.row("  NOOP on a side session during that load, p50 (ms)", "smtp20", "noop_p50", "postfix", digits=2)
+    t.row("  same, p99 (ms)", "smtp20", "noop_p99", "postfix", digits=2, target=("<=", 1))
+    t.row("  NOOP samples per run", "smtp20", "noop_n", "postfix")
+    t.row("  disk bytes written per message (write_bytes ÷ messages)", "smtp20", "bytes_per_msg", "postfix",
+          target=("<=", 2.5 * 4096))
+    t.row("RSS idle, all processes (MiB)", "memory", "rss_idle", "postfix", digits=2, scale=MiB, target=("<=", 2))
+    t.row(f"RSS holding {n1:,} idle SMTP connections (MiB)", "memory", f"rss_{n1}", "postfix", digits=1, scale=MiB)
+    t.row(f"RSS holding {n2:,} idle SMTP connections (MiB)", "memory", f"rss_{n2}", "postfix", digits=1, scale=MiB,
+          target=("<=", 16))
+    t.row(f"  connections greeted (of {n2:,})", "memory", f"greeted_{n2}", "postfix", target=("==", n2))
+    t.row(f"  cost per connection, (RSS_{n2} − RSS_idle) ÷ {n2:,} (KiB)", "memory",
+          lambda r: (r[f"rss_{n2}"] - r["rss_idle"]) / n2 if r.get(f"greeted_{n2}") else None, "postfix",
+          digits=2, target=("<=", 1))
+    t.row(f"  PSS holding {n2:,} (MiB; shared pages counted once)", "memory", f"pss_{n2}", "postfix", digits=1,
+          scale=MiB)
+    t.row("  cost per connection by PSS (KiB)", "memory",
+          lambda r: (r[f"pss_{n2}"] - r["pss_idle"]) / n2 if r.get(f"greeted_{n2}") else None, "postfix", digits=2)
+    t.row(f"CPU ticks (1/100 s) over {idle_s} s idle, empty queue", "idle", "ticks", "postfix", digits=1,
+          target=("==", 0))
+    t.row(f"  context switches (wake-ups) over {idle_s} s", "idle", "switches", "postfix", target=("==", 0))
+    t.row(f"CPU ticks over {idle_s} s idle, {deferred_n:,} deferred messages queued", "deferred", "ticks", "postfix",
+          digits=1, target=("==", 0))
+    t.row(f"  context switches over {idle_s} s", "deferred", "switches", "postfix", target=("==", 0))
+    t.row(f"POP3 log in, RETR+DELE {pop_n:,} × 4 KiB, QUIT (msg/s)", "pop3", "rate", "dovecot", target=("ratio>=", 1.5))
+    t.row("  same (MB/s)", "pop3", "mbs", "dovecot", digits=1)
+    t.row(f"POP3 RETR of one {big} MiB message (MB/s)", "pop3", "big_mbs", "dovecot", target=("ratio>=", 1.5))
+
+    lines = [
+        "# postling benchmark results", "",
+        "Generated by `bench/run` (see the README, section Benchmarks). Every figure is measured for postling "
+        "and its peer in alternation (A B A B …); cells are the median over the rounds with min–max in "
+        "brackets; the ratio is postling ÷ peer of the medians; ✓/✗ compares postling's median with the "
+        "product target.", "",
+        "## Machine", "",
+        f"- {m['cpu']}, {m['cpus']} vCPUs, {m['mem_mib']:,} MiB RAM; {m['os']}, kernel {m['kernel']}",
+        f"- work directory on {m['fs']}",
+        f"- postling {m['postling']} ({m['rustc']}), Postfix {m['postfix']}, Dovecot {m['dovecot']}, "
+        f"Python {m['python']}",
+        f"- load average at start {' '.join(m['loadavg'])}, at end {' '.join(m.get('loadavg_end', ['?']))} "
+        "(a shared machine: other work may have run meanwhile, which the alternation spreads over both servers)",
+    ]
+    def rounds_of(name, r):
+        return r.get("memory_rounds", 1) if name == "memory" else r.get("rounds")
+    when = {}
+    for name, r in runs.items():
+        when.setdefault((r.get("started"), rounds_of(name, r), r.get("quick")), []).append(name)
+    for (started, rounds, quick), names in sorted(when.items(), key=lambda kv: str(kv[0])):
+        lines.append(f"- measured {started}, {rounds} round(s){' (--quick)' if quick else ''}: {', '.join(names)}")
+    lines += ["", "## Results", "",
+              "| figure | postling | peer | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += t.rows
+    fp = f.get("footprint", {}).get("data")
+    if fp:
+        size = fp["postling"]
+        lines.append(f"| binary size{'' if fp['stripped'] else ' (NOT stripped)'} (bytes) | {size:,} | "
+                     f"Postfix package: {fp['postfix']:,}; Dovecot core + pop3d packages: {fp['dovecot']:,} | "
+                     f"{size / fp['postfix']:.3f} | ≤ 3 MiB | {'✓' if size <= 3 << 20 else '✗'} |")
+    lines += details(f, n1, n2)
+    lines += notes(f, idle_s, deferred_n)
+    par = f.get("parsers", {}).get("data")
+    lines += ["", "## Parser micro-benchmark (`cargo bench --bench parsers`)", "",
+              "The SMTP and POP3 sessions alone, driven like the reactor drives them (input windows of at most "
+              "8 KiB, output drained when the session asks) against in-memory hosts that do no I/O and allocate "
+              "nothing per call (`bench/parsers.rs`). Allocations are counted by a `#[global_allocator]` over the "
+              "commands only (not the greeting or the login).", ""]
+    lines += par["table"] if par else ["(not run)"]
+    return "\n".join(lines) + "\n"
+
+
+def details(f, n1, n2):
+    out = ["", "## Checks behind the numbers", ""]
+    d = f.get("durability", {}).get("data")
+    if d:
+        for name, r in d.items():
+            calls = ", ".join(f"{k} {v}" for k, v in sorted(r["calls"].items()))
+            out.append(f"- durability, {name}: {r['syncs_per_msg']:.2f} fsync-family and {r['renames_per_msg']:.2f} "
+                       f"rename/link calls per message (strace -f -c over the whole process tree, {r['messages']} "
+                       f"messages, 5 sessions: {calls}); {r['delivered']}/{r['messages']} in the Maildir.")
+    for fig in ("smtp1", "smtp20"):
+        data = f.get(fig, {}).get("data", {})
+        for name in ("postling", "postfix"):
+            rounds = data.get(name, [])
+            if rounds:
+                lost = sum(r["messages"] - r["delivered"] for r in rounds)
+                bad = sum(1 for r in rounds if r.get("source_status"))
+                out.append(f"- {fig}, {name}: {sum(r['delivered'] for r in rounds):,} of "
+                           f"{sum(r['messages'] for r in rounds):,} messages landed in the Maildir"
+                           f"{f' ({lost} missing)' if lost else ''}; smtp-source reported "
+                           f"{'an error in ' + str(bad) + ' run(s)' if bad else 'no error'}.")
+    data = f.get("smtp20", {}).get("data", {})
+    for name in ("postling", "postfix"):
+        rounds = data.get(name, [])
+        if rounds and "write_bytes" in rounds[0]:
+            out.append(f"- disk, {name}: write_bytes {cell([r['write_bytes'] for r in rounds])} over "
+                       f"{cell([r['processes'] for r in rounds])} processes (cancelled_write_bytes "
+                       f"{cell([r['cancelled'] for r in rounds])}); CPU during the load "
+                       f"{cell([r['load_ticks'] for r in rounds], 1)} ticks"
+                       f"{'; some exit records were lost' if any(r['exits_lost'] for r in rounds) else ''}.")
+    mem = f.get("memory", {}).get("data", {})
+    for name in ("postling", "postfix"):
+        for r in mem.get(name, [])[:1]:
+            extra = f"; with Dovecot's processes too {r['rss_idle_with_dovecot'] / 1024:.1f} MiB" if "rss_idle_with_dovecot" in r else ""
+            out.append(f"- memory, {name}: {r['processes_idle']} process(es) idle{extra}; "
+                       f"{r[f'greeted_{n1}']:,}/{n1:,} and {r[f'greeted_{n2}']:,}/{n2:,} greeted "
+                       f"({r[f'refused_{n2}']} refused) in {r[f'processes_{n2}']} process(es)"
+                       f"{'; ' + r[f'stopped_{n2}'] if r.get(f'stopped_{n2}') else ''}.")
+    dfr = f.get("deferred", {}).get("data", {})
+    for name, s in dfr.get("setup", {}).items():
+        after = dfr.get("after", {}).get(name, {})
+        tool = "`postling -q`" if name == "postling" else "`postqueue -j`"
+        out.append(f"- deferred queue, {name}: {tool} listed {s['queued']:,} messages, {s['deferred']:,} of them "
+                   f"with a delivery error, before the idle windows; {after.get('queued', '?')} / "
+                   f"{after.get('deferred', '?')} after them.")
+    pop = f.get("pop3", {}).get("data", {})
+    for name in ("postling", "dovecot"):
+        left = [r["left_after_quit"] for r in pop.get(name, [])]
+        if left:
+            out.append(f"- POP3, {name}: messages left in the Maildir after RETR+DELE and QUIT: {max(left)}.")
+    cc = pop.get("client_ceiling")
+    if cc:
+        out.append(f"- POP3 client ceiling (the same client against an in-memory dummy server written in Python, "
+                   f"so a lower bound): {cc['rate']:,.0f} RETR+DELE/s ({cc['mbs']:.0f} MB/s) and {cc['big_mbs']:,.0f} "
+                   f"MB/s for the big message.")
+    for name, fig in f.items():
+        if "error" in fig:
+            out.append(f"- figure {name} failed: {fig['error']}")
+    return out
+
+
+def notes(f, idle_s, deferred_n):
+    return ["", "## How each figure is measured, and what is not equal", "",
+            "- **Setup.** Each server runs from its own directory under `bench/work/` on loopback ports picked at "
+            "start: postling with its production defaults (`log_level = info`), Postfix from a private config "
+            "directory (`postfix -c`, its own queue directory, `/etc/postfix` untouched and checked), Dovecot from "
+            "its own config file. Both SMTP servers deliver into Maildirs on the same filesystem for the same users; "
+            "Postfix through `virtual(8)` with Debian's defaults. Changes to Postfix's defaults: no client "
+            "hostname lookup (`smtpd_peername_lookup = no`: a benchmark sends no DNS queries), no per-client "
+            "limits (every client is 127.0.0.1), `smtpd_junk_command_limit` raised so the side session's NOOPs "
+            "are not slowed as junk, the smtpd process limit raised to the connection count, services not "
+            "chrooted (no performance effect), and the retry interval (below). Both log each message "
+            "(postling to its log file, Postfix through `postlogd` to its `maillog_file`).",
+            "- **SMTP acceptance.** `smtp-source -s S -m N -l 4096`, one message per connection (its default, "
+            "like inbound MX traffic); msg/s is N over the time smtp-source ran; \"all in the Maildirs\" is from "
+            "the start until N files are in the recipient's `new/`. A warm-up of 200 messages per server precedes "
+            "the figures. Both servers fsync before `250` (see the durability check: postling also fsyncs the "
+            "directories it renames into, Postfix does not, which costs postling extra syncs).",
+            "- **Latency.** A separate session, opened before the 20-session load, sends NOOP and waits for the "
+            "reply, then pauses 1 ms, for as long as smtp-source runs; nearest-rank p50/p99.",
+            "- **Disk bytes.** `write_bytes` (bytes the processes caused to be written to storage) summed over "
+            "the server's whole process tree during the 20-session run until all messages were delivered, divided "
+            "by the messages. Processes that exit meanwhile (a Postfix smtpd after 100 connections, a cleanup "
+            "after 100 messages) are counted from their taskstats exit records. The ext4 journal (jbd2) and "
+            "metadata writeback are done by kernel threads and are attributed to no process, so neither server's "
+            "figure includes them.",
+            "- **Memory.** VmRSS summed over all the server's processes, at rest (no process started or ended "
+            "and no CPU tick used for 10 s and, for Postfix, only master, qmgr, pickup and postlogd left: the others exit after "
+            "`max_idle`, 100 s); then while holding idle SMTP connections (opened with at most 256 awaiting their greeting, "
+            "2 s settle). RSS counts shared pages (libraries) once per process, which makes a multi-process server "
+            "look bigger than it is; PSS (shared pages divided among their users) is shown beside it. A peer that "
+            "stops greeting for 30 s, or a machine with less than 6 GiB left, ends the step; the checks say so.",
+            f"- **Idle cost.** CPU ticks (utime+stime) and context switches (voluntary + involuntary: each "
+            f"wake-up is at least one) of the whole process tree over {idle_s} s, at rest as above (pickup and qmgr "
+            f"still wake up on timers).",
+            f"- **Deferred queue.** {deferred_n:,} messages to a user whose Maildir path is a plain file: each "
+            "server tries once, gets ENOTDIR and defers the message (postling: temporary failure; Postfix "
+            "virtual: `dsn=4.2.0, status=deferred`), the same realistic fault for both (a broken mailbox). Both "
+            "are configured to retry after 1 h (postling `retry_min = retry_max = 1h`, Postfix "
+            "`minimal_backoff_time = maximal_backoff_time = 1h`; their defaults are 1 min and 5 min) so the "
+            "windows measure what holding the queue costs, not the retries; Postfix keeps its default "
+            "`queue_run_delay` (300 s) scan of the deferred queue.",
+            "- **POP3.** The mailbox is written straight into the Maildir (LF line ends, as delivered) and synced "
+            "before each run. RETR+DELE: one session, login to QUIT (the deletions happen at QUIT), commands "
+            "pipelined 64 pairs deep. Big message: the RETR alone. The client is a raw-socket pipelining client "
+            "(`bench/popclient.py`; poplib parses every line in Python and would be the bottleneck); its "
+            "ceiling against a dummy server is in the checks. Dovecot builds its index files on the first login "
+            "of each run, postling scans the directory: both start from a fresh Maildir.",
+            "- **Footprint.** postling's stripped release binary against the Installed-Size of the peers' Debian "
+            "packages (without the libraries they depend on).",
+            ]
