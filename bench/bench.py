@@ -35,7 +35,8 @@ WORK = ROOT / "bench" / "work"
 RESULTS_JSON = ROOT / "bench" / "results.json"
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-BIN = TARGET_DIR / "release" / "postling"
+# bench/run builds it with scripts/build-release (static, as installed) and names it here.
+BIN = Path(os.environ.get("POSTLING_BENCH_BIN", TARGET_DIR / "release" / "postling"))
 
 FIGURES = ["parsers", "durability", "smtp1", "smtp20", "pop3", "idle", "memory", "deferred", "footprint"]
 SIZE = 4096
