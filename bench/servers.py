@@ -126,7 +126,9 @@ class Postling(Server):
             time.sleep(2)
 
     def start(self):
-        self.proc = subprocess.Popen([str(self.binary), "-f", "-c", str(self.conf)],
+        # As scripts/postling.init and postling.service start it (see the README, Memory).
+        env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.tcache_count=0")
+        self.proc = subprocess.Popen([str(self.binary), "-f", "-c", str(self.conf)], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "stderr.log", "ab"), start_new_session=True)
         wait_port(self.smtp_port)

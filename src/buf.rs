@@ -113,11 +113,39 @@ impl Pool {
         }
     }
 
+    /// Frees every pooled buffer (the server is at rest).
+    pub fn clear(&mut self) {
+        self.inputs = Vec::new();
+        self.outputs = Vec::new();
+    }
+
     pub fn give_out(&mut self, mut b: Box<OutBuf>) {
         if self.outputs.len() < limits::POOL_KEEP {
             b.clear();
             self.outputs.push(b);
         }
+    }
+}
+
+/// Makes the C allocator serve every allocation of a buffer's size or more (connection and
+/// spool buffers, large tables) from its own mapping, returned to the kernel when freed.
+/// Otherwise they come from the heap, where the small objects a burst leaves behind pin the
+/// pages around them and an idle server stays at the size of its last burst.
+pub fn allocate_buffers_outside_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called once, before the reactor runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, limits::IN_BUF as libc::c_int);
+    }
+}
+
+/// Asks the C allocator to give its free pages back to the kernel (glibc keeps freed heap
+/// memory for reuse otherwise, so an idle server would stay at the size of its last burst).
+pub fn return_free_memory_to_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -47,6 +47,12 @@ impl Deadlines {
         }
     }
 
+    /// Drops every entry and the heap's memory; only when no owner is left (each owner's
+    /// `Armed` would otherwise believe it still has an entry).
+    pub fn clear(&mut self) {
+        self.heap = BinaryHeap::new();
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

@@ -256,6 +256,21 @@ impl Services {
         self.engine.schedule.timeout(now)
     }
 
+    /// Nothing to commit, deliver or trim (the reactor then hands memory back).
+    pub fn at_rest(&self, now: Instant) -> bool {
+        !self.spool.commit_pending() && !self.engine.has_work(now) && !self.spool.free_excess()
+    }
+
+    /// Gives back table capacity a burst grew.
+    pub fn release_memory(&mut self) {
+        self.spool.release_memory();
+        self.engine.schedule.shrink();
+        self.incoming.shrink_to_fit();
+        self.mailboxes.shrink_to_fit();
+        self.tickets.shrink_to_fit();
+        self.slot_ticket.shrink_to_fit();
+    }
+
     /// SIGUSR2: every queued message is due now.
     pub fn queue_run_now(&mut self) {
         info!(

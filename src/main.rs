@@ -27,6 +27,7 @@ fn usage(opts: &getopts::Options) -> String {
 }
 
 fn main() -> ExitCode {
+    postling::buf::allocate_buffers_outside_the_heap();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "passwd") {
         return postling::auth::passwd_main(&args[1..]);

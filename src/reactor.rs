@@ -67,6 +67,8 @@ pub struct Reactor {
     services: Services,
     /// Re-read on SIGHUP.
     config_path: PathBuf,
+    /// Memory was handed back since the last connection closed (see `release_memory`).
+    rested: bool,
 }
 
 impl Settings {
@@ -171,6 +173,7 @@ impl Reactor {
             settings,
             services,
             config_path,
+            rested: true,
         };
         for l in listeners {
             reactor.add_listener(l)?;
@@ -230,7 +233,31 @@ impl Reactor {
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.resume_accepting(now);
             }
+            if self.open == 0 && !self.rested && self.services.at_rest(Instant::now()) {
+                self.release_memory();
+            }
         }
+    }
+
+    /// No connection is open and no disk work is pending: hand back what a burst grew (pooled
+    /// buffers, slab and table capacity, the allocator's free pages), so an idle server is as
+    /// small as a fresh one. Runs once per burst, in the turn that ends it.
+    fn release_memory(&mut self) {
+        self.rested = true;
+        self.pool.clear();
+        while matches!(self.conns.last(), Some(None)) {
+            self.conns.pop();
+        }
+        let slots = self.conns.len();
+        self.free_slots.retain(|&s| s < slots);
+        self.conns.shrink_to_fit();
+        self.free_slots.shrink_to_fit();
+        self.per_ip.shrink_to_fit();
+        // With no connection open every entry left in the heap is stale.
+        self.deadlines.clear();
+        self.services.release_memory();
+        crate::buf::return_free_memory_to_os();
+        debug!("at rest: memory handed back");
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -543,6 +570,7 @@ impl Reactor {
         }
         self.conns[slot] = Some(conn);
         self.open += 1;
+        self.rested = false;
         *self.per_ip.entry(ip).or_insert(0) += 1;
         debug!("{} connect from {peer}", proto.name());
         self.drive(slot, now);

@@ -58,6 +58,12 @@ impl Schedule {
         }
     }
 
+    /// Gives back capacity a burst grew.
+    pub fn shrink(&mut self) {
+        self.ready.shrink_to_fit();
+        self.deferred.shrink_to_fit();
+    }
+
     pub fn len(&self) -> usize {
         self.ready.len() + self.deferred.len()
     }

@@ -134,7 +134,9 @@ pub struct Spool {
     group: Option<commit::Group>,
     /// `free/`: message files of removed entries, kept to be rewritten by new messages.
     free_dir: PathBuf,
-    free: Vec<PathBuf>,
+    /// The numbers `n` of the files `free/f<n>` (numbers, not paths: one small allocation
+    /// for all of them, so the list never pins heap pages all over a burst's garbage).
+    free: Vec<u64>,
     /// Names the next file put into `free/`.
     free_seq: u64,
     /// Entries that have a state file: without one, reading and removing an entry need no
@@ -339,7 +341,7 @@ fn read_header(file: &File) -> io::Result<(QueueId, Envelope, u64)> {
 
 /// The files waiting in `free/` and the number after the highest name; anything else there is
 /// removed (only the spool writes into it).
-fn scan_free(dir: &Path) -> io::Result<(Vec<PathBuf>, u64)> {
+fn scan_free(dir: &Path) -> io::Result<(Vec<u64>, u64)> {
     let mut free = Vec::new();
     let mut seq = 0;
     for ent in fs::read_dir(dir)? {
@@ -353,7 +355,7 @@ fn scan_free(dir: &Path) -> io::Result<(Vec<PathBuf>, u64)> {
         match n {
             Some(n) if is_file && free.len() < limits::SPOOL_FREE_KEEP => {
                 seq = seq.max(n);
-                free.push(ent.path());
+                free.push(n);
             }
             _ => {
                 if let Err(e) = fs::remove_file(ent.path()) {
@@ -556,7 +558,8 @@ impl Spool {
     /// spares the filesystem an inode allocation per message, which on a busy ext4 is the
     /// most expensive step of the whole commit.
     fn take_free(&mut self) -> Option<(File, PathBuf)> {
-        while let Some(path) = self.free.pop() {
+        while let Some(n) = self.free.pop() {
+            let path = self.free_path(n);
             if let Ok(f) = OpenOptions::new().write(true).open(&path) {
                 return Some((f, path));
             }
@@ -743,10 +746,20 @@ impl Spool {
     /// once the queue is idle.
     fn recycle(&mut self, path: &Path) -> io::Result<()> {
         self.free_seq += 1;
-        let dest = self.free_dir.join(format!("f{}", self.free_seq));
-        fs::rename(path, &dest)?;
-        self.free.push(dest);
+        fs::rename(path, self.free_path(self.free_seq))?;
+        self.free.push(self.free_seq);
         Ok(())
+    }
+
+    fn free_path(&self, n: u64) -> PathBuf {
+        self.free_dir.join(format!("f{n}"))
+    }
+
+    /// Gives back table capacity a burst grew (the fresh-entry cache, the free list).
+    pub fn release_memory(&mut self) {
+        self.fresh.shrink_to_fit();
+        self.free.shrink_to_fit();
+        self.stated.shrink_to_fit();
     }
 
     /// Are more files waiting in `free/` than `limits::SPOOL_FREE_KEEP`?
@@ -761,7 +774,8 @@ impl Spool {
             if !self.free_excess() {
                 return;
             }
-            if let Some(path) = self.free.pop() {
+            if let Some(n) = self.free.pop() {
+                let path = self.free_path(n);
                 if let Err(e) = fs::remove_file(&path) {
                     if e.kind() != io::ErrorKind::NotFound {
                         log::warn!("spool: cannot remove {}: {e}", path.display());
