@@ -121,8 +121,8 @@ pub const QUEUE_LIFETIME_DEFAULT: Duration = Duration::from_secs(5 * 24 * 60 * 6
 /// Entries gathered into one delivery batch (their Maildir syncs are shared); a batch is
 /// worked on in steps within `WORK_SLICE`, so a backlog never starves clients.
 pub const DELIVERIES_PER_TURN: usize = 8;
-/// Time each reactor turn gives to disk work (commit and delivery steps) before it polls the
-/// sockets again. One step (one fdatasync or fsync) is about 0.1-0.3 ms on an SSD, so a
+/// Time each reactor turn gives to commit steps, and again to delivery steps, before it polls
+/// the sockets again. One step (one fdatasync or fsync) is about 0.1-0.3 ms on an SSD, so a
 /// client waits for a step or two at most, never for a whole batch.
 pub const WORK_SLICE: Duration = Duration::from_micros(250);
 /// Files in a Maildir's `tmp/` older than this are what a crash left behind; the Maildir

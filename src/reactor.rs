@@ -224,11 +224,12 @@ impl Reactor {
                     Token(t) => self.accept(t - LISTENER_BASE, now),
                 }
             }
-            // Disk work gets a slice of each turn, one wait for the disk at a time, so no
-            // client waits behind a whole batch of fsyncs.
-            let work_until = Instant::now() + limits::WORK_SLICE;
-            self.finish_commits(now, work_until);
-            self.services.deliver(now, SystemTime::now(), work_until);
+            // Disk work gets slices of each turn, one wait for the disk at a time, so no
+            // client waits behind a whole batch of fsyncs: one slice for commits (clients wait
+            // for them), one for deliveries (so they keep up under a steady load).
+            self.finish_commits(now, Instant::now() + limits::WORK_SLICE);
+            self.services
+                .deliver(now, SystemTime::now(), Instant::now() + limits::WORK_SLICE);
             self.fire_deadlines(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.resume_accepting(now);
