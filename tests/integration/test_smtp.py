@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import recv_line
+from conftest import BIN, recv_line
 
 
 def maildir_messages(server, user):
@@ -217,6 +217,11 @@ def test_kill9_after_250_keeps_the_message(server_factory):
     assert reply.startswith(b"250 2.0.0 Ok: queued as "), reply
     queue_id = reply.split()[-1].decode()
     s.kill9()
+    # The acknowledged message is in the spool, whole, with nothing running.
+    listing = subprocess.run([str(BIN), "-c", str(s.conf), "-q"], capture_output=True, text=True, timeout=30)
+    assert listing.returncode == 0 and queue_id in listing.stdout and "k@example.org" in listing.stdout, listing
+    queued = Path(s.settings["spool_dir"]) / "queue" / queue_id
+    assert queued.read_bytes().endswith(b"survives kill -9\r\n"), "the data is in the queue file"
     (mail / "alice").unlink()
     s.start()
     body = wait_maildir(s, "alice", 1)[0].read_bytes()
