@@ -102,6 +102,9 @@ pub const AUTH_THROTTLE_TABLE: usize = 1024;
 
 pub const MAX_CONNECTIONS_DEFAULT: usize = 512;
 pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 16;
+/// Connections taken from the listen backlogs per reactor turn, round-robin across listeners.
+pub const ACCEPTS_PER_TURN: usize = 64;
+
 /// How long accepting pauses after EMFILE/ENFILE before it is tried again (it is also retried
 /// as soon as any connection closes). Long enough that a saturated server costs no CPU.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);

@@ -12,6 +12,9 @@ pub struct Listener {
     pub proto: Proto,
     pub addr: SocketAddr,
     pub socket: mio::net::TcpListener,
+    /// The backlog may hold connections: set by a readiness event (edge-triggered, so it is
+    /// not repeated), cleared when accept() says WouldBlock.
+    pub backlog: bool,
 }
 
 /// A listener that could not be bound: protocol, address, OS error and what to check.
@@ -75,6 +78,7 @@ pub fn bind(proto: Proto, addr: SocketAddr) -> Result<Listener, BindError> {
         proto,
         addr,
         socket: mio::net::TcpListener::from_std(std_listener),
+        backlog: true,
     })
 }
 

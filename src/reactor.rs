@@ -221,9 +221,14 @@ impl Reactor {
                             self.drive(slot, now);
                         }
                     }
-                    Token(t) => self.accept(t - LISTENER_BASE, now),
+                    Token(t) => {
+                        if let Some(Some(l)) = self.listeners.get_mut(t - LISTENER_BASE) {
+                            l.backlog = true;
+                        }
+                    }
                 }
             }
+            self.accept_backlogs(now);
             // Disk work gets slices of each turn, one wait for the disk at a time, so no
             // client waits behind a whole batch of fsyncs: one slice for commits (clients wait
             // for them), one for deliveries (so they keep up under a steady load).
@@ -262,7 +267,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.services.commit_pending() {
+        if self.services.commit_pending() || self.backlog_waiting() {
             return Some(Duration::ZERO);
         }
         let mut t = self.deadlines.timeout(now);
@@ -361,12 +366,35 @@ impl Reactor {
         self.drive(slot, now);
     }
 
-    fn accept(&mut self, index: usize, now: Instant) {
-        if self.accept_paused_until.is_some() || self.stop_by.is_some() {
-            return;
+    fn backlog_waiting(&self) -> bool {
+        self.accept_paused_until.is_none()
+            && self.stop_by.is_none()
+            && self.listeners.iter().flatten().any(|l| l.backlog)
+    }
+
+    /// Takes connections from every listener with a backlog, one from each in turn, so a
+    /// crowd on one port cannot starve another (which matters most when descriptors run out
+    /// and only a few more can be taken), and at most `ACCEPTS_PER_TURN` per turn, so the
+    /// open connections are served between bursts. A listener still holding a backlog stays
+    /// marked and the next turn comes at once.
+    fn accept_backlogs(&mut self, now: Instant) {
+        let mut budget = limits::ACCEPTS_PER_TURN;
+        while budget > 0 && self.backlog_waiting() {
+            for index in 0..self.listeners.len() {
+                if budget == 0 || self.accept_paused_until.is_some() {
+                    break;
+                }
+                if self.listeners[index].as_ref().is_some_and(|l| l.backlog) {
+                    self.accept_one(index, now);
+                    budget -= 1;
+                }
+            }
         }
+    }
+
+    fn accept_one(&mut self, index: usize, now: Instant) {
         loop {
-            let Some(Some(listener)) = self.listeners.get(index) else {
+            let Some(Some(listener)) = self.listeners.get_mut(index) else {
                 return;
             };
             let proto = listener.proto;
@@ -376,9 +404,13 @@ impl Reactor {
                         self.descriptors_exhausted = false;
                         info!("accepting connections again ({} open)", self.open);
                     }
-                    self.admit(stream, peer, proto, now)
+                    self.admit(stream, peer, proto, now);
+                    return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    listener.backlog = false;
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
@@ -399,6 +431,8 @@ impl Reactor {
                         continue;
                     }
                     _ => {
+                        // Not retried in a loop: the next readiness event tries again.
+                        listener.backlog = false;
                         warn!("accept on {} failed: {e}", listener.addr);
                         return;
                     }
@@ -467,9 +501,7 @@ impl Reactor {
 
     fn resume_accepting(&mut self, now: Instant) {
         self.accept_paused_until = None;
-        for i in 0..self.listeners.len() {
-            self.accept(i, now);
-        }
+        self.accept_backlogs(now);
     }
 
     fn admit(
