@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::daemon::StartError;
 use crate::deliver::engine::{DeliveryPolicy, Engine};
 use crate::deliver::maildir::Maildirs;
+use crate::deliver::schedule::{Linger, Schedule};
 use crate::deliver::store::SpoolStore;
 use crate::directory::{Directory, RcptVerdict};
 use crate::limits;
@@ -83,6 +84,10 @@ impl Services {
             })?;
         spool.set_sync_mode(config.fsync);
         let mut engine = Engine::new(maildirs(config), policy(config));
+        engine.schedule = Schedule::with_linger(Linger {
+            wait: limits::DELIVERY_LINGER,
+            batch: limits::DELIVERIES_PER_TURN,
+        });
         if !queued.is_empty() {
             info!(
                 "{} message(s) in the queue; delivering them now",
@@ -205,7 +210,7 @@ impl Services {
         let mut out = Vec::new();
         for (ticket, r) in self.spool.commit_work(deadline) {
             if let Ok(id) = &r {
-                self.engine.schedule.due_now(id.clone());
+                self.engine.schedule.due_fresh(id.clone(), Instant::now());
             }
             if let Some(slot) = self.tickets.remove(&ticket) {
                 self.slot_ticket.remove(&slot);
@@ -216,7 +221,8 @@ impl Services {
     }
 
     /// Delivery steps until `deadline` (at least one when any is due), so a backlog never
-    /// starves the clients: batches of up to `limits::DELIVERIES_PER_TURN` entries.
+    /// starves the clients: batches of up to `limits::DELIVERIES_PER_TURN` entries (fresh
+    /// mail waits up to `limits::DELIVERY_LINGER` for a whole batch).
     pub fn deliver(&mut self, now: Instant, wall: SystemTime, deadline: Instant) {
         if !self.engine.has_work(now) {
             if !self.spool.commit_pending() {
@@ -258,7 +264,10 @@ impl Services {
 
     /// Nothing to commit, deliver or trim (the reactor then hands memory back).
     pub fn at_rest(&self, now: Instant) -> bool {
-        !self.spool.commit_pending() && !self.engine.has_work(now) && !self.spool.free_excess()
+        !self.spool.commit_pending()
+            && !self.engine.has_work(now)
+            && !self.engine.schedule.has_ready()
+            && !self.spool.free_excess()
     }
 
     /// Gives back table capacity a burst grew.

@@ -3,6 +3,10 @@
 //! Nothing here scans the spool: an entry enters the schedule when it is committed (or found by
 //! the one start-up scan) and re-enters with a due time after a temporary failure. A queue of
 //! 10,000 deferred messages costs one wake-up per due retry.
+//!
+//! Freshly accepted mail lingers a few milliseconds before a batch starts for it, until a
+//! whole batch is due, so a steady stream (one SMTP session sending message after message)
+//! is delivered in batches that share their directory syncs instead of one sync per message.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -12,13 +16,35 @@ use crate::spool::QueueId;
 
 #[derive(Default)]
 pub struct Schedule {
-    ready: VecDeque<QueueId>,
+    /// Due entries in order; with the time a fresh one was accepted (None: due at once).
+    ready: VecDeque<(QueueId, Option<Instant>)>,
     deferred: BinaryHeap<Reverse<(Instant, QueueId)>>,
+    linger: Option<Linger>,
+}
+
+/// How long fresh entries may wait for company, and how many make a batch.
+#[derive(Clone, Copy)]
+pub struct Linger {
+    pub wait: Duration,
+    pub batch: usize,
 }
 
 impl Schedule {
+    pub fn with_linger(linger: Linger) -> Schedule {
+        Schedule {
+            linger: Some(linger),
+            ..Schedule::default()
+        }
+    }
+
     pub fn due_now(&mut self, id: QueueId) {
-        self.ready.push_back(id);
+        self.ready.push_back((id, None));
+    }
+
+    /// Mail accepted at `at`: due once `linger.batch` entries are ready or it waited
+    /// `linger.wait`, whichever comes first.
+    pub fn due_fresh(&mut self, id: QueueId, at: Instant) {
+        self.ready.push_back((id, Some(at)));
     }
 
     pub fn defer(&mut self, id: QueueId, at: Instant) {
@@ -33,23 +59,32 @@ impl Schedule {
             .map(|Reverse((at, id))| (at, id))
             .collect();
         all.sort();
-        self.ready.extend(all.into_iter().map(|(_, id)| id));
+        self.ready.extend(all.into_iter().map(|(_, id)| (id, None)));
     }
 
     /// How long the reactor may sleep as far as delivery is concerned.
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() {
-            return Some(Duration::ZERO);
-        }
-        self.deferred
+        let deferred = self
+            .deferred
             .peek()
-            .map(|Reverse((at, _))| at.saturating_duration_since(now))
+            .map(|Reverse((at, _))| at.saturating_duration_since(now));
+        let ready = match (self.ready.front(), self.linger) {
+            (None, _) => None,
+            (Some((_, Some(accepted))), Some(l)) if self.ready.len() < l.batch => {
+                Some((*accepted + l.wait).saturating_duration_since(now))
+            }
+            (Some(_), _) => Some(Duration::ZERO),
+        };
+        match (ready, deferred) {
+            (Some(r), Some(d)) => Some(r.min(d)),
+            (r, d) => r.or(d),
+        }
     }
 
     /// The next entry to attempt, if any is due; at most one deferred entry is moved per call,
     /// so the work per call is O(log n) whatever the queue length.
     pub fn next_due(&mut self, now: Instant) -> Option<QueueId> {
-        if let Some(id) = self.ready.pop_front() {
+        if let Some((id, _)) = self.ready.pop_front() {
             return Some(id);
         }
         match self.deferred.peek() {
@@ -62,6 +97,11 @@ impl Schedule {
     pub fn shrink(&mut self) {
         self.ready.shrink_to_fit();
         self.deferred.shrink_to_fit();
+    }
+
+    /// Entries are waiting to be taken, lingering or not.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -102,6 +142,45 @@ mod tests {
         assert_eq!(s.next_due(t0 + Duration::from_secs(10)), Some(id("soon")));
         assert_eq!(s.next_due(t0 + Duration::from_secs(30)), Some(id("late")));
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn fresh_mail_lingers_until_a_batch_is_due_or_the_wait_is_over() {
+        let linger = Linger {
+            wait: Duration::from_millis(10),
+            batch: 3,
+        };
+        let mut s = Schedule::with_linger(linger);
+        let t0 = Instant::now();
+        s.due_fresh(id("a"), t0);
+        assert_eq!(s.timeout(t0), Some(Duration::from_millis(10)));
+        s.due_fresh(id("b"), t0 + Duration::from_millis(4));
+        assert_eq!(
+            s.timeout(t0 + Duration::from_millis(4)),
+            Some(Duration::from_millis(6)),
+            "the oldest decides how long the rest wait"
+        );
+        assert_eq!(
+            s.timeout(t0 + Duration::from_millis(10)),
+            Some(Duration::ZERO)
+        );
+        s.due_fresh(id("c"), t0 + Duration::from_millis(5));
+        assert_eq!(
+            s.timeout(t0 + Duration::from_millis(5)),
+            Some(Duration::ZERO),
+            "a whole batch is due at once"
+        );
+        // A started batch takes whatever is ready.
+        assert_eq!(s.next_due(t0), Some(id("a")));
+        assert_eq!(s.next_due(t0), Some(id("b")));
+        assert_eq!(s.next_due(t0), Some(id("c")));
+        // Retries and SIGUSR2 do not linger, and a deferred entry that is due wins the wait.
+        s.due_now(id("retry"));
+        assert_eq!(s.timeout(t0), Some(Duration::ZERO));
+        assert_eq!(s.next_due(t0), Some(id("retry")));
+        s.due_fresh(id("new"), t0);
+        s.defer(id("old"), t0 + Duration::from_millis(2));
+        assert_eq!(s.timeout(t0), Some(Duration::from_millis(2)));
     }
 
     #[test]
