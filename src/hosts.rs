@@ -204,13 +204,16 @@ impl Services {
     }
 
     /// Runs group-commit steps until `deadline`; returns the outcome for each connection slot
-    /// whose message finished, and schedules every committed message for delivery at once.
-    /// A commit whose connection went away meanwhile is still delivered, but reported to no one.
+    /// whose message finished, and schedules every committed message for delivery (as fresh
+    /// mail, which lingers for a batch). A commit whose connection went away meanwhile is
+    /// still delivered, but reported to no one.
     pub fn commit_work(&mut self, deadline: Instant) -> Vec<(usize, Result<QueueId, SpoolError>)> {
         let mut out = Vec::new();
-        for (ticket, r) in self.spool.commit_work(deadline) {
+        let committed = self.spool.commit_work(deadline);
+        let at = Instant::now();
+        for (ticket, r) in committed {
             if let Ok(id) = &r {
-                self.engine.schedule.due_fresh(id.clone(), Instant::now());
+                self.engine.schedule.due_fresh(id.clone(), at);
             }
             if let Some(slot) = self.tickets.remove(&ticket) {
                 self.slot_ticket.remove(&slot);
