@@ -109,6 +109,17 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+/// Errors in the order of the lines they name, so an administrator reads the file top down;
+/// errors without a line (a key left at its default, a file the config names) come last, in
+/// the order they were found.
+fn sort_by_line(errors: &mut [ConfigError]) {
+    errors.sort_by_key(|e| match e {
+        ConfigError::Bad { line: Some(n), .. } => (0, *n),
+        ConfigError::Unreadable { .. } => (0, 0),
+        _ => (1, 0),
+    });
+}
+
 impl Config {
     /// Built-in defaults, as if the file were empty. `path` is where it would be read from.
     pub fn defaults(path: &Path) -> Config {
@@ -435,7 +446,7 @@ pub(crate) fn parse(
                 Some(n),
                 &quoted_label(key),
                 format!("unknown key; did you mean {}?", keys::nearest_key(key)),
-                "one of the keys listed in postling(8) and postling.conf.example",
+                "one of the keys listed in postling.conf(5) and postling.conf.example",
             );
             continue;
         };
@@ -464,7 +475,9 @@ pub(crate) fn parse(
     if report.errors.is_empty() {
         Ok((config, report.warnings))
     } else {
-        Err(report.errors)
+        let mut errors = report.errors;
+        sort_by_line(&mut errors);
+        Err(errors)
     }
 }
 

@@ -252,6 +252,12 @@ fn wait_for_report(mut pipe: File, child: libc::pid_t) -> u8 {
     match parse_report(&buf[..len]) {
         Report::Ready => 0,
         Report::Failed(status, message) => {
+            // The child exits right after its report; wait for it, so that its listening
+            // sockets are closed when we return (an init script that retries at once must not
+            // find the ports still taken).
+            let mut ignored = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(child, &mut ignored, 0) };
             eprintln!("postling: {message}");
             status
         }

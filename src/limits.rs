@@ -118,6 +118,10 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 // ---- messages and queue ---------------------------------------------------------------------
 
 pub const MAX_MESSAGE_SIZE_DEFAULT: u64 = 10 * 1024 * 1024;
+/// The largest `max_message_size` the config accepts: 1 GiB keeps every size a client is told
+/// (the SIZE extension, POP3 LIST, POP2's `#nnn`) inside the 32-bit counters old clients use,
+/// and no single message can take a small box's spool disk for minutes.
+pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 1 << 30;
 pub const RETRY_MIN_DEFAULT: Duration = Duration::from_secs(60);
 pub const RETRY_MAX_DEFAULT: Duration = Duration::from_secs(60 * 60);
 pub const QUEUE_LIFETIME_DEFAULT: Duration = Duration::from_secs(5 * 24 * 60 * 60);

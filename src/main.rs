@@ -74,32 +74,24 @@ fn main() -> ExitCode {
     }
     let path = PathBuf::from(m.opt_str("c").unwrap_or_else(|| DEFAULT_CONFIG.to_string()));
 
+    let checking = m.opt_present("t");
     let (config, warnings) = match Config::load(&path) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
             }
+            let what = if checking { "" } else { "; not started" };
             eprintln!(
-                "postling: {} error(s) in the configuration; not started",
-                errors.len()
+                "postling: {} in {}{what}",
+                count(errors.len(), "error"),
+                path.display()
             );
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if m.opt_present("t") {
-        let (errors, file_warnings) = config.check();
-        for w in warnings.iter().chain(&file_warnings) {
-            eprintln!("postling: warning: {w}");
-        }
-        if errors.is_empty() {
-            println!("postling: config OK");
-            return ExitCode::SUCCESS;
-        }
-        for e in &errors {
-            eprintln!("{e}");
-        }
-        return ExitCode::from(EX_CONFIG);
+    if checking {
+        return check_config(&path, &config, &warnings);
     }
     if m.opt_present("q") {
         return print_queue(&config);
@@ -123,6 +115,42 @@ fn main() -> ExitCode {
         warn!("{w}");
     }
     run(config, foreground)
+}
+
+/// `-t`: the files the config names, every warning and error, and always one summary line.
+fn check_config(path: &std::path::Path, config: &Config, warnings: &[String]) -> ExitCode {
+    let (errors, file_warnings) = config.check();
+    let warning_count = warnings.len() + file_warnings.len();
+    for w in warnings.iter().chain(&file_warnings) {
+        eprintln!("postling: warning: {w}");
+    }
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    let warned = if warning_count == 0 {
+        String::new()
+    } else {
+        format!(" ({})", count(warning_count, "warning"))
+    };
+    if errors.is_empty() {
+        println!("postling: config OK{warned}");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "postling: {} in {}{warned}",
+            count(errors.len(), "error"),
+            path.display()
+        );
+        ExitCode::from(EX_CONFIG)
+    }
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// `-q`: reads the spool directly, so it works whether or not the daemon runs.

@@ -1,15 +1,12 @@
-//! Documentation generated from the key table (`keys::KEYS`): the example config, the README's
-//! "Configuration reference" and the man page. Pure functions; a unit test keeps the committed
-//! files equal to their output (`POSTLING_REGEN_DOCS=1 cargo test --lib config` rewrites them).
+//! Documentation generated from the key table (`keys::KEYS`): the example config, the
+//! configuration reference (`doc/configuration.md`) and the man pages `postling(8)` and
+//! `postling.conf(5)`. Pure functions; a unit test keeps the committed files equal to their
+//! output (`POSTLING_REGEN_DOCS=1 cargo test --lib config` rewrites them).
 
 use super::keys::{DefaultValue, KEYS, KeySpec};
 
 /// The command that rewrites the generated files.
 pub const REGEN_COMMAND: &str = "POSTLING_REGEN_DOCS=1 cargo test --lib config";
-
-/// The README markers the reference is written between.
-pub const README_BEGIN: &str = "<!-- config-reference:begin -->";
-pub const README_END: &str = "<!-- config-reference:end -->";
 
 /// The syntax of the file, one rule per item; `backticks` mark literal text.
 pub const SYNTAX: &[&str] = &[
@@ -115,22 +112,29 @@ fn markdown_cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
-/// The README's configuration reference: what goes between `README_BEGIN` and `README_END`.
-pub fn readme_reference() -> String {
+/// `doc/configuration.md`: the syntax of the file and every key.
+pub fn reference_markdown() -> String {
     let mut out = String::new();
+    out.push_str(&format!(
+        "<!-- Generated from src/config/keys.rs by `{REGEN_COMMAND}`; do not edit. -->\n"
+    ));
+    out.push_str("# Configuration reference\n\n");
     out.push_str(
         "Generated from the key table the parser itself uses (`src/config/keys.rs`), as are\n\
-         `conf/postling.conf.example` and the man page `doc/postling.8`\n",
+         `conf/postling.conf.example` and the man page `postling.conf(5)`\n",
     );
     out.push_str(&format!(
-        "(`man -l doc/postling.8`); after changing the table run `{REGEN_COMMAND}`.\n\n"
+        "(`man -l doc/postling.conf.5`); after changing the table run `{REGEN_COMMAND}`.\n\n"
     ));
+    out.push_str("## Syntax\n\n");
     for rule in SYNTAX {
         out.push_str("- ");
         out.push_str(rule);
         out.push('\n');
     }
-    out.push_str("\n| key | default | expected | meaning |\n| --- | --- | --- | --- |\n");
+    out.push_str(
+        "\n## Keys\n\n| key | default | expected | meaning |\n| --- | --- | --- | --- |\n",
+    );
     for spec in KEYS {
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
@@ -141,18 +145,6 @@ pub fn readme_reference() -> String {
         ));
     }
     out
-}
-
-/// `readme` with the text between the markers replaced by `block`; None if the markers are
-/// missing or out of order.
-pub fn splice_readme(readme: &str, block: &str) -> Option<String> {
-    let begin = readme.find(README_BEGIN)? + README_BEGIN.len();
-    let end = begin + readme.get(begin..)?.find(README_END)?;
-    Some(format!(
-        "{}\n{block}{}",
-        readme.get(..begin)?,
-        readme.get(end..)?
-    ))
 }
 
 /// Roff text for one line of prose: backslashes escaped, `code` in bold with real minus
@@ -279,11 +271,18 @@ const FILES: &[(&str, &str)] = &[
     ),
 ];
 
-/// `doc/postling.8`: the man page, with every key of the table in CONFIGURATION.
+fn roff_section_tagged(out: &mut String, section: &str, items: &[(&str, &str)]) {
+    out.push_str(&format!(".SH {section}\n"));
+    for (tag, text) in items {
+        roff_tagged(out, &format!("`{tag}`"), &[text]);
+    }
+}
+
+/// `doc/postling.8`: the command, its options, exit status, signals and files.
 pub fn man_page() -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        ".\\\" Generated from src/config/keys.rs by `{REGEN_COMMAND}`; do not edit.\n"
+        ".\\\" Generated from src/config/docs.rs by `{REGEN_COMMAND}`; do not edit.\n"
     ));
     out.push_str(".TH POSTLING 8 \"\" \"postling\" \"System Manager's Manual\"\n");
     out.push_str(".SH NAME\npostling \\- small SMTP, POP3 and POP2 mail server\n");
@@ -305,22 +304,49 @@ pub fn man_page() -> String {
     for (tag, text) in OPTIONS {
         roff_tagged(&mut out, tag, &[text]);
     }
-    out.push_str(".SH EXIT STATUS\n");
-    for (tag, text) in EXIT_STATUS {
-        roff_tagged(&mut out, &format!("`{tag}`"), &[text]);
-    }
+    roff_section_tagged(&mut out, "EXIT STATUS", EXIT_STATUS);
     out.push_str(".SH CONFIGURATION\n");
     out.push_str(&roff(
         "The configuration is a flat file of `key = value` lines (default \
-         /etc/postling/postling.conf, see `-c`).",
+         /etc/postling/postling.conf, see `-c`); every key is described in `postling.conf`(5).",
     ));
     out.push('\n');
+    roff_section_tagged(&mut out, "SIGNALS", SIGNALS);
+    out.push_str(".SH FILES\n");
+    for (tag, text) in FILES {
+        roff_tagged(&mut out, tag, &[text]);
+    }
+    out.push_str(".SH SEE ALSO\n");
+    out.push_str(&roff(
+        "`postling.conf`(5); the manual in the `doc/` directory of the source tree (operations, \
+         SMTP, POP, spool and delivery, architecture).",
+    ));
+    out.push('\n');
+    out
+}
+
+/// `doc/postling.conf.5`: the syntax of the configuration file and every key of the table.
+pub fn conf_man_page() -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        ".\\\" Generated from src/config/keys.rs by `{REGEN_COMMAND}`; do not edit.\n"
+    ));
+    out.push_str(".TH POSTLING.CONF 5 \"\" \"postling\" \"File Formats Manual\"\n");
+    out.push_str(".SH NAME\npostling.conf \\- configuration file of the postling mail server\n");
+    out.push_str(".SH DESCRIPTION\n");
+    out.push_str(&roff(
+        "The configuration is a flat file of `key = value` lines, by default \
+         /etc/postling/postling.conf. `postling -t` checks it, and the files it names, \
+         without starting the server.",
+    ));
+    out.push('\n');
+    out.push_str(".SH SYNTAX\n");
     for rule in SYNTAX {
         out.push_str(".IP \\(bu 2\n");
         out.push_str(&roff(rule));
         out.push('\n');
     }
-    out.push_str(".PP\nThe keys:\n");
+    out.push_str(".SH KEYS\n");
     for spec in KEYS {
         let expected = format!("Expected: {}.", spec.form);
         let default = format!("Default: {}", default_text(spec));
@@ -330,18 +356,10 @@ pub fn man_page() -> String {
             &[spec.meaning, &expected, &default],
         );
     }
-    out.push_str(".SH SIGNALS\n");
-    for (tag, text) in SIGNALS {
-        roff_tagged(&mut out, &format!("`{tag}`"), &[text]);
-    }
-    out.push_str(".SH FILES\n");
-    for (tag, text) in FILES {
-        roff_tagged(&mut out, tag, &[text]);
-    }
     out.push_str(".SH SEE ALSO\n");
     out.push_str(&roff(
-        "The README of the source tree, `conf/postling.conf.example`, `openssl`(1) \
-         (`openssl passwd -6` makes SHA512-CRYPT hashes).",
+        "`postling`(8), `conf/postling.conf.example` in the source tree (every key commented \
+         out with its default).",
     ));
     out.push('\n');
     out

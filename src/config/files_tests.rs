@@ -229,17 +229,12 @@ fn the_example_config_parses_commented_and_uncommented() {
     }
 }
 
-#[test]
-fn roff_and_markdown_escaping() {
-    let man = docs::man_page();
+fn assert_plain_roff(man: &str, sections: &[&str]) {
     assert!(man.is_ascii());
-    for spec in KEYS {
-        assert!(man.contains(&format!(".TP\n\\fB{}\\fR\n", spec.name.replace('-', "\\-"))));
-    }
     for line in man.lines() {
         assert!(!line.starts_with('\''), "{line}");
         if line.starts_with('.') {
-            let request = line.split_whitespace().next().unwrap();
+            let request = line.split_whitespace().next().unwrap_or_default();
             assert!(
                 [
                     ".\\\"", ".TH", ".SH", ".B", ".I", ".br", ".PP", ".TP", ".IP"
@@ -249,57 +244,49 @@ fn roff_and_markdown_escaping() {
             );
         }
     }
-    for section in [
-        "NAME",
-        "SYNOPSIS",
-        "DESCRIPTION",
-        "OPTIONS",
-        "EXIT STATUS",
-        "CONFIGURATION",
-        "SIGNALS",
-        "FILES",
-    ] {
+    for section in sections {
         assert!(man.contains(&format!(".SH {section}\n")), "{section}");
     }
-    let reference = docs::readme_reference();
+}
+
+#[test]
+fn roff_and_markdown_escaping() {
+    let man = docs::man_page();
+    assert_plain_roff(
+        &man,
+        &[
+            "NAME",
+            "SYNOPSIS",
+            "DESCRIPTION",
+            "OPTIONS",
+            "EXIT STATUS",
+            "CONFIGURATION",
+            "SIGNALS",
+            "FILES",
+            "SEE ALSO",
+        ],
+    );
+    let conf_man = docs::conf_man_page();
+    assert_plain_roff(
+        &conf_man,
+        &["NAME", "DESCRIPTION", "SYNTAX", "KEYS", "SEE ALSO"],
+    );
+    let reference = docs::reference_markdown();
     for spec in KEYS {
+        assert!(conf_man.contains(&format!(".TP\n\\fB{}\\fR\n", spec.name.replace('-', "\\-"))));
         assert!(reference.contains(&format!("| `{}` |", spec.name)));
     }
-    let spliced = docs::splice_readme(
-        "a\n<!-- config-reference:begin -->\nold\n<!-- config-reference:end -->\nb\n",
-        "new\n",
-    );
-    assert_eq!(
-        spliced.as_deref(),
-        Some("a\n<!-- config-reference:begin -->\nnew\n<!-- config-reference:end -->\nb\n")
-    );
-    assert_eq!(docs::splice_readme("no markers", "x"), None);
-    assert_eq!(
-        docs::splice_readme(
-            "<!-- config-reference:end --><!-- config-reference:begin -->",
-            "x"
-        ),
-        None
-    );
 }
 
 /// The committed documentation equals what the key table generates. With
 /// POSTLING_REGEN_DOCS=1 the files are rewritten instead.
 #[test]
 fn generated_docs_are_current() {
-    let readme_path = manifest("README.md");
-    let readme = std::fs::read_to_string(&readme_path).unwrap();
-    let Some(readme_new) = docs::splice_readme(&readme, &docs::readme_reference()) else {
-        panic!(
-            "README.md lacks the markers {} and {}",
-            docs::README_BEGIN,
-            docs::README_END
-        );
-    };
     let files = [
         ("conf/postling.conf.example", docs::example_conf()),
         ("doc/postling.8", docs::man_page()),
-        ("README.md", readme_new),
+        ("doc/postling.conf.5", docs::conf_man_page()),
+        ("doc/configuration.md", docs::reference_markdown()),
     ];
     let regen = std::env::var_os("POSTLING_REGEN_DOCS").is_some_and(|v| v == "1");
     let mut stale = Vec::new();

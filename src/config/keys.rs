@@ -179,7 +179,8 @@ pub static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "max_message_size",
         default: DefaultValue::Text("10M"),
-        form: "a size: a whole number of bytes, or with a K, M or G suffix (1K = 1024)",
+        form: "a size from 1 to 1G: a whole number of bytes, or with a K, M or G suffix \
+               (1K = 1024)",
         meaning: "The largest message accepted, advertised with the SMTP SIZE extension. A \
                   larger message is read to its end and refused with `552 5.3.4`.",
         apply: set_max_message_size,
@@ -412,6 +413,9 @@ fn set_max_message_size(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result
     let n = size(v)?;
     if n == 0 {
         return Err(format!("{} would refuse every message", quoted(v)));
+    }
+    if n > limits::MAX_MESSAGE_SIZE_LIMIT {
+        return Err(format!("{} is more than the limit of 1G", quoted(v)));
     }
     c.max_message_size = n;
     Ok(())

@@ -27,11 +27,23 @@ fn error_lines(text: &[u8]) -> Vec<String> {
     }
 }
 
-const SIZE: &str = "a size: a whole number of bytes, or with a K, M or G suffix (1K = 1024)";
+const MSG_SIZE: &str =
+    "a size from 1 to 1G: a whole number of bytes, or with a K, M or G suffix (1K = 1024)";
 const DURATION: &str =
     "a duration: a whole number with s, m, h or d (a plain number is seconds), 1s to 3650d";
 const LISTEN: &str =
     "a comma-separated list of IP:PORT or [IPv6]:PORT (port 1-65535), or empty for off";
+
+#[test]
+fn errors_come_in_line_order_also_across_keys() {
+    // The retry_max error is found after the whole file is read, yet it names line 1.
+    let lines = error_lines(b"retry_max = 1m\nmax_message_size = 1X\nretry_min = 1h\n");
+    let numbers: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(':').nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(numbers, ["1", "2"], "{lines:#?}");
+}
 
 #[test]
 fn every_error_form_names_file_line_key_and_expected() {
@@ -39,7 +51,7 @@ fn every_error_form_names_file_line_key_and_expected() {
         (
             b"smtp_lisen = 1.2.3.4:25",
             "/etc/p.conf:1: smtp_lisen: unknown key; did you mean smtp_listen? (expected one of \
-             the keys listed in postling(8) and postling.conf.example)"
+             the keys listed in postling.conf(5) and postling.conf.example)"
                 .into(),
         ),
         (
@@ -51,34 +63,40 @@ fn every_error_form_names_file_line_key_and_expected() {
         (
             b"max_message_size = 10X",
             format!(
-                "/etc/p.conf:1: max_message_size: `10X` has an unknown suffix `X` (expected {SIZE})"
+                "/etc/p.conf:1: max_message_size: `10X` has an unknown suffix `X` (expected {MSG_SIZE})"
             ),
         ),
         (
             b"max_message_size = -1",
-            format!("/etc/p.conf:1: max_message_size: `-1` is negative (expected {SIZE})"),
+            format!("/etc/p.conf:1: max_message_size: `-1` is negative (expected {MSG_SIZE})"),
         ),
         (
             b"max_message_size = 99999999999G",
             format!(
-                "/etc/p.conf:1: max_message_size: `99999999999G` is too large (expected {SIZE})"
+                "/etc/p.conf:1: max_message_size: `99999999999G` is too large (expected {MSG_SIZE})"
             ),
         ),
         (
             b"max_message_size = 99999999999999999999999",
             format!(
-                "/etc/p.conf:1: max_message_size: `99999999999999999999999` is too large (expected {SIZE})"
+                "/etc/p.conf:1: max_message_size: `99999999999999999999999` is too large (expected {MSG_SIZE})"
+            ),
+        ),
+        (
+            b"max_message_size = 2G",
+            format!(
+                "/etc/p.conf:1: max_message_size: `2G` is more than the limit of 1G (expected {MSG_SIZE})"
             ),
         ),
         (
             b"max_message_size = 0",
             format!(
-                "/etc/p.conf:1: max_message_size: `0` would refuse every message (expected {SIZE})"
+                "/etc/p.conf:1: max_message_size: `0` would refuse every message (expected {MSG_SIZE})"
             ),
         ),
         (
             b"max_message_size = ten",
-            format!("/etc/p.conf:1: max_message_size: `ten` is not a size (expected {SIZE})"),
+            format!("/etc/p.conf:1: max_message_size: `ten` is not a size (expected {MSG_SIZE})"),
         ),
         (
             b"smtp_timeout = 5x",

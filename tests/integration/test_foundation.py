@@ -30,7 +30,8 @@ def test_help_version_and_bad_usage():
 def test_config_check_good_and_broken(server_factory):
     s = server_factory()
     r = run(["-t", "-c", str(s.conf)])
-    assert (r.returncode, r.stdout) == (0, "postling: config OK\n"), r.stderr
+    # The test users have {PLAIN} passwords: two warnings, counted in the summary.
+    assert (r.returncode, r.stdout) == (0, "postling: config OK (2 warnings)\n"), r.stderr
     bad = s.dir / "bad.conf"
     bad.write_text(
         "hostname = mail.example.test\n"
@@ -44,16 +45,20 @@ def test_config_check_good_and_broken(server_factory):
     errors = [l for l in r.stderr.splitlines() if l.startswith(str(bad))]
     # Every error at once, each naming file, line and key and saying what was expected.
     assert errors == [
-        f"{bad}:2: smtp_listn: unknown key; did you mean smtp_listen? (expected one of the keys listed in postling(8) and postling.conf.example)",
-        f"{bad}:3: max_message_size: `10Q` has an unknown suffix `Q` (expected a size: a whole number of bytes, or with a K, M or G suffix (1K = 1024))",
+        f"{bad}:2: smtp_listn: unknown key; did you mean smtp_listen? (expected one of the keys listed in postling.conf(5) and postling.conf.example)",
+        f"{bad}:3: max_message_size: `10Q` has an unknown suffix `Q` (expected a size from 1 to 1G: a whole number of bytes, or with a K, M or G suffix (1K = 1024))",
         f"{bad}:4: smtp_timeout: `forever` is not a duration (expected a duration: a whole number with s, m, h or d (a plain number is seconds), 1s to 3650d)",
         f"{bad}:5: smtp_listen: `localhost:25` names the host `localhost`; an IP literal is required, since start-up never uses DNS (expected a comma-separated list of IP:PORT or [IPv6]:PORT (port 1-65535), or empty for off)",
     ], r.stderr
+    # One summary line, last; a check does not talk of starting.
+    assert r.stderr.splitlines()[-1] == f"postling: 4 errors in {bad}", r.stderr
+    assert "not started" not in r.stderr
     # -t needs neither the spool nor the mailbox directories.
     assert not (s.dir / "spool").exists() and not (s.dir / "mail").exists()
     # The server refuses to start on it, with the same exit status.
     r = run(["-f", "-c", str(bad)])
-    assert r.returncode == 78 and "4 error(s)" in r.stderr
+    assert r.returncode == 78
+    assert r.stderr.splitlines()[-1] == f"postling: 4 errors in {bad}; not started", r.stderr
 
 
 def test_greets_on_every_configured_address(server_factory):

@@ -56,12 +56,25 @@ def greeting(port, timeout=3):
         return recv_line(c, timeout)
 
 
+def listening(port):
+    """True if some socket listens on TCP `port` (IPv4 or IPv6), read from /proc/net: unlike
+    a test connect, this cannot be fooled by a TCP self-connect (a client whose ephemeral
+    source port happens to equal the free port it dials, which then "connects" to itself)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state = fields[1], fields[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def refused(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
-    except OSError:
-        return True
+    return not listening(port)
 
 
 def wait_for(cond, timeout=5, what="condition"):
