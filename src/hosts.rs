@@ -95,7 +95,7 @@ impl Services {
             );
         }
         for id in queued {
-            engine.schedule.due_now(id);
+            engine.recovered(id);
         }
         let services = Services {
             spool,

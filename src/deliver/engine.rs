@@ -2,7 +2,7 @@
 //! recipient, delivers into Maildirs, records per-recipient progress durably, and finally
 //! removes the entry, defers it with back-off, or bounces what failed for good.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,7 +10,7 @@ use log::{info, warn};
 
 use super::Outcome;
 use super::bounce::{self, FailedRecipient};
-use super::maildir::{Commit, Maildirs, Staged};
+use super::maildir::{Commit, Maildirs, MessageKey, Staged};
 use super::schedule::{Schedule, backoff};
 use crate::date::rfc5322_date;
 use crate::directory::{Directory, ResolveError, Resolved};
@@ -101,6 +101,10 @@ pub struct Engine {
     /// retry in this process delivers or bounces those recipients again, and written with
     /// the next state that can be.
     unrecorded: HashMap<QueueId, Recorded>,
+    /// Entries found in the queue at start-up and not yet settled: a crash may have cut their
+    /// last attempt between its Maildir renames and the queue update, so before writing a
+    /// copy they look for one already there (`Maildirs::delivered_before`).
+    recovered: HashSet<String>,
 }
 
 /// Recipients of an entry that are done: delivered, and failed with the reason.
@@ -171,6 +175,23 @@ impl Engine {
             policy,
             batch: None,
             unrecorded: HashMap::new(),
+            recovered: HashSet::new(),
+        }
+    }
+
+    /// Schedules an entry found in the queue at start-up: due now, and its copies may already
+    /// be in the Maildirs.
+    pub fn recovered(&mut self, id: QueueId) {
+        self.recovered.insert(id.0.clone());
+        self.schedule.due_now(id);
+    }
+
+    /// An entry's attempt is settled (or the entry is gone): whatever a crashed process
+    /// delivered of it has been found by now.
+    fn settled(&mut self, id: &QueueId) {
+        if self.recovered.remove(&id.0) && self.recovered.is_empty() {
+            self.maildirs.forget_listings();
+            self.recovered.shrink_to_fit();
         }
     }
 
@@ -332,7 +353,10 @@ impl Engine {
                 }
                 Some(self.stage(id, entry, store, dir, wall, staged))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.settled(&id);
+                None
+            }
             Err(e) => {
                 warn!(
                     "{id}: cannot read queue entry: {e}; retrying in {}",
@@ -357,6 +381,13 @@ impl Engine {
     ) -> Attempt {
         let mut users: HashMap<String, Target> = HashMap::new();
         let mut rcpts = Vec::with_capacity(entry.pending.len());
+        let unique = self.maildirs.unique_name(&MessageKey {
+            queue_id: &id.0,
+            arrival: entry.envelope.arrival,
+            sender: &entry.envelope.sender,
+            recipients: &entry.envelope.recipients,
+        });
+        let recovered = self.recovered.contains(&id.0);
         for &idx in &entry.pending {
             let Some(rcpt) = entry.envelope.recipients.get(idx) else {
                 continue;
@@ -380,9 +411,17 @@ impl Engine {
                             if let Some(t) = users.get(user) {
                                 return t.clone();
                             }
+                            let maybe = |q: &str| self.recovered.contains(q);
+                            if recovered && self.maildirs.delivered_before(user, &unique, &maybe) {
+                                info!("{id}: {user} already has its copy, from before the restart");
+                                let target = Target::Done(Outcome::Delivered);
+                                users.insert(user.clone(), target.clone());
+                                return target;
+                            }
                             let target = match store.open_data(&id) {
                                 Ok(mut data) => match self.maildirs.stage(
                                     user,
+                                    &unique,
                                     &entry.envelope.sender,
                                     rcpt,
                                     &mut data,
@@ -422,6 +461,7 @@ impl Engine {
         wall: SystemTime,
     ) {
         let Attempt { id, entry, rcpts } = attempt;
+        self.settled(&id);
         let env = &entry.envelope;
         let expired =
             wall.duration_since(env.arrival).unwrap_or_default() >= self.policy.queue_lifetime;

@@ -2,10 +2,18 @@
 //!
 //! Files are written with LF line endings (the Unix convention every Maildir reader expects),
 //! headed by `Return-Path:` and `Delivered-To:`, and named
-//! `<secs>.M<usec>P<pid>Q<seq>.<host>,S=<bytes on disk>,W=<bytes with CRLF>`: `W=` is the
-//! size as POP3 sends it, so a POP3 login never has to read the files to count them.
+//! `<secs>.M<usec>Q<queue id>H<hash>.<host>,S=<bytes on disk>,W=<bytes with CRLF>`: `W=` is
+//! the size as POP3 sends it, so a POP3 login never has to read the files to count them.
+//!
+//! The unique part (before `,S=`) is derived from the queue entry alone: its arrival time,
+//! its queue id, and a hash of its envelope (see `unique_name`). Every attempt at the same
+//! entry therefore names its file the same way, which makes delivery idempotent across a
+//! crash: a rename into `new/` over a copy already there replaces it, and an entry found in
+//! the queue at start-up first looks for its copy in `new/` and `cur/` (`delivered_before`)
+//! and counts it delivered instead of writing it again. The file in `tmp/` keeps a
+//! per-process name, so a half-written leftover of a crashed attempt is never in the way.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -23,7 +31,67 @@ pub struct Maildirs {
     seq: u64,
     /// Users whose `tmp/ new/ cur/` were seen or made: no directory checks per delivery.
     ready: HashSet<String>,
+    /// Per user, the unique names of the copies in `new/` and `cur/` of entries that may have
+    /// been delivered before a restart: one listing per user, made at the first question.
+    seen: HashMap<String, HashSet<String>>,
     sync_mode: SyncMode,
+}
+
+/// What names a queue entry's copies: the same for every attempt, in every process.
+pub struct MessageKey<'a> {
+    pub queue_id: &'a str,
+    /// The arrival time stored in the spool (never the time of the attempt).
+    pub arrival: SystemTime,
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+}
+
+/// 32-bit FNV-1a: stable across builds and Rust versions (the std hasher is not), which a
+/// name that must be found again after an upgrade needs.
+fn fnv1a(parts: &[&[u8]]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for part in parts {
+        for &b in part.iter().chain(std::iter::once(&0u8)) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
+}
+
+/// A name component with the characters a Maildir name reserves (`/`, `:`) and the ones that
+/// separate its parts here (`.`, `,`) escaped as the Maildir spec does (`\ooo`).
+fn escape_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '/' | ':' | '.' | ',' | '\\' => out.push_str(&format!("\\{:03o}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The queue id in the unique part of a file name made by `unique_name`, if it is one:
+/// `<secs>.M<usec>Q<id>H<hash>.<host>...`.
+fn queue_id_of(name: &str) -> Option<&str> {
+    let (_, rest) = name.split_once('.')?;
+    let middle = rest.split('.').next()?;
+    let after_m = middle.strip_prefix('M')?;
+    let (usec, tail) = after_m.split_at(after_m.find('Q')?);
+    if usec.is_empty() || !usec.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let tail = tail.strip_prefix('Q')?;
+    let (id, hash) = tail.split_at(tail.rfind('H')?);
+    let hash = hash.strip_prefix('H')?;
+    (!id.is_empty() && hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// The unique part of a Maildir file name: before the first `,` (`S=`, `W=`) or `:` (the
+/// info a reader adds in `cur/`).
+fn unique_part(name: &str) -> &str {
+    name.split([',', ':']).next().unwrap_or(name)
 }
 
 /// A local part or user name that is safe as one path component under the Maildir root.
@@ -93,6 +161,7 @@ impl Maildirs {
             pid: std::process::id(),
             seq: 0,
             ready: HashSet::new(),
+            seen: HashMap::new(),
             sync_mode: SyncMode::default(),
         }
     }
@@ -101,17 +170,83 @@ impl Maildirs {
         self.root.join(user)
     }
 
+    /// The unique part of the name of every copy of one queue entry:
+    /// `<arrival secs>.M<arrival usec>Q<queue id>H<envelope hash>.<host>`. Deterministic, so
+    /// a repeated attempt finds (or replaces) the copy of an earlier one; unique, because the
+    /// queue id is unique within a spool and the arrival time and the hash of sender and
+    /// recipients keep two spools, or an id given again after the clock stepped back, apart.
+    pub fn unique_name(&self, key: &MessageKey) -> String {
+        let since = key.arrival.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(key.recipients.len() + 1);
+        parts.push(key.sender.as_bytes());
+        parts.extend(key.recipients.iter().map(|r| r.as_bytes()));
+        format!(
+            "{}.M{}Q{}H{:08x}.{}",
+            since.as_secs(),
+            since.subsec_micros(),
+            escape_component(key.queue_id),
+            fnv1a(&parts),
+            self.host
+        )
+    }
+
+    /// Is a copy named `unique` (see `unique_name`) already in `user`'s `new/` or `cur/`, in
+    /// `cur/` with whatever info a reader added? For entries that may have been delivered
+    /// before a restart; `maybe_delivered` says which queue ids those are. The first question
+    /// about a user lists `new/` and `cur/` once and keeps only the names of those entries,
+    /// so the cost is one listing per user and start, and the memory is bounded by the queue.
+    /// (A copy delivered, fetched and deleted over POP before the restart is not there to be
+    /// found: that entry is delivered again.)
+    pub fn delivered_before(
+        &mut self,
+        user: &str,
+        unique: &str,
+        maybe_delivered: &dyn Fn(&str) -> bool,
+    ) -> bool {
+        if !safe_mailbox_name(user) {
+            return false;
+        }
+        if !self.seen.contains_key(user) {
+            let dir = self.user_dir(user);
+            let mut names = HashSet::new();
+            for sub in ["new", "cur"] {
+                let Ok(entries) = fs::read_dir(dir.join(sub)) else {
+                    continue;
+                };
+                for ent in entries.flatten() {
+                    let name = ent.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    let unique = unique_part(name);
+                    if queue_id_of(unique).is_some_and(maybe_delivered) {
+                        names.insert(unique.to_string());
+                    }
+                }
+            }
+            self.seen.insert(user.to_string(), names);
+        }
+        self.seen
+            .get(user)
+            .is_some_and(|n| n.contains(unique_part(unique)))
+    }
+
+    /// Drops the listings `delivered_before` made (every entry they were for is settled).
+    pub fn forget_listings(&mut self) {
+        self.seen = HashMap::new();
+    }
+
     /// Delivers one message read from `data` (as stored in the spool: CRLF line endings) to
-    /// `user`. Returns only after the file is durable in `new/`.
+    /// `user` as the file `unique` (see `unique_name`). Returns only after the file is
+    /// durable in `new/`.
     pub fn deliver(
         &mut self,
         user: &str,
+        unique: &str,
         return_path: &str,
         delivered_to: &str,
         data: &mut dyn Read,
         now: SystemTime,
     ) -> Outcome {
-        match self.stage(user, return_path, delivered_to, data, now) {
+        match self.stage(user, unique, return_path, delivered_to, data, now) {
             Ok(staged) => self
                 .commit(vec![staged])
                 .pop()
@@ -126,6 +261,7 @@ impl Maildirs {
     pub fn stage(
         &mut self,
         user: &str,
+        unique: &str,
         return_path: &str,
         delivered_to: &str,
         data: &mut dyn Read,
@@ -144,7 +280,9 @@ impl Maildirs {
         }
         let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
         self.seq += 1;
-        let base = format!(
+        // Unique to this process and attempt: a crashed attempt's leftover in tmp/ (same
+        // entry, same final name) is never in the way.
+        let tmp_name = format!(
             "{}.M{}P{}Q{}.{}",
             since.as_secs(),
             since.subsec_micros(),
@@ -152,7 +290,7 @@ impl Maildirs {
             self.seq,
             self.host
         );
-        let tmp = dir.join("tmp").join(&base);
+        let tmp = dir.join("tmp").join(&tmp_name);
         let create = || {
             OpenOptions::new()
                 .write(true)
@@ -177,7 +315,7 @@ impl Maildirs {
                     durable::start_writeback(&file);
                 }
                 Ok(Staged {
-                    name: format!("{base},S={size},W={wire_size}"),
+                    name: format!("{unique},S={size},W={wire_size}"),
                     dir,
                     tmp,
                     file,
@@ -436,6 +574,136 @@ fn write_lf(
 mod tests {
     use super::*;
 
+    /// A unique name as `unique_name` makes them, for tests about other things.
+    const UNIQUE: &str = "1700000000.M1Q000000000001H00000000.h";
+
+    fn key<'a>(queue_id: &'a str, recipients: &'a [String]) -> MessageKey<'a> {
+        MessageKey {
+            queue_id,
+            arrival: UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789),
+            sender: "s@example.org",
+            recipients,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_attempt_at_an_entry_names_its_copy_the_same_and_other_entries_differently() {
+        let rcpts = vec!["a@example.test".to_string(), "b@example.test".to_string()];
+        let first = Maildirs::new(Path::new("/x"), "mail/host:1");
+        // Another process, later: same name (nothing of the attempt's time or pid in it).
+        let again = Maildirs::new(Path::new("/y"), "mail/host:1");
+        let name = first.unique_name(&key("0ABCDEFGHJKM", &rcpts));
+        assert_eq!(name, again.unique_name(&key("0ABCDEFGHJKM", &rcpts)));
+        assert!(
+            name.starts_with("1700000000.M123456Q0ABCDEFGHJKMH"),
+            "the arrival time, then the queue id: {name}"
+        );
+        assert!(name.ends_with(".mail\\057host\\0721"), "{name}");
+        assert!(!name.contains('/') && !name.contains(':') && !name.contains(','));
+        assert_eq!(queue_id_of(&name), Some("0ABCDEFGHJKM"));
+        assert_eq!(unique_part(&format!("{name},S=1,W=2:2,S")), name);
+        // Any difference in the entry gives another name.
+        let mut others = vec![
+            first.unique_name(&key("0ABCDEFGHJKN", &rcpts)),
+            first.unique_name(&key("0ABCDEFGHJKM", &rcpts[..1])),
+            first.unique_name(&MessageKey {
+                sender: "t@example.org",
+                ..key("0ABCDEFGHJKM", &rcpts)
+            }),
+            first.unique_name(&MessageKey {
+                arrival: UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_457_000),
+                ..key("0ABCDEFGHJKM", &rcpts)
+            }),
+            Maildirs::new(Path::new("/x"), "other").unique_name(&key("0ABCDEFGHJKM", &rcpts)),
+        ];
+        others.push(name);
+        let n = others.len();
+        others.sort();
+        others.dedup();
+        assert_eq!(others.len(), n, "{others:?}");
+        // Characters that separate the parts of a name are escaped in a queue id.
+        let odd = first.unique_name(&key("a/b:c.d,e", &rcpts));
+        assert_eq!(
+            queue_id_of(&odd),
+            Some("a\\057b\\072c\\056d\\054e"),
+            "{odd}"
+        );
+    }
+
+    #[test]
+    fn a_repeated_delivery_of_an_entry_replaces_its_copy_in_new() {
+        let root = tempfile::tempdir().unwrap();
+        let rcpts = vec!["u@h".to_string()];
+        let unique = Maildirs::new(root.path(), "h").unique_name(&key("0ABCDEFGHJKM", &rcpts));
+        for _ in 0..2 {
+            // A new process each time: the crash and the restart.
+            let mut m = Maildirs::new(root.path(), "h");
+            let out = m.deliver(
+                "u",
+                &unique,
+                "",
+                "u@h",
+                &mut &b"x\r\n"[..],
+                SystemTime::now(),
+            );
+            assert_eq!(out, Outcome::Delivered);
+        }
+        assert_eq!(names(&root.path().join("u/new")).len(), 1);
+        assert!(names(&root.path().join("u/tmp")).is_empty());
+    }
+
+    #[test]
+    fn a_copy_already_in_new_or_in_cur_with_any_flags_is_found() {
+        let root = tempfile::tempdir().unwrap();
+        let rcpts = vec!["u@h".to_string()];
+        let mut m = Maildirs::new(root.path(), "h");
+        let one = m.unique_name(&key("0ABCDEFGHJK1", &rcpts));
+        let two = m.unique_name(&key("0ABCDEFGHJK2", &rcpts));
+        let never = m.unique_name(&key("0ABCDEFGHJK3", &rcpts));
+        for u in [&one, &two] {
+            let out = m.deliver("u", u, "", "u@h", &mut &b"x\r\n"[..], SystemTime::now());
+            assert_eq!(out, Outcome::Delivered);
+        }
+        // A reader took `two` into cur/ and flagged it seen.
+        let new = root.path().join("u/new");
+        let two_file = names(&new)
+            .into_iter()
+            .find(|n| n.starts_with(&two))
+            .unwrap();
+        fs::rename(
+            new.join(&two_file),
+            root.path().join("u/cur").join(format!("{two_file}:2,S")),
+        )
+        .unwrap();
+        let all = |_: &str| true;
+        let mut after = Maildirs::new(root.path(), "h");
+        assert!(after.delivered_before("u", &one, &all), "in new/");
+        assert!(
+            after.delivered_before("u", &two, &all),
+            "in cur/ with flags"
+        );
+        assert!(!after.delivered_before("u", &never, &all));
+        assert!(!after.delivered_before("nobody", &one, &all), "no Maildir");
+        assert!(!after.delivered_before("../u", &one, &all));
+        // Only the entries asked about are kept from the listing.
+        let mut only_one = Maildirs::new(root.path(), "h");
+        let is_one = |q: &str| q == "0ABCDEFGHJK1";
+        assert!(only_one.delivered_before("u", &one, &is_one));
+        assert!(!only_one.delivered_before("u", &two, &is_one));
+        assert_eq!(only_one.seen.get("u").map(HashSet::len), Some(1));
+        only_one.forget_listings();
+        assert!(only_one.seen.is_empty());
+    }
+
     fn only_file(dir: &Path) -> PathBuf {
         let mut v: Vec<_> = fs::read_dir(dir)
             .unwrap()
@@ -450,8 +718,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let mut m = Maildirs::new(root.path(), "mail.example.test");
         let msg = b"Subject: hi\r\n\r\nline one\r\n.dot\r\nbare\rcr\r\n";
+        let unique = m.unique_name(&key("0ABCDEFGHJKM", &["alice@example.test".into()]));
         let out = m.deliver(
             "alice",
+            &unique,
             "bob@example.org",
             "alice@example.test",
             &mut &msg[..],
@@ -470,6 +740,7 @@ mod tests {
             name.ends_with(&format!(",S={},W={}", body.len(), wire)),
             "{name}"
         );
+        assert!(name.starts_with(&format!("{unique},S=")), "{name}");
         assert!(name.contains(".mail.example.test,"));
         for sub in ["tmp", "cur"] {
             assert!(root.path().join("alice").join(sub).is_dir());
@@ -503,6 +774,7 @@ mod tests {
         let mut m = Maildirs::new(root.path(), "h");
         let out = m.deliver(
             "u",
+            UNIQUE,
             "",
             "u@h",
             &mut Trickle(b"a\r\nb\r\r\nc\r"),
@@ -518,7 +790,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let mut m = Maildirs::new(&root.path().join("mail"), "h");
         for bad in ["../etc", "a/b", ".hidden", "", "x\0y", "a\nb"] {
-            let out = m.deliver(bad, "", "x", &mut &b"x\r\n"[..], SystemTime::now());
+            let out = m.deliver(bad, UNIQUE, "", "x", &mut &b"x\r\n"[..], SystemTime::now());
             assert!(matches!(out, Outcome::Permanent(_)), "{bad:?}");
         }
         assert!(!root.path().join("mail").exists());
@@ -542,7 +814,14 @@ mod tests {
             .set_modified(long_ago)
             .unwrap();
         let mut m = Maildirs::new(root.path(), "h");
-        let out = m.deliver("u", "", "u@h", &mut &b"x\r\n"[..], SystemTime::now());
+        let out = m.deliver(
+            "u",
+            UNIQUE,
+            "",
+            "u@h",
+            &mut &b"x\r\n"[..],
+            SystemTime::now(),
+        );
         assert_eq!(out, Outcome::Delivered);
         assert!(!stale.exists());
         assert!(fresh.exists());
@@ -552,8 +831,16 @@ mod tests {
     fn a_maildir_removed_after_a_delivery_is_made_again() {
         let root = tempfile::tempdir().unwrap();
         let mut m = Maildirs::new(root.path(), "h");
-        let deliver =
-            |m: &mut Maildirs| m.deliver("u", "", "u@h", &mut &b"x\r\n"[..], SystemTime::now());
+        let deliver = |m: &mut Maildirs| {
+            m.deliver(
+                "u",
+                UNIQUE,
+                "",
+                "u@h",
+                &mut &b"x\r\n"[..],
+                SystemTime::now(),
+            )
+        };
         assert_eq!(deliver(&mut m), Outcome::Delivered);
         fs::remove_dir_all(root.path().join("u")).unwrap();
         assert_eq!(deliver(&mut m), Outcome::Delivered);
@@ -569,6 +856,7 @@ mod tests {
         fs::write(root.path().join("carol"), b"").unwrap();
         let out = m.deliver(
             "carol",
+            UNIQUE,
             "",
             "carol@h",
             &mut &b"x\r\n"[..],

@@ -1,4 +1,6 @@
 """Local delivery into Maildirs, retries, bounces, the queue listing, and idleness."""
+import poplib
+import shutil
 import signal
 import smtplib
 import subprocess
@@ -128,6 +130,52 @@ def test_restart_with_mail_in_queue_and_no_duplicates(server_factory):
     wait_maildir(s, "bob", 1)
     time.sleep(0.5)
     assert len(maildir_messages(s, "alice")) == 1
+
+
+def test_a_crash_after_the_maildir_renames_before_the_queue_update_delivers_nothing_twice(server_factory):
+    """Issue 10: a kill -9 after a batch's Maildir renames but before the queue recorded them
+    delivered the whole message again (21 of 30 recipients got two copies). Here the crash
+    point is made exact: the queue entry cannot be removed (spool/free/ is not a directory),
+    so every copy is in the Maildirs while the entry still says nothing was delivered; then
+    kill -9. Some copies are moved into cur/ as a POP login does, one flagged as a mail reader
+    would. After the restart every user still has exactly one copy."""
+    users = [f"u{n:02}" for n in range(1, 31)]
+    s = server_factory(log_level="info")
+    (s.dir / "users").write_text("".join(f"{u}:{{PLAIN}}{u}-pw\n" for u in users))
+    s.start()
+    free = s.dir / "spool" / "free"
+    shutil.rmtree(free)
+    free.write_text("the queue entry cannot be removed")
+    assert send(s, [f"{u}@example.test" for u in users]) == {}
+    s.wait_log("delivered but cannot remove the queue entry")
+    for u in users:
+        assert len(maildir_messages(s, u)) == 1, u
+    # u01..u05 logged in over POP (new/ moved into cur/ with ":2,"); u06 read it with a client
+    # that flagged it seen.
+    for u in users[:5]:
+        p = poplib.POP3("127.0.0.1", s.pop3_port, timeout=10)
+        p.user(u)
+        p.pass_(f"{u}-pw")
+        assert p.stat()[0] == 1
+        p.quit()
+        assert [f.parent.name for f in maildir_messages(s, u)] == ["cur"], u
+    (new,) = maildir_messages(s, users[5])
+    new.rename(new.parent.parent / "cur" / (new.name + ":2,S"))
+    s.kill9()
+    free.unlink()
+    free.mkdir(mode=0o700)
+    mark = len(s.log())
+    s.start()
+    deadline = time.time() + 10
+    while "empty" not in queue_listing(s).lower() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "empty" in queue_listing(s).lower(), s.log()[mark:]
+    after = s.log()[mark:]
+    twice = [u for u in users if len(maildir_messages(s, u)) != 1]
+    print(f"\nafter the restart: {len(twice)} of {len(users)} users with other than one copy, "
+          f"{after.count('already has its copy')} copies found instead of written again")
+    assert not twice, f"{len(twice)} of {len(users)} users got another copy: {twice}"
+    assert after.count("already has its copy") == len(users)
 
 
 def test_idle_with_empty_queue_costs_nothing(server_factory):

@@ -46,8 +46,6 @@ RECIPIENT_SETS = [
 QUEUED_RE = re.compile(rb"^250 2\.0\.0 Ok: queued as (\S+)\r\n$")
 # The Received header postling writes: "by HOST (postling) with ESMTP id ID" then ";" or "for".
 RECEIVED_ID_RE = re.compile(rb"\(postling\) with \S+ id ([0-9A-Z]+)")
-# Maildir unique names: SECONDS.M<usec>P<pid>Q<n>.HOST,S=...
-MAILDIR_PID_RE = re.compile(r"\.M\d+P(\d+)Q")
 
 
 # ---- process readings ------------------------------------------------------------------------

@@ -340,3 +340,76 @@ fn progress_that_cannot_be_recorded_is_remembered_until_it_can() {
     assert_eq!(count(&w.mail, "bob"), 1);
     assert_eq!(w.queue.removed, vec![id]);
 }
+
+/// Every copy in a user's Maildir, `new/` and `cur/`.
+fn copies(mail: &Path, user: &str) -> usize {
+    ["new", "cur"]
+        .iter()
+        .map(|sub| {
+            fs::read_dir(mail.join(user).join(sub))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn copies_a_crash_left_unrecorded_are_found_after_the_restart_and_not_written_again() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    let done = w.queue.add(
+        "s@example.org",
+        &[
+            "alice@example.test",
+            "team@example.test",
+            "carol@example.test",
+        ],
+    );
+    // The crash came after the Maildir renames and before the queue update: the queue still
+    // holds the entry as it was before the attempt.
+    let before_crash = w.queue.entries.clone();
+    w.engine.schedule.due_now(done.clone());
+    assert_eq!(w.run(8), 1);
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(copies(&w.mail, user), 1, "{user}");
+    }
+    w.queue.entries = before_crash;
+    // alice's POP client took hers into cur/ and a reader flagged it; bob's is still in new/.
+    let alice = w.mail.join("alice");
+    for f in fs::read_dir(alice.join("new")).unwrap() {
+        let name = f.unwrap().file_name().into_string().unwrap();
+        fs::rename(
+            alice.join("new").join(&name),
+            alice.join("cur").join(format!("{name}:2,S")),
+        )
+        .unwrap();
+    }
+    // carol's copy was fetched and deleted before the restart: nothing shows it was there.
+    fs::remove_dir_all(w.mail.join("carol")).unwrap();
+    // And an entry the crashed process never got to.
+    let fresh = w.queue.add("s@example.org", &["alice@example.test"]);
+
+    // The restart: a new engine, every queued entry recovered.
+    let host = w.engine.policy.hostname.clone();
+    w.engine = Engine::new(
+        Maildirs::new(&w.mail, &host),
+        DeliveryPolicy {
+            hostname: host,
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            queue_lifetime: Duration::from_secs(3600),
+        },
+    );
+    w.engine.recovered(done.clone());
+    w.engine.recovered(fresh.clone());
+    assert_eq!(w.run(8), 2);
+    assert_eq!(copies(&w.mail, "alice"), 2, "one copy of each entry");
+    assert_eq!(copies(&w.mail, "bob"), 1, "not delivered again");
+    assert_eq!(
+        copies(&w.mail, "carol"),
+        1,
+        "deleted over POP before the restart: delivered again (the known limit)"
+    );
+    assert_eq!(w.queue.removed, vec![done.clone(), done, fresh]);
+    assert!(w.engine.recovered.is_empty());
+    assert!(w.engine.schedule.is_empty());
+}
