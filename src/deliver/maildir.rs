@@ -4,15 +4,23 @@
 //! headed by `Return-Path:` and `Delivered-To:`, and named
 //! `<secs>.M<usec>P<pid>Q<seq>.<host>,S=<bytes on disk>,W=<bytes with CRLF>`: `W=` is the
 //! size as POP3 sends it, so a POP3 login never has to read the files to count them.
+//!
+//! No symbolic link is followed at or below `<mailbox_dir>/<user>` (see `crate::dirfd`): the
+//! Maildir and its `tmp/ new/` are opened with `O_NOFOLLOW` once per delivery batch and user,
+//! and every file is created, renamed and removed relative to those descriptors. A symlink in
+//! their place is refused with a temporary failure naming it (the administrator fixes it; the
+//! message waits in the queue).
 
-use std::collections::HashSet;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::collections::{HashMap, HashSet};
+use std::fs::{DirBuilder, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Outcome;
+use crate::dirfd::{self, Dir, Kind};
 use crate::durable::{self, SyncMode};
 
 pub struct Maildirs {
@@ -21,9 +29,18 @@ pub struct Maildirs {
     host: String,
     pid: u32,
     seq: u64,
-    /// Users whose `tmp/ new/ cur/` were seen or made: no directory checks per delivery.
+    /// Users whose `cur/` was seen or made and whose `tmp/` was cleaned in this process.
     ready: HashSet<String>,
+    /// The directories of each user delivered to in the current batch, opened once for the
+    /// whole batch (see `commit_step`, which forgets them when the batch is committed).
+    open: HashMap<String, Rc<UserDirs>>,
     sync_mode: SyncMode,
+}
+
+/// One user's Maildir directories, opened without following symlinks.
+pub struct UserDirs {
+    tmp: Dir,
+    new: Dir,
 }
 
 /// A local part or user name that is safe as one path component under the Maildir root.
@@ -39,45 +56,89 @@ pub fn safe_mailbox_name(user: &str) -> bool {
 /// Removes files from a Maildir's `tmp/` not touched for `limits::MAILDIR_TMP_MAX_AGE`, as the
 /// Maildir specification asks: what a crash left half-written. Done on the first delivery to
 /// each user after start-up, so it costs one directory read per user and process.
-fn clean_tmp(tmp: &Path, now: SystemTime) {
-    let Ok(entries) = fs::read_dir(tmp) else {
+fn clean_tmp(tmp: &Dir, now: SystemTime) {
+    let Ok(entries) = tmp.entries() else {
         return;
     };
-    for ent in entries.flatten() {
-        let old = ent
-            .metadata()
+    for (name, kind) in entries {
+        let Some(name) = name.to_str().filter(|_| kind == Kind::File) else {
+            continue;
+        };
+        let old = tmp
+            .stat(name)
             .ok()
-            .filter(|m| m.is_file())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| now.duration_since(t).ok())
+            .filter(|st| st.kind == Kind::File)
+            .and_then(|st| now.duration_since(st.modified).ok())
             .is_some_and(|age| age >= crate::limits::MAILDIR_TMP_MAX_AGE);
         if old {
-            match fs::remove_file(ent.path()) {
-                Ok(()) => log::info!("maildir: removed stale {}", ent.path().display()),
-                Err(e) => log::warn!("maildir: cannot remove {}: {e}", ent.path().display()),
+            let path = tmp.path().join(name);
+            match tmp.remove_file(name) {
+                Ok(()) => log::info!("maildir: removed stale {}", path.display()),
+                Err(e) => log::warn!("maildir: cannot remove {}: {e}", path.display()),
             }
         }
     }
 }
 
-/// Creates a Maildir's `tmp/ new/ cur/` (mode 0700) where missing; on failure, the directory
-/// that could not be made. (Delivery and a POP login both make a missing Maildir.)
-pub fn create_maildir(dir: &Path) -> Result<(), (PathBuf, io::Error)> {
-    for sub in ["tmp", "new", "cur"] {
-        let d = dir.join(sub);
-        if !d.is_dir() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&d)
-                .map_err(|e| (d, e))?;
-        }
+/// Why a Maildir directory cannot be used, for logs, queue reasons and POP replies:
+/// `mailbox alice: refusing /var/mail/alice/new: is a symbolic link`.
+fn refusal(user: &str, what: &str, path: &Path, e: &io::Error) -> String {
+    if dirfd::is_symlink(e) {
+        format!("mailbox {user}: refusing {}: {e}", path.display())
+    } else {
+        format!("mailbox {user}: {what} {}: {e}", path.display())
     }
-    Ok(())
 }
 
-fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
-    create_maildir(dir).map_err(|(d, e)| temporary("cannot create", &d, &e))
+/// Opens the Maildir `<root>/<user>` without following a symlink there, creating it (mode
+/// 0700, and `root` if missing) when it does not exist; true if it was created. `user` must
+/// have passed `safe_mailbox_name`.
+pub fn open_user_dir(root: &Path, user: &str) -> Result<(Dir, bool), String> {
+    let path = root.join(user);
+    match Dir::open(&path) {
+        Ok(d) => return Ok((d, false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refusal(user, "cannot open", &path, &e)),
+    }
+    if !root.is_dir() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| refusal(user, "cannot create", root, &e))?;
+    }
+    // mkdir(2) never follows a symlink of that name; the open below refuses it.
+    match DirBuilder::new().mode(0o700).create(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(refusal(user, "cannot create", &path, &e)),
+    }
+    Dir::open(&path)
+        .map(|d| (d, true))
+        .map_err(|e| refusal(user, "cannot open", &path, &e))
+}
+
+/// Makes the subdirectory `name` (mode 0700) of a Maildir unless something of that name exists.
+pub fn make_sub(user: &str, dir: &Dir, name: &str) -> Result<(), String> {
+    match dir.make_dir(name, 0o700) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(refusal(user, "cannot create", &dir.path().join(name), &e)),
+    }
+}
+
+/// Opens the subdirectory `name` of a Maildir without following a symlink, making it first
+/// when missing.
+pub fn open_sub(user: &str, dir: &Dir, name: &str) -> Result<Dir, String> {
+    let path = || dir.path().join(name);
+    match dir.open_dir(name) {
+        Ok(d) => return Ok(d),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refusal(user, "cannot open", &path(), &e)),
+    }
+    make_sub(user, dir, name)?;
+    dir.open_dir(name)
+        .map_err(|e| refusal(user, "cannot open", &path(), &e))
 }
 
 fn temporary(what: &str, path: &Path, e: &io::Error) -> Outcome {
@@ -93,12 +154,41 @@ impl Maildirs {
             pid: std::process::id(),
             seq: 0,
             ready: HashSet::new(),
+            open: HashMap::new(),
             sync_mode: SyncMode::default(),
         }
     }
 
     pub fn user_dir(&self, user: &str) -> PathBuf {
         self.root.join(user)
+    }
+
+    /// The user's `tmp/` and `new/` for this batch: opened (and made where missing) at the
+    /// first delivery to the user in the batch, shared by the rest. On the first delivery
+    /// after start-up (or after the Maildir was made again) also makes `cur/` and cleans
+    /// `tmp/`.
+    fn dirs_for(&mut self, user: &str, now: SystemTime) -> Result<Rc<UserDirs>, Outcome> {
+        if let Some(d) = self.open.get(user) {
+            return Ok(Rc::clone(d));
+        }
+        let opened = (|| {
+            let (dir, created) = open_user_dir(&self.root, user)?;
+            let tmp = open_sub(user, &dir, "tmp")?;
+            let new = open_sub(user, &dir, "new")?;
+            let fresh = created || !self.ready.contains(user);
+            if fresh {
+                make_sub(user, &dir, "cur")?;
+            }
+            Ok::<_, String>((UserDirs { tmp, new }, fresh))
+        })();
+        let (dirs, fresh) = opened.map_err(Outcome::Temporary)?;
+        if fresh {
+            clean_tmp(&dirs.tmp, now);
+            self.ready.insert(user.to_string());
+        }
+        let dirs = Rc::new(dirs);
+        self.open.insert(user.to_string(), Rc::clone(&dirs));
+        Ok(dirs)
     }
 
     /// Delivers one message read from `data` (as stored in the spool: CRLF line endings) to
@@ -136,12 +226,7 @@ impl Maildirs {
                 "5.1.3 mailbox name {user:?} is not allowed"
             )));
         }
-        let dir = self.user_dir(user);
-        if !self.ready.contains(user) {
-            ensure_maildir(&dir)?;
-            clean_tmp(&dir.join("tmp"), now);
-            self.ready.insert(user.to_string());
-        }
+        let mut dirs = self.dirs_for(user, now)?;
         let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
         self.seq += 1;
         let base = format!(
@@ -152,24 +237,18 @@ impl Maildirs {
             self.seq,
             self.host
         );
-        let tmp = dir.join("tmp").join(&base);
-        let create = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-        };
-        let file = match create() {
+        let file = match dirs.tmp.create_file(&base, 0o600) {
             Ok(f) => f,
-            // The Maildir went away since it was last seen (an administrator moved it).
+            // The Maildir was removed since it was opened in this batch: open (make) it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.open.remove(user);
                 self.ready.remove(user);
-                ensure_maildir(&dir)?;
-                self.ready.insert(user.to_string());
-                create().map_err(|e| temporary("cannot create", &tmp, &e))?
+                dirs = self.dirs_for(user, now)?;
+                dirs.tmp
+                    .create_file(&base, 0o600)
+                    .map_err(|e| temporary("cannot create", &dirs.tmp.path().join(&base), &e))?
             }
-            Err(e) => return Err(temporary("cannot create", &tmp, &e)),
+            Err(e) => return Err(temporary("cannot create", &dirs.tmp.path().join(&base), &e)),
         };
         match write_lf(file, return_path, delivered_to, data) {
             Ok((file, size, wire_size)) => {
@@ -178,14 +257,14 @@ impl Maildirs {
                 }
                 Ok(Staged {
                     name: format!("{base},S={size},W={wire_size}"),
-                    dir,
-                    tmp,
+                    dirs,
+                    tmp: base,
                     file,
                 })
             }
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(temporary("cannot write", &tmp, &e))
+                let _ = dirs.tmp.remove_file(&base);
+                Err(temporary("cannot write", &dirs.tmp.path().join(&base), &e))
             }
         }
     }
@@ -203,6 +282,16 @@ impl Maildirs {
     /// renamed into `new/`, then each `new/` directory durable. A file that failed is removed
     /// from `tmp/`.
     pub fn commit_step(&mut self, c: &mut Commit) -> bool {
+        let done = self.commit_step_inner(c);
+        if done {
+            // The batch is committed: its directories are not held into the next one (the
+            // staged files keep what they still need until the commit is dropped).
+            self.open.clear();
+        }
+        done
+    }
+
+    fn commit_step_inner(&mut self, c: &mut Commit) -> bool {
         match c.stage {
             Stage::Data => {
                 let range = match self.sync_mode {
@@ -214,8 +303,8 @@ impl Maildirs {
                 for (i, r) in range.zip(results) {
                     let s = &c.staged[i];
                     c.moved.push(r.map(|()| PathBuf::new()).map_err(|e| {
-                        let _ = fs::remove_file(&s.tmp);
-                        temporary("cannot write", &s.tmp, &e)
+                        let _ = s.dirs.tmp.remove_file(&s.tmp);
+                        temporary("cannot write", &s.dirs.tmp.path().join(&s.tmp), &e)
                     }));
                     c.next = i + 1;
                 }
@@ -229,9 +318,8 @@ impl Maildirs {
                     if m.is_err() {
                         continue;
                     }
-                    let new_dir = s.dir.join("new");
-                    let new = new_dir.join(&s.name);
-                    *m = match fs::rename(&s.tmp, &new) {
+                    let new_dir = s.dirs.new.path().to_path_buf();
+                    *m = match s.dirs.tmp.rename_to(&s.tmp, &s.dirs.new, &s.name) {
                         Ok(()) => {
                             if !c.dirs.iter().any(|(d, _)| *d == new_dir) {
                                 c.dirs.push((new_dir.clone(), None));
@@ -239,8 +327,8 @@ impl Maildirs {
                             Ok(new_dir)
                         }
                         Err(e) => {
-                            let _ = fs::remove_file(&s.tmp);
-                            Err(temporary("cannot move into", &new, &e))
+                            let _ = s.dirs.tmp.remove_file(&s.tmp);
+                            Err(temporary("cannot move into", &new_dir.join(&s.name), &e))
                         }
                     };
                 }
@@ -263,12 +351,21 @@ impl Maildirs {
                 let Some((d, result)) = c.dirs.get_mut(c.next) else {
                     return;
                 };
-                *result = Some(match File::open(&*d) {
-                    Ok(f) => durable::dirs(SyncMode::File, &[&f])
+                // The `new/` descriptor the files were renamed into.
+                let held = c
+                    .staged
+                    .iter()
+                    .map(|s| &s.dirs.new)
+                    .find(|n| n.path() == d.as_path());
+                *result = Some(match held {
+                    Some(new) => durable::dirs(SyncMode::File, &[new.as_file()])
                         .pop()
                         .unwrap_or(Ok(()))
                         .map_err(|e| temporary("cannot sync", d, &e)),
-                    Err(e) => Err(temporary("cannot sync", d, &e)),
+                    None => Err(Outcome::Temporary(format!(
+                        "cannot sync {}: not open",
+                        d.display()
+                    ))),
                 });
                 c.next += 1;
             }
@@ -353,9 +450,10 @@ impl Commit {
 
 /// A message written to a Maildir's `tmp/`, waiting for `Maildirs::commit`.
 pub struct Staged {
-    /// The user's Maildir.
-    dir: PathBuf,
-    tmp: PathBuf,
+    /// The user's Maildir directories, held until the commit is done.
+    dirs: Rc<UserDirs>,
+    /// The file name in `tmp/`.
+    tmp: String,
     /// The final name in `new/`.
     name: String,
     file: File,
@@ -435,6 +533,7 @@ fn write_lf(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn only_file(dir: &Path) -> PathBuf {
         let mut v: Vec<_> = fs::read_dir(dir)
@@ -575,5 +674,87 @@ mod tests {
             SystemTime::now(),
         );
         assert!(matches!(out, Outcome::Temporary(_)), "{out:?}");
+    }
+
+    // ---- symbolic links are never followed (issue 10 item 6) -------------------------------
+
+    fn deliver_x(m: &mut Maildirs, user: &str) -> Outcome {
+        m.deliver(user, "", "x@h", &mut &b"x\r\n"[..], SystemTime::now())
+    }
+
+    fn refused(out: Outcome, user: &str, link: &Path) {
+        assert_eq!(
+            out,
+            Outcome::Temporary(format!(
+                "mailbox {user}: refusing {}: is a symbolic link",
+                link.display()
+            ))
+        );
+    }
+
+    fn empty_dir(root: &Path) -> PathBuf {
+        let target = root.join("target");
+        fs::create_dir(&target).unwrap();
+        target
+    }
+
+    #[test]
+    fn a_symlinked_maildir_is_a_temporary_refusal_and_nothing_is_written_through_it() {
+        let root = tempfile::tempdir().unwrap();
+        let target = empty_dir(root.path());
+        std::os::unix::fs::symlink(&target, root.path().join("u")).unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        refused(deliver_x(&mut m, "u"), "u", &root.path().join("u"));
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_symlinked_tmp_or_new_is_a_temporary_refusal_and_its_target_untouched() {
+        for sub in ["tmp", "new"] {
+            let root = tempfile::tempdir().unwrap();
+            let target = empty_dir(root.path());
+            let mut m = Maildirs::new(root.path(), "h");
+            // Delivered once (the Maildir is known), then the directory is swapped.
+            assert_eq!(deliver_x(&mut m, "u"), Outcome::Delivered);
+            let link = root.path().join("u").join(sub);
+            fs::remove_dir_all(&link).unwrap();
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            refused(deliver_x(&mut m, "u"), "u", &link);
+            assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{sub}");
+        }
+    }
+
+    #[test]
+    fn a_symlinked_cur_is_never_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let target = empty_dir(root.path());
+        fs::create_dir_all(root.path().join("u")).unwrap();
+        std::os::unix::fs::symlink(&target, root.path().join("u/cur")).unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        // Delivery writes tmp/ and new/ only; cur/ is the reader's (POP refuses it).
+        assert_eq!(deliver_x(&mut m, "u"), Outcome::Delivered);
+        assert_eq!(fs::read_dir(root.path().join("u/new")).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_swap_during_a_batch_goes_to_the_directory_opened_not_the_link() {
+        let root = tempfile::tempdir().unwrap();
+        let target = empty_dir(root.path());
+        let mut m = Maildirs::new(root.path(), "h");
+        let staged = m
+            .stage("u", "", "u@h", &mut &b"x\r\n"[..], SystemTime::now())
+            .unwrap();
+        let new = root.path().join("u/new");
+        fs::rename(&new, root.path().join("u/new.old")).unwrap();
+        std::os::unix::fs::symlink(&target, &new).unwrap();
+        assert_eq!(m.commit(vec![staged]), vec![Outcome::Delivered]);
+        assert_eq!(
+            fs::read_dir(root.path().join("u/new.old")).unwrap().count(),
+            1
+        );
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+        // The next batch opens the Maildir again and sees the link.
+        refused(deliver_x(&mut m, "u"), "u", &new);
     }
 }
