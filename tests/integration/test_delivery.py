@@ -190,3 +190,23 @@ def test_symlinked_maildir_directories_are_refused_not_followed(server_factory):
     s.proc.send_signal(signal.SIGUSR2)
     wait_maildir(s, "bob", 1)
     assert list((elsewhere / "new").iterdir()) == []
+
+
+def test_only_ascii_case_folds_in_local_parts(server_factory):
+    """Issue 10 item 9: U+212A KELVIN SIGN is not `k`: \u212Aate@ is not kate, KATE@ is."""
+    s = server_factory()
+    with open(s.dir / "users", "a") as f:
+        f.write("kate:{PLAIN}kate-pw\n")
+    s.start()
+    with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as c:
+        c.ehlo()
+        assert c.mail("sender@example.test", ["SMTPUTF8"])[0] == 250
+        code, text = c.rcpt("\u212aate@example.test")
+        assert code == 550 and b"5.1.1" in text, (code, text)
+        assert c.rcpt("KATE@example.test")[0] == 250
+        c.data(b"Subject: kelvin\r\n\r\nbody\r\n")
+    body = wait_maildir(s, "kate", 1)[0].read_bytes()
+    assert b"Delivered-To: KATE@example.test" in body
+    s.wait_log("done (1 delivered")
+    assert len(maildir_messages(s, "kate")) == 1
+    assert not (Path(s.settings["mailbox_dir"]) / "\u212aate").exists()
