@@ -302,7 +302,7 @@ impl Maildirs {
                 let results = durable::files(self.sync_mode, &files);
                 for (i, r) in range.zip(results) {
                     let s = &c.staged[i];
-                    c.moved.push(r.map(|()| PathBuf::new()).map_err(|e| {
+                    c.moved.push(r.map(|()| usize::MAX).map_err(|e| {
                         let _ = s.dirs.tmp.remove_file(&s.tmp);
                         temporary("cannot write", &s.dirs.tmp.path().join(&s.tmp), &e)
                     }));
@@ -318,17 +318,20 @@ impl Maildirs {
                     if m.is_err() {
                         continue;
                     }
-                    let new_dir = s.dirs.new.path().to_path_buf();
                     *m = match s.dirs.tmp.rename_to(&s.tmp, &s.dirs.new, &s.name) {
-                        Ok(()) => {
-                            if !c.dirs.iter().any(|(d, _)| *d == new_dir) {
-                                c.dirs.push((new_dir.clone(), None));
+                        // Identified by the open directory, not its path: a Maildir made
+                        // again within the batch is another directory to sync.
+                        Ok(()) => match c.dirs.iter().position(|(d, _)| Rc::ptr_eq(d, &s.dirs)) {
+                            Some(i) => Ok(i),
+                            None => {
+                                c.dirs.push((Rc::clone(&s.dirs), None));
+                                Ok(c.dirs.len() - 1)
                             }
-                            Ok(new_dir)
-                        }
+                        },
                         Err(e) => {
                             let _ = s.dirs.tmp.remove_file(&s.tmp);
-                            Err(temporary("cannot move into", &new_dir.join(&s.name), &e))
+                            let path = s.dirs.new.path().join(&s.name);
+                            Err(temporary("cannot move into", &path, &e))
                         }
                     };
                 }
@@ -352,37 +355,20 @@ impl Maildirs {
                     return;
                 };
                 // The `new/` descriptor the files were renamed into.
-                let held = c
-                    .staged
-                    .iter()
-                    .map(|s| &s.dirs.new)
-                    .find(|n| n.path() == d.as_path());
-                *result = Some(match held {
-                    Some(new) => durable::dirs(SyncMode::File, &[new.as_file()])
+                let new = &d.new;
+                *result = Some(
+                    durable::dirs(SyncMode::File, &[new.as_file()])
                         .pop()
                         .unwrap_or(Ok(()))
-                        .map_err(|e| temporary("cannot sync", d, &e)),
-                    None => Err(Outcome::Temporary(format!(
-                        "cannot sync {}: not open",
-                        d.display()
-                    ))),
-                });
+                        .map_err(|e| temporary("cannot sync", new.path(), &e)),
+                );
                 c.next += 1;
             }
             SyncMode::Filesystem => {
-                let mut handles: Vec<&File> = Vec::new();
-                for (d, _) in &c.dirs {
-                    let file = c
-                        .staged
-                        .iter()
-                        .zip(&c.moved)
-                        .find(|(_, m)| m.as_ref().is_ok_and(|m| m == d))
-                        .map(|(s, _)| &s.file);
-                    handles.extend(file);
-                }
+                let handles: Vec<&File> = c.dirs.iter().map(|(d, _)| d.new.as_file()).collect();
                 let results = durable::dirs(SyncMode::Filesystem, &handles);
                 for ((d, result), r) in c.dirs.iter_mut().zip(results) {
-                    *result = Some(r.map_err(|e| temporary("cannot sync", d, &e)));
+                    *result = Some(r.map_err(|e| temporary("cannot sync", d.new.path(), &e)));
                 }
                 c.next = c.dirs.len();
             }
@@ -403,16 +389,20 @@ enum Stage {
     Dirs,
 }
 
+/// Whether a `new/` directory was made durable.
+type SyncResult = Result<(), Outcome>;
+
 /// A batch of staged files on their way into `new/` (see `Maildirs::commit_step`).
 pub struct Commit {
     staged: Vec<Staged>,
     stage: Stage,
     /// The next file (Data) or directory (Dirs) to sync.
     next: usize,
-    /// Per staged file, once decided: the `new/` it went into, or why it failed.
-    moved: Vec<Result<PathBuf, Outcome>>,
-    /// Each `new/` written into, with its sync result once done.
-    dirs: Vec<(PathBuf, Option<Result<(), Outcome>>)>,
+    /// Per staged file, once decided: the index in `dirs` of the `new/` it went into, or why
+    /// it failed.
+    moved: Vec<Result<usize, Outcome>>,
+    /// Each Maildir whose `new/` was written into, with its sync result once done.
+    dirs: Vec<(Rc<UserDirs>, Option<SyncResult>)>,
 }
 
 impl Commit {
@@ -437,7 +427,7 @@ impl Commit {
         self.moved
             .into_iter()
             .map(|m| match m {
-                Ok(dir) => match dirs.iter().find(|(d, _)| *d == dir) {
+                Ok(i) => match dirs.get(i) {
                     Some((_, Some(Err(outcome)))) => outcome.clone(),
                     Some((_, Some(Ok(())))) => Outcome::Delivered,
                     _ => Outcome::Temporary("the Maildir directory was not synced".into()),
@@ -756,5 +746,23 @@ mod tests {
         assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
         // The next batch opens the Maildir again and sees the link.
         refused(deliver_x(&mut m, "u"), "u", &new);
+    }
+
+    #[test]
+    fn a_maildir_removed_within_a_batch_is_made_again_for_the_rest_of_it() {
+        for mode in [SyncMode::File, SyncMode::Filesystem] {
+            let root = tempfile::tempdir().unwrap();
+            let mut m = Maildirs::new(root.path(), "h");
+            m.set_sync_mode(mode);
+            let stage =
+                |m: &mut Maildirs| m.stage("u", "", "u@h", &mut &b"x\r\n"[..], SystemTime::now());
+            let first = stage(&mut m).unwrap();
+            fs::remove_dir_all(root.path().join("u")).unwrap();
+            let second = stage(&mut m).unwrap();
+            let out = m.commit(vec![first, second]);
+            assert!(matches!(out[0], Outcome::Temporary(_)), "{out:?}");
+            assert_eq!(out[1], Outcome::Delivered, "{mode:?}");
+            assert_eq!(fs::read_dir(root.path().join("u/new")).unwrap().count(), 1);
+        }
     }
 }
