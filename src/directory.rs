@@ -3,8 +3,10 @@
 //! re-reads a file only when one `stat` shows it changed.
 //!
 //! How an address is matched (the SMTP RCPT check and delivery use the same rules):
-//! - The domain and the local part are compared case-insensitively (both are lower-cased; user
-//!   names and alias names are stored lower-case). The local domains are `settings.domains`;
+//! - The domain and the local part are compared ignoring ASCII case only (A-Z are lower-cased;
+//!   user names and alias names are stored so). Other characters compare exactly: Unicode
+//!   folding would make U+212A KELVIN SIGN `k`, so `\u{212A}ate` would reach `kate`, a name a
+//!   person reads as different. The local domains are `settings.domains`;
 //!   anything else is `RelayDenied` / `NotLocal`. An address without `@` (only `postmaster`
 //!   arrives that way, RFC 5321 §4.5.1) is local.
 //! - A local part that is empty, starts with `.`, or contains `/`, `\`, `..`, NUL or another
@@ -222,7 +224,7 @@ impl Directory {
         mut settings: DirectorySettings,
     ) -> Result<(Directory, Vec<String>), Vec<DirectoryError>> {
         for d in &mut settings.domains {
-            *d = d.to_lowercase();
+            *d = d.to_ascii_lowercase();
         }
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
@@ -346,11 +348,11 @@ impl Directory {
         }
     }
 
-    /// The credential of a user (case-insensitive name), for POP logins.
+    /// The credential of a user (name matched with ASCII case folded only), for POP logins.
     pub fn credential(&self, user: &str) -> Option<(&str, &Credential)> {
         self.users
             .by_name
-            .get_key_value(&user.to_lowercase())
+            .get_key_value(&user.to_ascii_lowercase())
             .map(|(name, cred)| (name.as_str(), cred))
     }
 
@@ -392,7 +394,7 @@ impl Directory {
                         !self.is_local_domain(domain)
                             || self.aliases.catch_all.is_some()
                             || (!unsafe_local_part(local)
-                                && self.lookup(&local.to_lowercase()).is_some())
+                                && self.lookup(&local.to_ascii_lowercase()).is_some())
                     }
                 };
                 if !known {
@@ -417,7 +419,7 @@ impl Directory {
         // The last `@` ends a quoted local part that may itself contain `@`.
         let local = match rcpt.rsplit_once('@') {
             Some((local, domain)) => {
-                if !self.is_local_domain(&domain.to_lowercase()) {
+                if !self.is_local_domain(&domain.to_ascii_lowercase()) {
                     return Address::NotLocal;
                 }
                 local
@@ -428,7 +430,7 @@ impl Directory {
         if unsafe_local_part(&local) {
             Address::Unsafe
         } else {
-            Address::Local(local.to_lowercase())
+            Address::Local(local.to_ascii_lowercase())
         }
     }
 
@@ -579,7 +581,7 @@ impl<'d> Expansion<'d> {
                     if unsafe_local_part(local) {
                         return Err(ResolveError::UnknownUser);
                     }
-                    self.local(&local.to_lowercase(), true)?;
+                    self.local(&local.to_ascii_lowercase(), true)?;
                 }
                 Target::Address { local, domain } => self.push(Resolved::Remote {
                     address: format!("{local}@{domain}"),

@@ -13,6 +13,7 @@ pub mod date;
 pub mod deadline;
 pub mod deliver;
 pub mod directory;
+pub mod dirfd;
 pub mod durable;
 pub mod hosts;
 pub mod limits;

@@ -13,19 +13,23 @@
 //! - Sizes are octets as POP sends them (CRLF line endings, before dot-stuffing): `W=<n>` from
 //!   the name when present (postling's own deliveries carry it), else counted by reading the
 //!   file once: its length plus one per LF not preceded by CR.
-//! - Message files are opened with `O_NOFOLLOW`: a symlink dropped into a Maildir never
-//!   serves another file.
+//! - No symbolic link is followed at or below `<root>/<user>` (see `crate::dirfd`): the
+//!   Maildir, `new/` and `cur/` are opened with `O_NOFOLLOW` and held by the `Mailbox`; every
+//!   listing, rename, open and unlink is relative to them. A symlink in their place fails the
+//!   login with a temporary error naming it; a message file that is a symlink is never
+//!   listed or read (deleting one would remove only the link).
 
 use std::cmp::Ordering;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use log::warn;
 
-use crate::deliver::maildir::safe_mailbox_name;
+use crate::deliver::maildir::{make_sub, open_sub, open_user_dir, safe_mailbox_name};
+use crate::dirfd::{Dir, Kind};
 use crate::proto::{MailboxError, MessageInfo};
 
 /// The lock file inside each Maildir; a dot file, so Maildir readers ignore it.
@@ -87,6 +91,9 @@ impl Message {
 /// One locked mailbox with its login snapshot.
 pub struct Mailbox {
     dir: PathBuf,
+    cur: Dir,
+    /// Held only while some snapshot message is served from `new/`.
+    new: Option<Dir>,
     /// Holds the flock; closing it (drop) releases the mailbox.
     _lock: File,
     messages: Vec<Message>,
@@ -99,16 +106,10 @@ fn temporary(what: &str, path: &Path, e: &io::Error) -> MailboxError {
 }
 
 /// Takes the mailbox's lock without waiting.
-fn lock(dir: &Path) -> Result<File, MailboxError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
+fn lock(dir: &Dir) -> Result<File, MailboxError> {
+    let path = dir.path().join(LOCK_FILE);
+    let file = dir
+        .open_or_create(LOCK_FILE, 0o600)
         .map_err(|e| temporary("cannot open the lock file", &path, &e))?;
     loop {
         // SAFETY: flock on a descriptor we own.
@@ -125,18 +126,17 @@ fn lock(dir: &Path) -> Result<File, MailboxError> {
 }
 
 /// Regular, non-dot files of one Maildir directory with UTF-8 names.
-fn list(dir: &Path) -> Result<Vec<String>, MailboxError> {
-    let entries = fs::read_dir(dir).map_err(|e| temporary("cannot list", dir, &e))?;
+fn list(dir: &Dir) -> Result<Vec<String>, MailboxError> {
+    let entries = dir
+        .entries()
+        .map_err(|e| temporary("cannot list", dir.path(), &e))?;
     let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| temporary("cannot list", dir, &e))?;
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-        let name = entry.file_name();
+    for (name, kind) in entries {
+        let is_file = kind == Kind::File;
         let Some(name) = name.to_str() else {
             warn!(
-                "{}: skipping {:?}: the name is not UTF-8",
-                dir.display(),
-                entry.file_name()
+                "{}: skipping {name:?}: the name is not UTF-8",
+                dir.path().display(),
             );
             continue;
         };
@@ -149,26 +149,25 @@ fn list(dir: &Path) -> Result<Vec<String>, MailboxError> {
 
 /// Moves `new/` into `cur/` as the Maildir spec asks of a reader; returns what could not be
 /// moved (those are served from `new/`).
-fn move_new_to_cur(dir: &Path) -> Result<Vec<Message>, MailboxError> {
+fn move_new_to_cur(new: &Dir, cur: &Dir) -> Result<Vec<Message>, MailboxError> {
     let mut stayed = Vec::new();
-    for name in list(&dir.join("new"))? {
-        let from = dir.join("new").join(&name);
+    for name in list(new)? {
+        let from = new.path().join(&name);
         let target = if name.contains(':') {
             name.clone()
         } else {
             format!("{name}{INFO_SUFFIX}")
         };
-        let to = dir.join("cur").join(&target);
         // rename(2) would silently replace a message of the same name in cur/.
-        if fs::symlink_metadata(&to).is_ok() {
+        if cur.stat(&target).is_ok() {
             warn!(
                 "{}: {target} already exists in cur/; serving {name} from new/",
-                dir.display()
+                cur.path().display()
             );
             stayed.push(Message::new(Sub::New, name));
             continue;
         }
-        match fs::rename(&from, &to) {
+        match new.rename_to(&name, cur, &target) {
             Ok(()) => {}
             // Another reader moved or removed it since the listing.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -185,7 +184,7 @@ fn move_new_to_cur(dir: &Path) -> Result<Vec<Message>, MailboxError> {
 }
 
 /// The POP size of a message: `W=` from the unique name, or counted from the file.
-fn pop_size(dir: &Path, m: &Message) -> io::Result<u64> {
+fn pop_size(dir: &Dir, m: &Message) -> io::Result<u64> {
     let from_name = m
         .uid()
         .split(',')
@@ -195,7 +194,7 @@ fn pop_size(dir: &Path, m: &Message) -> io::Result<u64> {
     if let Some(size) = from_name {
         return Ok(size);
     }
-    let mut file = open_message(&dir.join(m.sub.dir()).join(&m.file))?;
+    let mut file = dir.open_read(&m.file)?;
     wire_size(&mut file)
 }
 
@@ -223,13 +222,6 @@ fn wire_size(data: &mut dyn Read) -> io::Result<u64> {
     }
 }
 
-fn open_message(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-}
-
 impl Mailbox {
     /// Locks `<root>/<user>` (creating the Maildir if missing) and takes the snapshot.
     pub fn open(root: &Path, user: &str) -> Result<(Mailbox, Vec<MessageInfo>), MailboxError> {
@@ -238,13 +230,18 @@ impl Mailbox {
                 "mailbox name {user:?} is not allowed"
             )));
         }
-        let dir = root.join(user);
-        crate::deliver::maildir::create_maildir(&dir)
-            .map_err(|(d, e)| temporary("cannot create", &d, &e))?;
-        let lock = lock(&dir)?;
-        let mut messages = move_new_to_cur(&dir)?;
+        // Nothing below follows a symlink: the Maildir, new/ and cur/ are opened O_NOFOLLOW
+        // and everything else is relative to them.
+        let (user_dir, _) = open_user_dir(root, user).map_err(MailboxError::Temporary)?;
+        make_sub(user, &user_dir, "tmp").map_err(MailboxError::Temporary)?;
+        let new = open_sub(user, &user_dir, "new").map_err(MailboxError::Temporary)?;
+        let cur = open_sub(user, &user_dir, "cur").map_err(MailboxError::Temporary)?;
+        let lock = lock(&user_dir)?;
+        let dir = user_dir.path().to_path_buf();
+        drop(user_dir);
+        let mut messages = move_new_to_cur(&new, &cur)?;
         messages.extend(
-            list(&dir.join("cur"))?
+            list(&cur)?
                 .into_iter()
                 .map(|name| Message::new(Sub::Cur, name)),
         );
@@ -252,7 +249,11 @@ impl Mailbox {
         let mut infos = Vec::with_capacity(messages.len());
         let mut kept = Vec::with_capacity(messages.len());
         for m in messages {
-            match pop_size(&dir, &m) {
+            let sub = match m.sub {
+                Sub::Cur => &cur,
+                Sub::New => &new,
+            };
+            match pop_size(sub, &m) {
                 Ok(size) => {
                     infos.push(MessageInfo {
                         uid: m.uid().into(),
@@ -268,8 +269,11 @@ impl Mailbox {
                 }
             }
         }
+        let new = kept.iter().any(|m| m.sub == Sub::New).then_some(new);
         let mailbox = Mailbox {
             dir,
+            cur,
+            new,
             _lock: lock,
             messages: kept,
             current: None,
@@ -283,8 +287,8 @@ impl Mailbox {
         let open_index = self.current.as_ref().map(|(i, _)| *i);
         if open_index != Some(index) {
             self.current = None;
-            let path = self.message_path(index)?;
-            self.current = Some((index, open_message(&path)?));
+            let (dir, name) = self.message_at(index)?;
+            self.current = Some((index, dir.open_read(name)?));
         }
         match &self.current {
             Some((_, file)) => loop {
@@ -303,10 +307,12 @@ impl Mailbox {
         let mut first_error = None;
         let mut synced = [false, false];
         for &index in deleted {
-            let Ok(path) = self.message_path(index) else {
+            let Ok((dir, name)) = self.message_at(index) else {
                 continue;
             };
-            match fs::remove_file(&path) {
+            let path = dir.path().join(name);
+            // unlinkat never follows: a symlink put in place of a message loses only itself.
+            match dir.remove_file(name) {
                 Ok(()) => {}
                 // Someone else removed it: the outcome the client asked for.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -320,11 +326,10 @@ impl Mailbox {
             }
         }
         // The unlinks are durable once their directory is synced.
-        for (sub, touched) in [Sub::Cur, Sub::New].into_iter().zip(synced) {
-            let d = self.dir.join(sub.dir());
-            if touched {
-                if let Err(e) = File::open(&d).and_then(|f| f.sync_all()) {
-                    first_error.get_or_insert_with(|| temporary("cannot sync", &d, &e));
+        for (dir, touched) in [Some(&self.cur), self.new.as_ref()].into_iter().zip(synced) {
+            if let (Some(d), true) = (dir, touched) {
+                if let Err(e) = d.as_file().sync_all() {
+                    first_error.get_or_insert_with(|| temporary("cannot sync", d.path(), &e));
                 }
             }
         }
@@ -339,14 +344,20 @@ impl Mailbox {
         self.dir.clone()
     }
 
-    fn message_path(&self, index: usize) -> io::Result<PathBuf> {
+    /// The directory and file name of snapshot message `index`.
+    fn message_at(&self, index: usize) -> io::Result<(&Dir, &str)> {
         let m = self.messages.get(index).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("no message {index} in the snapshot"),
             )
         })?;
-        Ok(self.dir.join(m.sub.dir()).join(&m.file))
+        let dir = match m.sub {
+            Sub::Cur => Some(&self.cur),
+            Sub::New => self.new.as_ref(),
+        };
+        let dir = dir.ok_or_else(|| io::Error::other("new/ is not open"))?;
+        Ok((dir, &m.file))
     }
 }
 

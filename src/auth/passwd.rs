@@ -46,7 +46,7 @@ pub fn passwd_main(args: &[String]) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let name = user.to_lowercase();
+    let name = user.to_ascii_lowercase();
     if let Err(why) = crate::directory::check_user_name(&name) {
         eprintln!("postling passwd: user name {user:?} is not allowed: {why}");
         return ExitCode::from(EX_USAGE);

@@ -80,7 +80,8 @@ pub static KEYS: &[KeySpec] = &[
         form: "a comma-separated list of domain names",
         meaning: "The mail domains delivered here. Mail to a known user or alias at one of them \
                   is accepted; mail to any other domain is refused, since postling does not \
-                  relay. Names are lower-cased and compared without regard to case.",
+                  relay. Names are compared ignoring ASCII case only (A-Z); other \
+                  characters must match exactly.",
         apply: set_domains,
     },
     KeySpec {

@@ -13,14 +13,23 @@
 //! and counts it delivered instead of writing it again. The file in `tmp/` keeps a
 //! per-process name, so a half-written leftover of a crashed attempt is never in the way.
 
+//!
+//! No symbolic link is followed at or below `<mailbox_dir>/<user>` (see `crate::dirfd`): the
+//! Maildir and its `tmp/ new/` are opened with `O_NOFOLLOW` once per delivery batch and user,
+//! and every file is created, renamed and removed relative to those descriptors. A symlink in
+//! their place is refused with a temporary failure naming it (the administrator fixes it; the
+//! message waits in the queue).
+
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Outcome;
+use crate::dirfd::{self, Dir, Kind};
 use crate::durable::{self, SyncMode};
 
 pub struct Maildirs {
@@ -29,11 +38,14 @@ pub struct Maildirs {
     host: String,
     pid: u32,
     seq: u64,
-    /// Users whose `tmp/ new/ cur/` were seen or made: no directory checks per delivery.
+    /// Users whose `cur/` was seen or made and whose `tmp/` was cleaned in this process.
     ready: HashSet<String>,
     /// Per user, the unique names of the copies in `new/` and `cur/` of entries that may have
     /// been delivered before a restart: one listing per user, made at the first question.
     seen: HashMap<String, HashSet<String>>,
+    /// The directories of each user delivered to in the current batch, opened once for the
+    /// whole batch (see `commit_step`, which forgets them when the batch is committed).
+    open: HashMap<String, Rc<UserDirs>>,
     sync_mode: SyncMode,
 }
 
@@ -94,6 +106,12 @@ fn unique_part(name: &str) -> &str {
     name.split([',', ':']).next().unwrap_or(name)
 }
 
+/// One user's Maildir directories, opened without following symlinks.
+pub struct UserDirs {
+    tmp: Dir,
+    new: Dir,
+}
+
 /// A local part or user name that is safe as one path component under the Maildir root.
 pub fn safe_mailbox_name(user: &str) -> bool {
     !user.is_empty()
@@ -107,45 +125,89 @@ pub fn safe_mailbox_name(user: &str) -> bool {
 /// Removes files from a Maildir's `tmp/` not touched for `limits::MAILDIR_TMP_MAX_AGE`, as the
 /// Maildir specification asks: what a crash left half-written. Done on the first delivery to
 /// each user after start-up, so it costs one directory read per user and process.
-fn clean_tmp(tmp: &Path, now: SystemTime) {
-    let Ok(entries) = fs::read_dir(tmp) else {
+fn clean_tmp(tmp: &Dir, now: SystemTime) {
+    let Ok(entries) = tmp.entries() else {
         return;
     };
-    for ent in entries.flatten() {
-        let old = ent
-            .metadata()
+    for (name, kind) in entries {
+        let Some(name) = name.to_str().filter(|_| kind == Kind::File) else {
+            continue;
+        };
+        let old = tmp
+            .stat(name)
             .ok()
-            .filter(|m| m.is_file())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| now.duration_since(t).ok())
+            .filter(|st| st.kind == Kind::File)
+            .and_then(|st| now.duration_since(st.modified).ok())
             .is_some_and(|age| age >= crate::limits::MAILDIR_TMP_MAX_AGE);
         if old {
-            match fs::remove_file(ent.path()) {
-                Ok(()) => log::info!("maildir: removed stale {}", ent.path().display()),
-                Err(e) => log::warn!("maildir: cannot remove {}: {e}", ent.path().display()),
+            let path = tmp.path().join(name);
+            match tmp.remove_file(name) {
+                Ok(()) => log::info!("maildir: removed stale {}", path.display()),
+                Err(e) => log::warn!("maildir: cannot remove {}: {e}", path.display()),
             }
         }
     }
 }
 
-/// Creates a Maildir's `tmp/ new/ cur/` (mode 0700) where missing; on failure, the directory
-/// that could not be made. (Delivery and a POP login both make a missing Maildir.)
-pub fn create_maildir(dir: &Path) -> Result<(), (PathBuf, io::Error)> {
-    for sub in ["tmp", "new", "cur"] {
-        let d = dir.join(sub);
-        if !d.is_dir() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&d)
-                .map_err(|e| (d, e))?;
-        }
+/// Why a Maildir directory cannot be used, for logs, queue reasons and POP replies:
+/// `mailbox alice: refusing /var/mail/alice/new: is a symbolic link`.
+fn refusal(user: &str, what: &str, path: &Path, e: &io::Error) -> String {
+    if dirfd::is_symlink(e) {
+        format!("mailbox {user}: refusing {}: {e}", path.display())
+    } else {
+        format!("mailbox {user}: {what} {}: {e}", path.display())
     }
-    Ok(())
 }
 
-fn ensure_maildir(dir: &Path) -> Result<(), Outcome> {
-    create_maildir(dir).map_err(|(d, e)| temporary("cannot create", &d, &e))
+/// Opens the Maildir `<root>/<user>` without following a symlink there, creating it (mode
+/// 0700, and `root` if missing) when it does not exist; true if it was created. `user` must
+/// have passed `safe_mailbox_name`.
+pub fn open_user_dir(root: &Path, user: &str) -> Result<(Dir, bool), String> {
+    let path = root.join(user);
+    match Dir::open(&path) {
+        Ok(d) => return Ok((d, false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refusal(user, "cannot open", &path, &e)),
+    }
+    if !root.is_dir() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| refusal(user, "cannot create", root, &e))?;
+    }
+    // mkdir(2) never follows a symlink of that name; the open below refuses it.
+    match DirBuilder::new().mode(0o700).create(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(refusal(user, "cannot create", &path, &e)),
+    }
+    Dir::open(&path)
+        .map(|d| (d, true))
+        .map_err(|e| refusal(user, "cannot open", &path, &e))
+}
+
+/// Makes the subdirectory `name` (mode 0700) of a Maildir unless something of that name exists.
+pub fn make_sub(user: &str, dir: &Dir, name: &str) -> Result<(), String> {
+    match dir.make_dir(name, 0o700) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(refusal(user, "cannot create", &dir.path().join(name), &e)),
+    }
+}
+
+/// Opens the subdirectory `name` of a Maildir without following a symlink, making it first
+/// when missing.
+pub fn open_sub(user: &str, dir: &Dir, name: &str) -> Result<Dir, String> {
+    let path = || dir.path().join(name);
+    match dir.open_dir(name) {
+        Ok(d) => return Ok(d),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refusal(user, "cannot open", &path(), &e)),
+    }
+    make_sub(user, dir, name)?;
+    dir.open_dir(name)
+        .map_err(|e| refusal(user, "cannot open", &path(), &e))
 }
 
 fn temporary(what: &str, path: &Path, e: &io::Error) -> Outcome {
@@ -162,6 +224,7 @@ impl Maildirs {
             seq: 0,
             ready: HashSet::new(),
             seen: HashMap::new(),
+            open: HashMap::new(),
             sync_mode: SyncMode::default(),
         }
     }
@@ -207,14 +270,19 @@ impl Maildirs {
             return false;
         }
         if !self.seen.contains_key(user) {
-            let dir = self.user_dir(user);
             let mut names = HashSet::new();
+            // Read through descriptors that never follow a symlink, like every other access.
+            let maildir = Dir::open(&self.user_dir(user));
             for sub in ["new", "cur"] {
-                let Ok(entries) = fs::read_dir(dir.join(sub)) else {
+                let Some(entries) = maildir
+                    .as_ref()
+                    .ok()
+                    .and_then(|m| m.open_dir(sub).ok())
+                    .and_then(|d| d.entries().ok())
+                else {
                     continue;
                 };
-                for ent in entries.flatten() {
-                    let name = ent.file_name();
+                for (name, _) in entries {
                     let Some(name) = name.to_str() else { continue };
                     let unique = unique_part(name);
                     if queue_id_of(unique).is_some_and(maybe_delivered) {
@@ -232,6 +300,34 @@ impl Maildirs {
     /// Drops the listings `delivered_before` made (every entry they were for is settled).
     pub fn forget_listings(&mut self) {
         self.seen = HashMap::new();
+    }
+
+    /// The user's `tmp/` and `new/` for this batch: opened (and made where missing) at the
+    /// first delivery to the user in the batch, shared by the rest. On the first delivery
+    /// after start-up (or after the Maildir was made again) also makes `cur/` and cleans
+    /// `tmp/`.
+    fn dirs_for(&mut self, user: &str, now: SystemTime) -> Result<Rc<UserDirs>, Outcome> {
+        if let Some(d) = self.open.get(user) {
+            return Ok(Rc::clone(d));
+        }
+        let opened = (|| {
+            let (dir, created) = open_user_dir(&self.root, user)?;
+            let tmp = open_sub(user, &dir, "tmp")?;
+            let new = open_sub(user, &dir, "new")?;
+            let fresh = created || !self.ready.contains(user);
+            if fresh {
+                make_sub(user, &dir, "cur")?;
+            }
+            Ok::<_, String>((UserDirs { tmp, new }, fresh))
+        })();
+        let (dirs, fresh) = opened.map_err(Outcome::Temporary)?;
+        if fresh {
+            clean_tmp(&dirs.tmp, now);
+            self.ready.insert(user.to_string());
+        }
+        let dirs = Rc::new(dirs);
+        self.open.insert(user.to_string(), Rc::clone(&dirs));
+        Ok(dirs)
     }
 
     /// Delivers one message read from `data` (as stored in the spool: CRLF line endings) to
@@ -272,12 +368,7 @@ impl Maildirs {
                 "5.1.3 mailbox name {user:?} is not allowed"
             )));
         }
-        let dir = self.user_dir(user);
-        if !self.ready.contains(user) {
-            ensure_maildir(&dir)?;
-            clean_tmp(&dir.join("tmp"), now);
-            self.ready.insert(user.to_string());
-        }
+        let mut dirs = self.dirs_for(user, now)?;
         let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
         self.seq += 1;
         // Unique to this process and attempt: a crashed attempt's leftover in tmp/ (same
@@ -290,24 +381,24 @@ impl Maildirs {
             self.seq,
             self.host
         );
-        let tmp = dir.join("tmp").join(&tmp_name);
-        let create = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-        };
-        let file = match create() {
+        let file = match dirs.tmp.create_file(&tmp_name, 0o600) {
             Ok(f) => f,
-            // The Maildir went away since it was last seen (an administrator moved it).
+            // The Maildir was removed since it was opened in this batch: open (make) it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.open.remove(user);
                 self.ready.remove(user);
-                ensure_maildir(&dir)?;
-                self.ready.insert(user.to_string());
-                create().map_err(|e| temporary("cannot create", &tmp, &e))?
+                dirs = self.dirs_for(user, now)?;
+                dirs.tmp
+                    .create_file(&tmp_name, 0o600)
+                    .map_err(|e| temporary("cannot create", &dirs.tmp.path().join(&tmp_name), &e))?
             }
-            Err(e) => return Err(temporary("cannot create", &tmp, &e)),
+            Err(e) => {
+                return Err(temporary(
+                    "cannot create",
+                    &dirs.tmp.path().join(&tmp_name),
+                    &e,
+                ));
+            }
         };
         match write_lf(file, return_path, delivered_to, data) {
             Ok((file, size, wire_size)) => {
@@ -316,14 +407,18 @@ impl Maildirs {
                 }
                 Ok(Staged {
                     name: format!("{unique},S={size},W={wire_size}"),
-                    dir,
-                    tmp,
+                    dirs,
+                    tmp: tmp_name,
                     file,
                 })
             }
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(temporary("cannot write", &tmp, &e))
+                let _ = dirs.tmp.remove_file(&tmp_name);
+                Err(temporary(
+                    "cannot write",
+                    &dirs.tmp.path().join(&tmp_name),
+                    &e,
+                ))
             }
         }
     }
@@ -341,6 +436,16 @@ impl Maildirs {
     /// renamed into `new/`, then each `new/` directory durable. A file that failed is removed
     /// from `tmp/`.
     pub fn commit_step(&mut self, c: &mut Commit) -> bool {
+        let done = self.commit_step_inner(c);
+        if done {
+            // The batch is committed: its directories are not held into the next one (the
+            // staged files keep what they still need until the commit is dropped).
+            self.open.clear();
+        }
+        done
+    }
+
+    fn commit_step_inner(&mut self, c: &mut Commit) -> bool {
         match c.stage {
             Stage::Data => {
                 let range = match self.sync_mode {
@@ -351,9 +456,9 @@ impl Maildirs {
                 let results = durable::files(self.sync_mode, &files);
                 for (i, r) in range.zip(results) {
                     let s = &c.staged[i];
-                    c.moved.push(r.map(|()| PathBuf::new()).map_err(|e| {
-                        let _ = fs::remove_file(&s.tmp);
-                        temporary("cannot write", &s.tmp, &e)
+                    c.moved.push(r.map(|()| usize::MAX).map_err(|e| {
+                        let _ = s.dirs.tmp.remove_file(&s.tmp);
+                        temporary("cannot write", &s.dirs.tmp.path().join(&s.tmp), &e)
                     }));
                     c.next = i + 1;
                 }
@@ -367,18 +472,20 @@ impl Maildirs {
                     if m.is_err() {
                         continue;
                     }
-                    let new_dir = s.dir.join("new");
-                    let new = new_dir.join(&s.name);
-                    *m = match fs::rename(&s.tmp, &new) {
-                        Ok(()) => {
-                            if !c.dirs.iter().any(|(d, _)| *d == new_dir) {
-                                c.dirs.push((new_dir.clone(), None));
+                    *m = match s.dirs.tmp.rename_to(&s.tmp, &s.dirs.new, &s.name) {
+                        // Identified by the open directory, not its path: a Maildir made
+                        // again within the batch is another directory to sync.
+                        Ok(()) => match c.dirs.iter().position(|(d, _)| Rc::ptr_eq(d, &s.dirs)) {
+                            Some(i) => Ok(i),
+                            None => {
+                                c.dirs.push((Rc::clone(&s.dirs), None));
+                                Ok(c.dirs.len() - 1)
                             }
-                            Ok(new_dir)
-                        }
+                        },
                         Err(e) => {
-                            let _ = fs::remove_file(&s.tmp);
-                            Err(temporary("cannot move into", &new, &e))
+                            let _ = s.dirs.tmp.remove_file(&s.tmp);
+                            let path = s.dirs.new.path().join(&s.name);
+                            Err(temporary("cannot move into", &path, &e))
                         }
                     };
                 }
@@ -401,29 +508,21 @@ impl Maildirs {
                 let Some((d, result)) = c.dirs.get_mut(c.next) else {
                     return;
                 };
-                *result = Some(match File::open(&*d) {
-                    Ok(f) => durable::dirs(SyncMode::File, &[&f])
+                // The `new/` descriptor the files were renamed into.
+                let new = &d.new;
+                *result = Some(
+                    durable::dirs(SyncMode::File, &[new.as_file()])
                         .pop()
                         .unwrap_or(Ok(()))
-                        .map_err(|e| temporary("cannot sync", d, &e)),
-                    Err(e) => Err(temporary("cannot sync", d, &e)),
-                });
+                        .map_err(|e| temporary("cannot sync", new.path(), &e)),
+                );
                 c.next += 1;
             }
             SyncMode::Filesystem => {
-                let mut handles: Vec<&File> = Vec::new();
-                for (d, _) in &c.dirs {
-                    let file = c
-                        .staged
-                        .iter()
-                        .zip(&c.moved)
-                        .find(|(_, m)| m.as_ref().is_ok_and(|m| m == d))
-                        .map(|(s, _)| &s.file);
-                    handles.extend(file);
-                }
+                let handles: Vec<&File> = c.dirs.iter().map(|(d, _)| d.new.as_file()).collect();
                 let results = durable::dirs(SyncMode::Filesystem, &handles);
                 for ((d, result), r) in c.dirs.iter_mut().zip(results) {
-                    *result = Some(r.map_err(|e| temporary("cannot sync", d, &e)));
+                    *result = Some(r.map_err(|e| temporary("cannot sync", d.new.path(), &e)));
                 }
                 c.next = c.dirs.len();
             }
@@ -444,16 +543,20 @@ enum Stage {
     Dirs,
 }
 
+/// Whether a `new/` directory was made durable.
+type SyncResult = Result<(), Outcome>;
+
 /// A batch of staged files on their way into `new/` (see `Maildirs::commit_step`).
 pub struct Commit {
     staged: Vec<Staged>,
     stage: Stage,
     /// The next file (Data) or directory (Dirs) to sync.
     next: usize,
-    /// Per staged file, once decided: the `new/` it went into, or why it failed.
-    moved: Vec<Result<PathBuf, Outcome>>,
-    /// Each `new/` written into, with its sync result once done.
-    dirs: Vec<(PathBuf, Option<Result<(), Outcome>>)>,
+    /// Per staged file, once decided: the index in `dirs` of the `new/` it went into, or why
+    /// it failed.
+    moved: Vec<Result<usize, Outcome>>,
+    /// Each Maildir whose `new/` was written into, with its sync result once done.
+    dirs: Vec<(Rc<UserDirs>, Option<SyncResult>)>,
 }
 
 impl Commit {
@@ -478,7 +581,7 @@ impl Commit {
         self.moved
             .into_iter()
             .map(|m| match m {
-                Ok(dir) => match dirs.iter().find(|(d, _)| *d == dir) {
+                Ok(i) => match dirs.get(i) {
                     Some((_, Some(Err(outcome)))) => outcome.clone(),
                     Some((_, Some(Ok(())))) => Outcome::Delivered,
                     _ => Outcome::Temporary("the Maildir directory was not synced".into()),
@@ -491,9 +594,10 @@ impl Commit {
 
 /// A message written to a Maildir's `tmp/`, waiting for `Maildirs::commit`.
 pub struct Staged {
-    /// The user's Maildir.
-    dir: PathBuf,
-    tmp: PathBuf,
+    /// The user's Maildir directories, held until the commit is done.
+    dirs: Rc<UserDirs>,
+    /// The file name in `tmp/`.
+    tmp: String,
     /// The final name in `new/`.
     name: String,
     file: File,
@@ -573,6 +677,7 @@ fn write_lf(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// A unique name as `unique_name` makes them, for tests about other things.
     const UNIQUE: &str = "1700000000.M1Q000000000001H00000000.h";
@@ -863,5 +968,136 @@ mod tests {
             SystemTime::now(),
         );
         assert!(matches!(out, Outcome::Temporary(_)), "{out:?}");
+    }
+
+    // ---- symbolic links are never followed (issue 10 item 6) -------------------------------
+
+    /// A unique name of its own for every test copy, as distinct queue entries have.
+    fn fresh_unique() -> String {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("1.M0Q{n}H00000000.h")
+    }
+
+    fn deliver_x(m: &mut Maildirs, user: &str) -> Outcome {
+        let unique = fresh_unique();
+        m.deliver(
+            user,
+            &unique,
+            "",
+            "x@h",
+            &mut &b"x\r\n"[..],
+            SystemTime::now(),
+        )
+    }
+
+    fn refused(out: Outcome, user: &str, link: &Path) {
+        assert_eq!(
+            out,
+            Outcome::Temporary(format!(
+                "mailbox {user}: refusing {}: is a symbolic link",
+                link.display()
+            ))
+        );
+    }
+
+    fn empty_dir(root: &Path) -> PathBuf {
+        let target = root.join("target");
+        fs::create_dir(&target).unwrap();
+        target
+    }
+
+    #[test]
+    fn a_symlinked_maildir_is_a_temporary_refusal_and_nothing_is_written_through_it() {
+        let root = tempfile::tempdir().unwrap();
+        let target = empty_dir(root.path());
+        std::os::unix::fs::symlink(&target, root.path().join("u")).unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        refused(deliver_x(&mut m, "u"), "u", &root.path().join("u"));
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_symlinked_tmp_or_new_is_a_temporary_refusal_and_its_target_untouched() {
+        for sub in ["tmp", "new"] {
+            let root = tempfile::tempdir().unwrap();
+            let target = empty_dir(root.path());
+            let mut m = Maildirs::new(root.path(), "h");
+            // Delivered once (the Maildir is known), then the directory is swapped.
+            assert_eq!(deliver_x(&mut m, "u"), Outcome::Delivered);
+            let link = root.path().join("u").join(sub);
+            fs::remove_dir_all(&link).unwrap();
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            refused(deliver_x(&mut m, "u"), "u", &link);
+            assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{sub}");
+        }
+    }
+
+    #[test]
+    fn a_symlinked_cur_is_never_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let target = empty_dir(root.path());
+        fs::create_dir_all(root.path().join("u")).unwrap();
+        std::os::unix::fs::symlink(&target, root.path().join("u/cur")).unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        // Delivery writes tmp/ and new/ only; cur/ is the reader's (POP refuses it).
+        assert_eq!(deliver_x(&mut m, "u"), Outcome::Delivered);
+        assert_eq!(fs::read_dir(root.path().join("u/new")).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_swap_during_a_batch_goes_to_the_directory_opened_not_the_link() {
+        let root = tempfile::tempdir().unwrap();
+        let target = empty_dir(root.path());
+        let mut m = Maildirs::new(root.path(), "h");
+        let staged = m
+            .stage(
+                "u",
+                &fresh_unique(),
+                "",
+                "u@h",
+                &mut &b"x\r\n"[..],
+                SystemTime::now(),
+            )
+            .unwrap();
+        let new = root.path().join("u/new");
+        fs::rename(&new, root.path().join("u/new.old")).unwrap();
+        std::os::unix::fs::symlink(&target, &new).unwrap();
+        assert_eq!(m.commit(vec![staged]), vec![Outcome::Delivered]);
+        assert_eq!(
+            fs::read_dir(root.path().join("u/new.old")).unwrap().count(),
+            1
+        );
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+        // The next batch opens the Maildir again and sees the link.
+        refused(deliver_x(&mut m, "u"), "u", &new);
+    }
+
+    #[test]
+    fn a_maildir_removed_within_a_batch_is_made_again_for_the_rest_of_it() {
+        for mode in [SyncMode::File, SyncMode::Filesystem] {
+            let root = tempfile::tempdir().unwrap();
+            let mut m = Maildirs::new(root.path(), "h");
+            m.set_sync_mode(mode);
+            let stage = |m: &mut Maildirs| {
+                let unique = fresh_unique();
+                m.stage(
+                    "u",
+                    &unique,
+                    "",
+                    "u@h",
+                    &mut &b"x\r\n"[..],
+                    SystemTime::now(),
+                )
+            };
+            let first = stage(&mut m).unwrap();
+            fs::remove_dir_all(root.path().join("u")).unwrap();
+            let second = stage(&mut m).unwrap();
+            let out = m.commit(vec![first, second]);
+            assert!(matches!(out[0], Outcome::Temporary(_)), "{out:?}");
+            assert_eq!(out[1], Outcome::Delivered, "{mode:?}");
+            assert_eq!(fs::read_dir(root.path().join("u/new")).unwrap().count(), 1);
+        }
     }
 }

@@ -124,7 +124,7 @@ pub(super) fn parse_users(
             )));
             continue;
         };
-        let lower = name.to_lowercase();
+        let lower = name.to_ascii_lowercase();
         if let Err(expected) = check_user_name(&lower) {
             errors.push(DirectoryError(format!(
                 "{file}:{n}: user name {name:?} is not allowed ({expected})"
@@ -192,11 +192,11 @@ fn parse_target(text: &str) -> Result<Target, String> {
             }
             Ok(Target::Address {
                 local: local.to_string(),
-                domain: domain.to_lowercase(),
+                domain: domain.to_ascii_lowercase(),
             })
         }
         None => {
-            let name = text.to_lowercase();
+            let name = text.to_ascii_lowercase();
             check_user_name(&name)
                 .map_err(|expected| format!("target {text:?} is not a valid name ({expected})"))?;
             Ok(Target::Name(name))
@@ -218,7 +218,7 @@ pub(super) fn parse_aliases(
             continue;
         };
         let name = name.trim();
-        let key = name.to_lowercase();
+        let key = name.to_ascii_lowercase();
         if key != CATCH_ALL {
             if let Err(expected) = check_user_name(&key) {
                 errors.push(DirectoryError(format!(

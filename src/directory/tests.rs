@@ -88,6 +88,36 @@ fn domain_and_local_part_are_case_insensitive() {
     assert_eq!(d.settings().domains, vec!["example.test", "other.test"]);
 }
 
+/// Only ASCII letters fold: Unicode folding maps U+212A KELVIN SIGN to `k` (and U+0130 to `i̇`,
+/// U+017F LONG S to `s` under full folding), so `\u{212A}ate` would reach `kate`, a name that a
+/// person reads as different.
+#[test]
+fn only_ascii_case_folds_in_names_aliases_and_domains() {
+    let f = Fixture::new(
+        "kate:{PLAIN}kate-pw\nalice:{PLAIN}a\n",
+        Some("postmaster: alice\nteam: KATE\n"),
+    );
+    let (d, _) = f.load();
+    assert_eq!(d.resolve("KATE@example.test"), Ok(vec![local("kate")]));
+    assert_eq!(d.resolve("Kate@EXAMPLE.test"), Ok(vec![local("kate")]));
+    assert_eq!(d.resolve("TEAM@example.test"), Ok(vec![local("kate")]));
+    assert_eq!(
+        d.resolve("\u{212A}ate@example.test"),
+        Err(ResolveError::UnknownUser)
+    );
+    assert_ne!(
+        d.rcpt_verdict("\u{212A}ate@example.test"),
+        RcptVerdict::Accept
+    );
+    assert!(d.credential("\u{212A}ATE").is_none());
+    assert_eq!(d.credential("KATE").map(|(n, _)| n), Some("kate"));
+    // A domain with a KELVIN SIGN is another domain, not example.test.
+    assert_eq!(
+        d.resolve("kate@example.tes\u{212A}"),
+        Err(ResolveError::NotLocal)
+    );
+}
+
 #[test]
 fn a_quoted_local_part_is_the_same_mailbox_as_its_content() {
     let (d, _f) = dir_with("postmaster: alice\nteam: alice, bob\n");

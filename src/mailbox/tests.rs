@@ -1,3 +1,4 @@
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
@@ -69,7 +70,9 @@ fn a_blocked_maildir_is_temporary() {
     let root = tempfile::tempdir().unwrap();
     fs::write(root.path().join("bob"), b"not a directory").unwrap();
     match Mailbox::open(root.path(), "bob") {
-        Err(MailboxError::Temporary(why)) => assert!(why.contains("cannot create"), "{why}"),
+        Err(MailboxError::Temporary(why)) => {
+            assert!(why.contains("bob: Not a directory"), "{why}")
+        }
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("opened"),
     }
@@ -321,4 +324,90 @@ fn mail_arriving_during_a_session_waits_for_the_next() {
     assert_eq!(names(&root.path().join("bob/new")), vec!["2.M1.h"]);
     let (_mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
     assert_eq!(uids(&infos), vec!["1.M1.h", "2.M1.h"]);
+}
+
+// ---- symbolic links are never followed (issue 10 item 6) -----------------------------------
+
+/// Another user's Maildir with one message in `cur/` and one in `new/`: what a symlink in
+/// bob's Maildir points at.
+fn victim(root: &Path) -> PathBuf {
+    put(root, "victim", "cur", "1.M1.v:2,", b"victim cur\n");
+    put(root, "victim", "new", "2.M1.v", b"victim new\n");
+    root.join("victim")
+}
+
+fn victim_untouched(v: &Path) {
+    assert_eq!(names(&v.join("cur")), vec!["1.M1.v:2,"]);
+    assert_eq!(names(&v.join("new")), vec!["2.M1.v"]);
+    assert_eq!(fs::read(v.join("cur/1.M1.v:2,")).unwrap(), b"victim cur\n");
+    assert!(!v.join(LOCK_FILE).exists());
+}
+
+fn refused(root: &Path, user: &str, link: &Path) {
+    match Mailbox::open(root, user) {
+        Err(MailboxError::Temporary(why)) => assert_eq!(
+            why,
+            format!(
+                "mailbox {user}: refusing {}: is a symbolic link",
+                link.display()
+            )
+        ),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("opened through {}", link.display()),
+    }
+}
+
+#[test]
+fn a_symlinked_maildir_is_refused_and_its_target_untouched() {
+    let root = tempfile::tempdir().unwrap();
+    let v = victim(root.path());
+    std::os::unix::fs::symlink(&v, root.path().join("bob")).unwrap();
+    refused(root.path(), "bob", &root.path().join("bob"));
+    victim_untouched(&v);
+}
+
+#[test]
+fn a_symlinked_cur_or_new_is_refused_and_its_target_untouched() {
+    for sub in ["cur", "new"] {
+        let root = tempfile::tempdir().unwrap();
+        let v = victim(root.path());
+        put(root.path(), "bob", "new", "3.M1.b", b"bob's\n");
+        let link = root.path().join("bob").join(sub);
+        fs::remove_dir_all(&link).unwrap();
+        std::os::unix::fs::symlink(v.join(sub), &link).unwrap();
+        refused(root.path(), "bob", &link);
+        victim_untouched(&v);
+    }
+}
+
+#[test]
+fn a_message_replaced_by_a_symlink_is_not_read_and_deleting_it_removes_only_the_link() {
+    let root = tempfile::tempdir().unwrap();
+    let v = victim(root.path());
+    put(root.path(), "bob", "cur", "1.M1.h:2,", b"one\n");
+    let (mut mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(uids(&infos), vec!["1.M1.h"]);
+    let path = root.path().join("bob/cur/1.M1.h:2,");
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(v.join("cur/1.M1.v:2,"), &path).unwrap();
+    assert!(read_all(&mut mb, 0).is_err());
+    mb.update(&[0]).unwrap();
+    assert!(fs::symlink_metadata(&path).is_err());
+    victim_untouched(&v);
+}
+
+#[test]
+fn cur_swapped_for_a_symlink_during_a_session_is_not_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let v = victim(root.path());
+    put(root.path(), "bob", "cur", "1.M1.v:2,", b"bob's own\n");
+    let (mut mb, _) = Mailbox::open(root.path(), "bob").unwrap();
+    let cur = root.path().join("bob/cur");
+    fs::rename(&cur, root.path().join("bob/cur.old")).unwrap();
+    std::os::unix::fs::symlink(v.join("cur"), &cur).unwrap();
+    // The session keeps reading and deleting in the cur/ it opened.
+    assert_eq!(read_all(&mut mb, 0).unwrap(), b"bob's own\n");
+    mb.update(&[0]).unwrap();
+    assert!(names(&root.path().join("bob/cur.old")).is_empty());
+    victim_untouched(&v);
 }

@@ -189,3 +189,72 @@ def test_idle_with_empty_queue_costs_nothing(server_factory):
     print(f"idle after delivery, 3s: cpu ticks {t1 - t0}, voluntary switches {w1 - w0}")
     assert t1 - t0 == 0
     assert w1 - w0 == 0
+
+
+def test_symlinked_maildir_directories_are_refused_not_followed(server_factory):
+    """Issue 10 item 6: a Maildir's new/ or cur/ replaced by a symlink is neither written,
+    read nor deleted through; the mail waits in the queue with the reason, POP says SYS/TEMP."""
+    import poplib
+    import pytest
+    s = server_factory().start()
+    mail = Path(s.settings["mailbox_dir"])
+    elsewhere = s.dir / "elsewhere"
+    (elsewhere / "new").mkdir(parents=True)
+    (elsewhere / "cur").mkdir()
+    precious = elsewhere / "cur" / "1.M1.other:2,"
+    precious.write_bytes(b"Subject: not bob's\n\nkeep me\n")
+    for sub in ("tmp", "cur"):
+        (mail / "bob" / sub).mkdir(parents=True)
+    (mail / "bob" / "new").symlink_to(elsewhere / "new")
+
+    assert send(s, ["bob@example.test"]) == {}
+    s.wait_log("deferred")
+    link = mail / "bob" / "new"
+    assert f"mailbox bob: refusing {link}: is a symbolic link" in s.log()
+    listing = queue_listing(s)
+    assert "1 message" in listing, listing
+    assert f"refusing {link}: is a symbolic link" in listing, listing
+    assert list((elsewhere / "new").iterdir()) == []
+    assert list((mail / "bob" / "tmp").iterdir()) == []
+
+    # carol's cur/ points at the other Maildir's cur/: the login fails, nothing is deleted.
+    for sub in ("tmp", "new"):
+        (mail / "carol" / sub).mkdir(parents=True)
+    (mail / "carol" / "cur").symlink_to(elsewhere / "cur")
+    p = poplib.POP3("127.0.0.1", s.pop3_port, timeout=10)
+    p.user("carol")
+    with pytest.raises(poplib.error_proto) as e:
+        p.pass_("carol-pw")
+    assert e.value.args[0].startswith(b"-ERR [SYS/TEMP]"), e.value
+    p.quit()
+    s.wait_log(f"mailbox carol: refusing {mail / 'carol' / 'cur'}: is a symbolic link")
+    assert precious.read_bytes() == b"Subject: not bob's\n\nkeep me\n"
+    assert [f.name for f in (elsewhere / "cur").iterdir()] == ["1.M1.other:2,"]
+    assert not (elsewhere / ".postling-pop.lock").exists()
+
+    # The administrator replaces the link with a directory: the queued mail is delivered.
+    link.unlink()
+    link.mkdir()
+    s.proc.send_signal(signal.SIGUSR2)
+    wait_maildir(s, "bob", 1)
+    assert list((elsewhere / "new").iterdir()) == []
+
+
+def test_only_ascii_case_folds_in_local_parts(server_factory):
+    """Issue 10 item 9: U+212A KELVIN SIGN is not `k`: \u212Aate@ is not kate, KATE@ is."""
+    s = server_factory()
+    with open(s.dir / "users", "a") as f:
+        f.write("kate:{PLAIN}kate-pw\n")
+    s.start()
+    with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as c:
+        c.ehlo()
+        assert c.mail("sender@example.test", ["SMTPUTF8"])[0] == 250
+        code, text = c.rcpt("\u212aate@example.test")
+        assert code == 550 and b"5.1.1" in text, (code, text)
+        assert c.rcpt("KATE@example.test")[0] == 250
+        c.data(b"Subject: kelvin\r\n\r\nbody\r\n")
+    body = wait_maildir(s, "kate", 1)[0].read_bytes()
+    assert b"Delivered-To: KATE@example.test" in body
+    s.wait_log("done (1 delivered")
+    assert len(maildir_messages(s, "kate")) == 1
+    assert not (Path(s.settings["mailbox_dir"]) / "\u212aate").exists()
