@@ -1,13 +1,14 @@
 //! The reactor's side of the sessions' host traits, and the services behind them: the spool
 //! (messages being received, the group commit), the directory (users, aliases), the delivery
-//! engine (and its schedule), open POP mailboxes and the failed-login throttle.
+//! engine (and its schedule), open POP mailboxes, and the failed-login throttle (kept per
+//! client address across connections).
 //!
 //! Per-connection state (a message being received, a locked mailbox) is keyed by the
 //! connection's slot; the reactor reports every slot's end through `session_ended`, so nothing
 //! outlives its connection.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +42,7 @@ pub struct Services {
     hostname: String,
     /// The mailbox each POP slot has locked.
     mailboxes: HashMap<usize, Mailbox>,
+    /// Failed logins per client, shared by every protocol that takes a password.
     throttle: Throttle,
     /// Commits in progress: ticket (the spool's tag) → connection slot, and back.
     tickets: HashMap<usize, usize>,
@@ -143,6 +145,42 @@ impl Services {
             peer,
             now,
         }
+    }
+
+    /// Checks a password for any protocol (`proto` names it in the log) through the shared
+    /// failed-login throttle: a client over its budget is refused without a check, and a
+    /// success does not clear its failures.
+    pub fn authenticate(
+        &mut self,
+        proto: &str,
+        user: &str,
+        password: &[u8],
+        ip: IpAddr,
+        now: Instant,
+    ) -> AuthVerdict {
+        self.directory_fresh();
+        let directory = &self.directory;
+        let outcome = self.throttle.login(ip, now, || {
+            let found = directory.credential(user);
+            let accepted = auth::verify(found.map(|(_, c)| c), password);
+            found.filter(|_| accepted).map(|(name, _)| name.to_string())
+        });
+        match &outcome.verdict {
+            AuthVerdict::Accepted(name) => info!("{proto}: {name} logged in from {ip}"),
+            AuthVerdict::Rejected => info!("{proto}: failed login as {user:?} from {ip}"),
+            AuthVerdict::Throttled => {
+                warn!("{proto}: login as {user:?} from {ip} refused: too many recent failures")
+            }
+        }
+        if outcome.now_throttled {
+            warn!(
+                "{proto}: {} failed logins from {}: its logins are refused until the count drains (one more try each {}s)",
+                limits::AUTH_THROTTLE_FAILURES,
+                crate::throttle::ClientKey::from(ip),
+                limits::AUTH_THROTTLE_INTERVAL.as_secs()
+            );
+        }
+        outcome.verdict
     }
 
     /// SIGHUP: re-read users and aliases, pick up changed paths and delivery settings. A
@@ -354,26 +392,8 @@ pub struct PopHostFor<'a> {
 
 impl PopHost for PopHostFor<'_> {
     fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict {
-        let ip = self.peer.ip();
-        if !self.services.throttle.allows(ip, self.now) {
-            warn!("pop: login as {user:?} from {ip} refused: too many recent failures");
-            return AuthVerdict::Throttled;
-        }
-        let found = self.services.directory_fresh().credential(user);
-        let accepted = auth::verify(found.map(|(_, c)| c), password);
-        match found {
-            Some((name, _)) if accepted => {
-                let name = name.to_string();
-                self.services.throttle.record_success(ip);
-                info!("pop: {name} logged in from {ip}");
-                AuthVerdict::Accepted(name)
-            }
-            _ => {
-                self.services.throttle.record_failure(ip, self.now);
-                info!("pop: failed login as {user:?} from {ip}");
-                AuthVerdict::Rejected
-            }
-        }
+        self.services
+            .authenticate("pop", user, password, self.peer.ip(), self.now)
     }
 
     fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {

@@ -91,11 +91,16 @@ pub const AUTH_MAX_FAILURES: u32 = 3;
 pub const AUTH_FAILURE_DELAY_DEFAULT: Duration = Duration::from_secs(2);
 /// The failure delay may not be configured below this.
 pub const AUTH_FAILURE_DELAY_MIN: Duration = Duration::from_secs(1);
-/// Failed logins from one client address within `AUTH_THROTTLE_WINDOW` before further
-/// attempts from that address are refused without checking the password.
+/// Failed logins per client (an IPv4 address, an IPv6 /64; see `throttle`) before its logins
+/// are refused without checking the password, over every protocol, whatever succeeds in
+/// between. Ten covers a user fumbling a password and a mail program retrying a stale one.
 pub const AUTH_THROTTLE_FAILURES: u32 = 10;
-pub const AUTH_THROTTLE_WINDOW: Duration = Duration::from_secs(10 * 60);
-/// Client addresses remembered by the throttle; the oldest are forgotten first.
+/// The failure count drains by one each interval, so a throttled client gets one more try
+/// each 3 min (20 an hour, 480 a day). A program polling every 5 min with a stale password
+/// (12 failures an hour) never throttles the users behind the same address.
+pub const AUTH_THROTTLE_INTERVAL: Duration = Duration::from_secs(3 * 60);
+/// Clients remembered by the login throttle (about 40 octets each); the ones closest to
+/// draining are forgotten first.
 pub const AUTH_THROTTLE_TABLE: usize = 1024;
 
 // ---- connections ----------------------------------------------------------------------------
