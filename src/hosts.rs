@@ -1,7 +1,7 @@
 //! The reactor's side of the sessions' host traits, and the services behind them: the spool
 //! (messages being received, the group commit), the directory (users, aliases), the delivery
-//! engine (and its schedule), open POP mailboxes, and the failed-login throttle (kept per
-//! client address across connections).
+//! engine (and its schedule), open POP mailboxes, and the budgets kept per client address
+//! across connections: the failed-login throttle and the rejected-recipient budget.
 //!
 //! Per-connection state (a message being received, a locked mailbox) is keyed by the
 //! connection's slot; the reactor reports every slot's end through `session_ended`, so nothing
@@ -27,7 +27,7 @@ use crate::mailbox::Mailbox;
 use crate::proto::smtp::SmtpHost;
 use crate::proto::{AuthVerdict, MailboxError, MessageInfo, PopHost};
 use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
-use crate::throttle::Throttle;
+use crate::throttle::{RcptBudget, Throttle};
 
 /// Everything sessions reach through their host traits, and the delivery side of the queue.
 pub struct Services {
@@ -44,6 +44,8 @@ pub struct Services {
     mailboxes: HashMap<usize, Mailbox>,
     /// Failed logins per client, shared by every protocol that takes a password.
     throttle: Throttle,
+    /// Refused SMTP recipients per client, across its connections.
+    rcpt_budget: RcptBudget,
     /// Commits in progress: ticket (the spool's tag) → connection slot, and back.
     tickets: HashMap<usize, usize>,
     slot_ticket: HashMap<usize, usize>,
@@ -109,6 +111,7 @@ impl Services {
             hostname: config.hostname.clone(),
             mailboxes: HashMap::new(),
             throttle: Throttle::default(),
+            rcpt_budget: RcptBudget::default(),
             directory_checked: false,
             tickets: HashMap::new(),
             slot_ticket: HashMap::new(),
@@ -131,10 +134,12 @@ impl Services {
         &self.directory
     }
 
-    pub fn smtp_host(&mut self, slot: usize, _peer: SocketAddr) -> SmtpHostFor<'_> {
+    pub fn smtp_host(&mut self, slot: usize, peer: SocketAddr, now: Instant) -> SmtpHostFor<'_> {
         SmtpHostFor {
             services: self,
             slot,
+            peer,
+            now,
         }
     }
 
@@ -334,9 +339,27 @@ impl Services {
 pub struct SmtpHostFor<'a> {
     services: &'a mut Services,
     slot: usize,
+    peer: SocketAddr,
+    now: Instant,
 }
 
 impl SmtpHost for SmtpHostFor<'_> {
+    fn client_over_rcpt_budget(&mut self) -> bool {
+        self.services.rcpt_budget.over(self.peer.ip(), self.now)
+    }
+
+    fn rcpt_refused(&mut self) {
+        let ip = self.peer.ip();
+        if self.services.rcpt_budget.refused(ip, self.now) {
+            warn!(
+                "smtp: {} recipients refused to {}: its sessions get 421 until the count drains (one more each {}s)",
+                limits::SMTP_REJECTED_RCPTS_PER_CLIENT,
+                crate::throttle::ClientKey::from(ip),
+                limits::SMTP_REJECTED_RCPTS_INTERVAL.as_secs()
+            );
+        }
+    }
+
     fn rcpt_verdict(&mut self, rcpt: &str) -> RcptVerdict {
         self.services.directory_fresh().rcpt_verdict(rcpt)
     }

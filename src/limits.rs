@@ -50,6 +50,18 @@ pub const SMTP_MAX_HELO: usize = 255;
 pub const SMTP_MAX_ERRORS: u32 = 10;
 /// Rejected recipients per session before `421 4.7.0`: address-harvest protection.
 pub const SMTP_MAX_REJECTED_RCPTS: u32 = 20;
+/// Rejected recipients per client (an IPv4 address, an IPv6 /64) across its connections
+/// before its sessions get `421 4.7.0` for every RCPT and at the greeting: a harvester
+/// reconnecting after each 20 got 3 000 answers in 0.2 s. A mailing list with a hundred stale
+/// addresses here is still answered in full.
+pub const SMTP_REJECTED_RCPTS_PER_CLIENT: u32 = 100;
+/// The count drains by one each interval (100 an hour): an address over budget is answered
+/// again after 36 s, one more refusal at a time, so a harvester learns 2 500 names a day
+/// instead of thousands a second, and a shared relay's good mail is only deferred.
+pub const SMTP_REJECTED_RCPTS_INTERVAL: Duration = Duration::from_secs(36);
+/// Clients remembered by the rejected-recipient budget; the ones closest to draining are
+/// forgotten first.
+pub const SMTP_REJECTED_RCPTS_TABLE: usize = 1024;
 /// Cap on a whole SMTP session, whatever progress it makes: a 10 MiB message at a slow
 /// 3 KiB/s still fits, a client drip-feeding NOOPs does not hold a slot forever.
 pub const SMTP_SESSION_CAP: Duration = Duration::from_secs(60 * 60);

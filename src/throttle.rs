@@ -1,6 +1,7 @@
 //! Budgets per client address, kept across connections: failed logins (`Throttle`, shared by
-//! POP3, POP2 and later SMTP AUTH). It lives in the reactor's services, never in a session,
-//! because an attacker simply reconnects.
+//! POP3, POP2 and later SMTP AUTH) and refused SMTP recipients (`RcptBudget`, against address
+//! harvesting). Both live in the reactor's services, never in a session, because an attacker
+//! simply reconnects.
 //!
 //! A client is its IPv4 address, or the /64 prefix of its IPv6 address (one subscriber's
 //! network: a host picks any address in it at no cost); an IPv4-mapped IPv6 address counts as
@@ -199,6 +200,35 @@ impl Throttle {
     }
 }
 
+/// Refused SMTP recipients per client, across its connections (address harvesting).
+pub struct RcptBudget {
+    refused: Buckets,
+}
+
+impl Default for RcptBudget {
+    fn default() -> RcptBudget {
+        RcptBudget {
+            refused: Buckets::new(
+                limits::SMTP_REJECTED_RCPTS_PER_CLIENT,
+                limits::SMTP_REJECTED_RCPTS_INTERVAL,
+                limits::SMTP_REJECTED_RCPTS_TABLE,
+            ),
+        }
+    }
+}
+
+impl RcptBudget {
+    /// Has this client spent its budget (no recipient of it gets a verdict now)?
+    pub fn over(&self, ip: IpAddr, now: Instant) -> bool {
+        self.refused.over(ClientKey::from(ip), now)
+    }
+
+    /// A recipient of this client was refused; true when that spent its budget (log it once).
+    pub fn refused(&mut self, ip: IpAddr, now: Instant) -> bool {
+        self.refused.record(ClientKey::from(ip), now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,5 +389,24 @@ mod tests {
         let later = t0 + limits::AUTH_THROTTLE_INTERVAL * 2;
         t.login(v4("198.51.100.1"), later, bad);
         assert!(t.failures.len() < limits::AUTH_THROTTLE_TABLE);
+    }
+
+    #[test]
+    fn rcpt_budget_spans_connections_and_drains() {
+        let mut b = RcptBudget::default();
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let mut reports = 0;
+        for _ in 0..limits::SMTP_REJECTED_RCPTS_PER_CLIENT {
+            assert!(!b.over(ip, t0));
+            reports += usize::from(b.refused(ip, t0));
+        }
+        assert_eq!(reports, 1);
+        assert!(b.over(ip, t0));
+        assert!(!b.over(v4("127.0.0.2"), t0));
+        let t1 = t0 + limits::SMTP_REJECTED_RCPTS_INTERVAL;
+        assert!(!b.over(ip, t1));
+        assert!(!b.refused(ip, t1), "reported once per episode");
+        assert!(b.over(ip, t1));
     }
 }
