@@ -317,7 +317,10 @@ impl Services {
     }
 
     /// Gives back table capacity a burst grew.
-    pub fn release_memory(&mut self) {
+    /// Drained per-client counts are forgotten too (those still counting are kept).
+    pub fn release_memory(&mut self, now: Instant) {
+        self.throttle.forget_drained(now);
+        self.rcpt_budget.forget_drained(now);
         self.spool.release_memory();
         self.engine.schedule.shrink();
         self.incoming.shrink_to_fit();

@@ -261,7 +261,7 @@ impl Reactor {
         self.per_ip.shrink_to_fit();
         // With no connection open every entry left in the heap is stale.
         self.deadlines.clear();
-        self.services.release_memory();
+        self.services.release_memory(Instant::now());
         crate::buf::return_free_memory_to_os();
         debug!("at rest: memory handed back");
     }

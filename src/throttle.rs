@@ -138,6 +138,12 @@ impl Buckets {
         }
     }
 
+    /// Drops the clients whose count has drained and gives back the table's spare capacity.
+    fn forget_drained(&mut self, now: Instant) {
+        self.entries.retain(|_, e| e.drained_at > now);
+        self.entries.shrink_to_fit();
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
@@ -198,6 +204,11 @@ impl Throttle {
             },
         }
     }
+
+    /// At rest: forget the clients whose failures have drained.
+    pub fn forget_drained(&mut self, now: Instant) {
+        self.failures.forget_drained(now);
+    }
 }
 
 /// Refused SMTP recipients per client, across its connections (address harvesting).
@@ -226,6 +237,11 @@ impl RcptBudget {
     /// A recipient of this client was refused; true when that spent its budget (log it once).
     pub fn refused(&mut self, ip: IpAddr, now: Instant) -> bool {
         self.refused.record(ClientKey::from(ip), now)
+    }
+
+    /// At rest: forget the clients whose refusals have drained.
+    pub fn forget_drained(&mut self, now: Instant) {
+        self.refused.forget_drained(now);
     }
 }
 
@@ -408,5 +424,19 @@ mod tests {
         assert!(!b.over(ip, t1));
         assert!(!b.refused(ip, t1), "reported once per episode");
         assert!(b.over(ip, t1));
+    }
+
+    #[test]
+    fn at_rest_only_drained_clients_are_forgotten() {
+        let mut b = RcptBudget::default();
+        let t0 = Instant::now();
+        b.refused(v4("192.0.2.1"), t0);
+        for _ in 0..limits::SMTP_REJECTED_RCPTS_PER_CLIENT {
+            b.refused(v4("192.0.2.2"), t0);
+        }
+        let t1 = t0 + limits::SMTP_REJECTED_RCPTS_INTERVAL;
+        b.forget_drained(t1);
+        assert_eq!(b.refused.len(), 1);
+        assert!(b.over(v4("192.0.2.2"), t1 - Duration::from_millis(1)));
     }
 }
