@@ -179,9 +179,9 @@ impl Services {
         }
         if outcome.now_throttled {
             warn!(
-                "{proto}: {} failed logins from {}: its logins are refused until the count drains (one more try each {}s)",
-                limits::AUTH_THROTTLE_FAILURES,
+                "{proto}: {} had {} failed logins; its logins are refused until the count drains (one more try each {}s)",
                 crate::throttle::ClientKey::from(ip),
+                limits::AUTH_THROTTLE_FAILURES,
                 limits::AUTH_THROTTLE_INTERVAL.as_secs()
             );
         }
@@ -355,9 +355,9 @@ impl SmtpHost for SmtpHostFor<'_> {
         let ip = self.peer.ip();
         if self.services.rcpt_budget.refused(ip, self.now) {
             warn!(
-                "smtp: {} recipients refused to {}: its sessions get 421 until the count drains (one more each {}s)",
-                limits::SMTP_REJECTED_RCPTS_PER_CLIENT,
+                "smtp: {} had {} recipients refused; its sessions get 421 until the count drains (one more each {}s)",
                 crate::throttle::ClientKey::from(ip),
+                limits::SMTP_REJECTED_RCPTS_PER_CLIENT,
                 limits::SMTP_REJECTED_RCPTS_INTERVAL.as_secs()
             );
         }
