@@ -255,6 +255,10 @@ struct NullSpool {
 }
 
 impl SmtpHost for NullSpool {
+    fn client_over_rcpt_budget(&mut self) -> bool {
+        false
+    }
+    fn rcpt_refused(&mut self) {}
     fn rcpt_verdict(&mut self, _rcpt: &str) -> RcptVerdict {
         RcptVerdict::Accept
     }
@@ -349,7 +353,7 @@ fn smtp_once(
         appended: 0,
         begun: 0,
     };
-    session.greet(ctx(), out);
+    session.greet(ctx(), out, &mut host);
     out.clear();
     let (a0, b0) = alloc_counts();
     let (written, oks) = drive(&mut session, &mut host, out, script, b"250 ");

@@ -1,13 +1,14 @@
 //! The reactor's side of the sessions' host traits, and the services behind them: the spool
 //! (messages being received, the group commit), the directory (users, aliases), the delivery
-//! engine (and its schedule), open POP mailboxes and the failed-login throttle.
+//! engine (and its schedule), open POP mailboxes, and the budgets kept per client address
+//! across connections: the failed-login throttle and the rejected-recipient budget.
 //!
 //! Per-connection state (a message being received, a locked mailbox) is keyed by the
 //! connection's slot; the reactor reports every slot's end through `session_ended`, so nothing
 //! outlives its connection.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,7 +27,7 @@ use crate::mailbox::Mailbox;
 use crate::proto::smtp::SmtpHost;
 use crate::proto::{AuthVerdict, MailboxError, MessageInfo, PopHost};
 use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
-use crate::throttle::Throttle;
+use crate::throttle::{RcptBudget, Throttle};
 
 /// Everything sessions reach through their host traits, and the delivery side of the queue.
 pub struct Services {
@@ -41,7 +42,10 @@ pub struct Services {
     hostname: String,
     /// The mailbox each POP slot has locked.
     mailboxes: HashMap<usize, Mailbox>,
+    /// Failed logins per client, shared by every protocol that takes a password.
     throttle: Throttle,
+    /// Refused SMTP recipients per client, across its connections.
+    rcpt_budget: RcptBudget,
     /// Commits in progress: ticket (the spool's tag) → connection slot, and back.
     tickets: HashMap<usize, usize>,
     slot_ticket: HashMap<usize, usize>,
@@ -107,6 +111,7 @@ impl Services {
             hostname: config.hostname.clone(),
             mailboxes: HashMap::new(),
             throttle: Throttle::default(),
+            rcpt_budget: RcptBudget::default(),
             directory_checked: false,
             tickets: HashMap::new(),
             slot_ticket: HashMap::new(),
@@ -129,10 +134,12 @@ impl Services {
         &self.directory
     }
 
-    pub fn smtp_host(&mut self, slot: usize, _peer: SocketAddr) -> SmtpHostFor<'_> {
+    pub fn smtp_host(&mut self, slot: usize, peer: SocketAddr, now: Instant) -> SmtpHostFor<'_> {
         SmtpHostFor {
             services: self,
             slot,
+            peer,
+            now,
         }
     }
 
@@ -143,6 +150,42 @@ impl Services {
             peer,
             now,
         }
+    }
+
+    /// Checks a password for any protocol (`proto` names it in the log) through the shared
+    /// failed-login throttle: a client over its budget is refused without a check, and a
+    /// success does not clear its failures.
+    pub fn authenticate(
+        &mut self,
+        proto: &str,
+        user: &str,
+        password: &[u8],
+        ip: IpAddr,
+        now: Instant,
+    ) -> AuthVerdict {
+        self.directory_fresh();
+        let directory = &self.directory;
+        let outcome = self.throttle.login(ip, now, || {
+            let found = directory.credential(user);
+            let accepted = auth::verify(found.map(|(_, c)| c), password);
+            found.filter(|_| accepted).map(|(name, _)| name.to_string())
+        });
+        match &outcome.verdict {
+            AuthVerdict::Accepted(name) => info!("{proto}: {name} logged in from {ip}"),
+            AuthVerdict::Rejected => info!("{proto}: failed login as {user:?} from {ip}"),
+            AuthVerdict::Throttled => {
+                warn!("{proto}: login as {user:?} from {ip} refused: too many recent failures")
+            }
+        }
+        if outcome.now_throttled {
+            warn!(
+                "{proto}: {} had {} failed logins; its logins are refused until the count drains (one more try each {}s)",
+                crate::throttle::ClientKey::from(ip),
+                limits::AUTH_THROTTLE_FAILURES,
+                limits::AUTH_THROTTLE_INTERVAL.as_secs()
+            );
+        }
+        outcome.verdict
     }
 
     /// SIGHUP: re-read users and aliases, pick up changed paths and delivery settings. A
@@ -274,7 +317,10 @@ impl Services {
     }
 
     /// Gives back table capacity a burst grew.
-    pub fn release_memory(&mut self) {
+    /// Drained per-client counts are forgotten too (those still counting are kept).
+    pub fn release_memory(&mut self, now: Instant) {
+        self.throttle.forget_drained(now);
+        self.rcpt_budget.forget_drained(now);
         self.spool.release_memory();
         self.engine.schedule.shrink();
         self.incoming.shrink_to_fit();
@@ -296,9 +342,27 @@ impl Services {
 pub struct SmtpHostFor<'a> {
     services: &'a mut Services,
     slot: usize,
+    peer: SocketAddr,
+    now: Instant,
 }
 
 impl SmtpHost for SmtpHostFor<'_> {
+    fn client_over_rcpt_budget(&mut self) -> bool {
+        self.services.rcpt_budget.over(self.peer.ip(), self.now)
+    }
+
+    fn rcpt_refused(&mut self) {
+        let ip = self.peer.ip();
+        if self.services.rcpt_budget.refused(ip, self.now) {
+            warn!(
+                "smtp: {} had {} recipients refused; its sessions get 421 until the count drains (one more each {}s)",
+                crate::throttle::ClientKey::from(ip),
+                limits::SMTP_REJECTED_RCPTS_PER_CLIENT,
+                limits::SMTP_REJECTED_RCPTS_INTERVAL.as_secs()
+            );
+        }
+    }
+
     fn rcpt_verdict(&mut self, rcpt: &str) -> RcptVerdict {
         self.services.directory_fresh().rcpt_verdict(rcpt)
     }
@@ -354,26 +418,8 @@ pub struct PopHostFor<'a> {
 
 impl PopHost for PopHostFor<'_> {
     fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict {
-        let ip = self.peer.ip();
-        if !self.services.throttle.allows(ip, self.now) {
-            warn!("pop: login as {user:?} from {ip} refused: too many recent failures");
-            return AuthVerdict::Throttled;
-        }
-        let found = self.services.directory_fresh().credential(user);
-        let accepted = auth::verify(found.map(|(_, c)| c), password);
-        match found {
-            Some((name, _)) if accepted => {
-                let name = name.to_string();
-                self.services.throttle.record_success(ip);
-                info!("pop: {name} logged in from {ip}");
-                AuthVerdict::Accepted(name)
-            }
-            _ => {
-                self.services.throttle.record_failure(ip, self.now);
-                info!("pop: failed login as {user:?} from {ip}");
-                AuthVerdict::Rejected
-            }
-        }
+        self.services
+            .authenticate("pop", user, password, self.peer.ip(), self.now)
     }
 
     fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {

@@ -261,7 +261,7 @@ impl Reactor {
         self.per_ip.shrink_to_fit();
         // With no connection open every entry left in the heap is stale.
         self.deadlines.clear();
-        self.services.release_memory();
+        self.services.release_memory(Instant::now());
         crate::buf::return_free_memory_to_os();
         debug!("at rest: memory handed back");
     }
@@ -597,7 +597,7 @@ impl Reactor {
         };
         let out = conn.output.get_or_insert_with(|| self.pool.take_out());
         match &mut conn.session {
-            Session::Smtp(s) => s.greet(ctx, out),
+            Session::Smtp(s) => s.greet(ctx, out, &mut self.services.smtp_host(slot, peer, now)),
             Session::Pop3(s) => s.greet(ctx, out),
             Session::Pop2(s) => s.greet(ctx, out),
         }
@@ -662,7 +662,7 @@ impl Reactor {
                     input,
                     ctx,
                     out,
-                    &mut self.services.smtp_host(slot, conn.peer),
+                    &mut self.services.smtp_host(slot, conn.peer, now),
                 ),
                 Session::Pop3(s) => s.step(
                     input,
@@ -824,7 +824,7 @@ impl Reactor {
                     Completion::Committed(result),
                     ctx,
                     out,
-                    &mut self.services.smtp_host(slot, conn.peer),
+                    &mut self.services.smtp_host(slot, conn.peer, now),
                 );
             }
             conn.progress(now);
@@ -866,7 +866,7 @@ impl Reactor {
                         Completion::Woke,
                         ctx,
                         out,
-                        &mut self.services.smtp_host(slot, conn.peer),
+                        &mut self.services.smtp_host(slot, conn.peer, now),
                     ),
                     Session::Pop3(s) => s.resume(
                         Completion::Woke,

@@ -131,14 +131,14 @@ impl<S: Session, W: WireCheck> Driver<S, W> {
     /// `greet` writes the session's greeting.
     pub fn new(
         mut session: S,
-        host: S::Host,
+        mut host: S::Host,
         check: W,
         slow_drain: bool,
-        greet: impl FnOnce(&mut S, Ctx, &mut OutBuf),
+        greet: impl FnOnce(&mut S, Ctx, &mut OutBuf, &mut S::Host),
     ) -> Driver<S, W> {
         let now = Instant::now();
         let mut out = OutBuf::new_boxed();
-        greet(&mut session, ctx_at(now), &mut out);
+        greet(&mut session, ctx_at(now), &mut out, &mut host);
         let mut d = Driver {
             session,
             host,

@@ -282,7 +282,7 @@ pub fn fuzz_pop3(data: &[u8]) {
         FakeMailbox::new(input.flags),
         LineCheck::default(),
         input.flags & 0x80 != 0,
-        |s, ctx, out| s.greet(ctx, out),
+        |s, ctx, out, _| s.greet(ctx, out),
     );
     d.play(input.script, input.seed, input.flags & 0x40 != 0);
 }
@@ -295,7 +295,7 @@ pub fn fuzz_pop2(data: &[u8]) {
         FakeMailbox::new(input.flags),
         NoCheck,
         input.flags & 0x80 != 0,
-        |s, ctx, out| s.greet(ctx, out),
+        |s, ctx, out, _| s.greet(ctx, out),
     );
     d.play(input.script, input.seed, input.flags & 0x40 != 0);
 }

@@ -94,6 +94,10 @@ fn check_local_part(rcpt: &str) {
 }
 
 impl SmtpHost for FakeSpool {
+    fn client_over_rcpt_budget(&mut self) -> bool {
+        false
+    }
+    fn rcpt_refused(&mut self) {}
     fn rcpt_verdict(&mut self, rcpt: &str) -> RcptVerdict {
         check_path(rcpt, "recipient");
         assert!(!rcpt.is_empty(), "empty recipient");
@@ -328,7 +332,7 @@ pub fn fuzz(data: &[u8]) {
         host,
         ReplyCheck::default(),
         input.flags & 0x40 != 0,
-        |s, ctx, out| s.greet(ctx, out),
+        |s, ctx, out, host| s.greet(ctx, out, host),
     );
     d.play(input.script, input.seed, input.flags & 0x20 != 0);
     assert!(!d.host.committing, "a commit was started and never awaited");

@@ -7,6 +7,11 @@
 //! `smtp_addr`, the data stream by `dotdata`; the host answers recipient verdicts and stores
 //! the message.
 //!
+//! Address harvesting: refused recipients count against this session's budget
+//! (`limits::SMTP_MAX_REJECTED_RCPTS`) and, through the host, against the client address's
+//! budget across connections. While the address is over it, the session answers `421` at the
+//! greeting and at every RCPT, known recipient or not, so reconnecting tells nothing.
+//!
 //! Replies follow RFC 2034: every one carries an RFC 3463 enhanced code except the greeting
 //! and the EHLO/HELO reply. Pipelined commands (RFC 2920) are answered in order, as many per
 //! `step` as the output buffer has room for.
@@ -44,6 +49,11 @@ pub struct SmtpSettings {
 
 /// Services the SMTP session needs from the reactor.
 pub trait SmtpHost {
+    /// Has the client's address refused too many recipients lately, across its connections
+    /// (`limits::SMTP_REJECTED_RCPTS_PER_CLIENT`)?
+    fn client_over_rcpt_budget(&mut self) -> bool;
+    /// A recipient of this client was refused: count it against the address's budget.
+    fn rcpt_refused(&mut self);
     /// Is this recipient (a forward-path without brackets) acceptable? No alias expansion.
     fn rcpt_verdict(&mut self, rcpt: &str) -> RcptVerdict;
     /// Start a spool entry for this envelope; returns its queue id.
@@ -227,9 +237,23 @@ impl SmtpSession {
         }
     }
 
-    /// Writes the `220` greeting.
-    pub fn greet(&mut self, _ctx: Ctx, out: &mut OutBuf) {
+    /// Writes the `220` greeting, or `421` (and the session is over) when the client's address
+    /// is over its rejected-recipient budget.
+    pub fn greet(&mut self, _ctx: Ctx, out: &mut OutBuf, host: &mut dyn SmtpHost) {
+        if host.client_over_rcpt_budget() {
+            self.over_rcpt_budget(out);
+            self.mode = Mode::Closed;
+            return;
+        }
         out.push(format!("220 {} ESMTP postling\r\n", self.settings.hostname).as_bytes());
+    }
+
+    fn over_rcpt_budget(&self, out: &mut OutBuf) {
+        reply!(
+            out,
+            "421 4.7.0 {} too many rejected recipients from your address, try again later",
+            self.settings.hostname
+        );
     }
 
     /// Handles as many complete commands (or data lines) of `input` as the output buffer has
@@ -449,8 +473,15 @@ impl SmtpSession {
         Flow::Continue
     }
 
-    /// A refused recipient: the reply, or `421` past the harvest budget.
-    fn rejected_rcpt(&mut self, out: &mut OutBuf, text: fmt::Arguments<'_>) -> Flow {
+    /// A refused recipient: the reply, or `421` past the session's harvest budget. It counts
+    /// against the address's budget too.
+    fn rejected_rcpt(
+        &mut self,
+        out: &mut OutBuf,
+        host: &mut dyn SmtpHost,
+        text: fmt::Arguments<'_>,
+    ) -> Flow {
+        host.rcpt_refused();
         self.rejected_rcpts = self.rejected_rcpts.saturating_add(1);
         if self.rejected_rcpts > limits::SMTP_MAX_REJECTED_RCPTS {
             reply!(
@@ -589,6 +620,12 @@ impl SmtpSession {
                 return self.argument_error(e, "RCPT TO:<address>", "5.1.3", "recipient", out);
             }
         };
+        if host.client_over_rcpt_budget() {
+            // Every recipient alike, known or not: a verdict would let a harvester go on at
+            // one probe per connection.
+            self.over_rcpt_budget(out);
+            return Flow::Close;
+        }
         if accepted >= limits::SMTP_MAX_RCPTS {
             reply!(out, "452 4.5.3 Too many recipients");
             return Flow::Continue;
@@ -597,6 +634,7 @@ impl SmtpSession {
             // Never handed to the directory: such a local part must never become a path.
             return self.rejected_rcpt(
                 out,
+                host,
                 format_args!("550 5.1.3 Recipient address rejected: local part not allowed"),
             );
         };
@@ -604,6 +642,7 @@ impl SmtpSession {
         if rcpt.path.non_ascii && !smtputf8 {
             return self.rejected_rcpt(
                 out,
+                host,
                 format_args!(
                     "553 5.6.7 Non-ASCII recipient address not permitted without SMTPUTF8"
                 ),
@@ -627,10 +666,12 @@ impl SmtpSession {
             }
             RcptVerdict::UnknownUser => self.rejected_rcpt(
                 out,
+                host,
                 format_args!("550 5.1.1 <{address}>: Recipient address rejected: User unknown"),
             ),
             RcptVerdict::RelayDenied => self.rejected_rcpt(
                 out,
+                host,
                 format_args!("550 5.7.1 <{address}>: Relay access denied"),
             ),
             RcptVerdict::TempFail => {

@@ -5,12 +5,13 @@ import poplib
 import shutil
 import smtplib
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import recv_line
+from conftest import free_port, recv_line
 from test_smtp import maildir_messages, wait_maildir
 
 
@@ -126,6 +127,57 @@ def test_three_failures_close_and_throttle(server_factory):
     recv_line(c)
     line = recv_line(c, timeout=5)
     assert line.startswith(b"-ERR [SYS/TEMP]"), "throttled address must not log in: %r" % line
+
+
+
+def test_logging_in_to_own_account_between_guesses_does_not_reset_the_throttle(server_factory):
+    """Issue 10 item 4: a client holding one account (carol) guesses bob's password and logs
+    in to carol between guesses. Successes used to clear the address's failures, so it was
+    never throttled; now the 10th failure from 127.0.0.1 throttles it, and then carol's right
+    password is refused too, over POP3 and POP2 (one throttle for every protocol)."""
+    s = fast_auth(server_factory, max_connections_per_ip="64")
+    s.pop2_port = free_port()
+    s.settings["pop2_listen"] = f"127.0.0.1:{s.pop2_port}"
+    s.write_config()
+    s.start()
+
+    def guess(i, replies):
+        try:
+            p = poplib.POP3("127.0.0.1", s.pop3_port, timeout=10)
+            p.user("bob")
+            p.pass_("guess-%d" % i)
+            replies.append(b"+OK")
+        except poplib.error_proto as e:
+            replies.append(e.args[0])
+
+    own_logins = []
+    guesses = []
+    for rnd in range(4):
+        # Its own account, right password: accepted every time so far.
+        p = pop(s, "carol", "carol-pw")
+        own_logins.append(p.stat())
+        p.quit()
+        # Three guesses in parallel (each waits out the 1 s failure delay).
+        replies = []
+        threads = [threading.Thread(target=guess, args=(rnd * 3 + i, replies)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        guesses += replies
+    assert len(own_logins) == 4
+    assert b"+OK" not in guesses
+    assert sum(r.startswith(b"-ERR [AUTH]") for r in guesses) == 10, guesses
+    # 12 guesses: the 10th failure spent the budget, so two were refused unchecked.
+    assert sum(r.startswith(b"-ERR [SYS/TEMP]") for r in guesses) == 2, guesses
+    with pytest.raises(poplib.error_proto) as e:
+        pop(s, "carol", "carol-pw")
+    assert e.value.args[0] == b"-ERR [SYS/TEMP] Too many failed logins from your address, try again later"
+    with s.connect(s.pop2_port) as c:
+        assert recv_line(c).startswith(b"+")
+        c.sendall(b"HELO carol carol-pw\r\n")
+        assert recv_line(c) == b"- Too many failed logins from your address, try again later\r\n"
+    assert s.log().count("127.0.0.1 had 10 failed logins;") == 1, s.log()
 
 
 def test_concurrent_login_in_use_and_drop_deletes_nothing(server_factory):

@@ -523,6 +523,94 @@ fn twenty_rejections_answered_twenty_first_closes() {
     );
 }
 
+const OVER_CLIENT_BUDGET: &str =
+    "421 4.7.0 mail.example.test too many rejected recipients from your address, try again later";
+
+/// Issue 10 item 8: a harvester reconnecting after each 20 refusals used to get a fresh budget
+/// with every connection.
+#[test]
+fn rejected_recipient_budget_spans_sessions_from_one_address() {
+    let per_session = limits::SMTP_MAX_REJECTED_RCPTS;
+    let sessions = limits::SMTP_REJECTED_RCPTS_PER_CLIENT / per_session;
+    let mut host = FakeHost::new();
+    for i in 0..sessions * per_session {
+        host = host.verdict(&format!("n{i}@example.test"), RcptVerdict::UnknownUser);
+    }
+    let mut probe = 0;
+    for _ in 0..sessions {
+        let mut d = Driver::new(host);
+        d.send(b"EHLO c\r\nMAIL FROM:<a@b.org>\r\n");
+        for _ in 0..per_session {
+            d.send(format!("RCPT TO:<n{probe}@example.test>\r\n").as_bytes());
+            probe += 1;
+        }
+        let replies = d.replies();
+        let refused = replies
+            .iter()
+            .filter(|r| r.starts_with("550 5.1.1"))
+            .count();
+        assert_eq!(refused as u32, per_session, "{replies:?}");
+        assert!(!d.closed);
+        host = d.host;
+    }
+    // The next connection from that address is refused at once, without a 220.
+    let mut d = Driver::new(host);
+    assert_eq!(
+        String::from_utf8_lossy(&d.written),
+        format!("{OVER_CLIENT_BUDGET}\r\n")
+    );
+    d.send(b"EHLO c\r\n");
+    assert!(d.closed);
+    assert_eq!(
+        d.written.len(),
+        OVER_CLIENT_BUDGET.len() + 2,
+        "nothing after the 421"
+    );
+}
+
+/// A session opened before its address ran out of budget gets no verdict after that, for a
+/// known recipient neither: 250 against 421 would go on telling who exists.
+#[test]
+fn over_the_address_budget_no_recipient_gets_a_verdict() {
+    let mut d = Driver::new(FakeHost::new());
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.org>\r\nRCPT TO:<alice@example.test>\r\n");
+    assert_eq!(d.replies().last().map(String::as_str), Some(RCPT_OK));
+    // Other connections from the same address spend the budget meanwhile.
+    for _ in 0..limits::SMTP_REJECTED_RCPTS_PER_CLIENT {
+        d.host.rcpt_budget.refused(peer().ip(), d.host.now);
+    }
+    let verdicts = d.host.verdict_calls().len();
+    d.send(b"RCPT TO:<bob@example.test>\r\nNOOP\r\n");
+    assert_eq!(
+        d.replies().last().map(String::as_str),
+        Some(OVER_CLIENT_BUDGET)
+    );
+    assert!(d.closed);
+    assert_eq!(d.host.verdict_calls().len(), verdicts, "no verdict asked");
+}
+
+/// Every kind of refused recipient counts against the address, and accepted ones do not.
+#[test]
+fn refused_recipients_of_every_kind_count_against_the_address() {
+    let host = FakeHost::new()
+        .verdict("n@example.test", RcptVerdict::UnknownUser)
+        .verdict("r@elsewhere.org", RcptVerdict::RelayDenied);
+    let mut d = Driver::new(host);
+    d.send(
+        "EHLO c\r\nMAIL FROM:<a@b.org>\r\nRCPT TO:<n@example.test>\r\nRCPT TO:<r@elsewhere.org>\r\n\
+         RCPT TO:<a/b@example.test>\r\nRCPT TO:<j\u{f6}rg@example.test>\r\nRCPT TO:<ok@example.test>\r\n"
+            .as_bytes(),
+    );
+    assert_eq!(d.session.rejected_rcpts, 4);
+    // The address's budget holds exactly those four: 95 more stay within it, one more not.
+    for _ in 0..limits::SMTP_REJECTED_RCPTS_PER_CLIENT - 5 {
+        d.host.rcpt_budget.refused(peer().ip(), d.host.now);
+    }
+    assert!(!d.host.rcpt_budget.over(peer().ip(), d.host.now));
+    d.host.rcpt_budget.refused(peer().ip(), d.host.now);
+    assert!(d.host.rcpt_budget.over(peer().ip(), d.host.now));
+}
+
 #[test]
 fn http_requests_are_dropped_without_a_reply() {
     for first in [

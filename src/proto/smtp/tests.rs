@@ -32,6 +32,10 @@ pub(super) struct FakeHost {
     /// The result the driver passes to `resume` after `AwaitCommit`; `None` means Ok(id).
     pub durable_error: Option<SpoolError>,
     pub begun: u32,
+    /// The real per-address budget, for the session's peer at a fixed time: moving the host
+    /// from one `Driver` to the next plays reconnecting from the same address.
+    pub rcpt_budget: crate::throttle::RcptBudget,
+    pub now: Instant,
 }
 
 impl FakeHost {
@@ -43,6 +47,8 @@ impl FakeHost {
             commit_error: None,
             durable_error: None,
             begun: 0,
+            rcpt_budget: Default::default(),
+            now: Instant::now(),
         }
     }
 
@@ -94,6 +100,12 @@ impl FakeHost {
 }
 
 impl SmtpHost for FakeHost {
+    fn client_over_rcpt_budget(&mut self) -> bool {
+        self.rcpt_budget.over(peer().ip(), self.now)
+    }
+    fn rcpt_refused(&mut self) {
+        self.rcpt_budget.refused(peer().ip(), self.now);
+    }
     fn rcpt_verdict(&mut self, rcpt: &str) -> RcptVerdict {
         self.calls.push(Call::Verdict(rcpt.to_owned()));
         self.verdicts
@@ -183,7 +195,7 @@ impl Driver {
             closed: false,
             max_buffered: 0,
         };
-        d.session.greet(ctx(), &mut d.out);
+        d.session.greet(ctx(), &mut d.out, &mut d.host);
         d.drain();
         d
     }
