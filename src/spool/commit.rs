@@ -1,11 +1,12 @@
 //! The group commit, done in steps so the reactor never waits for the disk long at a time.
 //!
 //! A group is every message whose end of data arrived before the group started. Its steps,
-//! in the order that makes a crash harmless: start every file's writeback; make each file's data durable (one fdatasync per step, or one syncfs for the
-//! whole group); rename them all into `queue/` (the commit point); make `queue/` durable;
-//! only then report `Ok(id)`. The reactor runs steps until its time slice is used and polls
-//! its sockets in between, so a session waiting for a NOOP reply waits for one step at most,
-//! not for a whole group. Messages finishing meanwhile form the next group.
+//! in the order that makes a crash harmless: start every file's writeback; make each file's
+//! data durable (one fdatasync per step, or one syncfs for the whole group); rename them all
+//! into `queue/` (the commit point); make `queue/` durable; only then report `Ok(id)`. The
+//! reactor runs steps until its time slice is used and polls its sockets in between, so a
+//! session waiting for a NOOP reply waits for one step at most, not for a whole group.
+//! Messages finishing meanwhile form the next group.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
