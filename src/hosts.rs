@@ -380,8 +380,9 @@ impl SmtpHost for SmtpHostFor<'_> {
     }
 
     fn message_append(&mut self, bytes: &[u8]) {
-        if let Some(inc) = self.services.incoming.get_mut(&self.slot) {
-            inc.append(bytes);
+        let services = &mut *self.services;
+        if let Some(inc) = services.incoming.get_mut(&self.slot) {
+            services.spool.append(inc, bytes);
         }
     }
 

@@ -187,8 +187,8 @@ pub const SPOOL_MAX_REASON: usize = 1000;
 /// entries) before it gives up.
 pub const SPOOL_ID_TRIES: u32 = 16;
 /// Message files of removed entries kept in `free/` for reuse once the queue is idle (while
-/// mail flows, every removed file is kept): a burst of this many messages rewrites old files
-/// instead of allocating inodes; a few MiB of disk at most.
+/// mail flows, every removed file is kept): a burst of this many messages reuses old inodes
+/// instead of allocating new ones; the files are empty, so they hold no disk blocks.
 pub const SPOOL_FREE_KEEP: usize = 256;
 /// Excess free files unlinked per reactor turn while the queue is idle: the clean-up never
 /// holds a client up for long.

@@ -74,7 +74,7 @@ impl QueueStore for SpoolStore<'_> {
 
     fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
         let mut inc = self.spool.begin(envelope)?;
-        inc.append(data);
+        self.spool.append(&mut inc, data);
         self.spool.commit_one(inc)
     }
 }

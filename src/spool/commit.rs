@@ -1,12 +1,12 @@
 //! The group commit, done in steps so the reactor never waits for the disk long at a time.
 //!
 //! A group is every message whose end of data arrived before the group started. Its steps,
-//! in the order that makes a crash harmless: cut recycled files to length and start their
-//! writeback; make each file's data durable (one fdatasync per step, or one syncfs for the
-//! whole group); rename them all into `queue/` (the commit point); make `queue/` durable;
-//! only then report `Ok(id)`. The reactor runs steps until its time slice is used and polls
-//! its sockets in between, so a session waiting for a NOOP reply waits for one step at most,
-//! not for a whole group. Messages finishing meanwhile form the next group.
+//! in the order that makes a crash harmless: start every file's writeback; make each file's
+//! data durable (one fdatasync per step, or one syncfs for the whole group); rename them all
+//! into `queue/` (the commit point); make `queue/` durable; only then report `Ok(id)`. The
+//! reactor runs steps until its time slice is used and polls its sockets in between, so a
+//! session waiting for a NOOP reply waits for one step at most, not for a whole group.
+//! Messages finishing meanwhile form the next group.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -30,8 +30,8 @@ pub(super) struct Group {
 }
 
 impl Group {
-    /// Starts a group: recycled files are cut to their new length (they may hold the tail of
-    /// a longer old message) and, per file, writeback is started for every file at once.
+    /// Starts a group: per file, writeback is started for every file at once. A recycled
+    /// file needs no cut to length: it was empty when taken (see `Spool::recycle`).
     fn start(items: Vec<(usize, Incoming)>, mode: SyncMode) -> Group {
         let mut g = Group {
             waiting: VecDeque::with_capacity(items.len()),
@@ -40,13 +40,6 @@ impl Group {
             done: Vec::new(),
         };
         for (tag, inc) in items {
-            if inc.recycled {
-                if let Err(e) = inc.file.set_len(inc.written) {
-                    log::warn!("spool: cannot truncate {}: {e}", inc.id);
-                    g.done.push((tag, Err(SpoolError::from_io(&e))));
-                    continue;
-                }
-            }
             if mode == SyncMode::File {
                 durable::start_writeback(&inc.file);
             }
@@ -73,6 +66,7 @@ impl Spool {
                 None => Group::start(std::mem::take(&mut self.pending), self.sync_mode),
             };
             let finished = self.commit_step(&mut group);
+            self.release_if_full(&group.done);
             out.append(&mut group.done);
             if !finished {
                 self.group = Some(group);
@@ -95,17 +89,23 @@ impl Spool {
 
     /// Commits one message on its own, outside any group (a bounce made by delivery).
     pub fn commit_one(&mut self, mut inc: Incoming) -> Result<QueueId, SpoolError> {
-        inc.flush_buf();
-        if let Some(e) = inc.error.take() {
-            return Err(e);
-        }
+        self.finish_writes(&mut inc)?;
         let mut group = Group::start(vec![(0, inc)], self.sync_mode);
         while !self.commit_step(&mut group) {}
+        self.release_if_full(&group.done);
         group
             .done
             .pop()
             .map(|(_, r)| r)
             .unwrap_or_else(|| Err(SpoolError::Failed("commit reported nothing".into())))
+    }
+
+    /// A commit step failed for want of space (a sync or a rename): the free files are
+    /// given back, so the client's retry finds the room they held.
+    fn release_if_full(&mut self, done: &[Committed]) {
+        if done.iter().any(|(_, r)| *r == Err(SpoolError::Full)) {
+            self.release_free();
+        }
     }
 
     /// One step of `group`; true when the group is finished (all outcomes in `done`).

@@ -11,6 +11,9 @@
 //!   unlink is the removal point.
 //! - `queue/<id>.state`: delivery bookkeeping (per-recipient outcomes, attempts, next attempt),
 //!   replaced atomically by rename. Without `queue/<id>` it is the remnant of a removal.
+//! - `free/f<n>`: the emptied file of a removed message, kept so a new message reuses its
+//!   inode. Holds no bytes and no blocks: cut to 0 when it arrives and, should a crash come
+//!   in between, at start-up. Given back (unlinked) when the disk is full.
 //!
 //! `Spool::open` scans both directories once at start-up; after that no directory is listed
 //! again (`list_queue` is the read-only exception for `postling -q`). doc/spool.md carries the
@@ -139,6 +142,10 @@ pub struct Spool {
     free: Vec<u64>,
     /// Names the next file put into `free/`.
     free_seq: u64,
+    /// Test hook: runs on a message being received once a full disk made the spool give
+    /// back its free files, before the write is tried again (the test makes room there).
+    #[cfg(test)]
+    on_release: Option<fn(&mut Incoming)>,
     /// Entries that have a state file: without one, reading and removing an entry need no
     /// look at `<id>.state` at all.
     stated: HashSet<QueueId>,
@@ -157,13 +164,12 @@ pub struct Incoming {
     tmp_path: PathBuf,
     buf: Box<[u8]>,
     used: usize,
-    /// The first write error; later appends are ignored and the commit fails with it.
+    /// The first write error; later appends are ignored and the commit fails with it. After
+    /// `Full` the bytes the disk refused are still in `buf`, so the spool can make room (by
+    /// giving back its free files) and try them again.
     error: Option<SpoolError>,
     /// The temp file exists and is ours to remove when this is dropped.
     armed: bool,
-    /// The file was a recycled one from `free/`: bytes past `written` are an old message's
-    /// and are cut off before the commit.
-    recycled: bool,
     /// Bytes written to the file so far (header and data).
     written: u64,
     /// The envelope and header length, for the spool's cache of fresh entries.
@@ -177,8 +183,15 @@ impl Incoming {
     }
 
     /// Buffers `bytes`, writing the buffer out whenever it fills. Never fails: the first error
-    /// is latched and reported by `Spool::commit_enqueue`.
-    pub fn append(&mut self, mut bytes: &[u8]) {
+    /// is latched and reported by `Spool::commit_enqueue`. `Spool::append` is the same but
+    /// first gives back the spool's free files when the disk is full.
+    pub fn append(&mut self, bytes: &[u8]) {
+        self.append_some(bytes);
+    }
+
+    /// `append` up to the first error; returns how many of `bytes` were taken.
+    fn append_some(&mut self, mut bytes: &[u8]) -> usize {
+        let total = bytes.len();
         while !bytes.is_empty() && self.error.is_none() {
             let room = self.buf.get_mut(self.used..).unwrap_or_default();
             let n = room.len().min(bytes.len());
@@ -192,6 +205,7 @@ impl Incoming {
                 self.flush_buf();
             }
         }
+        total - bytes.len()
     }
 
     /// Has a write failed?
@@ -199,15 +213,36 @@ impl Incoming {
         self.error.is_some()
     }
 
+    /// Writes the buffer out. What a full disk refused stays in the buffer (see `error`).
     fn flush_buf(&mut self) {
-        if self.error.is_none() && self.used > 0 {
-            let data = self.buf.get(..self.used).unwrap_or_default();
-            match self.file.write_all(data) {
-                Ok(()) => self.written += data.len() as u64,
-                Err(e) => self.error = Some(SpoolError::from_io(&e)),
+        if self.error.is_some() {
+            return;
+        }
+        let mut done = 0;
+        while done < self.used {
+            let data = self.buf.get(done..self.used).unwrap_or_default();
+            match self.file.write(data) {
+                Ok(0) => {
+                    self.error = Some(SpoolError::Failed("write returned 0".into()));
+                    break;
+                }
+                Ok(n) => {
+                    done += n;
+                    self.written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.error = Some(SpoolError::from_io(&e));
+                    break;
+                }
             }
         }
-        self.used = 0;
+        if self.error == Some(SpoolError::Full) {
+            self.buf.copy_within(done..self.used, 0);
+            self.used -= done;
+        } else {
+            self.used = 0;
+        }
     }
 }
 
@@ -340,7 +375,9 @@ fn read_header(file: &File) -> io::Result<(QueueId, Envelope, u64)> {
 }
 
 /// The files waiting in `free/` and the number after the highest name; anything else there is
-/// removed (only the spool writes into it).
+/// removed (only the spool writes into it). A file still holding bytes is what a crash between
+/// a removal's rename and its truncation leaves: it is emptied now (removed if that fails), so
+/// delivered mail never stays readable in `free/` and every free file is empty.
 fn scan_free(dir: &Path) -> io::Result<(Vec<u64>, u64)> {
     let mut free = Vec::new();
     let mut seq = 0;
@@ -353,7 +390,9 @@ fn scan_free(dir: &Path) -> io::Result<(Vec<u64>, u64)> {
             .and_then(|n| n.parse::<u64>().ok());
         let is_file = ent.file_type().is_ok_and(|t| t.is_file());
         match n {
-            Some(n) if is_file && free.len() < limits::SPOOL_FREE_KEEP => {
+            Some(n)
+                if is_file && free.len() < limits::SPOOL_FREE_KEEP && empty_file(&ent.path()) =>
+            {
                 seq = seq.max(n);
                 free.push(n);
             }
@@ -365,6 +404,21 @@ fn scan_free(dir: &Path) -> io::Result<(Vec<u64>, u64)> {
         }
     }
     Ok((free, seq))
+}
+
+/// Makes the file at `path` empty, giving its blocks back; false if that failed.
+fn empty_file(path: &Path) -> bool {
+    match fs::metadata(path) {
+        Ok(m) if m.len() == 0 => true,
+        Ok(_) => match OpenOptions::new().write(true).truncate(true).open(path) {
+            Ok(_) => true,
+            Err(e) => {
+                log::warn!("spool: cannot empty {}: {e}", path.display());
+                false
+            }
+        },
+        Err(_) => false,
+    }
 }
 
 /// Reads a state file; a missing one means nothing was recorded yet.
@@ -456,6 +510,8 @@ impl Spool {
             free_dir,
             free,
             free_seq,
+            #[cfg(test)]
+            on_release: None,
             stated,
             fresh: HashMap::new(),
             sync_mode: SyncMode::default(),
@@ -499,7 +555,7 @@ impl Spool {
         if header.len() > limits::SPOOL_MAX_CONTROL {
             return Err(SpoolError::Failed("envelope too large".into()));
         }
-        inc.append(header.as_bytes());
+        self.append(&mut inc, header.as_bytes());
         inc.header_len = header.len() as u64;
         if self.fresh.len() < limits::SPOOL_FRESH_MAX {
             inc.envelope = Some(env.clone());
@@ -513,8 +569,8 @@ impl Spool {
     fn create_incoming(&mut self) -> Result<Incoming, SpoolError> {
         for _ in 0..limits::SPOOL_ID_TRIES {
             let id = id_encode(self.next_id());
-            let (file, tmp_path, recycled) = match self.take_free() {
-                Some((f, path)) => (f, path, true),
+            let (file, tmp_path) = match self.take_free() {
+                Some(taken) => taken,
                 None => {
                     let tmp_path = self.tmp.join(&id.0);
                     match OpenOptions::new()
@@ -523,7 +579,7 @@ impl Spool {
                         .mode(0o600)
                         .open(&tmp_path)
                     {
-                        Ok(f) => (f, tmp_path, false),
+                        Ok(f) => (f, tmp_path),
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                         Err(e) => return Err(SpoolError::from_io(&e)),
                     }
@@ -536,7 +592,6 @@ impl Spool {
                 used: 0,
                 error: None,
                 armed: true,
-                recycled,
                 written: 0,
                 envelope: None,
                 header_len: 0,
@@ -552,9 +607,9 @@ impl Spool {
         Err(SpoolError::Failed("no free queue id".into()))
     }
 
-    /// A file from `free/`, opened for rewriting from its start where it lies: its rename into
-    /// `queue/` is the commit point as for a new file in `tmp/` (whatever a crash leaves in
-    /// `free/` is free space by definition). Reusing files instead of creating new ones
+    /// A file from `free/` (empty: see `recycle`), opened for writing where it lies: its rename
+    /// into `queue/` is the commit point as for a new file in `tmp/` (whatever a crash leaves
+    /// in `free/` is free space by definition). Reusing files instead of creating new ones
     /// spares the filesystem an inode allocation per message, which on a busy ext4 is the
     /// most expensive step of the whole commit.
     fn take_free(&mut self) -> Option<(File, PathBuf)> {
@@ -572,13 +627,71 @@ impl Spool {
         drop(inc);
     }
 
+    /// Appends to a message being received (`Incoming::append`). When the disk is full the
+    /// spool first gives back the files it keeps in `free/` and tries again: mail is refused
+    /// for want of space only when the spool holds nothing it could give back.
+    pub fn append(&mut self, inc: &mut Incoming, mut bytes: &[u8]) {
+        if inc.error.is_some() {
+            return;
+        }
+        loop {
+            let taken = inc.append_some(bytes);
+            bytes = bytes.get(taken..).unwrap_or_default();
+            if !self.make_room(inc) {
+                return;
+            }
+        }
+    }
+
+    /// `inc` just failed a write for want of space: unlinks every free file and writes what
+    /// the disk refused again. False when there was nothing to give back (the error stands).
+    fn make_room(&mut self, inc: &mut Incoming) -> bool {
+        if inc.error != Some(SpoolError::Full) || self.free.is_empty() {
+            return false;
+        }
+        self.release_free();
+        #[cfg(test)]
+        if let Some(hook) = self.on_release {
+            hook(inc);
+        }
+        inc.error = None;
+        inc.flush_buf();
+        true
+    }
+
+    /// The disk is full: unlinks every file kept in `free/`. Emptied files hold no blocks,
+    /// but an inode each and whatever a failed truncation left.
+    fn release_free(&mut self) {
+        let n = self.free.len();
+        while let Some(f) = self.free.pop() {
+            let path = self.free_path(f);
+            if let Err(e) = fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("spool: cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+        if n > 0 {
+            log::info!("spool: disk full: gave back {n} free file(s)");
+        }
+    }
+
+    /// Writes out what `inc` still buffers, giving back the free files if the disk is full.
+    fn finish_writes(&mut self, inc: &mut Incoming) -> Result<(), SpoolError> {
+        if inc.error.is_none() {
+            inc.flush_buf();
+            self.make_room(inc);
+        }
+        match inc.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Hands a finished message to the next commit group. A write error seen while
     /// receiving fails here at once and the entry is discarded.
     pub fn commit_enqueue(&mut self, mut inc: Incoming, tag: usize) -> Result<(), SpoolError> {
-        inc.flush_buf();
-        if let Some(e) = inc.error.take() {
-            return Err(e);
-        }
+        self.finish_writes(&mut inc)?;
         self.pending.push((tag, inc));
         Ok(())
     }
@@ -739,15 +852,31 @@ impl Spool {
             .unwrap_or(Ok(()))
     }
 
-    /// Takes a removed entry's file out of `queue/` into `free/` for reuse: one rename. There
-    /// is no cap while mail flows: an unlink now would make every file creation of the next
-    /// minutes slower (ext4 skips recently freed inodes one by one when it allocates), and the
-    /// files are needed again as soon as new mail arrives. `trim_free` gives the excess back
-    /// once the queue is idle.
+    /// Takes a removed entry's file out of `queue/` into `free/` for reuse: one rename (the
+    /// removal point), then the file is emptied. Only the inode is reused: the old message's
+    /// bytes must not stay readable, and its blocks must not stay taken on a filesystem that
+    /// new mail needs. Emptying after the rename keeps removal one step that a crash cannot
+    /// leave half done (an empty `queue/<id>` would be a damaged entry); a crash before the
+    /// truncation leaves a full file in `free/`, which `open` empties. A file that cannot be
+    /// emptied is unlinked instead.
+    ///
+    /// There is no cap while mail flows: an unlink now would make every file creation of the
+    /// next minutes slower (ext4 skips recently freed inodes one by one when it allocates), and
+    /// the files are needed again as soon as new mail arrives. `trim_free` gives the excess
+    /// back once the queue is idle.
     fn recycle(&mut self, path: &Path) -> io::Result<()> {
         self.free_seq += 1;
-        fs::rename(path, self.free_path(self.free_seq))?;
-        self.free.push(self.free_seq);
+        let dest = self.free_path(self.free_seq);
+        fs::rename(path, &dest)?;
+        match OpenOptions::new().write(true).truncate(true).open(&dest) {
+            Ok(_) => self.free.push(self.free_seq),
+            Err(e) => {
+                log::warn!("spool: cannot empty {}: {e}", dest.display());
+                if let Err(e) = fs::remove_file(&dest) {
+                    log::warn!("spool: cannot remove {}: {e}", dest.display());
+                }
+            }
+        }
         Ok(())
     }
 

@@ -707,3 +707,127 @@ fn a_fresh_entry_reads_back_as_from_disk_and_state_wins_once_written() {
     let after = spool.read_entry(&id2).unwrap();
     assert_eq!(after.rcpts, vec![RcptState::Delivered, RcptState::Pending]);
 }
+
+/// The bytes of every file in `free/`, by name.
+fn free_files(root: &Path) -> Vec<(String, Vec<u8>, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    names(&root.join("free"))
+        .into_iter()
+        .map(|n| {
+            let p = root.join("free").join(&n);
+            let blocks = fs::metadata(&p).unwrap().blocks();
+            (n, fs::read(&p).unwrap(), blocks)
+        })
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_removed_message_leaves_an_empty_file_in_free() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let secret = b"delivered mail, not for anyone's eyes\r\n".repeat(2000);
+    // One removed without a state file (the usual case), one with recorded progress.
+    let plain = store(&mut spool, &env(&["a@x"]), &secret);
+    let stated = store(&mut spool, &env(&["a@x", "b@x"]), &secret);
+    spool.record_progress(&stated, &[0], &[]).unwrap();
+    spool.remove(&plain).unwrap();
+    spool.remove(&stated).unwrap();
+    assert!(names(&d.path().join("queue")).is_empty());
+    let free = free_files(d.path());
+    assert_eq!(free.len(), 2, "both files kept for reuse");
+    for (name, bytes, blocks) in free {
+        assert_eq!(bytes.len(), 0, "free/{name} keeps the old message's size");
+        assert_eq!(blocks, 0, "free/{name} keeps the old message's blocks");
+        assert!(!contains(&bytes, b"not for anyone's eyes"));
+    }
+    // The emptied files are still reused, and a short message in one has only its own bytes.
+    let next = store(&mut spool, &env(&["b@x"]), b"short\r\n");
+    assert_eq!(names(&d.path().join("free")).len(), 1);
+    let e = spool.read_entry(&next).unwrap();
+    assert_eq!(read_data(&e), b"short\r\n");
+}
+
+#[test]
+fn open_empties_a_free_file_a_crash_left_full() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let id = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+    drop(spool);
+    // A crash after a removal's rename, before its truncation: the message is in free/.
+    fs::rename(
+        d.path().join("queue").join(&id.0),
+        d.path().join("free").join("f7"),
+    )
+    .unwrap();
+    assert!(
+        fs::metadata(d.path().join("free").join("f7"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    let (_spool, ids) = Spool::open(d.path()).unwrap();
+    assert!(ids.is_empty());
+    let free = free_files(d.path());
+    assert_eq!(free.len(), 1, "kept for reuse");
+    assert_eq!((free[0].1.len(), free[0].2), (0, 0), "emptied at start-up");
+}
+
+/// The hook of the full-disk test: the disk has room again once the free files are gone.
+fn room_again(inc: &mut Incoming) {
+    use std::io::{Seek, SeekFrom};
+    inc.file = OpenOptions::new().write(true).open(&inc.tmp_path).unwrap();
+    inc.file.seek(SeekFrom::Start(inc.written)).unwrap();
+}
+
+#[test]
+fn a_full_disk_gives_back_the_free_files_then_takes_the_message() {
+    // Full while appending (40 KB: the buffer fills) and full at the final flush (100 bytes).
+    for size in [40_000, 100] {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let ids: Vec<QueueId> = (0..3)
+            .map(|_| store(&mut spool, &env(&["a@x"]), b"m\r\n"))
+            .collect();
+        for id in &ids {
+            spool.remove(id).unwrap();
+        }
+        assert_eq!(names(&d.path().join("free")).len(), 3);
+        spool.on_release = Some(room_again);
+        let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+        // Every write to /dev/full fails with ENOSPC, as a full spool disk would, until the
+        // spool has given back its free files (`room_again`).
+        inc.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let data: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        spool.append(&mut inc, &data);
+        spool.commit_enqueue(inc, 7).unwrap();
+        let (tag, r) = spool.commit_flush().pop().unwrap();
+        assert_eq!(tag, 7);
+        let id = r.expect("accepted once the free files were given back");
+        assert!(
+            names(&d.path().join("free")).is_empty(),
+            "free files given back"
+        );
+        let (mut reopened, _) = Spool::open(d.path()).unwrap();
+        let e = reopened.read_entry(&id).unwrap();
+        assert_eq!(e.envelope.recipients, vec!["r@x".to_string()]);
+        assert_eq!(read_data(&e), data, "size {size}");
+    }
+}
+
+#[test]
+fn a_full_disk_with_nothing_to_give_back_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    spool.on_release = Some(room_again);
+    let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+    inc.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+    spool.append(&mut inc, &[b'a'; 40_000]);
+    assert!(inc.failed());
+    assert_eq!(spool.commit_enqueue(inc, 7), Err(SpoolError::Full));
+    assert!(names(&d.path().join("tmp")).is_empty());
+    assert!(names(&d.path().join("queue")).is_empty());
+}

@@ -261,3 +261,60 @@ def test_full_maildir_filesystem_defers_then_delivers(server_factory, tmp_path):
                 assert p.read_bytes().endswith(b"\n"), p
         print(f"  after space returned and SIGUSR2: delivered to alice and bob once each")
         s.stop()
+
+
+def free_dir_contents(spool):
+    """{name: bytes} of the spool's free/ directory."""
+    return {p.name: p.read_bytes() for p in (spool / "free").iterdir()}
+
+
+def test_delivered_mail_leaves_neither_bytes_nor_blocks_in_the_spool(server_factory, tmp_path):
+    """Issue 10: after 40 x 40 KB were delivered from a 2 MiB spool filesystem, the recycled
+    files in free/ kept 1,600 KiB and the delivered mail readable, and a 1 MB message got
+    452 4.3.1 again and again."""
+    with tmpfs(tmp_path / "spoolfs", "2m") as fs:
+        spool = fs / "spool"
+        s = server_factory(spool_dir=str(spool), retry_min="1s", retry_max="1s", log_level="info")
+        mail = Path(s.settings["mailbox_dir"])
+        mail.mkdir(parents=True)
+        # bob's Maildir is blocked, so all 40 messages are in the queue at once and their 40
+        # files go to free/ together when they are delivered.
+        (mail / "bob").write_text("blocks bob's Maildir until all 40 are queued")
+        s.start()
+        with s.connect() as c:
+            recv_line(c)
+            command(c, b"EHLO x")
+            for i in range(40):
+                reply, _ = send_message(c, "x@example.org", ["bob@example.test"],
+                                        message_body(f"held{i}", 40000))
+                assert queued_id(reply), (i, reply)
+        print(f"\n40 x 40 KB queued: spool filesystem free {free_bytes(fs) // 1024} KiB")
+        (mail / "bob").unlink()
+        wait_queue_empty(s, timeout=30)
+        assert len(maildir_files(s, "bob")) == 40
+
+        # The removal empties each file right after its rename into free/.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            held = free_dir_contents(spool)
+            if sum(len(b) for b in held.values()) == 0:
+                break
+            time.sleep(0.05)
+        kept = sum(len(b) for b in held.values())
+        readable = [n for n, b in held.items() if b"X-Torture: held" in b]
+        print(f"  delivered: free/ has {len(held)} files holding {kept // 1024} KiB, "
+              f"{len(readable)} with delivered mail; spool filesystem free {free_bytes(fs) // 1024} KiB")
+        assert kept == 0, f"free/ holds {kept} octets of delivered mail"
+        assert not readable
+
+        # The space is the filesystem's again: a 1 MB message is accepted at the first try.
+        with s.connect() as c:
+            recv_line(c)
+            command(c, b"EHLO x")
+            reply, _ = send_message(c, "x@example.org", ["alice@example.test"],
+                                    message_body("big", 1024 * 1024))
+            print(f"  a 1 MB message: {reply.strip()!r}")
+            assert queued_id(reply), reply
+        wait_queue_empty(s, timeout=30)
+        assert len(maildir_files(s, "alice")) == 1
+        s.stop()
