@@ -277,8 +277,7 @@ def test_init_script_lifecycle_with_start_stop_daemon(staged, box_factory):
 
 
 def test_init_script_under_busybox_without_start_stop_daemon(staged, box_factory):
-    if not shutil.which("busybox"):
-        pytest.skip("busybox not installed (apt-get install -y busybox)")
+    assert shutil.which("busybox"), "busybox is not installed (scripts/test installs it: apt-get install -y busybox)"
     path = "/usr/bin:/bin"
     assert shutil.which("start-stop-daemon", path=path) is None
     b = box_factory()
@@ -338,21 +337,21 @@ def test_status_codes_and_stale_pid_files(staged, box_factory):
 
 
 def test_init_scripts_are_posix_sh():
+    for tool in ("dash", "busybox", "shellcheck"):
+        assert shutil.which(tool), f"{tool} is not installed (scripts/test installs it: apt-get install -y {tool})"
     for name in ("postling.init", "install.sh", "uninstall.sh", "default.postling"):
         p = SCRIPTS / name
         for shell in (["dash", "-n"], ["busybox", "sh", "-n"]):
-            if shutil.which(shell[0]):
-                r = subprocess.run([*shell, str(p)], capture_output=True, text=True)
-                assert r.returncode == 0, f"{shell} {name}: {r.stderr}"
+            r = subprocess.run([*shell, str(p)], capture_output=True, text=True)
+            assert r.returncode == 0, f"{shell} {name}: {r.stderr}"
     head = (SCRIPTS / "postling.init").read_text().splitlines()
     assert head[0] == "#!/bin/sh"
     assert "### BEGIN INIT INFO" in head and "### END INIT INFO" in head
-    if shutil.which("shellcheck"):
-        r = subprocess.run(
-            ["shellcheck", "-s", "sh", *(str(SCRIPTS / n) for n in ("postling.init", "install.sh", "uninstall.sh"))],
-            capture_output=True, text=True,
-        )
-        assert r.returncode == 0, r.stdout
+    r = subprocess.run(
+        ["shellcheck", "-s", "sh", *(str(SCRIPTS / n) for n in ("postling.init", "install.sh", "uninstall.sh"))],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stdout
 
 
 def test_systemd_unit_verifies(tmp_path):
@@ -498,8 +497,7 @@ def test_unwritable_spool_dir_refuses_to_start_naming_it(box_factory):
 
 @needs_root
 def test_user_setting_when_not_started_as_root(box_factory):
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) not installed")
+    assert shutil.which("setpriv"), "setpriv is not installed (scripts/test installs util-linux)"
     as_nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
     b = box_factory(user="daemon", pid_file="", log_file="")
     r = b.run("-f", prefix=as_nobody)
