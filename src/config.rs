@@ -198,11 +198,22 @@ impl Config {
             self.check_file_directory("pid_file", f, &mut errors);
         }
         if let Some(user) = &self.user {
-            if !system_user_exists(user) {
+            // The files the privilege drop reads, never NSS (see daemon::accounts).
+            let files = crate::daemon::accounts::Files::system();
+            let problem = match crate::daemon::accounts::find_user(&files, user) {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(format!(
+                    "{} is not in {} (postling reads local accounts only, not LDAP, NIS or other NSS sources)",
+                    quoted(user),
+                    files.passwd.display()
+                )),
+                Err(e) => Some(e),
+            };
+            if let Some(problem) = problem {
                 errors.push(self.file_error(
                     "user",
-                    format!("{} is not in the system's user database", quoted(user)),
-                    "an existing user, e.g. one made with `useradd --system postling`",
+                    problem,
+                    "an existing local user, e.g. one made with `useradd --system postling`",
                 ));
             }
         }
@@ -303,34 +314,6 @@ pub fn domain_of_hostname(hostname: &str) -> String {
         Some((_, d)) if !d.is_empty() => d.to_ascii_lowercase(),
         _ => hostname.to_ascii_lowercase(),
     }
-}
-
-/// Whether the system's user database knows `name` (getpwnam_r: files, or whatever NSS says).
-fn system_user_exists(name: &str) -> bool {
-    let Ok(c_name) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    let mut buf = [0 as libc::c_char; 4096];
-    // SAFETY: all-zero is a valid passwd (null pointers, zero ids); getpwnam_r fills it.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the buffer length is its real size.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c_name.as_ptr(),
-            &mut pw,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc == 0 {
-        return !result.is_null();
-    }
-    // ENOENT (and, on some systems, ESRCH) means no such user; any other failure (an entry too
-    // large for the buffer, an unreachable NSS source) says nothing about the name, and the
-    // privilege drop at start reports it.
-    rc != libc::ENOENT && rc != libc::ESRCH
 }
 
 /// The whole file, refusing one larger than `limits::CONFIG_MAX_BYTES`.

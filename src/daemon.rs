@@ -8,6 +8,7 @@
 //! script only once the daemon really serves, and every start-up failure, even one after the
 //! fork, is a non-zero exit with a message.
 
+pub mod accounts;
 pub mod log;
 pub mod pidfile;
 pub mod privilege;

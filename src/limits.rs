@@ -219,9 +219,8 @@ pub const POP3_TIMEOUT_RFC_MIN: Duration = Duration::from_secs(10 * 60);
 pub const START_REPORT_MAX: usize = 2048;
 /// Bytes read from a pid file held by another instance: a pid has at most 10 digits.
 pub const PID_FILE_MAX: usize = 32;
-/// The getpwnam_r/getpwuid_r buffer starts at `PASSWD_BUF_START` and doubles on ERANGE up to
-/// this; an entry longer than that is not a real account.
-pub const PASSWD_BUF_START: usize = 1024;
-pub const PASSWD_BUF_MAX: usize = 1024 * 1024;
+/// Largest /etc/passwd or /etc/group read for the privilege drop: far above any real local
+/// user database (100,000 accounts are about 6 MiB), small enough to read whole at start.
+pub const ACCOUNT_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// RFC 3164 §4.1: a syslog packet is at most 1024 octets; longer lines are cut.
 pub const SYSLOG_MAX_PACKET: usize = 1024;

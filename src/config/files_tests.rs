@@ -176,7 +176,7 @@ fn check_files_wants_the_log_and_pid_directories_and_the_user() {
     assert_eq!(e.len(), 1);
     assert!(
         e[0].to_string()
-            .contains(":4: user: `no-such-user-postling` is not in the system's user database")
+            .contains(":4: user: `no-such-user-postling` is not in /etc/passwd (postling reads local accounts only")
     );
 }
 

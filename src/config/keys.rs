@@ -278,7 +278,8 @@ pub static KEYS: &[KeySpec] = &[
         form: "a user name (letters, digits, . _ -), or empty",
         meaning: "After binding its ports as root, postling drops to this user and its group, \
                   and refuses to go on as root if that fails. Empty: keep running as the user \
-                  that started it.",
+                  that started it. The user must be a local account in /etc/passwd; its groups \
+                  come from /etc/group (NSS sources such as LDAP are not consulted).",
         apply: set_user,
     },
 ];

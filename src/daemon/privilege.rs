@@ -1,19 +1,22 @@
 //! The privilege drop (`user`): who postling becomes after binding, the switch itself
 //! (supplementary groups, then gid, then uid: the only order in which each step is still
 //! permitted) and the proof that it worked, since a half-done drop must never keep running.
+//! The account comes from /etc/passwd and /etc/group read directly (`accounts`), never
+//! through NSS: see there why.
 
-use std::ffi::{CStr, CString};
 use std::io;
 
 use super::StartError;
-use crate::limits;
+use super::accounts::{self, Files};
 
-/// A system account as `getpwnam_r` describes it.
+/// A local account as /etc/passwd and /etc/group describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub name: String,
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
+    /// For setgroups: the primary gid, then every group that lists the user.
+    pub groups: Vec<libc::gid_t>,
 }
 
 /// What start-up does about `user`.
@@ -40,10 +43,15 @@ impl Identity {
 
 /// Decides, before anything is bound, what `user` means for this start.
 pub fn plan(user: Option<&str>) -> Result<Identity, StartError> {
+    plan_with(&Files::system(), user)
+}
+
+/// `plan` with the account files given.
+pub fn plan_with(files: &Files, user: Option<&str>) -> Result<Identity, StartError> {
     let Some(name) = user.filter(|u| !u.is_empty()) else {
         return Ok(Identity::AsStarted);
     };
-    let account = lookup(name)?;
+    let account = lookup(files, name)?;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if account.uid == 0 {
@@ -59,41 +67,46 @@ pub fn plan(user: Option<&str>) -> Result<Identity, StartError> {
         "user = {name} (uid {}), but postling was started as {} (uid {euid}), which cannot switch users; \
          start it as root (it drops to {name} after binding) or as {name} itself, or leave user empty",
         account.uid,
-        name_of_uid(euid).unwrap_or_else(|| "another user".into()),
+        accounts::name_of_uid(files, euid).unwrap_or_else(|| "another user".into()),
     )))
 }
 
-/// Looks `name` up in the password database (getpwnam_r: /etc/passwd, or NSS).
-pub fn lookup(name: &str) -> Result<Account, StartError> {
-    let c_name = CString::new(name)
-        .map_err(|_| StartError::config(format!("user = {name:?}: a user name has no NUL byte")))?;
-    let found = with_passwd(|pwd, buf, len, result| {
-        // SAFETY: every pointer is valid for the call; getpwnam_r fills `pwd` with pointers into `buf`.
-        unsafe { libc::getpwnam_r(c_name.as_ptr(), pwd, buf, len, result) }
-    })
-    .map_err(|e| StartError::os(format!("cannot look up user {name}: {e}")))?;
-    match found {
-        Some((_, uid, gid)) => Ok(Account {
-            name: name.to_string(),
-            uid,
-            gid,
-        }),
-        None => Err(StartError::os(format!(
-            "user = {name}: no such user on this machine; create it (e.g. `adduser --system --group \
-             --no-create-home {name}`, BusyBox: `adduser -S -D -H {name}`) or change user"
-        ))),
+/// Looks `name` up in the local account files: its uid and gid in the passwd file, its
+/// groups in the group file. Malformed group lines that list the user are logged and skipped.
+pub fn lookup(files: &Files, name: &str) -> Result<Account, StartError> {
+    if name.contains('\0') {
+        return Err(StartError::config(format!(
+            "user = {name:?}: a user name has no NUL byte"
+        )));
     }
+    let user = accounts::find_user(files, name)
+        .map_err(|e| StartError::os(format!("user = {name}: {e}")))?
+        .ok_or_else(|| {
+            StartError::os(format!(
+                "user = {name}: no such user in {} (postling reads local accounts from {} and {} \
+                 only, not LDAP, NIS or other NSS sources); create it (e.g. `adduser --system --group \
+                 --no-create-home {name}`, BusyBox: `adduser -S -D -H {name}`) or change user",
+                files.passwd.display(),
+                files.passwd.display(),
+                files.group.display(),
+            ))
+        })?;
+    let groups = accounts::groups_of(files, name, user.gid)
+        .map_err(|e| StartError::os(format!("user = {name}: {e}")))?;
+    for skipped in &groups.skipped {
+        ::log::warn!("{skipped}");
+    }
+    Ok(Account {
+        name: name.to_string(),
+        uid: user.uid,
+        gid: user.gid,
+        groups: groups.gids,
+    })
 }
 
-/// The name of `uid`, for messages; None when the database has no entry.
+/// The name of `uid` in /etc/passwd, for messages; None when it has no entry.
 pub fn name_of_uid(uid: libc::uid_t) -> Option<String> {
-    with_passwd(|pwd, buf, len, result| {
-        // SAFETY: as in `lookup`.
-        unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) }
-    })
-    .ok()
-    .flatten()
-    .map(|(name, _, _)| name)
+    accounts::name_of_uid(&Files::system(), uid)
 }
 
 /// The running (real) user, for messages about what it can write.
@@ -106,44 +119,8 @@ pub fn running_user() -> (String, libc::uid_t) {
     )
 }
 
-/// Runs a getpw*_r call with a buffer that doubles on ERANGE (bounded), and copies out the
-/// name, uid and gid.
-fn with_passwd<F>(call: F) -> io::Result<Option<(String, libc::uid_t, libc::gid_t)>>
-where
-    F: Fn(
-        *mut libc::passwd,
-        *mut libc::c_char,
-        libc::size_t,
-        *mut *mut libc::passwd,
-    ) -> libc::c_int,
-{
-    let mut size = limits::PASSWD_BUF_START;
-    loop {
-        let mut buf = vec![0 as libc::c_char; size];
-        // SAFETY: a zeroed passwd is a valid out-parameter (null pointers, zero ids).
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = call(&mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
-        if rc == libc::ERANGE && size < limits::PASSWD_BUF_MAX {
-            size *= 2;
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if result.is_null() || pwd.pw_name.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: on success pw_name points at a NUL-terminated string inside `buf`.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned();
-        return Ok(Some((name, pwd.pw_uid, pwd.pw_gid)));
-    }
-}
-
-/// Becomes `account` for good: initgroups (its supplementary groups), setgid, setuid, then
-/// verifies. Any failure is fatal to the start, never a warning.
+/// Becomes `account` for good: setgroups (its groups), setgid, setuid, then verifies. Any
+/// failure is fatal to the start, never a warning.
 pub fn drop_to(account: &Account) -> Result<(), StartError> {
     let fail = |what: &str, e: io::Error| {
         StartError::os(format!(
@@ -151,12 +128,11 @@ pub fn drop_to(account: &Account) -> Result<(), StartError> {
             account.name, account.uid, account.gid
         ))
     };
-    let c_name = CString::new(account.name.as_str())
-        .map_err(|_| fail("bad name", io::Error::from_raw_os_error(libc::EINVAL)))?;
-    // SAFETY: plain system calls; the process is single-threaded, so setgid/setuid apply to it all.
+    // SAFETY: plain system calls; the pointer and length describe `account.groups`; the
+    // process is single-threaded, so setgroups/setgid/setuid apply to it all.
     unsafe {
-        if libc::initgroups(c_name.as_ptr(), account.gid) != 0 {
-            return Err(fail("initgroups", io::Error::last_os_error()));
+        if libc::setgroups(account.groups.len(), account.groups.as_ptr()) != 0 {
+            return Err(fail("setgroups", io::Error::last_os_error()));
         }
         if libc::setgid(account.gid) != 0 {
             return Err(fail("setgid", io::Error::last_os_error()));
@@ -224,46 +200,134 @@ mod tests {
             name: "nobody".into(),
             uid: 65534,
             gid: 65534,
+            groups: vec![65534],
         }
+    }
+
+    /// Sample account files: root, nobody, the running user (so `plan` can see "already
+    /// that user"), and postling with a supplementary group and a malformed group line.
+    fn sample() -> (tempfile::TempDir, Files) {
+        let t = tempfile::tempdir().unwrap();
+        let euid = unsafe { libc::geteuid() };
+        let me = if euid == 0 || euid == 65534 || euid == 4321 {
+            String::new()
+        } else {
+            format!("me:x:{euid}:{euid}::/:/bin/sh\n")
+        };
+        std::fs::write(
+            t.path().join("passwd"),
+            format!(
+                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n\
+                 postling:x:4321:4322::/nonexistent:/bin/false\nbad:x:x:1::/:/bin/false\n{me}"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("group"),
+            "root:x:0:\npostling:x:4322:\nmail:x:8:postling,nobody\nbroken:x::postling\n",
+        )
+        .unwrap();
+        let files = Files {
+            passwd: t.path().join("passwd"),
+            group: t.path().join("group"),
+        };
+        (t, files)
     }
 
     #[test]
     fn empty_user_keeps_the_identity() {
+        let (_t, f) = sample();
         assert_eq!(plan(None).unwrap(), Identity::AsStarted);
         assert_eq!(plan(Some("")).unwrap(), Identity::AsStarted);
         assert_eq!(plan(Some("root")).unwrap(), Identity::AsStarted);
+        assert_eq!(plan_with(&f, Some("root")).unwrap(), Identity::AsStarted);
     }
 
     #[test]
-    fn lookup_finds_root_and_names_unknown_users() {
-        let root = lookup("root").unwrap();
+    fn lookup_reads_uid_gid_and_groups_from_the_files() {
+        let (_t, f) = sample();
+        assert_eq!(
+            lookup(&f, "postling").unwrap(),
+            Account {
+                name: "postling".into(),
+                uid: 4321,
+                gid: 4322,
+                groups: vec![4322, 8],
+            }
+        );
+        assert_eq!(lookup(&f, "nobody").unwrap().groups, [65534, 8]);
+        let root = lookup(&Files::system(), "root").unwrap();
         assert_eq!((root.uid, root.gid), (0, 0));
         assert_eq!(name_of_uid(0).as_deref(), Some("root"));
-        let err = lookup("no-such-postling-user").unwrap_err();
+    }
+
+    #[test]
+    fn lookup_names_unknown_users_and_the_file() {
+        let (_t, f) = sample();
+        let err = lookup(&f, "no-such-postling-user").unwrap_err();
+        assert_eq!(err.status, 71);
+        assert_eq!(
+            err.message,
+            format!(
+                "user = no-such-postling-user: no such user in {p} (postling reads local accounts \
+                 from {p} and {g} only, not LDAP, NIS or other NSS sources); create it (e.g. \
+                 `adduser --system --group --no-create-home no-such-postling-user`, BusyBox: \
+                 `adduser -S -D -H no-such-postling-user`) or change user",
+                p = f.passwd.display(),
+                g = f.group.display()
+            )
+        );
+        assert_eq!(lookup(&f, "a\0b").unwrap_err().status, 78);
+        let err = lookup(&f, "bad").unwrap_err();
         assert_eq!(err.status, 71);
         assert!(
-            err.message
-                .starts_with("user = no-such-postling-user: no such user"),
+            err.message.starts_with(&format!(
+                "user = bad: {}:4: the entry for user bad is malformed (uid \"x\" is not a decimal number)",
+                f.passwd.display()
+            )),
             "{}",
             err.message
         );
-        assert!(err.message.contains("adduser"), "says how to create it");
-        assert_eq!(lookup("a\0b").unwrap_err().status, 78);
+        let missing = Files {
+            passwd: f.passwd.with_file_name("nope"),
+            group: f.group.clone(),
+        };
+        let err = lookup(&missing, "postling").unwrap_err();
+        assert!(
+            err.message.starts_with(&format!(
+                "user = postling: cannot read {}: ",
+                missing.passwd.display()
+            )),
+            "{}",
+            err.message
+        );
+        let missing = Files {
+            passwd: f.passwd.clone(),
+            group: f.group.with_file_name("nope"),
+        };
+        let err = lookup(&missing, "postling").unwrap_err();
+        assert!(err.message.contains("cannot read"), "{}", err.message);
     }
 
     #[test]
     fn plan_depends_on_who_starts() {
+        let (_t, f) = sample();
         let euid = unsafe { libc::geteuid() };
-        let me = name_of_uid(euid).unwrap();
         if euid == 0 {
-            if let Ok(n) = lookup("nobody") {
-                assert_eq!(plan(Some("nobody")).unwrap(), Identity::DropTo(n));
-            }
+            assert_eq!(
+                plan_with(&f, Some("postling")).unwrap(),
+                Identity::DropTo(lookup(&f, "postling").unwrap())
+            );
         } else {
-            // Already that user: fine. Another user: a clear refusal.
-            assert!(matches!(plan(Some(&me)).unwrap(), Identity::AlreadyUser(_)));
-            if me != "nobody" && lookup("nobody").is_ok() {
-                let err = plan(Some("nobody")).unwrap_err();
+            if euid != 4321 {
+                // Already that user: fine. Another user: a clear refusal.
+                if euid != 65534 {
+                    assert!(matches!(
+                        plan_with(&f, Some("me")).unwrap(),
+                        Identity::AlreadyUser(_)
+                    ));
+                }
+                let err = plan_with(&f, Some("postling")).unwrap_err();
                 assert!(
                     err.message.contains("cannot switch users"),
                     "{}",

@@ -140,6 +140,7 @@ mod tests {
             name: name_of_uid(uid).unwrap_or_else(|| "me".into()),
             uid,
             gid,
+            groups: vec![gid],
         }
     }
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from conftest import BIN
-from test_smtp import maildir_messages, wait_maildir
+from test_smtp import maildir_messages, wait_maildir, wait_queue_empty
 
 ALIASES = """\
 postmaster: alice
@@ -43,7 +43,7 @@ def test_users_aliases_and_multiple_recipients(server_factory):
     wait_maildir(s, "carol", 1)
     alice = wait_maildir(s, "alice", 1)
     bob = wait_maildir(s, "bob", 1)
-    time.sleep(0.3)
+    wait_queue_empty(s)
     assert len(maildir_messages(s, "alice")) == 1 and len(maildir_messages(s, "bob")) == 1
     assert b"Subject: t" in alice[0].read_bytes() and b"Subject: t" in bob[0].read_bytes()
 
@@ -81,7 +81,7 @@ def test_no_bounce_to_null_sender(server_factory):
     s = with_aliases(server_factory).start()
     assert send(s, ["ghost@example.test"], sender="") == {}
     s.wait_log("no bounce")
-    time.sleep(0.3)
+    wait_queue_empty(s)
     for u in ("alice", "bob", "carol"):
         assert maildir_messages(s, u) == []
 
@@ -128,8 +128,9 @@ def test_restart_with_mail_in_queue_and_no_duplicates(server_factory):
     (mail / "bob").unlink()
     s.start()
     wait_maildir(s, "bob", 1)
-    time.sleep(0.5)
+    wait_queue_empty(s)
     assert len(maildir_messages(s, "alice")) == 1
+    assert len(maildir_messages(s, "bob")) == 1
 
 
 def test_a_crash_after_the_maildir_renames_before_the_queue_update_delivers_nothing_twice(server_factory):

@@ -290,8 +290,7 @@ def test_init_script_lifecycle_with_start_stop_daemon(staged, box_factory):
 
 
 def test_init_script_under_busybox_without_start_stop_daemon(staged, box_factory):
-    if not shutil.which("busybox"):
-        pytest.skip("busybox not installed (apt-get install -y busybox)")
+    assert shutil.which("busybox"), "busybox is not installed (scripts/test installs it: apt-get install -y busybox)"
     path = "/usr/bin:/bin"
     assert shutil.which("start-stop-daemon", path=path) is None
     b = box_factory()
@@ -351,21 +350,21 @@ def test_status_codes_and_stale_pid_files(staged, box_factory):
 
 
 def test_init_scripts_are_posix_sh():
+    for tool in ("dash", "busybox", "shellcheck"):
+        assert shutil.which(tool), f"{tool} is not installed (scripts/test installs it: apt-get install -y {tool})"
     for name in ("postling.init", "install.sh", "uninstall.sh", "default.postling"):
         p = SCRIPTS / name
         for shell in (["dash", "-n"], ["busybox", "sh", "-n"]):
-            if shutil.which(shell[0]):
-                r = subprocess.run([*shell, str(p)], capture_output=True, text=True)
-                assert r.returncode == 0, f"{shell} {name}: {r.stderr}"
+            r = subprocess.run([*shell, str(p)], capture_output=True, text=True)
+            assert r.returncode == 0, f"{shell} {name}: {r.stderr}"
     head = (SCRIPTS / "postling.init").read_text().splitlines()
     assert head[0] == "#!/bin/sh"
     assert "### BEGIN INIT INFO" in head and "### END INIT INFO" in head
-    if shutil.which("shellcheck"):
-        r = subprocess.run(
-            ["shellcheck", "-s", "sh", *(str(SCRIPTS / n) for n in ("postling.init", "install.sh", "uninstall.sh"))],
-            capture_output=True, text=True,
-        )
-        assert r.returncode == 0, r.stdout
+    r = subprocess.run(
+        ["shellcheck", "-s", "sh", *(str(SCRIPTS / n) for n in ("postling.init", "install.sh", "uninstall.sh"))],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stdout
 
 
 def test_systemd_unit_verifies(tmp_path):
@@ -511,8 +510,7 @@ def test_unwritable_spool_dir_refuses_to_start_naming_it(box_factory):
 
 @needs_root
 def test_user_setting_when_not_started_as_root(box_factory):
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv (util-linux) not installed")
+    assert shutil.which("setpriv"), "setpriv is not installed (scripts/test installs util-linux)"
     as_nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
     b = box_factory(user="daemon", pid_file="", log_file="")
     r = b.run("-f", prefix=as_nobody)
@@ -662,3 +660,132 @@ def test_real_install_in_a_private_namespace(tmp_path):
     assert "OWNER postling:postling:700 postling:postling:700" in out
     assert "GREETING 25 b'220 " in out and "GREETING 110 b'+OK" in out
     assert "created the system user and group postling" in out
+
+
+# ---- the released (static) binary and NSS ---------------------------------------------------
+
+# A user that exists only in the namespace's private /etc/passwd and /etc/group; its uid and
+# gids are far from anything a host allocates.
+NSS_UID, NSS_GID, NSS_EXTRA_GID = 64123, 64123, 64124
+
+NSS_SCRIPT = r"""
+set -u
+dir=$1 dest=$2 smtp=$3
+step() { echo "STEP $*"; }
+# Private copies of the user database and an nsswitch.conf that names systemd, the way a
+# stock Debian 12 has it: glibc's NSS would load libnss_systemd.so.2 for these lookups.
+mount --bind "$dir/passwd" /etc/passwd && mount --bind "$dir/group" /etc/group &&
+    mount --bind "$dir/nsswitch.conf" /etc/nsswitch.conf; step mounts $?
+export DEFAULTS=$dest/etc/default/postling DAEMON=$dest/usr/sbin/postling
+export CONF=$dir/postling.conf PIDFILE=$dest/run/postling.pid
+sh "$dest/etc/init.d/postling" start; step start $?
+pid=$(cat "$PIDFILE")
+echo "PID $pid"
+for key in Uid Gid Groups VmRSS; do echo "$key $(grep "^$key:" "/proc/$pid/status" | cut -f2-)"; done
+python3 -c 'import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3)
+print("GREETING", s.recv(100))' "$smtp"
+sh "$dest/etc/init.d/postling" stop; step stop $?
+if [ -d "/proc/$pid" ] && ! grep -q "^State:.*Z" "/proc/$pid/status"; then step gone 1; else step gone 0; fi
+sh "$dest/etc/init.d/postling" status; step status $?
+kill -9 "$pid" 2>/dev/null
+"""
+
+
+def nss_systemd_library():
+    for d in ("/usr/lib", "/lib"):
+        found = sorted(Path(d).glob("*/libnss_systemd.so.2")) + sorted(Path(d).glob("libnss_systemd.so.2"))
+        if found:
+            return found[0]
+    return None
+
+
+@pytest.fixture(scope="module")
+def release_bin():
+    """The binary as it is installed: scripts/build-release (static glibc where available)."""
+    r = subprocess.run(
+        ["nice", "sh", str(SCRIPTS / "build-release")], capture_output=True, text=True, timeout=1800
+    )
+    assert r.returncode == 0, r.stderr
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+@needs_root
+def test_installed_static_binary_drops_to_a_files_user_with_nss_systemd(release_bin):
+    """Issue 10: statically linked glibc loads libnss_systemd.so.2 (and a second libc) for
+    any NSS lookup that reaches `systemd` in nsswitch.conf, and the daemon crashed at start.
+    The released binary, installed by install.sh into a private root and started by the init
+    script, must become a user that exists only in /etc/passwd and /etc/group (bind-mounted
+    in a private mount namespace, with nsswitch.conf naming systemd) and serve, then stop."""
+    assert shutil.which("unshare"), "unshare (util-linux) is needed for a private mount namespace"
+    assert nss_systemd_library(), "libnss_systemd.so.2 is needed (apt-get install -y libnss-systemd)"
+    # Under /tmp and mode 0755 (pytest's tmp_path is 0700): the dropped daemon must reach it.
+    tmp_path = Path(tempfile.mkdtemp(prefix="postling-nss-", dir="/tmp"))
+    try:
+        run_installed_static_binary(tmp_path, release_bin)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def run_installed_static_binary(tmp_path, release_bin):
+    tmp_path.chmod(0o755)
+    dest = tmp_path / "root"
+    env = dict(os.environ, DESTDIR=str(dest), POSTLING_BIN=str(release_bin))
+    r = subprocess.run(["sh", str(SCRIPTS / "install.sh")], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (dest / "run").mkdir()
+    # The files the namespace sees as /etc/passwd, /etc/group and /etc/nsswitch.conf: the
+    # host's plus the installed config's user (and one supplementary group it is a member of).
+    assert "user = postling\n" in (dest / "etc/postling/postling.conf").read_text()
+    passwd = Path("/etc/passwd").read_text()
+    group = Path("/etc/group").read_text()
+    assert "\npostling:" not in "\n" + passwd, "the host must not have a postling user"
+    (tmp_path / "passwd").write_text(
+        passwd + f"postling:x:{NSS_UID}:{NSS_GID}::/nonexistent:/usr/sbin/nologin\n")
+    (tmp_path / "group").write_text(
+        group + f"postling:x:{NSS_GID}:\npostling-extra:x:{NSS_EXTRA_GID}:nobody,postling\n")
+    (tmp_path / "nsswitch.conf").write_text(
+        "passwd: files systemd\ngroup: files systemd\nshadow: files systemd\nhosts: files\n")
+    # What install.sh tells a staged install's target system to do.
+    for d in ("var/spool/postling", "var/mail/postling"):
+        os.chown(dest / d, NSS_UID, NSS_GID)
+    etc = dest / "etc/postling"
+    for p in (etc, etc / "postling.conf", etc / "users", etc / "aliases"):
+        os.chown(p, 0, NSS_GID)
+    # The installed config, its paths under the private root and its ports on loopback.
+    smtp, pop3 = free_port(), free_port()
+    conf = (etc / "postling.conf").read_text()
+    conf = conf.replace("/etc/postling/", f"{etc}/").replace("/var/", f"{dest}/var/")
+    conf = conf.replace("/run/postling.pid", f"{dest}/run/postling.pid")
+    conf = conf.replace("0.0.0.0:25", f"127.0.0.1:{smtp}").replace("0.0.0.0:110", f"127.0.0.1:{pop3}")
+    conf = conf.replace("log_file =\n", f"log_file = {tmp_path}/postling.log\n")
+    (tmp_path / "postling.conf").write_text(conf)
+
+    script = tmp_path / "nss.sh"
+    script.write_text(NSS_SCRIPT)
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", str(script), str(tmp_path),
+         str(dest), str(smtp)],
+        capture_output=True, text=True, timeout=60,
+    )
+    out = r.stdout
+    try:
+        log = (tmp_path / "postling.log").read_text(errors="replace")
+    except FileNotFoundError:
+        log = ""
+    steps = dict(l.split()[1:3] for l in out.splitlines() if l.startswith("STEP "))
+    assert steps == {"mounts": "0", "start": "0", "stop": "0", "gone": "0", "status": "3"}, (
+        out + r.stderr + log)
+    lines = {l.split(" ", 1)[0]: l.split(" ", 1)[1] for l in out.splitlines() if " " in l}
+    assert lines["Uid"].split() == [str(NSS_UID)] * 4, out
+    assert lines["Gid"].split() == [str(NSS_GID)] * 4, out
+    assert sorted(lines["Groups"].split()) == [str(NSS_GID), str(NSS_EXTRA_GID)], out
+    assert lines["GREETING"].startswith("b'220 "), out
+    assert f"running as user postling (uid {NSS_UID}, gid {NSS_GID})" in log, log
+    rss_kib = int(lines["VmRSS"].split()[0])
+    print(f"idle VmRSS of the installed static binary right after start: {rss_kib} KiB")
+    assert rss_kib < 16 * 1024, out
+    # The host's files are untouched.
+    assert Path("/etc/passwd").read_text() == passwd
+    assert Path("/etc/group").read_text() == group
