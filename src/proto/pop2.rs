@@ -153,6 +153,17 @@ impl Pop2Session {
         self.state = State::Closed;
     }
 
+    /// Before HELO (CALL state): closing the session now loses the client nothing but a
+    /// reconnect. The reactor may then close it to make room for a newcomer.
+    pub fn holds_nothing(&self) -> bool {
+        matches!(self.state, State::Call)
+    }
+
+    /// Logged in (a mailbox is open): the login deadline no longer applies.
+    pub fn logged_in(&self) -> bool {
+        self.maildrop.is_some()
+    }
+
     /// Deletes nothing. During RETR's text the reply would read as message text: left out.
     pub fn on_timeout(&mut self, out: &mut OutBuf) {
         if !matches!(self.state, State::Sending { .. }) {

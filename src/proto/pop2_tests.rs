@@ -421,3 +421,12 @@ fn a_message_that_cannot_be_sized_is_not_retrieved() {
     h.host.size_error = false;
     assert_eq!(say(&mut h, "READ 1"), format!("={}\r\n", wire_size(ONE)));
 }
+
+/// Before HELO a session may be evicted and is under the login deadline; after it, neither.
+#[test]
+fn holds_nothing_and_logged_in_follow_the_login() {
+    let h = harness();
+    assert!(h.session.holds_nothing() && !h.session.logged_in());
+    let h = logged_in();
+    assert!(!h.session.holds_nothing() && h.session.logged_in());
+}
