@@ -431,6 +431,12 @@ impl PopHost for MemoryMailbox {
         buf[..n].copy_from_slice(&rest[..n]);
         Ok(n)
     }
+    fn message_size(&mut self, index: usize) -> io::Result<u64> {
+        if index >= self.count {
+            return Err(io::Error::other("no such message"));
+        }
+        Ok(self.wire_size)
+    }
     fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
         self.updated += deleted.len();
         Ok(())

@@ -50,6 +50,8 @@ pub struct Config {
     pub max_message_size: u64,
     pub smtp_timeout: Duration,
     pub pop3_timeout: Duration,
+    /// How long a POP3/POP2 client has from connecting until it is logged in.
+    pub pop3_login_timeout: Duration,
     /// None: stderr (or syslog when detached; see the operations docs).
     pub log_file: Option<PathBuf>,
     pub log_level: log::LevelFilter,
@@ -141,6 +143,7 @@ impl Config {
             max_message_size: limits::MAX_MESSAGE_SIZE_DEFAULT,
             smtp_timeout: limits::SMTP_TIMEOUT_DEFAULT,
             pop3_timeout: limits::POP3_TIMEOUT_DEFAULT,
+            pop3_login_timeout: limits::POP_LOGIN_TIMEOUT_DEFAULT,
             log_file: None,
             log_level: log::LevelFilter::Info,
             pid_file: None,

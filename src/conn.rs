@@ -42,12 +42,50 @@ impl Proto {
             Proto::Pop2 => b"- Too many connections, try again later\r\n",
         }
     }
+
+    /// The one-line goodbye to an idle session closed to make room for a newcomer.
+    pub fn evicted_reply(self) -> &'static [u8] {
+        match self {
+            Proto::Smtp => b"421 4.3.2 Server busy, closing idle connection\r\n",
+            Proto::Pop3 => b"-ERR [SYS/TEMP] Server busy, closing idle connection\r\n",
+            Proto::Pop2 => b"- Server busy, closing idle connection\r\n",
+        }
+    }
+
+    /// A dense index, for per-protocol counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const COUNT: usize = 3;
 }
 
 pub enum Session {
     Smtp(SmtpSession),
     Pop3(Pop3Session),
     Pop2(Pop2Session),
+}
+
+impl Session {
+    /// Closing the session now loses the client nothing but a reconnect: SMTP outside a mail
+    /// transaction, POP before login (see each session's `holds_nothing`).
+    pub fn holds_nothing(&self) -> bool {
+        match self {
+            Session::Smtp(s) => s.holds_nothing(),
+            Session::Pop3(s) => s.holds_nothing(),
+            Session::Pop2(s) => s.holds_nothing(),
+        }
+    }
+
+    /// POP: the client has logged in, so the login deadline no longer applies. SMTP has no
+    /// login deadline: always true.
+    pub fn logged_in(&self) -> bool {
+        match self {
+            Session::Smtp(_) => true,
+            Session::Pop3(s) => s.logged_in(),
+            Session::Pop2(s) => s.logged_in(),
+        }
+    }
 }
 
 /// Where the connection is in its life, as far as the reactor is concerned.
@@ -117,6 +155,20 @@ impl Conn {
             d = d.min(l);
         }
         d
+    }
+
+    /// When the connection last made progress (its idle deadline minus its idle timeout).
+    pub fn idle_since(&self) -> Instant {
+        self.idle_deadline
+            .checked_sub(self.idle_timeout)
+            .unwrap_or(self.opened)
+    }
+
+    /// May be closed to make room for a newcomer at `max_connections`: its session holds
+    /// nothing of value, it waits for the client (not for the spool, a login delay or the
+    /// drain of its output) and it has not started closing.
+    pub fn evictable(&self) -> bool {
+        self.phase == Phase::Active && !self.pending_output() && self.session.holds_nothing()
     }
 
     /// Protocol progress: a complete unit consumed or output fully drained.

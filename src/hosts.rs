@@ -442,6 +442,13 @@ impl PopHost for PopHostFor<'_> {
         }
     }
 
+    fn message_size(&mut self, index: usize) -> std::io::Result<u64> {
+        match self.services.mailboxes.get_mut(&self.slot) {
+            Some(m) => m.wire_size(index),
+            None => Err(std::io::Error::other("no mailbox open")),
+        }
+    }
+
     fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
         match self.services.mailboxes.remove(&self.slot) {
             Some(m) => m.update(deleted),

@@ -95,6 +95,11 @@ pub const POP_STREAM_MIN_READ: usize = 256;
 pub const POP_MAX_UID: usize = 255;
 /// RFC 1939 §3: the inactivity timer must be at least 10 minutes.
 pub const POP3_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10 * 60);
+/// Default `pop3_login_timeout`: from connecting to a successful login. A real client logs in
+/// within a few round trips (plus `auth_failure_delay` per failure); an idle unauthenticated
+/// connection holds a slot for nothing. RFC 1939 §3's 10-minute autologout timer is the idle
+/// timeout of a logged-in session (`pop3_timeout`).
+pub const POP_LOGIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// Cap on a whole POP session: enough to download 100 MiB over a slow link.
 pub const POP_SESSION_CAP: Duration = Duration::from_secs(2 * 60 * 60);
 /// Failed logins on one connection before it is closed.

@@ -12,7 +12,10 @@
 //!   the name (delivery time), then the name. The UID is the unique name, before `:2,`.
 //! - Sizes are octets as POP sends them (CRLF line endings, before dot-stuffing): `W=<n>` from
 //!   the name when present (postling's own deliveries carry it), else counted by reading the
-//!   file once: its length plus one per LF not preceded by CR.
+//!   file once: its length plus one per LF not preceded by CR. These snapshot sizes serve
+//!   POP3's STAT and LIST, where a wrong `W=` misleads only a size display (RETR streams the
+//!   whole file up to its terminator). POP2 announces the exact length of the text it sends, so
+//!   it asks `wire_size`, which always counts the file.
 //! - No symbolic link is followed at or below `<root>/<user>` (see `crate::dirfd`): the
 //!   Maildir, `new/` and `cur/` are opened with `O_NOFOLLOW` and held by the `Mailbox`; every
 //!   listing, rename, open and unlink is relative to them. A symlink in their place fails the
@@ -222,6 +225,20 @@ fn wire_size(data: &mut dyn Read) -> io::Result<u64> {
     }
 }
 
+/// Sequential reads by `pread`, so the shared file position never matters.
+struct ReadAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
 impl Mailbox {
     /// Locks `<root>/<user>` (creating the Maildir if missing) and takes the snapshot.
     pub fn open(root: &Path, user: &str) -> Result<(Mailbox, Vec<MessageInfo>), MailboxError> {
@@ -284,19 +301,32 @@ impl Mailbox {
     /// Reads bytes of snapshot message `index` from `offset`; 0 at end of file. A message
     /// removed since the snapshot is an error.
     pub fn read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let open_index = self.current.as_ref().map(|(i, _)| *i);
-        if open_index != Some(index) {
+        let file = self.open_current(index)?;
+        loop {
+            match file.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The POP size of snapshot message `index` counted from the file itself, never from a
+    /// `W=` in its name (which anyone writing into the Maildir may get wrong). For POP2, whose
+    /// `=size` reply promises the exact length before the text.
+    pub fn wire_size(&mut self, index: usize) -> io::Result<u64> {
+        let file = self.open_current(index)?;
+        wire_size(&mut ReadAt { file, offset: 0 })
+    }
+
+    /// The open file of snapshot message `index`, opened now unless it is the current one.
+    fn open_current(&mut self, index: usize) -> io::Result<&File> {
+        if self.current.as_ref().map(|(i, _)| *i) != Some(index) {
             self.current = None;
             let (dir, name) = self.message_at(index)?;
             self.current = Some((index, dir.open_read(name)?));
         }
         match &self.current {
-            Some((_, file)) => loop {
-                match file.read_at(buf, offset) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => return other,
-                }
-            },
+            Some((_, file)) => Ok(file),
             None => Err(io::Error::other("no message open")),
         }
     }

@@ -152,6 +152,13 @@ impl PopHost for FakeMailbox {
         Ok(n)
     }
 
+    fn message_size(&mut self, index: usize) -> io::Result<u64> {
+        let count = self.open.expect("a message sized without an open mailbox");
+        assert!(!self.updated, "a size after the update");
+        assert!(index < count, "size of message {index} of {count}");
+        Ok(wire_size(&self.messages[index].1))
+    }
+
     fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
         let count = self.open.expect("an update without an open mailbox");
         assert!(!self.updated, "a second update");

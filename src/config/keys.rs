@@ -164,9 +164,13 @@ pub static KEYS: &[KeySpec] = &[
         name: "max_connections",
         default: DefaultValue::Text("512"),
         form: COUNT_FORM,
-        meaning: "Connections open at once over all protocols. More are refused politely \
-                  (SMTP `421 4.3.2`, POP3 `-ERR [SYS/TEMP]`). If the descriptor limit is too \
-                  low, postling raises it or says how many connections it will really serve.",
+        meaning: "Connections open at once over all protocols. At the limit a newcomer \
+                  takes the place of an idle connection that holds nothing (SMTP outside a \
+                  mail transaction, POP not logged in), taken from the protocol and then the \
+                  address with the most such connections, longest idle first; that session is \
+                  told `421 4.3.2` (SMTP) or `-ERR [SYS/TEMP]` (POP3) and closed. With none of \
+                  those, newcomers are refused politely the same way. If the descriptor limit is too low, postling raises it or says \
+                  how many connections it will really serve.",
         apply: set_max_connections,
     },
     KeySpec {
@@ -199,10 +203,21 @@ pub static KEYS: &[KeySpec] = &[
         name: "pop3_timeout",
         default: DefaultValue::Text("10m"),
         form: DURATION_FORM,
-        meaning: "How long a POP3 or POP2 client may stay idle. RFC 1939 section 3 asks for \
+        meaning: "How long a POP3 or POP2 client may stay idle (before login, \
+                  `pop3_login_timeout` ends it sooner). RFC 1939 section 3 asks for \
                   at least 10 minutes; a shorter value works but draws a warning. A whole \
                   session is capped at 2 hours.",
         apply: set_pop3_timeout,
+    },
+    KeySpec {
+        name: "pop3_login_timeout",
+        default: DefaultValue::Text("1m"),
+        form: DURATION_FORM,
+        meaning: "How long a POP3 or POP2 client has from connecting until it is logged in; \
+                  then it gets `-ERR [SYS/TEMP]` (POP2: `-`) and is closed, whatever it sends \
+                  meanwhile. RFC 1939's 10-minute autologout timer (`pop3_timeout`) is for \
+                  logged-in sessions.",
+        apply: set_pop3_login_timeout,
     },
     KeySpec {
         name: "log_file",
@@ -430,6 +445,11 @@ fn set_smtp_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(),
 
 fn set_pop3_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
     c.pop3_timeout = duration(v)?;
+    Ok(())
+}
+
+fn set_pop3_login_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.pop3_login_timeout = duration(v)?;
     Ok(())
 }
 

@@ -502,7 +502,7 @@ fn sizes_and_durations_accept_their_suffixes() {
     }
     let (c, _) = parsed(
         "max_message_size = 2K\nsmtp_timeout = 1s\nqueue_lifetime = 1s\nretry_min = 1s\n\
-         retry_max = 1s\nauth_failure_delay = 1s\npop3_timeout = 3m",
+         retry_max = 1s\nauth_failure_delay = 1s\npop3_timeout = 3m\npop3_login_timeout = 20s",
     );
     assert_eq!(c.max_message_size, 2048);
     assert_eq!(c.smtp_timeout, Duration::from_secs(1));
@@ -513,6 +513,7 @@ fn sizes_and_durations_accept_their_suffixes() {
     );
     assert_eq!(c.auth_failure_delay, Duration::from_secs(1));
     assert_eq!(c.pop3_timeout, Duration::from_secs(180));
+    assert_eq!(c.pop3_login_timeout, Duration::from_secs(20));
 }
 
 #[test]
@@ -526,6 +527,7 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(c.pop3_listen, vec![SocketAddr::from(([0, 0, 0, 0], 110))]);
     assert!(c.pop2_listen.is_empty());
     assert_eq!(c.max_connections, limits::MAX_CONNECTIONS_DEFAULT);
+    assert_eq!(c.pop3_login_timeout, limits::POP_LOGIN_TIMEOUT_DEFAULT);
     assert_eq!(c.recipient_delimiter, Some('+'));
     assert_eq!(c.log_level, log::LevelFilter::Info);
     assert_eq!(c.user, None);
@@ -679,10 +681,10 @@ fn directory_settings_carry_what_the_directory_needs() {
 #[test]
 fn the_key_table_is_consistent() {
     let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-    assert_eq!(names.len(), 24);
+    assert_eq!(names.len(), 25);
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 24, "key names are unique");
+    assert_eq!(names.len(), 25, "key names are unique");
     for k in KEYS {
         assert!(keys::spec(k.name).is_some());
         assert!(

@@ -411,3 +411,32 @@ fn cur_swapped_for_a_symlink_during_a_session_is_not_followed() {
     assert!(names(&root.path().join("bob/cur.old")).is_empty());
     victim_untouched(&v);
 }
+
+#[test]
+fn wire_size_counts_the_file_whatever_w_says() {
+    let root = tempfile::tempdir().unwrap();
+    // W= says more than the file holds, then less, then the truth.
+    put(root.path(), "bob", "new", "1.M1P1Q1.h,W=99", b"abc\n");
+    put(
+        root.path(),
+        "bob",
+        "new",
+        "2.M1P1Q1.h,W=3",
+        b"Subject: x\n\nlonger body\n",
+    );
+    put(root.path(), "bob", "new", "3.M1P1Q1.h,W=5", b"abc\n");
+    let (mut mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    let listed: Vec<u64> = infos.iter().map(|m| m.size).collect();
+    assert_eq!(listed, vec![99, 3, 5], "listings still trust W=");
+    let real = b"Subject: x\r\n\r\nlonger body\r\n".len() as u64;
+    assert_eq!(mb.wire_size(0).unwrap(), 5);
+    assert_eq!(mb.wire_size(1).unwrap(), real);
+    // Counting twice, or after a read, reads from the start again (pread, not the position).
+    assert_eq!(
+        read_all(&mut mb, 1).unwrap(),
+        b"Subject: x\n\nlonger body\n"
+    );
+    assert_eq!(mb.wire_size(1).unwrap(), real);
+    assert_eq!(mb.wire_size(2).unwrap(), 5);
+    assert!(mb.wire_size(3).is_err());
+}

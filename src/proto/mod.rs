@@ -90,6 +90,10 @@ pub trait PopHost {
     /// Read raw bytes of snapshot message `index` (0-based) from byte `offset` of its file.
     /// Returns 0 at end of file.
     fn message_read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// The size of snapshot message `index` as sent (CRLF line endings, before dot-stuffing),
+    /// counted from the file itself: what `message_read` will return, converted. POP2 needs it
+    /// exact before it sends the text; `MessageInfo.size` may come from a file name.
+    fn message_size(&mut self, index: usize) -> io::Result<u64>;
     /// UPDATE state: remove these messages (0-based snapshot indices) and release the lock.
     fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError>;
     /// Release the lock without deleting anything (QUIT in AUTHORIZATION, drop, timeout).
@@ -111,7 +115,8 @@ pub enum AuthVerdict {
 pub struct MessageInfo {
     /// The Maildir unique name (before `:2,`): the UIDL.
     pub uid: Box<str>,
-    /// Size in octets as sent: with CRLF line endings, before dot-stuffing.
+    /// Size in octets as sent: with CRLF line endings, before dot-stuffing. Taken from a
+    /// Maildir `W=` when the name has one, so only good for listings (see `message_size`).
     pub size: u64,
 }
 

@@ -14,7 +14,10 @@
 //!   selects an empty folder → `#0` (RFC 937 has no negative reply to FOLD).
 //! - Messages are numbered 1.. over the login snapshot. `READ [n]` makes n (default: the
 //!   current one) current and answers `=size` (`=0`: no such message, or deleted). `RETR`
-//!   sends exactly `size` octets with CRLF line ends, no dot-stuffing, no terminator. `ACKS`
+//!   sends exactly `size` octets with CRLF line ends, no dot-stuffing, no terminator. The size
+//!   is counted from the file when it is announced (`PopHost::message_size`), never taken from
+//!   the login listing, whose Maildir `W=` may lie: a wrong size would cut the text short (and
+//!   `ACKD` delete the rest) or leave the client waiting for octets that never come. `ACKS`
 //!   keeps it, `ACKD` marks it deleted, both move on and answer `=size` of the next; `NACK`
 //!   keeps it current and answers its `=size` again.
 //! - `QUIT` deletes the `ACKD` messages (UPDATE) and closes; a drop, timeout or shutdown
@@ -40,10 +43,10 @@ enum State {
         wake_at: Instant,
         throttled: bool,
     },
-    /// NMBR (`sized` false) or SIZE (`sized` true: `=size` of `current` was sent).
+    /// NMBR (`size` None) or SIZE (`=size` of `current` was sent: exactly what RETR sends).
     Selected {
         current: u64,
-        sized: bool,
+        size: Option<u64>,
     },
     /// RETR's text in flight.
     Sending {
@@ -150,6 +153,17 @@ impl Pop2Session {
         self.state = State::Closed;
     }
 
+    /// Before HELO (CALL state): closing the session now loses the client nothing but a
+    /// reconnect. The reactor may then close it to make room for a newcomer.
+    pub fn holds_nothing(&self) -> bool {
+        matches!(self.state, State::Call)
+    }
+
+    /// Logged in (a mailbox is open): the login deadline no longer applies.
+    pub fn logged_in(&self) -> bool {
+        self.maildrop.is_some()
+    }
+
     /// Deletes nothing. During RETR's text the reply would read as message text: left out.
     pub fn on_timeout(&mut self, out: &mut OutBuf) {
         if !matches!(self.state, State::Sending { .. }) {
@@ -187,7 +201,7 @@ impl Pop2Session {
             _ if cmd.is("HELO") => self.error(out, "already logged in"),
             // XFER: RFC 937 allows only the acknowledgements (and QUIT) here.
             State::Xfer { current } if cmd.is("ACKS") => {
-                self.acknowledge(current.saturating_add(1), out)
+                self.acknowledge(current.saturating_add(1), out, host)
             }
             State::Xfer { current } if cmd.is("ACKD") => {
                 if let Some(index) = self.index(current) {
@@ -195,14 +209,14 @@ impl Pop2Session {
                         drop.delete(index);
                     }
                 }
-                self.acknowledge(current.saturating_add(1), out);
+                self.acknowledge(current.saturating_add(1), out, host);
             }
-            State::Xfer { current } if cmd.is("NACK") => self.acknowledge(current, out),
+            State::Xfer { current } if cmd.is("NACK") => self.acknowledge(current, out, host),
             State::Xfer { .. } => self.error(out, "send ACKS, ACKD or NACK"),
             _ if cmd.is("FOLD") => self.fold(&cmd, out),
-            _ if cmd.is("READ") => self.read(&cmd, out),
-            State::Selected { current, sized } if cmd.is("RETR") => {
-                self.retr(current, sized, out, host)
+            _ if cmd.is("READ") => self.read(&cmd, out, host),
+            State::Selected { current, size } if cmd.is("RETR") => {
+                self.retr(current, size, out, host)
             }
             _ if ["RETR", "ACKS", "ACKD", "NACK"].iter().any(|k| cmd.is(k)) => {
                 self.error(out, "command not valid now")
@@ -228,7 +242,7 @@ impl Pop2Session {
                 self.maildrop = Some(drop);
                 self.state = State::Selected {
                     current: 1,
-                    sized: false,
+                    size: None,
                 };
             }
             Login::Rejected => self.state = delay(false),
@@ -258,11 +272,11 @@ impl Pop2Session {
         push_fmt(out, format_args!("#{count}\r\n"));
         self.state = State::Selected {
             current: 1,
-            sized: false,
+            size: None,
         };
     }
 
-    fn read(&mut self, cmd: &Command<'_>, out: &mut OutBuf) {
+    fn read(&mut self, cmd: &Command<'_>, out: &mut OutBuf, host: &mut dyn PopHost) {
         let current = match (&self.state, cmd.exact_args::<1>()) {
             (_, Some([arg])) => match parse_number(arg) {
                 Some(n) => n,
@@ -273,16 +287,25 @@ impl Pop2Session {
             }
             _ => return self.error(out, "syntax: READ [n]"),
         };
-        self.acknowledge(current, out);
+        self.acknowledge(current, out, host);
     }
 
-    /// Makes `current` the current message and answers its `=size` (SIZE state).
-    fn acknowledge(&mut self, current: u64, out: &mut OutBuf) {
-        push_fmt(out, format_args!("={}\r\n", self.size(current)));
-        self.state = State::Selected {
-            current,
-            sized: true,
-        };
+    /// Makes `current` the current message and answers its `=size` (SIZE state). The size is
+    /// counted from the file now, never taken from the listing (a Maildir `W=` may lie): RETR
+    /// sends exactly this many octets. A message that is gone, or whose file cannot be read,
+    /// is `=0` and cannot be retrieved.
+    fn acknowledge(&mut self, current: u64, out: &mut OutBuf, host: &mut dyn PopHost) {
+        let size = self
+            .index(current)
+            .and_then(|index| match host.message_size(index) {
+                Ok(size) => Some(size),
+                Err(e) => {
+                    warn!("pop2: cannot size message {current}: {e}");
+                    None
+                }
+            });
+        push_fmt(out, format_args!("={}\r\n", size.unwrap_or(0)));
+        self.state = State::Selected { current, size };
     }
 
     /// The 0-based index of a visible message in the selected folder.
@@ -293,17 +316,11 @@ impl Pop2Session {
             .and_then(|d| d.lookup(number).ok())
     }
 
-    fn size(&self, number: u64) -> u64 {
-        self.index(number)
-            .and_then(|i| self.maildrop.as_ref()?.info(i))
-            .map_or(0, |m| m.size)
-    }
-
-    fn retr(&mut self, current: u64, sized: bool, out: &mut OutBuf, host: &mut dyn PopHost) {
-        let (true, Some(index)) = (sized, self.index(current)) else {
+    fn retr(&mut self, current: u64, size: Option<u64>, out: &mut OutBuf, host: &mut dyn PopHost) {
+        let (Some(size), Some(index)) = (size, self.index(current)) else {
             return self.error(out, "no message to retrieve (send READ first)");
         };
-        let mut stream = MessageStream::pop2(index, self.size(current));
+        let mut stream = MessageStream::pop2(index, size);
         match stream.start(host, out, b"") {
             Ok(Fill::Done) => self.state = State::Xfer { current },
             Ok(Fill::Full) => self.state = State::Sending { stream, current },

@@ -381,3 +381,52 @@ fn early_step_while_delaying_reports_time_left() {
 fn dialog_transcripts() {
     dialog::run_all("pop2", session);
 }
+
+/// A Maildir `W=` that lies (the listing says 5 octets for ONE, 9999 for TWO): POP2 announces
+/// and sends each text whole and exactly, and ACKD deletes only what was sent.
+#[test]
+fn sizes_come_from_the_file_not_the_listing() {
+    let mut host = host();
+    host.listed_sizes = vec![(0, 5), (1, 9999)];
+    let mut h = Harness::new(session(), host);
+    assert_eq!(say(&mut h, "HELO bob bob-pw"), "#3\r\n");
+    let (one, two) = (wire_size(ONE), wire_size(TWO));
+    assert_eq!(say(&mut h, "READ 1"), format!("={one}\r\n"));
+    assert_eq!(h.exchange(b"RETR\r\n"), b"Subject: pop2\r\n\r\nhello\r\n");
+    assert_eq!(say(&mut h, "ACKD"), format!("={two}\r\n"));
+    let body_two: &[u8] = b"Subject: two\r\n\r\n.dot stays\r\nno final newline";
+    assert_eq!(h.exchange(b"RETR\r\n"), body_two);
+    assert!(
+        !h.closed,
+        "a shorter file than listed must not close the connection"
+    );
+    assert_eq!(say(&mut h, "ACKD"), format!("={}\r\n", wire_size(THREE)));
+    assert_eq!(
+        say(&mut h, "QUIT"),
+        "+ postling POP2 server signing off\r\n"
+    );
+    assert_eq!(h.host.updates, vec![vec![0, 1]]);
+}
+
+/// A message that cannot be sized is `=0` and cannot be retrieved (so not deleted unread).
+#[test]
+fn a_message_that_cannot_be_sized_is_not_retrieved() {
+    let mut h = logged_in();
+    h.host.size_error = true;
+    assert_eq!(say(&mut h, "READ 1"), "=0\r\n");
+    assert_eq!(
+        say(&mut h, "RETR"),
+        "- no message to retrieve (send READ first)\r\n"
+    );
+    h.host.size_error = false;
+    assert_eq!(say(&mut h, "READ 1"), format!("={}\r\n", wire_size(ONE)));
+}
+
+/// Before HELO a session may be evicted and is under the login deadline; after it, neither.
+#[test]
+fn holds_nothing_and_logged_in_follow_the_login() {
+    let h = harness();
+    assert!(h.session.holds_nothing() && !h.session.logged_in());
+    let h = logged_in();
+    assert!(!h.session.holds_nothing() && h.session.logged_in());
+}

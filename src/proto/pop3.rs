@@ -239,6 +239,21 @@ impl Pop3Session {
         }
     }
 
+    /// In AUTHORIZATION (not waiting out a failed login): closing the session now loses the
+    /// client nothing but a reconnect. The reactor may then close it to make room for a
+    /// newcomer.
+    pub fn holds_nothing(&self) -> bool {
+        matches!(
+            self.state,
+            State::Authorization { .. } | State::SaslResponse
+        )
+    }
+
+    /// Logged in (TRANSACTION or later): the login deadline no longer applies.
+    pub fn logged_in(&self) -> bool {
+        self.maildrop.is_some()
+    }
+
     /// The idle deadline or session cap passed. Deletes nothing. In the middle of a
     /// multi-line response the text would read as part of it, so it is left out there.
     pub fn on_timeout(&mut self, out: &mut OutBuf) {

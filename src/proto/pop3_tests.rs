@@ -607,3 +607,17 @@ fn dialog_runner_rejects_wrong_transcripts() {
     );
     assert!(dialog::run(&good, session, 1).is_ok());
 }
+
+/// Before login a session may be evicted and is under the login deadline; after it, neither.
+#[test]
+fn holds_nothing_and_logged_in_follow_the_login() {
+    let mut h = harness();
+    assert!(h.session.holds_nothing() && !h.session.logged_in());
+    say(&mut h, "USER bob");
+    assert!(h.session.holds_nothing() && !h.session.logged_in());
+    say(&mut h, "AUTH PLAIN");
+    assert!(h.session.holds_nothing(), "waiting for the SASL response");
+    say(&mut h, "*");
+    let h = logged_in();
+    assert!(!h.session.holds_nothing() && h.session.logged_in());
+}

@@ -96,6 +96,11 @@ pub struct FakeHost {
     pub reads: u64,
     /// The largest buffer a read was given: proves reads use a small fixed array.
     pub largest_read_buf: usize,
+    /// `(index, size)`: `mailbox_open` lists the message with this size instead of its real
+    /// one (a Maildir `W=` that lies).
+    pub listed_sizes: Vec<(usize, u64)>,
+    /// `message_size` fails.
+    pub size_error: bool,
 }
 
 impl FakeHost {
@@ -138,9 +143,14 @@ impl PopHost for FakeHost {
         Ok(self
             .messages
             .iter()
-            .map(|(uid, body)| MessageInfo {
+            .enumerate()
+            .map(|(i, (uid, body))| MessageInfo {
                 uid: uid.as_str().into(),
-                size: body.wire_size(),
+                size: self
+                    .listed_sizes
+                    .iter()
+                    .find(|&&(at, _)| at == i)
+                    .map_or_else(|| body.wire_size(), |&(_, size)| size),
             })
             .collect())
     }
@@ -172,6 +182,16 @@ impl PopHost for FakeHost {
             }
         }
         Ok(n)
+    }
+
+    fn message_size(&mut self, index: usize) -> io::Result<u64> {
+        if self.size_error {
+            return Err(io::Error::other("injected size error"));
+        }
+        self.messages
+            .get(index)
+            .map(|(_, body)| body.wire_size())
+            .ok_or_else(|| io::Error::other("no such index"))
     }
 
     fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {

@@ -309,6 +309,13 @@ impl SmtpSession {
         }
     }
 
+    /// Outside a mail transaction (before MAIL, or between transactions) and reading commands:
+    /// closing the session now loses the client nothing but a reconnect. The reactor may then
+    /// close it to make room for a newcomer (`Proto::evicted_reply`).
+    pub fn holds_nothing(&self) -> bool {
+        matches!(self.mode, Mode::Command) && self.transaction.is_none()
+    }
+
     /// The idle deadline or session cap passed: write `421 4.4.2`.
     pub fn on_timeout(&mut self, out: &mut OutBuf) {
         out.push(

@@ -321,3 +321,38 @@ def test_pop2_raw_session(server_factory):
     c.sendall(b"QUIT\r\n")
     assert recv_line(c).startswith(b"+")
     wait_maildir_empty(s, "bob")
+
+
+def test_pop2_sizes_come_from_the_file_not_w(server_factory):
+    """A Maildir name whose W= lies (smaller, then larger than the file): POP2 announces the
+    real size and sends each text whole and exactly; ACKD removes only what was sent."""
+    s = fast_auth(server_factory)
+    s.pop2_port = __import__("conftest").free_port()
+    s.settings["pop2_listen"] = f"127.0.0.1:{s.pop2_port}"
+    s.write_config()
+    s.start()
+    longer = b"Subject: longer than W says\n\n" + b"line\n" * 200
+    shorter = b"Subject: shorter than W says\n\nhi\n"
+    put(s, "bob", "5.M1P1Q1.h,W=10", longer)
+    put(s, "bob", "6.M1P1Q1.h,W=99999", shorter)
+    c = s.connect(s.pop2_port)
+    assert recv_line(c).startswith(b"+")
+    c.sendall(b"HELO bob bob-pw\r\n")
+    assert recv_line(c) == b"#2\r\n"
+    c.sendall(b"READ 1\r\n")
+    for raw in (longer, shorter):
+        expected = raw.replace(b"\n", b"\r\n")
+        assert recv_line(c) == b"=%d\r\n" % len(expected)
+        c.sendall(b"RETR\r\n")
+        got = b""
+        while len(got) < len(expected):
+            chunk = c.recv(65536)
+            assert chunk, f"connection closed after {len(got)} of {len(expected)} octets"
+            got += chunk
+        assert got == expected
+        c.sendall(b"ACKD\r\n")
+    assert recv_line(c) == b"=0\r\n", "nothing was sent beyond the texts"
+    c.sendall(b"QUIT\r\n")
+    assert recv_line(c).startswith(b"+")
+    assert recv_line(c) == b""
+    wait_maildir_empty(s, "bob")

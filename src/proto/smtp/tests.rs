@@ -339,3 +339,21 @@ fn harness_merges_appends_and_reports_contract() {
     );
     assert!(d.host.appended().ends_with(b"one\r\ntwo\r\n"));
 }
+
+/// Only a session outside a mail transaction may be evicted to make room for a newcomer.
+#[test]
+fn holds_nothing_only_outside_a_mail_transaction() {
+    let mut d = Driver::new(FakeHost::new());
+    assert!(d.session.holds_nothing(), "before EHLO");
+    d.send(b"EHLO c\r\n");
+    assert!(d.session.holds_nothing(), "after EHLO");
+    d.send(b"MAIL FROM:<a@b.org>\r\n");
+    assert!(!d.session.holds_nothing(), "after MAIL");
+    d.send(b"RSET\r\n");
+    assert!(d.session.holds_nothing(), "after RSET");
+    d.send(b"MAIL FROM:<a@b.org>\r\nRCPT TO:<x@y.org>\r\nDATA\r\nSubject: x\r\n");
+    assert!(!d.session.holds_nothing(), "inside DATA");
+    d.send(b"\r\nbody\r\n.\r\n");
+    assert!(d.replies().last().is_some_and(|r| r.starts_with("250")));
+    assert!(d.session.holds_nothing(), "between transactions");
+}
