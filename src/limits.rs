@@ -47,10 +47,14 @@ pub const TLS_RECORD_HEADER: usize = 5;
 /// Most octets a cipher adds to a record's plaintext: TLS 1.2 AES-GCM's 8-octet explicit
 /// nonce and 16-octet tag (RFC 5288 §3); TLS 1.3 adds 17 (RFC 8446 §5.2), ChaCha20 16.
 pub const TLS_CIPHER_OVERHEAD: usize = 24;
-/// rustls's `max_fragment_size` (header plus plaintext of one outgoing record): with the
-/// cipher's overhead a full record is exactly `OUT_BUF`, so an empty output buffer always
-/// takes the next record and the transport never queues one of its own.
-pub const TLS_MAX_FRAGMENT: usize = OUT_BUF - TLS_CIPHER_OVERHEAD;
+/// Largest TLS record postling writes: half the output buffer. The transport encodes a
+/// handshake record only into this much room (rustls cannot take one back), so with half
+/// the buffer a whole server flight (1-5 KiB with a usual chain) leaves in one write, where
+/// full 16 KiB records would cost a write per record.
+pub const TLS_RECORD_OUT_MAX: usize = OUT_BUF / 2;
+/// rustls's `max_fragment_size` (header plus plaintext of one outgoing record), so that with
+/// the cipher's overhead a record is at most `TLS_RECORD_OUT_MAX`.
+pub const TLS_MAX_FRAGMENT: usize = TLS_RECORD_OUT_MAX - TLS_CIPHER_OVERHEAD;
 /// Output room the transport needs before it reads input once the handshake is done: rustls
 /// then writes on its own only alerts and TLS 1.3 KeyUpdate replies (about 31 octets each).
 pub const TLS_OUT_MIN_TRAFFIC: usize = 256;

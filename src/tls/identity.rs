@@ -112,7 +112,7 @@ impl TlsIdentity {
         // rotate, bound and protect.
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
-        // One outgoing record always fits an empty output buffer.
+        // An outgoing record fits half the output buffer (`TLS_RECORD_OUT_MAX`).
         config.max_fragment_size = Some(TLS_MAX_FRAGMENT);
         // SMTP and POP3 have no ALPN ids in use; a client offering ALPN still connects.
         config.alpn_protocols = Vec::new();

@@ -5,7 +5,7 @@
 //!
 //! rustls runs through its unbuffered API (`UnbufferedServerConnection`), which works on the
 //! caller's buffers instead of growable queues of its own. Session tickets and the session
-//! cache are off; every outgoing record fits `OUT_BUF` (`TLS_MAX_FRAGMENT`).
+//! cache are off; every outgoing record fits half of `OUT_BUF` (`TLS_RECORD_OUT_MAX`).
 //!
 //! # Buffers
 //! A TLS connection uses four, all the caller's:
@@ -15,7 +15,8 @@
 //! - `plain_in`: the session's input buffer; decrypted plaintext lands in its free room.
 //! - `plain_out`: the session's output (its replies), encrypted from there.
 //! - `tls_out`: `OUT_BUF` bytes for records to send. During the handshake `pump` reads input
-//!   only while `tls_out` has a whole record of room (`output_room_needed`).
+//!   only while `tls_out` has room for a whole record, `TLS_RECORD_OUT_MAX` (see
+//!   `output_room_needed`): rustls hands out a handshake record only to be written at once.
 //!
 //! # Call order
 //! 1. `TlsIdentity::load` once (and on reload); `TlsServerSession::new(config)` per

@@ -9,8 +9,8 @@ use rustls::unbuffered::{ConnectionState, EncryptError, InsufficientSizeError};
 use rustls::{CipherSuite, ProtocolVersion, ServerConfig};
 
 use crate::limits::{
-    OUT_BUF, TLS_CIPHER_OVERHEAD, TLS_IN_BUF, TLS_MAX_FRAGMENT, TLS_OUT_MIN_TRAFFIC,
-    TLS_RECORD_HEADER,
+    TLS_CIPHER_OVERHEAD, TLS_IN_BUF, TLS_MAX_FRAGMENT, TLS_OUT_MIN_TRAFFIC, TLS_RECORD_HEADER,
+    TLS_RECORD_OUT_MAX,
 };
 
 /// The four buffers of one `pump` call, all owned by the caller.
@@ -22,7 +22,8 @@ pub struct Buffers<'a> {
     pub plain_out: &'a [u8],
     /// Free room in the session's input buffer for decrypted plaintext.
     pub plain_in: &'a mut [u8],
-    /// Free room in the connection's output buffer for TLS records (`OUT_BUF` when empty).
+    /// Free room in the connection's output buffer for TLS records (`OUT_BUF` when empty; at
+    /// least `TLS_RECORD_OUT_MAX`).
     pub tls_out: &'a mut [u8],
 }
 
@@ -140,7 +141,7 @@ impl TlsServerSession {
     /// (a certificate record can be that large), an alert's worth after it.
     pub fn output_room_needed(&self) -> usize {
         if self.conn.is_handshaking() {
-            OUT_BUF
+            TLS_RECORD_OUT_MAX
         } else {
             TLS_OUT_MIN_TRAFFIC
         }

@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, SupportedProtocolVersion};
 
 use super::*;
-use crate::limits::{IN_BUF, OUT_BUF, TLS_IN_BUF};
+use crate::limits::{IN_BUF, OUT_BUF, TLS_IN_BUF, TLS_RECORD_OUT_MAX};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -406,7 +406,7 @@ fn slow_socket_partial_writes() {
     s.plain_out.extend_from_slice(&big);
     exchange(&mut c, &mut s, &mut got, &mut all_at_once());
     assert!(got == big, "stream intact through partial writes");
-    assert!(s.largest_record() <= OUT_BUF);
+    assert!(s.largest_record() <= TLS_RECORD_OUT_MAX);
 }
 
 /// A chain of 40 certificates (about 20 KiB) makes handshake records of full size: each
@@ -428,13 +428,17 @@ fn big_certificate_chain_through_a_slow_socket() {
         let versions = if seed % 2 == 0 { BOTH } else { TLS12 };
         let (s, c) = dialog_on(s, "ca-cert.pem", versions, &mut || usize::MAX);
         assert_eq!(c.peer_certificates().map(|c| c.len()), Some(42));
-        assert!(s.largest_record() > 15_000, "{}", s.largest_record());
-        assert!(s.largest_record() <= OUT_BUF);
+        assert!(
+            s.largest_record() > TLS_RECORD_OUT_MAX - 100,
+            "{}",
+            s.largest_record()
+        );
+        assert!(s.largest_record() <= TLS_RECORD_OUT_MAX);
     }
 }
 
-/// 100 KiB each way: server to client through the 16 KiB output buffer (every record fits
-/// it), client to server into a session that takes only a few bytes per call, so decrypted
+/// 100 KiB each way: server to client through the 16 KiB output buffer (records of
+/// `TLS_RECORD_OUT_MAX`), client to server into a session that takes only a few bytes per call, so decrypted
 /// records wait in the transport.
 #[test]
 fn stream_100k_each_way_through_fixed_buffers() {
@@ -450,15 +454,14 @@ fn stream_100k_each_way_through_fixed_buffers() {
         exchange(&mut c, &mut s, &mut got, &mut all_at_once());
         assert_eq!(got.len(), big.len());
         assert!(got == big, "server-to-client stream intact");
+        let largest = s.largest_record();
         assert!(
-            s.largest_record() <= OUT_BUF,
-            "record {} > {OUT_BUF}",
-            s.largest_record()
+            largest <= TLS_RECORD_OUT_MAX,
+            "record {largest} > {TLS_RECORD_OUT_MAX}"
         );
         assert!(
-            s.largest_record() > OUT_BUF - 100,
-            "records are full size: {}",
-            s.largest_record()
+            largest > TLS_RECORD_OUT_MAX - 100,
+            "records are full size: {largest}"
         );
 
         s.plain_room = 1000;
@@ -495,7 +498,7 @@ fn key_update_from_the_client() {
     }
     assert_eq!(s.received.len(), 300);
     assert_eq!(s.error, None);
-    assert!(s.largest_record() <= OUT_BUF);
+    assert!(s.largest_record() <= TLS_RECORD_OUT_MAX);
 }
 
 #[test]
@@ -777,4 +780,46 @@ fn leaf_not_after_is_read() {
         let _ = identity::leaf_not_after(&der.as_ref()[..len]);
     }
     assert!(identity::leaf_not_after(der.as_ref()).is_some());
+}
+
+/// The server's whole first flight (ServerHello through Finished) leaves in one write: one
+/// segment, not one per record.
+#[test]
+fn server_flight_leaves_in_one_write() {
+    for (cert, key, versions) in [
+        ("ecdsa-cert.pem", "ecdsa-key.pem", BOTH),
+        ("ecdsa-cert.pem", "ecdsa-key.pem", TLS12),
+        ("rsa-cert.pem", "rsa-key.pem", BOTH),
+        ("chain.pem", "chain-key.pem", BOTH),
+    ] {
+        let id = identity(cert, key);
+        let mut s = Server::new(&id);
+        let mut c = client(client_config(cert, versions));
+        let mut hello = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut hello).expect("client hello");
+        }
+        s.tls_in[..hello.len()].copy_from_slice(&hello);
+        s.tls_in_len = hello.len();
+        let mut writes = Vec::new();
+        loop {
+            let p = s.tls.pump(Buffers {
+                tls_in: &mut s.tls_in[..s.tls_in_len],
+                plain_out: &[],
+                plain_in: &mut s.plain_in,
+                tls_out: &mut s.tls_out,
+            });
+            s.tls_in.copy_within(p.tls_consumed..s.tls_in_len, 0);
+            s.tls_in_len -= p.tls_consumed;
+            if p.tls_out_len == 0 {
+                break;
+            }
+            writes.push(p.tls_out_len);
+        }
+        println!(
+            "{cert}, {} versions: first flight {writes:?}",
+            versions.len()
+        );
+        assert_eq!(writes.len(), 1, "{cert}: {writes:?}");
+    }
 }
