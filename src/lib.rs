@@ -1,8 +1,9 @@
 //! postling: a small SMTP, POP3 and POP2 mail server in one thread around one `mio` reactor.
 //!
 //! Module map (see shared/DESIGN.md): `proto` holds the sans-I/O sessions; `reactor` and
-//! `conn` own sockets, buffers and deadlines; `spool` owns durability; `deliver` owns delivery
-//! and its schedule; `config` and `directory` turn files into typed values.
+//! `conn` own sockets, buffers and deadlines; `tls` is the sans-I/O TLS transport below the
+//! sessions; `spool` owns durability; `deliver` owns delivery and its schedule; `config` and
+//! `directory` turn files into typed values.
 
 pub mod auth;
 pub mod buf;
@@ -23,3 +24,4 @@ pub mod proto;
 pub mod reactor;
 pub mod spool;
 pub mod throttle;
+pub mod tls;

@@ -36,6 +36,32 @@ pub const INPUT_STASH: usize = 96;
 /// a burst of connections does not pin memory forever.
 pub const POOL_KEEP: usize = 64;
 
+// ---- TLS (RFC 8446, RFC 5246) --------------------------------------------------------------
+
+/// Input buffer of a TLS connection: the largest record a peer may send, a 5-octet header
+/// plus 2^14 + 2048 octets of TLSCiphertext (RFC 5246 §6.2.3; rustls refuses anything
+/// larger). rustls decrypts in place and needs a whole record in one buffer.
+pub const TLS_IN_BUF: usize = 18_437;
+/// Octets of a TLS record header (RFC 8446 §5.1).
+pub const TLS_RECORD_HEADER: usize = 5;
+/// Most octets a cipher adds to a record's plaintext: TLS 1.2 AES-GCM's 8-octet explicit
+/// nonce and 16-octet tag (RFC 5288 §3); TLS 1.3 adds 17 (RFC 8446 §5.2), ChaCha20 16.
+pub const TLS_CIPHER_OVERHEAD: usize = 24;
+/// Largest TLS record postling writes: half the output buffer. The transport encodes a
+/// handshake record only into this much room (rustls cannot take one back), so with half
+/// the buffer a whole server flight (1-5 KiB with a usual chain) leaves in one write, where
+/// full 16 KiB records would cost a write per record.
+pub const TLS_RECORD_OUT_MAX: usize = OUT_BUF / 2;
+/// rustls's `max_fragment_size` (header plus plaintext of one outgoing record), so that with
+/// the cipher's overhead a record is at most `TLS_RECORD_OUT_MAX`.
+pub const TLS_MAX_FRAGMENT: usize = TLS_RECORD_OUT_MAX - TLS_CIPHER_OVERHEAD;
+/// Output room the transport needs before it reads input once the handshake is done: rustls
+/// then writes on its own only alerts and TLS 1.3 KeyUpdate replies (about 31 octets each).
+pub const TLS_OUT_MIN_TRAFFIC: usize = 256;
+/// Longest certificate or key file read: a chain of a few certificates is a few KiB; a file
+/// this large is not the PEM file meant.
+pub const TLS_PEM_FILE_MAX: u64 = 1024 * 1024;
+
 // ---- SMTP (RFC 5321) ------------------------------------------------------------------------
 
 /// RFC 5321 §4.5.3.1.4: command line including CRLF.
