@@ -14,6 +14,7 @@ pub mod deadline;
 pub mod deliver;
 pub mod directory;
 pub mod durable;
+pub mod exec;
 pub mod hosts;
 pub mod limits;
 pub mod listen;
