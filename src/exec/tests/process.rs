@@ -3,6 +3,7 @@
 //! wait for room, and in uring mode password hashing burns the helper's CPU, not ours.
 
 use super::{ALICE_HASH, Driver, helper, uring};
+use crate::exec::choose_with;
 use crate::exec::*;
 use crate::limits;
 
@@ -161,4 +162,99 @@ fn helper_frames_wait_for_room_and_all_complete() {
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes.len(), n * limits::EXEC_WRITE_MAX);
     assert!((0..n).all(|i| bytes[i * limits::EXEC_WRITE_MAX] == i as u8));
+}
+
+/// A real refusal, not a stand-in: in a child whose seccomp filter answers io_uring_setup
+/// with EPERM (as a container's default profile does), `Uring::ring` fails with that reason
+/// and `auto` runs the helper, whose operations work. The child reports by exit status.
+#[test]
+fn auto_falls_back_when_the_kernel_refuses_io_uring() {
+    // SAFETY: the child runs only the closure below and then _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(refused_child).unwrap_or(100);
+        // SAFETY: ends the child without running the test harness's code.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: `status` is writable; `pid` is our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "status {status:#x}");
+    let code = libc::WEXITSTATUS(status);
+    let what = [
+        "ok",
+        "seccomp could not be installed",
+        "Uring::ring did not fail with io_uring_setup: Operation not permitted",
+        "choose_with(Auto) did not pick the helper with the expected line",
+        "the helper's operations failed",
+    ];
+    assert_eq!(code, 0, "{}", what.get(code as usize).unwrap_or(&"panic"));
+}
+
+/// The child's side of the test above: an exit code saying which step failed.
+fn refused_child() -> i32 {
+    // seccomp_data.nr == io_uring_setup ? ERRNO(EPERM) : ALLOW (classic BPF, no arch check).
+    let filter = [
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
+    // SAFETY: `prog` points at `filter`, both alive for the call.
+    let installed = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const _,
+            ) == 0
+    };
+    if !installed {
+        return 1;
+    }
+    if Uring::ring().err().as_deref() != Some("io_uring_setup: Operation not permitted") {
+        return 2;
+    }
+    let Ok((exec, line)) = choose_with(DiskIo::Auto, Uring::ring) else {
+        return 3;
+    };
+    let want = "disk_io: uring unavailable (io_uring_setup: Operation not permitted); using the helper process";
+    if exec.backend() != "helper" || line != want {
+        return 3;
+    }
+    let mut d = Driver::new(exec);
+    let check = DiskOp::VerifyPassword {
+        hash: None,
+        password: b"pw".to_vec(),
+    };
+    let fsync_root = d.open(None, "/", libc::O_RDONLY | libc::O_DIRECTORY);
+    match (d.run(check), fsync_root) {
+        (Ok(Outcome::Verified(false)), Ok(h)) if d.run(DiskOp::Close { file: h }).is_ok() => 0,
+        _ => 4,
+    }
 }
