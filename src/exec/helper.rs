@@ -76,6 +76,14 @@ impl Helper {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         size_send_buffer(ours.as_raw_fd());
         size_send_buffer(theirs.as_raw_fd());
+        // Non-blocking before the fork, so nothing can fail after it with a child to reap.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let fl = libc::fcntl(ours.as_raw_fd(), libc::F_GETFL);
+            if fl < 0 || libc::fcntl(ours.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         // SAFETY: getpid cannot fail.
         let parent = unsafe { libc::getpid() };
         // SAFETY: the child only runs `child_main`, which never returns.
@@ -84,19 +92,12 @@ impl Helper {
             return Err(io::Error::last_os_error());
         }
         if pid == 0 {
-            let sock = theirs.as_raw_fd();
+            let (sock, parents_end) = (theirs.as_raw_fd(), ours.as_raw_fd());
             std::mem::forget(theirs);
             std::mem::forget(ours);
-            child_main(sock, parent);
+            child_main(sock, parents_end, parent);
         }
         drop(theirs);
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe {
-            let fl = libc::fcntl(ours.as_raw_fd(), libc::F_GETFL);
-            if fl < 0 || libc::fcntl(ours.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
         Ok(Helper {
             sock: Some(ours),
             pid,
@@ -432,10 +433,10 @@ fn recv_frame(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>
 }
 
 /// The child: set up, then answer requests until EOF. Never returns.
-fn child_main(sock: RawFd, parent: libc::pid_t) -> ! {
+fn child_main(sock: RawFd, parents_end: RawFd, parent: libc::pid_t) -> ! {
     // Whatever happens (even a panic), the child must not run on into the parent's code.
     let code = std::panic::catch_unwind(|| {
-        child_setup(sock, parent);
+        child_setup(sock, parents_end, parent);
         serve(CHILD_SOCK)
     })
     .unwrap_or(101);
@@ -446,9 +447,12 @@ fn child_main(sock: RawFd, parent: libc::pid_t) -> ! {
 /// Where the child keeps its socket: every other descriptor above stderr is closed.
 const CHILD_SOCK: RawFd = 3;
 
-fn child_setup(sock: RawFd, parent: libc::pid_t) {
+fn child_setup(sock: RawFd, parents_end: RawFd, parent: libc::pid_t) {
     // SAFETY: plain process-attribute calls on our own process.
     unsafe {
+        // Our copy of the parent's end first (it may sit below 3 where stdio was closed): while
+        // we hold it, we would never read EOF.
+        libc::close(parents_end);
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -469,8 +473,11 @@ fn child_setup(sock: RawFd, parent: libc::pid_t) {
         ] {
             libc::signal(sig, libc::SIG_IGN);
         }
-        if sock != CHILD_SOCK && libc::dup3(sock, CHILD_SOCK, libc::O_CLOEXEC) < 0 {
-            libc::_exit(1);
+        if sock != CHILD_SOCK {
+            if libc::dup3(sock, CHILD_SOCK, libc::O_CLOEXEC) < 0 {
+                libc::_exit(1);
+            }
+            libc::close(sock);
         }
         let first = (CHILD_SOCK + 1) as libc::c_uint;
         if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) < 0 {

@@ -258,3 +258,40 @@ fn refused_child() -> i32 {
         _ => 4,
     }
 }
+
+/// A daemon may run with stdin/stdout closed, so the socketpair gets descriptors 0 and 1: the
+/// child must still drop its copy of the parent's end (below 3, out of close_range's reach)
+/// or it would never read EOF. Run in a forked child with an alarm, so a hang fails the test.
+#[test]
+fn helper_exits_even_where_stdio_was_closed() {
+    // SAFETY: the child runs only the closure below and then _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(|| {
+            // SAFETY: plain calls on this (child) process.
+            unsafe {
+                libc::alarm(10);
+                libc::close(0);
+                libc::close(1);
+            }
+            let Ok(h) = Helper::spawn() else { return 2 };
+            match h.close_and_wait() {
+                Ok(st) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 => 0,
+                _ => 3,
+            }
+        })
+        .unwrap_or(100);
+        // SAFETY: ends the child without running the test harness's code.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: `status` is writable; `pid` is our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status),
+        "killed by signal {} (SIGALRM: the helper never saw EOF)",
+        libc::WTERMSIG(status)
+    );
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+}
