@@ -50,7 +50,7 @@ use crate::auth::Credential;
 
 pub use helper::Helper;
 pub use inline::Inline;
-pub use uring::Uring;
+pub use uring::{Ring, Uring};
 
 /// A file or directory as the executor names it. On the uring and inline backends it is the
 /// reactor's own descriptor; on the helper backend, a descriptor number inside the helper.
@@ -314,7 +314,7 @@ impl Executor {
 /// is testable where io_uring works. Returns the executor and the line to log.
 fn choose_with(
     mode: DiskIo,
-    ring: fn() -> Result<uring::Ring, String>,
+    ring: fn() -> Result<Ring, String>,
 ) -> Result<(Executor, String), String> {
     // The helper first: it must be forked before the ring exists (io_uring's kernel workers
     // belong to the process; the child must inherit neither them nor the ring).

@@ -135,6 +135,10 @@ fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
                 .map_err(|_| Errno(libc::EIO))?
                 .to_bytes();
             at += reclen;
+            // Linux's NAME_MAX; the reply frame gives each name one length byte.
+            if name.len() > 255 {
+                return Err(Errno(libc::ENAMETOOLONG));
+            }
             if name != b"." && name != b".." {
                 names.push(name.to_vec());
                 if names.len() == max {

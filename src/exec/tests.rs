@@ -487,7 +487,7 @@ fn passwords(exec: Executor) {
     assert_eq!(refused.unwrap_err().reason, Reject::TooLarge);
 }
 
-fn failing_ring() -> Result<uring::Ring, String> {
+fn failing_ring() -> Result<Ring, String> {
     Err("io_uring_setup: Operation not permitted".into())
 }
 
