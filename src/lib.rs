@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod directory;
 pub mod dirfd;
 pub mod durable;
+pub mod exec;
 pub mod hosts;
 pub mod limits;
 pub mod listen;

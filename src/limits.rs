@@ -255,3 +255,27 @@ pub const PID_FILE_MAX: usize = 32;
 pub const ACCOUNT_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// RFC 3164 §4.1: a syslog packet is at most 1024 octets; longer lines are cut.
 pub const SYSLOG_MAX_PACKET: usize = 1024;
+
+// ---- disk executor (src/exec/) -------------------------------------------------------------
+
+/// Operations one executor backend holds in flight (the io_uring ring, the helper's socket):
+/// above what 20 busy sessions plus delivery and a mailbox open need at once (a few each),
+/// and it bounds the slots, the ring (never overflows: ring entries = this) and the queue of
+/// frames not yet sent to the helper. Submitting more returns `Full` instead of growing.
+pub const EXEC_MAX_IN_FLIGHT: usize = 256;
+/// Largest single write request, on every backend so callers never care which one runs: a
+/// helper frame carries the data, and 64 KiB is many times the spool's write buffer.
+pub const EXEC_WRITE_MAX: usize = 64 * 1024;
+/// Most names one `ReadDir` request returns: a 100 000-message Maildir is read in a few
+/// hundred requests, each a bounded reply frame (256 names of at most 255 octets).
+pub const EXEC_READDIR_MAX_NAMES: usize = 256;
+/// Longest path in a request: Linux's PATH_MAX, which includes the terminating NUL.
+pub const EXEC_PATH_MAX: usize = 4096;
+/// Largest frame between the reactor and the helper process: a full write (64 KiB) or a full
+/// `ReadDir` reply (256 × 256 octets) plus a header; two paths (rename, link) are far below.
+pub const EXEC_FRAME_MAX: usize = 68 * 1024;
+/// Longest stored credential sent with a password check: a `$6$rounds=N$salt$hash` string is
+/// about 120 octets; a `{PLAIN}` secret longer than `PASSWORD_MAX` can never match anyway.
+pub const EXEC_CREDENTIAL_MAX: usize = 1024;
+/// Bytes getdents64 reads into at once in a `ReadDir`: a few hundred entries per call.
+pub const EXEC_GETDENTS_BUF: usize = 32 * 1024;

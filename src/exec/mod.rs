@@ -1,0 +1,385 @@
+//! The disk executor: owns every file operation and password check that would make the one
+//! reactor thread wait, turning each into a request with a caller-chosen tag and, later, a
+//! completion carrying that tag. Completions may come back in any order.
+//!
+//! Backends (one `Executor` type, chosen once at start; see `choose`):
+//! - `Uring` (`uring.rs`): the kernel's io_uring. Many operations in flight; its completions
+//!   signal an eventfd registered in the mio poll. At construction a probe checks that every
+//!   opcode used is supported, so `auto` can fall back with a clear reason.
+//! - `Helper` (`helper.rs`): one child process forked at start, making the same calls with
+//!   blocking syscalls and answering over a `SOCK_SEQPACKET` socketpair whose parent end is
+//!   registered in the poll. One thread per process, always.
+//! - `Inline` (`inline.rs`): runs each operation at submit and queues its completion; for unit
+//!   tests of callers, never for serving.
+//!
+//! Two kinds of work always go to a helper process, so one exists in every serving mode:
+//! `VerifyPassword` (SHA512-CRYPT is CPU time) and `ReadDir` (io_uring has no getdents; the
+//! uring backend passes the directory's descriptor over the socket with SCM_RIGHTS).
+//!
+//! Files are named by a `Handle`: a real descriptor on the uring and inline sides, a helper-side
+//! descriptor number on the helper side. Callers never look inside; they get handles from
+//! `Outcome::Opened` and give them back in later operations, and must not close a handle that
+//! an operation in flight still names.
+//!
+//! Bounded: each backend holds at most `limits::EXEC_MAX_IN_FLIGHT` operations; beyond that
+//! `submit` hands the operation back with `Reject::Full`. A write carries at most
+//! `limits::EXEC_WRITE_MAX` bytes, on every backend.
+//!
+//! Not here yet (the wiring step): a short-lived cache of successful password checks (keyed by
+//! user, credential and a hash of the password, a few seconds long, dropped on any failure) so
+//! that clients looping USER/PASS with a right password do not make the helper rehash; it
+//! belongs to the caller that knows the user, not to the executor.
+
+mod helper;
+mod inline;
+mod slots;
+mod sys;
+mod uring;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+
+use mio::{Registry, Token};
+
+use crate::auth::Credential;
+
+pub use helper::Helper;
+pub use inline::Inline;
+pub use uring::{Ring, Uring};
+
+/// A file or directory as the executor names it. On the uring and inline backends it is the
+/// reactor's own descriptor; on the helper backend, a descriptor number inside the helper.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Handle(i32);
+
+impl Handle {
+    /// The descriptor number (in whichever process owns it); for logs and tests.
+    pub fn raw(self) -> i32 {
+        self.0
+    }
+}
+
+/// `None` as a directory means the current working directory (`AT_FDCWD`).
+fn dir_fd(dir: Option<Handle>) -> i32 {
+    dir.map_or(libc::AT_FDCWD, |h| h.0)
+}
+
+/// One request. Paths are relative to `dir` (or absolute); buffers are owned by the operation
+/// and handed back in the completion, so the kernel can use them while in flight.
+#[derive(Debug)]
+pub enum DiskOp {
+    /// `openat(dir, path, flags | O_CLOEXEC, mode)` → `Outcome::Opened`.
+    Open {
+        dir: Option<Handle>,
+        path: CString,
+        flags: i32,
+        mode: u32,
+    },
+    /// Writes all of `data` at `offset` (short writes are continued) → `Outcome::Written`
+    /// with the same buffer back. At most `limits::EXEC_WRITE_MAX` bytes.
+    Write {
+        file: Handle,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// `fdatasync(file)` → `Outcome::Done`.
+    Fdatasync { file: Handle },
+    /// `fsync(file)`, also of a directory → `Outcome::Done`.
+    Fsync { file: Handle },
+    /// `renameat(from_dir, from, to_dir, to)` → `Outcome::Done`.
+    Rename {
+        from_dir: Option<Handle>,
+        from: CString,
+        to_dir: Option<Handle>,
+        to: CString,
+    },
+    /// `linkat(from_dir, from, to_dir, to, 0)` → `Outcome::Done`.
+    Link {
+        from_dir: Option<Handle>,
+        from: CString,
+        to_dir: Option<Handle>,
+        to: CString,
+    },
+    /// `unlinkat(dir, path, 0)` → `Outcome::Done`.
+    Unlink { dir: Option<Handle>, path: CString },
+    /// `mkdirat(dir, path, mode)` → `Outcome::Done`.
+    Mkdir {
+        dir: Option<Handle>,
+        path: CString,
+        mode: u32,
+    },
+    /// `close(file)` → `Outcome::Done`. The handle is invalid from submission on.
+    Close { file: Handle },
+    /// Up to `max` (at most `limits::EXEC_READDIR_MAX_NAMES`) names of the open directory
+    /// `dir`, starting at `cursor` (0 = the beginning; else a `next` from an earlier batch),
+    /// without `.` and `..` → `Outcome::Names`.
+    ReadDir {
+        dir: Handle,
+        cursor: u64,
+        max: usize,
+    },
+    /// Checks `password` against the stored credential (`None`: an unknown user, checked
+    /// against a dummy hash in the same time) with `auth::verify` → `Outcome::Verified`.
+    /// Always runs in a helper process (the inline backend runs it at submit).
+    VerifyPassword {
+        hash: Option<Credential>,
+        password: Vec<u8>,
+    },
+}
+
+/// What a successful operation produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Opened(Handle),
+    /// The whole buffer was written; here it is back for reuse.
+    Written(Vec<u8>),
+    /// A batch of names; `next` is the cursor of the following batch, `None` at the end.
+    Names {
+        names: Vec<Vec<u8>>,
+        next: Option<u64>,
+    },
+    Verified(bool),
+}
+
+/// An operation's failure: the errno of the failing call. `EPIPE` means the helper process
+/// is gone (it never answered).
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub(crate) fn last() -> Errno {
+        Errno(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+}
+
+impl fmt::Debug for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Errno({}: {})",
+            self.0,
+            io::Error::from_raw_os_error(self.0)
+        )
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&io::Error::from_raw_os_error(self.0), f)
+    }
+}
+
+impl From<Errno> for io::Error {
+    fn from(e: Errno) -> io::Error {
+        io::Error::from_raw_os_error(e.0)
+    }
+}
+
+/// One finished operation, matched to its submission by the caller's tag.
+#[derive(Debug)]
+pub struct Completion {
+    pub tag: u64,
+    pub result: Result<Outcome, Errno>,
+}
+
+/// Why `submit` refused an operation (which it hands back unchanged in `Rejected`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// `limits::EXEC_MAX_IN_FLIGHT` operations are in flight; retry after completions.
+    Full,
+    /// A write above `EXEC_WRITE_MAX`, a path above `EXEC_PATH_MAX`, a password or credential
+    /// above its limit.
+    TooLarge,
+    /// The helper process has exited; nothing more can run on it.
+    Gone,
+}
+
+#[derive(Debug)]
+pub struct Rejected {
+    pub reason: Reject,
+    pub op: DiskOp,
+}
+
+/// The `disk_io` setting.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DiskIo {
+    /// io_uring if the kernel allows it and supports every operation, else the helper.
+    Auto,
+    /// io_uring or a start-up error.
+    Uring,
+    /// The helper process for everything.
+    Helper,
+}
+
+impl DiskIo {
+    pub fn parse(s: &str) -> Option<DiskIo> {
+        match s {
+            "auto" => Some(DiskIo::Auto),
+            "uring" => Some(DiskIo::Uring),
+            "helper" => Some(DiskIo::Helper),
+            _ => None,
+        }
+    }
+}
+
+/// The executor: one of the backends, behind one interface.
+pub enum Executor {
+    Inline(Inline),
+    Uring(Box<Uring>),
+    Helper(Helper),
+}
+
+impl Executor {
+    /// Builds the backend `mode` asks for and logs which one runs and why. Forks the helper
+    /// process, so call it while the process is still single-threaded (after the privilege
+    /// drop, before anything that starts threads).
+    pub fn choose(mode: DiskIo) -> Result<Executor, String> {
+        let (exec, line) = choose_with(mode, Uring::ring)?;
+        log::info!("{line}");
+        Ok(exec)
+    }
+
+    /// Which backend runs: "inline", "uring" or "helper".
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Executor::Inline(_) => "inline",
+            Executor::Uring(_) => "uring",
+            Executor::Helper(_) => "helper",
+        }
+    }
+
+    /// Registers every source of completions (the ring's eventfd, the helper socket) under
+    /// `token`. On an event for it, call `drain`.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        match self {
+            Executor::Inline(_) => Ok(()),
+            Executor::Uring(u) => u.register(registry, token),
+            Executor::Helper(h) => h.register(registry, token),
+        }
+    }
+
+    /// Starts `op`; its completion carries `tag`. Tags are the caller's: the executor never
+    /// looks at them, and two operations in flight may even share one.
+    pub fn submit(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
+        if let Err(reason) = check_sizes(&op) {
+            return Err(Rejected { reason, op });
+        }
+        match self {
+            Executor::Inline(i) => i.submit(tag, op),
+            Executor::Uring(u) => u.submit(tag, op),
+            Executor::Helper(h) => h.submit(tag, op),
+        }
+    }
+
+    /// Moves every completion that has arrived into `out` without blocking, and sends what
+    /// was waiting for room on the helper socket. Call it on every event for the token.
+    pub fn drain(&mut self, out: &mut Vec<Completion>) {
+        match self {
+            Executor::Inline(i) => i.drain(out),
+            Executor::Uring(u) => u.drain(out),
+            Executor::Helper(h) => h.drain(out),
+        }
+    }
+
+    /// Operations submitted whose completion has not yet been handed out by `drain`.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            Executor::Inline(i) => i.in_flight(),
+            Executor::Uring(u) => u.in_flight(),
+            Executor::Helper(h) => h.in_flight(),
+        }
+    }
+
+    /// The helper process's pid, where there is one.
+    pub fn helper_pid(&self) -> Option<i32> {
+        match self {
+            Executor::Inline(_) => None,
+            Executor::Uring(u) => Some(u.helper().pid()),
+            Executor::Helper(h) => Some(h.pid()),
+        }
+    }
+}
+
+/// `choose` without the logging, with the io_uring constructor as a parameter so the fallback
+/// is testable where io_uring works. Returns the executor and the line to log.
+fn choose_with(
+    mode: DiskIo,
+    ring: fn() -> Result<Ring, String>,
+) -> Result<(Executor, String), String> {
+    // The helper first: it must be forked before the ring exists (io_uring's kernel workers
+    // belong to the process; the child must inherit neither them nor the ring).
+    let helper =
+        Helper::spawn().map_err(|e| format!("disk_io: cannot start the helper process: {e}"))?;
+    match mode {
+        DiskIo::Helper => Ok((
+            Executor::Helper(helper),
+            "disk_io: helper process (disk_io = helper)".into(),
+        )),
+        DiskIo::Uring => match ring() {
+            Ok(r) => Ok((
+                Executor::Uring(Box::new(Uring::new(r, helper))),
+                "disk_io: uring (disk_io = uring)".into(),
+            )),
+            Err(why) => Err(format!(
+                "disk_io = uring, but io_uring is unavailable ({why})"
+            )),
+        },
+        DiskIo::Auto => match ring() {
+            Ok(r) => Ok((
+                Executor::Uring(Box::new(Uring::new(r, helper))),
+                "disk_io: uring (io_uring supports every operation used)".into(),
+            )),
+            Err(why) => Ok((
+                Executor::Helper(helper),
+                format!("disk_io: uring unavailable ({why}); using the helper process"),
+            )),
+        },
+    }
+}
+
+fn path_ok(p: &CString) -> bool {
+    p.as_bytes_with_nul().len() <= crate::limits::EXEC_PATH_MAX
+}
+
+/// The size limits every backend shares, so a caller sees the same refusals everywhere.
+fn check_sizes(op: &DiskOp) -> Result<(), Reject> {
+    use crate::limits::{EXEC_CREDENTIAL_MAX, EXEC_WRITE_MAX, PASSWORD_MAX};
+    let ok = match op {
+        DiskOp::Open { path, .. } | DiskOp::Unlink { path, .. } | DiskOp::Mkdir { path, .. } => {
+            path_ok(path)
+        }
+        DiskOp::Rename { from, to, .. } | DiskOp::Link { from, to, .. } => {
+            path_ok(from) && path_ok(to)
+        }
+        DiskOp::Write { data, .. } => data.len() <= EXEC_WRITE_MAX,
+        DiskOp::VerifyPassword { hash, password } => {
+            let cred_len = match hash {
+                None => 0,
+                Some(Credential::Sha512Crypt(s)) => s.len(),
+                Some(Credential::Plain(p)) => p.len(),
+            };
+            // A longer password cannot arrive over POP (a command line is at most 255 octets).
+            password.len() <= PASSWORD_MAX && cred_len <= EXEC_CREDENTIAL_MAX
+        }
+        DiskOp::Fdatasync { .. }
+        | DiskOp::Fsync { .. }
+        | DiskOp::Close { .. }
+        | DiskOp::ReadDir { .. } => true,
+    };
+    if ok { Ok(()) } else { Err(Reject::TooLarge) }
+}
+
+/// `max` as the backends use it: at least one name, at most the limit.
+fn readdir_max(max: usize) -> usize {
+    max.clamp(1, crate::limits::EXEC_READDIR_MAX_NAMES)
+}

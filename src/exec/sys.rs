@@ -1,0 +1,159 @@
+//! The blocking system calls behind each `DiskOp`: what the helper process runs for every
+//! request and the inline backend runs at submit. Errors are the call's errno.
+
+use std::ffi::CStr;
+
+use super::{DiskOp, Errno, Handle, Outcome, dir_fd, readdir_max};
+use crate::auth;
+use crate::limits;
+
+fn check(ret: libc::c_int) -> Result<libc::c_int, Errno> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+/// Runs one operation to its end with blocking calls.
+pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
+    match op {
+        DiskOp::Open {
+            dir,
+            path,
+            flags,
+            mode,
+        } => {
+            // SAFETY: `path` is a NUL-terminated string alive for the call.
+            let fd = check(unsafe {
+                libc::openat(dir_fd(dir), path.as_ptr(), flags | libc::O_CLOEXEC, mode)
+            })?;
+            Ok(Outcome::Opened(Handle(fd)))
+        }
+        DiskOp::Write { file, offset, data } => {
+            write_all_at(file.0, &data, offset)?;
+            Ok(Outcome::Written(data))
+        }
+        // SAFETY (these three): plain descriptor calls; a bad descriptor is EBADF.
+        DiskOp::Fdatasync { file } => check(unsafe { libc::fdatasync(file.0) }).map(done),
+        DiskOp::Fsync { file } => check(unsafe { libc::fsync(file.0) }).map(done),
+        DiskOp::Close { file } => check(unsafe { libc::close(file.0) }).map(done),
+        DiskOp::Rename {
+            from_dir,
+            from,
+            to_dir,
+            to,
+        } => check(unsafe {
+            // SAFETY: both paths are NUL-terminated strings alive for the call.
+            libc::renameat(dir_fd(from_dir), from.as_ptr(), dir_fd(to_dir), to.as_ptr())
+        })
+        .map(done),
+        DiskOp::Link {
+            from_dir,
+            from,
+            to_dir,
+            to,
+        } => check(unsafe {
+            // SAFETY: as above.
+            libc::linkat(
+                dir_fd(from_dir),
+                from.as_ptr(),
+                dir_fd(to_dir),
+                to.as_ptr(),
+                0,
+            )
+        })
+        .map(done),
+        // SAFETY (these two): as above.
+        DiskOp::Unlink { dir, path } => {
+            check(unsafe { libc::unlinkat(dir_fd(dir), path.as_ptr(), 0) }).map(done)
+        }
+        DiskOp::Mkdir { dir, path, mode } => {
+            check(unsafe { libc::mkdirat(dir_fd(dir), path.as_ptr(), mode) }).map(done)
+        }
+        DiskOp::ReadDir { dir, cursor, max } => read_dir(dir.0, cursor, readdir_max(max)),
+        DiskOp::VerifyPassword { hash, password } => {
+            Ok(Outcome::Verified(auth::verify(hash.as_ref(), &password)))
+        }
+    }
+}
+
+fn done(_: libc::c_int) -> Outcome {
+    Outcome::Done
+}
+
+/// pwrite until every byte is written (a short write is continued, EINTR retried).
+fn write_all_at(fd: i32, mut data: &[u8], mut offset: u64) -> Result<(), Errno> {
+    while !data.is_empty() {
+        let off = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EFBIG))?;
+        // SAFETY: the pointer and length describe `data`, alive for the call.
+        let n = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off) };
+        if n < 0 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(Errno(libc::EIO));
+        }
+        let n = n as usize;
+        data = &data[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Up to `max` names of the directory open as `fd`, from the getdents cookie `cursor`.
+///
+/// The cursor is the `d_off` of the last name returned, which is what `seekdir` uses: lseek to
+/// it and the next getdents64 continues after that entry, even on ext4's hashed directories.
+fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
+    let start = libc::off_t::try_from(cursor).map_err(|_| Errno(libc::EINVAL))?;
+    // SAFETY: a plain descriptor call.
+    if unsafe { libc::lseek(fd, start, libc::SEEK_SET) } < 0 {
+        return Err(Errno::last());
+    }
+    let mut buf = vec![0u8; limits::EXEC_GETDENTS_BUF];
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: the buffer is writable for its whole length.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            return Err(Errno::last());
+        }
+        if n == 0 {
+            return Ok(Outcome::Names { names, next: None });
+        }
+        let filled = &buf[..n as usize];
+        let mut at = 0;
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        while at + 19 <= filled.len() {
+            let d_off = u64::from_ne_bytes(field(filled, at + 8));
+            let reclen = u16::from_ne_bytes(field(filled, at + 16)) as usize;
+            if reclen < 19 || at + reclen > filled.len() {
+                return Err(Errno(libc::EIO));
+            }
+            let name = CStr::from_bytes_until_nul(&filled[at + 19..at + reclen])
+                .map_err(|_| Errno(libc::EIO))?
+                .to_bytes();
+            at += reclen;
+            // Linux's NAME_MAX; the reply frame gives each name one length byte.
+            if name.len() > 255 {
+                return Err(Errno(libc::ENAMETOOLONG));
+            }
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+                if names.len() == max {
+                    return Ok(Outcome::Names {
+                        names,
+                        next: Some(d_off),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn field<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&buf[at..at + N]);
+    a
+}

@@ -1,0 +1,562 @@
+//! The same operation sequences run against every backend available here (inline, helper,
+//! uring), driven through a real mio poll with a deadline: never a sleep.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::unix::fs::symlink;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use super::*;
+use crate::limits;
+
+mod frames;
+mod process;
+
+/// `openssl passwd -6 -salt testsalt alice-pw` (as in the auth tests).
+pub(super) const ALICE_HASH: &str = "$6$testsalt$i4yyMFQKJACF7.bISz9DrkIZ2EvZ8alMoYXKcH1dn2jtxaeT.XVaISuuqDJ.4cw8dVLd/Z1OcSRNnHEk.hl1F1";
+
+/// How long a test waits for completions before it fails (never reached when things work).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+pub(super) fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn inline() -> Executor {
+    Executor::Inline(Inline::new())
+}
+
+pub(super) fn helper() -> Executor {
+    Executor::Helper(Helper::spawn().unwrap())
+}
+
+/// The uring backend, or `None` after saying loudly that this machine cannot test it.
+pub(super) fn uring() -> Option<Executor> {
+    let helper = Helper::spawn().unwrap();
+    match Uring::ring() {
+        Ok(r) => Some(Executor::Uring(Box::new(Uring::new(r, helper)))),
+        Err(why) => {
+            eprintln!(
+                "\n!!!!! io_uring is UNAVAILABLE here ({why}): the uring backend is NOT tested on \
+                 this machine; only its fallback is (choose_falls_back_to_the_helper) !!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+/// An executor under a mio poll, as the reactor will drive it.
+pub(super) struct Driver {
+    pub(super) exec: Executor,
+    poll: Poll,
+    events: Events,
+    done: Vec<Completion>,
+    next_tag: u64,
+}
+
+impl Driver {
+    pub(super) fn new(mut exec: Executor) -> Driver {
+        let poll = Poll::new().unwrap();
+        exec.register(poll.registry(), Token(7)).unwrap();
+        Driver {
+            exec,
+            poll,
+            events: Events::with_capacity(16),
+            done: Vec::new(),
+            next_tag: 1,
+        }
+    }
+
+    /// Waits until `n` completions are collected (drain, then poll with what is left of the
+    /// deadline), and returns them.
+    pub(super) fn wait(&mut self, n: usize) -> Vec<Completion> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.exec.drain(&mut self.done);
+            if self.done.len() >= n {
+                return std::mem::take(&mut self.done);
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "only {} of {n} completions arrived",
+                self.done.len()
+            );
+            // io_uring's task work can interrupt epoll_wait (EINTR), as a signal can: retry.
+            match self.poll.poll(&mut self.events, Some(deadline - now)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("poll: {e}"),
+            }
+        }
+    }
+
+    /// Runs one operation to its completion.
+    pub(super) fn run(&mut self, op: DiskOp) -> Result<Outcome, Errno> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.exec.submit(tag, op).unwrap();
+        let mut got = self.wait(1);
+        assert_eq!(got.len(), 1);
+        let c = got.pop().unwrap();
+        assert_eq!(c.tag, tag);
+        c.result
+    }
+
+    pub(super) fn open(
+        &mut self,
+        dir: Option<Handle>,
+        path: &str,
+        flags: i32,
+    ) -> Result<Handle, Errno> {
+        match self.run(DiskOp::Open {
+            dir,
+            path: c(path),
+            flags,
+            mode: 0o600,
+        })? {
+            Outcome::Opened(h) => Ok(h),
+            other => panic!("open gave {other:?}"),
+        }
+    }
+
+    pub(super) fn ok(&mut self, op: DiskOp) {
+        assert_eq!(self.run(op), Ok(Outcome::Done));
+    }
+}
+
+const DIR: i32 = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+
+macro_rules! on_every_backend {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn inline() {
+                super::$name(super::inline());
+            }
+            #[test]
+            fn helper() {
+                super::$name(super::helper());
+            }
+            #[test]
+            fn uring() {
+                if let Some(e) = super::uring() {
+                    super::$name(e);
+                }
+            }
+        }
+    };
+}
+
+on_every_backend!(op_sequence);
+on_every_backend!(errors_come_back_as_errnos);
+on_every_backend!(readdir_in_batches_with_a_cursor);
+on_every_backend!(many_in_flight_are_matched_by_tag);
+on_every_backend!(full_and_too_large_hand_the_op_back);
+on_every_backend!(passwords);
+on_every_backend!(bad_handles_fail_alone);
+
+/// Create, two writes at offsets, fdatasync, rename into another directory, fsync it, link,
+/// unlink: the file ends where and as it should.
+fn op_sequence(exec: Executor) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Driver::new(exec);
+    let root = d.open(None, tmp.path().to_str().unwrap(), DIR).unwrap();
+    d.ok(DiskOp::Mkdir {
+        dir: Some(root),
+        path: c("a"),
+        mode: 0o700,
+    });
+    d.ok(DiskOp::Mkdir {
+        dir: Some(root),
+        path: c("b"),
+        mode: 0o700,
+    });
+    let a = d.open(Some(root), "a", DIR).unwrap();
+    let b = d.open(Some(root), "b", DIR).unwrap();
+    let f = d
+        .open(
+            Some(a),
+            "msg",
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        )
+        .unwrap();
+
+    // Both writes in flight at once; each buffer comes back in its own completion.
+    d.exec
+        .submit(
+            10,
+            DiskOp::Write {
+                file: f,
+                offset: 6,
+                data: b"world\n".to_vec(),
+            },
+        )
+        .unwrap();
+    d.exec
+        .submit(
+            11,
+            DiskOp::Write {
+                file: f,
+                offset: 0,
+                data: b"hello ".to_vec(),
+            },
+        )
+        .unwrap();
+    let mut got: Vec<(u64, Result<Outcome, Errno>)> =
+        d.wait(2).into_iter().map(|c| (c.tag, c.result)).collect();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(
+        got,
+        vec![
+            (10, Ok(Outcome::Written(b"world\n".to_vec()))),
+            (11, Ok(Outcome::Written(b"hello ".to_vec())))
+        ]
+    );
+    d.ok(DiskOp::Fdatasync { file: f });
+    d.ok(DiskOp::Fsync { file: f });
+    d.ok(DiskOp::Close { file: f });
+    d.ok(DiskOp::Rename {
+        from_dir: Some(a),
+        from: c("msg"),
+        to_dir: Some(b),
+        to: c("msg"),
+    });
+    d.ok(DiskOp::Fsync { file: b });
+    d.ok(DiskOp::Link {
+        from_dir: Some(b),
+        from: c("msg"),
+        to_dir: Some(a),
+        to: c("linked"),
+    });
+    d.ok(DiskOp::Unlink {
+        dir: Some(b),
+        path: c("msg"),
+    });
+    for h in [a, b, root] {
+        d.ok(DiskOp::Close { file: h });
+    }
+    assert_eq!(
+        std::fs::read(tmp.path().join("a/linked")).unwrap(),
+        b"hello world\n"
+    );
+    assert!(!tmp.path().join("a/msg").exists());
+    assert!(!tmp.path().join("b/msg").exists());
+    assert_eq!(d.exec.in_flight(), 0);
+}
+
+fn errors_come_back_as_errnos(exec: Executor) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("there"), b"x").unwrap();
+    symlink("there", tmp.path().join("link")).unwrap();
+    let mut d = Driver::new(exec);
+    let dir = d.open(None, tmp.path().to_str().unwrap(), DIR).unwrap();
+    let ro = libc::O_RDONLY;
+    assert_eq!(d.open(Some(dir), "missing", ro), Err(Errno(libc::ENOENT)));
+    let excl = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    assert_eq!(d.open(Some(dir), "there", excl), Err(Errno(libc::EEXIST)));
+    assert_eq!(
+        d.open(Some(dir), "link", ro | libc::O_NOFOLLOW),
+        Err(Errno(libc::ELOOP))
+    );
+    // Without O_NOFOLLOW the same symlink opens: the error above is the flag's doing.
+    let through = d.open(Some(dir), "link", ro).unwrap();
+    d.ok(DiskOp::Close { file: through });
+    let unlink = DiskOp::Unlink {
+        dir: Some(dir),
+        path: c("missing"),
+    };
+    assert_eq!(d.run(unlink), Err(Errno(libc::ENOENT)));
+    let rename = DiskOp::Rename {
+        from_dir: Some(dir),
+        from: c("missing"),
+        to_dir: None,
+        to: c("x"),
+    };
+    assert_eq!(d.run(rename), Err(Errno(libc::ENOENT)));
+    let link = DiskOp::Link {
+        from_dir: Some(dir),
+        from: c("there"),
+        to_dir: Some(dir),
+        to: c("link"),
+    };
+    assert_eq!(d.run(link), Err(Errno(libc::EEXIST)));
+    let mkdir = DiskOp::Mkdir {
+        dir: Some(dir),
+        path: c("there"),
+        mode: 0o700,
+    };
+    assert_eq!(d.run(mkdir), Err(Errno(libc::EEXIST)));
+    // A handle that names nothing: EBADF, not a crash of the helper or the ring.
+    assert_eq!(
+        d.run(DiskOp::Fsync { file: Handle(9999) }),
+        Err(Errno(libc::EBADF))
+    );
+    d.ok(DiskOp::Close { file: dir });
+}
+
+/// Reads a directory batch by batch; returns the batch sizes and all names.
+fn read_all(d: &mut Driver, dir: Handle, max: usize) -> (Vec<usize>, Vec<Vec<u8>>) {
+    let (mut sizes, mut all, mut cursor) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let Ok(Outcome::Names { names, next }) = d.run(DiskOp::ReadDir { dir, cursor, max }) else {
+            panic!("readdir failed");
+        };
+        sizes.push(names.len());
+        all.extend(names);
+        match next {
+            Some(n) => cursor = n,
+            None => return (sizes, all),
+        }
+        assert!(sizes.len() < 10_000, "the cursor does not advance");
+    }
+}
+
+fn readdir_in_batches_with_a_cursor(exec: Executor) {
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        std::fs::write(tmp.path().join(format!("m{i}")), b"").unwrap();
+    }
+    let mut d = Driver::new(exec);
+    let dir = d.open(None, tmp.path().to_str().unwrap(), DIR).unwrap();
+    let (sizes, mut names) = read_all(&mut d, dir, 2);
+    assert_eq!(sizes, vec![2, 2, 1]);
+    names.sort();
+    let want: Vec<Vec<u8>> = (0..5).map(|i| format!("m{i}").into_bytes()).collect();
+    assert_eq!(names, want);
+
+    // More names than one getdents buffer and than one batch: every name exactly once.
+    for i in 5..1000 {
+        std::fs::write(tmp.path().join(format!("m{i}")), b"").unwrap();
+    }
+    let (sizes, mut names) = read_all(&mut d, dir, usize::MAX);
+    assert_eq!(sizes, vec![256, 256, 256, 232]);
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 1000);
+    d.ok(DiskOp::Close { file: dir });
+}
+
+/// Opens of existing files and unlinks of missing ones, all in flight at once under tags
+/// that are not in submission order: each completion is the one its tag asked for.
+fn many_in_flight_are_matched_by_tag(exec: Executor) {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 200u64;
+    for i in 0..n {
+        std::fs::write(tmp.path().join(format!("f{i}")), b"").unwrap();
+    }
+    let mut d = Driver::new(exec);
+    let dir = d.open(None, tmp.path().to_str().unwrap(), DIR).unwrap();
+    for i in 0..n {
+        let tag = (i * 7919) % n + 1_000;
+        let op = if i % 2 == 0 {
+            DiskOp::Open {
+                dir: Some(dir),
+                path: c(&format!("f{i}")),
+                flags: libc::O_RDONLY,
+                mode: 0,
+            }
+        } else {
+            DiskOp::Unlink {
+                dir: Some(dir),
+                path: c(&format!("gone{i}")),
+            }
+        };
+        d.exec.submit(tag, op).unwrap();
+    }
+    assert!(d.exec.in_flight() > 0);
+    let got = d.wait(n as usize);
+    assert_eq!(got.len(), n as usize);
+    let mut by_tag = HashMap::new();
+    for c in got {
+        assert!(
+            by_tag.insert(c.tag, c.result).is_none(),
+            "tag {} twice",
+            c.tag
+        );
+    }
+    for i in 0..n {
+        let tag = (i * 7919) % n + 1_000;
+        match by_tag.remove(&tag) {
+            Some(Ok(Outcome::Opened(h))) if i % 2 == 0 => {
+                d.exec.submit(i, DiskOp::Close { file: h }).unwrap()
+            }
+            Some(Err(Errno(libc::ENOENT))) if i % 2 == 1 => {}
+            other => panic!("tag {tag} (op {i}) completed as {other:?}"),
+        }
+    }
+    let closes = d.wait((n / 2) as usize);
+    assert!(closes.iter().all(|c| c.result == Ok(Outcome::Done)));
+    assert_eq!(d.exec.in_flight(), 0);
+}
+
+/// Beyond the in-flight limit `submit` refuses with `Full` and hands the operation back;
+/// after the completions are drained there is room again. An over-long write is `TooLarge`.
+fn full_and_too_large_hand_the_op_back(exec: Executor) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Driver::new(exec);
+    let dir = d.open(None, tmp.path().to_str().unwrap(), DIR).unwrap();
+    let missing = || DiskOp::Unlink {
+        dir: Some(dir),
+        path: c("nothing"),
+    };
+    for tag in 0..limits::EXEC_MAX_IN_FLIGHT as u64 {
+        d.exec.submit(tag, missing()).unwrap();
+    }
+    let refused = d.exec.submit(999, missing()).unwrap_err();
+    assert_eq!(refused.reason, Reject::Full);
+    assert!(matches!(refused.op, DiskOp::Unlink { .. }));
+    let got = d.wait(limits::EXEC_MAX_IN_FLIGHT);
+    assert!(got.iter().all(|c| c.result == Err(Errno(libc::ENOENT))));
+    assert_eq!(d.run(missing()), Err(Errno(libc::ENOENT)));
+
+    let big = vec![7u8; limits::EXEC_WRITE_MAX + 1];
+    let refused = d
+        .exec
+        .submit(
+            1,
+            DiskOp::Write {
+                file: dir,
+                offset: 0,
+                data: big,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(refused.reason, Reject::TooLarge);
+    assert!(
+        matches!(refused.op, DiskOp::Write { data, .. } if data.len() == limits::EXEC_WRITE_MAX + 1)
+    );
+
+    // The largest allowed write goes through whole.
+    let f = d
+        .open(Some(dir), "big", libc::O_WRONLY | libc::O_CREAT)
+        .unwrap();
+    let max = vec![7u8; limits::EXEC_WRITE_MAX];
+    let wrote = d.run(DiskOp::Write {
+        file: f,
+        offset: 1,
+        data: max.clone(),
+    });
+    assert_eq!(wrote, Ok(Outcome::Written(max)));
+    d.ok(DiskOp::Close { file: f });
+    let len = std::fs::metadata(tmp.path().join("big")).unwrap().len();
+    assert_eq!(len, limits::EXEC_WRITE_MAX as u64 + 1);
+    d.ok(DiskOp::Close { file: dir });
+}
+
+fn passwords(exec: Executor) {
+    let mut d = Driver::new(exec);
+    let alice = || Some(crate::auth::Credential::Sha512Crypt(ALICE_HASH.into()));
+    let check = |d: &mut Driver, hash, pw: &[u8]| {
+        d.run(DiskOp::VerifyPassword {
+            hash,
+            password: pw.to_vec(),
+        })
+    };
+    assert_eq!(
+        check(&mut d, alice(), b"alice-pw"),
+        Ok(Outcome::Verified(true))
+    );
+    assert_eq!(
+        check(&mut d, alice(), b"alice-pW"),
+        Ok(Outcome::Verified(false))
+    );
+    assert_eq!(
+        check(&mut d, None, b"alice-pw"),
+        Ok(Outcome::Verified(false))
+    );
+    let plain = || Some(crate::auth::Credential::Plain(b"s3cret".to_vec()));
+    assert_eq!(
+        check(&mut d, plain(), b"s3cret"),
+        Ok(Outcome::Verified(true))
+    );
+    assert_eq!(
+        check(&mut d, plain(), b"s3cre"),
+        Ok(Outcome::Verified(false))
+    );
+    let long = vec![b'x'; limits::PASSWORD_MAX + 1];
+    let refused = d.exec.submit(
+        1,
+        DiskOp::VerifyPassword {
+            hash: alice(),
+            password: long,
+        },
+    );
+    assert_eq!(refused.unwrap_err().reason, Reject::TooLarge);
+}
+
+fn failing_ring() -> Result<Ring, String> {
+    Err("io_uring_setup: Operation not permitted".into())
+}
+
+/// Where io_uring is refused, `auto` runs the helper and says why; `uring` refuses to start.
+/// The fallback executor then passes the whole operation sequence.
+#[test]
+fn choose_falls_back_to_the_helper() {
+    let (exec, line) = choose_with(DiskIo::Auto, failing_ring).unwrap();
+    assert_eq!(exec.backend(), "helper");
+    assert_eq!(
+        line,
+        "disk_io: uring unavailable (io_uring_setup: Operation not permitted); using the helper process"
+    );
+    op_sequence(exec);
+    let err = choose_with(DiskIo::Uring, failing_ring).err().unwrap();
+    assert_eq!(
+        err,
+        "disk_io = uring, but io_uring is unavailable (io_uring_setup: Operation not permitted)"
+    );
+    let (exec, line) = choose_with(DiskIo::Helper, Uring::ring).unwrap();
+    assert_eq!(
+        (exec.backend(), line.as_str()),
+        ("helper", "disk_io: helper process (disk_io = helper)")
+    );
+}
+
+#[test]
+fn choose_auto_takes_uring_where_it_works() {
+    match Uring::ring() {
+        Ok(_) => {
+            let (exec, line) = choose_with(DiskIo::Auto, Uring::ring).unwrap();
+            assert_eq!(exec.backend(), "uring");
+            assert_eq!(
+                line,
+                "disk_io: uring (io_uring supports every operation used)"
+            );
+        }
+        Err(why) => {
+            eprintln!("\n!!!!! io_uring is UNAVAILABLE here ({why}); auto picks the helper !!!!!\n")
+        }
+    }
+    assert_eq!(DiskIo::parse("auto"), Some(DiskIo::Auto));
+    assert_eq!(DiskIo::parse("uring"), Some(DiskIo::Uring));
+    assert_eq!(DiskIo::parse("helper"), Some(DiskIo::Helper));
+    assert_eq!(DiskIo::parse("Uring"), None);
+}
+
+/// A handle that names nothing fails its own operation with EBADF; the backend (and its
+/// helper) keeps working. On uring, `ReadDir` passes the descriptor over the socket, where a
+/// bad one is refused by sendmsg itself.
+fn bad_handles_fail_alone(exec: Executor) {
+    let mut d = Driver::new(exec);
+    let bad = Handle(9999);
+    let readdir = DiskOp::ReadDir {
+        dir: bad,
+        cursor: 0,
+        max: 5,
+    };
+    assert_eq!(d.run(readdir), Err(Errno(libc::EBADF)));
+    let write = DiskOp::Write {
+        file: bad,
+        offset: 0,
+        data: b"x".to_vec(),
+    };
+    assert_eq!(d.run(write), Err(Errno(libc::EBADF)));
+    assert_eq!(d.run(DiskOp::Close { file: bad }), Err(Errno(libc::EBADF)));
+    let check = DiskOp::VerifyPassword {
+        hash: None,
+        password: b"pw".to_vec(),
+    };
+    assert_eq!(d.run(check), Ok(Outcome::Verified(false)));
+}
