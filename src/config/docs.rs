@@ -278,14 +278,20 @@ fn roff_section_tagged(out: &mut String, section: &str, items: &[(&str, &str)]) 
     }
 }
 
+/// The first lines of a generated man page: where it comes from, `.TH` and NAME.
+fn man_header(source: &str, title: &str, name: &str) -> String {
+    format!(
+        ".\\\" Generated from {source} by `{REGEN_COMMAND}`; do not edit.\n.TH {title}\n.SH NAME\n{name}\n"
+    )
+}
+
 /// `doc/postling.8`: the command, its options, exit status, signals and files.
 pub fn man_page() -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        ".\\\" Generated from src/config/docs.rs by `{REGEN_COMMAND}`; do not edit.\n"
-    ));
-    out.push_str(".TH POSTLING 8 \"\" \"postling\" \"System Manager's Manual\"\n");
-    out.push_str(".SH NAME\npostling \\- small SMTP, POP3 and POP2 mail server\n");
+    let mut out = man_header(
+        "src/config/docs.rs",
+        "POSTLING 8 \"\" \"postling\" \"System Manager's Manual\"",
+        "postling \\- small SMTP, POP3 and POP2 mail server",
+    );
     out.push_str(
         ".SH SYNOPSIS\n.B postling\n\
          [\\fB\\-c\\fR \\fIFILE\\fR] [\\fB\\-f\\fR] [\\fB\\-t\\fR] [\\fB\\-q\\fR] \
@@ -327,12 +333,11 @@ pub fn man_page() -> String {
 
 /// `doc/postling.conf.5`: the syntax of the configuration file and every key of the table.
 pub fn conf_man_page() -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        ".\\\" Generated from src/config/keys.rs by `{REGEN_COMMAND}`; do not edit.\n"
-    ));
-    out.push_str(".TH POSTLING.CONF 5 \"\" \"postling\" \"File Formats Manual\"\n");
-    out.push_str(".SH NAME\npostling.conf \\- configuration file of the postling mail server\n");
+    let mut out = man_header(
+        "src/config/keys.rs",
+        "POSTLING.CONF 5 \"\" \"postling\" \"File Formats Manual\"",
+        "postling.conf \\- configuration file of the postling mail server",
+    );
     out.push_str(".SH DESCRIPTION\n");
     out.push_str(&roff(
         "The configuration is a flat file of `key = value` lines, by default \
