@@ -229,3 +229,24 @@ pub const PID_FILE_MAX: usize = 32;
 pub const ACCOUNT_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// RFC 3164 §4.1: a syslog packet is at most 1024 octets; longer lines are cut.
 pub const SYSLOG_MAX_PACKET: usize = 1024;
+
+// ---- queue control (`postling queue`) --------------------------------------------------------
+
+/// Longest request line on the control socket: a command and up to a few thousand queue ids
+/// (13 bytes each); a longer one is refused, so a client cannot grow the daemon's memory.
+pub const CONTROL_MAX_REQUEST: usize = 64 * 1024;
+
+/// A control client that has not sent its request, or not read its reply, by then is dropped,
+/// so a stuck `postling queue` cannot keep the socket from the next one.
+pub const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `postling queue` waits for a running daemon to answer: it answers between two
+/// delivery steps (milliseconds), so this only runs out when the daemon is stuck or stopping.
+pub const CONTROL_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `postling queue` retries when the spool is locked (a daemon runs) but its control
+/// socket does not accept yet: the daemon is between taking the lock and binding the socket.
+pub const CONTROL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause between those retries (in the command's own process; the daemon never polls).
+pub const CONTROL_CONNECT_RETRY: Duration = Duration::from_millis(50);
