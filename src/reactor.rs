@@ -5,6 +5,8 @@
 //! became ready, finishes the turn's group commit, and fires due deadlines. Connections are
 //! edge-triggered and registered once for both directions; `Conn::can_read`/`can_write`
 //! remember whether the socket may have more, so interest is derived from state, never polled.
+//! The control socket (`postling queue`, see `control`) is one more source in the same poll;
+//! its commands run between delivery batches.
 
 use std::collections::HashMap;
 use std::io;

@@ -244,3 +244,43 @@ def test_a_daemon_that_holds_the_spool_but_does_not_answer_is_a_temporary_failur
     finally:
         os.close(fd)
     assert not line_of(listing(s), qid).endswith(" HELD"), "nothing changed"
+
+
+def test_root_acts_as_the_spool_owner_so_the_daemon_can_read_what_it_wrote():
+    """The daemon runs as nobody; root's commands reach it over the socket, and with it
+    stopped root writes the spool as nobody (a root-owned 0600 bounce would be unreadable)."""
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("needs root to start the daemon as nobody")
+    import shutil
+    import tempfile
+    from conftest import Server
+    root = Path(tempfile.mkdtemp(prefix="postling-queue-", dir="/tmp"))
+    root.chmod(0o755)
+    s = Server(root, user="nobody", retry_min="1h", retry_max="1h")
+    try:
+        s.start()
+        mail = Path(s.settings["mailbox_dir"])
+        (mail / "bob").write_text("blocks the maildir")
+        held = send(s, ["bob@example.test"], "held")
+        bounced = send(s, ["bob@example.test"], "bounced", sender="carol@example.test")
+        wait_deferred(s, held)
+        wait_deferred(s, bounced)
+        r = queue(s, "hold", held)
+        assert r.returncode == 0 and f"{held}: held" in r.stdout, (r.stdout, r.stderr)
+        assert s.stop() == 0
+        r = queue(s, "bounce", bounced)
+        assert r.returncode == 0 and "returned to the sender" in r.stdout, (r.stdout, r.stderr)
+        spool = Path(s.settings["spool_dir"])
+        owners = {p.name: p.stat().st_uid for d in ("queue", "free", "tmp") for p in (spool / d).iterdir()}
+        assert f"{held}.hold" in owners
+        assert set(owners.values()) == {65534}, owners
+        (mail / "bob").unlink()
+        s.start()
+        dsn = wait_maildir(s, "carol", 1)[0].read_bytes()
+        assert b"Status: 5.0.0" in dsn
+        assert line_of(listing(s), held).endswith(" HELD")
+        assert maildir_messages(s, "bob") == []
+    finally:
+        s.stop(signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
