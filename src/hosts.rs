@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,6 +34,9 @@ use crate::throttle::{RcptBudget, Throttle};
 pub struct Services {
     spool: Spool,
     spool_dir: PathBuf,
+    /// The spool lock (`control::lock_spool`), held for the process's life: while it is
+    /// held, `postling queue` asks this process instead of touching the spool.
+    _spool_lock: std::fs::File,
     /// The message each SMTP slot is receiving.
     incoming: HashMap<usize, Incoming>,
     directory: Directory,
@@ -74,6 +78,18 @@ impl Services {
     /// Opens the spool (removing what a crash left half-done), reads the users and aliases,
     /// and schedules every queued message for an attempt at once. Returns warnings to log.
     pub fn start(config: &Config) -> Result<(Services, Vec<String>), StartError> {
+        let lock = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.spool_dir)
+            .and_then(|()| crate::control::lock_spool(&config.spool_dir, true))
+            .and_then(|l| l.ok_or_else(|| std::io::Error::other("lock not taken")))
+            .map_err(|e| {
+                StartError::os(format!(
+                    "cannot lock the spool {}: {e}",
+                    config.spool_dir.display()
+                ))
+            })?;
         let (mut spool, queued) = Spool::open(&config.spool_dir).map_err(|e| {
             StartError::os(format!(
                 "cannot open the spool {}: {e}; check that the directory is writable by the user postling runs as (spool_dir in {})",
@@ -98,12 +114,22 @@ impl Services {
                 queued.len()
             );
         }
+        let mut held = 0;
         for id in queued {
-            engine.recovered(id);
+            if spool.is_held(&id) {
+                held += 1;
+                engine.recovered_held(id);
+            } else {
+                engine.recovered(id);
+            }
+        }
+        if held > 0 {
+            info!("{held} of them held (postling queue release delivers them)");
         }
         let services = Services {
             spool,
             spool_dir: config.spool_dir.clone(),
+            _spool_lock: lock,
             incoming: HashMap::new(),
             directory,
             engine,
@@ -327,6 +353,27 @@ impl Services {
         self.mailboxes.shrink_to_fit();
         self.tickets.shrink_to_fit();
         self.slot_ticket.shrink_to_fit();
+    }
+
+    /// The spool directory the control socket lives in.
+    pub fn spool_dir(&self) -> &std::path::Path {
+        &self.spool_dir
+    }
+
+    /// Is a delivery batch in progress (queue commands wait for its end)?
+    pub fn delivery_busy(&self) -> bool {
+        self.engine.busy()
+    }
+
+    /// Carries out a `postling queue` command (between delivery batches).
+    pub fn control(&mut self, cmd: &crate::control::Command) -> Vec<crate::control::Line> {
+        crate::control::apply(
+            cmd,
+            &mut self.spool,
+            &mut self.engine,
+            true,
+            SystemTime::now(),
+        )
     }
 
     /// SIGUSR2: every queued message is due now.

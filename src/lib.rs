@@ -9,6 +9,7 @@ pub mod auth;
 pub mod buf;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod daemon;
 pub mod date;
 pub mod deadline;

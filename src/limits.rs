@@ -279,3 +279,24 @@ pub const EXEC_FRAME_MAX: usize = 68 * 1024;
 pub const EXEC_CREDENTIAL_MAX: usize = 1024;
 /// Bytes getdents64 reads into at once in a `ReadDir`: a few hundred entries per call.
 pub const EXEC_GETDENTS_BUF: usize = 32 * 1024;
+
+// ---- queue control (`postling queue`) --------------------------------------------------------
+
+/// Longest request line on the control socket: a command and up to a few thousand queue ids
+/// (13 bytes each); a longer one is refused, so a client cannot grow the daemon's memory.
+pub const CONTROL_MAX_REQUEST: usize = 64 * 1024;
+
+/// A control client that has not sent its request, or not read its reply, by then is dropped,
+/// so a stuck `postling queue` cannot keep the socket from the next one.
+pub const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `postling queue` waits for a running daemon to answer: it answers between two
+/// delivery steps (milliseconds), so this only runs out when the daemon is stuck or stopping.
+pub const CONTROL_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `postling queue` retries when the spool is locked (a daemon runs) but its control
+/// socket does not accept yet: the daemon is between taking the lock and binding the socket.
+pub const CONTROL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause between those retries (in the command's own process; the daemon never polls).
+pub const CONTROL_CONNECT_RETRY: Duration = Duration::from_millis(50);

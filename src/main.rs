@@ -1,5 +1,6 @@
 //! The `postling` command: parses the command line, loads the config, binds, and runs the
-//! reactor. Exit status: 0 success, 64 bad usage, 78 config error, 71 OS failure at start.
+//! reactor. Exit status: 0 success, 64 bad usage, 78 config error, 71 OS failure at start;
+//! `postling queue …` adds 66, 74, 75 and 77 (see `control::cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ const DEFAULT_CONFIG: &str = "/etc/postling/postling.conf";
 fn usage(opts: &getopts::Options) -> String {
     opts.usage(&format!(
         "Usage: postling [-c FILE] [-f] [-t] [-q] [-v] [-V] [-h]\n\
+         \x20      postling [-c FILE] queue list | flush [ID...] | hold ID... | release ID...\n\
+         \x20                               | delete ID...|all | bounce ID...\n\
          \x20      postling passwd USER   (reads a password from stdin, prints the users-file line)\n\
          A small SMTP, POP3 and POP2 mail server. Config file default: {DEFAULT_CONFIG}"
     ))
@@ -64,7 +67,24 @@ fn main() -> ExitCode {
         println!("postling {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    if !m.free.is_empty() {
+    let queue_cmd = match m.free.split_first() {
+        Some((first, rest)) if first == "queue" => match rest.first().map(String::as_str) {
+            Some("list") if rest.len() == 1 => Some(None),
+            Some("list") => {
+                eprintln!("postling: queue list takes no arguments\n{}", usage(&opts));
+                return ExitCode::from(EX_USAGE);
+            }
+            _ => match postling::control::Command::parse(rest) {
+                Ok(cmd) => Some(Some(cmd)),
+                Err(e) => {
+                    eprintln!("postling: {e}\n{}", usage(&opts));
+                    return ExitCode::from(EX_USAGE);
+                }
+            },
+        },
+        _ => None,
+    };
+    if queue_cmd.is_none() && !m.free.is_empty() {
         eprintln!(
             "postling: unexpected argument '{}'\n{}",
             m.free[0],
@@ -93,8 +113,11 @@ fn main() -> ExitCode {
     if checking {
         return check_config(&path, &config, &warnings);
     }
-    if m.opt_present("q") {
+    if m.opt_present("q") || matches!(queue_cmd, Some(None)) {
         return print_queue(&config);
+    }
+    if let Some(Some(cmd)) = queue_cmd {
+        return postling::control::cli::run(&config, &cmd);
     }
 
     let foreground = m.opt_present("f");

@@ -5,6 +5,8 @@
 //! became ready, finishes the turn's group commit, and fires due deadlines. Connections are
 //! edge-triggered and registered once for both directions; `Conn::can_read`/`can_write`
 //! remember whether the socket may have more, so interest is derived from state, never polled.
+//! The control socket (`postling queue`, see `control`) is one more source in the same poll;
+//! its commands run between delivery batches.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +23,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::buf::Pool;
 use crate::config::Config;
 use crate::conn::{Conn, LINGER, Phase, Proto, Session};
+use crate::control::ControlServer;
 use crate::deadline::Deadlines;
 use crate::hosts::Services;
 use crate::limits;
@@ -70,6 +73,8 @@ pub struct Reactor {
     config_path: PathBuf,
     /// Memory was handed back since the last connection closed (see `release_memory`).
     rested: bool,
+    /// `spool_dir/control.sock`, where `postling queue` sends its commands.
+    control: ControlServer,
 }
 
 impl Settings {
@@ -201,6 +206,15 @@ impl Reactor {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        let control = ControlServer::bind(services.spool_dir(), poll.registry()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the control socket in {}: {e}",
+                    services.spool_dir().display()
+                ),
+            )
+        })?;
         let mut reactor = Reactor {
             poll,
             listeners: Vec::new(),
@@ -219,6 +233,7 @@ impl Reactor {
             services,
             config_path,
             rested: true,
+            control,
         };
         for l in listeners {
             reactor.add_listener(l)?;
@@ -251,6 +266,7 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.handle_signals(now),
+                    t if ControlServer::owns(t) => self.control.ready(t),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if let Some(Some(conn)) = self.conns.get_mut(slot) {
@@ -278,6 +294,7 @@ impl Reactor {
             // client waits behind a whole batch of fsyncs: one slice for commits (clients wait
             // for them), one for deliveries (so they keep up under a steady load).
             self.finish_commits(now, Instant::now() + limits::WORK_SLICE);
+            self.serve_control(now);
             self.services
                 .deliver(now, SystemTime::now(), Instant::now() + limits::WORK_SLICE);
             self.fire_deadlines(now);
@@ -311,11 +328,30 @@ impl Reactor {
         debug!("at rest: memory handed back");
     }
 
+    /// `postling queue`: accepts and reads a command, and carries it out when no delivery
+    /// batch is in progress (so it never acts on an entry being attempted; a batch lasts
+    /// milliseconds, and the poll does not wait while one runs).
+    fn serve_control(&mut self, now: Instant) {
+        self.control.turn(self.poll.registry(), now);
+        if self.services.delivery_busy() {
+            return;
+        }
+        if let Some(cmd) = self.control.take_request() {
+            let lines = self.services.control(&cmd);
+            self.control.reply(&lines, self.poll.registry());
+        }
+        // A parse error is answered by the next `turn`; a finished client makes room.
+        self.control.turn(self.poll.registry(), now);
+    }
+
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if self.services.commit_pending() || self.backlog_waiting() {
             return Some(Duration::ZERO);
         }
         let mut t = self.deadlines.timeout(now);
+        if let Some(d) = self.control.timeout(now) {
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
         if let Some(d) = self.services.delivery_timeout(now) {
             t = Some(t.map_or(d, |t| t.min(d)));
         }

@@ -190,6 +190,18 @@ const DESCRIPTION: &[&str] = &[
      as a non-zero exit status with the message on standard error.",
     "`postling passwd USER` reads a password from standard input (twice when that is a \
      terminal) and prints the line to put in the users file (`USER:{SHA512-CRYPT}$6$...`).",
+    "`postling queue` controls the mail queue, with the daemon running or stopped (the daemon \
+     acts on a command at once, without a restart): `queue list` prints it as `-q` does (held \
+     messages show `HELD`); `queue flush` makes every queued message due now, `queue flush ID...` \
+     those; `queue hold ID...` keeps messages from delivery (a held message is never \
+     attempted and never expires while held; flushing leaves it held); `queue release ID...` \
+     ends the hold and makes them due now; `queue delete ID...` (or `queue delete all`) removes \
+     messages without a bounce; `queue bounce ID...` fails every pending recipient now with \
+     `5.0.0 returned by the administrator` and sends the sender a delivery status \
+     notification. Every ID is processed even when one is unknown. While the daemon runs, the \
+     command is sent over `spool_dir/control.sock` and carried out by the daemon between two \
+     delivery steps; with no daemon the command changes the spool itself under the spool \
+     lock. Run it as root or as the user postling runs as.",
 ];
 
 const OPTIONS: &[(&str, &str)] = &[
@@ -210,8 +222,9 @@ const OPTIONS: &[(&str, &str)] = &[
     ),
     (
         "`-q`",
-        "Print the mail queue and exit. It is read from the spool directly, whether or not \
-         the daemon runs.",
+        "Print the mail queue and exit (the same as `postling queue list`). It is read from the \
+         spool directly, whether or not the daemon runs; held messages show `HELD` as their \
+         next attempt.",
     ),
     ("`-v`", "Log at debug level, whatever `log_level` says."),
     ("`-V`", "Print the version and exit."),
@@ -226,10 +239,30 @@ const EXIT_STATUS: &[(&str, &str)] = &[
     ),
     ("64", "Bad usage: an unknown option or a stray argument."),
     (
+        "66",
+        "`postling queue`: an ID names no message in the queue (or is not a queue id); the \
+         other IDs were processed.",
+    ),
+    (
         "71",
         "An operating system failure at start: a listener cannot be bound (the message names \
          the protocol, the address, the error and what to check), or a state directory cannot \
          be created.",
+    ),
+    (
+        "74",
+        "`postling queue`: the spool refused a change (an I/O error); that message is as it was.",
+    ),
+    (
+        "75",
+        "`postling queue`: a daemon holds the spool but did not answer on its control socket \
+         (starting, stopping, or stuck). If it was cut off while waiting for the answer, the \
+         command may have been carried out: check with `postling queue list`.",
+    ),
+    (
+        "77",
+        "`postling queue`: the spool cannot be reached with the caller's rights (run it as root \
+         or as the user postling runs as).",
     ),
     (
         "78",
@@ -254,7 +287,10 @@ const SIGNALS: &[(&str, &str)] = &[
         "USR1",
         "Reopen `log_file`, for log rotation: rename the file, then send the signal.",
     ),
-    ("USR2", "Make every queued message due for delivery now."),
+    (
+        "USR2",
+        "Make every queued message due for delivery now (held messages stay held).",
+    ),
 ];
 
 const FILES: &[(&str, &str)] = &[
@@ -265,6 +301,11 @@ const FILES: &[(&str, &str)] = &[
     ),
     ("/etc/postling/aliases", "Aliases (`aliases_file`)."),
     ("/var/spool/postling", "The mail queue (`spool_dir`)."),
+    (
+        "/var/spool/postling/control.sock",
+        "The running daemon's control socket for `postling queue` (mode 0600, in the 0700 \
+         spool directory).",
+    ),
     (
         "/var/mail/postling/USER",
         "The Maildir of each user (`mailbox_dir`).",
@@ -296,6 +337,10 @@ pub fn man_page() -> String {
         ".SH SYNOPSIS\n.B postling\n\
          [\\fB\\-c\\fR \\fIFILE\\fR] [\\fB\\-f\\fR] [\\fB\\-t\\fR] [\\fB\\-q\\fR] \
          [\\fB\\-v\\fR] [\\fB\\-V\\fR] [\\fB\\-h\\fR]\n\
+         .br\n.B postling\n[\\fB\\-c\\fR \\fIFILE\\fR] \\fBqueue\\fR \
+         \\fBlist\\fR | \\fBflush\\fR [\\fIID\\fR...] | \\fBhold\\fR \\fIID\\fR... | \
+         \\fBrelease\\fR \\fIID\\fR... | \\fBdelete\\fR \\fIID\\fR...|\\fBall\\fR | \
+         \\fBbounce\\fR \\fIID\\fR...\n\
          .br\n.B postling passwd\n.I USER\n",
     );
     out.push_str(".SH DESCRIPTION\n");

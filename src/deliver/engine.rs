@@ -105,6 +105,11 @@ pub struct Engine {
     /// last attempt between its Maildir renames and the queue update, so before writing a
     /// copy they look for one already there (`Maildirs::delivered_before`).
     recovered: HashSet<String>,
+    /// Held entries (`postling queue hold`): never in the schedule, never attempted, so they
+    /// never expire either, until `release`. True for one found held at start-up: on release
+    /// it is treated as `recovered` (a crashed process may have delivered some of it before
+    /// it was held with the daemon stopped).
+    held: HashMap<QueueId, bool>,
 }
 
 /// Recipients of an entry that are done: delivered, and failed with the reason.
@@ -176,7 +181,91 @@ impl Engine {
             batch: None,
             unrecorded: HashMap::new(),
             recovered: HashSet::new(),
+            held: HashMap::new(),
         }
+    }
+
+    /// Holds an entry: out of the schedule until `release`. Call between batches (`busy`
+    /// false): an entry in a batch is being attempted right now.
+    pub fn hold(&mut self, id: QueueId) {
+        self.schedule.remove(&id);
+        self.held.entry(id).or_insert(false);
+    }
+
+    /// Releases a held entry (or one found held at start-up): due now.
+    pub fn release(&mut self, id: QueueId) {
+        if self.held.remove(&id) == Some(true) {
+            self.recovered.insert(id.0.clone());
+        }
+        self.schedule.remove(&id);
+        self.schedule.due_now(id);
+    }
+
+    pub fn is_held(&self, id: &QueueId) -> bool {
+        self.held.contains_key(id)
+    }
+
+    /// Makes a queued entry due now (`postling queue flush ID`); a held one stays held.
+    pub fn flush_one(&mut self, id: QueueId) {
+        if self.held.contains_key(&id) {
+            return;
+        }
+        self.schedule.remove(&id);
+        self.schedule.due_now(id);
+    }
+
+    /// Forgets an entry that an administrator removed from the spool.
+    pub fn forget(&mut self, id: &QueueId) {
+        self.schedule.remove(id);
+        self.held.remove(id);
+        self.unrecorded.remove(id);
+        self.settled(id);
+    }
+
+    /// Is a delivery batch in progress? Administrator's commands wait until it is over, so
+    /// they never act on an entry that is being attempted.
+    pub fn busy(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Returns an entry to its sender now (`postling queue bounce`): every pending recipient
+    /// fails with `5.0.0 returned by the administrator`, a delivery status notification is
+    /// queued for the sender (none for the null sender), and the entry is removed. Returns
+    /// how many recipients were returned. NotFound if the entry does not exist. Call between
+    /// batches.
+    pub fn return_to_sender(
+        &mut self,
+        id: &QueueId,
+        store: &mut dyn QueueStore,
+        wall: SystemTime,
+    ) -> io::Result<usize> {
+        let mut entry = store.load(id)?;
+        if let Some(done) = self.unrecorded.get(id) {
+            entry.pending.retain(|&i| !done.contains(i));
+        }
+        let failed: Vec<(usize, String)> = entry
+            .pending
+            .iter()
+            .map(|&i| (i, "5.0.0 returned by the administrator".to_string()))
+            .collect();
+        let env = &entry.envelope;
+        if failed.is_empty() {
+            // Nothing pending (a crash cut the removal short): nothing to return.
+        } else if env.sender.is_empty() {
+            info!("{id}: returned by postling queue bounce; no bounce for the null sender");
+        } else if let Err(e) = self.bounce(id, env, &failed, store, wall) {
+            return Err(io::Error::other(format!("cannot queue the bounce: {e:?}")));
+        }
+        for (idx, r) in &failed {
+            info!(
+                "{id}: to <{}> failed: {r}",
+                env.recipients.get(*idx).map_or("", String::as_str)
+            );
+        }
+        store.remove(id)?;
+        self.forget(id);
+        info!("{id}: returned to sender by postling queue bounce");
+        Ok(failed.len())
     }
 
     /// Schedules an entry found in the queue at start-up: due now, and its copies may already
@@ -184,6 +273,12 @@ impl Engine {
     pub fn recovered(&mut self, id: QueueId) {
         self.recovered.insert(id.0.clone());
         self.schedule.due_now(id);
+    }
+
+    /// Schedules nothing for an entry found held at start-up: it waits for `release`, which
+    /// makes it due and `recovered`.
+    pub fn recovered_held(&mut self, id: QueueId) {
+        self.held.insert(id, true);
     }
 
     /// An entry's attempt is settled (or the entry is gone): whatever a crashed process
@@ -346,6 +441,10 @@ impl Engine {
         wall: SystemTime,
         staged: &mut Vec<Staged>,
     ) -> Option<Attempt> {
+        if self.held.contains_key(&id) {
+            // Held since it was scheduled: it waits for `release`, out of the schedule.
+            return None;
+        }
         match store.load(&id) {
             Ok(mut entry) => {
                 if let Some(done) = self.unrecorded.get(&id) {
@@ -535,7 +634,9 @@ impl Engine {
             self.unrecorded.insert(id.clone(), done);
         }
         info!("{id}: deferred for {}: {reason}", human(delay));
-        self.schedule.defer(id, now + delay);
+        if !self.held.contains_key(&id) {
+            self.schedule.defer(id, now + delay);
+        }
     }
 
     fn bounce(

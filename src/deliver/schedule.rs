@@ -62,6 +62,15 @@ impl Schedule {
         self.ready.extend(all.into_iter().map(|(_, id)| (id, None)));
     }
 
+    /// Takes `id` out of the schedule wherever it waits (an administrator's command: the
+    /// deferred heap is rebuilt, O(n)). True if it was there.
+    pub fn remove(&mut self, id: &QueueId) -> bool {
+        let before = self.len();
+        self.ready.retain(|(r, _)| r != id);
+        self.deferred.retain(|Reverse((_, d))| d != id);
+        self.len() != before
+    }
+
     /// How long the reactor may sleep as far as delivery is concerned.
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
         let deferred = self
@@ -192,6 +201,21 @@ mod tests {
         s.flush();
         assert_eq!(s.next_due(t0), Some(id("a")));
         assert_eq!(s.next_due(t0), Some(id("b")));
+    }
+
+    #[test]
+    fn remove_takes_an_entry_out_wherever_it_waits() {
+        let mut s = Schedule::default();
+        let t0 = Instant::now();
+        s.defer(id("d"), t0 + Duration::from_secs(60));
+        s.defer(id("e"), t0 + Duration::from_secs(30));
+        s.due_now(id("r"));
+        assert!(s.remove(&id("d")));
+        assert!(s.remove(&id("r")));
+        assert!(!s.remove(&id("r")));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.next_due(t0 + Duration::from_secs(99)), Some(id("e")));
+        assert!(s.is_empty());
     }
 
     #[test]

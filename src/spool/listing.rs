@@ -1,4 +1,4 @@
-//! The queue listing for `postling -q`: reads `queue/` directly and read-only, so it works
+//! The queue listing for `postling -q` and `postling queue list`: reads `queue/` directly and read-only, so it works
 //! with or without a running daemon, and tolerates entries that vanish while it reads.
 
 use std::fmt::Write as _;
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::format::{id_decode, id_encode, id_time};
-use super::{QUEUE_DIR, QueueId, STATE_SUFFIX, read_entry_at};
+use super::{HOLD_SUFFIX, QUEUE_DIR, QueueId, STATE_SUFFIX, read_entry_at};
 
 /// One line of the listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub struct QueueSummary {
     pub pending: Vec<String>,
     pub last_error: Option<String>,
     pub next_attempt: SystemTime,
+    /// Held (`postling queue hold`): not attempted until released.
+    pub held: bool,
 }
 
 /// Summarises every committed entry under `dir` (the spool directory), oldest first. An
@@ -43,6 +45,7 @@ pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
         let id = id_encode(v);
         let path = queue.join(&id.0);
         let state_path = queue.join(format!("{}{STATE_SUFFIX}", id.0));
+        let held = fs::symlink_metadata(queue.join(format!("{}{HOLD_SUFFIX}", id.0))).is_ok();
         match read_entry_at(&path, Some(&state_path), &id) {
             Ok(e) => out.push(QueueSummary {
                 pending: e.pending().map(|(_, r)| r.to_string()).collect(),
@@ -52,6 +55,7 @@ pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
                 sender: e.envelope.sender,
                 last_error: e.last_error,
                 next_attempt: e.next_attempt,
+                held,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => out.push(QueueSummary {
@@ -62,6 +66,7 @@ pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
                 pending: Vec::new(),
                 last_error: Some(format!("unreadable entry: {e}")),
                 next_attempt: id_time(v),
+                held,
             }),
         }
     }
@@ -93,7 +98,9 @@ pub fn format_queue(entries: &[QueueSummary], now: SystemTime) -> String {
             Some(err) => format!("\"{}\"", printable(err).replace('"', "\\\"")),
             None => "-".to_string(),
         };
-        let next = if e.next_attempt <= now {
+        let next = if e.held {
+            "HELD".to_string()
+        } else if e.next_attempt <= now {
             "now".to_string()
         } else {
             utc(e.next_attempt)
@@ -107,10 +114,16 @@ pub fn format_queue(entries: &[QueueSummary], now: SystemTime) -> String {
         );
     }
     let n = entries.len();
+    let held = entries.iter().filter(|e| e.held).count();
     let _ = writeln!(
         s,
-        "{n} {} in queue",
-        if n == 1 { "message" } else { "messages" }
+        "{n} {} in queue{}",
+        if n == 1 { "message" } else { "messages" },
+        if held > 0 {
+            format!(", {held} held")
+        } else {
+            String::new()
+        }
     );
     s
 }

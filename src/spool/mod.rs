@@ -11,12 +11,16 @@
 //!   unlink is the removal point.
 //! - `queue/<id>.state`: delivery bookkeeping (per-recipient outcomes, attempts, next attempt),
 //!   replaced atomically by rename. Without `queue/<id>` it is the remnant of a removal.
+//! - `queue/<id>.hold`: an empty marker: the entry is held (`postling queue hold`) and is not
+//!   attempted until the marker is unlinked. Created and unlinked as one step each; without
+//!   `queue/<id>` it is the remnant of a removal.
 //! - `free/f<n>`: the emptied file of a removed message, kept so a new message reuses its
 //!   inode. Holds no bytes and no blocks: cut to 0 when it arrives and, should a crash come
 //!   in between, at start-up. Given back (unlinked) when the disk is full.
 //!
 //! `Spool::open` scans both directories once at start-up; after that no directory is listed
-//! again (`list_queue` is the read-only exception for `postling -q`). doc/spool.md carries the
+//! again (`list_queue`, read-only, for `postling -q`, and `ids` for `postling queue delete all`
+//! are the exceptions, both for the administrator). doc/spool.md carries the
 //! full state table.
 
 mod commit;
@@ -103,6 +107,8 @@ const QUEUE_DIR: &str = "queue";
 const FREE_DIR: &str = "free";
 /// Suffix of a state file beside its message.
 const STATE_SUFFIX: &str = ".state";
+/// Suffix of the empty marker that holds an entry.
+const HOLD_SUFFIX: &str = ".hold";
 
 impl QueueId {
     /// Is this a well-formed id (and so a safe file name)?
@@ -152,6 +158,8 @@ pub struct Spool {
     /// Envelopes of entries committed by this process and not yet read back, so the first
     /// delivery attempt does not re-read and re-parse what was just written.
     fresh: HashMap<QueueId, (Envelope, u64, u64)>,
+    /// Entries with a hold marker (`queue/<id>.hold`): found at start-up or set by `hold`.
+    held: HashSet<QueueId>,
     sync_mode: SyncMode,
 }
 
@@ -338,6 +346,7 @@ fn mkdir_0700(path: &Path) -> io::Result<()> {
 enum DirName {
     Message(u64),
     State(u64),
+    Hold(u64),
     Other,
 }
 
@@ -348,8 +357,11 @@ fn classify(name: &std::ffi::OsStr) -> DirName {
     if let Some(v) = id_decode(name) {
         return DirName::Message(v);
     }
-    match name.strip_suffix(STATE_SUFFIX).and_then(id_decode) {
-        Some(v) => DirName::State(v),
+    if let Some(v) = name.strip_suffix(STATE_SUFFIX).and_then(id_decode) {
+        return DirName::State(v);
+    }
+    match name.strip_suffix(HOLD_SUFFIX).and_then(id_decode) {
+        Some(v) => DirName::Hold(v),
         None => DirName::Other,
     }
 }
@@ -454,7 +466,9 @@ impl Spool {
 
         for ent in fs::read_dir(&tmp)? {
             let ent = ent?;
-            if let DirName::Message(v) | DirName::State(v) = classify(&ent.file_name()) {
+            if let DirName::Message(v) | DirName::State(v) | DirName::Hold(v) =
+                classify(&ent.file_name())
+            {
                 last_id = last_id.max(v);
             }
             // Everything in tmp/ is an unfinished message or state file: the commit or the
@@ -470,11 +484,13 @@ impl Spool {
 
         let mut messages = Vec::new();
         let mut states = Vec::new();
+        let mut holds = Vec::new();
         for ent in fs::read_dir(&queue)? {
             let ent = ent?;
             match classify(&ent.file_name()) {
                 DirName::Message(v) => messages.push(v),
                 DirName::State(v) => states.push((v, ent.path())),
+                DirName::Hold(v) => holds.push((v, ent.path())),
                 DirName::Other => {
                     log::warn!("spool: ignoring unknown file {}", ent.path().display())
                 }
@@ -496,6 +512,20 @@ impl Spool {
                 }
             }
         }
+        let mut held = HashSet::new();
+        for (v, path) in holds {
+            last_id = last_id.max(v);
+            if messages.binary_search(&v).is_ok() {
+                held.insert(id_encode(v));
+                continue;
+            }
+            // A hold marker without its message is what a crash during `remove` leaves.
+            match fs::remove_file(&path) {
+                Ok(()) => log::info!("spool: removed orphan {}", path.display()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("spool: cannot remove {}: {e}", path.display()),
+            }
+        }
         if let Some(&v) = messages.last() {
             last_id = last_id.max(v);
         }
@@ -514,6 +544,7 @@ impl Spool {
             on_release: None,
             stated,
             fresh: HashMap::new(),
+            held,
             sync_mode: SyncMode::default(),
         };
         Ok((spool, messages.into_iter().map(id_encode).collect()))
@@ -537,6 +568,71 @@ impl Spool {
 
     fn state_path(&self, id: &QueueId) -> PathBuf {
         self.queue.join(format!("{}{STATE_SUFFIX}", id.0))
+    }
+
+    fn hold_path(&self, id: &QueueId) -> PathBuf {
+        self.queue.join(format!("{}{HOLD_SUFFIX}", id.0))
+    }
+
+    /// Is `id` a committed entry (its message file is in `queue/`)?
+    pub fn contains(&self, id: &QueueId) -> bool {
+        id.is_valid() && fs::symlink_metadata(self.message_path(id)).is_ok()
+    }
+
+    /// Does `id` carry a hold marker?
+    pub fn is_held(&self, id: &QueueId) -> bool {
+        self.held.contains(id)
+    }
+
+    /// The ids of every committed entry, oldest first: one listing of `queue/`, for the
+    /// administrator's commands (`postling queue delete all`), never for delivery.
+    pub fn ids(&self) -> io::Result<Vec<QueueId>> {
+        let mut v = Vec::new();
+        for ent in fs::read_dir(&self.queue)? {
+            if let DirName::Message(n) = classify(&ent?.file_name()) {
+                v.push(n);
+            }
+        }
+        v.sort_unstable();
+        Ok(v.into_iter().map(id_encode).collect())
+    }
+
+    /// Holds an entry: creates the empty marker `queue/<id>.hold` (one step: it exists or it
+    /// does not) and syncs `queue/`, so a hold survives a crash. False if it was held already.
+    /// NotFound if the entry does not exist.
+    pub fn hold(&mut self, id: &QueueId) -> io::Result<bool> {
+        check_id(id)?;
+        fs::symlink_metadata(self.message_path(id))?;
+        let created = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.hold_path(id))
+        {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        self.held.insert(id.clone());
+        // A removal racing the creation (only the daemon removes, and it does not while it
+        // carries out a command) would leave an orphan marker, which start-up removes.
+        self.sync_queue_dir()?;
+        Ok(created)
+    }
+
+    /// Releases a held entry: unlinks its marker and syncs `queue/`. False if it was not held.
+    /// NotFound if the entry does not exist.
+    pub fn release(&mut self, id: &QueueId) -> io::Result<bool> {
+        check_id(id)?;
+        fs::symlink_metadata(self.message_path(id))?;
+        self.held.remove(id);
+        match fs::remove_file(self.hold_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.sync_queue_dir()?;
+        Ok(true)
     }
 
     /// Starts a new entry: a temp file named by a fresh id, the envelope header written first.
@@ -815,8 +911,8 @@ impl Spool {
     }
 
     /// Removes an entry. The message file goes first (the entry no longer exists once that
-    /// unlink is durable), then its state file; a crash in between leaves an orphan state
-    /// file, which `open` removes. Removing an entry that is already gone is not an error.
+    /// unlink is durable), then its state file and hold marker; a crash in between leaves an
+    /// orphan state file or marker, which `open` removes. Removing an entry that is already gone is not an error.
     ///
     /// Without a state file (the usual case: delivered at the first attempt) the unlink is not
     /// fsync'ed: the entry is already delivered, and should a power cut undo the unlink, the
@@ -831,14 +927,22 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if !self.stated.remove(id) {
+        let held = self.held.remove(id);
+        let stated = self.stated.remove(id);
+        if !held && !stated {
             return Ok(());
         }
         self.sync_queue_dir()?;
-        match fs::remove_file(self.state_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        for (had, path) in [(stated, self.state_path(id)), (held, self.hold_path(id))] {
+            if !had {
+                continue;
+            }
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// How commits are made durable (the `fsync` config key).

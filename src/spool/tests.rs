@@ -831,3 +831,109 @@ fn a_full_disk_with_nothing_to_give_back_refuses() {
     assert!(names(&d.path().join("tmp")).is_empty());
     assert!(names(&d.path().join("queue")).is_empty());
 }
+
+#[test]
+fn hold_and_release_are_one_marker_each_and_survive_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let q = root.join("queue");
+    let (mut spool, _) = Spool::open(root).unwrap();
+    let id = store(&mut spool, &env(&["a@x"]), b"one\r\n");
+    let other = store(&mut spool, &env(&["a@x"]), b"two\r\n");
+    assert!(spool.hold(&id).unwrap());
+    assert!(!spool.hold(&id).unwrap(), "held already");
+    assert!(spool.is_held(&id) && !spool.is_held(&other));
+    assert_eq!(
+        names(&q),
+        vec![id.0.clone(), format!("{}.hold", id.0), other.0.clone()]
+    );
+    assert_eq!(
+        fs::metadata(q.join(format!("{}.hold", id.0)))
+            .unwrap()
+            .len(),
+        0,
+        "an empty marker"
+    );
+    // A crash now (the marker exists): start-up finds the entry held, not junk.
+    drop(spool);
+    let (mut spool, ids) = Spool::open(root).unwrap();
+    assert_eq!(ids, vec![id.clone(), other.clone()]);
+    assert!(spool.is_held(&id) && !spool.is_held(&other));
+    let listed = list_queue(root).unwrap();
+    assert!(listed[0].held && !listed[1].held);
+    assert!(format_queue(&listed, SystemTime::now()).contains(" HELD\n"));
+    assert!(format_queue(&listed, SystemTime::now()).ends_with("2 messages in queue, 1 held\n"));
+    // Release: the marker goes; after a crash the entry is plain again.
+    assert!(spool.release(&id).unwrap());
+    assert!(!spool.release(&id).unwrap(), "was not held");
+    drop(spool);
+    let (spool, _) = Spool::open(root).unwrap();
+    assert!(!spool.is_held(&id));
+    assert_eq!(names(&q), vec![id.0.clone(), other.0.clone()]);
+    // Unknown and malformed ids.
+    let mut spool = spool;
+    let gone = id_encode(id_decode(&other.0).unwrap() + 7);
+    assert_eq!(
+        spool.hold(&gone).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    assert_eq!(
+        spool.release(&gone).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    assert!(!spool.contains(&gone) && spool.contains(&other));
+    assert!(spool.hold(&QueueId("../x".into())).is_err());
+    assert!(!spool.contains(&QueueId("../queue".into())));
+}
+
+#[test]
+fn removing_a_held_entry_at_every_crash_point_leaves_a_state_start_up_understands() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let q = root.join("queue");
+    let (mut spool, _) = Spool::open(root).unwrap();
+    let keep = store(&mut spool, &env(&["a@x"]), b"keep\r\n");
+    let id = store(&mut spool, &env(&["a@x", "b@x"]), b"held\r\n");
+    spool.record_progress(&id, &[0], &[]).unwrap();
+    spool.hold(&id).unwrap();
+    spool.hold(&keep).unwrap();
+    drop(spool);
+    let msg = fs::read(q.join(&id.0)).unwrap();
+    let state = fs::read(q.join(format!("{}.state", id.0))).unwrap();
+    // remove = message out (the removal point), then the state file, then the marker. A
+    // crash after each step leaves these files:
+    let after_message = [
+        (format!("{}.state", id.0), &state[..]),
+        (format!("{}.hold", id.0), &b""[..]),
+    ];
+    let after_state = [(format!("{}.hold", id.0), &b""[..])];
+    for (step, leftovers) in [&after_message[..], &after_state[..]].iter().enumerate() {
+        let _ = fs::remove_file(q.join(&id.0));
+        for (name, bytes) in leftovers.iter() {
+            fs::write(q.join(name), bytes).unwrap();
+        }
+        let (spool, ids) = Spool::open(root).unwrap();
+        assert_eq!(ids, vec![keep.clone()], "step {step}");
+        assert_eq!(
+            names(&q),
+            vec![keep.0.clone(), format!("{}.hold", keep.0)],
+            "orphans removed at step {step}"
+        );
+        assert!(spool.is_held(&keep) && !spool.is_held(&id));
+        // New ids stay beyond every id seen, orphans included.
+        drop(spool);
+    }
+    // Before the first step nothing changed: the entry is whole, held, with its progress.
+    fs::write(q.join(&id.0), &msg).unwrap();
+    fs::write(q.join(format!("{}.state", id.0)), &state).unwrap();
+    fs::write(q.join(format!("{}.hold", id.0)), b"").unwrap();
+    let (mut spool, ids) = Spool::open(root).unwrap();
+    assert_eq!(ids, vec![keep.clone(), id.clone()]);
+    assert!(spool.is_held(&id));
+    let e = spool.read_entry(&id).unwrap();
+    assert_eq!(e.rcpts, vec![RcptState::Delivered, RcptState::Pending]);
+    // And the real removal takes every file of the entry.
+    spool.remove(&id).unwrap();
+    assert_eq!(names(&q), vec![keep.0.clone(), format!("{}.hold", keep.0)]);
+    assert!(!spool.is_held(&id));
+}

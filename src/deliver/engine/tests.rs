@@ -413,3 +413,94 @@ fn copies_a_crash_left_unrecorded_are_found_after_the_restart_and_not_written_ag
     assert!(w.engine.recovered.is_empty());
     assert!(w.engine.schedule.is_empty());
 }
+
+#[test]
+fn held_entries_are_never_attempted_and_never_expire_until_released() {
+    // A lifetime of zero: any attempt of the held entry would bounce it with 4.4.7.
+    let mut w = world(ALIASES, Duration::ZERO);
+    fs::create_dir_all(&w.mail).unwrap();
+    fs::write(w.mail.join("bob"), b"not a maildir").unwrap();
+    let held = w.queue.add("s@example.org", &["bob@example.test"]);
+    let found_held = w.queue.add("s@example.org", &["bob@example.test"]);
+    w.engine.schedule.due_now(held.clone());
+    w.engine.hold(held.clone());
+    w.engine.recovered_held(found_held.clone());
+    // Neither a queue run (SIGUSR2), nor a flush of the id, nor a late clock attempts them.
+    w.engine.schedule.flush();
+    w.engine.flush_one(held.clone());
+    w.engine.flush_one(found_held.clone());
+    let later = Instant::now() + Duration::from_secs(86400 * 30);
+    assert_eq!(w.engine.schedule.timeout(later), None, "nothing scheduled");
+    assert_eq!(
+        w.engine
+            .run(8, &mut w.queue, &w.dir, later, SystemTime::now()),
+        0
+    );
+    assert!(w.queue.removed.is_empty() && w.queue.bounces.is_empty());
+    assert!(w.queue.recorded.is_empty(), "not even a deferral");
+    assert!(w.engine.is_held(&held) && w.engine.is_held(&found_held));
+    // Released: due at once and attempted (bob's Maildir now works).
+    fs::remove_file(w.mail.join("bob")).unwrap();
+    w.engine.release(held.clone());
+    w.engine.release(found_held.clone());
+    assert_eq!(w.run(8), 2);
+    assert_eq!(count(&w.mail, "bob"), 2);
+    assert_eq!(w.queue.removed, vec![held, found_held]);
+}
+
+#[test]
+fn a_hold_while_scheduled_or_deferred_takes_the_entry_out_of_the_schedule() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    fs::create_dir_all(&w.mail).unwrap();
+    fs::write(w.mail.join("bob"), b"not a maildir").unwrap();
+    let id = w.queue.add("s@example.org", &["bob@example.test"]);
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert_eq!(w.engine.schedule.len(), 1, "deferred");
+    w.engine.hold(id.clone());
+    assert!(w.engine.schedule.is_empty());
+    w.engine.release(id.clone());
+    assert_eq!(
+        w.engine.schedule.timeout(Instant::now()),
+        Some(Duration::ZERO),
+        "release makes it due now"
+    );
+    assert_eq!(w.engine.schedule.len(), 1, "once, not twice");
+}
+
+#[test]
+fn return_to_sender_fails_every_pending_recipient_and_bounces() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    let id = w
+        .queue
+        .add("s@example.org", &["alice@example.test", "bob@example.test"]);
+    w.engine.hold(id.clone());
+    let n = w
+        .engine
+        .return_to_sender(&id, &mut w.queue, SystemTime::now())
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(w.queue.removed, vec![id.clone()]);
+    assert!(!w.engine.is_held(&id));
+    let (env, report) = &w.queue.bounces[0];
+    assert_eq!(env.recipients, vec!["s@example.org".to_string()]);
+    let report = String::from_utf8_lossy(report);
+    assert!(
+        report.contains(
+            "Final-Recipient: rfc822; bob@example.test\r\nAction: failed\r\nStatus: 5.0.0"
+        )
+    );
+    assert!(report.contains("returned by the administrator"), "{report}");
+    assert_eq!(count(&w.mail, "alice"), 0);
+    // An unknown id is NotFound and changes nothing.
+    let e = w
+        .engine
+        .return_to_sender(
+            &QueueId("NONE00000000".into()),
+            &mut w.queue,
+            SystemTime::now(),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    assert_eq!(w.queue.bounces.len(), 1);
+}
