@@ -113,7 +113,7 @@ fi
 # ---- templates --------------------------------------------------------------------------
 cat >"$tmp/postling.conf" <<'EOF'
 # /etc/postling/postling.conf, written by postling's scripts/install.sh.
-# Every key and its default: postling(8), and postling.conf.example beside this file.
+# Every key and its default: postling.conf(5), and postling.conf.example beside this file.
 # Check after an edit: postling -t      Apply: /etc/init.d/postling reload
 #                                       (or systemctl reload postling)
 
@@ -176,6 +176,9 @@ if [ -f "$here/conf/postling.conf.example" ]; then
 fi
 if [ -f "$here/doc/postling.8" ]; then
     put "$here/doc/postling.8" "$DESTDIR/usr/share/man/man8/postling.8" 0644
+fi
+if [ -f "$here/doc/postling.conf.5" ]; then
+    put "$here/doc/postling.conf.5" "$DESTDIR/usr/share/man/man5/postling.conf.5" 0644
 fi
 
 # ---- state directories ------------------------------------------------------------------

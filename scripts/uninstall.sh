@@ -42,7 +42,7 @@ if [ -z "$DESTDIR" ]; then
 fi
 
 for f in /usr/sbin/postling /etc/init.d/postling /lib/systemd/system/postling.service \
-    /usr/share/man/man8/postling.8; do
+    /usr/share/man/man8/postling.8 /usr/share/man/man5/postling.conf.5; do
     if [ -e "$DESTDIR$f" ]; then
         rm -f "$DESTDIR$f"
         say "removed $DESTDIR$f"

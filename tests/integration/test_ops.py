@@ -604,7 +604,7 @@ root=$1 repo=$2 bin=$3
 step() { echo "STEP $*"; }
 cp -a /etc "$root/etc" && mount --bind "$root/etc" /etc
 cp -a /usr/sbin "$root/sbin" && mount --bind "$root/sbin" /usr/sbin
-for d in /var/spool /var/mail /run /usr/lib/systemd/system /usr/share/man/man8; do
+for d in /var/spool /var/mail /run /usr/lib/systemd/system /usr/share/man/man8 /usr/share/man/man5; do
     mkdir -p "$d" && mount -t tmpfs tmpfs "$d"
 done
 ip link set lo up 2>/dev/null || python3 -c 'import fcntl, socket, struct
