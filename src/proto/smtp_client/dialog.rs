@@ -509,7 +509,7 @@ impl SmtpClient {
     /// dialog allows a command).
     pub fn quit(&mut self, now: Instant) {
         match self.state {
-            State::Closed => {}
+            State::Closed | State::Await(Wait::Quit) => {}
             State::MessageDone => self.queue(Cmd::Quit, Wait::Quit, now),
             State::Data | State::Handshake => self.fail_temp(local("delivery cancelled"), None),
             _ => self.fail_temp(local("delivery cancelled"), Some(now)),

@@ -548,3 +548,30 @@ fn unsendable_addresses() {
         ]]
     );
 }
+
+/// Calls out of order are refused or harmless: no verdicts before the end, no second message
+/// mid-transaction, no second QUIT.
+#[test]
+fn caller_calls_out_of_order() {
+    let mut d = Driver::new(plain(), msg(&["b@example.net"]), BODY, false);
+    d.play(&[GREETING.as_bytes(), EHLO_BASIC.as_bytes()], Cut::Whole);
+    assert!(d.client.take_outcomes().is_none());
+    assert!(
+        d.client
+            .next_message(msg(&["c@example.net"]), d.now)
+            .is_err()
+    );
+    let mut out = crate::buf::OutBuf::new_boxed();
+    assert_eq!(
+        d.client.send_data(b"x", d.now, &mut out),
+        0,
+        "data before the 354"
+    );
+    assert!(!d.client.end_data(d.now, &mut out));
+    d.send(b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n");
+    assert!(d.text().ends_with(".\r\nQUIT\r\n"));
+    d.client.quit(d.now);
+    d.run();
+    assert_eq!(d.text().matches("QUIT").count(), 1, "{}", d.text());
+    assert_eq!(d.summary(), [["delivered: end of data: 250 ok"]]);
+}
