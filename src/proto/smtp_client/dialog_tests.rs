@@ -575,3 +575,38 @@ fn caller_calls_out_of_order() {
     assert_eq!(d.text().matches("QUIT").count(), 1, "{}", d.text());
     assert_eq!(d.summary(), [["delivered: end of data: 250 ok"]]);
 }
+
+/// A pipelined batch larger than the output buffer is written across several drains, and the
+/// replies still match their commands in order.
+#[test]
+fn pipelined_batch_larger_than_the_output_buffer() {
+    let rcpts: Vec<String> = (0..200)
+        .map(|i| format!("r{i:03}{}@example.net", "x".repeat(230)))
+        .collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let mut replies = String::from("250 ok\r\n");
+    for i in 0..200 {
+        replies += if i == 150 { "550 no\r\n" } else { "250 ok\r\n" };
+    }
+    replies += "354 go\r\n250 ok\r\n221 bye\r\n";
+    let server = s(&[GREETING, EHLO_PIPE, &replies]);
+    let mut d = Driver::new(plain(), msg(&rcpts), BODY, false);
+    d.play(&[server.as_bytes()], Cut::Whole);
+    let text = d.text();
+    assert!(text.len() > limits::OUT_BUF);
+    let order: Vec<usize> = rcpts
+        .iter()
+        .map(|r| text.find(r).expect("RCPT sent"))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]));
+    let summary = &d.summary()[0];
+    assert_eq!(summary.len(), 200);
+    for (i, o) in summary.iter().enumerate() {
+        let expected = if i == 150 {
+            "permanent: RCPT TO: 550 no"
+        } else {
+            "delivered: end of data: 250 ok"
+        };
+        assert_eq!(o, expected, "recipient {i}");
+    }
+}

@@ -107,7 +107,10 @@ fn timeout_at_each_step() {
             "the server to take the message data",
         ),
     ];
-    for (name, tls_up, flights, secs, what) in cases {
+    for ((name, tls_up, flights, secs, what), cut) in cases
+        .iter()
+        .flat_map(|c| [(c, Cut::Whole), (c, Cut::Bytes)])
+    {
         let settings = with(
             TlsPolicy::Opportunistic,
             if *tls_up { creds.clone() } else { None },
@@ -120,7 +123,7 @@ fn timeout_at_each_step() {
         );
         d.hold = true;
         let flights: Vec<&[u8]> = flights.iter().map(|f| f.as_bytes()).collect();
-        d.play(&flights, Cut::Whole);
+        d.play(&flights, cut);
         let deadline = d.client.deadline().expect("armed");
         assert_eq!(deadline - t0(), Duration::from_secs(*secs), "{name}");
         // Early calls change nothing.
