@@ -85,6 +85,51 @@ def smtp_seeds():
     return s
 
 
+# ---- SMTP client -----------------------------------------------------------------------------
+# Server bytes. flags: bits 0-1 STARTTLS policy (0 never, 1 opportunistic, 2 required), 4 AUTH
+# credentials, 8 implicit TLS, 0x10 8-bit body, 0x20 UTF-8 recipient, 0x40 a second message,
+# 0x80 end by timeout. The cut byte's top two bits add recipients (0x40: 2, 0xc0: 4).
+C_OPP, C_REQ, C_AUTH, C_IMPLICIT, C_8BIT, C_UTF8, C_TWO, C_TIMEOUT = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80
+
+C_GREET = b"220 mx.example.net ESMTP\r\n"
+C_EHLO = b"250-mx.example.net\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n"
+C_EHLO_AUTH = b"250-mx.example.net\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n"
+C_TX1 = b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n250 2.0.0 queued\r\n"
+
+
+def smtp_client_seeds():
+    s = {}
+    s["plain"] = (0, 0, C_GREET + b"250-mx\r\n250 8BITMIME\r\n" + C_TX1 + b"221 bye\r\n")
+    s["plain_bytewise"] = (0, 1, C_GREET + b"250 mx\r\n" + C_TX1 + b"221 bye\r\n")
+    s["pipelined_mixed"] = (0, 0xc0 | 77, C_GREET + C_EHLO + b"250 ok\r\n250 ok\r\n450 4.2.1 busy\r\n"
+                            b"550 5.1.1 unknown\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n")
+    s["helo_fallback"] = (0, 0, C_GREET + b"502 5.5.2 no\r\n250 mx\r\n" + C_TX1)
+    s["starttls"] = (C_OPP, 0, C_GREET + C_EHLO + b"220 ready\r\n" + C_EHLO + C_TX1 + b"221 bye\r\n")
+    s["starttls_injection"] = (C_REQ, 5, C_GREET + C_EHLO + b"220 ready\r\n250 injected\r\n" + C_EHLO + C_TX1)
+    s["tls_required_missing"] = (C_REQ, 0, C_GREET + b"250 mx\r\n221 bye\r\n")
+    s["auth_plain"] = (C_AUTH | C_IMPLICIT, 0, C_GREET + C_EHLO_AUTH + b"235 2.7.0 ok\r\n" + C_TX1 + b"221 bye\r\n")
+    s["auth_login"] = (C_AUTH | C_IMPLICIT, 3, C_GREET + b"250-mx\r\n250 AUTH LOGIN\r\n334 VXNlcm5hbWU6\r\n"
+                       b"334 UGFzc3dvcmQ6\r\n235 ok\r\n" + C_TX1)
+    s["auth_535"] = (C_AUTH | C_IMPLICIT, 0, C_GREET + C_EHLO_AUTH + b"535 5.7.8 no\r\n221 bye\r\n")
+    s["size_too_big"] = (0, 0, C_GREET + b"250-mx\r\n250 SIZE 10\r\n221 bye\r\n")
+    s["eight_bit_refused"] = (C_8BIT, 0, C_GREET + b"250 mx\r\n221 bye\r\n")
+    s["utf8"] = (C_UTF8 | C_8BIT, 0, C_GREET + C_EHLO + b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n")
+    s["mail_4xx"] = (0, 0x40, C_GREET + C_EHLO + b"451 4.3.0 later\r\n503 no\r\n503 no\r\n503 no\r\n221 bye\r\n")
+    s["greeting_554"] = (0, 0, b"554 5.7.1 go away\r\n221 bye\r\n")
+    s["greeting_421"] = (0, 0, b"421 4.3.2 busy\r\n")
+    s["multiline"] = (0, 9, b"220-a\r\n220-b\r\n220 c\r\n" + C_EHLO + b"250 ok\r\n550-5.1.1 a\r\n550 5.1.1 b\r\n221 bye\r\n")
+    s["garbage"] = (0, 0, b"SSH-2.0-OpenSSH_9.6\r\n")
+    s["bare_lf"] = (0, 0, b"220 mx\n250 mx\n")
+    s["long_line"] = (0, 0, b"220 " + b"x" * 5000 + b"\r\n250 mx\r\n" + C_TX1)
+    s["many_lines"] = (0, 0, C_GREET + b"250-mx\r\n" * 300 + b"250 PIPELINING\r\n" + C_TX1)
+    s["two_messages"] = (C_TWO, 0, C_GREET + C_EHLO + C_TX1 + b"250 reset\r\n" + C_TX1 + b"221 bye\r\n")
+    s["timeout_mid_rcpt"] = (C_TIMEOUT, 0, C_GREET + C_EHLO + b"250 ok\r\n")
+    s["closed_after_data"] = (0, 0, C_GREET + b"250 mx\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+    s["all_refused_354"] = (0, 0, C_GREET + C_EHLO + b"250 ok\r\n550 no\r\n354 go\r\n250 ok\r\n221 bye\r\n")
+    s["shutting_down"] = (0, 0x40, C_GREET + C_EHLO + b"250 ok\r\n421 4.4.2 bye\r\n")
+    return s
+
+
 # ---- POP3 / POP2 -----------------------------------------------------------------------------
 # flags: 1 open InUse, 2 open Temporary, 4 update fails, 8 reads fail from octet 1000,
 # 0x10 7-octet reads, 0x20 throttled, 0x40 end by timeout, 0x80 slow drain
@@ -248,6 +293,7 @@ def write(target, seeds):
 
 if __name__ == "__main__":
     write("smtp_session", smtp_seeds())
+    write("smtp_client_session", smtp_client_seeds())
     write("pop3_session", pop3_seeds())
     write("pop2_session", pop2_seeds())
     write("config_parse", config_seeds())

@@ -94,6 +94,32 @@ pub const SMTP_SESSION_CAP: Duration = Duration::from_secs(60 * 60);
 /// Default `smtp_timeout`: RFC 5321 §4.5.3.2.7 asks for 5 minutes while awaiting a command.
 pub const SMTP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
 
+// ---- SMTP client (outbound) ----------------------------------------------------------------
+
+/// RFC 5321 §4.5.3.2.1: the client waits 5 minutes for the initial 220.
+pub const SMTP_CLIENT_GREETING_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// RFC 5321 §4.5.3.2.2: 5 minutes for the reply to MAIL.
+pub const SMTP_CLIENT_MAIL_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// RFC 5321 §4.5.3.2.3: 5 minutes for the reply to each RCPT.
+pub const SMTP_CLIENT_RCPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// RFC 5321 §4.5.3.2.4: 2 minutes for the 354 to DATA.
+pub const SMTP_CLIENT_DATA_INIT_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+/// RFC 5321 §4.5.3.2.5: 3 minutes for the server to take each block of data (each
+/// `send_data` that makes progress re-arms it).
+pub const SMTP_CLIENT_DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+/// RFC 5321 §4.5.3.2.6: 10 minutes for the reply to the final dot: the server may be
+/// filtering or storing a large message, and giving up early risks a duplicate delivery.
+pub const SMTP_CLIENT_DATA_END_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// EHLO, HELO, STARTTLS and its handshake, AUTH, RSET, QUIT: the RFC names no figure; 5
+/// minutes like MAIL and RCPT.
+pub const SMTP_CLIENT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Octets of a reply kept for the record (a DSN, `postling -q`), as the spool keeps a reason
+/// (`SPOOL_MAX_REASON`); the rest of a long multi-line reply is read and dropped.
+pub const SMTP_CLIENT_REPLY_KEEP: usize = SPOOL_MAX_REASON;
+/// Octets of one reply line's text kept: RFC 5321 §4.5.3.1.5 bounds a reply line at 512
+/// octets; more is consumed and dropped.
+pub const SMTP_CLIENT_LINE_KEEP: usize = 512;
+
 // ---- POP3 (RFC 1939) / POP2 (RFC 937) -------------------------------------------------------
 
 /// RFC 2449 §4: a POP3 command line is at most 255 octets including CRLF.

@@ -1,5 +1,6 @@
 //! The fuzz harness: plays the reactor around one sans-I/O session (SMTP, POP3 or POP2) with
-//! fake hosts, and asserts the session contract of `postling::proto` on every call:
+//! fake hosts, and asserts the session contract of `postling::proto` on every call (the
+//! outbound SMTP client has a contract and a driver of its own, in `smtp_client`):
 //!
 //! - `step` is only called with `limits::REPLY_RESERVE` free in the output buffer (the driver
 //!   guarantees it), and `consumed <= offered`;
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod pop;
 pub mod smtp;
+pub mod smtp_client;
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -87,20 +89,20 @@ impl<'a> Input<'a> {
 }
 
 /// Cuts the client bytes into socket reads of pseudo-random sizes chosen by `seed`.
-struct Chunker {
+pub(crate) struct Chunker {
     state: u32,
     seed: u8,
 }
 
 impl Chunker {
-    fn new(seed: u8) -> Chunker {
+    pub(crate) fn new(seed: u8) -> Chunker {
         Chunker {
             state: 0x9e37_79b9 ^ u32::from(seed),
             seed,
         }
     }
 
-    fn next_len(&mut self) -> usize {
+    pub(crate) fn next_len(&mut self) -> usize {
         if self.seed == 0 {
             return usize::MAX;
         }

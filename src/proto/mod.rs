@@ -1,4 +1,5 @@
-//! Protocol sessions: sans-I/O state machines for SMTP, POP3 and POP2.
+//! Protocol sessions: sans-I/O state machines for SMTP, POP3 and POP2, and the outbound SMTP
+//! client (`smtp_client`, with its own step contract, documented there).
 //!
 //! A session never touches sockets, files or clocks. The reactor calls `step` with the bytes
 //! it has buffered, the current time and the connection's output buffer; the session consumes
@@ -27,6 +28,7 @@ pub mod popmsg;
 pub mod sasl;
 pub mod smtp;
 pub mod smtp_addr;
+pub mod smtp_client;
 
 use std::io;
 use std::time::{Duration, Instant, SystemTime};
