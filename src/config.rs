@@ -66,6 +66,8 @@ pub struct Config {
     pub auth_failure_delay: Duration,
     /// Run as this user after binding (empty: stay as started).
     pub user: Option<String>,
+    /// DNS servers to ask instead of resolv.conf's (empty: resolv.conf).
+    pub dns_servers: Vec<SocketAddr>,
     /// The line each key was set on; a key not in the map has its default.
     pub set_on_line: BTreeMap<&'static str, usize>,
 }
@@ -154,6 +156,7 @@ impl Config {
             queue_lifetime: limits::QUEUE_LIFETIME_DEFAULT,
             auth_failure_delay: limits::AUTH_FAILURE_DELAY_DEFAULT,
             user: None,
+            dns_servers: Vec::new(),
             set_on_line: BTreeMap::new(),
         }
     }

@@ -297,6 +297,18 @@ pub static KEYS: &[KeySpec] = &[
                   come from /etc/group (NSS sources such as LDAP are not consulted).",
         apply: set_user,
     },
+    KeySpec {
+        name: "dns_servers",
+        default: DefaultValue::Empty,
+        form: "a comma-separated list of IP, IP:PORT or [IPv6]:PORT (port 53 if none; at \
+               most 3), or empty",
+        meaning: "The DNS servers asked for MX and address records when mail leaves by MX. \
+                  Empty: the `nameserver` lines of /etc/resolv.conf (at most 3), re-read \
+                  when the file changes. They must be recursive resolvers; only IP addresses \
+                  are allowed. With no server at all postling still starts, and lookups fail \
+                  temporarily (the mail waits in the queue) until one is configured.",
+        apply: set_dns_servers,
+    },
 ];
 
 /// The spec of a key, if it is one.
@@ -524,6 +536,11 @@ fn set_auth_failure_delay(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Resu
         ));
     }
     c.auth_failure_delay = d;
+    Ok(())
+}
+
+fn set_dns_servers(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.dns_servers = crate::dns::parse_dns_servers(v)?;
     Ok(())
 }
 
