@@ -16,6 +16,10 @@ use crate::limits;
 /// The DNS port (RFC 1035 §4.2).
 pub const DNS_PORT: u16 = 53;
 
+/// Where the system's nameservers are listed. Only the server passes this path; tests pass
+/// their own files.
+pub const SYSTEM_RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// The nameservers of a resolv.conf text, in order, at most `limits::DNS_MAX_SERVERS`
 /// (glibc's MAXNS: later lines are ignored). An IPv6 address may carry a `%scope`: a number,
 /// or an interface name that `if_index` turns into one (an unknown interface drops the
@@ -170,7 +174,7 @@ fn read_bounded(path: &Path) -> Option<String> {
 }
 
 /// Parses the `dns_servers` config value: a comma- or space-separated list of `IP`,
-/// `IP:PORT` or `[IPv6]:PORT` (port 53 by default). Empty means "use resolv.conf".
+/// `IP:PORT`, `[IPv6]` or `[IPv6]:PORT` (port 53 by default). Empty means "use resolv.conf".
 pub fn parse_dns_servers(v: &str) -> Result<Vec<SocketAddr>, String> {
     let mut servers: Vec<SocketAddr> = Vec::new();
     let mut problems = Vec::new();
@@ -178,8 +182,14 @@ pub fn parse_dns_servers(v: &str) -> Result<Vec<SocketAddr>, String> {
         .split(|c: char| c == ',' || c.is_ascii_whitespace())
         .filter(|s| !s.is_empty())
     {
-        let parsed = if let Ok(ip) = item.parse::<IpAddr>() {
-            Ok(SocketAddr::new(ip, DNS_PORT))
+        let bare = item
+            .strip_prefix('[')
+            .and_then(|i| i.strip_suffix(']'))
+            .unwrap_or(item);
+        // An IPv6 address may carry a `%scope` (a number or an interface name) as in
+        // resolv.conf; with a port, std's `[addr%N]:port` form takes a number.
+        let parsed = if let Some(a) = parse_server_ip(bare, &system_if_index) {
+            Ok(a)
         } else if let Ok(a) = item.parse::<SocketAddr>() {
             if a.port() == 0 {
                 Err(format!("\"{item}\": port 0 is not a DNS server's port"))

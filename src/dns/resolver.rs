@@ -134,6 +134,9 @@ struct Question {
     transport: Transport,
     deadline: Instant,
     last_error: String,
+    /// Whether queries carry an OPT record; cleared after a FORMERR (RFC 6891 §7: a server
+    /// that does not know EDNS is asked again without it).
+    edns: bool,
 }
 
 /// What one question came to.
@@ -440,6 +443,7 @@ impl Resolver {
             transport: Transport::Udp,
             deadline: now,
             last_error: String::new(),
+            edns: true,
         });
     }
 
@@ -483,10 +487,16 @@ impl Resolver {
     fn send_udp(&mut self, q: &mut Question, now: Instant) -> Result<(), String> {
         let n = self.servers.len();
         q.server = self.servers[q.attempt % n];
+        self.send_udp_to_current(q, now)
+    }
+
+    /// Sends the question over UDP to `q.server` again, with a fresh id.
+    fn send_udp_to_current(&mut self, q: &mut Question, now: Instant) -> Result<(), String> {
+        let n = self.servers.len();
         q.id = self.fresh_id(q.server)?;
         q.transport = Transport::Udp;
         q.deadline = now + udp_timeout(q.attempt, n);
-        let msg = wire::build_query(q.id, &q.qname, q.qtype, true);
+        let msg = wire::build_query(q.id, &q.qname, q.qtype, q.edns);
         self.stats.sent += 1;
         self.out.push_back(Output::Send {
             server: q.server,
@@ -504,7 +514,7 @@ impl Resolver {
         q.id = id;
         let conn = TcpId(self.next_conn);
         self.next_conn += 1;
-        let msg = wire::build_query(id, &q.qname, q.qtype, true);
+        let msg = wire::build_query(id, &q.qname, q.qtype, q.edns);
         let mut request = Vec::with_capacity(2 + msg.len());
         request.extend_from_slice(&(msg.len() as u16).to_be_bytes());
         request.extend_from_slice(&msg);
@@ -530,6 +540,16 @@ impl Resolver {
             Ok(Outcome::NxDomain) => QResult::NxDomain,
             Ok(Outcome::Cname(target)) => {
                 self.follow_cname(q.lookup, q.qtype, *target, now);
+                return;
+            }
+            Ok(Outcome::ServerFailure(wire::RCODE_FORMERR))
+                if q.edns && matches!(q.transport, Transport::Udp) =>
+            {
+                q.edns = false;
+                match self.send_udp_to_current(&mut q, now) {
+                    Ok(()) => self.active.push(q),
+                    Err(e) => self.question_done(q.lookup, q.qtype, QResult::Temp(e), now),
+                }
                 return;
             }
             Ok(Outcome::ServerFailure(rcode)) => {
@@ -646,7 +666,7 @@ fn rcode_name(rcode: u8) -> String {
     match rcode {
         wire::RCODE_SERVFAIL => "SERVFAIL".to_string(),
         wire::RCODE_REFUSED => "REFUSED".to_string(),
-        1 => "FORMERR".to_string(),
+        wire::RCODE_FORMERR => "FORMERR".to_string(),
         4 => "NOTIMP".to_string(),
         n => format!("RCODE {n}"),
     }

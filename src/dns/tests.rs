@@ -712,6 +712,37 @@ fn a_malformed_answer_from_the_server_moves_on() {
     );
 }
 
+#[test]
+fn a_formerr_is_asked_again_without_edns_then_counts_as_a_failure() {
+    let now = Instant::now();
+    let mut r = Resolver::new(vec![s1(), s2()]);
+    r.resolve(now, "example.org", Want::Mx).expect("valid");
+    let q = sent(&outputs(&mut r))[0].clone();
+    assert_eq!(&q.4[10..12], b"\x00\x01", "first query has an OPT record");
+    r.handle_datagram(now, s1(), &reply(&q, 1, false, &[]));
+    let q2 = sent(&outputs(&mut r));
+    assert_eq!(q2.len(), 1);
+    assert_eq!(q2[0].0, s1(), "the same server again");
+    assert_eq!(&q2[0].4[10..12], b"\x00\x00", "without OPT");
+    assert_ne!(q2[0].1, q.1, "with a fresh id");
+    // A second FORMERR is a failure of that server like SERVFAIL.
+    r.handle_datagram(now, s1(), &reply(&q2[0], 1, false, &[]));
+    let q3 = sent(&outputs(&mut r));
+    assert_eq!(q3[0].0, s2());
+    r.handle_datagram(
+        now,
+        s2(),
+        &reply(&q3[0], 0, false, &mx_rrs(&[(1, "mx.example.org")])),
+    );
+    assert_eq!(
+        done(&outputs(&mut r)),
+        vec![Answer::Mx(MxResult::Hosts(mx_list(&[(
+            1,
+            "mx.example.org"
+        )])))]
+    );
+}
+
 fn tcp_connect(outs: &[Output]) -> (TcpId, SocketAddr, Vec<u8>) {
     outs.iter()
         .find_map(|o| match o {
@@ -1025,6 +1056,10 @@ fn dns_servers_values() {
     ];
     assert_eq!(v, want);
     assert_eq!(parse_dns_servers(""), Ok(vec![]));
+    assert_eq!(
+        parse_dns_servers("[fe80::1%2]"),
+        Ok(vec!["[fe80::1%2]:53".parse().expect("literal")])
+    );
     assert_eq!(
         parse_dns_servers("192.0.2.1"),
         Ok(vec!["192.0.2.1:53".parse().expect("literal")])

@@ -25,6 +25,7 @@ pub const CLASS_IN: u16 = 1;
 
 /// RCODEs the resolver tells apart (RFC 1035 §4.1.1).
 pub const RCODE_NOERROR: u8 = 0;
+pub const RCODE_FORMERR: u8 = 1;
 pub const RCODE_SERVFAIL: u8 = 2;
 pub const RCODE_NXDOMAIN: u8 = 3;
 pub const RCODE_REFUSED: u8 = 5;
