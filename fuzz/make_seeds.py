@@ -8,6 +8,7 @@ after changing a dialog; it replaces the directory's seeds (the fuzzer's own fin
 in a scratch corpus, never here).
 """
 import base64
+import struct
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -276,6 +277,63 @@ just a line
     return s
 
 
+# ---- DNS -------------------------------------------------------------------------------------
+# `[flags][response]` answering a query for example.org (see fuzz/src/dns.rs): flags bits 0-1
+# the type (0 MX, 1 A, 2 AAAA), 4 keep the message's id, 8 over TCP after a truncated answer.
+DNS_A, DNS_AAAA, DNS_KEEP_ID, DNS_TCP = 1, 2, 4, 8
+T_A, T_CNAME, T_MX, T_AAAA = 1, 5, 15, 28
+
+
+def dns_name(text):
+    out = b""
+    for label in text.strip(".").split("."):
+        if label:
+            out += bytes([len(label)]) + label.encode()
+    return out + b"\0"
+
+
+def dns_ptr(offset):
+    return struct.pack(">H", 0xC000 | offset)
+
+
+def dns_rr(owner, rtype, rdata, rclass=1):
+    return owner + struct.pack(">HHIH", rtype, rclass, 300, len(rdata)) + rdata
+
+
+def dns_response(qtype, answers, rcode=0, tc=False, qname="example.org", ident=0x1234):
+    flags = 0x8180 | rcode | (0x0200 if tc else 0)
+    m = struct.pack(">HHHHHH", ident, flags, 1, len(answers), 0, 0)
+    m += dns_name(qname) + struct.pack(">HH", qtype, 1)
+    return m + b"".join(answers)
+
+
+def dns_seeds():
+    q = dns_ptr(12)
+    mx = lambda pref, host: dns_rr(q, T_MX, struct.pack(">H", pref) + host)
+    s = {}
+    s["mx_compressed"] = bytes([0]) + dns_response(T_MX, [mx(10, b"\x03mx1" + q), mx(20, b"\x03mx2" + q)])
+    s["mx_uncompressed"] = bytes([0]) + dns_response(T_MX, [dns_rr(dns_name("example.org"), T_MX, b"\0\5" + dns_name("mail.example.net"))])
+    s["null_mx"] = bytes([0]) + dns_response(T_MX, [mx(0, b"\0")])
+    s["no_mx"] = bytes([0]) + dns_response(T_MX, [])
+    s["nxdomain"] = bytes([0]) + dns_response(T_MX, [], rcode=3)
+    s["servfail"] = bytes([0]) + dns_response(T_MX, [], rcode=2)
+    s["truncated"] = bytes([0]) + dns_response(T_MX, [], tc=True)
+    s["wrong_id"] = bytes([DNS_KEEP_ID]) + dns_response(T_MX, [mx(1, q)], ident=0x4321)
+    s["wrong_question"] = bytes([0]) + dns_response(T_MX, [mx(1, q)], qname="example.net")
+    s["a"] = bytes([DNS_A]) + dns_response(T_A, [dns_rr(q, T_A, bytes([192, 0, 2, 1])), dns_rr(q, T_A, bytes([192, 0, 2, 2]))])
+    s["aaaa"] = bytes([DNS_AAAA]) + dns_response(T_AAAA, [dns_rr(q, T_AAAA, bytes(15) + b"\1")])
+    s["cname_chain"] = bytes([DNS_A]) + dns_response(T_A, [
+        dns_rr(q, T_CNAME, b"\x01a" + q),
+        dns_rr(dns_name("a.example.org"), T_CNAME, dns_name("b.example.org")),
+        dns_rr(dns_name("b.example.org"), T_A, bytes([192, 0, 2, 3]))])
+    s["cname_outside"] = bytes([0]) + dns_response(T_MX, [dns_rr(q, T_CNAME, dns_name("elsewhere.example"))])
+    s["pointer_loop"] = bytes([0]) + dns_response(T_MX, [dns_rr(dns_ptr(60), T_MX, b"\0\1" + dns_ptr(12))])
+    s["skipped_types"] = bytes([0]) + dns_response(T_MX, [dns_rr(q, 16, b"\x05hello"), dns_rr(q, T_MX, b"\0\1\0", rclass=3), mx(7, q)])
+    s["tcp_mx"] = bytes([DNS_TCP]) + dns_response(T_MX, [mx(i, bytes([3]) + b"m%02d" % i + q) for i in range(40)])
+    s["tcp_aaaa"] = bytes([DNS_TCP | DNS_AAAA]) + dns_response(T_AAAA, [dns_rr(q, T_AAAA, bytes(16))])
+    return s
+
+
 def write(target, seeds):
     d = HERE / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
@@ -297,3 +355,4 @@ if __name__ == "__main__":
     write("pop3_session", pop3_seeds())
     write("pop2_session", pop2_seeds())
     write("config_parse", config_seeds())
+    write("dns_message", dns_seeds())

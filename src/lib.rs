@@ -16,6 +16,7 @@ pub mod deadline;
 pub mod deliver;
 pub mod directory;
 pub mod dirfd;
+pub mod dns;
 pub mod durable;
 pub mod exec;
 pub mod hosts;

@@ -326,3 +326,48 @@ pub const CONTROL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause between those retries (in the command's own process; the daemon never polls).
 pub const CONTROL_CONNECT_RETRY: Duration = Duration::from_millis(50);
+
+// ---- DNS stub resolver (RFC 1035) -----------------------------------------------------------
+
+/// RFC 1035 §2.3.4: a domain name is at most 255 octets in wire form.
+pub const DNS_NAME_MAX: usize = 255;
+/// RFC 1035 §2.3.4: a label is at most 63 octets.
+pub const DNS_LABEL_MAX: usize = 63;
+/// Most labels a 255-octet name can have; also the most compression pointers one name may
+/// use (a real name never needs more pointers than labels).
+pub const DNS_MAX_LABELS: usize = 127;
+/// Largest DNS message: the 2-octet TCP length prefix (RFC 1035 §4.2.2).
+pub const DNS_MESSAGE_MAX: usize = 65535;
+/// EDNS0 UDP payload size offered (RFC 6891 §6.2.5; 1232 is the DNS Flag Day 2020 value that
+/// avoids IP fragmentation). Also the receive buffer a driver needs for one datagram.
+pub const DNS_EDNS_UDP_SIZE: u16 = 1232;
+/// Answer records of the asked type kept per response: far above any real MX set, and it
+/// bounds the memory a hostile answer can make a lookup hold.
+pub const DNS_MAX_ANSWERS: usize = 32;
+/// Answer records (of any kept type, CNAMEs included) a response may hand the parser; the
+/// rest are read and checked but dropped.
+pub const DNS_MAX_RECORDS: usize = 64;
+/// CNAMEs followed per lookup, within an answer and across re-queries: real chains are 1-3
+/// long; longer ones are loops or abuse.
+pub const DNS_MAX_CNAME_CHAIN: usize = 8;
+/// Nameservers used, like glibc's MAXNS: later `nameserver` lines are ignored, and
+/// `dns_servers` may list no more.
+pub const DNS_MAX_SERVERS: usize = 3;
+/// Wait for a UDP answer on the first round of servers; doubled on each later round, like
+/// glibc's back-off. 2 s is far above a loopback or LAN resolver's round trip.
+pub const DNS_UDP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Wait for a whole TCP exchange (connect, query, answer) after a truncated UDP answer.
+pub const DNS_TCP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rounds over the server list before a question fails temporarily (glibc's `attempts:2`).
+pub const DNS_ROUNDS: usize = 2;
+/// Questions outstanding at once (a lookup of addresses asks two); further questions wait in
+/// order. Bounds sockets, timers and memory whatever the queue asks for.
+pub const DNS_MAX_IN_FLIGHT: usize = 32;
+/// Lookups accepted and not yet answered; past this `resolve` answers "resolver busy" at once
+/// so a burst of queued mail cannot grow the resolver without bound.
+pub const DNS_MAX_LOOKUPS: usize = 1024;
+/// `/etc/resolv.conf` is checked for a change (its inode, size and mtime) at most this often,
+/// so a lookup burst costs no stat calls.
+pub const RESOLV_CONF_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+/// Largest resolv.conf read: real ones are a few hundred octets.
+pub const RESOLV_CONF_MAX_BYTES: u64 = 64 * 1024;

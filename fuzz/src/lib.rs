@@ -19,6 +19,7 @@
 //! input buffer allows). `fuzz/make_seeds.py` writes the committed seed corpus in that form.
 
 pub mod config;
+pub mod dns;
 pub mod pop;
 pub mod smtp;
 pub mod smtp_client;
