@@ -34,6 +34,8 @@ const SIGNAL_TOKEN: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 const MAX_LISTENERS: usize = 1023;
 const CONN_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
+/// The inotify descriptor watching `maildrop/` (see `pickup`): out of every other range.
+const PICKUP_TOKEN: Token = Token(usize::MAX);
 
 /// Values the reactor needs from the config, in the form it uses them.
 pub struct Settings {
@@ -201,6 +203,13 @@ impl Reactor {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        if let Some(fd) = services.pickup_fd() {
+            poll.registry().register(
+                &mut mio::unix::SourceFd(&fd),
+                PICKUP_TOKEN,
+                Interest::READABLE,
+            )?;
+        }
         let mut reactor = Reactor {
             poll,
             listeners: Vec::new(),
@@ -251,6 +260,7 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.handle_signals(now),
+                    PICKUP_TOKEN => self.services.pickup_readable(),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if let Some(Some(conn)) = self.conns.get_mut(slot) {
@@ -278,6 +288,8 @@ impl Reactor {
             // client waits behind a whole batch of fsyncs: one slice for commits (clients wait
             // for them), one for deliveries (so they keep up under a steady load).
             self.finish_commits(now, Instant::now() + limits::WORK_SLICE);
+            self.services
+                .pickup_work(Instant::now() + limits::WORK_SLICE);
             self.services
                 .deliver(now, SystemTime::now(), Instant::now() + limits::WORK_SLICE);
             self.fire_deadlines(now);
@@ -312,7 +324,10 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.services.commit_pending() || self.backlog_waiting() {
+        if self.services.commit_pending()
+            || self.services.pickup_pending()
+            || self.backlog_waiting()
+        {
             return Some(Duration::ZERO);
         }
         let mut t = self.deadlines.timeout(now);
