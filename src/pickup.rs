@@ -107,6 +107,11 @@ impl Pickup {
         let mode = fs::metadata(spool_dir)?.mode() & 0o7777;
         if mode & 0o011 != 0o011 {
             fs::set_permissions(spool_dir, fs::Permissions::from_mode(mode | 0o011))?;
+            info!(
+                "made {} searchable (mode {:04o}) so that sendmail reaches {MAILDROP_DIR}/",
+                spool_dir.display(),
+                mode | 0o011
+            );
         }
         let dir = spool_dir.join(MAILDROP_DIR);
         mkdir_mode(&dir, MAILDROP_MODE)?;
@@ -279,6 +284,10 @@ impl Pickup {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Loaded::Skip,
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Loaded::Invalid("a symbolic link".into());
+            }
+            // Made by hand with a mode the daemon's user cannot read: it never will be.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Loaded::Invalid(format!("not readable by the daemon ({e})"));
             }
             Err(e) => return Loaded::Later(format!("cannot open: {e}")),
         };

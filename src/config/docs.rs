@@ -190,6 +190,15 @@ const DESCRIPTION: &[&str] = &[
      as a non-zero exit status with the message on standard error.",
     "`postling passwd USER` reads a password from standard input (twice when that is a \
      terminal) and prints the line to put in the users file (`USER:{SHA512-CRYPT}$6$...`).",
+    "Invoked as `sendmail` (the link /usr/sbin/sendmail, or `postling [-c FILE] sendmail`) it \
+     reads a message on standard input and drops it into the spool's `maildrop/` directory, \
+     from which the daemon queues it at once (or at its next start): `-t` takes the recipients \
+     from To, Cc and Bcc, `-i` or `-oi` keeps a line holding a single dot, `-f` sets the \
+     envelope sender (root and the daemon's user only; others always send as their own \
+     address), `-F` the full name of a generated From, `-C` the configuration, `-bp` (or the \
+     name `mailq`) lists the queue, `-q` asks the daemon for a queue run. Exit status per \
+     sysexits.h: 64 usage, 65 bad or too large input, 67 bad recipient, 69 `-bs`, 75 \
+     temporary, 77 maildrop not writable, 78 configuration.",
 ];
 
 const OPTIONS: &[(&str, &str)] = &[
@@ -254,7 +263,11 @@ const SIGNALS: &[(&str, &str)] = &[
         "USR1",
         "Reopen `log_file`, for log rotation: rename the file, then send the signal.",
     ),
-    ("USR2", "Make every queued message due for delivery now."),
+    (
+        "USR2",
+        "Make every queued message due for delivery now, and look at `maildrop/` again \
+         (`sendmail -q` sends it).",
+    ),
 ];
 
 const FILES: &[(&str, &str)] = &[
@@ -265,6 +278,14 @@ const FILES: &[(&str, &str)] = &[
     ),
     ("/etc/postling/aliases", "Aliases (`aliases_file`)."),
     ("/var/spool/postling", "The mail queue (`spool_dir`)."),
+    (
+        "/var/spool/postling/maildrop",
+        "Messages from `sendmail` waiting for the daemon (mode 1733); refused ones in `bad/`.",
+    ),
+    (
+        "/usr/sbin/sendmail, /usr/sbin/mailq",
+        "Links to postling made by the installer where no other mail system has them.",
+    ),
     (
         "/var/mail/postling/USER",
         "The Maildir of each user (`mailbox_dir`).",
@@ -290,7 +311,12 @@ pub fn man_page() -> String {
         ".SH SYNOPSIS\n.B postling\n\
          [\\fB\\-c\\fR \\fIFILE\\fR] [\\fB\\-f\\fR] [\\fB\\-t\\fR] [\\fB\\-q\\fR] \
          [\\fB\\-v\\fR] [\\fB\\-V\\fR] [\\fB\\-h\\fR]\n\
-         .br\n.B postling passwd\n.I USER\n",
+         .br\n.B postling passwd\n.I USER\n\
+         .br\n.B sendmail\n\
+         [\\fB\\-t\\fR] [\\fB\\-i\\fR] [\\fB\\-f\\fR \\fIADDR\\fR] [\\fB\\-F\\fR \\fINAME\\fR] \
+         [\\fB\\-C\\fR \\fIFILE\\fR] [\\fB\\-v\\fR] [\\fB\\-bm\\fR|\\fB\\-bp\\fR|\\fB\\-q\\fR] \
+         [\\fIRECIPIENT\\fR ...]\n\
+         .br\n.B mailq\n",
     );
     out.push_str(".SH DESCRIPTION\n");
     for (i, paragraph) in DESCRIPTION.iter().enumerate() {

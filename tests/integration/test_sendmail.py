@@ -313,3 +313,19 @@ def test_after_a_pickup_the_daemon_is_idle_again(box):
     t1, w1 = s.cpu_ticks(), int(s.status("voluntary_ctxt_switches"))
     print(f"idle 2s after a pickup: cpu ticks {t1 - t0}, voluntary context switches {w1 - w0}")
     assert (t1 - t0, w1 - w0) == (0, 0)
+
+
+@needs_root
+def test_a_drop_file_the_daemon_cannot_read_is_refused_not_retried_forever(box):
+    s = box(user="nobody")
+    for d in ("spool", "mail"):
+        (s.dir / d).mkdir(mode=0o700)
+        os.chown(s.dir / d, 65534, 65534)
+    s.start()
+    md = s.dir / "spool" / "maildrop"
+    name = "fedcba9876543210fedcba9876543210"
+    (md / f"{name}.tmp").write_bytes(b"postling-drop 1\n")  # root's file
+    os.chmod(md / f"{name}.tmp", 0o600)
+    os.rename(md / f"{name}.tmp", md / name)
+    s.wait_log(f"maildrop/{name} refused: not readable by the daemon")
+    assert (md / "bad" / name).exists() and drop_files(s) == []
