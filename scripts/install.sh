@@ -161,11 +161,13 @@ EOF
 # ---- files ------------------------------------------------------------------------------
 etc=$DESTDIR/etc/postling
 mkdir -p "$etc"
-chmod 0750 "$etc"
+# Searchable, and the config readable by everyone: sendmail runs as any user and reads it.
+# The users file (password hashes) and the aliases stay 0640.
+chmod 0755 "$etc"
 own_config "$etc"
 
 put "$bin" "$DESTDIR/usr/sbin/postling" 0755
-put_config "$tmp/postling.conf" "$etc/postling.conf" 0640
+put_config "$tmp/postling.conf" "$etc/postling.conf" 0644
 put_config "$tmp/users" "$etc/users" 0640
 put_config "$tmp/aliases" "$etc/aliases" 0640
 put_config "$here/scripts/default.postling" "$DESTDIR/etc/default/postling" 0644

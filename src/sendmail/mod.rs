@@ -148,6 +148,19 @@ fn run(args: &[String], mailq: bool, config_path: Option<PathBuf>) -> Result<(),
         .clone()
         .or(config_path)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    if let Err(e) = File::open(&path) {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            return fail(
+                EX_CONFIG,
+                format!(
+                    "cannot read the config {}: {e}; sendmail runs as the calling user, so the \
+                     config and its directory must be readable by everyone (chmod 644 {}, chmod 755 on its directory)",
+                    path.display(),
+                    path.display()
+                ),
+            );
+        }
+    }
     let config = match Config::load(&path) {
         Ok((c, _)) => c,
         Err(errors) => {

@@ -553,7 +553,9 @@ def test_install_is_idempotent_and_never_overwrites_an_edited_config(tmp_path):
               "etc/postling/aliases", "etc/default/postling", "etc/init.d/postling",
               "lib/systemd/system/postling.service"):
         assert f in first, f
-    assert oct(first["etc/postling/postling.conf"][0] & 0o777) == "0o640"
+    # sendmail runs as any user and reads the config; the users file stays private.
+    assert oct(first["etc/postling"][0] & 0o777) == "0o755"
+    assert oct(first["etc/postling/postling.conf"][0] & 0o777) == "0o644"
     assert oct(first["etc/postling/users"][0] & 0o777) == "0o640"
     assert oct(first["var/spool/postling"][0] & 0o777) == "0o711"
     assert oct(first["var/spool/postling/maildrop"][0] & 0o7777) == "0o1733"
@@ -648,6 +650,7 @@ python3 -c 'import socket
 for port in (25, 110):
     s = socket.create_connection(("127.0.0.1", port), timeout=3)
     print("GREETING", port, s.recv(100))'
+printf 'Subject: cron\n\nhi\n' | setpriv --reuid=65534 --regid=65534 --clear-groups /usr/sbin/sendmail root; step sendmail $?
 /etc/init.d/postling reload; step reload $?
 /etc/init.d/postling stop; step stop $?
 /etc/init.d/postling status; step status $?
@@ -676,7 +679,7 @@ def test_real_install_in_a_private_namespace(tmp_path):
     out = r.stdout
     steps = dict(l.split()[1:3] for l in out.splitlines() if l.startswith("STEP "))
     assert steps == {
-        "install": "0", "install-again": "0", "configtest": "0", "start": "0",
+        "install": "0", "install-again": "0", "configtest": "0", "start": "0", "sendmail": "0",
         "reload": "0", "stop": "0", "status": "3", "purge": "0", "user-gone": "1",
     }, out + r.stderr
     uid = next(l for l in out.splitlines() if l.startswith("POSTLING ")).split()[1]

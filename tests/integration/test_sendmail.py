@@ -329,3 +329,12 @@ def test_a_drop_file_the_daemon_cannot_read_is_refused_not_retried_forever(box):
     os.rename(md / f"{name}.tmp", md / name)
     s.wait_log(f"maildrop/{name} refused: not readable by the daemon")
     assert (md / "bad" / name).exists() and drop_files(s) == []
+
+
+@needs_root
+def test_an_unreadable_config_says_how_to_fix_it(box):
+    s = box()
+    os.chmod(s.conf, 0o640)
+    r = sendmail(s, "alice", data=b"x\n")
+    assert r.returncode == EX_CONFIG
+    assert b"sendmail runs as the calling user, so the config and its directory must be readable by everyone" in r.stderr
