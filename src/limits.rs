@@ -247,3 +247,7 @@ pub const MAILDROP_TMP_STALE: Duration = Duration::from_secs(3600);
 /// Read buffer for inotify events: room for many events of names up to 255 bytes
 /// (inotify(7) advises at least `sizeof(struct inotify_event) + NAME_MAX + 1`).
 pub const INOTIFY_BUF: usize = 4096;
+
+/// Longest command line `sendmail -bs` reads: RFC 5321 §4.5.3.1.4 (512 with CRLF) with room
+/// for the parameters of MAIL; longer lines are refused, never buffered without bound.
+pub const SMTP_MAX_LINE_BS: usize = 1000;

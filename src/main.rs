@@ -22,7 +22,7 @@ fn usage(opts: &getopts::Options) -> String {
     opts.usage(&format!(
         "Usage: postling [-c FILE] [-f] [-t] [-q] [-v] [-V] [-h]\n\
          \x20      postling passwd USER   (reads a password from stdin, prints the users-file line)\n\
-         \x20      postling [-c FILE] sendmail [-t] [-i] [-f ADDR] [-F NAME] [-bm|-bp|-q] [RCPT...]\n\
+         \x20      postling [-c FILE] sendmail [-t] [-i] [-f ADDR] [-F NAME] [-bm|-bs|-bp|-q] [RCPT...]\n\
          \x20      (also installed as sendmail and mailq; see doc/operations.md)\n\
          A small SMTP, POP3 and POP2 mail server. Config file default: {DEFAULT_CONFIG}"
     ))

@@ -196,9 +196,9 @@ const DESCRIPTION: &[&str] = &[
      from To, Cc and Bcc, `-i` or `-oi` keeps a line holding a single dot, `-f` sets the \
      envelope sender (root and the daemon's user only; others always send as their own \
      address), `-F` the full name of a generated From, `-C` the configuration, `-bp` (or the \
-     name `mailq`) lists the queue, `-q` asks the daemon for a queue run. Exit status per \
-     sysexits.h: 64 usage, 65 bad or too large input, 67 bad recipient, 69 `-bs`, 75 \
-     temporary, 77 maildrop not writable, 78 configuration.",
+     name `mailq`) lists the queue, `-q` asks the daemon for a queue run, `-bs` speaks SMTP on \
+     standard input and output. Exit status per sysexits.h: 64 usage, 65 bad or too large \
+     input, 67 bad recipient, 75 temporary, 77 maildrop not writable, 78 configuration.",
 ];
 
 const OPTIONS: &[(&str, &str)] = &[
@@ -314,7 +314,7 @@ pub fn man_page() -> String {
          .br\n.B postling passwd\n.I USER\n\
          .br\n.B sendmail\n\
          [\\fB\\-t\\fR] [\\fB\\-i\\fR] [\\fB\\-f\\fR \\fIADDR\\fR] [\\fB\\-F\\fR \\fINAME\\fR] \
-         [\\fB\\-C\\fR \\fIFILE\\fR] [\\fB\\-v\\fR] [\\fB\\-bm\\fR|\\fB\\-bp\\fR|\\fB\\-q\\fR] \
+         [\\fB\\-C\\fR \\fIFILE\\fR] [\\fB\\-v\\fR] [\\fB\\-bm\\fR|\\fB\\-bs\\fR|\\fB\\-bp\\fR|\\fB\\-q\\fR] \
          [\\fIRECIPIENT\\fR ...]\n\
          .br\n.B mailq\n",
     );

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub enum Mode {
     /// `-bm` (the default): read a message from standard input and queue it.
     Deliver,
-    /// `-bs`: SMTP on standard input and output (not supported: see `sendmail_main`).
+    /// `-bs`: SMTP on standard input and output (see `bs.rs`).
     Smtp,
     /// `-bp` or the `mailq` name: list the queue.
     ListQueue,

@@ -10,13 +10,14 @@
 //! open it, otherwise a syncfs of its filesystem) before the exit status 0. Any failure removes
 //! the temporary file: nothing is ever half queued.
 //!
-//! Exit statuses are sysexits.h: 0, EX_USAGE 64, EX_DATAERR 65 (unreadable or too large
-//! input, no recipients), EX_NOUSER 67 (a recipient that is not an address), EX_UNAVAILABLE
-//! 69 (`-bs`), EX_TEMPFAIL 75 (disk full, no maildrop yet, daemon not running for `-q`),
+//! Exit statuses are sysexits.h: 0, EX_USAGE 64 (bad flags, no recipients), EX_DATAERR 65
+//! (unreadable or too large input, too many recipients), EX_NOUSER 67 (a recipient that is
+//! not an address), EX_TEMPFAIL 75 (disk full, no maildrop yet, daemon not running for `-q`),
 //! EX_NOPERM 77 (maildrop not writable, `-q` by a user who may not signal the daemon),
-//! EX_CONFIG 78.
+//! EX_CONFIG 78. `-bs` (SMTP on standard input and output) answers per message instead.
 
 pub mod args;
+pub mod bs;
 pub mod dropfile;
 pub mod message;
 
@@ -37,7 +38,6 @@ use dropfile::DropEnvelope;
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_NOUSER: u8 = 67;
-pub const EX_UNAVAILABLE: u8 = 69;
 pub const EX_OSERR: u8 = 71;
 pub const EX_TEMPFAIL: u8 = 75;
 pub const EX_NOPERM: u8 = 77;
@@ -135,7 +135,7 @@ fn run(args: &[String], mailq: bool, config_path: Option<PathBuf>) -> Result<(),
             return fail(
                 EX_USAGE,
                 format!(
-                    "{e}\nusage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [-v] [-bm|-bp|-q] [recipient ...]"
+                    "{e}\nusage: sendmail [-t] [-i] [-f sender] [-F name] [-C config] [-v] [-bm|-bs|-bp|-q] [recipient ...]"
                 ),
             );
         }
@@ -183,10 +183,7 @@ fn run(args: &[String], mailq: bool, config_path: Option<PathBuf>) -> Result<(),
             );
             Ok(())
         }
-        Mode::Smtp => fail(
-            EX_UNAVAILABLE,
-            "-bs (SMTP on standard input) is not supported; connect to the SMTP port instead",
-        ),
+        Mode::Smtp => smtp_on_stdio(&inv, &config),
         Mode::Deliver => submit(&inv, &config),
     }
 }
@@ -277,45 +274,79 @@ fn flush(config: &Config) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Who submits: the calling user, and what it may claim.
+pub struct Submitter {
+    pub uid: u32,
+    pub name: String,
+    /// `name@origin`: the address it sends as by default.
+    pub own: String,
+    pub origin: String,
+    /// Root or the daemon's user: may claim any envelope sender.
+    pub privileged: bool,
+}
+
+impl Submitter {
+    fn calling(config: &Config) -> Result<Submitter, Fail> {
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let Some(name) = privilege::name_of_uid(uid) else {
+            return fail(
+                EX_NOPERM,
+                format!("uid {uid} has no entry in /etc/passwd, so it has no address to send from"),
+            );
+        };
+        let origin = origin_domain(config).to_string();
+        Ok(Submitter {
+            uid,
+            own: format!("{name}@{origin}"),
+            name,
+            origin,
+            privileged: uid == 0 || daemon_uid(config) == Some(uid),
+        })
+    }
+
+    /// The envelope sender for a requested one (`-f`, `MAIL FROM`): `Err` when it is not an
+    /// address; `Ok((sender, false))` when the request was refused and the own address used.
+    pub fn sender(&self, asked: &str, config: &Config) -> Result<(String, bool), String> {
+        let s = asked.trim();
+        let s = s
+            .strip_prefix('<')
+            .and_then(|s| s.strip_suffix('>'))
+            .unwrap_or(s);
+        let s = if s.is_empty() {
+            String::new()
+        } else {
+            qualify(s, &self.origin)
+        };
+        if !s.is_empty() && !valid_address(&s) {
+            return Err(format!("{s:?} is not a mail address"));
+        }
+        if self.privileged || sender_allowed(&self.name, &s, config) {
+            Ok((s, true))
+        } else {
+            Ok((self.own.clone(), false))
+        }
+    }
+}
+
 /// `-bm`: read, check, complete and drop the message.
 fn submit(inv: &Invocation, config: &Config) -> Result<(), Fail> {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let Some(name) = privilege::name_of_uid(uid) else {
-        return fail(
-            EX_NOPERM,
-            format!("uid {uid} has no entry in /etc/passwd, so it has no address to send from"),
-        );
-    };
-    let origin = origin_domain(config).to_string();
-    let own = format!("{name}@{origin}");
-    let privileged = uid == 0 || daemon_uid(config) == Some(uid);
+    let who = Submitter::calling(config)?;
     let sender = match inv.sender.as_deref() {
-        None => own.clone(),
-        Some(s) => {
-            let s = s.trim();
-            let s = s
-                .strip_prefix('<')
-                .and_then(|s| s.strip_suffix('>'))
-                .unwrap_or(s);
-            let s = if s.is_empty() {
-                String::new()
-            } else {
-                qualify(s, &origin)
-            };
-            if !s.is_empty() && !valid_address(&s) {
-                return fail(EX_USAGE, format!("-f {s:?} is not a mail address"));
-            }
-            if privileged || sender_allowed(&name, &s, config) {
-                s
-            } else {
+        None => who.own.clone(),
+        Some(asked) => match who.sender(asked, config) {
+            Err(e) => return fail(EX_USAGE, format!("-f {e}")),
+            Ok((s, true)) => s,
+            Ok((s, false)) => {
                 eprintln!(
-                    "postling sendmail: note: only root and the daemon's user may set the envelope sender; using {own} instead of <{s}>"
+                    "postling sendmail: note: only root and the daemon's user may set the envelope sender; using {s} instead of <{}>",
+                    asked.trim()
                 );
-                own.clone()
+                s
             }
-        }
+        },
     };
+    let origin = who.origin.clone();
 
     let limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
     let raw = read_input(inv.ignore_dots, limit)?;
@@ -360,10 +391,72 @@ fn submit(inv: &Invocation, config: &Config) -> Result<(), Fail> {
             ),
         );
     }
+    let (token, size) = drop_message(
+        config,
+        &who,
+        inv.full_name.as_deref(),
+        &sender,
+        &envelope_rcpts,
+        &raw,
+    )?;
+    if inv.verbose {
+        eprintln!(
+            "postling sendmail: queued {size} bytes from <{sender}> for {} in {}/{token}",
+            envelope_rcpts.join(", "),
+            config.spool_dir.join(MAILDROP_DIR).display()
+        );
+    }
+    Ok(())
+}
 
+/// `-bs`: SMTP on standard input and output (see `bs.rs`). The sender rules are those of
+/// `-f`; each message is dropped like one from `-bm`.
+fn smtp_on_stdio(inv: &Invocation, config: &Config) -> Result<(), Fail> {
+    let who = Submitter::calling(config)?;
+    let ctx = bs::BsContext {
+        hostname: &config.hostname,
+        max_message_size: usize::try_from(config.max_message_size).unwrap_or(usize::MAX),
+    };
+    let mut drop_one = |asked: &str, rcpts: &[String], data: &[u8]| -> Result<String, String> {
+        let sender = match who.sender(asked, config) {
+            Ok((s, _)) => s,
+            Err(e) => return Err(format!("553 5.1.7 {e}")),
+        };
+        let rcpts: Vec<String> = rcpts.iter().map(|r| qualify(r, &who.origin)).collect();
+        match drop_message(
+            config,
+            &who,
+            inv.full_name.as_deref(),
+            &sender,
+            &rcpts,
+            data,
+        ) {
+            Ok((token, _)) => Ok(format!("queued as maildrop/{token} from <{sender}>")),
+            Err(Fail(EX_DATAERR, text)) => Err(format!("552 5.3.4 {text}")),
+            Err(Fail(_, text)) => Err(format!("451 4.3.0 {text}")),
+        }
+    };
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let mut out = io::stdout().lock();
+    bs::run(&mut input, &mut out, &ctx, &mut drop_one)
+        .or_else(|e| fail(EX_TEMPFAIL, format!("-bs: {e}")))
+}
+
+/// Completes the message's header, checks its size and writes the drop file; returns the
+/// drop file's name and the message's size.
+fn drop_message(
+    config: &Config,
+    who: &Submitter,
+    full_name: Option<&str>,
+    sender: &str,
+    recipients: &[String],
+    raw: &[u8],
+) -> Result<(String, usize), Fail> {
+    let limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
     let now = SystemTime::now();
     let token = random_name()?;
-    let from = message::from_value(inv.full_name.as_deref(), &own);
+    let from = message::from_value(full_name, &who.own);
     let date = crate::date::rfc5322_date(now);
     let micros = crate::spool::format::micros_since_epoch(now);
     let message_id = format!(
@@ -372,14 +465,13 @@ fn submit(inv: &Invocation, config: &Config) -> Result<(), Fail> {
         config.hostname
     );
     let completed = message::complete(
-        &raw,
+        raw,
         &message::Additions {
             from: &from,
             date: &date,
             message_id: &message_id,
         },
     );
-    drop(raw);
     if completed.len() > limit {
         return fail(
             EX_DATAERR,
@@ -391,23 +483,14 @@ fn submit(inv: &Invocation, config: &Config) -> Result<(), Fail> {
         );
     }
     let env = DropEnvelope {
-        uid,
+        uid: who.uid,
         arrival: now,
-        sender,
-        recipients: envelope_rcpts,
+        sender: sender.to_string(),
+        recipients: recipients.to_vec(),
     };
     let dir = config.spool_dir.join(MAILDROP_DIR);
     write_drop(&dir, &token, &env, &completed, config.user.is_some())?;
-    if inv.verbose {
-        eprintln!(
-            "postling sendmail: queued {} bytes from <{}> for {} in {}/{token}",
-            completed.len(),
-            env.sender,
-            env.recipients.join(", "),
-            dir.display()
-        );
-    }
-    Ok(())
+    Ok((token, completed.len()))
 }
 
 /// Standard input, normalised, refused once it grows past `limit`.
