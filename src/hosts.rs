@@ -390,7 +390,7 @@ impl Services {
                     "pickup: maildrop/{name}: {why}; left there for the next start or queue run (sendmail -q)"
                 ),
                 Loaded::Invalid(why) => p.reject(&name, &why),
-                Loaded::Accepted(a) => self.queue_pickup(&p, &name, a),
+                Loaded::Accepted(a) => self.queue_pickup(&mut p, &name, a),
             }
             if Instant::now() >= deadline {
                 break;
@@ -399,7 +399,7 @@ impl Services {
         self.pickup = Some(p);
     }
 
-    fn queue_pickup(&mut self, p: &Pickup, name: &str, a: crate::pickup::Accepted) {
+    fn queue_pickup(&mut self, p: &mut Pickup, name: &str, a: crate::pickup::Accepted) {
         let later = "left in maildrop/ for the next start or queue run (sendmail -q)";
         let mut inc = match self.spool.begin(&a.envelope) {
             Ok(inc) => inc,

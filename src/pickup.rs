@@ -82,6 +82,9 @@ pub struct Pickup {
     /// Names to look at, in arrival order, without repeats.
     waiting: VecDeque<String>,
     queued: HashSet<String>,
+    /// Queued by this process but their unlink failed: never offered again (the next start
+    /// finds them in the queue and removes them).
+    done: HashSet<String>,
     settings: PickupSettings,
     /// The uid the daemon runs as: like root, it may claim any sender.
     own_uid: u32,
@@ -144,6 +147,7 @@ impl Pickup {
             inotify,
             waiting: VecDeque::new(),
             queued: HashSet::new(),
+            done: HashSet::new(),
             settings,
             own_uid,
         };
@@ -200,7 +204,7 @@ impl Pickup {
 
     /// Queues a name to look at (once).
     pub fn offer(&mut self, name: String) {
-        if self.queued.insert(name.clone()) {
+        if !self.done.contains(&name) && self.queued.insert(name.clone()) {
             self.waiting.push_back(name);
         }
     }
@@ -329,12 +333,15 @@ impl Pickup {
 
     /// The drop file is queued: unlink it and make that durable before the entry can be
     /// delivered and removed (else a power cut could bring back the file without its entry).
-    pub fn remove(&self, name: &str) -> io::Result<()> {
-        match fs::remove_file(self.path(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+    pub fn remove(&mut self, name: &str) -> io::Result<()> {
+        let result = match fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => File::open(&self.dir).and_then(|d| d.sync_all()),
+        };
+        if result.is_err() {
+            self.done.insert(name.to_string());
         }
-        File::open(&self.dir)?.sync_all()
+        result
     }
 
     /// Moves an invalid drop file into `bad/` (removes it if that fails) and logs why.

@@ -472,6 +472,10 @@ fn drop_message(
             message_id: &message_id,
         },
     );
+    // The daemon refuses what this check refuses (into maildrop/bad/): say so now instead.
+    if let Err(why) = message::check_header(&completed) {
+        return fail(EX_DATAERR, format!("cannot send this message: {why}"));
+    }
     if completed.len() > limit {
         return fail(
             EX_DATAERR,

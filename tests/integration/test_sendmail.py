@@ -174,6 +174,7 @@ def test_bad_input_exits_with_sysexits_and_queues_nothing(box):
         (("-t",), b"Subject: none in the header either\n\nx\n", EX_USAGE),
         (("-Z", "alice"), b"x\n", EX_USAGE),
         (("-f",), b"", EX_USAGE),
+        (("alice",), b"Subject: a NUL\0 in the header\n\nx\n", EX_DATAERR),
     ]
     for args, data, status in cases:
         r = sendmail(s, *args, data=data)
