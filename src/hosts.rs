@@ -53,8 +53,9 @@ pub struct Services {
     next_ticket: usize,
     /// `maildrop/`: local submissions by `sendmail` (None: it could not be prepared).
     pickup: Option<Pickup>,
-    /// Test hook (`POSTLING_TEST_ABORT_AFTER_PICKUP_COMMIT` set at start): abort between a
-    /// pickup's commit and its drop file's unlink, the crash the start-up scan must survive.
+    /// Test hook (`POSTLING_TEST_ABORT_AFTER_PICKUP_COMMIT` set at start): SIGKILL itself
+    /// between a pickup's commit and its drop file's unlink, the crash the start-up scan must
+    /// survive (tests/integration/test_sendmail.py).
     abort_after_pickup_commit: bool,
     /// The users and aliases files were checked for changes in this reactor turn: one `stat`
     /// each per turn at most, however many RCPTs, logins and deliveries it has.
@@ -434,7 +435,8 @@ impl Services {
             a.user.as_deref().map_or(String::new(), |u| format!(" {u}"))
         );
         if self.abort_after_pickup_commit {
-            std::process::abort();
+            // SAFETY: kill with our own pid: the test's kill -9 at exactly this point.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
         if let Err(e) = p.remove(name) {
             // The entry records its drop file: the next start removes the file instead of

@@ -229,17 +229,20 @@ def test_a_message_over_max_message_size_is_refused_with_ex_dataerr(box):
 @needs_root
 def test_kill9_between_commit_and_unlink_delivers_exactly_once(box):
     s = box()
-    # The hook aborts the daemon right after the pickup's commit, before the drop file's unlink.
+    # The hook makes the daemon SIGKILL itself right after the pickup's commit, before the drop
+    # file's unlink.
     s.start(prefix=("env", "POSTLING_TEST_ABORT_AFTER_PICKUP_COMMIT=1"))
     r = sendmail(s, "alice", data=b"Subject: once\n\nexactly once\n")
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: s.proc.poll() is not None, what="the daemon's abort")
+    wait_for(lambda: s.proc.poll() is not None, what="the daemon's kill -9")
+    assert s.proc.returncode == -signal.SIGKILL
     assert len(drop_files(s)) == 1, "the drop file is still there"
     assert len(queue_files(s)) == 1, "and its queue entry too"
     assert mail_files(s, "alice") == []
     s.start()
-    [msg] = wait_mail(s, "alice")
-    assert msg.endswith(b"\n\nexactly once\n")
+    msgs = wait_mail(s, "alice")
+    assert len(msgs) == 1, f"delivered {len(msgs)} times"
+    assert msgs[0].endswith(b"\n\nexactly once\n")
     wait_for(lambda: queue_files(s) == [] and drop_files(s) == [], what="queue and maildrop empty")
     assert "was already queued" in s.log()
     # The restart's own queue run is done; a second copy would have been written by now.
