@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs postling: the binary, a production config, users and aliases templates,
 # /etc/default/postling, the init script, the systemd unit, the man page, the `postling`
-# system user and its spool and mail directories.
+# system user and its spool and mail directories, and the links /usr/sbin/sendmail and
+# /usr/sbin/mailq -> postling (only where no other mail system's sendmail or mailq exists).
 #
 #   scripts/install.sh                            build (scripts/build-release: static), then install
 #   POSTLING_BIN=/path/to/postling scripts/install.sh    install a prebuilt binary
@@ -160,11 +161,13 @@ EOF
 # ---- files ------------------------------------------------------------------------------
 etc=$DESTDIR/etc/postling
 mkdir -p "$etc"
-chmod 0750 "$etc"
+# Searchable, and the config readable by everyone: sendmail runs as any user and reads it.
+# The users file (password hashes) and the aliases stay 0640.
+chmod 0755 "$etc"
 own_config "$etc"
 
 put "$bin" "$DESTDIR/usr/sbin/postling" 0755
-put_config "$tmp/postling.conf" "$etc/postling.conf" 0640
+put_config "$tmp/postling.conf" "$etc/postling.conf" 0644
 put_config "$tmp/users" "$etc/users" 0640
 put_config "$tmp/aliases" "$etc/aliases" 0640
 put_config "$here/scripts/default.postling" "$DESTDIR/etc/default/postling" 0644
@@ -181,12 +184,35 @@ if [ -f "$here/doc/postling.conf.5" ]; then
     put "$here/doc/postling.conf.5" "$DESTDIR/usr/share/man/man5/postling.conf.5" 0644
 fi
 
+# ---- sendmail and mailq -----------------------------------------------------------------
+# Programs on the box (cron, scripts) send mail through /usr/sbin/sendmail. The link is made
+# only where no other mail system put its own sendmail (or mailq): that one is left alone.
+link_tool() {
+    link=$DESTDIR/usr/sbin/$1
+    if [ -L "$link" ] && [ "$(readlink "$link")" = postling ]; then
+        return 0
+    fi
+    for other in "$DESTDIR/usr/sbin/$1" "$DESTDIR/usr/bin/$1" "$DESTDIR/usr/lib/$1"; do
+        if [ -e "$other" ] || [ -L "$other" ]; then
+            say "kept the existing $other (another mail system's); postling's own is: postling $2"
+            return 0
+        fi
+    done
+    ln -s postling "$link"
+    say "linked /usr/sbin/$1 -> postling"
+}
+link_tool sendmail "sendmail [flags] [recipients]"
+link_tool mailq "sendmail -bp (or postling -q)"
+
 # ---- state directories ------------------------------------------------------------------
-for d in "$SPOOL_DIR" "$MAIL_DIR"; do
-    mkdir -p "$DESTDIR$d"
-    chmod 0700 "$DESTDIR$d"
+# The spool is searchable by everyone (0711) so that sendmail can reach spool/maildrop/
+# (mode 1733: anyone may drop a file, nobody but postling may list or read it); everything
+# else in it stays 0700. The daemon sets the same modes when it starts.
+for d in "$SPOOL_DIR:0711" "$SPOOL_DIR/maildrop:1733" "$SPOOL_DIR/maildrop/bad:0700" "$MAIL_DIR:0700"; do
+    mkdir -p "$DESTDIR${d%:*}"
+    chmod "${d#*:}" "$DESTDIR${d%:*}"
     if [ -z "$DESTDIR" ]; then
-        chown "$USER_NAME:$USER_NAME" "$d"
+        chown "$USER_NAME:$USER_NAME" "${d%:*}"
     fi
 done
 
@@ -196,7 +222,8 @@ if [ -n "$DESTDIR" ]; then
 install: staged into $DESTDIR. The target system needs:
 install:   a system user and group '$USER_NAME' (Debian: adduser --system --group --no-create-home $USER_NAME;
 install:     BusyBox: addgroup -S $USER_NAME && adduser -S -D -H -G $USER_NAME $USER_NAME)
-install:   chown $USER_NAME:$USER_NAME $SPOOL_DIR $MAIL_DIR   (both mode 0700)
+install:   chown $USER_NAME:$USER_NAME $SPOOL_DIR $SPOOL_DIR/maildrop $SPOOL_DIR/maildrop/bad $MAIL_DIR
+install:     (modes 0711, 1733, 0700, 0700: postling sets them again at its start)
 install:   chgrp $USER_NAME /etc/postling /etc/postling/postling.conf /etc/postling/users /etc/postling/aliases
 install:   then /etc/init.d/postling linked into the init's start-up (or: systemctl enable postling)
 EOF

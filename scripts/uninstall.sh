@@ -1,6 +1,6 @@
 #!/bin/sh
 # Reverses scripts/install.sh: stops postling and removes the binary, the init script, the
-# systemd unit and the man page. Keeps the configuration (/etc/postling, /etc/default/postling),
+# systemd unit, the man page and the /usr/sbin/sendmail and /usr/sbin/mailq links (if postling's). Keeps the configuration (/etc/postling, /etc/default/postling),
 # the queue and the mail, and the postling user, unless --purge is given.
 #
 #   scripts/uninstall.sh [--purge]
@@ -46,6 +46,15 @@ for f in /usr/sbin/postling /etc/init.d/postling /lib/systemd/system/postling.se
     if [ -e "$DESTDIR$f" ]; then
         rm -f "$DESTDIR$f"
         say "removed $DESTDIR$f"
+    fi
+done
+# The sendmail and mailq links, only if they are postling's (another mail system's stay).
+for f in /usr/sbin/sendmail /usr/sbin/mailq; do
+    if [ -L "$DESTDIR$f" ] && [ "$(readlink "$DESTDIR$f")" = postling ]; then
+        rm -f "$DESTDIR$f"
+        say "removed the link $DESTDIR$f"
+    elif [ -e "$DESTDIR$f" ]; then
+        say "kept $DESTDIR$f (not postling's)"
     fi
 done
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then

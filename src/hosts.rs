@@ -25,6 +25,7 @@ use crate::deliver::store::SpoolStore;
 use crate::directory::{Directory, RcptVerdict};
 use crate::limits;
 use crate::mailbox::Mailbox;
+use crate::pickup::{Loaded, Pickup, PickupSettings};
 use crate::proto::smtp::SmtpHost;
 use crate::proto::{AuthVerdict, MailboxError, MessageInfo, PopHost};
 use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
@@ -54,6 +55,12 @@ pub struct Services {
     tickets: HashMap<usize, usize>,
     slot_ticket: HashMap<usize, usize>,
     next_ticket: usize,
+    /// `maildrop/`: local submissions by `sendmail` (None: it could not be prepared).
+    pickup: Option<Pickup>,
+    /// Test hook (`POSTLING_TEST_ABORT_AFTER_PICKUP_COMMIT` set at start): SIGKILL itself
+    /// between a pickup's commit and its drop file's unlink, the crash the start-up scan must
+    /// survive (tests/integration/test_sendmail.py).
+    abort_after_pickup_commit: bool,
     /// The users and aliases files were checked for changes in this reactor turn: one `stat`
     /// each per turn at most, however many RCPTs, logins and deliveries it has.
     directory_checked: bool,
@@ -108,6 +115,8 @@ impl Services {
             wait: limits::DELIVERY_LINGER,
             batch: limits::DELIVERIES_PER_TURN,
         });
+        let mut warnings = warnings;
+        let pickup = open_pickup(config, &spool, &queued, &mut warnings);
         if !queued.is_empty() {
             info!(
                 "{} message(s) in the queue; delivering them now",
@@ -139,6 +148,9 @@ impl Services {
             throttle: Throttle::default(),
             rcpt_budget: RcptBudget::default(),
             directory_checked: false,
+            pickup,
+            abort_after_pickup_commit: std::env::var_os("POSTLING_TEST_ABORT_AFTER_PICKUP_COMMIT")
+                .is_some(),
             tickets: HashMap::new(),
             slot_ticket: HashMap::new(),
             next_ticket: 0,
@@ -244,6 +256,9 @@ impl Services {
             self.hostname = config.hostname.clone();
         }
         self.mailbox_root = config.mailbox_dir.clone();
+        if let Some(p) = self.pickup.as_mut() {
+            p.set_settings(PickupSettings::from_config(config));
+        }
         if config.spool_dir != self.spool_dir {
             warn!(
                 "spool_dir changed to {}; the change takes effect at the next restart (still using {})",
@@ -337,6 +352,7 @@ impl Services {
     /// Nothing to commit, deliver or trim (the reactor then hands memory back).
     pub fn at_rest(&self, now: Instant) -> bool {
         !self.spool.commit_pending()
+            && !self.pickup_pending()
             && !self.engine.has_work(now)
             && !self.engine.schedule.has_ready()
             && !self.spool.free_excess()
@@ -383,7 +399,143 @@ impl Services {
             self.engine.schedule.len()
         );
         self.engine.schedule.flush();
+        if let Some(p) = self.pickup.as_mut() {
+            p.rescan();
+        }
     }
+
+    /// The inotify descriptor of `maildrop/`, for the poll.
+    pub fn pickup_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.pickup.as_ref().map(Pickup::fd)
+    }
+
+    /// The inotify descriptor is readable: queue the names that arrived.
+    pub fn pickup_readable(&mut self) {
+        if let Some(p) = self.pickup.as_mut() {
+            p.readable();
+        }
+    }
+
+    /// Drop files wait to be picked up (the reactor must come back without waiting).
+    pub fn pickup_pending(&self) -> bool {
+        self.pickup.as_ref().is_some_and(Pickup::has_work)
+    }
+
+    /// Picks up waiting drop files until `deadline` (at least one, at most
+    /// `limits::PICKUPS_PER_TURN`): each is checked, queued (committed on its own, like a
+    /// bounce), then its drop file removed; an invalid one goes to `maildrop/bad/`.
+    pub fn pickup_work(&mut self, deadline: Instant) {
+        let Some(mut p) = self.pickup.take() else {
+            return;
+        };
+        for _ in 0..limits::PICKUPS_PER_TURN {
+            let Some(name) = p.next_name() else {
+                break;
+            };
+            match p.load(&name) {
+                Loaded::Skip => {}
+                Loaded::Later(why) => warn!(
+                    "pickup: maildrop/{name}: {why}; left there for the next start or queue run (sendmail -q)"
+                ),
+                Loaded::Invalid(why) => p.reject(&name, &why),
+                Loaded::Accepted(a) => self.queue_pickup(&mut p, &name, a),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        self.pickup = Some(p);
+    }
+
+    fn queue_pickup(&mut self, p: &mut Pickup, name: &str, a: crate::pickup::Accepted) {
+        let later = "left in maildrop/ for the next start or queue run (sendmail -q)";
+        let mut inc = match self.spool.begin(&a.envelope) {
+            Ok(inc) => inc,
+            Err(e) => {
+                warn!("pickup: maildrop/{name} not queued: {e:?}; {later}");
+                return;
+            }
+        };
+        let date = crate::date::rfc5322_date(SystemTime::now());
+        let received = crate::pickup::received_header(
+            a.user.as_deref(),
+            a.uid,
+            &self.hostname,
+            &inc.id().0,
+            &date,
+        );
+        self.spool.append(&mut inc, received.as_bytes());
+        self.spool.append(&mut inc, &a.data);
+        let id = match self.spool.commit_one(inc) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!("pickup: maildrop/{name} not queued: {e:?}; {later}");
+                return;
+            }
+        };
+        info!(
+            "{id}: from=<{}> size={} nrcpt={} (local submission by uid {}{}, maildrop/{name})",
+            a.envelope.sender,
+            received.len() + a.data.len(),
+            a.envelope.recipients.len(),
+            a.uid,
+            a.user.as_deref().map_or(String::new(), |u| format!(" {u}"))
+        );
+        if self.abort_after_pickup_commit {
+            // SAFETY: kill with our own pid: the test's kill -9 at exactly this point.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        if let Err(e) = p.remove(name) {
+            // The entry records its drop file: the next start removes the file instead of
+            // queuing it again.
+            warn!("pickup: {id}: cannot remove maildrop/{name}: {e}");
+        }
+        self.engine.schedule.due_fresh(id, Instant::now());
+    }
+}
+
+/// Prepares `maildrop/` and its watch, and sorts what waits there: a drop file whose name a
+/// queue entry records was queued before a crash cut its removal short, so it is only removed;
+/// every other one is picked up. Failure disables local submission (with a warning), not the
+/// server.
+fn open_pickup(
+    config: &Config,
+    spool: &Spool,
+    queued: &[QueueId],
+    warnings: &mut Vec<String>,
+) -> Option<Pickup> {
+    let (mut p, names) = match Pickup::open(&config.spool_dir, PickupSettings::from_config(config))
+    {
+        Ok(x) => x,
+        Err(e) => {
+            warnings.push(format!(
+                "local submission (sendmail) disabled: cannot prepare {}/maildrop: {e}",
+                config.spool_dir.display()
+            ));
+            return None;
+        }
+    };
+    let already = if names.is_empty() {
+        std::collections::HashSet::new()
+    } else {
+        spool.pickup_names(queued)
+    };
+    for name in names {
+        if already.contains(&name) {
+            match p.remove(&name) {
+                Ok(()) => info!(
+                    "pickup: maildrop/{name} was already queued (a stop cut its removal short); removed it"
+                ),
+                Err(e) => warn!("pickup: cannot remove maildrop/{name}, already queued: {e}"),
+            }
+        } else {
+            p.offer(name);
+        }
+    }
+    if p.has_work() {
+        info!("pickup: drop files waiting in maildrop/; queuing them now");
+    }
+    Some(p)
 }
 
 pub struct SmtpHostFor<'a> {
@@ -505,5 +657,54 @@ impl PopHost for PopHostFor<'_> {
 
     fn mailbox_release(&mut self) {
         self.services.mailboxes.remove(&self.slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn start_up_removes_a_drop_file_already_queued_and_picks_up_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(&d.path().join("postling.conf"));
+        config.spool_dir = d.path().join("spool");
+        let (mut spool, _) = Spool::open(&config.spool_dir).unwrap();
+        let queued_name = "0123456789abcdef0123456789abcdef";
+        let waiting_name = "fedcba9876543210fedcba9876543210";
+        let mut inc = spool
+            .begin(&Envelope {
+                sender: String::new(),
+                recipients: vec!["a@example.test".into()],
+                client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                helo: "localhost".into(),
+                arrival: SystemTime::now(),
+                smtputf8: false,
+                body: crate::spool::BodyType::SevenBit,
+                pickup: Some(queued_name.into()),
+            })
+            .unwrap();
+        inc.append(b"From: x\r\n\r\n");
+        let id = spool.commit_one(inc).unwrap();
+        let drop_dir = config.spool_dir.join("maildrop");
+        std::fs::create_dir(&drop_dir).unwrap();
+        std::fs::write(drop_dir.join(queued_name), "queued before the crash").unwrap();
+        std::fs::write(drop_dir.join(waiting_name), "still to pick up").unwrap();
+        let mut warnings = Vec::new();
+        let mut p = open_pickup(&config, &spool, &[id], &mut warnings).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(
+            !drop_dir.join(queued_name).exists(),
+            "already queued: removed"
+        );
+        assert!(drop_dir.join(waiting_name).exists());
+        assert_eq!(p.next_name().as_deref(), Some(waiting_name));
+        assert_eq!(p.next_name(), None);
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&drop_dir), 0o1733);
+        assert_eq!(mode(&drop_dir.join("bad")), 0o700);
+        assert_eq!(mode(&config.spool_dir) & 0o011, 0o011, "searchable");
     }
 }

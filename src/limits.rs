@@ -371,3 +371,24 @@ pub const DNS_MAX_LOOKUPS: usize = 1024;
 pub const RESOLV_CONF_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 /// Largest resolv.conf read: real ones are a few hundred octets.
 pub const RESOLV_CONF_MAX_BYTES: u64 = 64 * 1024;
+// ---- local submission (sendmail) and the maildrop pickup -------------------------------------
+
+/// Recipients one `sendmail` call may name: the same bound as one SMTP transaction
+/// (`SMTP_MAX_RCPTS`), so a local message never needs more than SMTP could carry.
+pub const SENDMAIL_MAX_RCPTS: usize = SMTP_MAX_RCPTS;
+
+/// Drop files the daemon picks up per reactor turn: each is read whole and written into the
+/// spool, so a burst of submissions cannot keep the sockets waiting for long.
+pub const PICKUPS_PER_TURN: usize = 8;
+
+/// A `maildrop/<name>.tmp` file this old at start-up belongs to a `sendmail` that died while
+/// writing (none takes an hour to write a message of `max_message_size`): it is removed.
+pub const MAILDROP_TMP_STALE: Duration = Duration::from_secs(3600);
+
+/// Read buffer for inotify events: room for many events of names up to 255 bytes
+/// (inotify(7) advises at least `sizeof(struct inotify_event) + NAME_MAX + 1`).
+pub const INOTIFY_BUF: usize = 4096;
+
+/// Longest command line `sendmail -bs` reads: RFC 5321 §4.5.3.1.4 (512 with CRLF) with room
+/// for the parameters of MAIL; longer lines are refused, never buffered without bound.
+pub const SMTP_MAX_LINE_BS: usize = 1000;

@@ -25,15 +25,29 @@ fn usage(opts: &getopts::Options) -> String {
          \x20      postling [-c FILE] queue list | flush [ID...] | hold ID... | release ID...\n\
          \x20                               | delete ID...|all | bounce ID...\n\
          \x20      postling passwd USER   (reads a password from stdin, prints the users-file line)\n\
+         \x20      postling [-c FILE] sendmail [-t] [-i] [-f ADDR] [-F NAME] [-bm|-bs|-bp|-q] [RCPT...]\n\
+         \x20      (also installed as sendmail and mailq; see doc/operations.md)\n\
          A small SMTP, POP3 and POP2 mail server. Config file default: {DEFAULT_CONFIG}"
     ))
 }
 
 fn main() -> ExitCode {
     postling::buf::allocate_buffers_outside_the_heap();
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let called = std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if called == "sendmail" || called == "mailq" {
+        return postling::sendmail::main(&args, called == "mailq", None);
+    }
     if args.first().is_some_and(|a| a == "passwd") {
         return postling::auth::passwd_main(&args[1..]);
+    }
+    if let Some((config, rest)) = sendmail_words(&args) {
+        return postling::sendmail::main(rest, false, config);
     }
     let mut opts = getopts::Options::new();
     opts.optopt(
@@ -140,6 +154,21 @@ fn main() -> ExitCode {
     run(config, foreground)
 }
 
+/// `postling sendmail ARGS`, `postling -c FILE sendmail ARGS` or `postling -cFILE sendmail
+/// ARGS`: the config given before the word, and the words after it.
+fn sendmail_words(args: &[String]) -> Option<(Option<PathBuf>, &[String])> {
+    match args {
+        [word, rest @ ..] if word == "sendmail" => Some((None, rest)),
+        [c, file, word, rest @ ..] if c == "-c" && word == "sendmail" => {
+            Some((Some(PathBuf::from(file)), rest))
+        }
+        [c, word, rest @ ..] if c.len() > 2 && c.starts_with("-c") && word == "sendmail" => {
+            Some((Some(PathBuf::from(&c[2..])), rest))
+        }
+        _ => None,
+    }
+}
+
 /// `-t`: the files the config names, every warning and error, and always one summary line.
 fn check_config(path: &std::path::Path, config: &Config, warnings: &[String]) -> ExitCode {
     let (errors, file_warnings) = config.check();
@@ -176,31 +205,9 @@ fn count(n: usize, noun: &str) -> String {
     }
 }
 
-/// `-q`: reads the spool directly, so it works whether or not the daemon runs.
+/// `-q`: reads the spool directly, so it works whether or not the daemon is running.
 fn print_queue(config: &Config) -> ExitCode {
-    match postling::spool::list_queue(&config.spool_dir) {
-        Ok(entries) => {
-            print!(
-                "{}",
-                postling::spool::format_queue(&entries, std::time::SystemTime::now())
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!(
-                "Mail queue is empty (no spool at {} yet)",
-                config.spool_dir.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!(
-                "postling: cannot read the queue in {}: {e}",
-                config.spool_dir.display()
-            );
-            ExitCode::from(EX_OSERR)
-        }
-    }
+    ExitCode::from(postling::sendmail::print_queue(config))
 }
 
 /// Log lines go to `log_file` when set, else to stderr with `-f` and to syslog once detached

@@ -37,6 +37,8 @@ const SIGNAL_TOKEN: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 const MAX_LISTENERS: usize = 1023;
 const CONN_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
+/// The inotify descriptor watching `maildrop/` (see `pickup`): out of every other range.
+const PICKUP_TOKEN: Token = Token(usize::MAX);
 
 /// Values the reactor needs from the config, in the form it uses them.
 pub struct Settings {
@@ -215,6 +217,13 @@ impl Reactor {
                 ),
             )
         })?;
+        if let Some(fd) = services.pickup_fd() {
+            poll.registry().register(
+                &mut mio::unix::SourceFd(&fd),
+                PICKUP_TOKEN,
+                Interest::READABLE,
+            )?;
+        }
         let mut reactor = Reactor {
             poll,
             listeners: Vec::new(),
@@ -267,6 +276,7 @@ impl Reactor {
                 match event.token() {
                     SIGNAL_TOKEN => self.handle_signals(now),
                     t if ControlServer::owns(t) => self.control.ready(t),
+                    PICKUP_TOKEN => self.services.pickup_readable(),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if let Some(Some(conn)) = self.conns.get_mut(slot) {
@@ -295,6 +305,8 @@ impl Reactor {
             // for them), one for deliveries (so they keep up under a steady load).
             self.finish_commits(now, Instant::now() + limits::WORK_SLICE);
             self.serve_control(now);
+            self.services
+                .pickup_work(Instant::now() + limits::WORK_SLICE);
             self.services
                 .deliver(now, SystemTime::now(), Instant::now() + limits::WORK_SLICE);
             self.fire_deadlines(now);
@@ -345,7 +357,10 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.services.commit_pending() || self.backlog_waiting() {
+        if self.services.commit_pending()
+            || self.services.pickup_pending()
+            || self.backlog_waiting()
+        {
             return Some(Duration::ZERO);
         }
         let mut t = self.deadlines.timeout(now);

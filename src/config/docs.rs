@@ -202,6 +202,15 @@ const DESCRIPTION: &[&str] = &[
      command is sent over `spool_dir/control.sock` and carried out by the daemon between two \
      delivery steps; with no daemon the command changes the spool itself under the spool \
      lock. Run it as root or as the user postling runs as.",
+    "Invoked as `sendmail` (the link /usr/sbin/sendmail, or `postling [-c FILE] sendmail`) it \
+     reads a message on standard input and drops it into the spool's `maildrop/` directory, \
+     from which the daemon queues it at once (or at its next start): `-t` takes the recipients \
+     from To, Cc and Bcc, `-i` or `-oi` keeps a line holding a single dot, `-f` sets the \
+     envelope sender (root and the daemon's user only; others always send as their own \
+     address), `-F` the full name of a generated From, `-C` the configuration, `-bp` (or the \
+     name `mailq`) lists the queue, `-q` asks the daemon for a queue run, `-bs` speaks SMTP on \
+     standard input and output. Exit status per sysexits.h: 64 usage, 65 bad or too large \
+     input, 67 bad recipient, 75 temporary, 77 maildrop not writable, 78 configuration.",
 ];
 
 const OPTIONS: &[(&str, &str)] = &[
@@ -289,7 +298,8 @@ const SIGNALS: &[(&str, &str)] = &[
     ),
     (
         "USR2",
-        "Make every queued message due for delivery now (held messages stay held).",
+        "Make every queued message due for delivery now (held messages stay held), and look \
+         at `maildrop/` again (`sendmail -q` sends it).",
     ),
 ];
 
@@ -303,8 +313,15 @@ const FILES: &[(&str, &str)] = &[
     ("/var/spool/postling", "The mail queue (`spool_dir`)."),
     (
         "/var/spool/postling/control.sock",
-        "The running daemon's control socket for `postling queue` (mode 0600, in the 0700 \
-         spool directory).",
+        "The running daemon's control socket for `postling queue` (mode 0600).",
+    ),
+    (
+        "/var/spool/postling/maildrop",
+        "Messages from `sendmail` waiting for the daemon (mode 1733); refused ones in `bad/`.",
+    ),
+    (
+        "/usr/sbin/sendmail, /usr/sbin/mailq",
+        "Links to postling made by the installer where no other mail system has them.",
     ),
     (
         "/var/mail/postling/USER",
@@ -341,7 +358,12 @@ pub fn man_page() -> String {
          \\fBlist\\fR | \\fBflush\\fR [\\fIID\\fR...] | \\fBhold\\fR \\fIID\\fR... | \
          \\fBrelease\\fR \\fIID\\fR... | \\fBdelete\\fR \\fIID\\fR...|\\fBall\\fR | \
          \\fBbounce\\fR \\fIID\\fR...\n\
-         .br\n.B postling passwd\n.I USER\n",
+         .br\n.B postling passwd\n.I USER\n\
+         .br\n.B sendmail\n\
+         [\\fB\\-t\\fR] [\\fB\\-i\\fR] [\\fB\\-f\\fR \\fIADDR\\fR] [\\fB\\-F\\fR \\fINAME\\fR] \
+         [\\fB\\-C\\fR \\fIFILE\\fR] [\\fB\\-v\\fR] [\\fB\\-bm\\fR|\\fB\\-bs\\fR|\\fB\\-bp\\fR|\\fB\\-q\\fR] \
+         [\\fIRECIPIENT\\fR ...]\n\
+         .br\n.B mailq\n",
     );
     out.push_str(".SH DESCRIPTION\n");
     for (i, paragraph) in DESCRIPTION.iter().enumerate() {

@@ -20,6 +20,7 @@ fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
         arrival: SystemTime::now(),
         smtputf8: false,
         body: BodyType::SevenBit,
+        pickup: None,
     }
 }
 

@@ -685,6 +685,7 @@ impl Engine {
             arrival: wall,
             smtputf8: env.smtputf8,
             body: BodyType::EightBitMime,
+            pickup: None,
         };
         let new_id = store.enqueue(&bounce_env, &report)?;
         info!("{id}: bounce {new_id} queued for <{}>", env.sender);

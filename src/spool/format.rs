@@ -110,7 +110,7 @@ pub fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("spool file: {what}"))
 }
 
-fn push_field(out: &mut String, key: &str, value: &str) {
+pub fn push_field(out: &mut String, key: &str, value: &str) {
     out.push_str(key);
     if !value.is_empty() {
         out.push(' ');
@@ -120,19 +120,19 @@ fn push_field(out: &mut String, key: &str, value: &str) {
 }
 
 /// Splits `key SP value`; a bare `key` has an empty value.
-fn split_field(line: &str) -> (&str, &str) {
+pub fn split_field(line: &str) -> (&str, &str) {
     line.split_once(' ').unwrap_or((line, ""))
 }
 
 // ---- times -----------------------------------------------------------------------------------
 
 /// `seconds.nanoseconds` since 1970, exact, so a stored time reads back identical.
-fn time_encode(t: SystemTime) -> String {
+pub fn time_encode(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
-fn time_decode(s: &str) -> io::Result<SystemTime> {
+pub fn time_decode(s: &str) -> io::Result<SystemTime> {
     let (secs, nanos) = s.split_once('.').ok_or_else(|| bad("malformed time"))?;
     let secs = parse_digits(secs)?;
     if nanos.len() != 9 {
@@ -179,6 +179,9 @@ pub fn header_encode(id: &QueueId, env: &Envelope) -> String {
         },
     );
     push_field(&mut h, "sender", &env.sender);
+    if let Some(p) = &env.pickup {
+        push_field(&mut h, "pickup", p);
+    }
     for r in &env.recipients {
         push_field(&mut h, "rcpt", r);
     }
@@ -200,6 +203,7 @@ pub fn header_decode(text: &str) -> io::Result<(QueueId, Envelope)> {
     let mut smtputf8 = None;
     let mut body = None;
     let mut sender = None;
+    let mut pickup = None;
     let mut recipients = Vec::new();
     for line in lines {
         let (key, raw) = split_field(line);
@@ -226,6 +230,7 @@ pub fn header_decode(text: &str) -> io::Result<(QueueId, Envelope)> {
                 })
                 .is_some(),
             "sender" => sender.replace(value).is_some(),
+            "pickup" => pickup.replace(value).is_some(),
             "rcpt" => {
                 recipients.push(value);
                 false
@@ -248,6 +253,7 @@ pub fn header_decode(text: &str) -> io::Result<(QueueId, Envelope)> {
         arrival: arrival.ok_or_else(missing)?,
         smtputf8: smtputf8.ok_or_else(missing)?,
         body: body.ok_or_else(missing)?,
+        pickup,
     };
     Ok((id.ok_or_else(missing)?, env))
 }
@@ -432,6 +438,7 @@ mod tests {
             arrival: UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
             smtputf8: true,
             body: BodyType::EightBitMime,
+            pickup: None,
         }
     }
 
@@ -445,6 +452,21 @@ mod tests {
         let (id2, e2) = header_decode(body).unwrap();
         assert_eq!(id2, id);
         assert_eq!(e2, e);
+    }
+
+    #[test]
+    fn header_round_trip_with_the_drop_file_it_came_from() {
+        let id = id_encode(43);
+        let mut e = env();
+        e.pickup = Some("0123456789abcdef0123456789abcdef".into());
+        let h = header_encode(&id, &e);
+        assert!(h.contains("\npickup 0123456789abcdef0123456789abcdef\n"));
+        let (_, e2) = header_decode(h.trim_end_matches('\n')).unwrap();
+        assert_eq!(e2, e);
+        // Entries without it (SMTP, bounces) have no such line.
+        assert!(!header_encode(&id, &env()).contains("pickup"));
+        let twice = format!("{}\npickup x", h.trim_end_matches('\n'));
+        assert!(header_decode(&twice).is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! full state table.
 
 mod commit;
-mod format;
+pub(crate) mod format;
 mod listing;
 #[cfg(test)]
 mod tests;
@@ -97,6 +97,9 @@ pub struct Envelope {
     pub arrival: SystemTime,
     pub smtputf8: bool,
     pub body: BodyType,
+    /// The `maildrop/` file this entry was made from (local submission by `sendmail`), so
+    /// the start-up scan can tell a drop file already queued from one still to pick up.
+    pub pickup: Option<String>,
 }
 
 /// Sub-directory of files under construction; emptied at start-up.
@@ -943,6 +946,17 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// The `maildrop/` files (`pickup` field) that the entries `ids` were made from. Read at
+    /// start-up, and only when drop files are waiting, to tell those already queued (a crash
+    /// came between the commit and the drop file's unlink) from those still to pick up.
+    pub fn pickup_names(&self, ids: &[QueueId]) -> HashSet<String> {
+        ids.iter()
+            .filter_map(|id| File::open(self.message_path(id)).ok())
+            .filter_map(|f| read_header(&f).ok())
+            .filter_map(|(_, env, _)| env.pickup)
+            .collect()
     }
 
     /// How commits are made durable (the `fsync` config key).

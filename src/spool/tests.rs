@@ -19,6 +19,7 @@ fn env(rcpts: &[&str]) -> Envelope {
         arrival: UNIX_EPOCH + Duration::new(1_714_566_896, 250_000_000),
         smtputf8: false,
         body: BodyType::SevenBit,
+        pickup: None,
     }
 }
 
@@ -139,6 +140,7 @@ fn odd_envelope_values_round_trip() {
         arrival: UNIX_EPOCH + Duration::new(1_000_000_000, 1),
         smtputf8: true,
         body: BodyType::EightBitMime,
+        pickup: None,
     };
     let id = store(&mut spool, &e, b"x\r\n");
     assert_eq!(spool.read_entry(&id).unwrap().envelope, e);
@@ -521,6 +523,7 @@ fn bounces_enqueue_outside_an_smtp_session() {
         arrival: SystemTime::now(),
         smtputf8: false,
         body: BodyType::SevenBit,
+        pickup: None,
     };
     let mut inc = spool.begin(&bounce).unwrap();
     inc.append(b"Subject: Undelivered Mail\r\n\r\nsorry\r\n");
@@ -936,4 +939,23 @@ fn removing_a_held_entry_at_every_crash_point_leaves_a_state_start_up_understand
     spool.remove(&id).unwrap();
     assert_eq!(names(&q), vec![keep.0.clone(), format!("{}.hold", keep.0)]);
     assert!(!spool.is_held(&id));
+}
+
+#[test]
+fn pickup_names_come_back_from_the_queue_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("spool");
+    let (mut spool, _) = Spool::open(&root).unwrap();
+    let mut e = env(&["bob@example.net"]);
+    e.pickup = Some("0123456789abcdef0123456789abcdef".into());
+    store(&mut spool, &e, b"Subject: x\r\n\r\nhi\r\n");
+    store(&mut spool, &env(&["carol@example.net"]), b"x\r\n");
+    drop(spool);
+    let (spool, ids) = Spool::open(&root).unwrap();
+    assert_eq!(ids.len(), 2);
+    let names = spool.pickup_names(&ids);
+    assert_eq!(
+        names,
+        HashSet::from(["0123456789abcdef0123456789abcdef".to_string()])
+    );
 }

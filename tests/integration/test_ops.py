@@ -474,9 +474,10 @@ def test_privilege_drop_to_nobody(box_factory):
     assert proc_status(pid, "Gid") == ["65534"] * 4
     assert proc_status(pid, "Groups") == ["65534"], "supplementary groups are nobody's, not root's"
     assert proc_status(pid, "CapEff") == ["0000000000000000"]
-    for d in ("spool", "mail"):
+    # spool_dir is made searchable (0711) so that `sendmail` can reach spool/maildrop/.
+    for d, mode in (("spool", 0o711), ("mail", 0o700), ("spool/maildrop", 0o1733)):
         st = (b.dir / d).stat()
-        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o700), d
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, mode), d
     assert greeting(b.smtp_port).startswith(b"220")
     assert "running as user nobody (uid 65534, gid 65534)" in b.log()
     st = b.pid_file.stat()
@@ -551,13 +552,19 @@ def test_install_is_idempotent_and_never_overwrites_an_edited_config(tmp_path):
               "etc/postling/aliases", "etc/default/postling", "etc/init.d/postling",
               "lib/systemd/system/postling.service"):
         assert f in first, f
-    assert oct(first["etc/postling/postling.conf"][0] & 0o777) == "0o640"
+    # sendmail runs as any user and reads the config; the users file stays private.
+    assert oct(first["etc/postling"][0] & 0o777) == "0o755"
+    assert oct(first["etc/postling/postling.conf"][0] & 0o777) == "0o644"
     assert oct(first["etc/postling/users"][0] & 0o777) == "0o640"
-    assert oct(first["var/spool/postling"][0] & 0o777) == "0o700"
+    assert oct(first["var/spool/postling"][0] & 0o777) == "0o711"
+    assert oct(first["var/spool/postling/maildrop"][0] & 0o7777) == "0o1733"
+    for name in ("sendmail", "mailq"):
+        assert os.readlink(dest / "usr/sbin" / name) == "postling"
+    assert "linked /usr/sbin/sendmail -> postling" in r.stdout
     assert oct(first["var/mail/postling"][0] & 0o777) == "0o700"
     assert oct(first["usr/sbin/postling"][0] & 0o777) == "0o755"
     assert "system user and group 'postling'" in r.stdout
-    assert "chown postling:postling /var/spool/postling /var/mail/postling" in r.stdout
+    assert "chown postling:postling /var/spool/postling /var/spool/postling/maildrop" in r.stdout
     conf = (dest / "etc/postling/postling.conf").read_text()
     for line in ("smtp_listen = 0.0.0.0:25", "pop3_listen = 0.0.0.0:110", "user = postling",
                  "pid_file = /run/postling.pid", "log_file =\n"):
@@ -591,11 +598,30 @@ def test_install_is_idempotent_and_never_overwrites_an_edited_config(tmp_path):
     r = install(dest, script="uninstall.sh")
     assert r.returncode == 0
     assert not (dest / "usr/sbin/postling").exists() and not (dest / "etc/init.d/postling").exists()
+    assert not os.path.lexists(dest / "usr/sbin/sendmail") and not os.path.lexists(dest / "usr/sbin/mailq")
     assert (dest / "etc/postling/postling.conf").read_text() == edited
     assert (dest / "var/mail/postling").is_dir()
     r = install(dest, "--purge", script="uninstall.sh")
     assert r.returncode == 0
     assert not (dest / "etc/postling").exists() and not (dest / "var/mail/postling").exists()
+
+
+def test_install_keeps_another_mail_systems_sendmail(tmp_path):
+    dest = tmp_path / "image"
+    (dest / "usr/sbin").mkdir(parents=True)
+    (dest / "usr/sbin/sendmail").write_text("#!/bin/sh\n# another MTA\n")
+    (dest / "usr/bin").mkdir(parents=True)
+    (dest / "usr/bin/mailq").symlink_to("../sbin/sendmail")
+    r = install(dest)
+    assert r.returncode == 0, r.stderr
+    assert f"kept the existing {dest}/usr/sbin/sendmail (another mail system's)" in r.stdout
+    assert f"kept the existing {dest}/usr/bin/mailq (another mail system's)" in r.stdout
+    assert (dest / "usr/sbin/sendmail").read_text() == "#!/bin/sh\n# another MTA\n"
+    assert not os.path.lexists(dest / "usr/sbin/mailq")
+    r = install(dest, script="uninstall.sh")
+    assert r.returncode == 0
+    assert (dest / "usr/sbin/sendmail").read_text() == "#!/bin/sh\n# another MTA\n"
+    assert f"kept {dest}/usr/sbin/sendmail (not postling's)" in r.stdout
 
 
 NAMESPACE_SCRIPT = r"""
@@ -623,6 +649,7 @@ python3 -c 'import socket
 for port in (25, 110):
     s = socket.create_connection(("127.0.0.1", port), timeout=3)
     print("GREETING", port, s.recv(100))'
+printf 'Subject: cron\n\nhi\n' | setpriv --reuid=65534 --regid=65534 --clear-groups /usr/sbin/sendmail root; step sendmail $?
 /etc/init.d/postling reload; step reload $?
 /etc/init.d/postling stop; step stop $?
 /etc/init.d/postling status; step status $?
@@ -651,12 +678,12 @@ def test_real_install_in_a_private_namespace(tmp_path):
     out = r.stdout
     steps = dict(l.split()[1:3] for l in out.splitlines() if l.startswith("STEP "))
     assert steps == {
-        "install": "0", "install-again": "0", "configtest": "0", "start": "0",
+        "install": "0", "install-again": "0", "configtest": "0", "start": "0", "sendmail": "0",
         "reload": "0", "stop": "0", "status": "3", "purge": "0", "user-gone": "1",
     }, out + r.stderr
     uid = next(l for l in out.splitlines() if l.startswith("POSTLING ")).split()[1]
     assert f"UID Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in out
-    assert "OWNER postling:postling:700 postling:postling:700" in out
+    assert "OWNER postling:postling:711 postling:postling:700" in out
     assert "GREETING 25 b'220 " in out and "GREETING 110 b'+OK" in out
     assert "created the system user and group postling" in out
 

@@ -37,6 +37,7 @@ impl FakeQueue {
             arrival: SystemTime::now(),
             smtputf8: false,
             body: BodyType::SevenBit,
+            pickup: None,
         };
         let data = b"Subject: test\r\nFrom: x@example.org\r\n\r\nbody\r\n".to_vec();
         self.entries

@@ -52,6 +52,7 @@ impl SmtpSession {
             arrival: ctx.wall,
             smtputf8: t.smtputf8,
             body: t.body,
+            pickup: None,
         };
         let id = match host.message_begin(&envelope) {
             Ok(id) => id,

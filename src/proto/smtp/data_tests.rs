@@ -46,6 +46,7 @@ fn a_message_is_stored_and_queued() {
         arrival: arrival(),
         smtputf8: false,
         body: BodyType::SevenBit,
+        pickup: None,
     };
     let mut want_data = received_for_alice("Q1").into_bytes();
     want_data.extend_from_slice(b"Subject: hi\r\n\r\nhello\r\n");
