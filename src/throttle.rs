@@ -84,9 +84,15 @@ impl Buckets {
     }
 
     fn over(&self, key: ClientKey, now: Instant) -> bool {
-        self.entries
-            .get(&key)
-            .is_some_and(|e| e.drained_at.saturating_duration_since(now) > self.allowance())
+        self.over_with(key, now, 0)
+    }
+
+    /// `over`, counting `extra` events not yet recorded.
+    fn over_with(&self, key: ClientKey, now: Instant, extra: u32) -> bool {
+        let count = self.entries.get(&key).map_or(Duration::ZERO, |e| {
+            e.drained_at.saturating_duration_since(now)
+        });
+        count.saturating_add(self.interval.saturating_mul(extra)) > self.allowance()
     }
 
     /// Counts one event; true when it put the client over budget for the first time since
@@ -203,6 +209,19 @@ impl Throttle {
                 now_throttled: self.failures.record(key, now),
             },
         }
+    }
+
+    /// A login whose check runs elsewhere (the disk executor), first half: is the client over
+    /// its budget? Its `in_flight` checks still running count as failures, so a client with
+    /// many connections cannot have more guesses checked at once than its budget allows.
+    pub fn refuses(&self, ip: IpAddr, now: Instant, in_flight: u32) -> bool {
+        self.failures.over_with(ClientKey::from(ip), now, in_flight)
+    }
+
+    /// Second half, for a failed check: counts it; true when that put the client over its
+    /// budget (log it once). A success is not reported: it changes nothing.
+    pub fn failed(&mut self, ip: IpAddr, now: Instant) -> bool {
+        self.failures.record(ClientKey::from(ip), now)
     }
 
     /// At rest: forget the clients whose failures have drained.
