@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::auth::Credential;
 use crate::auth::cache::{AuthCache, CacheKey};
@@ -60,6 +60,8 @@ pub struct Services {
     users_reloads_seen: u64,
     /// A failed password check (the helper process gone) was logged.
     check_failure_logged: bool,
+    /// `disk_io` as started (a reload cannot change the executor).
+    disk_io: crate::exec::DiskIo,
     /// Refused SMTP recipients per client, across its connections.
     rcpt_budget: RcptBudget,
     /// Commits in progress: ticket (the spool's tag) → connection slot, and back.
@@ -131,6 +133,7 @@ impl Services {
             auth_cache: AuthCache::new(),
             users_reloads_seen: 0,
             check_failure_logged: false,
+            disk_io: config.disk_io,
             rcpt_budget: RcptBudget::default(),
             directory_checked: false,
             tickets: HashMap::new(),
@@ -211,6 +214,10 @@ impl Services {
             }
         }
         *self.checks_in_flight.entry(key).or_insert(0) += 1;
+        debug!(
+            "{proto}: checking the password of {:?} from {ip}",
+            request.user
+        );
         AuthStart::Check(
             PendingCheck {
                 proto,
@@ -247,6 +254,13 @@ impl Services {
             Ok(other) => {
                 warn!("{proto}: a password check answered {other:?}; refusing the login");
                 false
+            }
+            Err(e) if e.0 == libc::EAGAIN => {
+                info!(
+                    "{proto}: login as {:?} from {ip} not checked: too many checks in flight",
+                    pending.user
+                );
+                return AuthVerdict::Unavailable;
             }
             Err(e) => {
                 if !self.check_failure_logged {
@@ -334,6 +348,13 @@ impl Services {
             self.hostname = config.hostname.clone();
         }
         self.mailbox_root = config.mailbox_dir.clone();
+        if config.disk_io != self.disk_io {
+            warn!(
+                "disk_io changed to {}; the change takes effect at the next restart (still using {})",
+                format!("{:?}", config.disk_io).to_lowercase(),
+                format!("{:?}", self.disk_io).to_lowercase()
+            );
+        }
         if config.spool_dir != self.spool_dir {
             warn!(
                 "spool_dir changed to {}; the change takes effect at the next restart (still using {})",

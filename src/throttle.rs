@@ -281,6 +281,34 @@ mod tests {
     }
 
     #[test]
+    fn the_split_login_counts_checks_still_running() {
+        let mut t = Throttle::default();
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let budget = limits::AUTH_THROTTLE_FAILURES;
+        assert!(!t.refuses(ip, t0, 0));
+        // With `budget - 1` checks of its own running, one more may start; not `budget`.
+        assert!(!t.refuses(ip, t0, budget - 1));
+        assert!(t.refuses(ip, t0, budget));
+        // Failures recorded by the second half count like `login`'s.
+        for i in 0..budget {
+            assert!(!t.refuses(ip, t0, 0));
+            assert_eq!(
+                t.failed(ip, t0),
+                i == budget - 1,
+                "reported once, at the budget"
+            );
+        }
+        assert!(t.refuses(ip, t0, 0));
+        assert!(!t.failed(ip, t0), "not reported again");
+        assert!(!t.refuses(v4("10.0.0.1"), t0, 0), "another client");
+        // It drains as before: one more try an interval later.
+        let t1 = t0 + limits::AUTH_THROTTLE_INTERVAL;
+        assert!(!t.refuses(ip, t1, 0));
+        assert!(t.refuses(ip, t1, 1), "but not two at once");
+    }
+
+    #[test]
     fn blocks_after_the_budget_then_allows_one_more_each_interval() {
         let mut t = Throttle::default();
         let ip = v4("127.0.0.1");

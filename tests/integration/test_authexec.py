@@ -236,3 +236,36 @@ def test_disk_io_bogus_is_a_config_error_naming_file_and_line(server_factory):
     assert s.proc.wait(10) == 78
     line = len(s.conf.read_text().splitlines())
     assert f"{s.conf}:{line}: disk_io: `bogus` is not a disk_io mode" in s.log(), s.log()
+
+
+def test_a_late_verdict_never_reaches_the_next_connection_in_the_same_slot(server_factory):
+    """A's check is held up (the helper stopped) until A's login deadline closes it; B gets
+    A's slot and asks for its own check. When the helper goes on, A's verdict (alice) arrives
+    first: it is recorded but must not resume B, which waits for its own (bob)."""
+    s = server_factory(pop3_login_timeout="1s").start()
+    helper = helper_pid(s)
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        a = pop_connect(s)
+        assert say(a, "USER alice").startswith("+OK")
+        a.sendall(b"PASS alice-pw\r\n")
+        assert recv_line(a, 10) == b"-ERR [SYS/TEMP] timeout, closing connection\r\n"
+        a.close()
+        s.wait_log("pop3 close")
+        b = pop_connect(s)
+        assert say(b, "USER bob") == "+OK send PASS\r\n"
+        b.sendall(b"PASS bob-pw\r\n")
+        s.wait_log('pop3: checking the password of "bob"')
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    assert recv_line(b, 10).startswith(b"+OK maildrop has")
+    s.wait_log("pop3: bob logged in from 127.0.0.1")
+    assert "pop3: alice logged in from 127.0.0.1" in s.log(), "A's verdict was recorded"
+    # B holds bob's mailbox, not alice's: alice can log in (not [IN-USE]), bob cannot.
+    c, r = login(s)
+    assert r.startswith("+OK maildrop has"), r
+    c.close()
+    c, r = login(s, "bob", "bob-pw")
+    assert r.startswith("-ERR [IN-USE]"), r
+    c.close()
+    b.close()
