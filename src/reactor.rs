@@ -333,6 +333,7 @@ impl Reactor {
         self.conns.shrink_to_fit();
         self.free_slots.shrink_to_fit();
         self.per_ip.shrink_to_fit();
+        self.checks.shrink_to_fit();
         // With no connection open every entry left in the heap is stale.
         self.deadlines.clear();
         self.services.release_memory(Instant::now());
@@ -878,6 +879,7 @@ impl Reactor {
                             let out = conn.output.get_or_insert_with(|| self.pool.take_out());
                             let host = &mut self.services.pop_host(slot, peer, now);
                             resume_auth(&mut conn.session, verdict, ctx, out, host);
+                            lift_login_deadline(conn);
                         }
                     }
                 }
@@ -1036,6 +1038,7 @@ impl Reactor {
                 let out = conn.output.get_or_insert_with(|| self.pool.take_out());
                 let host = &mut self.services.pop_host(slot, conn.peer, now);
                 resume_auth(&mut conn.session, verdict, ctx, out, host);
+                lift_login_deadline(conn);
                 conn.progress(now);
                 if self.stop_by.is_some() {
                     self.say_goodbye(slot, now);
@@ -1177,6 +1180,15 @@ fn begin_check(
             }
             Some(services.auth_finish(pending, result, ip, now))
         }
+    }
+}
+
+/// Logged in by a check's verdict: the login deadline gives way to the whole-session cap (as
+/// in `drive`, where the PASS line itself was consumed before the verdict came).
+fn lift_login_deadline(conn: &mut Conn) {
+    let full_cap = conn.opened + limits::POP_SESSION_CAP;
+    if conn.cap_deadline < full_cap && conn.session.logged_in() {
+        conn.cap_deadline = full_cap;
     }
 }
 

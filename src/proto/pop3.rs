@@ -8,13 +8,13 @@
 //!
 //! Logins: USER always answers `+OK` (it never tells whether a user exists). PASS and AUTH
 //! PLAIN hand the password check to the reactor (`Next::AwaitAuth`, `take_auth`, then
-//! `resume(Auth(verdict))`), since it takes CPU time; the login goes on from there. A rejected login
-//! is answered `-ERR [AUTH]` only after `auth_failure_delay` (`Next::Sleep`, then
-//! `resume(Woke)`), identically for unknown users and wrong passwords; after
+//! `resume(Auth(verdict))`), since it takes CPU time; the login goes on from there. A
+//! rejected login is answered `-ERR [AUTH]` only after `auth_failure_delay` (`Next::Sleep`,
+//! then `resume(Woke)`), identically for unknown users and wrong passwords; after
 //! `limits::AUTH_MAX_FAILURES` the connection closes. A throttled address gets `[SYS/TEMP]`
 //! after the same delay and is closed. A check that could not run (the helper process is gone)
-//! gets `[SYS/TEMP]` at once and the session stays in AUTHORIZATION. Before login each reply is flushed before the next
-//! command is read, so the delay never holds back an earlier reply.
+//! gets `[SYS/TEMP]` at once and the session stays in AUTHORIZATION. Before login each reply
+//! is flushed before the next command is read, so the delay never holds back an earlier reply.
 //!
 //! Pipelining: commands are taken one line at a time while the output has
 //! `limits::REPLY_RESERVE` free, so a batch gets its replies in order. Multi-line LIST/UIDL and
