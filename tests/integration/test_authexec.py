@@ -4,6 +4,7 @@ a login flood does not hold up SMTP, a dead helper means [SYS/TEMP] logins and n
 and the helper never outlives the server."""
 import base64
 import os
+import shutil
 import signal
 import smtplib
 import socket
@@ -226,6 +227,11 @@ def test_idle_costs_nothing_in_either_process(server_factory):
     after = [(ticks(p), switches(p)) for p in (s.proc.pid, helper)]
     print(f"idle 3s after a login: main {before[0]}->{after[0]}, helper {before[1]}->{after[1]} "
           "(cpu ticks, voluntary switches)")
+    rss = []
+    for p in (s.proc.pid, helper):
+        with open(f"/proc/{p}/status") as f:
+            rss += [l.split()[1] for l in f if l.startswith("VmRSS:")]
+    print(f"idle RSS (debug build): main {rss[0]} KiB, helper {rss[1]} KiB")
     assert before == after
 
 
@@ -269,3 +275,25 @@ def test_a_late_verdict_never_reaches_the_next_connection_in_the_same_slot(serve
     assert r.startswith("-ERR [IN-USE]"), r
     c.close()
     b.close()
+
+
+STRACE_NO_URING = ("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=io_uring_setup",
+                   "-e", "inject=io_uring_setup:error=EPERM")
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed")
+def test_without_io_uring_uring_is_a_start_error_and_auto_uses_the_helper(server_factory):
+    # strace makes io_uring_setup fail with EPERM, as kernel.io_uring_disabled or a seccomp
+    # profile would.
+    s = server_factory(disk_io="uring")
+    s.start(prefix=STRACE_NO_URING, wait=False)
+    assert s.proc.wait(20) == 71
+    errors = [l for l in s.log().splitlines() if l.startswith("postling:")]
+    assert errors == ["postling: disk_io = uring, but io_uring is unavailable "
+                      "(io_uring_setup: Operation not permitted)"], s.log()
+    s = server_factory(disk_io="auto").start(prefix=STRACE_NO_URING)
+    assert ("disk_io: uring unavailable (io_uring_setup: Operation not permitted); "
+            "using the helper process") in s.log()
+    c, r = login(s)
+    assert r.startswith("+OK maildrop has"), r
+    c.close()
