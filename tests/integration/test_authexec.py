@@ -297,3 +297,37 @@ def test_without_io_uring_uring_is_a_start_error_and_auto_uses_the_helper(server
     c, r = login(s)
     assert r.startswith("+OK maildrop has"), r
     c.close()
+
+
+def test_the_login_cache_forgets_on_a_failure_and_on_a_users_file_reload(server_factory):
+    s = server_factory().start()
+    hits = lambda: s.log().count("(a check made in the last")  # noqa: E731
+
+    def ok(source="127.0.0.1"):
+        c, r = login(s, source=source)
+        assert r.startswith("+OK maildrop has"), r
+        say(c, "QUIT")
+        c.close()
+
+    ok()
+    assert hits() == 0, "the first login is checked"
+    ok()
+    assert hits() == 1, "the second is remembered"
+    # A failed login for alice forgets her: the next right password is checked again.
+    c, r = login(s, pw="wrong", source="127.0.3.1")
+    assert r.startswith("-ERR [AUTH]"), r
+    c.close()
+    ok()
+    assert hits() == 1
+    ok()
+    assert hits() == 2
+    # The users file re-read (same content, a new version of the file): everything is forgotten.
+    users = s.dir / "users"
+    text = users.read_text()
+    users.unlink()
+    users.write_text(text)
+    ok()
+    assert "re-read" in s.log()
+    assert hits() == 2
+    ok()
+    assert hits() == 3
