@@ -218,7 +218,7 @@ fn drive<S: Session>(
         match step.next {
             Next::Continue => {}
             Next::NeedOutput => drain(out),
-            Next::AwaitCommit | Next::Sleep(_) => session.resume(out, host),
+            Next::AwaitCommit | Next::AwaitAuth | Next::Sleep(_) => session.resume(out, host),
             Next::NeedInput if end == script.len() => break,
             Next::NeedInput => {}
             Next::Close => break,
@@ -400,7 +400,8 @@ impl MemoryMailbox {
     }
 }
 
-impl PopHost for MemoryMailbox {
+impl MemoryMailbox {
+    /// The reactor's side of `Next::AwaitAuth`.
     fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict {
         if user == "bob" && password == b"bob-pw" {
             AuthVerdict::Accepted("bob".into())
@@ -408,6 +409,9 @@ impl PopHost for MemoryMailbox {
             AuthVerdict::Rejected
         }
     }
+}
+
+impl PopHost for MemoryMailbox {
     fn mailbox_open(&mut self, _user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
         Ok(self
             .uids
@@ -450,7 +454,11 @@ impl Session for Pop3Session {
         Pop3Session::step(self, input, ctx(), out, host)
     }
     fn resume(&mut self, out: &mut OutBuf, host: &mut MemoryMailbox) {
-        Pop3Session::resume(self, Completion::Woke, ctx(), out, host);
+        let c = match self.take_auth() {
+            Some(r) => Completion::Auth(host.authenticate(&r.user, &r.password)),
+            None => Completion::Woke,
+        };
+        Pop3Session::resume(self, c, ctx(), out, host);
     }
 }
 

@@ -14,6 +14,7 @@
 //! default 5 000 rounds, so a wrong password, an unknown user and a `{PLAIN}` user all take the
 //! same time as a typical `{SHA512-CRYPT}` user.
 
+pub mod cache;
 mod passwd;
 
 pub use passwd::passwd_main;

@@ -60,6 +60,8 @@ pub struct Config {
     pub recipient_delimiter: Option<char>,
     /// How writes are made durable (`fsync`).
     pub fsync: crate::durable::SyncMode,
+    /// Which disk executor backend runs (`disk_io`).
+    pub disk_io: crate::exec::DiskIo,
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub queue_lifetime: Duration,
@@ -149,6 +151,7 @@ impl Config {
             pid_file: None,
             recipient_delimiter: Some('+'),
             fsync: crate::durable::SyncMode::File,
+            disk_io: crate::exec::DiskIo::Auto,
             retry_min: limits::RETRY_MIN_DEFAULT,
             retry_max: limits::RETRY_MAX_DEFAULT,
             queue_lifetime: limits::QUEUE_LIFETIME_DEFAULT,

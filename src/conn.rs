@@ -95,6 +95,8 @@ pub enum Phase {
     Active,
     /// Waiting for the spool's group commit.
     AwaitCommit,
+    /// Waiting for a password check in the disk executor (`Next::AwaitAuth`).
+    AwaitAuth,
     /// Waiting until `wake_at` (a delayed authentication failure).
     Sleeping,
     /// Flushing its last output; closes when the output is empty or the linger deadline passes.

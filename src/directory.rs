@@ -169,6 +169,8 @@ pub struct Directory {
     postmaster_fallback: Option<String>,
     /// File reads so far; lets tests prove an unchanged file is not read again.
     reads: u64,
+    /// Times `refresh` replaced the users table (the login cache is dropped on each).
+    users_reloads: u64,
 }
 
 /// The local-part rule that keeps addresses from ever naming a path (see the module doc).
@@ -262,6 +264,7 @@ impl Directory {
             aliases_seen,
             postmaster_fallback: None,
             reads,
+            users_reloads: 0,
         };
         warnings.extend(dir.derive());
         Ok((dir, warnings))
@@ -283,6 +286,7 @@ impl Directory {
                     );
                     self.users = users;
                     self.users_seen = Some(stamp);
+                    self.users_reloads += 1;
                     changed = true;
                     log_warnings(&warnings);
                 }
@@ -316,6 +320,11 @@ impl Directory {
             let warnings = self.derive();
             log_warnings(&warnings);
         }
+    }
+
+    /// How often `refresh` re-read the users file: a change means passwords may have changed.
+    pub fn users_reloads(&self) -> u64 {
+        self.users_reloads
     }
 
     pub fn settings(&self) -> &DirectorySettings {

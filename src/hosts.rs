@@ -3,6 +3,12 @@
 //! engine (and its schedule), open POP mailboxes, and the budgets kept per client address
 //! across connections: the failed-login throttle and the rejected-recipient budget.
 //!
+//! Password checks are split in two around the disk executor (the reactor holds it):
+//! `auth_begin` decides on the reactor whatever needs no hashing (a throttled client, a
+//! success remembered by the login cache, `auth::cache`) or hands back the `VerifyPassword`
+//! operation to submit; `auth_finish` takes its completion, counts a failure against the
+//! client, remembers a success, and logs the outcome.
+//!
 //! Per-connection state (a message being received, a locked mailbox) is keyed by the
 //! connection's slot; the reactor reports every slot's end through `session_ended`, so nothing
 //! outlives its connection.
@@ -13,9 +19,10 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
-use crate::auth;
+use crate::auth::Credential;
+use crate::auth::cache::{AuthCache, CacheKey};
 use crate::config::Config;
 use crate::daemon::StartError;
 use crate::deliver::engine::{DeliveryPolicy, Engine};
@@ -23,13 +30,14 @@ use crate::deliver::maildir::Maildirs;
 use crate::deliver::schedule::{Linger, Schedule};
 use crate::deliver::store::SpoolStore;
 use crate::directory::{Directory, RcptVerdict};
+use crate::exec::{DiskOp, Errno, Outcome};
 use crate::limits;
 use crate::mailbox::Mailbox;
 use crate::pickup::{Loaded, Pickup, PickupSettings};
 use crate::proto::smtp::SmtpHost;
-use crate::proto::{AuthVerdict, MailboxError, MessageInfo, PopHost};
+use crate::proto::{AuthRequest, AuthVerdict, MailboxError, MessageInfo, PopHost};
 use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
-use crate::throttle::{RcptBudget, Throttle};
+use crate::throttle::{ClientKey, RcptBudget, Throttle};
 
 /// Everything sessions reach through their host traits, and the delivery side of the queue.
 pub struct Services {
@@ -49,6 +57,16 @@ pub struct Services {
     mailboxes: HashMap<usize, Mailbox>,
     /// Failed logins per client, shared by every protocol that takes a password.
     throttle: Throttle,
+    /// Password checks running in the executor, per client (the throttle counts them).
+    checks_in_flight: HashMap<ClientKey, u32>,
+    /// Successful password checks, remembered briefly.
+    auth_cache: AuthCache,
+    /// `Directory::users_reloads` when the cache was last valid.
+    users_reloads_seen: u64,
+    /// A failed password check (the helper process gone) was logged.
+    check_failure_logged: bool,
+    /// `disk_io` as started (a reload cannot change the executor).
+    disk_io: crate::exec::DiskIo,
     /// Refused SMTP recipients per client, across its connections.
     rcpt_budget: RcptBudget,
     /// Commits in progress: ticket (the spool's tag) → connection slot, and back.
@@ -146,6 +164,11 @@ impl Services {
             hostname: config.hostname.clone(),
             mailboxes: HashMap::new(),
             throttle: Throttle::default(),
+            checks_in_flight: HashMap::new(),
+            auth_cache: AuthCache::new(),
+            users_reloads_seen: 0,
+            check_failure_logged: false,
+            disk_io: config.disk_io,
             rcpt_budget: RcptBudget::default(),
             directory_checked: false,
             pickup,
@@ -168,6 +191,7 @@ impl Services {
         if !self.directory_checked {
             self.directory.refresh();
             self.directory_checked = true;
+            self.drop_cache_if_users_changed();
         }
         &self.directory
     }
@@ -181,49 +205,152 @@ impl Services {
         }
     }
 
-    pub fn pop_host(&mut self, slot: usize, peer: SocketAddr, now: Instant) -> PopHostFor<'_> {
+    /// (`peer` and `now` are not needed since password checks left the host trait; kept so
+    /// the hosts are made alike.)
+    pub fn pop_host(&mut self, slot: usize, _peer: SocketAddr, _now: Instant) -> PopHostFor<'_> {
         PopHostFor {
             services: self,
             slot,
-            peer,
-            now,
         }
     }
 
-    /// Checks a password for any protocol (`proto` names it in the log) through the shared
-    /// failed-login throttle: a client over its budget is refused without a check, and a
-    /// success does not clear its failures.
-    pub fn authenticate(
+    /// A login, first half (on the reactor): a client over its failure budget is refused
+    /// without a check (counting its checks still running as failures); a success the login
+    /// cache remembers is accepted without one. Otherwise the check to run in the executor,
+    /// an unknown user's against no credential (the same cost, the same verdict).
+    pub fn auth_begin(
         &mut self,
-        proto: &str,
-        user: &str,
-        password: &[u8],
+        proto: &'static str,
+        request: &AuthRequest,
+        ip: IpAddr,
+        now: Instant,
+    ) -> AuthStart {
+        let key = ClientKey::from(ip);
+        let running = self.checks_in_flight.get(&key).copied().unwrap_or(0);
+        if self.throttle.refuses(ip, now, running) {
+            warn!(
+                "{proto}: login as {:?} from {ip} refused: too many recent failures",
+                request.user
+            );
+            return AuthStart::Done(AuthVerdict::Throttled);
+        }
+        self.directory_fresh();
+        let found = self.directory.credential(&request.user);
+        let name = found.map(|(name, _)| name.to_string());
+        let credential: Option<Credential> = found.map(|(_, c)| c.clone());
+        let cache_key = match (&name, &credential) {
+            (Some(n), Some(c)) => self.auth_cache.key_for(n, c, &request.password),
+            _ => None,
+        };
+        if let (Some(k), Some(n)) = (&cache_key, &name) {
+            if self.auth_cache.hit(k, now) {
+                info!(
+                    "{proto}: {n} logged in from {ip} (a check made in the last {}s)",
+                    limits::AUTH_CACHE_TTL.as_secs()
+                );
+                return AuthStart::Done(AuthVerdict::Accepted(n.clone()));
+            }
+        }
+        *self.checks_in_flight.entry(key).or_insert(0) += 1;
+        debug!(
+            "{proto}: checking the password of {:?} from {ip}",
+            request.user
+        );
+        AuthStart::Check(
+            PendingCheck {
+                proto,
+                user: request.user.clone(),
+                name,
+                cache_key,
+                client: key,
+            },
+            DiskOp::VerifyPassword {
+                hash: credential,
+                password: request.password.clone(),
+            },
+        )
+    }
+
+    /// A login, second half: the executor's answer to the check `auth_begin` asked for
+    /// (`Verified`, or an errno when it could not run: a temporary failure, not counted).
+    pub fn auth_finish(
+        &mut self,
+        pending: PendingCheck,
+        result: Result<Outcome, Errno>,
         ip: IpAddr,
         now: Instant,
     ) -> AuthVerdict {
-        self.directory_fresh();
-        let directory = &self.directory;
-        let outcome = self.throttle.login(ip, now, || {
-            let found = directory.credential(user);
-            let accepted = auth::verify(found.map(|(_, c)| c), password);
-            found.filter(|_| accepted).map(|(name, _)| name.to_string())
-        });
-        match &outcome.verdict {
-            AuthVerdict::Accepted(name) => info!("{proto}: {name} logged in from {ip}"),
-            AuthVerdict::Rejected => info!("{proto}: failed login as {user:?} from {ip}"),
-            AuthVerdict::Throttled => {
-                warn!("{proto}: login as {user:?} from {ip} refused: too many recent failures")
+        if let Some(n) = self.checks_in_flight.get_mut(&pending.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.checks_in_flight.remove(&pending.client);
             }
         }
-        if outcome.now_throttled {
-            warn!(
-                "{proto}: {} had {} failed logins; its logins are refused until the count drains (one more try each {}s)",
-                crate::throttle::ClientKey::from(ip),
-                limits::AUTH_THROTTLE_FAILURES,
-                limits::AUTH_THROTTLE_INTERVAL.as_secs()
-            );
+        let proto = pending.proto;
+        let accepted = match result {
+            Ok(Outcome::Verified(ok)) => ok,
+            Ok(other) => {
+                warn!("{proto}: a password check answered {other:?}; refusing the login");
+                false
+            }
+            Err(e) if e.0 == libc::EAGAIN => {
+                info!(
+                    "{proto}: login as {:?} from {ip} not checked: too many checks in flight",
+                    pending.user
+                );
+                return AuthVerdict::Unavailable;
+            }
+            Err(e) => {
+                if !self.check_failure_logged {
+                    self.check_failure_logged = true;
+                    warn!(
+                        "{proto}: passwords cannot be checked ({e}); logins get [SYS/TEMP] until the helper process is back (restart postling)"
+                    );
+                }
+                info!(
+                    "{proto}: login as {:?} from {ip} not checked: {e}",
+                    pending.user
+                );
+                return AuthVerdict::Unavailable;
+            }
+        };
+        match (accepted, pending.name) {
+            (true, Some(name)) => {
+                info!("{proto}: {name} logged in from {ip}");
+                if let Some(k) = pending.cache_key {
+                    self.drop_cache_if_users_changed();
+                    self.auth_cache.insert(k, now);
+                }
+                AuthVerdict::Accepted(name)
+            }
+            _ => {
+                info!("{proto}: failed login as {:?} from {ip}", pending.user);
+                self.auth_cache.forget_user(&pending.user);
+                if self.throttle.failed(ip, now) {
+                    warn!(
+                        "{proto}: {} had {} failed logins; its logins are refused until the count drains (one more try each {}s)",
+                        pending.client,
+                        limits::AUTH_THROTTLE_FAILURES,
+                        limits::AUTH_THROTTLE_INTERVAL.as_secs()
+                    );
+                }
+                AuthVerdict::Rejected
+            }
         }
-        outcome.verdict
+    }
+
+    /// The users file was re-read since the cache was last valid: forget every success.
+    fn drop_cache_if_users_changed(&mut self) {
+        let reloads = self.directory.users_reloads();
+        if reloads != self.users_reloads_seen {
+            self.users_reloads_seen = reloads;
+            self.auth_cache.clear();
+        }
+    }
+
+    /// Successful checks the login cache holds (for tests and logs).
+    pub fn auth_cache_len(&self) -> usize {
+        self.auth_cache.len()
     }
 
     /// SIGHUP: re-read users and aliases, pick up changed paths and delivery settings. A
@@ -237,6 +364,8 @@ impl Services {
                         warn!("{w}");
                     }
                     self.directory = directory;
+                    self.users_reloads_seen = self.directory.users_reloads();
+                    self.auth_cache.clear();
                 }
                 Err(errors) => {
                     for e in errors {
@@ -247,6 +376,7 @@ impl Services {
             }
         } else {
             self.directory.refresh();
+            self.drop_cache_if_users_changed();
         }
         self.engine.set_policy(policy(config));
         self.spool.set_sync_mode(config.fsync);
@@ -258,6 +388,13 @@ impl Services {
         self.mailbox_root = config.mailbox_dir.clone();
         if let Some(p) = self.pickup.as_mut() {
             p.set_settings(PickupSettings::from_config(config));
+        }
+        if config.disk_io != self.disk_io {
+            warn!(
+                "disk_io changed to {}; the change takes effect at the next restart (still using {})",
+                format!("{:?}", config.disk_io).to_lowercase(),
+                format!("{:?}", self.disk_io).to_lowercase()
+            );
         }
         if config.spool_dir != self.spool_dir {
             warn!(
@@ -362,6 +499,8 @@ impl Services {
     /// Drained per-client counts are forgotten too (those still counting are kept).
     pub fn release_memory(&mut self, now: Instant) {
         self.throttle.forget_drained(now);
+        self.auth_cache.shrink(now);
+        self.checks_in_flight.shrink_to_fit();
         self.rcpt_budget.forget_drained(now);
         self.spool.release_memory();
         self.engine.schedule.shrink();
@@ -538,6 +677,26 @@ fn open_pickup(
     Some(p)
 }
 
+/// What `Services::auth_begin` decided.
+pub enum AuthStart {
+    /// No check needed: the verdict.
+    Done(AuthVerdict),
+    /// Submit this operation; give its completion and this to `auth_finish`.
+    Check(PendingCheck, DiskOp),
+}
+
+/// A password check in the executor's hands: what `auth_finish` needs (never the password).
+#[derive(Debug)]
+pub struct PendingCheck {
+    proto: &'static str,
+    /// The name as the client sent it (for the log and the cache on failure).
+    user: String,
+    /// The canonical name, if the user exists.
+    name: Option<String>,
+    cache_key: Option<CacheKey>,
+    client: ClientKey,
+}
+
 pub struct SmtpHostFor<'a> {
     services: &'a mut Services,
     slot: usize,
@@ -612,16 +771,9 @@ impl SmtpHost for SmtpHostFor<'_> {
 pub struct PopHostFor<'a> {
     services: &'a mut Services,
     slot: usize,
-    peer: SocketAddr,
-    now: Instant,
 }
 
 impl PopHost for PopHostFor<'_> {
-    fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict {
-        self.services
-            .authenticate("pop", user, password, self.peer.ip(), self.now)
-    }
-
     fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
         self.services.mailboxes.remove(&self.slot);
         let (mailbox, messages) = Mailbox::open(&self.services.mailbox_root, user)?;

@@ -171,6 +171,14 @@ pub const AUTH_THROTTLE_INTERVAL: Duration = Duration::from_secs(3 * 60);
 /// Clients remembered by the login throttle (about 40 octets each); the ones closest to
 /// draining are forgotten first.
 pub const AUTH_THROTTLE_TABLE: usize = 1024;
+/// How long a successful password check is remembered (`auth::cache`): clients that log in
+/// again and again with a right password (a mail program polling every minute, or a flood
+/// against an `[IN-USE]` mailbox) cost one SHA512-CRYPT per user and password per 30 s, while
+/// a changed password or a failure takes effect at once (both drop the entry).
+pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Successful checks remembered at once (about 80 octets each); beyond it the oldest goes.
+/// More than the users a small server has logging in within `AUTH_CACHE_TTL`.
+pub const AUTH_CACHE_ENTRIES: usize = 256;
 
 // ---- connections ----------------------------------------------------------------------------
 

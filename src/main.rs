@@ -227,7 +227,9 @@ fn init_logging(
 /// half-way: who to become (`user` looked up), the pid file locked (a second instance stops
 /// here, naming the first), every listener bound, detach (the parent waits for the daemon's
 /// report), then in the daemon: its pid written, state directories created and owned, the
-/// privilege drop, the directories checked as the running user, the reactor, `ready`.
+/// privilege drop, the directories checked as the running user, the disk executor (its helper
+/// process forked now: single-threaded, already unprivileged, before the spool and the
+/// directory are loaded, so the child starts small), the reactor, `ready`.
 fn run(config: Config, foreground: bool) -> ExitCode {
     info!(
         "postling {} starting with {}",
@@ -277,6 +279,12 @@ fn run(config: Config, foreground: bool) -> ExitCode {
     if let Err(e) = daemon::settle(&config, &identity, pid_file.as_mut()) {
         return start_failed(readiness, pid_file, e);
     }
+    // Logs the backend it chose and why. `disk_io = uring` where io_uring is unusable ends
+    // here (exit 71).
+    let exec = match postling::exec::Executor::choose(config.disk_io) {
+        Ok(e) => e,
+        Err(e) => return start_failed(readiness, pid_file, StartError::os(e)),
+    };
     let services = match Services::start(&config) {
         Ok((services, warnings)) => {
             for w in &warnings {
@@ -294,6 +302,15 @@ fn run(config: Config, foreground: bool) -> ExitCode {
             return start_failed(readiness, pid_file, e);
         }
     };
+    if let Err(e) = reactor.attach_executor(exec) {
+        let e = StartError::os(format!(
+            "cannot register the disk executor in the poll: {e}"
+        ));
+        return start_failed(readiness, pid_file, e);
+    }
+    if let Some(pid) = reactor.helper_pid() {
+        info!("disk_io: helper process pid {pid}");
+    }
     info!("ready");
     readiness.ready();
     let status = match reactor.run() {

@@ -7,6 +7,13 @@
 //! remember whether the socket may have more, so interest is derived from state, never polled.
 //! The control socket (`postling queue`, see `control`) is one more source in the same poll;
 //! its commands run between delivery batches.
+//!
+//! The disk executor (`exec`, attached at start with `attach_executor`) is one more source in
+//! the poll (`EXEC_TOKEN`). Password checks go there (see `begin_check` and `finish_checks`):
+//! a POP session returns `Next::AwaitAuth`, the reactor asks the services (throttle, login
+//! cache) and, when a check is needed, submits `VerifyPassword` tagged with the connection's
+//! id (its generation: unique for the life of the process); the completion is matched back to
+//! the slot, and dropped if that slot now holds another connection or no longer waits.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,15 +32,20 @@ use crate::config::Config;
 use crate::conn::{Conn, LINGER, Phase, Proto, Session};
 use crate::control::ControlServer;
 use crate::deadline::Deadlines;
-use crate::hosts::Services;
+use crate::exec::{DiskOp, Errno, Executor, Outcome, Reject};
+use crate::hosts::{AuthStart, PendingCheck, Services};
 use crate::limits;
 use crate::listen::Listener;
 use crate::proto::pop2::Pop2Session;
 use crate::proto::pop3::{Pop3Session, PopSettings};
 use crate::proto::smtp::{SmtpSession, SmtpSettings};
-use crate::proto::{Completion, Ctx, Next};
+use crate::proto::{AuthVerdict, Completion, Ctx, Next, OutBuf};
 
 const SIGNAL_TOKEN: Token = Token(0);
+/// The disk executor's completions. The tokens at the top of the range are each one source's:
+/// `usize::MAX` the maildrop's inotify (`PICKUP_TOKEN`), `usize::MAX - 1` and `- 2` the control
+/// socket's listener and client (see `control`), `usize::MAX - 3` the executor.
+const EXEC_TOKEN: Token = Token(usize::MAX - 3);
 const LISTENER_BASE: usize = 1;
 const MAX_LISTENERS: usize = 1023;
 const CONN_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
@@ -77,6 +89,18 @@ pub struct Reactor {
     rested: bool,
     /// `spool_dir/control.sock`, where `postling queue` sends its commands.
     control: ControlServer,
+    /// Runs password checks (and later file operations) off the reactor; see the module doc.
+    exec: Option<Executor>,
+    /// Password checks in the executor, by tag (the connection's id).
+    checks: HashMap<u64, Check>,
+}
+
+/// A password check in flight, and whom it is for.
+struct Check {
+    slot: usize,
+    id: u64,
+    ip: IpAddr,
+    pending: PendingCheck,
 }
 
 impl Settings {
@@ -243,6 +267,8 @@ impl Reactor {
             config_path,
             rested: true,
             control,
+            exec: None,
+            checks: HashMap::new(),
         };
         for l in listeners {
             reactor.add_listener(l)?;
@@ -277,6 +303,7 @@ impl Reactor {
                     SIGNAL_TOKEN => self.handle_signals(now),
                     t if ControlServer::owns(t) => self.control.ready(t),
                     PICKUP_TOKEN => self.services.pickup_readable(),
+                    EXEC_TOKEN => self.finish_checks(now),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if let Some(Some(conn)) = self.conns.get_mut(slot) {
@@ -300,6 +327,10 @@ impl Reactor {
                 }
             }
             self.accept_backlogs(now);
+            if !self.checks.is_empty() {
+                // Completions made without an event (a helper found gone at submit).
+                self.finish_checks(now);
+            }
             // Disk work gets slices of each turn, one wait for the disk at a time, so no
             // client waits behind a whole batch of fsyncs: one slice for commits (clients wait
             // for them), one for deliveries (so they keep up under a steady load).
@@ -333,6 +364,7 @@ impl Reactor {
         self.conns.shrink_to_fit();
         self.free_slots.shrink_to_fit();
         self.per_ip.shrink_to_fit();
+        self.checks.shrink_to_fit();
         // With no connection open every entry left in the heap is stale.
         self.deadlines.clear();
         self.services.release_memory(Instant::now());
@@ -880,6 +912,30 @@ impl Reactor {
                     conn.phase = Phase::AwaitCommit;
                     break;
                 }
+                Next::AwaitAuth => {
+                    let (id, peer) = (conn.id, conn.peer);
+                    let started = begin_check(
+                        &mut self.services,
+                        &mut self.exec,
+                        &mut self.checks,
+                        (slot, id, peer),
+                        &mut conn.session,
+                        now,
+                    );
+                    match started {
+                        // Submitted: resumed by `finish_checks`.
+                        None => {
+                            conn.phase = Phase::AwaitAuth;
+                            break;
+                        }
+                        Some(verdict) => {
+                            let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+                            let host = &mut self.services.pop_host(slot, peer, now);
+                            resume_auth(&mut conn.session, verdict, ctx, out, host);
+                            lift_login_deadline(conn);
+                        }
+                    }
+                }
                 Next::Sleep(d) => {
                     conn.phase = Phase::Sleeping;
                     conn.wake_at = Some(now + d);
@@ -988,6 +1044,64 @@ impl Reactor {
         }
     }
 
+    /// Makes `exec` the reactor's executor and registers its completions in the poll.
+    pub fn attach_executor(&mut self, mut exec: Executor) -> io::Result<()> {
+        exec.register(self.poll.registry(), EXEC_TOKEN)?;
+        self.exec = Some(exec);
+        Ok(())
+    }
+
+    /// The pid of the executor's helper process, if there is one.
+    pub fn helper_pid(&self) -> Option<i32> {
+        self.exec.as_ref().and_then(Executor::helper_pid)
+    }
+
+    /// Takes the executor's completions: each password check is finished by the services
+    /// (throttle, cache, log) whether or not its connection is still there, and its session
+    /// resumed if the same connection (same id) still waits for it.
+    fn finish_checks(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        loop {
+            let Some(exec) = self.exec.as_mut() else {
+                return;
+            };
+            exec.drain(&mut done);
+            if done.is_empty() {
+                return;
+            }
+            for c in done.drain(..) {
+                let Some(check) = self.checks.remove(&c.tag) else {
+                    continue;
+                };
+                let verdict = self
+                    .services
+                    .auth_finish(check.pending, c.result, check.ip, now);
+                let slot = check.slot;
+                let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+                    continue;
+                };
+                if conn.id != check.id || conn.phase != Phase::AwaitAuth {
+                    continue;
+                }
+                conn.phase = Phase::Active;
+                let ctx = Ctx {
+                    now,
+                    wall: SystemTime::now(),
+                };
+                let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+                let host = &mut self.services.pop_host(slot, conn.peer, now);
+                resume_auth(&mut conn.session, verdict, ctx, out, host);
+                lift_login_deadline(conn);
+                conn.progress(now);
+                if self.stop_by.is_some() {
+                    self.say_goodbye(slot, now);
+                } else {
+                    self.drive(slot, now);
+                }
+            }
+        }
+    }
+
     fn fire_deadlines(&mut self, now: Instant) {
         while let Some((at, slot, id)) = self.deadlines.pop_due(now) {
             let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
@@ -1065,9 +1179,103 @@ impl Reactor {
     }
 }
 
+/// A session's `Next::AwaitAuth`: the services decide at once where no hashing is needed
+/// (throttled, a remembered success) and the verdict is returned; otherwise the check goes to
+/// the executor under the connection's id and None is returned. A check the executor refuses
+/// is a temporary failure (`Full`, `Gone`) or, for a password too long to be right, a failure.
+fn begin_check(
+    services: &mut Services,
+    exec: &mut Option<Executor>,
+    checks: &mut HashMap<u64, Check>,
+    (slot, id, peer): (usize, u64, SocketAddr),
+    session: &mut Session,
+    now: Instant,
+) -> Option<AuthVerdict> {
+    let (proto, request) = match session {
+        Session::Pop3(s) => ("pop3", s.take_auth()),
+        Session::Pop2(s) => ("pop2", s.take_auth()),
+        Session::Smtp(_) => ("smtp", None),
+    };
+    let ip = peer.ip();
+    let Some(request) = request else {
+        warn!("{proto}: a session awaited a password check it did not ask for");
+        return Some(AuthVerdict::Unavailable);
+    };
+    let (pending, op) = match services.auth_begin(proto, &request, ip, now) {
+        AuthStart::Done(verdict) => return Some(verdict),
+        AuthStart::Check(pending, op) => (pending, op),
+    };
+    drop(request);
+    let Some(exec) = exec.as_mut() else {
+        return Some(services.auth_finish(pending, Err(Errno(libc::ENXIO)), ip, now));
+    };
+    match exec.submit(id, op) {
+        Ok(()) => {
+            checks.insert(
+                id,
+                Check {
+                    slot,
+                    id,
+                    ip,
+                    pending,
+                },
+            );
+            None
+        }
+        Err(rejected) => {
+            let result = match rejected.reason {
+                Reject::TooLarge => Ok(Outcome::Verified(false)),
+                Reject::Full => Err(Errno(libc::EAGAIN)),
+                Reject::Gone => Err(Errno(libc::EPIPE)),
+            };
+            if let DiskOp::VerifyPassword { mut password, .. } = rejected.op {
+                password.fill(0);
+            }
+            Some(services.auth_finish(pending, result, ip, now))
+        }
+    }
+}
+
+/// Logged in by a check's verdict: the login deadline gives way to the whole-session cap (as
+/// in `drive`, where the PASS line itself was consumed before the verdict came).
+fn lift_login_deadline(conn: &mut Conn) {
+    let full_cap = conn.opened + limits::POP_SESSION_CAP;
+    if conn.cap_deadline < full_cap && conn.session.logged_in() {
+        conn.cap_deadline = full_cap;
+    }
+}
+
+/// Resumes a POP session with the verdict of its password check.
+fn resume_auth(
+    session: &mut Session,
+    verdict: AuthVerdict,
+    ctx: Ctx,
+    out: &mut OutBuf,
+    host: &mut crate::hosts::PopHostFor<'_>,
+) {
+    let c = Completion::Auth(verdict);
+    match session {
+        Session::Pop3(s) => s.resume(c, ctx, out, host),
+        Session::Pop2(s) => s.resume(c, ctx, out, host),
+        Session::Smtp(_) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_source_has_its_own_token() {
+        let special = [SIGNAL_TOKEN, EXEC_TOKEN, PICKUP_TOKEN];
+        for (i, a) in special.iter().enumerate() {
+            assert!(!ControlServer::owns(*a), "{a:?} is also the control socket's");
+            assert!(a.0 < LISTENER_BASE || a.0 >= CONN_BASE + 10_000_000, "{a:?} in a range");
+            for b in &special[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
 
     fn cand(
         slot: usize,

@@ -84,9 +84,15 @@ impl Buckets {
     }
 
     fn over(&self, key: ClientKey, now: Instant) -> bool {
-        self.entries
-            .get(&key)
-            .is_some_and(|e| e.drained_at.saturating_duration_since(now) > self.allowance())
+        self.over_with(key, now, 0)
+    }
+
+    /// `over`, counting `extra` events not yet recorded.
+    fn over_with(&self, key: ClientKey, now: Instant, extra: u32) -> bool {
+        let count = self.entries.get(&key).map_or(Duration::ZERO, |e| {
+            e.drained_at.saturating_duration_since(now)
+        });
+        count.saturating_add(self.interval.saturating_mul(extra)) > self.allowance()
     }
 
     /// Counts one event; true when it put the client over budget for the first time since
@@ -205,6 +211,19 @@ impl Throttle {
         }
     }
 
+    /// A login whose check runs elsewhere (the disk executor), first half: is the client over
+    /// its budget? Its `in_flight` checks still running count as failures, so a client with
+    /// many connections cannot have more guesses checked at once than its budget allows.
+    pub fn refuses(&self, ip: IpAddr, now: Instant, in_flight: u32) -> bool {
+        self.failures.over_with(ClientKey::from(ip), now, in_flight)
+    }
+
+    /// Second half, for a failed check: counts it; true when that put the client over its
+    /// budget (log it once). A success is not reported: it changes nothing.
+    pub fn failed(&mut self, ip: IpAddr, now: Instant) -> bool {
+        self.failures.record(ClientKey::from(ip), now)
+    }
+
     /// At rest: forget the clients whose failures have drained.
     pub fn forget_drained(&mut self, now: Instant) {
         self.failures.forget_drained(now);
@@ -259,6 +278,34 @@ mod tests {
 
     fn bad() -> Option<String> {
         None
+    }
+
+    #[test]
+    fn the_split_login_counts_checks_still_running() {
+        let mut t = Throttle::default();
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let budget = limits::AUTH_THROTTLE_FAILURES;
+        assert!(!t.refuses(ip, t0, 0));
+        // With `budget - 1` checks of its own running, one more may start; not `budget`.
+        assert!(!t.refuses(ip, t0, budget - 1));
+        assert!(t.refuses(ip, t0, budget));
+        // Failures recorded by the second half count like `login`'s.
+        for i in 0..budget {
+            assert!(!t.refuses(ip, t0, 0));
+            assert_eq!(
+                t.failed(ip, t0),
+                i == budget - 1,
+                "reported once, at the budget"
+            );
+        }
+        assert!(t.refuses(ip, t0, 0));
+        assert!(!t.failed(ip, t0), "not reported again");
+        assert!(!t.refuses(v4("10.0.0.1"), t0, 0), "another client");
+        // It drains as before: one more try an interval later.
+        let t1 = t0 + limits::AUTH_THROTTLE_INTERVAL;
+        assert!(!t.refuses(ip, t1, 0));
+        assert!(t.refuses(ip, t1, 1), "but not two at once");
     }
 
     #[test]

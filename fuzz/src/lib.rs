@@ -44,6 +44,11 @@ pub trait Session {
     fn on_shutdown(&mut self, out: &mut OutBuf);
     /// The answer to `Next::AwaitCommit` (SMTP only; POP sessions must never ask).
     fn commit_result(host: &mut Self::Host) -> Completion;
+    /// The answer to `Next::AwaitAuth` (POP only): the fake host checks the request the
+    /// session hands over, as the reactor's throttle and executor would.
+    fn auth_result(&mut self, _host: &mut Self::Host) -> Completion {
+        panic!("this session awaited a password check")
+    }
     /// The longest `Next::Sleep` the session may ask for.
     fn max_sleep(&self) -> Duration;
     /// A close may cut the output mid-line: a message read failed after part of it was sent,
@@ -254,6 +259,13 @@ impl<S: Session, W: WireCheck> Driver<S, W> {
                         progressed || drained > 0,
                         "NeedOutput with nothing written, consumed or pending"
                     );
+                    progressed = true;
+                }
+                Next::AwaitAuth => {
+                    let ctx = self.ctx();
+                    let result = self.session.auth_result(&mut self.host);
+                    self.session
+                        .resume(result, ctx, &mut self.out, &mut self.host);
                     progressed = true;
                 }
                 Next::AwaitCommit => {

@@ -90,7 +90,8 @@ impl FakeMailbox {
     }
 }
 
-impl PopHost for FakeMailbox {
+impl FakeMailbox {
+    /// The reactor's side of `Next::AwaitAuth`: throttle and password check.
     fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict {
         assert!(self.open.is_none(), "a second login with a mailbox open");
         if self.flags & 0x20 != 0 {
@@ -104,6 +105,9 @@ impl PopHost for FakeMailbox {
             _ => AuthVerdict::Rejected,
         }
     }
+}
+
+impl PopHost for FakeMailbox {
 
     fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
         assert_eq!(
@@ -254,6 +258,11 @@ macro_rules! pop_session {
 
             fn on_shutdown(&mut self, out: &mut OutBuf) {
                 <$t>::on_shutdown(self, out)
+            }
+
+            fn auth_result(&mut self, host: &mut FakeMailbox) -> Completion {
+                let request = self.take_auth().expect("AwaitAuth without a request");
+                Completion::Auth(host.authenticate(&request.user, &request.password))
             }
 
             fn commit_result(_host: &mut FakeMailbox) -> Completion {

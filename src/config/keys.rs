@@ -143,6 +143,21 @@ pub static KEYS: &[KeySpec] = &[
         apply: set_fsync,
     },
     KeySpec {
+        name: "disk_io",
+        default: DefaultValue::Text("auto"),
+        form: "`auto`, `uring` or `helper`",
+        meaning: "How work that would make the server wait (password checks, and in later \
+                  versions file operations) is done beside the one reactor thread. `auto`: \
+                  the kernel's io_uring where it allows every operation used, else the helper \
+                  process. `uring`: io_uring, and a start-up error where it is unusable \
+                  (`kernel.io_uring_disabled`, a container's seccomp profile, an old kernel). \
+                  `helper`: a helper process does everything with blocking calls. In every \
+                  mode one helper process, forked at start after the privilege drop, checks \
+                  the passwords, so `ps` shows two postling processes. The choice and its \
+                  reason are logged at start. Read at start only.",
+        apply: set_disk_io,
+    },
+    KeySpec {
         name: "users_file",
         default: DefaultValue::Text("/etc/postling/users"),
         form: PATH_FORM,
@@ -475,6 +490,12 @@ fn set_fsync(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String
         "filesystem" => SyncMode::Filesystem,
         _ => return Err(format!("{} is not a sync mode", quoted(v))),
     };
+    Ok(())
+}
+
+fn set_disk_io(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.disk_io = crate::exec::DiskIo::parse(&v.to_ascii_lowercase())
+        .ok_or_else(|| format!("{} is not a disk_io mode", quoted(v)))?;
     Ok(())
 }
 

@@ -208,6 +208,12 @@ fn every_error_form_names_file_line_key_and_expected() {
                 .into(),
         ),
         (
+            b"disk_io = bogus",
+            "/etc/p.conf:1: disk_io: `bogus` is not a disk_io mode (expected `auto`, `uring` \
+             or `helper`)"
+                .into(),
+        ),
+        (
             b"auth_failure_delay = 0s",
             "/etc/p.conf:1: auth_failure_delay: `0s` is below the minimum of 1s: a quicker \
              answer helps password guessing (expected a duration of at least 1s: a whole \
@@ -650,6 +656,16 @@ fn comments_blank_lines_and_line_endings() {
     assert_eq!(c.hostname, "bom.example", "a byte-order mark is skipped");
     let (c, _) = parsed("fsync = Filesystem\n");
     assert_eq!(c.fsync, crate::durable::SyncMode::Filesystem);
+    let (c, _) = parsed("");
+    assert_eq!(c.disk_io, crate::exec::DiskIo::Auto);
+    for (text, mode) in [
+        ("auto", crate::exec::DiskIo::Auto),
+        ("uring", crate::exec::DiskIo::Uring),
+        ("Helper", crate::exec::DiskIo::Helper),
+    ] {
+        let (c, _) = parsed(&format!("disk_io = {text}\n"));
+        assert_eq!(c.disk_io, mode);
+    }
     let (c, _) = parsed("recipient_delimiter =\n");
     assert_eq!(c.recipient_delimiter, None);
     let (c, _) = parsed("recipient_delimiter = -   # qmail style");
@@ -681,10 +697,10 @@ fn directory_settings_carry_what_the_directory_needs() {
 #[test]
 fn the_key_table_is_consistent() {
     let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-    assert_eq!(names.len(), 25);
+    assert_eq!(names.len(), 26);
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 25, "key names are unique");
+    assert_eq!(names.len(), 26, "key names are unique");
     for k in KEYS {
         assert!(keys::spec(k.name).is_some());
         assert!(

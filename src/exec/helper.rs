@@ -141,6 +141,7 @@ impl Helper {
         fd: Option<RawFd>,
     ) -> Result<(), Rejected> {
         if self.gone {
+            self.try_reap();
             return Err(Rejected {
                 reason: Reject::Gone,
                 op,
@@ -299,11 +300,26 @@ impl Helper {
         self.gone = true;
         self.outq.clear();
         self.sock = None;
+        self.try_reap();
         for p in self.slots.drain_all() {
             self.failed.push(Completion {
                 tag: p.tag,
                 result: Err(Errno(libc::EPIPE)),
             });
+        }
+    }
+
+    /// Reaps the child if it has exited, without waiting: a helper that died while the server
+    /// runs must not stay a zombie until the server exits. Tried when the helper is found
+    /// gone and again at each refused submit (the child may still be exiting the first time).
+    fn try_reap(&mut self) {
+        if self.pid <= 0 {
+            return;
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child, without blocking.
+        if unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } == self.pid {
+            self.pid = 0;
         }
     }
 

@@ -25,10 +25,10 @@
 //! `submit` hands the operation back with `Reject::Full`. A write carries at most
 //! `limits::EXEC_WRITE_MAX` bytes, on every backend.
 //!
-//! Not here yet (the wiring step): a short-lived cache of successful password checks (keyed by
-//! user, credential and a hash of the password, a few seconds long, dropped on any failure) so
-//! that clients looping USER/PASS with a right password do not make the helper rehash; it
-//! belongs to the caller that knows the user, not to the executor.
+//! Its caller today is the reactor (`reactor::begin_check`, `finish_checks`): POP password
+//! checks. The short cache of successful checks that keeps clients looping USER/PASS with a
+//! right password from making the helper rehash belongs to the caller that knows the user
+//! (`auth::cache`, held by `hosts::Services`), not to the executor.
 
 mod helper;
 mod inline;

@@ -1,5 +1,5 @@
 //! The logged-in side of a POP session, shared by POP3 and POP2: the login itself
-//! (authenticate, then lock and snapshot the mailbox) and the snapshot with its deletion marks.
+//! (after the password check: lock and snapshot the mailbox) and the snapshot with its deletion marks.
 //!
 //! Message numbers are 1-based over the snapshot taken at login and never change during the
 //! session; a message marked deleted keeps its number but is invisible until RSET. Nothing is
@@ -18,20 +18,21 @@ pub enum Login {
     Throttled,
     /// Authenticated, but the mailbox could not be opened (nothing is locked).
     Unavailable(MailboxError),
+    /// The password could not be checked now (temporary; not counted as a failure).
+    CheckFailed,
 }
 
-/// Checks the credentials and, if they are good, locks the mailbox and takes its snapshot.
-/// A user name that is not UTF-8 cannot exist, but is still checked (lossily) so the host
-/// does the same work and counts the failure against the client address.
-pub fn login(host: &mut dyn PopHost, user: &[u8], password: &[u8]) -> Login {
-    let user = String::from_utf8_lossy(user);
-    match host.authenticate(&user, password) {
+/// Finishes a login once the password check (`Next::AwaitAuth`) answered: if the credentials
+/// are good, locks the mailbox and takes its snapshot.
+pub fn login(host: &mut dyn PopHost, verdict: AuthVerdict) -> Login {
+    match verdict {
         AuthVerdict::Accepted(name) => match host.mailbox_open(&name) {
             Ok(messages) => Login::Opened(name, Maildrop::new(messages)),
             Err(e) => Login::Unavailable(e),
         },
         AuthVerdict::Rejected => Login::Rejected,
         AuthVerdict::Throttled => Login::Throttled,
+        AuthVerdict::Unavailable => Login::CheckFailed,
     }
 }
 
@@ -155,6 +156,7 @@ impl Maildrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::AuthRequest;
     use crate::proto::pop_testing::FakeHost;
 
     fn drop_of(sizes: &[u64]) -> Maildrop {
@@ -200,29 +202,44 @@ mod tests {
         let mut host = FakeHost::new();
         host.add_user("bob", "pw");
         host.add_message("1.a", b"x\n");
+        let accepted = || AuthVerdict::Accepted("bob".into());
         assert!(
-            matches!(login(&mut host, b"bob", b"pw"), Login::Opened(n, d) if n == "bob" && d.total_count() == 1)
+            matches!(login(&mut host, accepted()), Login::Opened(n, d) if n == "bob" && d.total_count() == 1)
         );
-        assert!(matches!(login(&mut host, b"bob", b"no"), Login::Rejected));
+        assert_eq!(host.opened, vec!["bob".to_string()]);
         assert!(matches!(
-            login(&mut host, b"nobody", b"pw"),
+            login(&mut host, AuthVerdict::Rejected),
             Login::Rejected
         ));
-        // A non-UTF-8 name still reaches the host (same work, counted by its throttle).
         assert!(matches!(
-            login(&mut host, b"b\xffb", b"pw"),
-            Login::Rejected
+            login(&mut host, AuthVerdict::Unavailable),
+            Login::CheckFailed
+        ));
+        assert!(matches!(
+            login(&mut host, AuthVerdict::Throttled),
+            Login::Throttled
         ));
         assert_eq!(
-            host.auth_calls.last().map(|(u, _)| u.as_str()),
-            Some("b\u{fffd}b")
+            host.opened.len(),
+            1,
+            "only an accepted login opens the mailbox"
         );
         host.open_error = Some(MailboxError::InUse);
         assert!(matches!(
-            login(&mut host, b"bob", b"pw"),
+            login(&mut host, accepted()),
             Login::Unavailable(MailboxError::InUse)
         ));
-        host.throttled = true;
-        assert!(matches!(login(&mut host, b"bob", b"pw"), Login::Throttled));
+    }
+
+    #[test]
+    fn a_request_carries_a_lossy_name_and_wipes_its_password() {
+        // A non-UTF-8 name still reaches the check (same work, counted by the throttle).
+        let r = AuthRequest::new(b"b\xffb", b"pw");
+        assert_eq!(r.user, "b\u{fffd}b");
+        assert_eq!(r.password, b"pw");
+        assert!(
+            !format!("{r:?}").contains("pw"),
+            "the password stays out of logs"
+        );
     }
 }

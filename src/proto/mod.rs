@@ -6,8 +6,8 @@
 //! whole units (a command line, a run of message lines), writes replies into the output buffer
 //! and says what it needs next (`Next`). Synchronous services (directory lookups, spool
 //! appends, reading a mailbox) go through a host trait the reactor implements per call and
-//! tests fake; anything that must wait (a group commit, an authentication delay) is a `Next`
-//! that the reactor later answers with `resume`.
+//! tests fake; anything that must wait (a group commit, a password check, an authentication
+//! delay) is a `Next` that the reactor later answers with `resume`.
 //!
 //! Contract with the reactor:
 //! - `step` is only called when the output buffer has at least `limits::REPLY_RESERVE` free.
@@ -55,6 +55,10 @@ pub enum Next {
     NeedOutput,
     /// A commit was handed to the spool; `resume(Completion::Committed(..))` follows.
     AwaitCommit,
+    /// A password check is waiting: the reactor takes it with the session's `take_auth`,
+    /// has it verified off the reactor (the disk executor's helper process) and answers with
+    /// `resume(Completion::Auth(verdict))`. Nothing is read meanwhile.
+    AwaitAuth,
     /// Answer nothing and read nothing for this long, then `resume(Completion::Woke)`.
     /// (The delay after a failed login.)
     Sleep(Duration),
@@ -75,18 +79,50 @@ impl Step {
     }
 }
 
-/// Answers to a `Next::AwaitCommit` or `Next::Sleep`.
+/// Answers to a `Next::AwaitCommit`, `Next::AwaitAuth` or `Next::Sleep`.
 #[derive(Debug)]
 pub enum Completion {
     Committed(Result<crate::spool::QueueId, crate::spool::SpoolError>),
     Woke,
+    /// The password check a `Next::AwaitAuth` asked for (throttle included).
+    Auth(AuthVerdict),
 }
 
-/// Services a POP3 or POP2 session needs from the reactor for one call.
+/// A password check a POP session waits for (`Next::AwaitAuth`). The password is wiped when
+/// the request is dropped.
+pub struct AuthRequest {
+    /// As the client sent it (a name that is not UTF-8 cannot exist, but is still checked,
+    /// lossily, so it costs the same and counts as a failure).
+    pub user: String,
+    pub password: Vec<u8>,
+}
+
+impl AuthRequest {
+    pub fn new(user: &[u8], password: &[u8]) -> AuthRequest {
+        AuthRequest {
+            user: String::from_utf8_lossy(user).into_owned(),
+            password: password.to_vec(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthRequest({:?}, <password>)", self.user)
+    }
+}
+
+impl Drop for AuthRequest {
+    fn drop(&mut self) {
+        self.password.fill(0);
+    }
+}
+
+/// Services a POP3 or POP2 session needs from the reactor for one call. (Passwords are not
+/// checked here: that is a `Next::AwaitAuth` request, since it takes CPU time. Unknown users
+/// and wrong passwords must be indistinguishable: same verdict, same work; per-address
+/// throttling is the reactor's business.)
 pub trait PopHost {
-    /// Verify a user's password. Unknown users and wrong passwords must be indistinguishable
-    /// (same verdict, same work); per-address throttling is the host's business.
-    fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict;
     /// Lock the user's mailbox and take a snapshot of its messages (new/ moved to cur/).
     fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError>;
     /// Read raw bytes of snapshot message `index` (0-based) from byte `offset` of its file.
@@ -110,6 +146,9 @@ pub enum AuthVerdict {
     Rejected,
     /// Too many recent failures from this client address.
     Throttled,
+    /// The password could not be checked now (the helper process is gone or overloaded):
+    /// a temporary failure, not counted against the client.
+    Unavailable,
 }
 
 /// One message of a mailbox snapshot.

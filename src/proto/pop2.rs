@@ -9,7 +9,9 @@
 //!   rejected login is answered only after `auth_failure_delay`, the same for an unknown user
 //!   and a wrong password. As RFC 937 says, a failed `HELO` (bad credentials, throttled, or a
 //!   mailbox that cannot be opened) gets `-` and the connection is closed: one guess per
-//!   connection and per delay.
+//!   connection and per delay. The password check itself is the reactor's (`Next::AwaitAuth`,
+//!   `take_auth`, `resume(Auth(verdict))`); if it cannot run (the helper process is gone) the
+//!   `-` comes at once.
 //! - `FOLD name` selects the user's own INBOX (case-insensitive) → `#count`; any other name
 //!   selects an empty folder → `#0` (RFC 937 has no negative reply to FOLD).
 //! - Messages are numbered 1.. over the login snapshot. `READ [n]` makes n (default: the
@@ -32,12 +34,14 @@ use super::maildrop::{self, Login, Maildrop};
 use super::pop3::PopSettings;
 use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
 use super::popmsg::{Fill, MessageStream};
-use super::{Completion, Ctx, MailboxError, Next, OutBuf, PopHost, Step};
+use super::{AuthRequest, AuthVerdict, Completion, Ctx, MailboxError, Next, OutBuf, PopHost, Step};
 use crate::limits;
 
 enum State {
     /// CALL: waiting for HELO.
     Call,
+    /// HELO's password check is with the reactor (until `take_auth`, the request is here).
+    Verifying(Option<Box<AuthRequest>>),
     /// HELO failed; answered at `wake_at`, then the connection closes.
     Delaying {
         wake_at: Instant,
@@ -105,6 +109,7 @@ impl Pop2Session {
         loop {
             match &mut self.state {
                 State::Closed => return Step::new(consumed, Next::Close),
+                State::Verifying(_) => return Step::new(consumed, Next::AwaitAuth),
                 State::Delaying { wake_at, .. } => {
                     let left = wake_at.saturating_duration_since(ctx.now);
                     return Step::new(consumed, Next::Sleep(left));
@@ -140,8 +145,13 @@ impl Pop2Session {
         }
     }
 
-    /// The failure delay is over: answer the failed HELO and close.
-    pub fn resume(&mut self, c: Completion, _ctx: Ctx, out: &mut OutBuf, _host: &mut dyn PopHost) {
+    /// HELO's password check answered (`Auth`), or the failure delay is over (`Woke`: answer
+    /// the failed HELO and close).
+    pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+        let c = match c {
+            Completion::Auth(verdict) => return self.verified(verdict, ctx, out, host),
+            c => c,
+        };
         let (Completion::Woke, State::Delaying { throttled, .. }) = (c, &self.state) else {
             return;
         };
@@ -151,6 +161,14 @@ impl Pop2Session {
             b"- Invalid user name or password\r\n".as_slice()
         });
         self.state = State::Closed;
+    }
+
+    /// The password check `Next::AwaitAuth` asks for; taken once.
+    pub fn take_auth(&mut self) -> Option<AuthRequest> {
+        match &mut self.state {
+            State::Verifying(request) => request.take().map(|b| *b),
+            _ => None,
+        }
     }
 
     /// Before HELO (CALL state): closing the session now loses the client nothing but a
@@ -190,13 +208,13 @@ impl Pop2Session {
         }
     }
 
-    fn command(&mut self, line: &[u8], ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+    fn command(&mut self, line: &[u8], _ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
         let cmd = Command::parse(line);
         if cmd.is("QUIT") {
             return self.quit(out, host);
         }
         match self.state {
-            State::Call if cmd.is("HELO") => self.helo(&cmd, ctx, out, host),
+            State::Call if cmd.is("HELO") => self.helo(&cmd, out),
             State::Call => self.error(out, "send HELO first"),
             _ if cmd.is("HELO") => self.error(out, "already logged in"),
             // XFER: RFC 937 allows only the acknowledgements (and QUIT) here.
@@ -226,16 +244,31 @@ impl Pop2Session {
     }
 
     /// `HELO user password`; the password is the rest of the line.
-    fn helo(&mut self, cmd: &Command<'_>, ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+    fn helo(&mut self, cmd: &Command<'_>, out: &mut OutBuf) {
         let args = Command::parse(cmd.rest);
         if args.keyword.is_empty() || args.rest.is_empty() {
             return self.error(out, "syntax: HELO user password");
         }
+        self.state = State::Verifying(Some(Box::new(AuthRequest::new(args.keyword, args.rest))));
+    }
+
+    /// HELO goes on with the verdict of its password check.
+    fn verified(
+        &mut self,
+        verdict: AuthVerdict,
+        ctx: Ctx,
+        out: &mut OutBuf,
+        host: &mut dyn PopHost,
+    ) {
+        if !matches!(self.state, State::Verifying(_)) {
+            return;
+        }
+        self.state = State::Closed;
         let delay = |throttled| State::Delaying {
             wake_at: ctx.now + self.settings.auth_failure_delay,
             throttled,
         };
-        match maildrop::login(host, args.keyword, args.rest) {
+        match maildrop::login(host, verdict) {
             Login::Opened(name, drop) => {
                 debug!("pop2: {name} logged in, {} messages", drop.total_count());
                 push_fmt(out, format_args!("#{}\r\n", drop.total_count()));
@@ -255,6 +288,10 @@ impl Pop2Session {
                         b"- mailbox unavailable, try again later\r\n".as_slice()
                     }
                 });
+                self.state = State::Closed;
+            }
+            Login::CheckFailed => {
+                out.push(b"- cannot check passwords now, try again later\r\n");
                 self.state = State::Closed;
             }
         }

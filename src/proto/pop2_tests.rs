@@ -430,3 +430,48 @@ fn holds_nothing_and_logged_in_follow_the_login() {
     let h = logged_in();
     assert!(!h.session.holds_nothing() && h.session.logged_in());
 }
+
+#[test]
+fn helo_awaits_the_check_and_resumes_with_its_verdict() {
+    let mut h = harness();
+    h.auto_verify = false;
+    h.send(b"HELO bob bob-pw\r\nREAD 1\r\n");
+    assert_eq!(h.run(), Stop::AwaitAuth);
+    assert_eq!(
+        h.auth_requests,
+        vec![("bob".to_string(), b"bob-pw".to_vec())]
+    );
+    assert_eq!(h.pending_input(), b"READ 1\r\n".len());
+    assert!(h.host.auth_calls.is_empty());
+    h.verify(crate::proto::AuthVerdict::Accepted("bob".into()));
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert!(
+        h.wire_str()
+            .ends_with(&format!("#3\r\n={}\r\n", wire_size(ONE)))
+    );
+    // Rejected: the delay, then `-` and the close.
+    let mut h = harness();
+    h.auto_verify = false;
+    h.send(b"HELO bob nope\r\n");
+    assert_eq!(h.run(), Stop::AwaitAuth);
+    h.verify(crate::proto::AuthVerdict::Rejected);
+    assert_eq!(h.run(), Stop::Close);
+    assert_eq!(h.sleeps, vec![DELAY]);
+    assert!(
+        h.wire_str()
+            .ends_with("- Invalid user name or password\r\n")
+    );
+}
+
+#[test]
+fn helo_whose_check_cannot_run_fails_at_once() {
+    let mut h = harness();
+    h.host.check_unavailable = true;
+    assert_eq!(
+        say(&mut h, "HELO bob bob-pw"),
+        "- cannot check passwords now, try again later\r\n"
+    );
+    assert!(h.closed);
+    assert!(h.sleeps.is_empty());
+    assert!(h.host.opened.is_empty());
+}

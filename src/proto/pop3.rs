@@ -6,12 +6,15 @@
 //! reaches: the marked messages go to `PopHost::mailbox_update`. A drop, a timeout or a
 //! shutdown deletes nothing; the reactor releases the mailbox lock.
 //!
-//! Logins: USER always answers `+OK` (it never tells whether a user exists). A rejected login
-//! is answered `-ERR [AUTH]` only after `auth_failure_delay` (`Next::Sleep`, then
-//! `resume(Woke)`), identically for unknown users and wrong passwords; after
+//! Logins: USER always answers `+OK` (it never tells whether a user exists). PASS and AUTH
+//! PLAIN hand the password check to the reactor (`Next::AwaitAuth`, `take_auth`, then
+//! `resume(Auth(verdict))`), since it takes CPU time; the login goes on from there. A
+//! rejected login is answered `-ERR [AUTH]` only after `auth_failure_delay` (`Next::Sleep`,
+//! then `resume(Woke)`), identically for unknown users and wrong passwords; after
 //! `limits::AUTH_MAX_FAILURES` the connection closes. A throttled address gets `[SYS/TEMP]`
-//! after the same delay and is closed. Before login each reply is flushed before the next
-//! command is read, so the delay never holds back an earlier reply.
+//! after the same delay and is closed. A check that could not run (the helper process is gone)
+//! gets `[SYS/TEMP]` at once and the session stays in AUTHORIZATION. Before login each reply
+//! is flushed before the next command is read, so the delay never holds back an earlier reply.
 //!
 //! Pipelining: commands are taken one line at a time while the output has
 //! `limits::REPLY_RESERVE` free, so a batch gets its replies in order. Multi-line LIST/UIDL and
@@ -28,7 +31,7 @@ use super::maildrop::{self, Login, Maildrop, Missing};
 use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
 use super::popmsg::{Fill, MessageStream};
 use super::sasl::{self, PlainError};
-use super::{Completion, Ctx, MailboxError, Next, OutBuf, PopHost, Step};
+use super::{AuthRequest, AuthVerdict, Completion, Ctx, MailboxError, Next, OutBuf, PopHost, Step};
 use crate::limits;
 
 /// Settings shared by all POP3 and POP2 sessions.
@@ -64,6 +67,9 @@ enum State {
     },
     /// `AUTH PLAIN` was answered `+ `: the next line is the base64 response.
     SaslResponse,
+    /// PASS or AUTH PLAIN: the password check is with the reactor (until `take_auth`, the
+    /// request is here).
+    Verifying(Option<Box<AuthRequest>>),
     /// A login failed; it is answered at `wake_at` (`throttled`: then the connection closes).
     Delaying {
         wake_at: Instant,
@@ -162,6 +168,7 @@ impl Pop3Session {
         loop {
             match &mut self.state {
                 State::Closed => return Step::new(consumed, Next::Close),
+                State::Verifying(_) => return Step::new(consumed, Next::AwaitAuth),
                 State::Delaying { wake_at, .. } => {
                     let left = wake_at.saturating_duration_since(ctx.now);
                     return Step::new(consumed, Next::Sleep(left));
@@ -221,8 +228,13 @@ impl Pop3Session {
         }
     }
 
-    /// The failure delay is over: answer the failed login.
-    pub fn resume(&mut self, c: Completion, _ctx: Ctx, out: &mut OutBuf, _host: &mut dyn PopHost) {
+    /// The password check answered (`Auth`), or the failure delay is over (`Woke`): answer
+    /// the login.
+    pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+        let c = match c {
+            Completion::Auth(verdict) => return self.verified(verdict, ctx, out, host),
+            c => c,
+        };
         let (Completion::Woke, State::Delaying { throttled, .. }) = (c, &self.state) else {
             return;
         };
@@ -236,6 +248,14 @@ impl Pop3Session {
             } else {
                 State::Authorization { user: None }
             };
+        }
+    }
+
+    /// The password check `Next::AwaitAuth` asks for; taken once.
+    pub fn take_auth(&mut self) -> Option<AuthRequest> {
+        match &mut self.state {
+            State::Verifying(request) => request.take().map(|b| *b),
+            _ => None,
         }
     }
 
@@ -327,7 +347,7 @@ impl Pop3Session {
                 };
                 match user {
                     // RFC 1939 §7: the password is the rest of the line, spaces and all.
-                    Some(user) => self.login(&user, cmd.rest, ctx, out, host),
+                    Some(user) => self.login(&user, cmd.rest),
                     None => self.error(out, "send USER first"),
                 }
             }
@@ -371,12 +391,12 @@ impl Pop3Session {
         self.plain(line, ctx, out, host);
     }
 
-    fn plain(&mut self, base64: &[u8], ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+    fn plain(&mut self, base64: &[u8], _ctx: Ctx, out: &mut OutBuf, _host: &mut dyn PopHost) {
         let mut buf = [0u8; limits::POP_SASL_MAX_DECODED];
         match sasl::decode_plain(base64, &mut buf) {
             Ok(p) => {
                 let (user, password) = (p.authcid, p.password);
-                self.login(user, password, ctx, out, host);
+                self.login(user, password);
             }
             Err(PlainError::Base64) => self.error(out, "invalid base64 in SASL response"),
             Err(PlainError::Malformed) => self.error(out, "malformed SASL PLAIN response"),
@@ -388,15 +408,23 @@ impl Pop3Session {
         buf.fill(0);
     }
 
-    fn login(
+    /// Hands the check to the reactor; `verified` goes on with its verdict.
+    fn login(&mut self, user: &[u8], password: &[u8]) {
+        self.state = State::Verifying(Some(Box::new(AuthRequest::new(user, password))));
+    }
+
+    fn verified(
         &mut self,
-        user: &[u8],
-        password: &[u8],
+        verdict: AuthVerdict,
         ctx: Ctx,
         out: &mut OutBuf,
         host: &mut dyn PopHost,
     ) {
-        match maildrop::login(host, user, password) {
+        if !matches!(self.state, State::Verifying(_)) {
+            return;
+        }
+        self.state = State::Authorization { user: None };
+        match maildrop::login(host, verdict) {
             Login::Opened(name, drop) => {
                 debug!("pop3: {name} logged in, {} messages", drop.total_count());
                 push_fmt(
@@ -431,6 +459,9 @@ impl Pop3Session {
                 self.delay(ctx, false);
             }
             Login::Throttled => self.delay(ctx, true),
+            Login::CheckFailed => {
+                out.push(b"-ERR [SYS/TEMP] cannot check passwords now, try again later\r\n");
+            }
         }
     }
 

@@ -224,3 +224,129 @@ fn base64_of(data: &[u8]) -> String {
     }
     s
 }
+
+#[test]
+fn pass_awaits_the_check_and_resumes_with_its_verdict() {
+    let mut h = harness();
+    h.auto_verify = false;
+    h.send(b"USER bob\r\nPASS bob-pw\r\nSTAT\r\n");
+    assert_eq!(h.run(), Stop::AwaitAuth);
+    assert_eq!(
+        h.auth_requests,
+        vec![("bob".to_string(), b"bob-pw".to_vec())]
+    );
+    // Nothing answered and nothing more read while the check runs; no host call either.
+    assert!(h.wire_str().ends_with("+OK send PASS\r\n"));
+    assert_eq!(h.pending_input(), b"STAT\r\n".len());
+    assert!(h.host.auth_calls.is_empty());
+    assert!(
+        !h.session.holds_nothing(),
+        "not evictable while the check runs"
+    );
+    h.verify(AuthVerdict::Accepted("bob".into()));
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert!(
+        h.wire_str().ends_with(
+            "+OK send PASS\r\n+OK maildrop has 3 messages (100 octets)\r\n+OK 3 100\r\n"
+        )
+    );
+    assert_eq!(h.host.opened, vec!["bob".to_string()]);
+}
+
+#[test]
+fn a_rejected_check_still_waits_for_the_failure_delay() {
+    let mut h = harness();
+    h.auto_verify = false;
+    h.auto_wake = false;
+    h.send(b"USER bob\r\nPASS nope\r\n");
+    assert_eq!(h.run(), Stop::AwaitAuth);
+    h.verify(AuthVerdict::Rejected);
+    assert_eq!(h.run(), Stop::Sleep(DELAY));
+    h.wake_after(DELAY);
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert!(
+        h.wire_str()
+            .ends_with("+OK send PASS\r\n-ERR [AUTH] Invalid user name or password\r\n")
+    );
+    // Throttled: the same delay, then [SYS/TEMP] and the close.
+    let mut h = harness();
+    h.auto_verify = false;
+    h.send(b"USER bob\r\nPASS bob-pw\r\n");
+    assert_eq!(h.run(), Stop::AwaitAuth);
+    h.verify(AuthVerdict::Throttled);
+    assert_eq!(h.run(), Stop::Close);
+    assert_eq!(h.sleeps, vec![DELAY]);
+    assert!(h.host.opened.is_empty());
+}
+
+#[test]
+fn auth_plain_awaits_the_check_too() {
+    let mut h = harness();
+    h.auto_verify = false;
+    h.send(format!("AUTH PLAIN {}\r\n", base64_of(b"\0bob\0bob-pw")).as_bytes());
+    assert_eq!(h.run(), Stop::AwaitAuth);
+    assert_eq!(
+        h.auth_requests,
+        vec![("bob".to_string(), b"bob-pw".to_vec())]
+    );
+    h.verify(AuthVerdict::Accepted("bob".into()));
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert_eq!(
+        h.wire_str().lines().last(),
+        Some("+OK maildrop has 3 messages (100 octets)")
+    );
+    // The continuation form.
+    let mut h = harness();
+    h.auto_verify = false;
+    h.send(b"AUTH PLAIN\r\n");
+    assert_eq!(h.run(), Stop::NeedInput);
+    h.send(format!("{}\r\n", base64_of(b"\0bob\0bob-pw")).as_bytes());
+    assert_eq!(h.run(), Stop::AwaitAuth);
+    h.verify(AuthVerdict::Rejected);
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert_eq!(h.sleeps, vec![DELAY]);
+}
+
+#[test]
+fn a_check_that_cannot_run_is_a_temporary_failure_not_counted() {
+    let mut h = harness();
+    h.host.check_unavailable = true;
+    for _ in 0..limits::AUTH_MAX_FAILURES + 1 {
+        say(&mut h, "USER bob");
+        assert_eq!(
+            say(&mut h, "PASS bob-pw"),
+            "-ERR [SYS/TEMP] cannot check passwords now, try again later\r\n"
+        );
+    }
+    assert!(h.sleeps.is_empty(), "no failure delay");
+    assert!(!h.closed, "not counted as failures");
+    h.host.check_unavailable = false;
+    say(&mut h, "USER bob");
+    assert_eq!(
+        say(&mut h, "PASS bob-pw"),
+        "+OK maildrop has 3 messages (100 octets)\r\n"
+    );
+}
+
+#[test]
+fn a_timeout_or_shutdown_while_checking_ignores_the_late_verdict() {
+    for shutdown in [false, true] {
+        let mut h = harness();
+        h.auto_verify = false;
+        h.send(b"USER bob\r\nPASS bob-pw\r\n");
+        assert_eq!(h.run(), Stop::AwaitAuth);
+        if shutdown {
+            h.shutdown();
+        } else {
+            h.timeout();
+        }
+        let before = h.wire.len();
+        h.verify(AuthVerdict::Accepted("bob".into()));
+        assert_eq!(h.run(), Stop::Close);
+        assert_eq!(h.wire.len(), before, "nothing after the goodbye");
+        assert!(
+            h.host.opened.is_empty(),
+            "no mailbox locked for a gone session"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Test support for the POP sessions: an in-memory `PopHost` with programmable failures, and
 //! a harness that drives a session the way the reactor does (output drained when it asks,
-//! `step` only with `REPLY_RESERVE` free, `Sleep` answered with `resume(Woke)`), checking the
-//! session contract on every call.
+//! `step` only with `REPLY_RESERVE` free, `AwaitAuth` answered inline from the fake users
+//! table, `Sleep` answered with `resume(Woke)`), checking the session contract on every call.
 
 pub mod dialog;
 
@@ -12,7 +12,9 @@ use crate::buf::OutBuf;
 use crate::limits;
 use crate::proto::pop2::Pop2Session;
 use crate::proto::pop3::Pop3Session;
-use crate::proto::{AuthVerdict, Completion, Ctx, MailboxError, MessageInfo, Next, PopHost, Step};
+use crate::proto::{
+    AuthRequest, AuthVerdict, Completion, Ctx, MailboxError, MessageInfo, Next, PopHost, Step,
+};
 
 /// The body of a fake message.
 #[derive(Clone, Debug)]
@@ -85,6 +87,8 @@ pub struct FakeHost {
     pub update_error: Option<MailboxError>,
     /// `authenticate` answers Throttled whatever the credentials.
     pub throttled: bool,
+    /// `authenticate` answers Unavailable (the helper process is gone).
+    pub check_unavailable: bool,
     /// Reads of any message at or past this offset fail.
     pub read_error_at: Option<u64>,
     /// Each read returns at most this many octets (short reads, odd chunk boundaries).
@@ -123,18 +127,25 @@ impl FakeHost {
     }
 }
 
-impl PopHost for FakeHost {
-    fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict {
+impl FakeHost {
+    /// The driver's answer to a session's `Next::AwaitAuth` (the reactor's throttle and
+    /// password check, inline).
+    pub fn authenticate(&mut self, user: &str, password: &[u8]) -> AuthVerdict {
         self.auth_calls.push((user.to_string(), password.to_vec()));
         if self.throttled {
             return AuthVerdict::Throttled;
+        }
+        if self.check_unavailable {
+            return AuthVerdict::Unavailable;
         }
         match self.users.iter().find(|(u, _)| u == user) {
             Some((u, p)) if p == password => AuthVerdict::Accepted(u.clone()),
             _ => AuthVerdict::Rejected,
         }
     }
+}
 
+impl PopHost for FakeHost {
     fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
         if let Some(e) = self.open_error.take() {
             return Err(e);
@@ -212,6 +223,7 @@ pub trait PopSession {
     fn greet(&mut self, ctx: Ctx, out: &mut OutBuf);
     fn step(&mut self, input: &[u8], ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) -> Step;
     fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost);
+    fn take_auth(&mut self) -> Option<AuthRequest>;
     fn on_timeout(&mut self, out: &mut OutBuf);
     fn on_shutdown(&mut self, out: &mut OutBuf);
 }
@@ -240,6 +252,9 @@ macro_rules! impl_pop_session {
             ) {
                 <$t>::resume(self, c, ctx, out, host)
             }
+            fn take_auth(&mut self) -> Option<AuthRequest> {
+                <$t>::take_auth(self)
+            }
             fn on_timeout(&mut self, out: &mut OutBuf) {
                 <$t>::on_timeout(self, out)
             }
@@ -256,6 +271,8 @@ impl_pop_session!(Pop2Session);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
     NeedInput,
+    /// The session waits for its password check (`auto_verify` off): `verify` answers it.
+    AwaitAuth,
     Sleep(Duration),
     Close,
 }
@@ -276,6 +293,10 @@ pub struct Harness<S: PopSession> {
     pub drain_limit: Option<usize>,
     /// Answer `Sleep` at once with `resume(Woke)` (recorded in `sleeps`).
     pub auto_wake: bool,
+    /// Answer `AwaitAuth` at once from the fake host (else `run` stops with `Stop::AwaitAuth`).
+    pub auto_verify: bool,
+    /// The password checks the session asked for, in order: (user, password).
+    pub auth_requests: Vec<(String, Vec<u8>)>,
     pub sleeps: Vec<Duration>,
     pub closed: bool,
     pub now: Instant,
@@ -296,6 +317,8 @@ impl<S: PopSession> Harness<S> {
             wire_tail: Vec::new(),
             drain_limit: None,
             auto_wake: true,
+            auto_verify: true,
+            auth_requests: Vec::new(),
             sleeps: Vec::new(),
             closed: false,
             now: Instant::now(),
@@ -380,6 +403,24 @@ impl<S: PopSession> Harness<S> {
                     return Stop::NeedInput;
                 }
                 Next::AwaitCommit => panic!("a POP session never awaits a commit"),
+                Next::AwaitAuth => {
+                    // The reactor writes nothing while the check runs: earlier replies first.
+                    self.drain(usize::MAX);
+                    let request = self.session.take_auth();
+                    let request = request.expect("AwaitAuth without a request to take");
+                    assert!(
+                        self.session.take_auth().is_none(),
+                        "a request is taken once"
+                    );
+                    self.auth_requests
+                        .push((request.user.clone(), request.password.clone()));
+                    if !self.auto_verify {
+                        return Stop::AwaitAuth;
+                    }
+                    let verdict = self.host.authenticate(&request.user, &request.password);
+                    self.verify(verdict);
+                    // The session still answers `AwaitAuth` until it is resumed.
+                }
                 Next::Sleep(d) => {
                     self.sleeps.push(d);
                     if !self.auto_wake {
@@ -397,6 +438,17 @@ impl<S: PopSession> Harness<S> {
             idle_rounds = if progressed { 0 } else { idle_rounds + 1 };
             assert!(idle_rounds < 1000, "session spins without progress");
         }
+    }
+
+    /// Answers the password check the session waits for.
+    pub fn verify(&mut self, verdict: AuthVerdict) {
+        let ctx = self.ctx();
+        self.session.resume(
+            Completion::Auth(verdict),
+            ctx,
+            &mut self.out,
+            &mut self.host,
+        );
     }
 
     /// Lets `d` pass and answers the sleep.

@@ -281,6 +281,7 @@ impl Driver {
                 }
                 Next::Close => self.closed = true,
                 Next::Sleep(_) => panic!("SMTP never sleeps"),
+                Next::AwaitAuth => panic!("SMTP has no password check yet"),
             }
         }
         self.drain();

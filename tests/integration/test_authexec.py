@@ -1,0 +1,343 @@
+"""Password checks run in the disk executor's helper process, never on the reactor (issue 11,
+first wiring step): every `disk_io` backend logs in, the hashing CPU shows up in the helper,
+a login flood does not hold up SMTP, a dead helper means [SYS/TEMP] logins and nothing worse,
+and the helper never outlives the server."""
+import base64
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import recv_line
+
+
+def wait_for(cond, timeout=10, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def children(pid):
+    """Pids whose parent is `pid` (scanning /proc/*/stat)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(d))
+    return out
+
+
+def helper_pid(s):
+    kids = wait_for(lambda: children(s.proc.pid), what="the helper process")
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
+def ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def proc_state(pid):
+    """The process state letter, or None when the pid is gone (reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def pop_connect(s, source="127.0.0.1"):
+    c = socket.create_connection(("127.0.0.1", s.pop3_port), timeout=10,
+                                 source_address=(source, 0))
+    assert recv_line(c).startswith(b"+OK")
+    return c
+
+
+def say(c, line, timeout=10):
+    c.sendall(line.encode() + b"\r\n")
+    return recv_line(c, timeout).decode()
+
+
+def login(s, user="alice", pw="alice-pw", source="127.0.0.1"):
+    c = pop_connect(s, source)
+    assert say(c, f"USER {user}").startswith("+OK")
+    return c, say(c, f"PASS {pw}")
+
+
+@pytest.mark.parametrize("mode", ["auto", "uring", "helper"])
+def test_logins_work_with_every_backend_and_the_helper_ends_with_the_server(server_factory, mode):
+    s = server_factory(disk_io=mode).start()
+    expect = {"auto": "disk_io: uring (io_uring supports", "uring": "disk_io: uring (disk_io = uring)",
+              "helper": "disk_io: helper process (disk_io = helper)"}[mode]
+    assert expect in s.log()
+    helper = helper_pid(s)
+    assert f"disk_io: helper process pid {helper}" in s.log()
+    # USER/PASS with a SHA512-CRYPT user, AUTH PLAIN, and a wrong password.
+    c, r = login(s)
+    assert r.startswith("+OK maildrop has"), r
+    assert say(c, "QUIT").startswith("+OK")
+    c.close()
+    c = pop_connect(s)
+    token = base64.b64encode(b"\0bob\0bob-pw").decode()
+    assert say(c, f"AUTH PLAIN {token}").startswith("+OK maildrop has")
+    c.close()
+    c, r = login(s, pw="wrong")
+    assert r.startswith("-ERR [AUTH]"), r
+    c.close()
+    assert s.stop(signal.SIGTERM) == 0
+    # The server reaped its helper before exiting: no process, no zombie left.
+    assert proc_state(helper) is None, proc_state(helper)
+
+
+def test_pop2_login_goes_through_the_helper(server_factory):
+    from conftest import free_port
+    port = free_port()
+    s = server_factory(pop2_listen=f"127.0.0.1:{port}").start()
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    assert recv_line(c).startswith(b"+ POP2")
+    assert say(c, "HELO alice alice-pw") == "#0\r\n"
+    c.close()
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    recv_line(c)
+    assert say(c, "HELO alice nope").startswith("- Invalid")
+    c.close()
+
+
+def test_hashing_runs_in_the_helper_not_the_reactor(server_factory):
+    n = 40
+    s = server_factory(max_connections_per_ip="4").start()
+    helper = helper_pid(s)
+    main0, help0 = ticks(s.proc.pid), ticks(helper)
+    results = []
+
+    def guess(i):
+        # One wrong password per client address: the throttle (per address) never engages.
+        c, r = login(s, pw=f"wrong-{i}", source=f"127.0.0.{10 + i}")
+        results.append(r)
+        c.close()
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    # While the helper hashes, the reactor serves SMTP.
+    s.wait_log("pop3: checking the password of")
+    t0 = time.time()
+    with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("a@example.org", ["bob@example.test"], b"Subject: x\r\n\r\nhi\r\n")
+    latency = time.time() - t0
+    checked = s.log().count("pop3: failed login as")
+    for t in threads:
+        t.join(60)
+    assert len(results) == n and all(r.startswith("-ERR [AUTH]") for r in results), results
+    main1, help1 = ticks(s.proc.pid), ticks(helper)
+    dm, dh = main1 - main0, help1 - help0
+    print(f"{n} wrong-password logins: helper cpu {dh} ticks, main cpu {dm} ticks")
+    print(f"SMTP transaction while the helper hashed: {latency * 1000:.1f} ms "
+          f"({checked} of {n} checks done when it ended)")
+    assert latency < 5
+    assert dh >= 5, "the helper did the hashing"
+    assert dm * 3 <= dh, f"the reactor did much less than the helper ({dm} vs {dh} ticks)"
+
+
+def test_smtp_completes_during_a_login_flood_on_an_in_use_mailbox(server_factory):
+    s = server_factory().start()
+    holder, r = login(s)  # alice's mailbox is now locked: every other login is [IN-USE]
+    assert r.startswith("+OK"), r
+    stop = threading.Event()
+    counts = [0] * 30
+    errors = []
+
+    def flood(i):
+        try:
+            c = pop_connect(s, source=f"127.0.1.{i + 1}")
+            while not stop.is_set():
+                assert say(c, "USER alice").startswith("+OK")
+                r = say(c, "PASS alice-pw")
+                assert r.startswith("-ERR [IN-USE]"), r
+                counts[i] += 1
+            c.close()
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=flood, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: all(counts), what="every flooding connection logging in")
+        t0 = time.time()
+        with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as smtp:
+            smtp.sendmail("a@example.org", ["bob@example.test"], b"Subject: flood\r\n\r\nhi\r\n")
+        latency = time.time() - t0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    holder.close()
+    assert not errors, errors
+    cached = s.log().count("(a check made in the last")
+    print(f"SMTP transaction during the flood: {latency * 1000:.1f} ms; "
+          f"{sum(counts)} flood logins, {cached} answered from the login cache")
+    assert latency < 5
+    assert cached > 0, "repeated right passwords were not rehashed"
+
+
+def test_a_dead_helper_means_temporary_login_failures_not_a_crash(server_factory):
+    s = server_factory().start()
+    helper = helper_pid(s)
+    os.kill(helper, signal.SIGKILL)
+    s.wait_log("disk_io: the helper process exited")
+    for i in range(2):
+        c, r = login(s, source=f"127.0.2.{i + 1}")
+        assert r == "-ERR [SYS/TEMP] cannot check passwords now, try again later\r\n", r
+        c.close()
+    assert s.log().count("passwords cannot be checked") == 1, "logged once"
+    # The dead helper is reaped (no zombie) while the server goes on serving SMTP.
+    wait_for(lambda: proc_state(helper) is None, what="the dead helper reaped")
+    with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("a@example.org", ["bob@example.test"], b"Subject: x\r\n\r\nhi\r\n")
+    assert s.proc.poll() is None
+    assert s.stop(signal.SIGTERM) == 0
+
+
+def test_idle_costs_nothing_in_either_process(server_factory):
+    s = server_factory().start()
+    helper = helper_pid(s)
+    c, r = login(s)
+    assert r.startswith("+OK")
+    say(c, "QUIT")
+    c.close()
+    s.wait_log("pop3 close")
+
+    def switches(pid):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+
+    time.sleep(0.5)
+    before = [(ticks(p), switches(p)) for p in (s.proc.pid, helper)]
+    time.sleep(3)
+    after = [(ticks(p), switches(p)) for p in (s.proc.pid, helper)]
+    print(f"idle 3s after a login: main {before[0]}->{after[0]}, helper {before[1]}->{after[1]} "
+          "(cpu ticks, voluntary switches)")
+    rss = []
+    for p in (s.proc.pid, helper):
+        with open(f"/proc/{p}/status") as f:
+            rss += [l.split()[1] for l in f if l.startswith("VmRSS:")]
+    print(f"idle RSS (debug build): main {rss[0]} KiB, helper {rss[1]} KiB")
+    assert before == after
+
+
+def test_disk_io_bogus_is_a_config_error_naming_file_and_line(server_factory):
+    s = server_factory()
+    s.write_config("disk_io = bogus\n")
+    s.start(wait=False)
+    assert s.proc.wait(10) == 78
+    line = len(s.conf.read_text().splitlines())
+    assert f"{s.conf}:{line}: disk_io: `bogus` is not a disk_io mode" in s.log(), s.log()
+
+
+def test_a_late_verdict_never_reaches_the_next_connection_in_the_same_slot(server_factory):
+    """A's check is held up (the helper stopped) until A's login deadline closes it; B gets
+    A's slot and asks for its own check. When the helper goes on, A's verdict (alice) arrives
+    first: it is recorded but must not resume B, which waits for its own (bob)."""
+    s = server_factory(pop3_login_timeout="1s").start()
+    helper = helper_pid(s)
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        a = pop_connect(s)
+        assert say(a, "USER alice").startswith("+OK")
+        a.sendall(b"PASS alice-pw\r\n")
+        assert recv_line(a, 10) == b"-ERR [SYS/TEMP] timeout, closing connection\r\n"
+        a.close()
+        s.wait_log("pop3 close")
+        b = pop_connect(s)
+        assert say(b, "USER bob") == "+OK send PASS\r\n"
+        b.sendall(b"PASS bob-pw\r\n")
+        s.wait_log('pop3: checking the password of "bob"')
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    assert recv_line(b, 10).startswith(b"+OK maildrop has")
+    s.wait_log("pop3: bob logged in from 127.0.0.1")
+    assert "pop3: alice logged in from 127.0.0.1" in s.log(), "A's verdict was recorded"
+    # B holds bob's mailbox, not alice's: alice can log in (not [IN-USE]), bob cannot.
+    c, r = login(s)
+    assert r.startswith("+OK maildrop has"), r
+    c.close()
+    c, r = login(s, "bob", "bob-pw")
+    assert r.startswith("-ERR [IN-USE]"), r
+    c.close()
+    b.close()
+
+
+STRACE_NO_URING = ("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=io_uring_setup",
+                   "-e", "inject=io_uring_setup:error=EPERM")
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed")
+def test_without_io_uring_uring_is_a_start_error_and_auto_uses_the_helper(server_factory):
+    # strace makes io_uring_setup fail with EPERM, as kernel.io_uring_disabled or a seccomp
+    # profile would.
+    s = server_factory(disk_io="uring")
+    s.start(prefix=STRACE_NO_URING, wait=False)
+    assert s.proc.wait(20) == 71
+    errors = [l for l in s.log().splitlines() if l.startswith("postling:")]
+    assert errors == ["postling: disk_io = uring, but io_uring is unavailable "
+                      "(io_uring_setup: Operation not permitted)"], s.log()
+    s = server_factory(disk_io="auto").start(prefix=STRACE_NO_URING)
+    assert ("disk_io: uring unavailable (io_uring_setup: Operation not permitted); "
+            "using the helper process") in s.log()
+    c, r = login(s)
+    assert r.startswith("+OK maildrop has"), r
+    c.close()
+
+
+def test_the_login_cache_forgets_on_a_failure_and_on_a_users_file_reload(server_factory):
+    s = server_factory().start()
+    hits = lambda: s.log().count("(a check made in the last")  # noqa: E731
+
+    def ok(source="127.0.0.1"):
+        c, r = login(s, source=source)
+        assert r.startswith("+OK maildrop has"), r
+        say(c, "QUIT")
+        c.close()
+
+    ok()
+    assert hits() == 0, "the first login is checked"
+    ok()
+    assert hits() == 1, "the second is remembered"
+    # A failed login for alice forgets her: the next right password is checked again.
+    c, r = login(s, pw="wrong", source="127.0.3.1")
+    assert r.startswith("-ERR [AUTH]"), r
+    c.close()
+    ok()
+    assert hits() == 1
+    ok()
+    assert hits() == 2
+    # The users file re-read (same content, a new version of the file): everything is forgotten.
+    users = s.dir / "users"
+    text = users.read_text()
+    users.unlink()
+    users.write_text(text)
+    ok()
+    assert "re-read" in s.log()
+    assert hits() == 2
+    ok()
+    assert hits() == 3
