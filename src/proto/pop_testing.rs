@@ -380,6 +380,7 @@ impl<S: PopSession> Harness<S> {
                     return Stop::NeedInput;
                 }
                 Next::AwaitCommit => panic!("a POP session never awaits a commit"),
+                Next::StartTls => panic!("STLS is not expected here"),
                 Next::Sleep(d) => {
                     self.sleeps.push(d);
                     if !self.auto_wake {
