@@ -306,3 +306,37 @@ def test_no_certificate_means_502_and_no_stls(server):
     with pytest.raises(poplib.error_proto):
         p._shortcmd("STLS")
     p.quit()
+
+
+def test_memory_per_idle_tls_connection(server_factory, tmp_path):
+    """RSS growth per idle TLS connection after the handshake and greeting (issue #12 budget:
+    6 KiB). Prints the figure; asserts a generous bound (the allocator rounds)."""
+    cert, key = make_cert(tmp_path)
+    smtps = free_port()
+    s = server_factory(
+        tls_cert=str(cert), tls_key=str(key), smtps_listen=f"127.0.0.1:{smtps}",
+        max_connections="1000", max_connections_per_ip="1000",
+    ).start()
+    ctx = client_ctx(cert)
+
+    def open_one():
+        t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", smtps), timeout=10),
+                            server_hostname="mail.example.test")
+        assert recv_line(t).startswith(b"220 ")
+        return t
+
+    def rss_kib():
+        return int(s.status("RssAnon").split()[0])
+
+    warm = [open_one() for _ in range(50)]
+    before = rss_kib()
+    n = 400
+    conns = [open_one() for _ in range(n)]
+    # Every connection's greeting arrived, so the server is idle with all of them open.
+    after = rss_kib()
+    per_conn = (after - before) * 1024 / n
+    print(f"RssAnon {before} KiB -> {after} KiB with {n} more idle TLS connections: "
+          f"{per_conn:.0f} bytes each")
+    assert per_conn < 12 * 1024, per_conn
+    for t in conns + warm:
+        t.close()
