@@ -48,6 +48,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_handshake_timeout: Duration,
+    /// POP logins without TLS from other than loopback.
+    pub allow_plaintext_auth: bool,
     pub spool_dir: PathBuf,
     pub mailbox_dir: PathBuf,
     pub users_file: PathBuf,
@@ -146,6 +148,7 @@ impl Config {
             tls_cert: None,
             tls_key: None,
             tls_handshake_timeout: limits::TLS_HANDSHAKE_TIMEOUT_DEFAULT,
+            allow_plaintext_auth: false,
             spool_dir: PathBuf::from("/var/spool/postling"),
             mailbox_dir: PathBuf::from("/var/mail/postling"),
             users_file: PathBuf::from("/etc/postling/users"),

@@ -48,6 +48,8 @@ pub struct Settings {
     /// The current TLS identity (None: TLS off); connections keep the one they started with.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub tls_handshake_timeout: Duration,
+    /// POP logins without TLS from other than loopback (`allow_plaintext_auth`).
+    pub allow_plaintext_auth: bool,
 }
 
 pub struct Reactor {
@@ -96,6 +98,7 @@ impl Settings {
             max_connections_per_ip: config.max_connections_per_ip,
             tls: None,
             tls_handshake_timeout: config.tls_handshake_timeout,
+            allow_plaintext_auth: config.allow_plaintext_auth,
         }
     }
 }
@@ -667,6 +670,10 @@ impl Reactor {
             self.free_slots.push(slot);
             return;
         }
+        // A password may cross the network in the clear only to a loopback client, or where
+        // the administrator allows it.
+        let clear_login_ok =
+            self.settings.allow_plaintext_auth || peer.ip().to_canonical().is_loopback();
         let (session, idle_timeout, cap) = match proto {
             Proto::Smtp => (
                 Session::Smtp(SmtpSession::new(self.settings.smtp.clone(), peer)),
@@ -675,12 +682,16 @@ impl Reactor {
             ),
             // Until the login the session cap is the login deadline (see `drive`).
             Proto::Pop3 => (
-                Session::Pop3(Pop3Session::new(self.settings.pop.clone())),
+                Session::Pop3(
+                    Pop3Session::new(self.settings.pop.clone()).with_clear_login(clear_login_ok),
+                ),
                 self.settings.pop3_timeout,
                 limits::POP_SESSION_CAP.min(self.settings.pop_login_timeout),
             ),
             Proto::Pop2 => (
-                Session::Pop2(Pop2Session::new(self.settings.pop.clone())),
+                Session::Pop2(
+                    Pop2Session::new(self.settings.pop.clone()).with_clear_login(clear_login_ok),
+                ),
                 self.settings.pop3_timeout,
                 limits::POP_SESSION_CAP.min(self.settings.pop_login_timeout),
             ),

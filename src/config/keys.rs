@@ -158,6 +158,17 @@ pub static KEYS: &[KeySpec] = &[
         apply: set_tls_handshake_timeout,
     },
     KeySpec {
+        name: "allow_plaintext_auth",
+        default: DefaultValue::Text("no"),
+        form: "yes or no",
+        meaning: "Whether POP3 USER/PASS and AUTH PLAIN and POP2 logins are accepted without \
+                  TLS from clients other than loopback (127.0.0.0/8, ::1). With `no` such a \
+                  login is refused with `-ERR [AUTH] TLS required` and CAPA lists USER and \
+                  SASL PLAIN only where a login would be accepted: after STLS or on \
+                  `pop3s_listen`.",
+        apply: set_allow_plaintext_auth,
+    },
+    KeySpec {
         name: "spool_dir",
         default: DefaultValue::Text("/var/spool/postling"),
         form: PATH_FORM,
@@ -466,6 +477,15 @@ fn set_tls_key(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), St
 
 fn set_tls_handshake_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
     c.tls_handshake_timeout = duration(v)?;
+    Ok(())
+}
+
+fn set_allow_plaintext_auth(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.allow_plaintext_auth = match v {
+        "yes" => true,
+        "no" => false,
+        _ => return Err(format!("{} is not yes or no", quoted(v))),
+    };
     Ok(())
 }
 

@@ -44,21 +44,28 @@ pub struct PopSettings {
 const CAPABILITIES_HEAD: &[u8] = b"+OK Capability list follows\r\n";
 /// Offered in AUTHORIZATION while a certificate is loaded and the session is not in TLS.
 const CAPABILITY_STLS: &[u8] = b"STLS\r\n";
-const CAPABILITIES: &[u8] = b"TOP\r\n\
-UIDL\r\n\
-USER\r\n\
-SASL PLAIN\r\n\
-RESP-CODES\r\n\
+const CAPABILITIES_BASE: &[u8] = b"TOP\r\nUIDL\r\n";
+/// Offered only where a login would be accepted (TLS, loopback, or `allow_plaintext_auth`).
+const CAPABILITIES_LOGIN: &[u8] = b"USER\r\nSASL PLAIN\r\n";
+const CAPABILITIES: &[u8] = b"RESP-CODES\r\n\
 AUTH-RESP-CODE\r\n\
 PIPELINING\r\n\
 IMPLEMENTATION postling\r\n\
 .\r\n";
 
 const _: () = assert!(
-    CAPABILITIES_HEAD.len() + CAPABILITY_STLS.len() + CAPABILITIES.len() < limits::REPLY_RESERVE
+    CAPABILITIES_HEAD.len()
+        + CAPABILITY_STLS.len()
+        + CAPABILITIES_BASE.len()
+        + CAPABILITIES_LOGIN.len()
+        + CAPABILITIES.len()
+        < limits::REPLY_RESERVE
 );
 const _: () = assert!(limits::POP_SASL_MAX_LINE < limits::MAX_UNIT);
 
+/// RFC 2595 §2.1 and RFC 3206's AUTH code: a login in the clear is refused, not failed.
+const TLS_REQUIRED: &[u8] =
+    b"-ERR [AUTH] TLS required: send STLS first (or use the POP3S port)\r\n";
 const AUTH_FAILED: &[u8] = b"-ERR [AUTH] Invalid user name or password\r\n";
 const THROTTLED: &[u8] =
     b"-ERR [SYS/TEMP] Too many failed logins from your address, try again later\r\n";
@@ -140,6 +147,8 @@ pub struct Pop3Session {
     errors: u32,
     /// The session runs over TLS.
     tls: bool,
+    /// Logins are accepted without TLS (a loopback client, or `allow_plaintext_auth`).
+    clear_login_ok: bool,
     /// STLS was accepted: `step` returns `Next::StartTls` after its reply.
     stls_accepted: bool,
 }
@@ -155,7 +164,19 @@ impl Pop3Session {
             errors: 0,
             tls: false,
             stls_accepted: false,
+            clear_login_ok: true,
         }
+    }
+
+    /// Whether a login without TLS is accepted on this connection (`allow_plaintext_auth`,
+    /// or the client is on loopback). The default is yes.
+    pub fn with_clear_login(mut self, ok: bool) -> Pop3Session {
+        self.clear_login_ok = ok;
+        self
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.tls || self.clear_login_ok
     }
 
     /// The TLS handshake after STLS (or on an implicit-TLS port) is complete.
@@ -171,6 +192,10 @@ impl Pop3Session {
         out.push(CAPABILITIES_HEAD);
         if self.stls_offered() {
             out.push(CAPABILITY_STLS);
+        }
+        out.push(CAPABILITIES_BASE);
+        if self.login_allowed() {
+            out.push(CAPABILITIES_LOGIN);
         }
         out.push(CAPABILITIES);
     }
@@ -365,6 +390,10 @@ impl Pop3Session {
         host: &mut dyn PopHost,
     ) {
         match verb {
+            Verb::User | Verb::Pass | Verb::Auth if !self.login_allowed() => {
+                self.errors += 1;
+                out.push(TLS_REQUIRED);
+            }
             Verb::User => match cmd.exact_args::<1>() {
                 Some([name]) => {
                     self.state = State::Authorization {
