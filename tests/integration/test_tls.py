@@ -340,3 +340,59 @@ def test_memory_per_idle_tls_connection(server_factory, tmp_path):
     assert per_conn < 12 * 1024, per_conn
     for t in conns + warm:
         t.close()
+
+
+def test_swaks_tls_and_tlsc(tls_server):
+    s = tls_server
+    for i, (flag, port) in enumerate((("--tls", s.smtp_port), ("--tlsc", s.smtps_port))):
+        r = subprocess.run(
+            ["swaks", "--server", "127.0.0.1", "--port", str(port), flag,
+             "--tls-verify", "--tls-ca-path", str(s.cert),
+             "--from", "a@example.test", "--to", "bob@example.test",
+             "--header", f"Subject: swaks {flag}"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "TLS started" in r.stdout or "TLS started" in r.stderr, r.stdout
+        wait_maildir(s, "bob", i + 1)
+
+
+def test_mpop_and_fetchmail_default_tls(tls_server, tmp_path):
+    import os
+    s = tls_server
+    for n in range(3):
+        with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as c:
+            c.sendmail("a@example.test", ["bob@example.test"], MSG)
+    wait_maildir(s, "bob", 3)
+    # mpop: STARTTLS-style STLS is its default; then implicit TLS on the POP3S port.
+    for i, (port, starttls) in enumerate(((s.pop3_port, "on"), (s.pop3s_port, "off"))):
+        out = tmp_path / f"mpop{i}.mbox"
+        out.write_bytes(b"")
+        r = subprocess.run(
+            ["mpop", "--host=127.0.0.1", f"--port={port}", "--tls=on",
+             f"--tls-starttls={starttls}", f"--tls-trust-file={s.cert}",
+             "--tls-host-override=mail.example.test", "--auth=user", "--user=bob",
+             "--passwordeval=echo bob-pw", f"--delivery=mbox,{out}", "--keep=on",
+             "--only-new=off", "--uidls-file=" + str(tmp_path / f"uidls{i}")],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert out.read_bytes().count(b"over TLS") == 3
+    # fetchmail in its default configuration: no sslproto, so it upgrades with STLS.
+    rc = tmp_path / "fetchmailrc"
+    sink = tmp_path / "fetchmail.out"
+    rc.write_text(
+        f"poll 127.0.0.1 protocol POP3 port {s.pop3_port} auth password\n"
+        f"  user bob password bob-pw sslcertfile {s.cert} sslcommonname mail.example.test\n"
+        f"  mda 'cat >> {sink}'\n"
+    )
+    os.chmod(rc, 0o600)
+    env = dict(os.environ, HOME=str(tmp_path), FETCHMAILHOME=str(tmp_path))
+    r = subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "--nosyslog", "-v"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sink.read_bytes().count(b"over TLS") == 3
+    # It really upgraded: its session's close line names TLS, and no USER went in the clear.
+    assert "STLS" in r.stdout + r.stderr, r.stdout + r.stderr
+    closes = [l for l in s.log().splitlines() if "pop3 close" in l]
+    assert closes and all("TLSv1." in l for l in closes), closes
