@@ -50,6 +50,8 @@ pub struct Config {
     pub tls_handshake_timeout: Duration,
     /// POP logins without TLS from other than loopback.
     pub allow_plaintext_auth: bool,
+    /// TLS handshakes in flight at once; implicit-TLS connections beyond wait in the backlog.
+    pub max_tls_handshakes: usize,
     pub spool_dir: PathBuf,
     pub mailbox_dir: PathBuf,
     pub users_file: PathBuf,
@@ -149,6 +151,7 @@ impl Config {
             tls_key: None,
             tls_handshake_timeout: limits::TLS_HANDSHAKE_TIMEOUT_DEFAULT,
             allow_plaintext_auth: false,
+            max_tls_handshakes: limits::MAX_TLS_HANDSHAKES_DEFAULT,
             spool_dir: PathBuf::from("/var/spool/postling"),
             mailbox_dir: PathBuf::from("/var/mail/postling"),
             users_file: PathBuf::from("/etc/postling/users"),

@@ -231,6 +231,12 @@ impl Conn {
             .is_some_and(|t| !t.session.handshake_done() || t.error.is_some() || t.closed)
     }
 
+    /// A TLS handshake is in flight (counted against `max_tls_handshakes`): the transport
+    /// exists and the session has not yet been told it is done.
+    pub fn handshake_in_flight(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| !t.told)
+    }
+
     /// Once after the handshake: the version and cipher to tell the session.
     pub fn take_tls_news(&mut self) -> Option<(&'static str, &'static str)> {
         let t = self.tls.as_mut().filter(|t| !t.told)?;

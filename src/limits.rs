@@ -132,6 +132,10 @@ pub const TLS_PUMPS_PER_CALL: usize = 64;
 /// Default time a client has to finish a TLS handshake: a real client needs one or two round
 /// trips (well under a second); a stalled or trickling one must not hold a slot for longer.
 pub const TLS_HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default of `max_tls_handshakes`: a handshake in flight holds up to a TLS input and an output
+/// buffer (34 KiB) and about a millisecond of CPU, so 64 bound both (2.2 MiB) while a burst of
+/// real clients (one or two round trips each) still passes at once.
+pub const MAX_TLS_HANDSHAKES_DEFAULT: usize = 64;
 /// A certificate expiring within this long draws a warning at start and on reload.
 pub const TLS_CERT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 /// Cap on a whole POP session: enough to download 100 MiB over a slow link.

@@ -50,6 +50,7 @@ pub struct Settings {
     pub tls_handshake_timeout: Duration,
     /// POP logins without TLS from other than loopback (`allow_plaintext_auth`).
     pub allow_plaintext_auth: bool,
+    pub max_tls_handshakes: usize,
 }
 
 pub struct Reactor {
@@ -76,6 +77,9 @@ pub struct Reactor {
     config_path: PathBuf,
     /// Memory was handed back since the last connection closed (see `release_memory`).
     rested: bool,
+    /// TLS handshakes in flight (`Conn::handshake_in_flight`); at `max_tls_handshakes` the
+    /// implicit-TLS listeners are not accepted from.
+    handshakes: usize,
 }
 
 impl Settings {
@@ -99,6 +103,7 @@ impl Settings {
             tls: None,
             tls_handshake_timeout: config.tls_handshake_timeout,
             allow_plaintext_auth: config.allow_plaintext_auth,
+            max_tls_handshakes: config.max_tls_handshakes,
         }
     }
 }
@@ -245,6 +250,7 @@ impl Reactor {
             services,
             config_path,
             rested: true,
+            handshakes: 0,
         };
         for l in listeners {
             reactor.add_listener(l)?;
@@ -463,7 +469,13 @@ impl Reactor {
     fn backlog_waiting(&self) -> bool {
         self.accept_paused_until.is_none()
             && self.stop_by.is_none()
-            && self.listeners.iter().flatten().any(|l| l.backlog)
+            && self.listeners.iter().flatten().any(|l| self.may_accept(l))
+    }
+
+    /// A listener's backlog may be taken from now: implicit-TLS ones wait while
+    /// `max_tls_handshakes` handshakes are in flight.
+    fn may_accept(&self, l: &Listener) -> bool {
+        l.backlog && (!l.tls || self.handshakes < self.settings.max_tls_handshakes)
     }
 
     /// Takes connections from every listener with a backlog, one from each in turn, so a
@@ -478,7 +490,10 @@ impl Reactor {
                 if budget == 0 || self.accept_paused_until.is_some() {
                     break;
                 }
-                if self.listeners[index].as_ref().is_some_and(|l| l.backlog) {
+                if self.listeners[index]
+                    .as_ref()
+                    .is_some_and(|l| self.may_accept(l))
+                {
                     self.accept_one(index, now);
                     budget -= 1;
                 }
@@ -641,10 +656,13 @@ impl Reactor {
                 .ok_or_else(|| "no TLS certificate loaded".to_string())
                 .and_then(|c| TlsServerSession::new(c).map_err(|e| e.to_string()));
             match session {
-                Ok(session) => Some(TlsTransport::new(
-                    session,
-                    now + self.settings.tls_handshake_timeout,
-                )),
+                Ok(session) => {
+                    self.handshakes += 1;
+                    Some(TlsTransport::new(
+                        session,
+                        now + self.settings.tls_handshake_timeout,
+                    ))
+                }
                 Err(e) => {
                     warn!("{} cannot start TLS for {peer}: {e}", proto.name());
                     return;
@@ -831,6 +849,7 @@ impl Reactor {
             let cut_off = conn.session_cut_off();
             if !cut_off {
                 if let Some((version, cipher)) = conn.take_tls_news() {
+                    self.handshakes = self.handshakes.saturating_sub(1);
                     match &mut conn.session {
                         Session::Smtp(s) => s.tls_established(version, cipher),
                         Session::Pop3(s) => s.tls_established(),
@@ -945,6 +964,7 @@ impl Reactor {
                         Some(Ok(session)) => {
                             let deadline = now + self.settings.tls_handshake_timeout;
                             conn.start_tls(TlsTransport::new(session, deadline), &mut self.pool);
+                            self.handshakes += 1;
                         }
                         _ => {
                             // Only a reload that removed the certificate between EHLO and
@@ -988,6 +1008,9 @@ impl Reactor {
             return;
         };
         self.services.session_ended(slot, &mut conn.session);
+        if conn.handshake_in_flight() {
+            self.handshakes = self.handshakes.saturating_sub(1);
+        }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let ip = conn.peer.ip();
         if let Some(n) = self.per_ip.get_mut(&ip) {

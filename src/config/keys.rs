@@ -158,6 +158,17 @@ pub static KEYS: &[KeySpec] = &[
         apply: set_tls_handshake_timeout,
     },
     KeySpec {
+        name: "max_tls_handshakes",
+        default: DefaultValue::Text("64"),
+        form: COUNT_FORM,
+        meaning: "TLS handshakes in progress at once. While this many are in progress, new \
+                  connections to `smtps_listen` and `pop3s_listen` wait in the kernel's listen \
+                  backlog, so a crowd that opens connections and stalls costs neither memory \
+                  nor CPU beyond this; plaintext ports are served meanwhile. STARTTLS and STLS \
+                  count too but are never held back.",
+        apply: set_max_tls_handshakes,
+    },
+    KeySpec {
         name: "allow_plaintext_auth",
         default: DefaultValue::Text("no"),
         form: "yes or no",
@@ -477,6 +488,11 @@ fn set_tls_key(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), St
 
 fn set_tls_handshake_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
     c.tls_handshake_timeout = duration(v)?;
+    Ok(())
+}
+
+fn set_max_tls_handshakes(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.max_tls_handshakes = count(v, 1, limits::CONFIG_MAX_CONNECTIONS)?;
     Ok(())
 }
 

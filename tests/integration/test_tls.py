@@ -396,3 +396,31 @@ def test_mpop_and_fetchmail_default_tls(tls_server, tmp_path):
     assert "STLS" in r.stdout + r.stderr, r.stdout + r.stderr
     closes = [l for l in s.log().splitlines() if "pop3 close" in l]
     assert closes and all("TLSv1." in l for l in closes), closes
+
+
+def test_max_tls_handshakes_holds_the_rest_in_the_backlog(server_factory, tmp_path):
+    cert, key = make_cert(tmp_path)
+    smtps = free_port()
+    s = server_factory(
+        tls_cert=str(cert), tls_key=str(key), smtps_listen=f"127.0.0.1:{smtps}",
+        max_tls_handshakes="2", tls_handshake_timeout="2s",
+    ).start()
+    stalled = [s.connect(smtps) for _ in range(2)]
+    s.wait_log("smtp connect from")
+    deadline = time.time() + 5
+    while s.log().count("smtp connect from") < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    start = time.time()
+    # Plaintext is served at once meanwhile.
+    with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as c:
+        assert c.noop()[0] == 250
+    assert time.time() - start < 1.5
+    # A third TLS client waits in the backlog until a stalled handshake reaches its deadline.
+    with smtplib.SMTP_SSL("127.0.0.1", smtps, timeout=10, context=client_ctx(cert)) as c:
+        assert c.noop()[0] == 250
+    waited = time.time() - start
+    print(f"third TLS client served after {waited:.2f}s")
+    assert waited >= 1.5, waited
+    assert "TLS handshake timeout" in s.log()
+    for t in stalled:
+        t.close()
