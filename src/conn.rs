@@ -599,4 +599,20 @@ mod tests {
         let size = std::mem::size_of::<Conn>();
         assert!(size <= 512, "Conn is {size} bytes");
     }
+
+    /// An idle TLS connection adds its boxed transport (rustls's state inline) and rustls's
+    /// heap (measured by tests/tls_memory.rs: 2,193 bytes for TLS 1.3); no buffer is held.
+    /// The budget for the whole: 6 KiB.
+    #[test]
+    fn an_idle_tls_connection_fits_its_memory_budget() {
+        let conn = std::mem::size_of::<Conn>();
+        let tls = std::mem::size_of::<TlsTransport>();
+        let rustls_heap = 2193;
+        println!("Conn {conn} + TlsTransport {tls} + rustls heap {rustls_heap} bytes");
+        assert!(
+            conn + tls + rustls_heap <= 6 * 1024,
+            "{}",
+            conn + tls + rustls_heap
+        );
+    }
 }
