@@ -73,8 +73,13 @@ def test_smtps_delivers_and_pop3s_retrieves(tls_server):
     with smtplib.SMTP_SSL("127.0.0.1", s.smtps_port, timeout=10,
                           context=client_ctx(s.cert)) as c:
         c.ehlo("client.example.test")
+        # Already in TLS: STARTTLS is neither offered nor accepted.
+        assert not c.has_extn("starttls")
+        assert c.docmd("STARTTLS")[0] == 503
         c.sendmail("a@example.test", ["bob@example.test"], MSG)
     wait_maildir(s, "bob", 1)
+    text = maildir_messages(s, "bob")[0].read_bytes()
+    assert b"with ESMTPS (version=TLSv1.3 cipher=TLS_" in text, text
     p = poplib.POP3_SSL("127.0.0.1", s.pop3s_port, timeout=10, context=client_ctx(s.cert))
     p.user("bob")
     p.pass_("bob-pw")
@@ -84,7 +89,6 @@ def test_smtps_delivers_and_pop3s_retrieves(tls_server):
     s.wait_log("pop3 close 127.0.0.1")
     log = s.log()
     assert "(TLSv1.3 TLS_" in log, log
-    # Received header names the TLS parameters (checked in the STARTTLS test once it exists).
 
 
 def test_openssl_s_client_implicit_ports(tls_server):
@@ -142,6 +146,48 @@ def test_stalled_garbage_and_trickling_handshakes_closed_at_deadline(tls_server)
     assert got == b"", got
     s.wait_log("TLS handshake timeout")
     assert s.log().count("TLS handshake timeout") >= 2, s.log()
+
+
+def test_stall_after_starttls_is_closed_at_the_handshake_deadline(tls_server):
+    s = tls_server
+    raw = s.connect(s.smtp_port)
+    f = raw.makefile("rb")
+    read_reply(f)
+    raw.sendall(b"STARTTLS\r\n")
+    assert read_reply(f) == [b"220 2.0.0 Ready to start TLS\r\n"]
+    took, got = wait_closed(raw, 6)
+    assert got == b"" and took < 5, (took, got)
+    s.wait_log("TLS handshake timeout")
+
+
+def test_2000_stalled_implicit_tls_connections(server_factory, tmp_path):
+    """A crowd that opens the SMTPS port and stalls: plaintext clients are served in under a
+    second, and the server's memory stays bounded by max_tls_handshakes."""
+    cert, key = make_cert(tmp_path)
+    smtps = free_port()
+    s = server_factory(
+        tls_cert=str(cert), tls_key=str(key), smtps_listen=f"127.0.0.1:{smtps}",
+        max_connections="4000", max_connections_per_ip="4000",
+    ).start()
+    rss_before = int(s.status("RssAnon").split()[0])
+    crowd = []
+    for _ in range(2000):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", smtps))
+        crowd.append(c)
+    s.wait_log("smtp connect from")
+    start = time.time()
+    with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as c:
+        assert c.noop()[0] == 250
+    served = time.time() - start
+    rss_after = int(s.status("RssAnon").split()[0])
+    print(f"plaintext NOOP served in {served:.3f}s beside 2000 stalled TLS connections; "
+          f"RssAnon {rss_before} -> {rss_after} KiB")
+    assert served < 1.0, served
+    assert rss_after - rss_before < 4096, (rss_before, rss_after)
+    for c in crowd:
+        c.close()
 
 
 def test_implicit_tls_refusal_is_a_close_not_plaintext(server_factory, tmp_path):
