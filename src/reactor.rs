@@ -656,13 +656,10 @@ impl Reactor {
                 .ok_or_else(|| "no TLS certificate loaded".to_string())
                 .and_then(|c| TlsServerSession::new(c).map_err(|e| e.to_string()));
             match session {
-                Ok(session) => {
-                    self.handshakes += 1;
-                    Some(TlsTransport::new(
-                        session,
-                        now + self.settings.tls_handshake_timeout,
-                    ))
-                }
+                Ok(session) => Some(TlsTransport::new(
+                    session,
+                    now + self.settings.tls_handshake_timeout,
+                )),
                 Err(e) => {
                     warn!("{} cannot start TLS for {peer}: {e}", proto.name());
                     return;
@@ -749,6 +746,9 @@ impl Reactor {
             Session::Smtp(s) => s.greet(ctx, out, &mut self.services.smtp_host(slot, peer, now)),
             Session::Pop3(s) => s.greet(ctx, out),
             Session::Pop2(s) => s.greet(ctx, out),
+        }
+        if conn.tls.is_some() {
+            self.handshakes += 1;
         }
         self.conns[slot] = Some(conn);
         self.open += 1;
@@ -961,7 +961,9 @@ impl Reactor {
                 Next::StartTls => {
                     let session = self.settings.tls.clone().map(TlsServerSession::new);
                     match session {
-                        Some(Ok(session)) => {
+                        // A session asks once and only in plaintext; anything else is a bug
+                        // that must not stack TLS on TLS.
+                        Some(Ok(session)) if conn.tls.is_none() => {
                             let deadline = now + self.settings.tls_handshake_timeout;
                             conn.start_tls(TlsTransport::new(session, deadline), &mut self.pool);
                             self.handshakes += 1;
