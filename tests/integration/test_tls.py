@@ -237,12 +237,19 @@ def test_sighup_reloads_certificate_and_keeps_old_on_error(tls_server, tmp_path)
     s = tls_server
     first = peer_cert_serial(s.smtps_port, s.cert)
     assert first == s.cert.read_text()
-    new_cert, new_key = make_cert(tmp_path, "new")
+    # A session open across the reload keeps its certificate and goes on working.
+    old = smtplib.SMTP_SSL("127.0.0.1", s.smtps_port, timeout=10, context=client_ctx(s.cert))
+    old_cert = ssl.DER_cert_to_PEM_cert(old.sock.getpeercert(binary_form=True))
+    # The new certificate expires within 14 days: the reload warns.
+    new_cert, new_key = make_cert(tmp_path, "new", days=5)
     s.cert.write_bytes(new_cert.read_bytes())
     s.key.write_bytes(new_key.read_bytes())
     s.proc.send_signal(signal.SIGHUP)
     s.wait_log("TLS certificate loaded from")
+    assert "expires in" in s.log()
     assert peer_cert_serial(s.smtps_port, new_cert) == new_cert.read_text()
+    assert old.noop()[0] == 250 and old_cert == first
+    old.quit()
     # A broken certificate keeps the current one, and the log says why.
     s.cert.write_text("not a certificate\n")
     s.proc.send_signal(signal.SIGHUP)
