@@ -477,3 +477,21 @@ def test_max_tls_handshakes_holds_the_rest_in_the_backlog(server_factory, tmp_pa
     assert "TLS handshake timeout" in s.log()
     for t in stalled:
         t.close()
+
+
+def test_large_message_both_ways_over_tls(tls_server):
+    """5 MB through DATA over SMTPS (the session's input buffer fills, TLS holds records back)
+    and back out through RETR over POP3S (output in many records), byte for byte."""
+    s = tls_server
+    line = b"0123456789" * 9 + b"abcdefg\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (5 * 1024 * 1024 // len(line))
+    with smtplib.SMTP_SSL("127.0.0.1", s.smtps_port, timeout=30, context=client_ctx(s.cert)) as c:
+        c.sendmail("a@example.test", ["bob@example.test"], body)
+    wait_maildir(s, "bob", 1)
+    p = poplib.POP3_SSL("127.0.0.1", s.pop3s_port, timeout=30, context=client_ctx(s.cert))
+    p.user("bob")
+    p.pass_("bob-pw")
+    lines = p.retr(1)[1]
+    got = b"\r\n".join(lines) + b"\r\n"
+    assert got.endswith(body), (len(got), len(body))
+    p.quit()
