@@ -63,9 +63,6 @@ const _: () = assert!(
 );
 const _: () = assert!(limits::POP_SASL_MAX_LINE < limits::MAX_UNIT);
 
-/// RFC 2595 §2.1 and RFC 3206's AUTH code: a login in the clear is refused, not failed.
-const TLS_REQUIRED: &[u8] =
-    b"-ERR [AUTH] TLS required: send STLS first (or use the POP3S port)\r\n";
 const AUTH_FAILED: &[u8] = b"-ERR [AUTH] Invalid user name or password\r\n";
 const THROTTLED: &[u8] =
     b"-ERR [SYS/TEMP] Too many failed logins from your address, try again later\r\n";
@@ -390,10 +387,12 @@ impl Pop3Session {
         host: &mut dyn PopHost,
     ) {
         match verb {
-            Verb::User | Verb::Pass | Verb::Auth if !self.login_allowed() => {
-                self.errors += 1;
-                out.push(TLS_REQUIRED);
-            }
+            // RFC 2595 §2.1 and RFC 3206's AUTH code: a login in the clear is refused, not
+            // failed; it counts as an erroneous command.
+            Verb::User | Verb::Pass | Verb::Auth if !self.login_allowed() => self.error(
+                out,
+                "[AUTH] TLS required: send STLS first (or use the POP3S port)",
+            ),
             Verb::User => match cmd.exact_args::<1>() {
                 Some([name]) => {
                     self.state = State::Authorization {
