@@ -221,7 +221,7 @@ fn drive<S: Session>(
             Next::AwaitCommit | Next::AwaitAuth | Next::Sleep(_) => session.resume(out, host),
             Next::NeedInput if end == script.len() => break,
             Next::NeedInput => {}
-            Next::Close => break,
+            Next::Close | Next::StartTls => break,
         }
     }
     drain(out);
@@ -335,6 +335,7 @@ fn smtp_settings() -> Rc<SmtpSettings> {
     Rc::new(SmtpSettings {
         hostname: "bench.example.test".into(),
         max_message_size: 10 * 1024 * 1024,
+        starttls: false,
     })
 }
 
@@ -480,6 +481,7 @@ fn pop_settings() -> Rc<PopSettings> {
     Rc::new(PopSettings {
         hostname: "bench.example.test".into(),
         auth_failure_delay: Duration::from_secs(1),
+        stls: false,
     })
 }
 

@@ -47,6 +47,11 @@ impl<const N: usize> Buf<N> {
         &self.data[self.start..self.end]
     }
 
+    /// The unconsumed bytes, writable in place (rustls decrypts TLS records where they lie).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
         self.start += n.min(self.len());
@@ -89,12 +94,15 @@ impl<const N: usize> Buf<N> {
 
 pub type InBuf = Buf<{ limits::IN_BUF }>;
 pub type OutBuf = Buf<{ limits::OUT_BUF }>;
+/// Ciphertext of a TLS connection: one whole record (see `tls`).
+pub type TlsInBuf = Buf<{ limits::TLS_IN_BUF }>;
 
 /// Free lists of input and output buffers.
 #[derive(Default)]
 pub struct Pool {
     inputs: Vec<Box<InBuf>>,
     outputs: Vec<Box<OutBuf>>,
+    tls_inputs: Vec<Box<TlsInBuf>>,
 }
 
 impl Pool {
@@ -104,6 +112,17 @@ impl Pool {
 
     pub fn take_out(&mut self) -> Box<OutBuf> {
         self.outputs.pop().unwrap_or_else(OutBuf::new_boxed)
+    }
+
+    pub fn take_tls_in(&mut self) -> Box<TlsInBuf> {
+        self.tls_inputs.pop().unwrap_or_else(TlsInBuf::new_boxed)
+    }
+
+    pub fn give_tls_in(&mut self, mut b: Box<TlsInBuf>) {
+        if self.tls_inputs.len() < limits::POOL_KEEP {
+            b.clear();
+            self.tls_inputs.push(b);
+        }
     }
 
     pub fn give_in(&mut self, mut b: Box<InBuf>) {
@@ -117,6 +136,7 @@ impl Pool {
     pub fn clear(&mut self) {
         self.inputs = Vec::new();
         self.outputs = Vec::new();
+        self.tls_inputs = Vec::new();
     }
 
     pub fn give_out(&mut self, mut b: Box<OutBuf>) {

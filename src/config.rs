@@ -41,6 +41,17 @@ pub struct Config {
     pub smtp_listen: Vec<SocketAddr>,
     pub pop3_listen: Vec<SocketAddr>,
     pub pop2_listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (RFC 8314).
+    pub smtps_listen: Vec<SocketAddr>,
+    pub pop3s_listen: Vec<SocketAddr>,
+    /// The TLS identity's PEM files: both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_handshake_timeout: Duration,
+    /// POP logins without TLS from other than loopback.
+    pub allow_plaintext_auth: bool,
+    /// TLS handshakes in flight at once; implicit-TLS connections beyond wait in the backlog.
+    pub max_tls_handshakes: usize,
     pub spool_dir: PathBuf,
     pub mailbox_dir: PathBuf,
     pub users_file: PathBuf,
@@ -136,6 +147,13 @@ impl Config {
             smtp_listen: vec![SocketAddr::from(([0, 0, 0, 0], 25))],
             pop3_listen: vec![SocketAddr::from(([0, 0, 0, 0], 110))],
             pop2_listen: Vec::new(),
+            smtps_listen: Vec::new(),
+            pop3s_listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: limits::TLS_HANDSHAKE_TIMEOUT_DEFAULT,
+            allow_plaintext_auth: false,
+            max_tls_handshakes: limits::MAX_TLS_HANDSHAKES_DEFAULT,
             spool_dir: PathBuf::from("/var/spool/postling"),
             mailbox_dir: PathBuf::from("/var/mail/postling"),
             users_file: PathBuf::from("/etc/postling/users"),
@@ -203,6 +221,15 @@ impl Config {
         if let Some(f) = &self.pid_file {
             self.check_file_directory("pid_file", f, &mut errors);
         }
+        match self.load_tls() {
+            Ok(Some(identity)) => {
+                if let Some(w) = tls_expiry_warning(self, &identity) {
+                    warnings.push(w);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
         if let Some(user) = &self.user {
             // The files the privilege drop reads, never NSS (see daemon::accounts).
             let files = crate::daemon::accounts::Files::system();
@@ -224,6 +251,29 @@ impl Config {
             }
         }
         (errors, warnings)
+    }
+
+    /// The TLS identity `tls_cert` and `tls_key` name, loaded and checked (the key matches the
+    /// certificate); None when TLS is off. An error names the config file, the line and the
+    /// PEM file at fault.
+    pub fn load_tls(&self) -> Result<Option<crate::tls::TlsIdentity>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        crate::tls::TlsIdentity::load(cert, key)
+            .map(Some)
+            .map_err(|problem| {
+                let key_name = if problem.starts_with("key file") {
+                    "tls_key"
+                } else {
+                    "tls_cert"
+                };
+                self.file_error(
+                    key_name,
+                    problem,
+                    "a PEM certificate chain and its matching private key",
+                )
+            })
     }
 
     /// What the users and aliases tables are built from.
@@ -288,6 +338,24 @@ impl Config {
             }
         };
         errors.push(self.file_error(key, problem, expected));
+    }
+}
+
+/// The warning for a certificate that expires within `TLS_CERT_EXPIRY_WARNING` (or has
+/// expired), naming the file.
+pub fn tls_expiry_warning(c: &Config, identity: &crate::tls::TlsIdentity) -> Option<String> {
+    let not_after = identity.not_after?;
+    let now = std::time::SystemTime::now();
+    let file = c.tls_cert.as_deref().unwrap_or(Path::new("?")).display();
+    match not_after.duration_since(now) {
+        Err(_) => Some(format!(
+            "the certificate in {file} has expired; clients that check certificates will refuse it"
+        )),
+        Ok(left) if left <= limits::TLS_CERT_EXPIRY_WARNING => Some(format!(
+            "the certificate in {file} expires in {} days; renew it and send SIGHUP",
+            left.as_secs() / 86_400
+        )),
+        Ok(_) => None,
     }
 }
 
@@ -537,6 +605,7 @@ fn check_across_keys(c: &Config, failed: &[&'static str], report: &mut Report<'_
     }
 
     check_listeners(c, failed, report);
+    check_tls_keys(c, failed, report);
 
     if ok("hostname") && !c.hostname.contains('.') {
         let h = &c.hostname;
@@ -572,12 +641,56 @@ fn check_across_keys(c: &Config, failed: &[&'static str], report: &mut Report<'_
 
 /// Every listen address must be bindable beside the others: no port on one address twice, and
 /// a wildcard address (`0.0.0.0`, `[::]`) covers every address of its family.
+/// `tls_cert` and `tls_key` come as a pair, and the implicit-TLS listeners need them. (Whether
+/// the files load and match is `check`'s, at start and with `-t`.)
+fn check_tls_keys(c: &Config, failed: &[&'static str], report: &mut Report<'_>) {
+    let line = |key: &str| c.set_on_line.get(key).copied();
+    if failed.contains(&"tls_cert") || failed.contains(&"tls_key") {
+        return;
+    }
+    let expected = "both tls_cert and tls_key, or neither";
+    match (&c.tls_cert, &c.tls_key) {
+        (Some(_), None) => report.error(
+            line("tls_cert"),
+            "tls_cert",
+            "tls_cert is set but tls_key is not".to_string(),
+            expected,
+        ),
+        (None, Some(_)) => report.error(
+            line("tls_key"),
+            "tls_key",
+            "tls_key is set but tls_cert is not".to_string(),
+            expected,
+        ),
+        _ => {}
+    }
+    if c.tls_cert.is_none() && c.tls_key.is_none() {
+        for key in ["smtps_listen", "pop3s_listen"] {
+            let set = if key == "smtps_listen" {
+                &c.smtps_listen
+            } else {
+                &c.pop3s_listen
+            };
+            if !set.is_empty() && !failed.contains(&key) {
+                report.error(
+                    line(key),
+                    key,
+                    format!("{key} needs a certificate, but tls_cert and tls_key are not set"),
+                    "tls_cert and tls_key set, or this key empty",
+                );
+            }
+        }
+    }
+}
+
 fn check_listeners(c: &Config, failed: &[&'static str], report: &mut Report<'_>) {
     let mut seen: Vec<(&'static str, Option<usize>, SocketAddr)> = Vec::new();
     let lists = [
         ("smtp_listen", &c.smtp_listen),
         ("pop3_listen", &c.pop3_listen),
         ("pop2_listen", &c.pop2_listen),
+        ("smtps_listen", &c.smtps_listen),
+        ("pop3s_listen", &c.pop3s_listen),
     ];
     for (key, addrs) in lists {
         if failed.contains(&key) {
@@ -610,7 +723,7 @@ fn check_listeners(c: &Config, failed: &[&'static str], report: &mut Report<'_>)
         report.warn(
             None,
             "smtp_listen",
-            "smtp_listen, pop3_listen and pop2_listen are all empty: no connections are accepted",
+            "smtp_listen, pop3_listen, pop2_listen, smtps_listen and pop3s_listen are all empty: no connections are accepted",
         );
     }
 }

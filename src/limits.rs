@@ -152,6 +152,18 @@ pub const POP3_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10 * 60);
 /// connection holds a slot for nothing. RFC 1939 §3's 10-minute autologout timer is the idle
 /// timeout of a logged-in session (`pop3_timeout`).
 pub const POP_LOGIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// Rounds of the TLS pump per read or flush: each moves at least one record, and a bound keeps
+/// one connection from holding the reactor (16 records of output fill `OUT_BUF` many times).
+pub const TLS_PUMPS_PER_CALL: usize = 64;
+/// Default time a client has to finish a TLS handshake: a real client needs one or two round
+/// trips (well under a second); a stalled or trickling one must not hold a slot for longer.
+pub const TLS_HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default of `max_tls_handshakes`: a handshake in flight holds up to a TLS input and an output
+/// buffer (34 KiB) and about a millisecond of CPU, so 64 bound both (2.2 MiB) while a burst of
+/// real clients (one or two round trips each) still passes at once.
+pub const MAX_TLS_HANDSHAKES_DEFAULT: usize = 64;
+/// A certificate expiring within this long draws a warning at start and on reload.
+pub const TLS_CERT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 /// Cap on a whole POP session: enough to download 100 MiB over a slow link.
 pub const POP_SESSION_CAP: Duration = Duration::from_secs(2 * 60 * 60);
 /// Failed logins on one connection before it is closed.

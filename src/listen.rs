@@ -11,6 +11,8 @@ use crate::limits;
 pub struct Listener {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// Implicit TLS (RFC 8314): every connection starts with the TLS handshake.
+    pub tls: bool,
     pub socket: mio::net::TcpListener,
     /// The backlog may hold connections: set by a readiness event (edge-triggered, so it is
     /// not repeated), cleared when accept() says WouldBlock.
@@ -22,12 +24,17 @@ pub struct Listener {
 pub struct BindError {
     pub proto: Proto,
     pub addr: SocketAddr,
+    pub tls: bool,
     pub error: io::Error,
 }
 
 impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = format!("{}_listen", self.proto.name());
+        let key = format!(
+            "{}{}_listen",
+            self.proto.name(),
+            if self.tls { "s" } else { "" }
+        );
         let hint = match self.error.raw_os_error() {
             Some(libc::EADDRINUSE) => format!(
                 "another program is already listening on port {} (see `ss -ltnp 'sport = :{}'`); stop it or change {key}",
@@ -60,8 +67,13 @@ impl std::fmt::Display for BindError {
 
 /// Binds one address: SO_REUSEADDR so a restart works while old connections sit in TIME_WAIT,
 /// IPV6_V6ONLY so `0.0.0.0:25` and `[::]:25` can both be listed.
-pub fn bind(proto: Proto, addr: SocketAddr) -> Result<Listener, BindError> {
-    let wrap = |error| BindError { proto, addr, error };
+pub fn bind(proto: Proto, addr: SocketAddr, tls: bool) -> Result<Listener, BindError> {
+    let wrap = |error| BindError {
+        proto,
+        addr,
+        tls,
+        error,
+    };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(wrap)?;
     socket.set_reuse_address(true).map_err(wrap)?;
     if addr.is_ipv6() {
@@ -77,26 +89,18 @@ pub fn bind(proto: Proto, addr: SocketAddr) -> Result<Listener, BindError> {
     Ok(Listener {
         proto,
         addr,
+        tls,
         socket: mio::net::TcpListener::from_std(std_listener),
         backlog: true,
     })
 }
 
-/// Binds every configured address, or none: postling never starts half-way.
-pub fn bind_all(
-    smtp: &[SocketAddr],
-    pop3: &[SocketAddr],
-    pop2: &[SocketAddr],
-) -> Result<Vec<Listener>, BindError> {
+/// Binds every configured address (protocol, address, implicit TLS), or none: postling never
+/// starts half-way.
+pub fn bind_all(wanted: &[(Proto, SocketAddr, bool)]) -> Result<Vec<Listener>, BindError> {
     let mut out = Vec::new();
-    for (proto, addrs) in [
-        (Proto::Smtp, smtp),
-        (Proto::Pop3, pop3),
-        (Proto::Pop2, pop2),
-    ] {
-        for &addr in addrs {
-            out.push(bind(proto, addr)?);
-        }
+    for &(proto, addr, tls) in wanted {
+        out.push(bind(proto, addr, tls)?);
     }
     Ok(out)
 }

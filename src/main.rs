@@ -256,11 +256,19 @@ fn run(config: Config, foreground: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => return start_failed(Readiness::foreground(), None, e),
     };
-    let listeners = match listen::bind_all(
-        &config.smtp_listen,
-        &config.pop3_listen,
-        &config.pop2_listen,
-    ) {
+    let tls = match config.load_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            let e = StartError::config(e.to_string());
+            return start_failed(Readiness::foreground(), None, e);
+        }
+    };
+    if let Some(identity) = &tls {
+        if let Some(w) = postling::config::tls_expiry_warning(&config, identity) {
+            warn!("{w}");
+        }
+    }
+    let listeners = match listen::bind_all(&postling::reactor::wanted_listeners(&config)) {
         Ok(l) => l,
         Err(e) => {
             let e = StartError::os(format!("{e} in {}", config.path.display()));
@@ -294,7 +302,8 @@ fn run(config: Config, foreground: bool) -> ExitCode {
         }
         Err(e) => return start_failed(readiness, pid_file, e),
     };
-    let settings = Settings::from_config(&config);
+    let mut settings = Settings::from_config(&config);
+    settings.set_tls(tls.map(|identity| identity.config));
     let mut reactor = match Reactor::new(listeners, settings, services, config.path.clone()) {
         Ok(r) => r,
         Err(e) => {

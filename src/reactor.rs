@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,7 +29,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::buf::Pool;
 use crate::config::Config;
-use crate::conn::{Conn, LINGER, Phase, Proto, Session};
+use crate::conn::{Conn, LINGER, Phase, Proto, Session, TlsTransport};
 use crate::control::ControlServer;
 use crate::deadline::Deadlines;
 use crate::exec::{DiskOp, Errno, Executor, Outcome, Reject};
@@ -39,7 +39,8 @@ use crate::listen::Listener;
 use crate::proto::pop2::Pop2Session;
 use crate::proto::pop3::{Pop3Session, PopSettings};
 use crate::proto::smtp::{SmtpSession, SmtpSettings};
-use crate::proto::{AuthVerdict, Completion, Ctx, Next, OutBuf};
+use crate::proto::{AuthVerdict, Completion, Ctx, Next, OutBuf, Step};
+use crate::tls::TlsServerSession;
 
 const SIGNAL_TOKEN: Token = Token(0);
 /// The disk executor's completions. The tokens at the top of the range are each one source's:
@@ -61,6 +62,12 @@ pub struct Settings {
     pub pop_login_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// The current TLS identity (None: TLS off); connections keep the one they started with.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls_handshake_timeout: Duration,
+    /// POP logins without TLS from other than loopback (`allow_plaintext_auth`).
+    pub allow_plaintext_auth: bool,
+    pub max_tls_handshakes: usize,
 }
 
 pub struct Reactor {
@@ -93,6 +100,9 @@ pub struct Reactor {
     exec: Option<Executor>,
     /// Password checks in the executor, by tag (the connection's id).
     checks: HashMap<u64, Check>,
+    /// TLS handshakes in flight (`Conn::handshake_in_flight`); at `max_tls_handshakes` the
+    /// implicit-TLS listeners are not accepted from.
+    handshakes: usize,
 }
 
 /// A password check in flight, and whom it is for.
@@ -109,17 +119,36 @@ impl Settings {
             smtp: Rc::new(SmtpSettings {
                 hostname: config.hostname.clone(),
                 max_message_size: config.max_message_size,
+                starttls: false,
             }),
             pop: Rc::new(PopSettings {
                 hostname: config.hostname.clone(),
                 auth_failure_delay: config.auth_failure_delay,
+                stls: false,
             }),
             smtp_timeout: config.smtp_timeout,
             pop3_timeout: config.pop3_timeout,
             pop_login_timeout: config.pop3_login_timeout,
             max_connections: fit_descriptor_limit(config.max_connections),
             max_connections_per_ip: config.max_connections_per_ip,
+            tls: None,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            allow_plaintext_auth: config.allow_plaintext_auth,
+            max_tls_handshakes: config.max_tls_handshakes,
         }
+    }
+}
+
+impl Settings {
+    /// Sets the TLS identity, and with it what sessions offer (STARTTLS, STLS).
+    pub fn set_tls(&mut self, tls: Option<std::sync::Arc<rustls::ServerConfig>>) {
+        let mut smtp = (*self.smtp).clone();
+        smtp.starttls = tls.is_some();
+        self.smtp = Rc::new(smtp);
+        let mut pop = (*self.pop).clone();
+        pop.stls = tls.is_some();
+        self.pop = Rc::new(pop);
+        self.tls = tls;
     }
 }
 
@@ -166,15 +195,17 @@ where
         .map(|c| c.slot)
 }
 
-/// Every configured listen address with its protocol.
-pub fn wanted_listeners(config: &Config) -> Vec<(Proto, SocketAddr)> {
+/// Every configured listen address with its protocol and whether it is implicit TLS.
+pub fn wanted_listeners(config: &Config) -> Vec<(Proto, SocketAddr, bool)> {
     let mut v = Vec::new();
-    for (proto, addrs) in [
-        (Proto::Smtp, &config.smtp_listen),
-        (Proto::Pop3, &config.pop3_listen),
-        (Proto::Pop2, &config.pop2_listen),
+    for (proto, addrs, tls) in [
+        (Proto::Smtp, &config.smtp_listen, false),
+        (Proto::Pop3, &config.pop3_listen, false),
+        (Proto::Pop2, &config.pop2_listen, false),
+        (Proto::Smtp, &config.smtps_listen, true),
+        (Proto::Pop3, &config.pop3s_listen, true),
     ] {
-        v.extend(addrs.iter().map(|&a| (proto, a)));
+        v.extend(addrs.iter().map(|&a| (proto, a, tls)));
     }
     v
 }
@@ -269,6 +300,7 @@ impl Reactor {
             control,
             exec: None,
             checks: HashMap::new(),
+            handshakes: 0,
         };
         for l in listeners {
             reactor.add_listener(l)?;
@@ -444,7 +476,30 @@ impl Reactor {
                 for w in &warnings {
                     warn!("{w}");
                 }
+                let old_tls = self.settings.tls.take();
                 self.settings = Settings::from_config(&config);
+                let tls = match config.load_tls() {
+                    Ok(Some(identity)) => {
+                        if let Some(w) = crate::config::tls_expiry_warning(&config, &identity) {
+                            warn!("{w}");
+                        }
+                        info!(
+                            "TLS certificate loaded from {}",
+                            config
+                                .tls_cert
+                                .as_deref()
+                                .unwrap_or(Path::new(""))
+                                .display()
+                        );
+                        Some(identity.config)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        warn!("{e}; keeping the previous TLS certificate");
+                        old_tls
+                    }
+                };
+                self.settings.set_tls(tls);
                 if self.stop_by.is_none() {
                     self.set_listeners(&wanted_listeners(&config));
                 }
@@ -497,7 +552,13 @@ impl Reactor {
     fn backlog_waiting(&self) -> bool {
         self.accept_paused_until.is_none()
             && self.stop_by.is_none()
-            && self.listeners.iter().flatten().any(|l| l.backlog)
+            && self.listeners.iter().flatten().any(|l| self.may_accept(l))
+    }
+
+    /// A listener's backlog may be taken from now: implicit-TLS ones wait while
+    /// `max_tls_handshakes` handshakes are in flight.
+    fn may_accept(&self, l: &Listener) -> bool {
+        l.backlog && (!l.tls || self.handshakes < self.settings.max_tls_handshakes)
     }
 
     /// Takes connections from every listener with a backlog, one from each in turn, so a
@@ -512,7 +573,10 @@ impl Reactor {
                 if budget == 0 || self.accept_paused_until.is_some() {
                     break;
                 }
-                if self.listeners[index].as_ref().is_some_and(|l| l.backlog) {
+                if self.listeners[index]
+                    .as_ref()
+                    .is_some_and(|l| self.may_accept(l))
+                {
                     self.accept_one(index, now);
                     budget -= 1;
                 }
@@ -526,13 +590,14 @@ impl Reactor {
                 return;
             };
             let proto = listener.proto;
+            let tls = listener.tls;
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
                     if self.descriptors_exhausted {
                         self.descriptors_exhausted = false;
                         info!("accepting connections again ({} open)", self.open);
                     }
-                    self.admit(stream, peer, proto, now);
+                    self.admit(stream, peer, proto, tls, now);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -595,11 +660,13 @@ impl Reactor {
     /// Makes the open listeners match `wanted`: closes the ones no longer configured and binds
     /// the new ones. A new address that cannot be bound is logged and skipped; the server keeps
     /// running on the others (unlike at start-up, where that is fatal).
-    pub fn set_listeners(&mut self, wanted: &[(Proto, SocketAddr)]) {
+    pub fn set_listeners(&mut self, wanted: &[(Proto, SocketAddr, bool)]) {
         for slot in 0..self.listeners.len() {
-            let keep = self.listeners[slot]
-                .as_ref()
-                .is_some_and(|l| wanted.iter().any(|&(p, a)| p == l.proto && a == l.addr));
+            let keep = self.listeners[slot].as_ref().is_some_and(|l| {
+                wanted
+                    .iter()
+                    .any(|&(p, a, t)| p == l.proto && a == l.addr && t == l.tls)
+            });
             if !keep {
                 if let Some(mut l) = self.listeners[slot].take() {
                     let _ = self.poll.registry().deregister(&mut l.socket);
@@ -607,16 +674,16 @@ impl Reactor {
                 }
             }
         }
-        for &(proto, addr) in wanted {
+        for &(proto, addr, tls) in wanted {
             if self
                 .listeners
                 .iter()
                 .flatten()
-                .any(|l| l.proto == proto && l.addr == addr)
+                .any(|l| l.proto == proto && l.addr == addr && l.tls == tls)
             {
                 continue;
             }
-            match crate::listen::bind(proto, addr) {
+            match crate::listen::bind(proto, addr, tls) {
                 Ok(l) => {
                     if let Err(e) = self.add_listener(l) {
                         warn!("cannot listen for {} on {addr}: {e}", proto.name());
@@ -637,6 +704,7 @@ impl Reactor {
         mut stream: mio::net::TcpStream,
         peer: SocketAddr,
         proto: Proto,
+        implicit_tls: bool,
         now: Instant,
     ) {
         let ip = peer.ip();
@@ -657,9 +725,32 @@ impl Reactor {
                 self.open
             );
             // Best effort: a fresh socket's send buffer takes one short line without blocking.
-            let _ = io::Write::write(&mut stream, proto.busy_reply());
+            // An implicit-TLS port never carries plaintext: the refusal there is the close.
+            if !implicit_tls {
+                let _ = io::Write::write(&mut stream, proto.busy_reply());
+            }
             return;
         }
+        let tls = if implicit_tls {
+            let session = self
+                .settings
+                .tls
+                .clone()
+                .ok_or_else(|| "no TLS certificate loaded".to_string())
+                .and_then(|c| TlsServerSession::new(c).map_err(|e| e.to_string()));
+            match session {
+                Ok(session) => Some(TlsTransport::new(
+                    session,
+                    now + self.settings.tls_handshake_timeout,
+                )),
+                Err(e) => {
+                    warn!("{} cannot start TLS for {peer}: {e}", proto.name());
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let _ = stream.set_nodelay(true);
         let slot = match self.free_slots.pop() {
             Some(s) => s,
@@ -677,6 +768,10 @@ impl Reactor {
             self.free_slots.push(slot);
             return;
         }
+        // A password may cross the network in the clear only to a loopback client, or where
+        // the administrator allows it.
+        let clear_login_ok =
+            self.settings.allow_plaintext_auth || peer.ip().to_canonical().is_loopback();
         let (session, idle_timeout, cap) = match proto {
             Proto::Smtp => (
                 Session::Smtp(SmtpSession::new(self.settings.smtp.clone(), peer)),
@@ -685,12 +780,16 @@ impl Reactor {
             ),
             // Until the login the session cap is the login deadline (see `drive`).
             Proto::Pop3 => (
-                Session::Pop3(Pop3Session::new(self.settings.pop.clone())),
+                Session::Pop3(
+                    Pop3Session::new(self.settings.pop.clone()).with_clear_login(clear_login_ok),
+                ),
                 self.settings.pop3_timeout,
                 limits::POP_SESSION_CAP.min(self.settings.pop_login_timeout),
             ),
             Proto::Pop2 => (
-                Session::Pop2(Pop2Session::new(self.settings.pop.clone())),
+                Session::Pop2(
+                    Pop2Session::new(self.settings.pop.clone()).with_clear_login(clear_login_ok),
+                ),
                 self.settings.pop3_timeout,
                 limits::POP_SESSION_CAP.min(self.settings.pop_login_timeout),
             ),
@@ -705,6 +804,7 @@ impl Reactor {
             input: None,
             stash: arrayvec::ArrayVec::new(),
             output: None,
+            tls,
             phase: Phase::Active,
             can_read: true,
             read_closed: false,
@@ -729,6 +829,9 @@ impl Reactor {
             Session::Smtp(s) => s.greet(ctx, out, &mut self.services.smtp_host(slot, peer, now)),
             Session::Pop3(s) => s.greet(ctx, out),
             Session::Pop2(s) => s.greet(ctx, out),
+        }
+        if conn.tls.is_some() {
+            self.handshakes += 1;
         }
         self.conns[slot] = Some(conn);
         self.open += 1;
@@ -801,7 +904,7 @@ impl Reactor {
             };
 
             if conn.pending_output() && conn.can_write {
-                match conn.flush() {
+                match conn.flush(&mut self.pool) {
                     Ok(true) => conn.progress(now),
                     Ok(false) => {}
                     Err(e) => {
@@ -826,6 +929,17 @@ impl Reactor {
             if conn.phase != Phase::Active {
                 break;
             }
+            let cut_off = conn.session_cut_off();
+            if !cut_off {
+                if let Some((version, cipher)) = conn.take_tls_news() {
+                    self.handshakes = self.handshakes.saturating_sub(1);
+                    match &mut conn.session {
+                        Session::Smtp(s) => s.tls_established(version, cipher),
+                        Session::Pop3(s) => s.tls_established(),
+                        Session::Pop2(_) => {}
+                    }
+                }
+            }
             let out = conn.output.get_or_insert_with(|| self.pool.take_out());
             if out.free() < limits::REPLY_RESERVE {
                 if conn.can_write {
@@ -837,6 +951,9 @@ impl Reactor {
             let input: &[u8] = conn.input.as_ref().map_or(&conn.stash[..], |b| b.bytes());
             let offered = input.len();
             let step = match &mut conn.session {
+                // Nothing the session says can go out before the TLS handshake is done, and
+                // nothing comes in: only the transport moves.
+                _ if cut_off => Step::new(0, Next::NeedInput),
                 Session::Smtp(s) => s.step(
                     input,
                     ctx,
@@ -884,7 +1001,9 @@ impl Reactor {
                         return;
                     }
                     if conn.eof {
-                        conn.close_reason = "peer closed";
+                        if conn.close_reason.is_empty() {
+                            conn.close_reason = "peer closed";
+                        }
                         if conn.pending_output() {
                             self.start_closing(slot, "peer closed", now);
                             continue;
@@ -892,7 +1011,9 @@ impl Reactor {
                         self.close(slot, now);
                         return;
                     }
-                    if !conn.can_read {
+                    if (!conn.can_read && !conn.transport_has_input())
+                        || !conn.transport_ready_for_input()
+                    {
                         if conn.pending_output() && conn.can_write {
                             // Replies written by this step still go out before the wait.
                             continue;
@@ -944,6 +1065,25 @@ impl Reactor {
                 Next::Close => {
                     self.start_closing(slot, "session ended", now);
                 }
+                Next::StartTls => {
+                    let session = self.settings.tls.clone().map(TlsServerSession::new);
+                    match session {
+                        // A session asks once and only in plaintext; anything else is a bug
+                        // that must not stack TLS on TLS.
+                        Some(Ok(session)) if conn.tls.is_none() => {
+                            let deadline = now + self.settings.tls_handshake_timeout;
+                            conn.start_tls(TlsTransport::new(session, deadline), &mut self.pool);
+                            self.handshakes += 1;
+                        }
+                        _ => {
+                            // Only a reload that removed the certificate between EHLO and
+                            // STARTTLS gets here; the client expects TLS, so nothing else fits.
+                            conn.close_reason = "STARTTLS without a certificate";
+                            self.close(slot, now);
+                            return;
+                        }
+                    }
+                }
             }
         }
         if let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) {
@@ -960,6 +1100,7 @@ impl Reactor {
                     conn.close_reason = reason;
                 }
                 conn.linger_deadline = Some(now + LINGER);
+                conn.close_transport();
             }
         }
     }
@@ -976,6 +1117,9 @@ impl Reactor {
             return;
         };
         self.services.session_ended(slot, &mut conn.session);
+        if conn.handshake_in_flight() {
+            self.handshakes = self.handshakes.saturating_sub(1);
+        }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let ip = conn.peer.ip();
         if let Some(n) = self.per_ip.get_mut(&ip) {
@@ -984,18 +1128,14 @@ impl Reactor {
                 self.per_ip.remove(&ip);
             }
         }
-        if let Some(b) = conn.input.take() {
-            self.pool.give_in(b);
-        }
-        if let Some(b) = conn.output.take() {
-            self.pool.give_out(b);
-        }
+        conn.release_buffers(&mut self.pool);
         self.open -= 1;
         self.free_slots.push(slot);
         info!(
-            "{} close {} after {:.3}s: {}",
+            "{} close {} ({}) after {:.3}s: {}",
             conn.proto.name(),
             conn.peer,
+            conn.transport_name(),
             now.duration_since(conn.opened).as_secs_f64(),
             if conn.close_reason.is_empty() {
                 "done"
@@ -1117,6 +1257,13 @@ impl Reactor {
             }
             if conn.phase == Phase::Closing {
                 self.arm(slot);
+                continue;
+            }
+            if conn.handshake_deadline().is_some_and(|t| t <= now) {
+                // Nothing can be said in plaintext on a TLS connection, and nothing encrypted
+                // before the handshake: just close.
+                conn.close_reason = "TLS handshake timeout";
+                self.close(slot, now);
                 continue;
             }
             if conn.wake_at.is_some_and(|t| t <= now) {

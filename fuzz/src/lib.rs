@@ -290,6 +290,10 @@ impl<S: Session, W: WireCheck> Driver<S, W> {
                         .resume(Completion::Woke, ctx, &mut self.out, &mut self.host);
                     progressed = true;
                 }
+                Next::StartTls => {
+                    // The fuzzed servers have no certificate, so they never offer TLS.
+                    panic!("StartTls from a session without a certificate");
+                }
                 Next::Close => {
                     self.closed = true;
                     self.drain_all();

@@ -287,6 +287,8 @@ fn settings() -> Rc<PopSettings> {
     Rc::new(PopSettings {
         hostname: HOSTNAME.to_string(),
         auth_failure_delay: FAILURE_DELAY,
+        // No certificate in the fuzzed server: STLS is refused like any command not offered.
+        stls: false,
     })
 }
 

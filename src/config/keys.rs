@@ -110,6 +110,76 @@ pub static KEYS: &[KeySpec] = &[
         apply: set_pop2_listen,
     },
     KeySpec {
+        name: "smtps_listen",
+        default: DefaultValue::Empty,
+        form: LISTEN_FORM,
+        meaning: "Addresses that accept SMTP over implicit TLS (RFC 8314, usually port 465), \
+                  written like `smtp_listen`: the TLS handshake comes first and nothing is \
+                  ever written there in plaintext. Needs `tls_cert` and `tls_key`. Off unless \
+                  set.",
+        apply: set_smtps_listen,
+    },
+    KeySpec {
+        name: "pop3s_listen",
+        default: DefaultValue::Empty,
+        form: LISTEN_FORM,
+        meaning: "Addresses that accept POP3 over implicit TLS (RFC 8314, usually port 995), \
+                  written like `smtp_listen`. Needs `tls_cert` and `tls_key`. Off unless set.",
+        apply: set_pop3s_listen,
+    },
+    KeySpec {
+        name: "tls_cert",
+        default: DefaultValue::Empty,
+        form: OPTIONAL_PATH_FORM,
+        meaning: "PEM file with the server certificate, then any intermediate certificates. \
+                  With `tls_key` it turns on STARTTLS (SMTP), STLS (POP3) and the implicit-TLS \
+                  listeners; set both or neither. Read again on SIGHUP: new connections get the \
+                  new certificate, open ones keep theirs, and a new one that does not load \
+                  keeps the old one. A certificate that expires within 14 days draws a warning \
+                  at start and on reload.",
+        apply: set_tls_cert,
+    },
+    KeySpec {
+        name: "tls_key",
+        default: DefaultValue::Empty,
+        form: OPTIONAL_PATH_FORM,
+        meaning: "PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1; RSA, \
+                  ECDSA P-256/P-384 or Ed25519). `postling -t` checks that it matches the \
+                  certificate.",
+        apply: set_tls_key,
+    },
+    KeySpec {
+        name: "tls_handshake_timeout",
+        default: DefaultValue::Text("10s"),
+        form: DURATION_FORM,
+        meaning: "How long a client has to complete a TLS handshake, on the implicit-TLS \
+                  ports and after STARTTLS or STLS; a client that stalls, trickles or sends \
+                  garbage is closed then.",
+        apply: set_tls_handshake_timeout,
+    },
+    KeySpec {
+        name: "max_tls_handshakes",
+        default: DefaultValue::Text("64"),
+        form: COUNT_FORM,
+        meaning: "TLS handshakes in progress at once. While this many are in progress, new \
+                  connections to `smtps_listen` and `pop3s_listen` wait in the kernel's listen \
+                  backlog, so a crowd that opens connections and stalls costs neither memory \
+                  nor CPU beyond this; plaintext ports are served meanwhile. STARTTLS and STLS \
+                  count too but are never held back.",
+        apply: set_max_tls_handshakes,
+    },
+    KeySpec {
+        name: "allow_plaintext_auth",
+        default: DefaultValue::Text("no"),
+        form: "yes or no",
+        meaning: "Whether POP3 USER/PASS and AUTH PLAIN and POP2 logins are accepted without \
+                  TLS from clients other than loopback (127.0.0.0/8, ::1). With `no` such a \
+                  login is refused with `-ERR [AUTH] TLS required` and CAPA lists USER and \
+                  SASL PLAIN only where a login would be accepted: after STLS or on \
+                  `pop3s_listen`.",
+        apply: set_allow_plaintext_auth,
+    },
+    KeySpec {
         name: "spool_dir",
         default: DefaultValue::Text("/var/spool/postling"),
         form: PATH_FORM,
@@ -408,6 +478,45 @@ fn set_pop3_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<()
 
 fn set_pop2_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
     c.pop2_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_smtps_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.smtps_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_pop3s_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.pop3s_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_tls_cert(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.tls_cert = optional_path(v, ctx.base);
+    Ok(())
+}
+
+fn set_tls_key(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.tls_key = optional_path(v, ctx.base);
+    Ok(())
+}
+
+fn set_tls_handshake_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.tls_handshake_timeout = duration(v)?;
+    Ok(())
+}
+
+fn set_max_tls_handshakes(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.max_tls_handshakes = count(v, 1, limits::CONFIG_MAX_CONNECTIONS)?;
+    Ok(())
+}
+
+fn set_allow_plaintext_auth(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.allow_plaintext_auth = match v {
+        "yes" => true,
+        "no" => false,
+        _ => return Err(format!("{} is not yes or no", quoted(v))),
+    };
     Ok(())
 }
 

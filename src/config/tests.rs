@@ -609,8 +609,8 @@ fn warnings_for_what_works_but_is_probably_not_meant() {
     assert_eq!(
         w,
         [
-            "/etc/p.conf: smtp_listen: smtp_listen, pop3_listen and pop2_listen are all empty: \
-          no connections are accepted"
+            "/etc/p.conf: smtp_listen: smtp_listen, pop3_listen, pop2_listen, smtps_listen and \
+             pop3s_listen are all empty: no connections are accepted"
         ]
     );
 }
@@ -697,10 +697,10 @@ fn directory_settings_carry_what_the_directory_needs() {
 #[test]
 fn the_key_table_is_consistent() {
     let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-    assert_eq!(names.len(), 26);
+    assert_eq!(names.len(), 33);
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 26, "key names are unique");
+    assert_eq!(names.len(), 33, "key names are unique");
     for k in KEYS {
         assert!(keys::spec(k.name).is_some());
         assert!(
@@ -718,4 +718,34 @@ fn the_key_table_is_consistent() {
         !keys::RECIPIENT_DELIMITERS.contains('#'),
         "`#` starts a comment"
     );
+}
+
+#[test]
+fn tls_cert_and_key_come_as_a_pair_and_implicit_tls_needs_them() {
+    let errs = error_lines(b"tls_cert = /etc/c.pem");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(":1: tls_cert: tls_cert is set but tls_key is not")),
+        "{errs:?}"
+    );
+    let errs = error_lines(b"tls_key = /etc/k.pem");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(":1: tls_key: tls_key is set but")),
+        "{errs:?}"
+    );
+    let errs = error_lines(b"smtps_listen = 127.0.0.1:465");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(":1: smtps_listen: smtps_listen needs a certificate")),
+        "{errs:?}"
+    );
+    let (c, _) = parsed(
+        "tls_cert = /etc/c.pem\ntls_key = /etc/k.pem\nsmtps_listen = 127.0.0.1:465\n\
+         pop3s_listen = 127.0.0.1:995\ntls_handshake_timeout = 5s",
+    );
+    assert_eq!(c.smtps_listen.len(), 1);
+    assert_eq!(c.pop3s_listen.len(), 1);
+    assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
+    assert_eq!(c.tls_cert.as_deref(), Some(Path::new("/etc/c.pem")));
 }

@@ -64,6 +64,10 @@ pub enum Next {
     Sleep(Duration),
     /// Flush what is in the output buffer, then close the connection.
     Close,
+    /// STARTTLS/STLS was accepted (its reply is in the output buffer): send the output as it
+    /// is, discard every input byte after the command (RFC 3207 §4.2, CVE-2011-0411), and
+    /// start the TLS handshake; the session goes on once it is done (`tls_established`).
+    StartTls,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -73,6 +73,8 @@ pub struct Pop2Session {
     /// FOLD selected INBOX (the default after HELO) rather than an empty folder.
     inbox: bool,
     errors: u32,
+    /// Logins are accepted (POP2 has no TLS: a loopback client, or `allow_plaintext_auth`).
+    clear_login_ok: bool,
 }
 
 impl Pop2Session {
@@ -84,7 +86,15 @@ impl Pop2Session {
             maildrop: None,
             inbox: true,
             errors: 0,
+            clear_login_ok: true,
         }
+    }
+
+    /// Whether a login is accepted on this connection (POP2 has no TLS, so: a loopback client
+    /// or `allow_plaintext_auth`). The default is yes.
+    pub fn with_clear_login(mut self, ok: bool) -> Pop2Session {
+        self.clear_login_ok = ok;
+        self
     }
 
     pub fn greet(&mut self, _ctx: Ctx, out: &mut OutBuf) {
@@ -214,6 +224,10 @@ impl Pop2Session {
             return self.quit(out, host);
         }
         match self.state {
+            State::Call if cmd.is("HELO") && !self.clear_login_ok => self.error(
+                out,
+                "TLS required: POP2 logins are refused in the clear; use POP3 with STLS",
+            ),
             State::Call if cmd.is("HELO") => self.helo(&cmd, out),
             State::Call => self.error(out, "send HELO first"),
             _ if cmd.is("HELO") => self.error(out, "already logged in"),

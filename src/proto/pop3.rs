@@ -40,20 +40,30 @@ pub struct PopSettings {
     pub hostname: String,
     /// Delay before a failed login is answered.
     pub auth_failure_delay: Duration,
+    /// A TLS certificate is loaded: STLS is offered (RFC 2595).
+    pub stls: bool,
 }
 
-const CAPABILITIES: &[u8] = b"+OK Capability list follows\r\n\
-TOP\r\n\
-UIDL\r\n\
-USER\r\n\
-SASL PLAIN\r\n\
-RESP-CODES\r\n\
+const CAPABILITIES_HEAD: &[u8] = b"+OK Capability list follows\r\n";
+/// Offered in AUTHORIZATION while a certificate is loaded and the session is not in TLS.
+const CAPABILITY_STLS: &[u8] = b"STLS\r\n";
+const CAPABILITIES_BASE: &[u8] = b"TOP\r\nUIDL\r\n";
+/// Offered only where a login would be accepted (TLS, loopback, or `allow_plaintext_auth`).
+const CAPABILITIES_LOGIN: &[u8] = b"USER\r\nSASL PLAIN\r\n";
+const CAPABILITIES: &[u8] = b"RESP-CODES\r\n\
 AUTH-RESP-CODE\r\n\
 PIPELINING\r\n\
 IMPLEMENTATION postling\r\n\
 .\r\n";
 
-const _: () = assert!(CAPABILITIES.len() < limits::REPLY_RESERVE);
+const _: () = assert!(
+    CAPABILITIES_HEAD.len()
+        + CAPABILITY_STLS.len()
+        + CAPABILITIES_BASE.len()
+        + CAPABILITIES_LOGIN.len()
+        + CAPABILITIES.len()
+        < limits::REPLY_RESERVE
+);
 const _: () = assert!(limits::POP_SASL_MAX_LINE < limits::MAX_UNIT);
 
 const AUTH_FAILED: &[u8] = b"-ERR [AUTH] Invalid user name or password\r\n";
@@ -102,11 +112,12 @@ enum Verb {
     Rset,
     Top,
     Uidl,
+    Stls,
 }
 
 impl Verb {
     fn parse(cmd: &Command<'_>) -> Option<Verb> {
-        const VERBS: [(&str, Verb); 13] = [
+        const VERBS: [(&str, Verb); 14] = [
             ("USER", Verb::User),
             ("PASS", Verb::Pass),
             ("AUTH", Verb::Auth),
@@ -120,6 +131,7 @@ impl Verb {
             ("RSET", Verb::Rset),
             ("TOP", Verb::Top),
             ("UIDL", Verb::Uidl),
+            ("STLS", Verb::Stls),
         ];
         VERBS.iter().find(|(k, _)| cmd.is(k)).map(|&(_, v)| v)
     }
@@ -136,6 +148,12 @@ pub struct Pop3Session {
     failures: u32,
     /// Erroneous commands on this connection.
     errors: u32,
+    /// The session runs over TLS.
+    tls: bool,
+    /// Logins are accepted without TLS (a loopback client, or `allow_plaintext_auth`).
+    clear_login_ok: bool,
+    /// STLS was accepted: `step` returns `Next::StartTls` after its reply.
+    stls_accepted: bool,
 }
 
 impl Pop3Session {
@@ -147,7 +165,60 @@ impl Pop3Session {
             maildrop: None,
             failures: 0,
             errors: 0,
+            tls: false,
+            stls_accepted: false,
+            clear_login_ok: true,
         }
+    }
+
+    /// Whether a login without TLS is accepted on this connection (`allow_plaintext_auth`,
+    /// or the client is on loopback). The default is yes.
+    pub fn with_clear_login(mut self, ok: bool) -> Pop3Session {
+        self.clear_login_ok = ok;
+        self
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.tls || self.clear_login_ok
+    }
+
+    /// The TLS handshake after STLS (or on an implicit-TLS port) is complete.
+    pub fn tls_established(&mut self) {
+        self.tls = true;
+    }
+
+    fn stls_offered(&self) -> bool {
+        self.settings.stls && !self.tls && matches!(self.state, State::Authorization { .. })
+    }
+
+    fn capabilities(&self, out: &mut OutBuf) {
+        out.push(CAPABILITIES_HEAD);
+        if self.stls_offered() {
+            out.push(CAPABILITY_STLS);
+        }
+        out.push(CAPABILITIES_BASE);
+        if self.login_allowed() {
+            out.push(CAPABILITIES_LOGIN);
+        }
+        out.push(CAPABILITIES);
+    }
+
+    /// RFC 2595 §4: in AUTHORIZATION only, once, with a certificate. On success the session
+    /// forgets a pending USER and returns `Next::StartTls` after the reply.
+    fn stls(&mut self, cmd: &Command<'_>, out: &mut OutBuf) {
+        if self.tls {
+            return self.error(out, "command not permitted when TLS active");
+        }
+        if !self.settings.stls {
+            return self.error(out, "STLS not available");
+        }
+        if cmd.args().next().is_some() {
+            return self.error(out, "syntax: STLS");
+        }
+        out.push(b"+OK Begin TLS negotiation\r\n");
+        self.state = State::Authorization { user: None };
+        self.framer = LineFramer::default();
+        self.stls_accepted = true;
     }
 
     /// Writes the `+OK` greeting (no APOP timestamp: APOP is not offered).
@@ -224,6 +295,11 @@ impl Pop3Session {
                 }
                 Frame::Line(line) if sasl => self.sasl_response(line, ctx, out, host),
                 Frame::Line(line) => self.command(line, ctx, out, host),
+            }
+            if self.stls_accepted {
+                // Nothing after the STLS line is looked at: the reactor drops it.
+                self.stls_accepted = false;
+                return Step::new(consumed, Next::StartTls);
             }
         }
     }
@@ -312,7 +388,7 @@ impl Pop3Session {
             return self.error(out, "unknown command");
         };
         if let Verb::Capa = verb {
-            out.push(CAPABILITIES);
+            self.capabilities(out);
             return;
         }
         match self.state {
@@ -331,6 +407,12 @@ impl Pop3Session {
         host: &mut dyn PopHost,
     ) {
         match verb {
+            // RFC 2595 §2.1 and RFC 3206's AUTH code: a login in the clear is refused, not
+            // failed; it counts as an erroneous command.
+            Verb::User | Verb::Pass | Verb::Auth if !self.login_allowed() => self.error(
+                out,
+                "[AUTH] TLS required: send STLS first (or use the POP3S port)",
+            ),
             Verb::User => match cmd.exact_args::<1>() {
                 Some([name]) => {
                     self.state = State::Authorization {
@@ -352,6 +434,7 @@ impl Pop3Session {
                 }
             }
             Verb::Auth => self.auth(cmd, ctx, out, host),
+            Verb::Stls => self.stls(cmd, out),
             Verb::Quit => {
                 out.push(b"+OK postling POP3 server signing off\r\n");
                 self.state = State::Closed;
@@ -529,9 +612,8 @@ impl Pop3Session {
             },
             Verb::Quit => self.update(out, host),
             Verb::User | Verb::Pass | Verb::Auth => self.error(out, "already logged in"),
-            Verb::Capa => {
-                out.push(CAPABILITIES);
-            }
+            Verb::Capa => self.capabilities(out),
+            Verb::Stls => self.error(out, "STLS only before login"),
         }
     }
 

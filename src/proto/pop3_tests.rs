@@ -621,3 +621,67 @@ fn holds_nothing_and_logged_in_follow_the_login() {
     let h = logged_in();
     assert!(!h.session.holds_nothing() && h.session.logged_in());
 }
+
+mod tls_rules {
+    use super::*;
+    use crate::buf::Buf;
+    use crate::proto::pop_testing::dialog::settings;
+    use std::time::SystemTime;
+
+    fn ctx() -> Ctx {
+        Ctx {
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn run(s: &mut Pop3Session, input: &[u8]) -> (String, Next, usize) {
+        let mut out = Buf::new_boxed();
+        let mut host = FakeHost::new();
+        let step = s.step(input, ctx(), &mut out, &mut host);
+        (
+            String::from_utf8_lossy(out.bytes()).into_owned(),
+            step.next,
+            step.consumed,
+        )
+    }
+
+    fn with_stls() -> Rc<PopSettings> {
+        let mut s = (*settings()).clone();
+        s.stls = true;
+        Rc::new(s)
+    }
+
+    #[test]
+    fn stls_stops_at_its_line_and_capa_follows_the_rules() {
+        let mut s = Pop3Session::new(with_stls()).with_clear_login(false);
+        let (capa, _, _) = run(&mut s, b"CAPA\r\n");
+        assert!(capa.contains("\r\nSTLS\r\n"), "{capa}");
+        assert!(!capa.contains("USER") && !capa.contains("SASL"), "{capa}");
+        let (reply, _, _) = run(&mut s, b"USER bob\r\n");
+        assert!(reply.starts_with("-ERR [AUTH] TLS required"), "{reply}");
+        let (reply, next, consumed) = run(&mut s, b"STLS\r\nCAPA\r\n");
+        assert_eq!(reply, "+OK Begin TLS negotiation\r\n");
+        assert_eq!((next, consumed), (Next::StartTls, 6));
+        s.tls_established();
+        let (capa, _, _) = run(&mut s, b"CAPA\r\n");
+        assert!(!capa.contains("STLS"), "{capa}");
+        assert!(capa.contains("USER\r\nSASL PLAIN\r\n"), "{capa}");
+        let (reply, _, _) = run(&mut s, b"STLS\r\n");
+        assert_eq!(reply, "-ERR command not permitted when TLS active\r\n");
+    }
+
+    #[test]
+    fn stls_without_a_certificate_or_with_arguments() {
+        let mut s = Pop3Session::new(settings());
+        let (capa, _, _) = run(&mut s, b"CAPA\r\n");
+        assert!(!capa.contains("STLS") && capa.contains("USER"), "{capa}");
+        let (reply, _, _) = run(&mut s, b"STLS\r\n");
+        assert_eq!(reply, "-ERR STLS not available\r\n");
+        let mut s = Pop3Session::new(with_stls());
+        let (reply, next, _) = run(&mut s, b"STLS x\r\n");
+        assert_eq!(reply, "-ERR syntax: STLS\r\n");
+        // The reply goes out before anything else is read; no TLS is started.
+        assert_eq!(next, Next::NeedOutput);
+    }
+}

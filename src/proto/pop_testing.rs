@@ -421,6 +421,7 @@ impl<S: PopSession> Harness<S> {
                     self.verify(verdict);
                     // The session still answers `AwaitAuth` until it is resumed.
                 }
+                Next::StartTls => panic!("STLS is not expected here"),
                 Next::Sleep(d) => {
                     self.sleeps.push(d);
                     if !self.auto_wake {

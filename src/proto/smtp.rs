@@ -45,6 +45,8 @@ pub struct SmtpSettings {
     pub hostname: String,
     /// `max_message_size`, advertised with SIZE (RFC 1870).
     pub max_message_size: u64,
+    /// A TLS certificate is loaded: STARTTLS is offered (RFC 3207).
+    pub starttls: bool,
 }
 
 /// Services the SMTP session needs from the reactor.
@@ -82,6 +84,8 @@ pub struct SmtpSession {
     errors: u32,
     /// Recipients refused so far in this session.
     rejected_rcpts: u32,
+    /// The session runs over TLS: protocol version and cipher suite, for the Received header.
+    tls: Option<(&'static str, &'static str)>,
 }
 
 enum Mode {
@@ -116,6 +120,7 @@ enum Flow {
     Continue,
     Close,
     AwaitCommit,
+    StartTls,
 }
 
 /// The outcome of looking at the start of the input.
@@ -139,9 +144,11 @@ enum Verb {
     Help,
     Vrfy,
     Expn,
+    StartTls,
+    Auth,
 }
 
-const VERBS: [(&[u8], Verb); 11] = [
+const VERBS: [(&[u8], Verb); 13] = [
     (b"EHLO", Verb::Ehlo),
     (b"HELO", Verb::Helo),
     (b"MAIL", Verb::Mail),
@@ -153,6 +160,8 @@ const VERBS: [(&[u8], Verb); 11] = [
     (b"HELP", Verb::Help),
     (b"VRFY", Verb::Vrfy),
     (b"EXPN", Verb::Expn),
+    (b"STARTTLS", Verb::StartTls),
+    (b"AUTH", Verb::Auth),
 ];
 
 /// First words of HTTP requests: a browser or proxy talking to the SMTP port (cross-protocol
@@ -167,8 +176,9 @@ const HTTP_METHODS: [&[u8]; 7] = [
     b"DELETE ",
 ];
 
-/// An EHLO keyword line. STARTTLS and AUTH will join this list.
+/// An EHLO keyword line. AUTH will join this list.
 enum Extension {
+    StartTls,
     Pipelining,
     Size(u64),
     EightBitMime,
@@ -179,6 +189,7 @@ enum Extension {
 impl fmt::Display for Extension {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Extension::StartTls => f.write_str("STARTTLS"),
             Extension::Pipelining => f.write_str("PIPELINING"),
             Extension::Size(n) => write!(f, "SIZE {n}"),
             Extension::EightBitMime => f.write_str("8BITMIME"),
@@ -234,7 +245,13 @@ impl SmtpSession {
             transaction: None,
             errors: 0,
             rejected_rcpts: 0,
+            tls: None,
         }
+    }
+
+    /// The TLS handshake after STARTTLS (or on an implicit-TLS port) is complete.
+    pub fn tls_established(&mut self, version: &'static str, cipher: &'static str) {
+        self.tls = Some((version, cipher));
     }
 
     /// Writes the `220` greeting, or `421` (and the session is over) when the client's address
@@ -288,6 +305,8 @@ impl SmtpSession {
                         Flow::Continue => {}
                         Flow::Close => self.mode = Mode::Closed,
                         Flow::AwaitCommit => self.mode = Mode::AwaitCommit,
+                        // Nothing after the STARTTLS line is looked at: the reactor drops it.
+                        Flow::StartTls => return Step::new(pos, Next::StartTls),
                     }
                 }
             }
@@ -463,7 +482,36 @@ impl SmtpSession {
                 reply!(out, "502 5.5.1 EXPN not available");
                 Flow::Continue
             }
+            Verb::StartTls => self.starttls(args, out),
+            // Known, not offered until submission (RFC 5321 §4.2.4: 502, not 500).
+            Verb::Auth => {
+                self.client_error(out, format_args!("502 5.5.1 Error: AUTH not available"))
+            }
         }
+    }
+
+    /// RFC 3207. On success the session forgets EHLO and any envelope (§4.2) and returns
+    /// `Next::StartTls`.
+    fn starttls(&mut self, args: &[u8], out: &mut OutBuf) -> Flow {
+        if self.tls.is_some() {
+            return self.client_error(out, format_args!("503 5.5.1 Error: TLS already active"));
+        }
+        if !self.settings.starttls {
+            return self.client_error(out, format_args!("502 5.5.1 Error: STARTTLS not available"));
+        }
+        if !args.is_empty() {
+            return self.client_error(out, format_args!("501 5.5.4 Syntax: STARTTLS"));
+        }
+        if self.transaction.is_some() {
+            return self.client_error(
+                out,
+                format_args!("503 5.5.1 Error: STARTTLS not allowed in a mail transaction"),
+            );
+        }
+        reply!(out, "220 2.0.0 Ready to start TLS");
+        self.greeting = None;
+        self.transaction = None;
+        Flow::StartTls
     }
 
     // ---- replies that count against the budgets ---------------------------------------------
@@ -545,13 +593,18 @@ impl SmtpSession {
             reply!(out, "250 {hostname}");
             return Flow::Continue;
         }
-        let extensions = [
-            Extension::Pipelining,
-            Extension::Size(self.settings.max_message_size),
-            Extension::EightBitMime,
-            Extension::EnhancedStatusCodes,
-            Extension::SmtpUtf8,
-        ];
+        let starttls =
+            (self.settings.starttls && self.tls.is_none()).then_some(Extension::StartTls);
+        let extensions: Vec<Extension> = starttls
+            .into_iter()
+            .chain([
+                Extension::Pipelining,
+                Extension::Size(self.settings.max_message_size),
+                Extension::EightBitMime,
+                Extension::EnhancedStatusCodes,
+                Extension::SmtpUtf8,
+            ])
+            .collect();
         reply!(out, "250-{hostname}");
         let last = extensions.len() - 1;
         for (i, ext) in extensions.iter().enumerate() {

@@ -36,6 +36,7 @@ pub fn settings() -> Rc<PopSettings> {
     Rc::new(PopSettings {
         hostname: "pop.example.test".to_string(),
         auth_failure_delay: DELAY,
+        stls: false,
     })
 }
 

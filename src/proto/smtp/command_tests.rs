@@ -164,7 +164,16 @@ fn sequence_errors() {
 fn unknown_commands_and_verbs_needing_a_space() {
     expect(
         "BOGUS\r\nMAILFROM:<a@b.org>\r\nEHLOc\r\nSTARTTLS\r\nAUTH PLAIN x\r\n\r\n \r\n",
-        &[UNKNOWN_CMD; 7],
+        &[
+            UNKNOWN_CMD,
+            UNKNOWN_CMD,
+            UNKNOWN_CMD,
+            // Known but not offered here (no certificate; AUTH before submission): 502.
+            "502 5.5.1 Error: STARTTLS not available",
+            "502 5.5.1 Error: AUTH not available",
+            UNKNOWN_CMD,
+            UNKNOWN_CMD,
+        ],
     );
 }
 
@@ -690,4 +699,67 @@ fn step_stops_when_output_is_short() {
     out.push(&filler);
     let step = s.step(b"NOOP\r\nNOOP\r\n", ctx(), &mut out, &mut host);
     assert_eq!(step, Step::new(6, Next::NeedOutput));
+}
+
+// ---- STARTTLS (RFC 3207) --------------------------------------------------------------------
+
+#[test]
+fn starttls_is_offered_only_with_a_certificate_and_before_tls() {
+    let mut d = Driver::with_settings(FakeHost::new(), settings_with_tls());
+    d.send(b"EHLO c\r\n");
+    assert_eq!(d.replies()[1], "250-STARTTLS");
+    d.send(b"STARTTLS\r\n");
+    d.send(b"EHLO c\r\n");
+    let replies = d.replies();
+    assert_eq!(
+        replies[EHLO_REPLY.len() + 1],
+        "220 2.0.0 Ready to start TLS"
+    );
+    assert_eq!(&replies[EHLO_REPLY.len() + 2..], &EHLO_REPLY[..]);
+    // Without a certificate: a known command that is not offered.
+    expect("EHLO c\r\n", &EHLO_REPLY);
+    expect("STARTTLS\r\n", &["502 5.5.1 Error: STARTTLS not available"]);
+    expect("AUTH PLAIN\r\n", &["502 5.5.1 Error: AUTH not available"]);
+}
+
+#[test]
+fn starttls_drops_what_was_pipelined_after_it_and_forgets_the_session() {
+    let mut d = Driver::with_settings(FakeHost::new(), settings_with_tls());
+    d.send(b"EHLO c\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<a@x.example>\r\n");
+    assert_eq!(
+        d.discarded_at_starttls,
+        b"RSET\r\nMAIL FROM:<a@x.example>\r\n"
+    );
+    let replies = d.replies();
+    assert_eq!(replies.last().unwrap(), "220 2.0.0 Ready to start TLS");
+    // EHLO is forgotten: MAIL needs a new one.
+    d.send(b"MAIL FROM:<a@x.example>\r\n");
+    assert_eq!(
+        d.replies().last().unwrap(),
+        "503 5.5.1 Error: send HELO/EHLO first"
+    );
+}
+
+#[test]
+fn starttls_refusals() {
+    let mut d = Driver::with_settings(FakeHost::new(), settings_with_tls());
+    d.send(b"EHLO c\r\nSTARTTLS now\r\nMAIL FROM:<a@x.example>\r\nSTARTTLS\r\nRSET\r\n");
+    let replies = d.replies();
+    assert!(
+        replies.contains(&"501 5.5.4 Syntax: STARTTLS".to_owned()),
+        "{replies:?}"
+    );
+    assert!(
+        replies.contains(&"503 5.5.1 Error: STARTTLS not allowed in a mail transaction".to_owned()),
+        "{replies:?}"
+    );
+    d.send(b"STARTTLS\r\nEHLO c\r\nSTARTTLS\r\n");
+    let replies = d.replies();
+    assert_eq!(replies.last().unwrap(), "220 2.0.0 Ready to start TLS");
+    // Inside TLS: 503.
+    d.send(b"EHLO c\r\nSTARTTLS\r\n");
+    assert_eq!(
+        d.replies().last().unwrap(),
+        "503 5.5.1 Error: TLS already active"
+    );
 }

@@ -72,9 +72,10 @@ impl SmtpSession {
             protocol: Protocol {
                 extended,
                 smtputf8: envelope.smtputf8,
-                tls: false,
+                tls: self.tls.is_some(),
                 authenticated: false,
             },
+            tls: self.tls,
             queue_id: &id.0,
             single_recipient,
             date: &rfc5322_date(ctx.wall),

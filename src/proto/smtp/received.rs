@@ -12,7 +12,7 @@ pub struct Protocol {
     pub extended: bool,
     /// MAIL carried SMTPUTF8.
     pub smtputf8: bool,
-    /// The session runs over TLS (STARTTLS comes in a later issue).
+    /// The session runs over TLS.
     pub tls: bool,
     /// The client authenticated (AUTH comes in a later issue).
     pub authenticated: bool,
@@ -51,6 +51,8 @@ pub struct Trace<'a> {
     pub single_recipient: Option<&'a str>,
     /// RFC 5322 date-time of arrival.
     pub date: &'a str,
+    /// TLS protocol version and cipher suite, as a comment after `with` (as sendmail does).
+    pub tls: Option<(&'a str, &'a str)>,
 }
 
 /// The folded header, each line ending in CRLF, continuation lines starting with a TAB.
@@ -73,11 +75,14 @@ pub fn received_header(t: &Trace<'_>) -> String {
     }
     let _ = write!(
         h,
-        "\tby {} (postling) with {} id {}",
+        "\tby {} (postling) with {}",
         t.hostname,
-        t.protocol.name(),
-        t.queue_id
+        t.protocol.name()
     );
+    if let Some((version, cipher)) = t.tls {
+        let _ = write!(h, " (version={version} cipher={cipher})");
+    }
+    let _ = write!(h, " id {}", t.queue_id);
     match t.single_recipient {
         Some(rcpt) => {
             let _ = write!(h, "\r\n\tfor <{rcpt}>; {}\r\n", t.date);
@@ -107,7 +112,22 @@ mod tests {
             queue_id: "Q1",
             single_recipient: rcpt,
             date: "Tue, 01 Dec 2026 19:06:42 +0100",
+            tls: None,
         }
+    }
+
+    #[test]
+    fn tls_is_esmtps_with_version_and_cipher() {
+        let mut t = trace("c.example.org", None);
+        t.protocol.tls = true;
+        t.tls = Some(("TLSv1.3", "TLS_AES_256_GCM_SHA384"));
+        assert_eq!(
+            received_header(&t),
+            "Received: from c.example.org (c.example.org [192.0.2.7])\r\n\
+             \tby mail.example.test (postling) with ESMTPS (version=TLSv1.3 \
+             cipher=TLS_AES_256_GCM_SHA384) id Q1;\r\n\
+             \tTue, 01 Dec 2026 19:06:42 +0100\r\n"
+        );
     }
 
     #[test]

@@ -148,6 +148,15 @@ pub(super) fn settings(max_message_size: u64) -> Rc<SmtpSettings> {
     Rc::new(SmtpSettings {
         hostname: HOST.to_owned(),
         max_message_size,
+        starttls: false,
+    })
+}
+
+pub(super) fn settings_with_tls() -> Rc<SmtpSettings> {
+    Rc::new(SmtpSettings {
+        hostname: HOST.to_owned(),
+        max_message_size: MAX_SIZE,
+        starttls: true,
     })
 }
 
@@ -178,6 +187,8 @@ pub(super) struct Driver {
     pub closed: bool,
     /// Largest amount of input the session left unconsumed at once.
     pub max_buffered: usize,
+    /// Input the reactor dropped at STARTTLS (what the client sent after the command).
+    pub discarded_at_starttls: Vec<u8>,
 }
 
 impl Driver {
@@ -194,6 +205,7 @@ impl Driver {
             written: Vec::new(),
             closed: false,
             max_buffered: 0,
+            discarded_at_starttls: Vec::new(),
         };
         d.session.greet(ctx(), &mut d.out, &mut d.host);
         d.drain();
@@ -282,6 +294,15 @@ impl Driver {
                 Next::Close => self.closed = true,
                 Next::Sleep(_) => panic!("SMTP never sleeps"),
                 Next::AwaitAuth => panic!("SMTP has no password check yet"),
+                // The reactor's part: the reply goes out, the rest of the input is dropped,
+                // the handshake runs, the session is told.
+                Next::StartTls => {
+                    self.drain();
+                    self.discarded_at_starttls.append(&mut self.input);
+                    self.session
+                        .tls_established("TLSv1.3", "TLS_AES_128_GCM_SHA256");
+                    break;
+                }
             }
         }
         self.drain();
