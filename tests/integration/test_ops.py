@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import subprocess
 import tempfile
 import time
@@ -407,15 +408,27 @@ def test_syslog_when_detached_without_log_file(box_factory):
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(sock_path))
     receiver.settimeout(5)
+    # A datagram socket queues only net.unix.max_dgram_qlen (10) packets, and the start-up
+    # writes more than that before `b.run` returns: read them while it runs, as syslogd would.
+    packets = []
+    reading = threading.Event()
+
+    def read_until_ready():
+        reading.set()
+        while not any(p.endswith(": ready") for p in packets):
+            packets.append(receiver.recv(2048).decode())
+
+    reader = threading.Thread(target=read_until_ready, daemon=True)
+    reader.start()
+    reading.wait(5)
     try:
         env = dict(os.environ, POSTLING_SYSLOG_SOCKET=str(sock_path))
         r = b.run(env=env)
         assert r.returncode == 0, r.stderr
         assert r.stderr == "", "nothing on the terminal: lines go to syslog"
         pid = b.pid()
-        packets = []
-        while not any(p.endswith(": ready") for p in packets):
-            packets.append(receiver.recv(2048).decode())
+        reader.join(10)
+        assert any(p.endswith(": ready") for p in packets), packets
         for p in packets:
             # The mail facility (2 * 8) plus a severity: warnings (4) may precede the info (6) lines.
             assert p.startswith(("<20>postling[", "<22>postling[")), p
