@@ -16,10 +16,11 @@ use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use ::log::{Level, LevelFilter, Log, Metadata, Record};
 
+use super::flood::{self, Flood};
 use crate::limits;
 
 /// The system's syslog socket.
@@ -103,8 +104,8 @@ pub fn reopen() -> Result<Reopened, String> {
     let Some(logger) = LOGGER.get() else {
         return Ok(Reopened::Stderr);
     };
-    let mut sink = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
-    sink.reopen()
+    let mut guarded = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    guarded.sink.reopen()
 }
 
 /// The reactor's SIGUSR1 action: reopen, and say in the (new) log what happened.
@@ -119,12 +120,38 @@ pub fn reopen_on_signal() {
     }
 }
 
+/// When a pending flood summary is due (`daemon::flood`), for the reactor's poll timeout;
+/// `None` when none is pending (or lines go to stderr, where nothing is summarised).
+pub fn flood_due() -> Option<Instant> {
+    let logger = LOGGER.get()?;
+    let sink = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    sink.flood.due()
+}
+
+/// Writes the flood summaries whose window has ended (the reactor calls it each turn; cheap
+/// when nothing is pending).
+pub fn flush_floods(now: Instant) {
+    let Some(logger) = LOGGER.get() else {
+        return;
+    };
+    let mut sink = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::new();
+    sink.flood.flush_due(now, &mut out);
+    for line in out {
+        sink.sink
+            .write(Level::Info, &format_args!("{line}"), SystemTime::now());
+    }
+}
+
 static LOGGER: OnceLock<SinkLogger> = OnceLock::new();
 
 fn install(sink: Sink, level: LevelFilter) {
     let logger = LOGGER.get_or_init(|| SinkLogger {
         level,
-        sink: Mutex::new(sink),
+        sink: Mutex::new(Guarded {
+            sink,
+            flood: Flood::new(),
+        }),
     });
     // Fails only if a logger is already installed, which start-up never does twice.
     let _ = ::log::set_logger(logger);
@@ -144,7 +171,13 @@ fn install_stderr(level: LevelFilter) {
 /// One thread logs, but `log` wants `Sync`: the Mutex is never contended.
 struct SinkLogger {
     level: LevelFilter,
-    sink: Mutex<Sink>,
+    sink: Mutex<Guarded>,
+}
+
+/// The destination and the flood table that decides what reaches it.
+struct Guarded {
+    sink: Sink,
+    flood: Flood,
 }
 
 impl Log for SinkLogger {
@@ -156,8 +189,18 @@ impl Log for SinkLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        sink.write(record.level(), record.args(), SystemTime::now());
+        let mut guarded = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let Guarded { sink, flood: table } = &mut *guarded;
+        let key = record.target().strip_prefix(flood::TARGET_PREFIX);
+        let mut summaries = Vec::new();
+        let write = table.offer(key, Instant::now(), &mut summaries);
+        let wall = SystemTime::now();
+        for line in summaries {
+            sink.write(Level::Info, &format_args!("{line}"), wall);
+        }
+        if write {
+            sink.write(record.level(), record.args(), wall);
+        }
     }
 
     fn flush(&self) {}
