@@ -180,6 +180,29 @@ struct Guarded {
     flood: Flood,
 }
 
+impl Guarded {
+    /// One line: written (after any summary that is due or pending), or only counted when
+    /// its target marks it as storm-prone and its kind is over the burst.
+    fn line(
+        &mut self,
+        target: &str,
+        level: Level,
+        args: &fmt::Arguments,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let key = target.strip_prefix(flood::TARGET_PREFIX);
+        let mut summaries = Vec::new();
+        let write = self.flood.offer(key, now, &mut summaries);
+        for line in summaries {
+            self.sink.write(Level::Info, &format_args!("{line}"), wall);
+        }
+        if write {
+            self.sink.write(level, args, wall);
+        }
+    }
+}
+
 impl Log for SinkLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= self.level
@@ -190,17 +213,13 @@ impl Log for SinkLogger {
             return;
         }
         let mut guarded = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        let Guarded { sink, flood: table } = &mut *guarded;
-        let key = record.target().strip_prefix(flood::TARGET_PREFIX);
-        let mut summaries = Vec::new();
-        let write = table.offer(key, Instant::now(), &mut summaries);
-        let wall = SystemTime::now();
-        for line in summaries {
-            sink.write(Level::Info, &format_args!("{line}"), wall);
-        }
-        if write {
-            sink.write(record.level(), record.args(), wall);
-        }
+        guarded.line(
+            record.target(),
+            record.level(),
+            record.args(),
+            Instant::now(),
+            SystemTime::now(),
+        );
     }
 
     fn flush(&self) {}
@@ -462,6 +481,54 @@ mod tests {
         let n = server.recv(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"<20>postling["), "{:?}", &buf[..n]);
         assert!(buf[..n].ends_with(b"]: after restart"));
+    }
+
+    #[test]
+    fn a_storm_reaches_the_file_as_its_first_lines_and_one_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postling.log");
+        let mut g = Guarded {
+            sink: Sink::open_file(&path).unwrap(),
+            flood: Flood::new(),
+        };
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let target = flood::target("reject: RCPT", ip);
+        let t = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(STAMP);
+        for i in 0..500 {
+            g.line(
+                &target,
+                Level::Info,
+                &format_args!("reject: RCPT from [192.0.2.7]: 550 n{i}"),
+                t,
+                wall,
+            );
+        }
+        g.line(
+            "postling::hosts",
+            Level::Info,
+            &format_args!("Q1: removed"),
+            t + Duration::from_secs(2),
+            wall,
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.split("] ").nth(1).unwrap())
+            .collect();
+        let burst = limits::LOG_FLOOD_BURST as usize;
+        assert_eq!(lines.len(), burst + 2, "{text}");
+        for (i, l) in lines.iter().take(burst).enumerate() {
+            assert_eq!(*l, format!("reject: RCPT from [192.0.2.7]: 550 n{i}"));
+        }
+        assert_eq!(
+            lines[burst],
+            format!(
+                "reject: RCPT from [192.0.2.7]: {} more like this in the last 2.0 s",
+                500 - burst
+            )
+        );
+        assert_eq!(lines[burst + 1], "Q1: removed");
     }
 
     #[test]

@@ -200,3 +200,23 @@ def test_a_rejection_storm_is_summarised(server_factory):
     assert 5 <= len([l for l in rejects if l.startswith("reject: RCPT ")]) <= 5 * windows, rejects
     assert 5 <= len([l for l in rejects if l.startswith("reject: CONNECT ")]) <= 5 * windows, rejects
     assert any(l.startswith("smtp close from [127.0.0.1]: ") for l in summaries), summaries
+
+
+def test_a_pending_summary_is_written_when_its_window_ends(server_factory):
+    """No other line comes: the reactor wakes for the summary (limits::LOG_FLOOD_WINDOW, 10 s)
+    and only then; afterwards nothing is pending and the server is idle again."""
+    s = start(server_factory)
+    with socket.create_connection(("127.0.0.1", s.smtp_port), timeout=10) as c:
+        f = c.makefile("rb")
+        assert f.readline().startswith(b"220")
+        for cmd in ("HELO x", "MAIL FROM:<a@example.org>"):
+            c.sendall(cmd.encode() + b"\r\n")
+            assert f.readline().startswith(b"250")
+        for i in range(8):
+            c.sendall(f"RCPT TO:<nobody{i}@example.test>\r\n".encode())
+            assert f.readline().startswith(b"550")
+        # The session stays open, so no close line flushes the count.
+        s.wait_log("reject: RCPT from [127.0.0.1]: 550 5.1.1 <nobody4@example.test>")
+        assert "nobody5" not in s.log()
+        s.wait_log("reject: RCPT from [127.0.0.1]: 3 more like this in the last ", timeout=20)
+        assert "nobody5" not in s.log() and "nobody7" not in s.log()
