@@ -753,6 +753,12 @@ impl Engine {
             pickup: None,
         };
         let new_id = store.enqueue(&bounce_env, &report)?;
+        events::log(&events::queued(
+            &new_id.0,
+            "",
+            report.len() as u64,
+            bounce_env.recipients.len(),
+        ));
         self.schedule.due_now(new_id.clone());
         Ok(new_id)
     }

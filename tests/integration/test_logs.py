@@ -94,8 +94,9 @@ def test_a_bounce_says_bounced_and_names_the_notification(server_factory):
     notes = [l for l in lines if "sender non-delivery notification" in l]
     assert len(notes) == 1, lines
     new_id = notes[0].rsplit(": ", 1)[1]
-    # The notification is a message of its own, delivered to the sender.
+    # The notification is a message of its own, from the null sender, delivered to the sender.
     s.wait_log(f"{new_id}: removed\n")
+    assert re.fullmatch(rf"{new_id}: from=<> size=\d+ nrcpt=1", lines_of(s, new_id)[0]), lines_of(s, new_id)
     assert any(
         l.startswith(f"{new_id}: to=<bob@example.test> relay=local ") and "status=sent" in l
         for l in lines_of(s, new_id)
