@@ -9,6 +9,8 @@
 //! fork, is a non-zero exit with a message.
 
 pub mod accounts;
+pub mod events;
+pub mod flood;
 pub mod log;
 pub mod pidfile;
 pub mod privilege;

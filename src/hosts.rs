@@ -25,6 +25,7 @@ use crate::auth::Credential;
 use crate::auth::cache::{AuthCache, CacheKey};
 use crate::config::Config;
 use crate::daemon::StartError;
+use crate::daemon::events;
 use crate::deliver::engine::{DeliveryPolicy, Engine};
 use crate::deliver::maildir::Maildirs;
 use crate::deliver::schedule::{Linger, Schedule};
@@ -48,6 +49,11 @@ pub struct Services {
     _spool_lock: std::fs::File,
     /// The message each SMTP slot is receiving.
     incoming: HashMap<usize, Incoming>,
+    /// Its sender and recipient count, for the `from=` log line at the commit.
+    incoming_env: HashMap<usize, (String, usize)>,
+    /// Commits in progress: ticket → their `from=` log line, written when the commit is
+    /// durable (even if the client has gone by then).
+    queued_lines: HashMap<usize, String>,
     directory: Directory,
     engine: Engine,
     mailbox_root: PathBuf,
@@ -158,6 +164,8 @@ impl Services {
             spool_dir: config.spool_dir.clone(),
             _spool_lock: lock,
             incoming: HashMap::new(),
+            incoming_env: HashMap::new(),
+            queued_lines: HashMap::new(),
             directory,
             engine,
             mailbox_root: config.mailbox_dir.clone(),
@@ -228,9 +236,14 @@ impl Services {
         let key = ClientKey::from(ip);
         let running = self.checks_in_flight.get(&key).copied().unwrap_or(0);
         if self.throttle.refuses(ip, now, running) {
-            warn!(
-                "{proto}: login as {:?} from {ip} refused: too many recent failures",
-                request.user
+            events::log_flood(
+                &format!("auth refused: {proto}"),
+                ip,
+                &format!(
+                    "auth refused: {proto} {} from [{ip}] user=<{}>: too many recent failures",
+                    request.mechanism,
+                    events::clean(&request.user)
+                ),
             );
             return AuthStart::Done(AuthVerdict::Throttled);
         }
@@ -259,6 +272,7 @@ impl Services {
         AuthStart::Check(
             PendingCheck {
                 proto,
+                mechanism: request.mechanism,
                 user: request.user.clone(),
                 name,
                 cache_key,
@@ -324,11 +338,11 @@ impl Services {
                 AuthVerdict::Accepted(name)
             }
             _ => {
-                info!("{proto}: failed login as {:?} from {ip}", pending.user);
+                events::log_auth_failed(proto, pending.mechanism, ip, &pending.user);
                 self.auth_cache.forget_user(&pending.user);
                 if self.throttle.failed(ip, now) {
                     warn!(
-                        "{proto}: {} had {} failed logins; its logins are refused until the count drains (one more try each {}s)",
+                        "throttle: {proto}: {} had {} failed logins; its logins are refused until the count drains (one more try each {}s)",
                         pending.client,
                         limits::AUTH_THROTTLE_FAILURES,
                         limits::AUTH_THROTTLE_INTERVAL.as_secs()
@@ -411,6 +425,7 @@ impl Services {
         if let Some(inc) = self.incoming.remove(&slot) {
             self.spool.abort(inc);
         }
+        self.incoming_env.remove(&slot);
         // A commit still in progress goes on, but its outcome must not reach the next
         // connection that is given this slot.
         if let Some(ticket) = self.slot_ticket.remove(&slot) {
@@ -433,7 +448,11 @@ impl Services {
         let committed = self.spool.commit_work(deadline);
         let at = Instant::now();
         for (ticket, r) in committed {
+            let line = self.queued_lines.remove(&ticket);
             if let Ok(id) = &r {
+                if let Some(line) = line {
+                    events::log(&line);
+                }
                 self.engine.schedule.due_fresh(id.clone(), at);
             }
             if let Some(slot) = self.tickets.remove(&ticket) {
@@ -505,6 +524,8 @@ impl Services {
         self.spool.release_memory();
         self.engine.schedule.shrink();
         self.incoming.shrink_to_fit();
+        self.incoming_env.shrink_to_fit();
+        self.queued_lines.shrink_to_fit();
         self.mailboxes.shrink_to_fit();
         self.tickets.shrink_to_fit();
         self.slot_ticket.shrink_to_fit();
@@ -612,14 +633,19 @@ impl Services {
                 return;
             }
         };
-        info!(
-            "{id}: from=<{}> size={} nrcpt={} (local submission by uid {}{}, maildrop/{name})",
-            a.envelope.sender,
-            received.len() + a.data.len(),
-            a.envelope.recipients.len(),
+        events::log(&events::pickup(
+            &id.0,
             a.uid,
-            a.user.as_deref().map_or(String::new(), |u| format!(" {u}"))
-        );
+            a.user.as_deref(),
+            &a.envelope.sender,
+            name,
+        ));
+        events::log(&events::queued(
+            &id.0,
+            &a.envelope.sender,
+            (received.len() + a.data.len()) as u64,
+            a.envelope.recipients.len(),
+        ));
         if self.abort_after_pickup_commit {
             // SAFETY: kill with our own pid: the test's kill -9 at exactly this point.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -689,6 +715,8 @@ pub enum AuthStart {
 #[derive(Debug)]
 pub struct PendingCheck {
     proto: &'static str,
+    /// How the password came (`USER`, `PLAIN`, …), for the log.
+    mechanism: &'static str,
     /// The name as the client sent it (for the log and the cache on failure).
     user: String,
     /// The canonical name, if the user exists.
@@ -713,7 +741,7 @@ impl SmtpHost for SmtpHostFor<'_> {
         let ip = self.peer.ip();
         if self.services.rcpt_budget.refused(ip, self.now) {
             warn!(
-                "smtp: {} had {} recipients refused; its sessions get 421 until the count drains (one more each {}s)",
+                "throttle: smtp: {} had {} recipients refused; its sessions get 421 until the count drains (one more each {}s)",
                 crate::throttle::ClientKey::from(ip),
                 limits::SMTP_REJECTED_RCPTS_PER_CLIENT,
                 limits::SMTP_REJECTED_RCPTS_INTERVAL.as_secs()
@@ -729,11 +757,16 @@ impl SmtpHost for SmtpHostFor<'_> {
         if let Some(old) = self.services.incoming.remove(&self.slot) {
             self.services.spool.abort(old);
         }
+        self.services.incoming_env.remove(&self.slot);
         let inc = self.services.spool.begin(envelope).inspect_err(|e| {
             warn!("spool: cannot start a message: {e:?}");
         })?;
         let id = inc.id().clone();
         self.services.incoming.insert(self.slot, inc);
+        self.services.incoming_env.insert(
+            self.slot,
+            (envelope.sender.clone(), envelope.recipients.len()),
+        );
         Ok(id)
     }
 
@@ -750,6 +783,8 @@ impl SmtpHost for SmtpHostFor<'_> {
         };
         let id = inc.id().clone();
         let services = &mut *self.services;
+        let (sender, nrcpt) = services.incoming_env.remove(&self.slot).unwrap_or_default();
+        let line = events::queued(&id.0, &sender, inc.data_size(), nrcpt);
         services.next_ticket = services.next_ticket.wrapping_add(1);
         let ticket = services.next_ticket;
         services
@@ -758,10 +793,12 @@ impl SmtpHost for SmtpHostFor<'_> {
             .inspect_err(|e| warn!("spool: {id} not committed: {e:?}"))?;
         services.tickets.insert(ticket, self.slot);
         services.slot_ticket.insert(self.slot, ticket);
+        services.queued_lines.insert(ticket, line);
         Ok(())
     }
 
     fn message_abort(&mut self) {
+        self.services.incoming_env.remove(&self.slot);
         if let Some(inc) = self.services.incoming.remove(&self.slot) {
             self.services.spool.abort(inc);
         }

@@ -412,3 +412,16 @@ pub const INOTIFY_BUF: usize = 4096;
 /// Longest command line `sendmail -bs` reads: RFC 5321 §4.5.3.1.4 (512 with CRLF) with room
 /// for the parameters of MAIL; longer lines are refused, never buffered without bound.
 pub const SMTP_MAX_LINE_BS: usize = 1000;
+
+/// Log flood summarising: this many lines alike (same kind, same client) within
+/// `LOG_FLOOD_WINDOW` are written; further ones are only counted, and one summary line says
+/// how many. Enough to see what a storm is, few enough that a storm cannot fill the disk.
+pub const LOG_FLOOD_BURST: u32 = 5;
+/// The window of `LOG_FLOOD_BURST`; a pending summary is written when it ends (the reactor's
+/// poll wakes for it only while one is pending).
+pub const LOG_FLOOD_WINDOW: Duration = Duration::from_secs(10);
+/// Kinds of line tracked at once: a fixed table, the oldest evicted (its summary written), so
+/// a storm from many addresses costs no more memory than one.
+pub const LOG_FLOOD_SLOTS: usize = 32;
+/// A flood key (event kind and client) is cut to this many bytes.
+pub const LOG_FLOOD_KEY_MAX: usize = 128;

@@ -31,6 +31,7 @@ use crate::buf::Pool;
 use crate::config::Config;
 use crate::conn::{Conn, LINGER, Phase, Proto, Session, TlsTransport};
 use crate::control::ControlServer;
+use crate::daemon::flood;
 use crate::deadline::Deadlines;
 use crate::exec::{DiskOp, Errno, Executor, Outcome, Reject};
 use crate::hosts::{AuthStart, PendingCheck, Services};
@@ -329,6 +330,7 @@ impl Reactor {
                 return Err(e);
             }
             let now = Instant::now();
+            crate::daemon::log::flush_floods(now);
             self.services.begin_turn();
             for event in events.iter() {
                 match event.token() {
@@ -434,7 +436,9 @@ impl Reactor {
         if let Some(d) = self.services.delivery_timeout(now) {
             t = Some(t.map_or(d, |t| t.min(d)));
         }
-        for extra in [self.accept_paused_until, self.stop_by]
+        // A pending log flood summary, only while one is pending: idle stays without wake-ups.
+        let flood = crate::daemon::log::flood_due();
+        for extra in [self.accept_paused_until, self.stop_by, flood]
             .into_iter()
             .flatten()
         {
@@ -715,6 +719,7 @@ impl Reactor {
             // Logged before the refusal is written, so whoever reads the refusal finds the
             // reason in the log already.
             info!(
+                target: &flood::target(&format!("{} refused", proto.name()), ip),
                 "{} refused {peer}: {} ({} open, {per_ip} from this address)",
                 proto.name(),
                 if per_ip >= self.settings.max_connections_per_ip {
@@ -1131,7 +1136,9 @@ impl Reactor {
         conn.release_buffers(&mut self.pool);
         self.open -= 1;
         self.free_slots.push(slot);
+        // Summarised per protocol and address in a storm (`daemon::flood`).
         info!(
+            target: &flood::target(&format!("{} close", conn.proto.name()), conn.peer.ip()),
             "{} close {} ({}) after {:.3}s: {}",
             conn.proto.name(),
             conn.peer,
@@ -1416,8 +1423,14 @@ mod tests {
     fn every_source_has_its_own_token() {
         let special = [SIGNAL_TOKEN, EXEC_TOKEN, PICKUP_TOKEN];
         for (i, a) in special.iter().enumerate() {
-            assert!(!ControlServer::owns(*a), "{a:?} is also the control socket's");
-            assert!(a.0 < LISTENER_BASE || a.0 >= CONN_BASE + 10_000_000, "{a:?} in a range");
+            assert!(
+                !ControlServer::owns(*a),
+                "{a:?} is also the control socket's"
+            );
+            assert!(
+                a.0 < LISTENER_BASE || a.0 >= CONN_BASE + 10_000_000,
+                "{a:?} in a range"
+            );
             for b in &special[i + 1..] {
                 assert_ne!(a, b);
             }

@@ -16,10 +16,11 @@ use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use ::log::{Level, LevelFilter, Log, Metadata, Record};
 
+use super::flood::{self, Flood};
 use crate::limits;
 
 /// The system's syslog socket.
@@ -103,8 +104,8 @@ pub fn reopen() -> Result<Reopened, String> {
     let Some(logger) = LOGGER.get() else {
         return Ok(Reopened::Stderr);
     };
-    let mut sink = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
-    sink.reopen()
+    let mut guarded = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    guarded.sink.reopen()
 }
 
 /// The reactor's SIGUSR1 action: reopen, and say in the (new) log what happened.
@@ -119,12 +120,38 @@ pub fn reopen_on_signal() {
     }
 }
 
+/// When a pending flood summary is due (`daemon::flood`), for the reactor's poll timeout;
+/// `None` when none is pending (or lines go to stderr, where nothing is summarised).
+pub fn flood_due() -> Option<Instant> {
+    let logger = LOGGER.get()?;
+    let sink = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    sink.flood.due()
+}
+
+/// Writes the flood summaries whose window has ended (the reactor calls it each turn; cheap
+/// when nothing is pending).
+pub fn flush_floods(now: Instant) {
+    let Some(logger) = LOGGER.get() else {
+        return;
+    };
+    let mut sink = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::new();
+    sink.flood.flush_due(now, &mut out);
+    for line in out {
+        sink.sink
+            .write(Level::Info, &format_args!("{line}"), SystemTime::now());
+    }
+}
+
 static LOGGER: OnceLock<SinkLogger> = OnceLock::new();
 
 fn install(sink: Sink, level: LevelFilter) {
     let logger = LOGGER.get_or_init(|| SinkLogger {
         level,
-        sink: Mutex::new(sink),
+        sink: Mutex::new(Guarded {
+            sink,
+            flood: Flood::new(),
+        }),
     });
     // Fails only if a logger is already installed, which start-up never does twice.
     let _ = ::log::set_logger(logger);
@@ -144,7 +171,36 @@ fn install_stderr(level: LevelFilter) {
 /// One thread logs, but `log` wants `Sync`: the Mutex is never contended.
 struct SinkLogger {
     level: LevelFilter,
-    sink: Mutex<Sink>,
+    sink: Mutex<Guarded>,
+}
+
+/// The destination and the flood table that decides what reaches it.
+struct Guarded {
+    sink: Sink,
+    flood: Flood,
+}
+
+impl Guarded {
+    /// One line: written (after any summary that is due or pending), or only counted when
+    /// its target marks it as storm-prone and its kind is over the burst.
+    fn line(
+        &mut self,
+        target: &str,
+        level: Level,
+        args: &fmt::Arguments,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let key = target.strip_prefix(flood::TARGET_PREFIX);
+        let mut summaries = Vec::new();
+        let write = self.flood.offer(key, now, &mut summaries);
+        for line in summaries {
+            self.sink.write(Level::Info, &format_args!("{line}"), wall);
+        }
+        if write {
+            self.sink.write(level, args, wall);
+        }
+    }
 }
 
 impl Log for SinkLogger {
@@ -156,8 +212,14 @@ impl Log for SinkLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        sink.write(record.level(), record.args(), SystemTime::now());
+        let mut guarded = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        guarded.line(
+            record.target(),
+            record.level(),
+            record.args(),
+            Instant::now(),
+            SystemTime::now(),
+        );
     }
 
     fn flush(&self) {}
@@ -419,6 +481,54 @@ mod tests {
         let n = server.recv(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"<20>postling["), "{:?}", &buf[..n]);
         assert!(buf[..n].ends_with(b"]: after restart"));
+    }
+
+    #[test]
+    fn a_storm_reaches_the_file_as_its_first_lines_and_one_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postling.log");
+        let mut g = Guarded {
+            sink: Sink::open_file(&path).unwrap(),
+            flood: Flood::new(),
+        };
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let target = flood::target("reject: RCPT", ip);
+        let t = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(STAMP);
+        for i in 0..500 {
+            g.line(
+                &target,
+                Level::Info,
+                &format_args!("reject: RCPT from [192.0.2.7]: 550 n{i}"),
+                t,
+                wall,
+            );
+        }
+        g.line(
+            "postling::hosts",
+            Level::Info,
+            &format_args!("Q1: removed"),
+            t + Duration::from_secs(2),
+            wall,
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.split("] ").nth(1).unwrap())
+            .collect();
+        let burst = limits::LOG_FLOOD_BURST as usize;
+        assert_eq!(lines.len(), burst + 2, "{text}");
+        for (i, l) in lines.iter().take(burst).enumerate() {
+            assert_eq!(*l, format!("reject: RCPT from [192.0.2.7]: 550 n{i}"));
+        }
+        assert_eq!(
+            lines[burst],
+            format!(
+                "reject: RCPT from [192.0.2.7]: {} more like this in the last 2.0 s",
+                500 - burst
+            )
+        );
+        assert_eq!(lines[burst + 1], "Q1: removed");
     }
 
     #[test]

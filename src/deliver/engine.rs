@@ -12,6 +12,7 @@ use super::Outcome;
 use super::bounce::{self, FailedRecipient};
 use super::maildir::{Commit, Maildirs, MessageKey, Staged};
 use super::schedule::{Schedule, backoff};
+use crate::daemon::events::{self, Delivery, Status};
 use crate::date::rfc5322_date;
 use crate::directory::{Directory, ResolveError, Resolved};
 use crate::spool::{BodyType, Envelope, QueueId, SpoolError};
@@ -59,6 +60,8 @@ struct Attempt {
     entry: Entry,
     /// Each pending recipient's index with where its copies went.
     rcpts: Vec<(usize, Vec<Target>)>,
+    /// For the log, beside each target of `rcpts`: its final address and relay.
+    finals: Vec<Vec<(String, &'static str)>>,
 }
 
 /// Where one resolved copy of a recipient stands.
@@ -249,21 +252,38 @@ impl Engine {
             .map(|&i| (i, "5.0.0 returned by the administrator".to_string()))
             .collect();
         let env = &entry.envelope;
+        let mut bounce_id = None;
         if failed.is_empty() {
             // Nothing pending (a crash cut the removal short): nothing to return.
         } else if env.sender.is_empty() {
             info!("{id}: returned by postling queue bounce; no bounce for the null sender");
-        } else if let Err(e) = self.bounce(id, env, &failed, store, wall) {
-            return Err(io::Error::other(format!("cannot queue the bounce: {e:?}")));
+        } else {
+            match self.bounce(id, env, &failed, store, wall) {
+                Ok(new_id) => bounce_id = Some(new_id),
+                Err(e) => {
+                    return Err(io::Error::other(format!("cannot queue the bounce: {e:?}")));
+                }
+            }
         }
+        let delay = wall.duration_since(env.arrival).unwrap_or_default();
         for (idx, r) in &failed {
-            info!(
-                "{id}: to <{}> failed: {r}",
-                env.recipients.get(*idx).map_or("", String::as_str)
-            );
+            let rcpt = env.recipients.get(*idx).map_or("", String::as_str);
+            events::log(&events::delivery(&Delivery {
+                id: &id.0,
+                to: rcpt,
+                orig_to: rcpt,
+                relay: "none",
+                delay,
+                status: Status::Bounced,
+                reason: r,
+            }));
+        }
+        if let Some(new_id) = &bounce_id {
+            events::log(&events::bounce_notice(&id.0, &new_id.0));
         }
         store.remove(id)?;
         self.forget(id);
+        events::log(&events::removed(&id.0));
         info!("{id}: returned to sender by postling queue bounce");
         Ok(failed.len())
     }
@@ -480,6 +500,7 @@ impl Engine {
     ) -> Attempt {
         let mut users: HashMap<String, Target> = HashMap::new();
         let mut rcpts = Vec::with_capacity(entry.pending.len());
+        let mut finals = Vec::with_capacity(entry.pending.len());
         let unique = self.maildirs.unique_name(&MessageKey {
             queue_id: &id.0,
             arrival: entry.envelope.arrival,
@@ -491,7 +512,9 @@ impl Engine {
             let Some(rcpt) = entry.envelope.recipients.get(idx) else {
                 continue;
             };
-            let targets = match dir.resolve(rcpt) {
+            let resolution = dir.resolve(rcpt);
+            finals.push(final_addresses(rcpt, &resolution));
+            let targets = match resolution {
                 Err(ResolveError::UnknownUser) => {
                     vec![Target::Done(Outcome::Permanent(
                         "5.1.1 unknown user".into(),
@@ -547,7 +570,12 @@ impl Engine {
             };
             rcpts.push((idx, targets));
         }
-        Attempt { id, entry, rcpts }
+        Attempt {
+            id,
+            entry,
+            rcpts,
+            finals,
+        }
     }
 
     /// Decides what happens to one entry once its Maildir files are committed.
@@ -559,7 +587,12 @@ impl Engine {
         now: Instant,
         wall: SystemTime,
     ) {
-        let Attempt { id, entry, rcpts } = attempt;
+        let Attempt {
+            id,
+            entry,
+            rcpts,
+            finals,
+        } = attempt;
         self.settled(&id);
         let env = &entry.envelope;
         let expired =
@@ -583,33 +616,65 @@ impl Engine {
             }
         }
 
+        let mut bounce_id = None;
         if !failed.is_empty() {
             if env.sender.is_empty() {
                 info!(
                     "{id}: {} recipient(s) failed; no bounce for the null sender",
                     failed.len()
                 );
-            } else if let Err(e) = self.bounce(&id, env, &failed, store, wall) {
-                // Keep the failed recipients pending so the bounce is not lost; retry later.
-                warn!("{id}: cannot queue the bounce: {e:?}; will retry");
-                temporary.get_or_insert_with(|| format!("cannot queue bounce: {e:?}"));
-                failed.clear();
+            } else {
+                match self.bounce(&id, env, &failed, store, wall) {
+                    Ok(new_id) => bounce_id = Some(new_id),
+                    Err(e) => {
+                        // Keep the failed recipients pending so the bounce is not lost; retry
+                        // later.
+                        warn!("{id}: cannot queue the bounce: {e:?}; will retry");
+                        temporary.get_or_insert_with(|| format!("cannot queue bounce: {e:?}"));
+                        failed.clear();
+                    }
+                }
             }
         }
-        for (idx, r) in &failed {
-            info!(
-                "{id}: to <{}> failed: {r}",
-                env.recipients.get(*idx).map_or("", String::as_str)
-            );
+        let delay = wall.duration_since(env.arrival).unwrap_or_default();
+        for ((idx, targets), labels) in rcpts.iter().zip(&finals) {
+            let orig = env.recipients.get(*idx).map_or("", String::as_str);
+            let bounced = failed
+                .iter()
+                .find(|(f, _)| f == idx)
+                .map(|(_, r)| r.as_str());
+            for (target, (to, relay)) in targets.iter().zip(labels) {
+                let outcome = match target {
+                    Target::Done(o) => Some(o),
+                    Target::Staged(i) => outcomes.get(*i),
+                };
+                let (status, reason) = match (outcome, bounced) {
+                    (Some(Outcome::Delivered), _) => (Status::Sent, "delivered to maildir"),
+                    (Some(Outcome::Permanent(r)), Some(_)) => (Status::Bounced, r.as_str()),
+                    (_, Some(r)) => (Status::Bounced, r),
+                    (Some(Outcome::Temporary(r) | Outcome::Permanent(r)), None) => {
+                        (Status::Deferred, r.as_str())
+                    }
+                    (None, None) => (Status::Deferred, "the Maildir commit reported nothing"),
+                };
+                events::log(&events::delivery(&Delivery {
+                    id: &id.0,
+                    to,
+                    orig_to: orig,
+                    relay,
+                    delay,
+                    status,
+                    reason,
+                }));
+            }
+        }
+        if let Some(new_id) = &bounce_id {
+            events::log(&events::bounce_notice(&id.0, &new_id.0));
         }
         if delivered.len() + failed.len() == entry.pending.len() {
             self.unrecorded.remove(&id);
             match store.remove(&id) {
-                Ok(()) => info!(
-                    "{id}: done ({} delivered, {} bounced)",
-                    delivered.len(),
-                    failed.len()
-                ),
+                Ok(()) => events::log(&events::removed(&id.0)),
                 Err(e) => warn!("{id}: delivered but cannot remove the queue entry: {e}"),
             }
             return;
@@ -688,7 +753,12 @@ impl Engine {
             pickup: None,
         };
         let new_id = store.enqueue(&bounce_env, &report)?;
-        info!("{id}: bounce {new_id} queued for <{}>", env.sender);
+        events::log(&events::queued(
+            &new_id.0,
+            "",
+            report.len() as u64,
+            bounce_env.recipients.len(),
+        ));
         self.schedule.due_now(new_id.clone());
         Ok(new_id)
     }
@@ -702,6 +772,33 @@ pub fn human(d: Duration) -> String {
         60..=3599 => format!("{}m", s / 60),
         3600..=86399 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
+    }
+}
+
+/// For the log: where each copy of `rcpt` goes (beside the targets `stage` makes from the
+/// same resolution), with its relay. A recipient delivered to its own mailbox keeps its
+/// address (no `orig_to=`); an alias's targets are named as they resolved.
+fn final_addresses(
+    rcpt: &str,
+    resolution: &Result<Vec<Resolved>, ResolveError>,
+) -> Vec<(String, &'static str)> {
+    match resolution {
+        Err(ResolveError::NotLocal) => vec![(rcpt.to_string(), "none")],
+        Err(_) => vec![(rcpt.to_string(), "local")],
+        Ok(resolved) => {
+            let local_part = rcpt.rsplit_once('@').map_or(rcpt, |(l, _)| l);
+            let direct = resolved.len() == 1;
+            resolved
+                .iter()
+                .map(|r| match r {
+                    Resolved::Local { user } if direct && user.eq_ignore_ascii_case(local_part) => {
+                        (rcpt.to_string(), "local")
+                    }
+                    Resolved::Local { user } => (user.clone(), "local"),
+                    Resolved::Remote { address } => (address.clone(), "none"),
+                })
+                .collect()
+        }
     }
 }
 

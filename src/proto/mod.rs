@@ -99,6 +99,9 @@ pub struct AuthRequest {
     /// lossily, so it costs the same and counts as a failure).
     pub user: String,
     pub password: Vec<u8>,
+    /// How the password came, for the log: `USER` (POP3 USER/PASS, the default), `PLAIN`
+    /// (SASL), `HELO` (POP2).
+    pub mechanism: &'static str,
 }
 
 impl AuthRequest {
@@ -106,7 +109,14 @@ impl AuthRequest {
         AuthRequest {
             user: String::from_utf8_lossy(user).into_owned(),
             password: password.to_vec(),
+            mechanism: "USER",
         }
+    }
+
+    /// The same, naming the mechanism for the log.
+    pub fn with_mechanism(mut self, mechanism: &'static str) -> AuthRequest {
+        self.mechanism = mechanism;
+        self
     }
 }
 

@@ -263,7 +263,9 @@ impl Pop2Session {
         if args.keyword.is_empty() || args.rest.is_empty() {
             return self.error(out, "syntax: HELO user password");
         }
-        self.state = State::Verifying(Some(Box::new(AuthRequest::new(args.keyword, args.rest))));
+        self.state = State::Verifying(Some(Box::new(
+            AuthRequest::new(args.keyword, args.rest).with_mechanism("HELO"),
+        )));
     }
 
     /// HELO goes on with the verdict of its password check.

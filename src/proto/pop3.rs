@@ -429,7 +429,7 @@ impl Pop3Session {
                 };
                 match user {
                     // RFC 1939 §7: the password is the rest of the line, spaces and all.
-                    Some(user) => self.login(&user, cmd.rest),
+                    Some(user) => self.login(&user, cmd.rest, "USER"),
                     None => self.error(out, "send USER first"),
                 }
             }
@@ -479,7 +479,7 @@ impl Pop3Session {
         match sasl::decode_plain(base64, &mut buf) {
             Ok(p) => {
                 let (user, password) = (p.authcid, p.password);
-                self.login(user, password);
+                self.login(user, password, "PLAIN");
             }
             Err(PlainError::Base64) => self.error(out, "invalid base64 in SASL response"),
             Err(PlainError::Malformed) => self.error(out, "malformed SASL PLAIN response"),
@@ -492,8 +492,10 @@ impl Pop3Session {
     }
 
     /// Hands the check to the reactor; `verified` goes on with its verdict.
-    fn login(&mut self, user: &[u8], password: &[u8]) {
-        self.state = State::Verifying(Some(Box::new(AuthRequest::new(user, password))));
+    fn login(&mut self, user: &[u8], password: &[u8], mechanism: &'static str) {
+        self.state = State::Verifying(Some(Box::new(
+            AuthRequest::new(user, password).with_mechanism(mechanism),
+        )));
     }
 
     fn verified(

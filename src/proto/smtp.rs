@@ -34,6 +34,7 @@ use memchr::{memchr, memmem};
 
 use super::smtp_addr::{self, ArgError};
 use super::{Completion, Ctx, Next, OutBuf, Step};
+use crate::daemon::events;
 use crate::directory::RcptVerdict;
 use crate::limits;
 use crate::spool::{BodyType, Envelope, QueueId, SpoolError};
@@ -258,19 +259,20 @@ impl SmtpSession {
     /// is over its rejected-recipient budget.
     pub fn greet(&mut self, _ctx: Ctx, out: &mut OutBuf, host: &mut dyn SmtpHost) {
         if host.client_over_rcpt_budget() {
-            self.over_rcpt_budget(out);
+            self.over_rcpt_budget(out, "CONNECT");
             self.mode = Mode::Closed;
             return;
         }
         out.push(format!("220 {} ESMTP postling\r\n", self.settings.hostname).as_bytes());
     }
 
-    fn over_rcpt_budget(&self, out: &mut OutBuf) {
-        reply!(
-            out,
+    fn over_rcpt_budget(&self, out: &mut OutBuf, stage: &str) {
+        let text = format!(
             "421 4.7.0 {} too many rejected recipients from your address, try again later",
             self.settings.hostname
         );
+        events::log_reject(stage, self.peer.ip(), &text);
+        reply!(out, "{text}");
     }
 
     /// Handles as many complete commands (or data lines) of `input` as the output buffer has
@@ -539,13 +541,15 @@ impl SmtpSession {
         host.rcpt_refused();
         self.rejected_rcpts = self.rejected_rcpts.saturating_add(1);
         if self.rejected_rcpts > limits::SMTP_MAX_REJECTED_RCPTS {
-            reply!(
-                out,
+            let cut = format!(
                 "421 4.7.0 {} too many rejected recipients",
                 self.settings.hostname
             );
+            events::log_reject("RCPT", self.peer.ip(), &cut);
+            reply!(out, "{cut}");
             return Flow::Close;
         }
+        events::log_reject("RCPT", self.peer.ip(), &text.to_string());
         reply(out, text);
         Flow::Continue
     }
@@ -633,20 +637,18 @@ impl SmtpSession {
         };
         if mail.path.non_ascii && !mail.smtputf8 {
             // RFC 6531 §3.5: a non-ASCII address needs the SMTPUTF8 parameter.
-            reply!(
-                out,
-                "553 5.6.7 Non-ASCII sender address not permitted without SMTPUTF8"
-            );
+            let text = "553 5.6.7 Non-ASCII sender address not permitted without SMTPUTF8";
+            events::log_reject("MAIL", self.peer.ip(), text);
+            reply!(out, "{text}");
             return Flow::Continue;
         }
         if mail
             .size
             .is_some_and(|n| n > self.settings.max_message_size)
         {
-            reply!(
-                out,
-                "552 5.3.4 Message size exceeds fixed maximum message size"
-            );
+            let text = "552 5.3.4 Message size exceeds fixed maximum message size";
+            events::log_reject("MAIL", self.peer.ip(), text);
+            reply!(out, "{text}");
             return Flow::Continue;
         }
         self.transaction = Some(Transaction {
@@ -683,7 +685,7 @@ impl SmtpSession {
         if host.client_over_rcpt_budget() {
             // Every recipient alike, known or not: a verdict would let a harvester go on at
             // one probe per connection.
-            self.over_rcpt_budget(out);
+            self.over_rcpt_budget(out, "RCPT");
             return Flow::Close;
         }
         if accepted >= limits::SMTP_MAX_RCPTS {

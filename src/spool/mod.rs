@@ -219,6 +219,11 @@ impl Incoming {
         total - bytes.len()
     }
 
+    /// The message bytes taken so far, without the envelope header (the `size=` of the log).
+    pub fn data_size(&self) -> u64 {
+        (self.written + self.used as u64).saturating_sub(self.header_len)
+    }
+
     /// Has a write failed?
     pub fn failed(&self) -> bool {
         self.error.is_some()

@@ -142,7 +142,7 @@ def test_hashing_runs_in_the_helper_not_the_reactor(server_factory):
     with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as smtp:
         smtp.sendmail("a@example.org", ["bob@example.test"], b"Subject: x\r\n\r\nhi\r\n")
     latency = time.time() - t0
-    checked = s.log().count("pop3: failed login as")
+    checked = s.log().count("auth failed: pop3 USER from")
     for t in threads:
         t.join(60)
     assert len(results) == n and all(r.startswith("-ERR [AUTH]") for r in results), results

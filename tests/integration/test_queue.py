@@ -91,7 +91,7 @@ def test_hold_keeps_a_message_from_delivery_until_release(server_factory):
     s.wait_log("queue run requested: ")
     later = send(s, ["bob@example.test"], "later")
     wait_maildir(s, "bob", 1)
-    s.wait_log(f"{later}: done")
+    s.wait_log(f"{later}: removed\n")
     assert subjects(s, "bob") == ["later"]
     assert line_of(listing(s), held).endswith(" HELD")
     # A flush of the held id leaves it held.
@@ -116,7 +116,7 @@ def test_delete_removes_without_a_bounce(server_factory):
     block.unlink()
     s.proc.send_signal(signal.SIGUSR2)
     after = send(s, ["bob@example.test"], "after")
-    s.wait_log(f"{after}: done")
+    s.wait_log(f"{after}: removed\n")
     assert subjects(s, "bob") == ["after"]
     assert maildir_messages(s, "carol") == [], "no bounce for a deleted message"
     # delete all (alice is blocked the same way now)
@@ -211,7 +211,7 @@ def test_commands_with_the_daemon_stopped_take_effect_at_its_start(server_factor
 
     block.unlink()
     s.start()
-    s.wait_log(f"{flushed}: done")
+    s.wait_log(f"{flushed}: removed\n")
     dsn = wait_maildir(s, "carol", 1)[0].read_bytes()
     assert b"Final-Recipient: rfc822; bob@example.test" in dsn and b"Status: 5.0.0" in dsn
     # The held one was found at start beside the others and not attempted.

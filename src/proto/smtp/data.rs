@@ -61,6 +61,15 @@ impl SmtpSession {
                 return Flow::Continue;
             }
         };
+        // At DATA, when the message gets its queue id (before, there is no id to file it
+        // under); the `from=` line follows at the commit.
+        crate::daemon::events::log(&crate::daemon::events::client(
+            &id.0,
+            self.peer,
+            &envelope.helo,
+            self.tls,
+            None,
+        ));
         let single_recipient = match envelope.recipients.as_slice() {
             [one] => Some(one.as_str()),
             _ => None,
