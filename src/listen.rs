@@ -13,6 +13,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Implicit TLS (RFC 8314): every connection starts with the TLS handshake.
     pub tls: bool,
+    /// A message submission port (RFC 6409; `submission_listen`, and `smtps_listen`).
+    pub submission: bool,
     pub socket: mio::net::TcpListener,
     /// The backlog may hold connections: set by a readiness event (edge-triggered, so it is
     /// not repeated), cleared when accept() says WouldBlock.
@@ -67,7 +69,12 @@ impl std::fmt::Display for BindError {
 
 /// Binds one address: SO_REUSEADDR so a restart works while old connections sit in TIME_WAIT,
 /// IPV6_V6ONLY so `0.0.0.0:25` and `[::]:25` can both be listed.
-pub fn bind(proto: Proto, addr: SocketAddr, tls: bool) -> Result<Listener, BindError> {
+pub fn bind(
+    proto: Proto,
+    addr: SocketAddr,
+    tls: bool,
+    submission: bool,
+) -> Result<Listener, BindError> {
     let wrap = |error| BindError {
         proto,
         addr,
@@ -90,17 +97,21 @@ pub fn bind(proto: Proto, addr: SocketAddr, tls: bool) -> Result<Listener, BindE
         proto,
         addr,
         tls,
+        submission,
         socket: mio::net::TcpListener::from_std(std_listener),
         backlog: true,
     })
 }
 
-/// Binds every configured address (protocol, address, implicit TLS), or none: postling never
+/// A configured listener: protocol, address, implicit TLS, submission port.
+pub type Wanted = (Proto, SocketAddr, bool, bool);
+
+/// Binds every configured address (protocol, address, implicit TLS, submission), or none: postling never
 /// starts half-way.
-pub fn bind_all(wanted: &[(Proto, SocketAddr, bool)]) -> Result<Vec<Listener>, BindError> {
+pub fn bind_all(wanted: &[Wanted]) -> Result<Vec<Listener>, BindError> {
     let mut out = Vec::new();
-    for &(proto, addr, tls) in wanted {
-        out.push(bind(proto, addr, tls)?);
+    for &(proto, addr, tls, submission) in wanted {
+        out.push(bind(proto, addr, tls, submission)?);
     }
     Ok(out)
 }

@@ -322,6 +322,7 @@ pub fn fuzz(data: &[u8]) {
         max_message_size,
         // No certificate in the fuzzed server: STARTTLS is answered 502.
         starttls: false,
+        auth_failure_delay: std::time::Duration::from_secs(2),
     });
     let peer = SocketAddr::from(([192, 0, 2, 7], 40000));
     let host = FakeSpool {

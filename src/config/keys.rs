@@ -120,6 +120,30 @@ pub static KEYS: &[KeySpec] = &[
         apply: set_smtps_listen,
     },
     KeySpec {
+        name: "submission_listen",
+        default: DefaultValue::Empty,
+        form: LISTEN_FORM,
+        meaning: "Addresses that accept message submission from users' mail programs (RFC \
+                  6409, usually port 587, e.g. `0.0.0.0:587`), written like `smtp_listen`. \
+                  Clients log in with AUTH PLAIN or LOGIN (a user of `users_file`) before MAIL, \
+                  after STARTTLS unless the client is loopback or `allow_plaintext_auth` is \
+                  yes; they may then send to any address, from their own addresses only. \
+                  `smtps_listen` is a submission port too (RFC 8314). Off unless set.",
+        apply: set_submission_listen,
+    },
+    KeySpec {
+        name: "relay_networks",
+        default: DefaultValue::Text("127.0.0.0/8, ::1/128"),
+        form: "a comma-separated list of address blocks (`10.0.0.0/8`, `2001:db8::/32`, a \
+               bare address); may be empty",
+        meaning: "Clients that may send mail to other domains through `smtp_listen` (port \
+                  25) without logging in, such as programs on this machine. Everybody else \
+                  gets `550 5.7.1 Relay access denied` for a recipient outside `domains` \
+                  there; users relay by logging in on `submission_listen` or `smtps_listen`. \
+                  Empty: nobody relays without AUTH.",
+        apply: set_relay_networks,
+    },
+    KeySpec {
         name: "pop3s_listen",
         default: DefaultValue::Empty,
         form: LISTEN_FORM,
@@ -483,6 +507,16 @@ fn set_pop2_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<()
 
 fn set_smtps_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
     c.smtps_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_submission_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.submission_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_relay_networks(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.relay_networks = super::values::cidr_list(v)?;
     Ok(())
 }
 
