@@ -105,23 +105,32 @@ pub struct SmtpSession {
     /// Set by MAIL, cleared by RSET, EHLO/HELO and the end of DATA.
     transaction: Option<Transaction>,
     /// Erroneous commands so far (syntax, sequence, unknown).
-    errors: u32,
+    errors: u16,
     /// Recipients refused so far in this session.
-    rejected_rcpts: u32,
+    rejected_rcpts: u16,
     /// The session runs over TLS: protocol version and cipher suite, for the Received header.
     tls: Option<(&'static str, &'static str)>,
-    /// A submission port (RFC 6409): AUTH offered, required before MAIL.
-    submission: bool,
-    /// A login without TLS is allowed (loopback client, or `allow_plaintext_auth`).
-    clear_login_ok: bool,
     /// The client is in `relay_networks`: it may relay without AUTH.
     relay_client: bool,
+    /// A submission port (RFC 6409): AUTH offered, required before MAIL. Boxed: port 25
+    /// sessions, the many, do not carry it.
+    auth: Option<Box<AuthState>>,
+}
+
+/// AUTH on a submission port.
+struct AuthState {
+    /// A login without TLS is allowed (loopback client, or `allow_plaintext_auth`).
+    clear_login_ok: bool,
     /// The authenticated user (canonical name).
-    user: Option<String>,
+    user: Option<Box<str>>,
     /// The mechanism of the AUTH in progress (for the log).
     mechanism: &'static str,
     /// Failed AUTH attempts in this session.
-    auth_failures: u32,
+    failures: u32,
+    /// When a failed login's delay ends (`Mode::Delaying`).
+    wake_at: Option<Instant>,
+    /// Adds a missing Date and Message-ID to the message being received.
+    fix: Option<data::HeaderFix>,
 }
 
 enum Mode {
@@ -134,8 +143,9 @@ enum Mode {
     AuthResponse(AuthStep),
     /// The password check is the reactor's (`take_auth` takes the request).
     AwaitAuth(Option<Box<AuthRequest>>),
-    /// A refused login waits out `auth_failure_delay` before its reply.
-    Delaying { wake_at: Instant, throttled: bool },
+    /// A refused login waits out `auth_failure_delay` (until `AuthState::wake_at`) before
+    /// its reply.
+    Delaying { throttled: bool },
     /// Receiving message data.
     Data(data::DataReceiver),
     /// The message was handed to the spool; `resume` brings the verdict.
@@ -149,11 +159,12 @@ enum AuthStep {
     Plain,
     LoginUser,
     /// The user name is in.
-    LoginPassword(Vec<u8>),
+    LoginPassword(Box<[u8]>),
 }
 
 struct Greeting {
-    name: String,
+    /// Boxed, not a String: the session stays small (`conn`'s memory budget).
+    name: Box<str>,
     /// EHLO rather than HELO: ESMTP parameters are allowed.
     extended: bool,
 }
@@ -300,12 +311,8 @@ impl SmtpSession {
             errors: 0,
             rejected_rcpts: 0,
             tls: None,
-            submission: false,
-            clear_login_ok: false,
             relay_client: false,
-            user: None,
-            mechanism: "",
-            auth_failures: 0,
+            auth: None,
         }
     }
 
@@ -313,8 +320,14 @@ impl SmtpSession {
     /// MAIL. `clear_login_ok`: a login without TLS is allowed (loopback, or
     /// `allow_plaintext_auth`).
     pub fn with_submission(mut self, clear_login_ok: bool) -> SmtpSession {
-        self.submission = true;
-        self.clear_login_ok = clear_login_ok;
+        self.auth = Some(Box::new(AuthState {
+            clear_login_ok,
+            user: None,
+            mechanism: "",
+            failures: 0,
+            wake_at: None,
+            fix: None,
+        }));
         self
     }
 
@@ -326,12 +339,16 @@ impl SmtpSession {
 
     /// The authenticated user, if any (for the session's log line).
     pub fn auth_user(&self) -> Option<&str> {
-        self.user.as_deref()
+        self.auth.as_ref().and_then(|a| a.user.as_deref())
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.auth_user()
     }
 
     /// The mechanism of the AUTH waiting for its check (for the log).
     pub fn auth_mechanism(&self) -> &'static str {
-        self.mechanism
+        self.auth.as_ref().map_or("", |a| a.mechanism)
     }
 
     /// The password check `Next::AwaitAuth` asks for; taken once.
@@ -343,7 +360,7 @@ impl SmtpSession {
     }
 
     fn login_allowed(&self) -> bool {
-        self.tls.is_some() || self.clear_login_ok
+        self.tls.is_some() || self.auth.as_ref().is_some_and(|a| a.clear_login_ok)
     }
 
     /// The TLS handshake after STARTTLS (or on an implicit-TLS port) is complete.
@@ -389,8 +406,11 @@ impl SmtpSession {
                     return Step::new(pos, Next::NeedOutput);
                 }
                 Mode::AwaitAuth(_) => return Step::new(pos, Next::AwaitAuth),
-                Mode::Delaying { wake_at, .. } => {
-                    return Step::new(pos, Next::Sleep(wake_at.saturating_duration_since(ctx.now)));
+                Mode::Delaying { .. } => {
+                    let wake_at = self.auth.as_ref().and_then(|a| a.wake_at);
+                    let left =
+                        wake_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(ctx.now));
+                    return Step::new(pos, Next::Sleep(left));
                 }
                 _ if out.free() < limits::REPLY_RESERVE => {
                     return Step::new(pos, Next::NeedOutput);
@@ -440,7 +460,7 @@ impl SmtpSession {
     /// closing the session now loses the client nothing but a reconnect. The reactor may then
     /// close it to make room for a newcomer (`Proto::evicted_reply`).
     pub fn holds_nothing(&self) -> bool {
-        matches!(self.mode, Mode::Command) && self.transaction.is_none() && self.user.is_none()
+        matches!(self.mode, Mode::Command) && self.transaction.is_none() && self.user().is_none()
     }
 
     /// The idle deadline or session cap passed: write `421 4.4.2`.
@@ -614,7 +634,7 @@ impl SmtpSession {
             Verb::StartTls => self.starttls(args, out),
             // Port 25 is the MTA port: AUTH is known there but never offered (RFC 5321
             // §4.2.4: 502, not 500); users submit on the submission ports.
-            Verb::Auth if !self.submission => {
+            Verb::Auth if self.auth.is_none() => {
                 self.client_error(out, format_args!("502 5.5.1 Error: AUTH not available"))
             }
             Verb::Auth => self.auth(args, ctx, out),
@@ -651,7 +671,7 @@ impl SmtpSession {
     /// spent (scanners and confused peers do not get unlimited tries).
     fn client_error(&mut self, out: &mut OutBuf, text: fmt::Arguments<'_>) -> Flow {
         self.errors = self.errors.saturating_add(1);
-        if self.errors >= limits::SMTP_MAX_ERRORS {
+        if u32::from(self.errors) >= limits::SMTP_MAX_ERRORS {
             reply!(out, "421 4.7.0 {} too many errors", self.settings.hostname);
             return Flow::Close;
         }
@@ -669,7 +689,7 @@ impl SmtpSession {
     ) -> Flow {
         host.rcpt_refused();
         self.rejected_rcpts = self.rejected_rcpts.saturating_add(1);
-        if self.rejected_rcpts > limits::SMTP_MAX_REJECTED_RCPTS {
+        if u32::from(self.rejected_rcpts) > limits::SMTP_MAX_REJECTED_RCPTS {
             reply!(
                 out,
                 "421 4.7.0 {} too many rejected recipients",
@@ -716,7 +736,7 @@ impl SmtpSession {
         };
         self.transaction = None;
         self.greeting = Some(Greeting {
-            name: name.to_owned(),
+            name: name.into(),
             extended,
         });
         let hostname = &self.settings.hostname;
@@ -726,7 +746,7 @@ impl SmtpSession {
         }
         let starttls =
             (self.settings.starttls && self.tls.is_none()).then_some(Extension::StartTls);
-        let auth = (self.submission && self.login_allowed() && self.user.is_none())
+        let auth = (self.auth.is_some() && self.login_allowed() && self.user().is_none())
             .then_some(Extension::Auth);
         let extensions: Vec<Extension> = starttls
             .into_iter()
@@ -755,7 +775,7 @@ impl SmtpSession {
         if self.transaction.is_some() {
             return self.client_error(out, format_args!("503 5.5.1 Error: nested MAIL command"));
         }
-        if self.submission && self.user.is_none() {
+        if self.auth.is_some() && self.user().is_none() {
             return self.client_error(out, format_args!("530 5.7.0 Authentication required"));
         }
         let Ok(args) = std::str::from_utf8(args) else {
@@ -786,7 +806,7 @@ impl SmtpSession {
             );
             return Flow::Continue;
         }
-        if let Some(user) = &self.user {
+        if let Some(user) = self.user() {
             // RFC 6409 §4.1, §6.1: a submitted message's sender is the user's own.
             let sender = mail.path.address;
             if sender.is_empty() {
@@ -874,7 +894,7 @@ impl SmtpSession {
         let verdict = match host.rcpt_verdict(address) {
             // An authenticated user, or a `relay_networks` client, may relay: the recipient
             // is queued for the relay.
-            RcptVerdict::RelayDenied if self.user.is_some() || self.relay_client => {
+            RcptVerdict::RelayDenied if self.user().is_some() || self.relay_client => {
                 RcptVerdict::Accept
             }
             v => v,

@@ -17,7 +17,7 @@ impl SmtpSession {
         if self.greeting.as_ref().is_none_or(|g| !g.extended) {
             return self.client_error(out, format_args!("503 5.5.1 Error: send EHLO first"));
         }
-        if self.user.is_some() {
+        if self.user().is_some() {
             return self.client_error(out, format_args!("503 5.5.1 Error: already authenticated"));
         }
         if self.transaction.is_some() {
@@ -43,7 +43,7 @@ impl SmtpSession {
             );
         };
         if mechanism.eq_ignore_ascii_case(b"PLAIN") {
-            self.mechanism = "PLAIN";
+            self.set_mechanism("PLAIN");
             match initial {
                 None => {
                     self.mode = Mode::AuthResponse(AuthStep::Plain);
@@ -55,7 +55,7 @@ impl SmtpSession {
                 Some(response) => self.plain(response, out),
             }
         } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
-            self.mechanism = "LOGIN";
+            self.set_mechanism("LOGIN");
             match initial {
                 None => {
                     self.mode = Mode::AuthResponse(AuthStep::LoginUser);
@@ -69,6 +69,12 @@ impl SmtpSession {
                 out,
                 format_args!("504 5.5.4 Unrecognized authentication type"),
             )
+        }
+    }
+
+    fn set_mechanism(&mut self, mechanism: &'static str) {
+        if let Some(a) = self.auth.as_mut() {
+            a.mechanism = mechanism;
         }
     }
 
@@ -135,7 +141,7 @@ impl SmtpSession {
         let user = sasl::decode_base64(base64, &mut buf)
             .and_then(|n| buf.get(..n))
             .filter(|u| !u.is_empty() && !u.contains(&0))
-            .map(<[u8]>::to_vec);
+            .map(Box::<[u8]>::from);
         let Some(user) = user else {
             return self.bad_base64(out);
         };
@@ -156,26 +162,32 @@ impl SmtpSession {
         self.mode = Mode::Command;
         match verdict {
             AuthVerdict::Accepted(name) => {
-                self.user = Some(name);
+                if let Some(a) = self.auth.as_mut() {
+                    a.user = Some(name.into_boxed_str());
+                }
                 reply!(out, "235 2.7.0 Authentication successful");
             }
             AuthVerdict::Rejected => {
-                self.auth_failures = self.auth_failures.saturating_add(1);
-                self.mode = Mode::Delaying {
-                    wake_at: ctx.now + self.settings.auth_failure_delay,
-                    throttled: false,
-                };
+                if let Some(a) = self.auth.as_mut() {
+                    a.failures = a.failures.saturating_add(1);
+                }
+                self.delay(ctx, false);
             }
             AuthVerdict::Throttled => {
-                self.mode = Mode::Delaying {
-                    wake_at: ctx.now + self.settings.auth_failure_delay,
-                    throttled: true,
-                };
+                self.delay(ctx, true);
             }
             AuthVerdict::Unavailable => {
                 reply!(out, "454 4.7.0 Temporary authentication failure");
             }
         }
+    }
+
+    fn delay(&mut self, ctx: Ctx, throttled: bool) {
+        let wake_at = ctx.now + self.settings.auth_failure_delay;
+        if let Some(a) = self.auth.as_mut() {
+            a.wake_at = Some(wake_at);
+        }
+        self.mode = Mode::Delaying { throttled };
     }
 
     /// The failed login's delay is over: its reply. A throttled address, or a session past
@@ -194,7 +206,8 @@ impl SmtpSession {
             return;
         }
         reply!(out, "535 5.7.8 Authentication credentials invalid");
-        self.mode = if self.auth_failures >= limits::AUTH_MAX_FAILURES {
+        let failures = self.auth.as_ref().map_or(0, |a| a.failures);
+        self.mode = if failures >= limits::AUTH_MAX_FAILURES {
             Mode::Closed
         } else {
             Mode::Command

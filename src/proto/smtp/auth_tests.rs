@@ -341,13 +341,11 @@ fn sequence_errors() {
 fn auth_inside_a_transaction_is_503() {
     // A relay_networks client on port 25 has a transaction without AUTH; a submission
     // session cannot, so the check is made on the transaction itself.
-    let mut s = submission(true);
-    s.user = None;
-    let mut d = Driver::with_session(FakeHost::new(), s);
+    let mut d = Driver::with_session(FakeHost::new(), submission(true));
     d.send(
         format!("EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\nMAIL FROM:<alice@example.test>\r\n").as_bytes(),
     );
-    d.session.user = None;
+    d.session.auth.as_mut().unwrap().user = None;
     d.send(format!("AUTH PLAIN {PLAIN_OK}\r\n").as_bytes());
     assert_eq!(
         d.replies().last().unwrap(),

@@ -17,8 +17,6 @@ pub(super) struct DataReceiver {
     size: u64,
     /// Past `max_message_size`: the rest is read and dropped, the entry already aborted.
     over_limit: bool,
-    /// Submitted mail: adds a missing Date and Message-ID at the end of the header.
-    fix: Option<HeaderFix>,
 }
 
 /// Watches the header section of a submitted message (RFC 6409 §8.2, §8.3) and, where it ends,
@@ -144,7 +142,7 @@ impl SmtpSession {
             return Flow::Continue;
         };
         let extended = greeting.extended;
-        let helo = greeting.name.clone();
+        let helo = greeting.name.to_string();
         let envelope = Envelope {
             sender: t.sender,
             recipients: t.recipients,
@@ -174,7 +172,7 @@ impl SmtpSession {
                 extended,
                 smtputf8: envelope.smtputf8,
                 tls: self.tls.is_some(),
-                authenticated: self.user.is_some(),
+                authenticated: self.user().is_some(),
             },
             tls: self.tls,
             queue_id: &id.0,
@@ -182,7 +180,7 @@ impl SmtpSession {
             date: &rfc5322_date(ctx.wall),
         });
         host.message_append(header.as_bytes());
-        let fix = self.user.is_some().then(|| {
+        let fix = self.user().is_some().then(|| {
             let message_id = format!(
                 "<{}.{:016x}@{}>",
                 id.0,
@@ -191,11 +189,13 @@ impl SmtpSession {
             );
             HeaderFix::new(rfc5322_date(ctx.wall), message_id)
         });
+        if let Some(a) = self.auth.as_mut() {
+            a.fix = fix;
+        }
         self.mode = Mode::Data(DataReceiver {
             decoder: DotDecoder::new(ended_in_crlf),
             size: 0,
             over_limit: false,
-            fix,
         });
         reply!(out, "354 End data with <CR><LF>.<CR><LF>");
         Flow::Continue
@@ -233,8 +233,8 @@ impl SmtpSession {
             decoder,
             size,
             over_limit,
-            fix,
         } = receiver;
+        let mut fix = self.auth.as_mut().and_then(|a| a.fix.as_mut());
         let limit = self.settings.max_message_size;
         let mut sink = |bytes: &[u8], counted: bool| {
             if *over_limit {
@@ -269,12 +269,15 @@ impl SmtpSession {
         if !decoded.finished {
             return Unit::Done(decoded.consumed, Flow::Continue);
         }
-        if let Some(add) = fix.as_mut().and_then(HeaderFix::finish) {
+        if let Some(add) = fix.as_mut().and_then(|f| f.finish()) {
             if !*over_limit && !add.is_empty() {
                 host.message_append(add.as_bytes());
             }
         }
         let over_limit = *over_limit;
+        if let Some(a) = self.auth.as_mut() {
+            a.fix = None;
+        }
         self.mode = Mode::Command;
         if over_limit {
             reply!(out, "552 5.3.4 Message size exceeds fixed limit");
