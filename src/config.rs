@@ -670,6 +670,19 @@ fn check_tls_keys(c: &Config, failed: &[&'static str], report: &mut Report<'_>) 
         ),
         _ => {}
     }
+    if c.tls_cert.is_none()
+        && c.tls_key.is_none()
+        && !c.submission_listen.is_empty()
+        && !c.allow_plaintext_auth
+        && !failed.contains(&"submission_listen")
+    {
+        report.warn(
+            line("submission_listen"),
+            "submission_listen",
+            "without tls_cert and tls_key there is no STARTTLS, so only loopback clients can \
+             log in there (set a certificate, or allow_plaintext_auth = yes)",
+        );
+    }
     if c.tls_cert.is_none() && c.tls_key.is_none() {
         for key in ["smtps_listen", "pop3s_listen"] {
             let set = if key == "smtps_listen" {

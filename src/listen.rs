@@ -27,16 +27,21 @@ pub struct BindError {
     pub proto: Proto,
     pub addr: SocketAddr,
     pub tls: bool,
+    pub submission: bool,
     pub error: io::Error,
 }
 
 impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = format!(
-            "{}{}_listen",
-            self.proto.name(),
-            if self.tls { "s" } else { "" }
-        );
+        let key = if self.submission && !self.tls {
+            "submission_listen".to_string()
+        } else {
+            format!(
+                "{}{}_listen",
+                self.proto.name(),
+                if self.tls { "s" } else { "" }
+            )
+        };
         let hint = match self.error.raw_os_error() {
             Some(libc::EADDRINUSE) => format!(
                 "another program is already listening on port {} (see `ss -ltnp 'sport = :{}'`); stop it or change {key}",
@@ -79,6 +84,7 @@ pub fn bind(
         proto,
         addr,
         tls,
+        submission,
         error,
     };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(wrap)?;

@@ -79,8 +79,9 @@ pub static KEYS: &[KeySpec] = &[
         },
         form: "a comma-separated list of domain names",
         meaning: "The mail domains delivered here. Mail to a known user or alias at one of them \
-                  is accepted; mail to any other domain is refused, since postling does not \
-                  relay. Names are compared ignoring ASCII case only (A-Z); other \
+                  is accepted; mail to any other domain is refused (`550 5.7.1 Relay access \
+                  denied`) unless the client is in `relay_networks` or logged in on a \
+                  submission port. Names are compared ignoring ASCII case only (A-Z); other \
                   characters must match exactly.",
         apply: set_domains,
     },
@@ -196,11 +197,12 @@ pub static KEYS: &[KeySpec] = &[
         name: "allow_plaintext_auth",
         default: DefaultValue::Text("no"),
         form: "yes or no",
-        meaning: "Whether POP3 USER/PASS and AUTH PLAIN and POP2 logins are accepted without \
-                  TLS from clients other than loopback (127.0.0.0/8, ::1). With `no` such a \
-                  login is refused with `-ERR [AUTH] TLS required` and CAPA lists USER and \
-                  SASL PLAIN only where a login would be accepted: after STLS or on \
-                  `pop3s_listen`.",
+        meaning: "Whether POP3 USER/PASS and AUTH PLAIN, POP2 logins and SMTP AUTH on the \
+                  submission ports are accepted without TLS from clients other than loopback \
+                  (127.0.0.0/8, ::1). With `no` such a POP login is refused with `-ERR \
+                  [AUTH] TLS required` and CAPA lists USER and SASL PLAIN only where a login \
+                  would be accepted: after STLS or on `pop3s_listen`; such an SMTP client is \
+                  not offered AUTH and gets `538 5.7.11` until it uses STARTTLS.",
         apply: set_allow_plaintext_auth,
     },
     KeySpec {
