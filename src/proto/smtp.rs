@@ -662,6 +662,10 @@ impl SmtpSession {
         reply!(out, "220 2.0.0 Ready to start TLS");
         self.greeting = None;
         self.transaction = None;
+        // A login made in the clear (loopback) is knowledge from before TLS too.
+        if let Some(a) = self.auth.as_mut() {
+            a.user = None;
+        }
         Flow::StartTls
     }
 

@@ -321,6 +321,22 @@ fn without_tls_auth_is_538_and_not_offered() {
     assert_eq!(r.last().unwrap(), "235 2.7.0 Authentication successful");
 }
 
+/// RFC 3207 §4.2: STARTTLS forgets what came before it, a clear-text login included.
+#[test]
+fn starttls_forgets_a_login_made_in_the_clear() {
+    let mut d = Driver::with_session(FakeHost::new(), submission(true));
+    d.send(format!("EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\nSTARTTLS\r\n").as_bytes());
+    assert_eq!(d.session.auth_user(), None);
+    d.send(b"EHLO c\r\nMAIL FROM:<alice@example.test>\r\n");
+    let r = d.replies();
+    assert!(
+        r.contains(&"235 2.7.0 Authentication successful".to_string()),
+        "{r:?}"
+    );
+    assert!(r.contains(&"250-AUTH PLAIN LOGIN".to_string()), "{r:?}");
+    assert_eq!(r.last().unwrap(), "530 5.7.0 Authentication required");
+}
+
 #[test]
 fn sequence_errors() {
     dialog(
