@@ -336,6 +336,7 @@ fn smtp_settings() -> Rc<SmtpSettings> {
         hostname: "bench.example.test".into(),
         max_message_size: 10 * 1024 * 1024,
         starttls: false,
+        auth_failure_delay: std::time::Duration::from_secs(2),
     })
 }
 

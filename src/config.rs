@@ -44,6 +44,10 @@ pub struct Config {
     /// Implicit-TLS listeners (RFC 8314).
     pub smtps_listen: Vec<SocketAddr>,
     pub pop3s_listen: Vec<SocketAddr>,
+    /// Message submission listeners (RFC 6409): SMTP with AUTH required before MAIL.
+    pub submission_listen: Vec<SocketAddr>,
+    /// Clients that may relay through port 25 without AUTH.
+    pub relay_networks: Vec<values::Cidr>,
     /// The TLS identity's PEM files: both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -149,6 +153,8 @@ impl Config {
             pop2_listen: Vec::new(),
             smtps_listen: Vec::new(),
             pop3s_listen: Vec::new(),
+            submission_listen: Vec::new(),
+            relay_networks: values::Cidr::loopback(),
             tls_cert: None,
             tls_key: None,
             tls_handshake_timeout: limits::TLS_HANDSHAKE_TIMEOUT_DEFAULT,
@@ -664,6 +670,19 @@ fn check_tls_keys(c: &Config, failed: &[&'static str], report: &mut Report<'_>) 
         ),
         _ => {}
     }
+    if c.tls_cert.is_none()
+        && c.tls_key.is_none()
+        && !c.submission_listen.is_empty()
+        && !c.allow_plaintext_auth
+        && !failed.contains(&"submission_listen")
+    {
+        report.warn(
+            line("submission_listen"),
+            "submission_listen",
+            "without tls_cert and tls_key there is no STARTTLS, so only loopback clients can \
+             log in there (set a certificate, or allow_plaintext_auth = yes)",
+        );
+    }
     if c.tls_cert.is_none() && c.tls_key.is_none() {
         for key in ["smtps_listen", "pop3s_listen"] {
             let set = if key == "smtps_listen" {
@@ -691,6 +710,7 @@ fn check_listeners(c: &Config, failed: &[&'static str], report: &mut Report<'_>)
         ("pop2_listen", &c.pop2_listen),
         ("smtps_listen", &c.smtps_listen),
         ("pop3s_listen", &c.pop3s_listen),
+        ("submission_listen", &c.submission_listen),
     ];
     for (key, addrs) in lists {
         if failed.contains(&key) {

@@ -357,6 +357,20 @@ impl Directory {
         }
     }
 
+    /// Is `sender` one of `user`'s own addresses: in a local domain (or without one), and
+    /// resolving to that user alone: the user's name (or a subaddress of it), or an alias whose
+    /// every target is that user. The catch-all never makes an address anybody's.
+    pub fn sender_owned_by(&self, user: &str, sender: &str) -> bool {
+        let Address::Local(local) = self.classify(sender) else {
+            return false;
+        };
+        let mut expansion = Expansion::new(self);
+        if expansion.local(&local, false).is_err() {
+            return false;
+        }
+        matches!(expansion.out.as_slice(), [Resolved::Local { user: u }] if u == user)
+    }
+
     /// The credential of a user (name matched with ASCII case folded only), for POP logins.
     pub fn credential(&self, user: &str) -> Option<(&str, &Credential)> {
         self.users

@@ -803,6 +803,25 @@ impl SmtpHost for SmtpHostFor<'_> {
             self.services.spool.abort(inc);
         }
     }
+
+    fn sender_owned_by(&mut self, user: &str, sender: &str) -> bool {
+        self.services
+            .directory_fresh()
+            .sender_owned_by(user, sender)
+    }
+
+    fn random_token(&mut self) -> u64 {
+        let mut buf = [0u8; 8];
+        // SAFETY: getrandom into a local buffer of its stated length.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
+        if n != 8 {
+            // Unique enough with the queue id beside it: the time's nanoseconds.
+            return SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs());
+        }
+        u64::from_ne_bytes(buf)
+    }
 }
 
 pub struct PopHostFor<'a> {

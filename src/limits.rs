@@ -66,6 +66,9 @@ pub const TLS_PEM_FILE_MAX: u64 = 1024 * 1024;
 
 /// RFC 5321 §4.5.3.1.4: command line including CRLF.
 pub const SMTP_MAX_LINE: usize = 512;
+/// RFC 4954 §4: a SASL response line of SMTP AUTH may exceed the command limit; the same bound
+/// as POP's (RFC 4616 §2: PLAIN's three fields of 255 octets each, base64, plus CRLF).
+pub const SMTP_SASL_MAX_LINE: usize = POP_SASL_MAX_LINE;
 /// RFC 5321 §4.5.3.1.8 asks servers to accept at least 100 recipients.
 pub const SMTP_MAX_RCPTS: usize = 100;
 /// RFC 5321 §4.5.3.1.3: a path is at most 256 octets.

@@ -13,6 +13,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Implicit TLS (RFC 8314): every connection starts with the TLS handshake.
     pub tls: bool,
+    /// A message submission port (RFC 6409; `submission_listen`, and `smtps_listen`).
+    pub submission: bool,
     pub socket: mio::net::TcpListener,
     /// The backlog may hold connections: set by a readiness event (edge-triggered, so it is
     /// not repeated), cleared when accept() says WouldBlock.
@@ -25,16 +27,21 @@ pub struct BindError {
     pub proto: Proto,
     pub addr: SocketAddr,
     pub tls: bool,
+    pub submission: bool,
     pub error: io::Error,
 }
 
 impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = format!(
-            "{}{}_listen",
-            self.proto.name(),
-            if self.tls { "s" } else { "" }
-        );
+        let key = if self.submission && !self.tls {
+            "submission_listen".to_string()
+        } else {
+            format!(
+                "{}{}_listen",
+                self.proto.name(),
+                if self.tls { "s" } else { "" }
+            )
+        };
         let hint = match self.error.raw_os_error() {
             Some(libc::EADDRINUSE) => format!(
                 "another program is already listening on port {} (see `ss -ltnp 'sport = :{}'`); stop it or change {key}",
@@ -67,11 +74,17 @@ impl std::fmt::Display for BindError {
 
 /// Binds one address: SO_REUSEADDR so a restart works while old connections sit in TIME_WAIT,
 /// IPV6_V6ONLY so `0.0.0.0:25` and `[::]:25` can both be listed.
-pub fn bind(proto: Proto, addr: SocketAddr, tls: bool) -> Result<Listener, BindError> {
+pub fn bind(
+    proto: Proto,
+    addr: SocketAddr,
+    tls: bool,
+    submission: bool,
+) -> Result<Listener, BindError> {
     let wrap = |error| BindError {
         proto,
         addr,
         tls,
+        submission,
         error,
     };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(wrap)?;
@@ -90,17 +103,21 @@ pub fn bind(proto: Proto, addr: SocketAddr, tls: bool) -> Result<Listener, BindE
         proto,
         addr,
         tls,
+        submission,
         socket: mio::net::TcpListener::from_std(std_listener),
         backlog: true,
     })
 }
 
-/// Binds every configured address (protocol, address, implicit TLS), or none: postling never
+/// A configured listener: protocol, address, implicit TLS, submission port.
+pub type Wanted = (Proto, SocketAddr, bool, bool);
+
+/// Binds every configured address (protocol, address, implicit TLS, submission), or none: postling never
 /// starts half-way.
-pub fn bind_all(wanted: &[(Proto, SocketAddr, bool)]) -> Result<Vec<Listener>, BindError> {
+pub fn bind_all(wanted: &[Wanted]) -> Result<Vec<Listener>, BindError> {
     let mut out = Vec::new();
-    for &(proto, addr, tls) in wanted {
-        out.push(bind(proto, addr, tls)?);
+    for &(proto, addr, tls, submission) in wanted {
+        out.push(bind(proto, addr, tls, submission)?);
     }
     Ok(out)
 }

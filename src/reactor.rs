@@ -69,6 +69,8 @@ pub struct Settings {
     /// POP logins without TLS from other than loopback (`allow_plaintext_auth`).
     pub allow_plaintext_auth: bool,
     pub max_tls_handshakes: usize,
+    /// Clients that may relay through port 25 without AUTH.
+    pub relay_networks: Vec<crate::config::values::Cidr>,
 }
 
 pub struct Reactor {
@@ -121,6 +123,7 @@ impl Settings {
                 hostname: config.hostname.clone(),
                 max_message_size: config.max_message_size,
                 starttls: false,
+                auth_failure_delay: config.auth_failure_delay,
             }),
             pop: Rc::new(PopSettings {
                 hostname: config.hostname.clone(),
@@ -136,6 +139,7 @@ impl Settings {
             tls_handshake_timeout: config.tls_handshake_timeout,
             allow_plaintext_auth: config.allow_plaintext_auth,
             max_tls_handshakes: config.max_tls_handshakes,
+            relay_networks: config.relay_networks.clone(),
         }
     }
 }
@@ -196,17 +200,19 @@ where
         .map(|c| c.slot)
 }
 
-/// Every configured listen address with its protocol and whether it is implicit TLS.
-pub fn wanted_listeners(config: &Config) -> Vec<(Proto, SocketAddr, bool)> {
+/// Every configured listen address with its protocol, whether it is implicit TLS, and whether
+/// it is a submission port (`submission_listen`; `smtps_listen` too, RFC 8314 §3.3).
+pub fn wanted_listeners(config: &Config) -> Vec<crate::listen::Wanted> {
     let mut v = Vec::new();
-    for (proto, addrs, tls) in [
-        (Proto::Smtp, &config.smtp_listen, false),
-        (Proto::Pop3, &config.pop3_listen, false),
-        (Proto::Pop2, &config.pop2_listen, false),
-        (Proto::Smtp, &config.smtps_listen, true),
-        (Proto::Pop3, &config.pop3s_listen, true),
+    for (proto, addrs, tls, submission) in [
+        (Proto::Smtp, &config.smtp_listen, false, false),
+        (Proto::Pop3, &config.pop3_listen, false, false),
+        (Proto::Pop2, &config.pop2_listen, false, false),
+        (Proto::Smtp, &config.smtps_listen, true, true),
+        (Proto::Pop3, &config.pop3s_listen, true, false),
+        (Proto::Smtp, &config.submission_listen, false, true),
     ] {
-        v.extend(addrs.iter().map(|&a| (proto, a, tls)));
+        v.extend(addrs.iter().map(|&a| (proto, a, tls, submission)));
     }
     v
 }
@@ -595,13 +601,14 @@ impl Reactor {
             };
             let proto = listener.proto;
             let tls = listener.tls;
+            let submission = listener.submission;
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
                     if self.descriptors_exhausted {
                         self.descriptors_exhausted = false;
                         info!("accepting connections again ({} open)", self.open);
                     }
-                    self.admit(stream, peer, proto, tls, now);
+                    self.admit(stream, peer, (proto, tls, submission), now);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -664,12 +671,12 @@ impl Reactor {
     /// Makes the open listeners match `wanted`: closes the ones no longer configured and binds
     /// the new ones. A new address that cannot be bound is logged and skipped; the server keeps
     /// running on the others (unlike at start-up, where that is fatal).
-    pub fn set_listeners(&mut self, wanted: &[(Proto, SocketAddr, bool)]) {
+    pub fn set_listeners(&mut self, wanted: &[crate::listen::Wanted]) {
         for slot in 0..self.listeners.len() {
             let keep = self.listeners[slot].as_ref().is_some_and(|l| {
-                wanted
-                    .iter()
-                    .any(|&(p, a, t)| p == l.proto && a == l.addr && t == l.tls)
+                wanted.iter().any(|&(p, a, t, s)| {
+                    p == l.proto && a == l.addr && t == l.tls && s == l.submission
+                })
             });
             if !keep {
                 if let Some(mut l) = self.listeners[slot].take() {
@@ -678,16 +685,13 @@ impl Reactor {
                 }
             }
         }
-        for &(proto, addr, tls) in wanted {
-            if self
-                .listeners
-                .iter()
-                .flatten()
-                .any(|l| l.proto == proto && l.addr == addr && l.tls == tls)
-            {
+        for &(proto, addr, tls, submission) in wanted {
+            if self.listeners.iter().flatten().any(|l| {
+                l.proto == proto && l.addr == addr && l.tls == tls && l.submission == submission
+            }) {
                 continue;
             }
-            match crate::listen::bind(proto, addr, tls) {
+            match crate::listen::bind(proto, addr, tls, submission) {
                 Ok(l) => {
                     if let Err(e) = self.add_listener(l) {
                         warn!("cannot listen for {} on {addr}: {e}", proto.name());
@@ -707,8 +711,7 @@ impl Reactor {
         &mut self,
         mut stream: mio::net::TcpStream,
         peer: SocketAddr,
-        proto: Proto,
-        implicit_tls: bool,
+        (proto, implicit_tls, submission): (Proto, bool, bool),
         now: Instant,
     ) {
         let ip = peer.ip();
@@ -779,7 +782,16 @@ impl Reactor {
             self.settings.allow_plaintext_auth || peer.ip().to_canonical().is_loopback();
         let (session, idle_timeout, cap) = match proto {
             Proto::Smtp => (
-                Session::Smtp(SmtpSession::new(self.settings.smtp.clone(), peer)),
+                Session::Smtp({
+                    let s = SmtpSession::new(self.settings.smtp.clone(), peer);
+                    if submission {
+                        s.with_submission(clear_login_ok)
+                    } else {
+                        let ip = peer.ip();
+                        let relay = self.settings.relay_networks.iter().any(|c| c.contains(ip));
+                        s.with_relay_client(relay)
+                    }
+                }),
                 self.settings.smtp_timeout,
                 limits::SMTP_SESSION_CAP,
             ),
@@ -1056,7 +1068,7 @@ impl Reactor {
                         }
                         Some(verdict) => {
                             let out = conn.output.get_or_insert_with(|| self.pool.take_out());
-                            let host = &mut self.services.pop_host(slot, peer, now);
+                            let host = (&mut self.services, slot, peer);
                             resume_auth(&mut conn.session, verdict, ctx, out, host);
                             lift_login_deadline(conn);
                         }
@@ -1136,13 +1148,18 @@ impl Reactor {
         conn.release_buffers(&mut self.pool);
         self.open -= 1;
         self.free_slots.push(slot);
+        let auth = match &conn.session {
+            Session::Smtp(s) => s.auth_user().map(|u| format!(" auth={u}")),
+            _ => None,
+        };
         // Summarised per protocol and address in a storm (`daemon::flood`).
         info!(
             target: &flood::target(&format!("{} close", conn.proto.name()), conn.peer.ip()),
-            "{} close {} ({}) after {:.3}s: {}",
+            "{} close {} ({}{}) after {:.3}s: {}",
             conn.proto.name(),
             conn.peer,
             conn.transport_name(),
+            auth.unwrap_or_default(),
             now.duration_since(conn.opened).as_secs_f64(),
             if conn.close_reason.is_empty() {
                 "done"
@@ -1236,7 +1253,7 @@ impl Reactor {
                     wall: SystemTime::now(),
                 };
                 let out = conn.output.get_or_insert_with(|| self.pool.take_out());
-                let host = &mut self.services.pop_host(slot, conn.peer, now);
+                let host = (&mut self.services, slot, conn.peer);
                 resume_auth(&mut conn.session, verdict, ctx, out, host);
                 lift_login_deadline(conn);
                 conn.progress(now);
@@ -1348,7 +1365,8 @@ fn begin_check(
     let (proto, request) = match session {
         Session::Pop3(s) => ("pop3", s.take_auth()),
         Session::Pop2(s) => ("pop2", s.take_auth()),
-        Session::Smtp(_) => ("smtp", None),
+        // The mechanism travels in the request (`AuthRequest::mechanism`) into the log lines.
+        Session::Smtp(s) => ("smtp", s.take_auth()),
     };
     let ip = peer.ip();
     let Some(request) = request else {
@@ -1399,19 +1417,20 @@ fn lift_login_deadline(conn: &mut Conn) {
     }
 }
 
-/// Resumes a POP session with the verdict of its password check.
+/// Resumes a session with the verdict of its password check.
 fn resume_auth(
     session: &mut Session,
     verdict: AuthVerdict,
     ctx: Ctx,
     out: &mut OutBuf,
-    host: &mut crate::hosts::PopHostFor<'_>,
+    (services, slot, peer): (&mut Services, usize, SocketAddr),
 ) {
     let c = Completion::Auth(verdict);
+    let now = ctx.now;
     match session {
-        Session::Pop3(s) => s.resume(c, ctx, out, host),
-        Session::Pop2(s) => s.resume(c, ctx, out, host),
-        Session::Smtp(_) => {}
+        Session::Pop3(s) => s.resume(c, ctx, out, &mut services.pop_host(slot, peer, now)),
+        Session::Pop2(s) => s.resume(c, ctx, out, &mut services.pop_host(slot, peer, now)),
+        Session::Smtp(s) => s.resume(c, ctx, out, &mut services.smtp_host(slot, peer, now)),
     }
 }
 

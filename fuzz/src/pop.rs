@@ -108,7 +108,6 @@ impl FakeMailbox {
 }
 
 impl PopHost for FakeMailbox {
-
     fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
         assert_eq!(
             self.accepted.as_deref(),

@@ -4,7 +4,8 @@
 //! Flags (first input byte): bit 0 `message_begin` fails with `Full`, bit 1 it fails with
 //! `Failed`, bit 2 `message_commit` fails at once, bit 3 the durable commit fails, bit 4 a
 //! 100-octet `max_message_size`, bit 5 end by timeout (else shutdown), bit 6 a slow client that
-//! drains its replies a few octets at a time.
+//! drains its replies a few octets at a time, bit 7 a submission port (AUTH PLAIN/LOGIN, where
+//! `alice`/`pw` logs in and `alice@example.test` is her address).
 //!
 //! Recipient verdicts come from the address: a local part containing `unknown` is an unknown
 //! user, `temp` a temporary failure, a domain other than `example.test` a relay attempt.
@@ -17,7 +18,7 @@ use postling::buf::OutBuf;
 use postling::directory::RcptVerdict;
 use postling::limits;
 use postling::proto::smtp::{SmtpHost, SmtpSession, SmtpSettings};
-use postling::proto::{Completion, Ctx, Step};
+use postling::proto::{AuthVerdict, Completion, Ctx, Step};
 use postling::spool::{Envelope, QueueId, SpoolError};
 
 use crate::{Driver, Input, Session, WireCheck};
@@ -183,6 +184,10 @@ impl SmtpHost for FakeSpool {
         Ok(())
     }
 
+    fn sender_owned_by(&mut self, user: &str, sender: &str) -> bool {
+        user == "alice" && sender == "alice@example.test"
+    }
+
     fn message_abort(&mut self) {
         assert!(
             !self.committing,
@@ -308,10 +313,23 @@ impl Session for SmtpSession {
         }
     }
 
+    fn auth_result(&mut self, _host: &mut FakeSpool) -> Completion {
+        let request = self.take_auth().expect("AwaitAuth without a request");
+        let ok = request.user == "alice" && request.password == b"pw";
+        Completion::Auth(if ok {
+            AuthVerdict::Accepted("alice".into())
+        } else {
+            AuthVerdict::Rejected
+        })
+    }
+
     fn max_sleep(&self) -> Duration {
-        Duration::ZERO
+        FAILURE_DELAY
     }
 }
+
+/// `auth_failure_delay` of the fuzzed submission sessions.
+const FAILURE_DELAY: Duration = Duration::from_secs(2);
 
 /// One fuzz case: the client bytes against a fresh session.
 pub fn fuzz(data: &[u8]) {
@@ -322,6 +340,7 @@ pub fn fuzz(data: &[u8]) {
         max_message_size,
         // No certificate in the fuzzed server: STARTTLS is answered 502.
         starttls: false,
+        auth_failure_delay: FAILURE_DELAY,
     });
     let peer = SocketAddr::from(([192, 0, 2, 7], 40000));
     let host = FakeSpool {
@@ -330,7 +349,11 @@ pub fn fuzz(data: &[u8]) {
         ..FakeSpool::default()
     };
     let mut d = Driver::new(
-        SmtpSession::new(settings, peer),
+        if input.flags & 0x80 != 0 {
+            SmtpSession::new(settings, peer).with_submission(true)
+        } else {
+            SmtpSession::new(settings, peer)
+        },
         host,
         ReplyCheck::default(),
         input.flags & 0x40 != 0,
@@ -338,4 +361,20 @@ pub fn fuzz(data: &[u8]) {
     );
     d.play(input.script, input.seed, input.flags & 0x20 != 0);
     assert!(!d.host.committing, "a commit was started and never awaited");
+}
+
+#[cfg(test)]
+mod tests {
+    /// The driver plays a submission dialog: a failed login (with its delay), a good one, a
+    /// sender check, a relay and a message.
+    #[test]
+    fn submission_dialog_under_the_driver() {
+        let mut data = vec![0x80, 7];
+        data.extend_from_slice(
+            b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHg=\r\nAUTH LOGIN\r\nYWxpY2U=\r\ncHc=\r\n\
+              MAIL FROM:<bob@example.test>\r\nMAIL FROM:<alice@example.test>\r\n\
+              RCPT TO:<far@else.example>\r\nDATA\r\nSubject: x\r\n\r\nb\r\n.\r\nQUIT\r\n",
+        );
+        super::fuzz(&data);
+    }
 }

@@ -79,8 +79,9 @@ pub static KEYS: &[KeySpec] = &[
         },
         form: "a comma-separated list of domain names",
         meaning: "The mail domains delivered here. Mail to a known user or alias at one of them \
-                  is accepted; mail to any other domain is refused, since postling does not \
-                  relay. Names are compared ignoring ASCII case only (A-Z); other \
+                  is accepted; mail to any other domain is refused (`550 5.7.1 Relay access \
+                  denied`) unless the client is in `relay_networks` or logged in on a \
+                  submission port. Names are compared ignoring ASCII case only (A-Z); other \
                   characters must match exactly.",
         apply: set_domains,
     },
@@ -118,6 +119,30 @@ pub static KEYS: &[KeySpec] = &[
                   ever written there in plaintext. Needs `tls_cert` and `tls_key`. Off unless \
                   set.",
         apply: set_smtps_listen,
+    },
+    KeySpec {
+        name: "submission_listen",
+        default: DefaultValue::Empty,
+        form: LISTEN_FORM,
+        meaning: "Addresses that accept message submission from users' mail programs (RFC \
+                  6409, usually port 587, e.g. `0.0.0.0:587`), written like `smtp_listen`. \
+                  Clients log in with AUTH PLAIN or LOGIN (a user of `users_file`) before MAIL, \
+                  after STARTTLS unless the client is loopback or `allow_plaintext_auth` is \
+                  yes; they may then send to any address, from their own addresses only. \
+                  `smtps_listen` is a submission port too (RFC 8314). Off unless set.",
+        apply: set_submission_listen,
+    },
+    KeySpec {
+        name: "relay_networks",
+        default: DefaultValue::Text("127.0.0.0/8, ::1/128"),
+        form: "a comma-separated list of address blocks (`10.0.0.0/8`, `2001:db8::/32`, a \
+               bare address); may be empty",
+        meaning: "Clients that may send mail to other domains through `smtp_listen` (port \
+                  25) without logging in, such as programs on this machine. Everybody else \
+                  gets `550 5.7.1 Relay access denied` for a recipient outside `domains` \
+                  there; users relay by logging in on `submission_listen` or `smtps_listen`. \
+                  Empty: nobody relays without AUTH.",
+        apply: set_relay_networks,
     },
     KeySpec {
         name: "pop3s_listen",
@@ -172,11 +197,12 @@ pub static KEYS: &[KeySpec] = &[
         name: "allow_plaintext_auth",
         default: DefaultValue::Text("no"),
         form: "yes or no",
-        meaning: "Whether POP3 USER/PASS and AUTH PLAIN and POP2 logins are accepted without \
-                  TLS from clients other than loopback (127.0.0.0/8, ::1). With `no` such a \
-                  login is refused with `-ERR [AUTH] TLS required` and CAPA lists USER and \
-                  SASL PLAIN only where a login would be accepted: after STLS or on \
-                  `pop3s_listen`.",
+        meaning: "Whether POP3 USER/PASS and AUTH PLAIN, POP2 logins and SMTP AUTH on the \
+                  submission ports are accepted without TLS from clients other than loopback \
+                  (127.0.0.0/8, ::1). With `no` such a POP login is refused with `-ERR \
+                  [AUTH] TLS required` and CAPA lists USER and SASL PLAIN only where a login \
+                  would be accepted: after STLS or on `pop3s_listen`; such an SMTP client is \
+                  not offered AUTH and gets `538 5.7.11` until it uses STARTTLS.",
         apply: set_allow_plaintext_auth,
     },
     KeySpec {
@@ -483,6 +509,16 @@ fn set_pop2_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<()
 
 fn set_smtps_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
     c.smtps_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_submission_listen(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.submission_listen = listen_list(v, &mut ctx.warnings)?;
+    Ok(())
+}
+
+fn set_relay_networks(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.relay_networks = super::values::cidr_list(v)?;
     Ok(())
 }
 

@@ -697,10 +697,10 @@ fn directory_settings_carry_what_the_directory_needs() {
 #[test]
 fn the_key_table_is_consistent() {
     let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-    assert_eq!(names.len(), 33);
+    assert_eq!(names.len(), 35);
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 33, "key names are unique");
+    assert_eq!(names.len(), 35, "key names are unique");
     for k in KEYS {
         assert!(keys::spec(k.name).is_some());
         assert!(
@@ -748,4 +748,58 @@ fn tls_cert_and_key_come_as_a_pair_and_implicit_tls_needs_them() {
     assert_eq!(c.pop3s_listen.len(), 1);
     assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
     assert_eq!(c.tls_cert.as_deref(), Some(Path::new("/etc/c.pem")));
+}
+
+#[test]
+fn relay_networks_and_submission_listen() {
+    let (c, _) = parsed("");
+    assert_eq!(c.relay_networks, values::Cidr::loopback());
+    assert!(c.submission_listen.is_empty());
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(c.relay_networks.iter().any(|n| n.contains(ip("127.1.2.3"))));
+    assert!(c.relay_networks.iter().any(|n| n.contains(ip("::1"))));
+    assert!(
+        c.relay_networks
+            .iter()
+            .any(|n| n.contains(ip("::ffff:127.0.0.1")))
+    );
+    assert!(!c.relay_networks.iter().any(|n| n.contains(ip("10.0.0.1"))));
+    assert!(!c.relay_networks.iter().any(|n| n.contains(ip("::2"))));
+    let (c, _) = parsed(
+        "relay_networks = 10.0.0.0/8, 2001:db8::/32, 192.0.2.7, 0.0.0.0/0\n\
+                         submission_listen = 127.0.0.1:587, [::1]:587\n",
+    );
+    assert_eq!(c.relay_networks.len(), 4);
+    assert!(c.relay_networks[0].contains(ip("10.255.0.1")));
+    assert!(!c.relay_networks[0].contains(ip("11.0.0.1")));
+    assert!(c.relay_networks[1].contains(ip("2001:db8:1::5")));
+    assert!(c.relay_networks[2].contains(ip("192.0.2.7")));
+    assert!(!c.relay_networks[2].contains(ip("192.0.2.8")));
+    assert!(c.relay_networks[3].contains(ip("203.0.113.9")));
+    assert_eq!(c.submission_listen.len(), 2);
+    let (_, warnings) = parsed("submission_listen = 127.0.0.1:587\n");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("only loopback clients can log in")),
+        "{warnings:?}"
+    );
+    let (c, _) = parsed("relay_networks =\n");
+    assert!(c.relay_networks.is_empty());
+    for bad in [
+        "10.1.2.3/8",
+        "10.0.0.0/33",
+        "10.0.0.0/-1",
+        "mail.example/8",
+        "::1/129",
+        "10.0.0.0/+8",
+    ] {
+        let errs = error_lines(format!("relay_networks = {bad}").as_bytes());
+        assert!(
+            errs.iter().any(|e| e.contains("relay_networks")),
+            "{bad}: {errs:?}"
+        );
+    }
+    let errs = error_lines(b"smtp_listen = 127.0.0.1:25\nsubmission_listen = 127.0.0.1:25\n");
+    assert!(errs.iter().any(|e| e.contains("overlaps")), "{errs:?}");
 }

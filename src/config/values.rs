@@ -103,6 +103,107 @@ pub fn listen_list(v: &str, warnings: &mut Vec<String>) -> Result<Vec<SocketAddr
     }
 }
 
+/// An address block (`relay_networks`): the address with its low bits cleared, and the prefix
+/// length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// `127.0.0.0/8, ::1/128`.
+    pub fn loopback() -> Vec<Cidr> {
+        vec![
+            Cidr {
+                addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+                prefix: 8,
+            },
+            Cidr {
+                addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                prefix: 128,
+            },
+        ]
+    }
+
+    /// Is `ip` (an IPv4-mapped IPv6 address counts as IPv4) in this block?
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(a) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// One `ADDRESS/PREFIX` (or a bare address: the host alone). Bits set below the prefix are an
+/// error: `10.1.2.3/8` is more likely a typo than a wish for `10.0.0.0/8`.
+pub fn cidr(v: &str) -> Result<Cidr, String> {
+    let (a, p) = match v.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (v, None),
+    };
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{} is not an IP address", quoted(a)))?;
+    let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match p {
+        None => max,
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if n <= max && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => {
+                return Err(format!(
+                    "{}: the prefix length must be 0 to {max}",
+                    quoted(v)
+                ));
+            }
+        },
+    };
+    let c = Cidr { addr, prefix };
+    // `contains` masks the address and compares it with the block's address as written: only
+    // a network address written with its low bits clear contains itself.
+    if !c.contains(addr) {
+        return Err(format!(
+            "{}: address bits are set beyond the /{prefix} prefix",
+            quoted(v)
+        ));
+    }
+    Ok(c)
+}
+
+/// A comma-separated list of `cidr`s; empty is allowed (nobody relays without AUTH).
+pub fn cidr_list(v: &str) -> Result<Vec<Cidr>, String> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for item in list_items(v) {
+        match cidr(item) {
+            Ok(c) => out.push(c),
+            Err(p) => problems.push(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
 /// One `IP:PORT` or `[IPv6]:PORT`. Never resolves a name: start-up must not need DNS.
 pub fn listen_addr(v: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = v.parse::<SocketAddr>() {

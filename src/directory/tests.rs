@@ -617,3 +617,36 @@ fn refresh_handles_files_that_appear_and_disappear() {
     // The postmaster fallback follows the new users.
     assert_eq!(d.resolve("postmaster"), Ok(vec![local("zoe")]));
 }
+
+/// Submission (RFC 6409): an authenticated user may send as the user at a local domain (or a
+/// subaddress), or as an alias that resolves to that user alone; never through the catch-all,
+/// a shared alias, another user or another domain.
+#[test]
+fn sender_owned_by_the_user_alone() {
+    let (d, _f) = dir_with(
+        "postmaster: alice\nteam: alice, bob\nboss: alice\nfwd: alice, someone@far.example\n\
+         *: carol\n",
+    );
+    for own in [
+        "alice@example.test",
+        "ALICE@Other.Test",
+        "alice+lists@example.test",
+        "boss@example.test",
+        "postmaster@example.test",
+    ] {
+        assert!(d.sender_owned_by("alice", own), "{own}");
+    }
+    for not in [
+        "bob@example.test",
+        "team@example.test",
+        "fwd@example.test",
+        "alice@far.example",
+        "nobody@example.test",
+        "",
+    ] {
+        assert!(!d.sender_owned_by("alice", not), "{not}");
+    }
+    // The catch-all resolves nobody@ to carol, but does not make it carol's address.
+    assert!(!d.sender_owned_by("carol", "nobody@example.test"));
+    assert!(d.sender_owned_by("carol", "carol@example.test"));
+}

@@ -12,10 +12,21 @@
 //! budget across connections. While the address is over it, the session answers `421` at the
 //! greeting and at every RCPT, known recipient or not, so reconnecting tells nothing.
 //!
+//! Submission (RFC 6409, RFC 4954): a session made `with_submission` (the `submission_listen`
+//! and `smtps_listen` ports) offers AUTH PLAIN and LOGIN where a login is allowed (TLS, or
+//! loopback / `allow_plaintext_auth`; otherwise AUTH gets `538 5.7.11`), refuses MAIL before
+//! AUTH (`530 5.7.0`), takes only a sender the user owns (`SmtpHost::sender_owned_by`) and
+//! may relay. The password check is the reactor's (`Next::AwaitAuth`, `take_auth`, then
+//! `resume(Auth(verdict))`), as for POP; a refused login is answered `535 5.7.8` only after
+//! `auth_failure_delay` (`Next::Sleep`, then `resume(Woke)`). On port 25 AUTH is never offered
+//! (`502`): it is the MTA port; relaying there is for `relay_networks` clients only.
+//!
 //! Replies follow RFC 2034: every one carries an RFC 3463 enhanced code except the greeting
 //! and the EHLO/HELO reply. Pipelined commands (RFC 2920) are answered in order, as many per
 //! `step` as the output buffer has room for.
 
+#[cfg(test)]
+mod auth_tests;
 #[cfg(test)]
 mod command_tests;
 #[cfg(test)]
@@ -29,11 +40,13 @@ mod tests;
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use memchr::{memchr, memmem};
 
+use super::sasl::{self, PlainError};
 use super::smtp_addr::{self, ArgError};
-use super::{Completion, Ctx, Next, OutBuf, Step};
+use super::{AuthRequest, Completion, Ctx, Next, OutBuf, Step};
 use crate::daemon::events;
 use crate::directory::RcptVerdict;
 use crate::limits;
@@ -48,6 +61,8 @@ pub struct SmtpSettings {
     pub max_message_size: u64,
     /// A TLS certificate is loaded: STARTTLS is offered (RFC 3207).
     pub starttls: bool,
+    /// Delay before a failed AUTH is answered (`auth_failure_delay`, as for POP).
+    pub auth_failure_delay: Duration,
 }
 
 /// Services the SMTP session needs from the reactor.
@@ -70,6 +85,15 @@ pub trait SmtpHost {
     fn message_commit(&mut self) -> Result<(), SpoolError>;
     /// Discard the message being received (over the size limit, RSET, connection lost).
     fn message_abort(&mut self);
+    /// Is `sender` one of `user`'s own addresses (the user at a local domain, or an alias
+    /// that resolves to that user alone)? Asked only of authenticated sessions.
+    fn sender_owned_by(&mut self, _user: &str, _sender: &str) -> bool {
+        false
+    }
+    /// Unpredictable bits for an added Message-ID.
+    fn random_token(&mut self) -> u64 {
+        0
+    }
 }
 
 /// One SMTP server session.
@@ -82,18 +106,47 @@ pub struct SmtpSession {
     /// Set by MAIL, cleared by RSET, EHLO/HELO and the end of DATA.
     transaction: Option<Transaction>,
     /// Erroneous commands so far (syntax, sequence, unknown).
-    errors: u32,
+    errors: u16,
     /// Recipients refused so far in this session.
-    rejected_rcpts: u32,
+    rejected_rcpts: u16,
     /// The session runs over TLS: protocol version and cipher suite, for the Received header.
     tls: Option<(&'static str, &'static str)>,
+    /// The client is in `relay_networks`: it may relay without AUTH.
+    relay_client: bool,
+    /// A submission port (RFC 6409): AUTH offered, required before MAIL. Boxed: port 25
+    /// sessions, the many, do not carry it.
+    auth: Option<Box<AuthState>>,
+}
+
+/// AUTH on a submission port.
+struct AuthState {
+    /// A login without TLS is allowed (loopback client, or `allow_plaintext_auth`).
+    clear_login_ok: bool,
+    /// The authenticated user (canonical name).
+    user: Option<Box<str>>,
+    /// The mechanism of the AUTH in progress (for the log).
+    mechanism: &'static str,
+    /// Failed AUTH attempts in this session.
+    failures: u32,
+    /// When a failed login's delay ends (`Mode::Delaying`).
+    wake_at: Option<Instant>,
+    /// Adds a missing Date and Message-ID to the message being received.
+    fix: Option<data::HeaderFix>,
 }
 
 enum Mode {
     /// Reading command lines.
     Command,
-    /// Reading and dropping the rest of an over-long command line.
-    DiscardLine,
+    /// Reading and dropping the rest of an over-long command line (`auth`: an AUTH response
+    /// line, answered `500 5.5.6`).
+    DiscardLine { auth: bool },
+    /// Waiting for a SASL response line after a `334`.
+    AuthResponse(AuthStep),
+    /// The password check is the reactor's (`take_auth` takes the request).
+    AwaitAuth(Option<Box<AuthRequest>>),
+    /// A refused login waits out `auth_failure_delay` (until `AuthState::wake_at`) before
+    /// its reply.
+    Delaying { throttled: bool },
     /// Receiving message data.
     Data(data::DataReceiver),
     /// The message was handed to the spool; `resume` brings the verdict.
@@ -102,8 +155,17 @@ enum Mode {
     Closed,
 }
 
+/// Which SASL response a `334` asked for.
+enum AuthStep {
+    Plain,
+    LoginUser,
+    /// The user name is in.
+    LoginPassword(Box<[u8]>),
+}
+
 struct Greeting {
-    name: String,
+    /// Boxed, not a String: the session stays small (`conn`'s memory budget).
+    name: Box<str>,
     /// EHLO rather than HELO: ESMTP parameters are allowed.
     extended: bool,
 }
@@ -177,9 +239,10 @@ const HTTP_METHODS: [&[u8]; 7] = [
     b"DELETE ",
 ];
 
-/// An EHLO keyword line. AUTH will join this list.
+/// An EHLO keyword line.
 enum Extension {
     StartTls,
+    Auth,
     Pipelining,
     Size(u64),
     EightBitMime,
@@ -191,6 +254,7 @@ impl fmt::Display for Extension {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Extension::StartTls => f.write_str("STARTTLS"),
+            Extension::Auth => f.write_str("AUTH PLAIN LOGIN"),
             Extension::Pipelining => f.write_str("PIPELINING"),
             Extension::Size(n) => write!(f, "SIZE {n}"),
             Extension::EightBitMime => f.write_str("8BITMIME"),
@@ -221,7 +285,8 @@ macro_rules! reply {
     ($out:expr, $($arg:tt)*) => { reply($out, format_args!($($arg)*)) };
 }
 
-// After the macro, which it uses.
+// After the macro, which they use.
+mod auth;
 mod data;
 
 fn looks_like_http(line: &[u8]) -> bool {
@@ -247,7 +312,51 @@ impl SmtpSession {
             errors: 0,
             rejected_rcpts: 0,
             tls: None,
+            relay_client: false,
+            auth: None,
         }
+    }
+
+    /// A submission port (RFC 6409): AUTH offered where a login is allowed, required before
+    /// MAIL. `clear_login_ok`: a login without TLS is allowed (loopback, or
+    /// `allow_plaintext_auth`).
+    pub fn with_submission(mut self, clear_login_ok: bool) -> SmtpSession {
+        self.auth = Some(Box::new(AuthState {
+            clear_login_ok,
+            user: None,
+            mechanism: "",
+            failures: 0,
+            wake_at: None,
+            fix: None,
+        }));
+        self
+    }
+
+    /// The client is in `relay_networks`: it may relay without AUTH.
+    pub fn with_relay_client(mut self, relay: bool) -> SmtpSession {
+        self.relay_client = relay;
+        self
+    }
+
+    /// The authenticated user, if any (for the session's log line).
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth.as_ref().and_then(|a| a.user.as_deref())
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.auth_user()
+    }
+
+    /// The password check `Next::AwaitAuth` asks for; taken once.
+    pub fn take_auth(&mut self) -> Option<AuthRequest> {
+        match &mut self.mode {
+            Mode::AwaitAuth(request) => request.take().map(|b| *b),
+            _ => None,
+        }
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.tls.is_some() || self.auth.as_ref().is_some_and(|a| a.clear_login_ok)
     }
 
     /// The TLS handshake after STARTTLS (or on an implicit-TLS port) is complete.
@@ -289,6 +398,17 @@ impl SmtpSession {
             match self.mode {
                 Mode::Closed => return Step::new(pos, Next::Close),
                 Mode::AwaitCommit => return Step::new(pos, Next::AwaitCommit),
+                // Earlier replies go out first, so the check or the delay never holds them.
+                Mode::AwaitAuth(_) | Mode::Delaying { .. } if !out.is_empty() => {
+                    return Step::new(pos, Next::NeedOutput);
+                }
+                Mode::AwaitAuth(_) => return Step::new(pos, Next::AwaitAuth),
+                Mode::Delaying { .. } => {
+                    let wake_at = self.auth.as_ref().and_then(|a| a.wake_at);
+                    let left =
+                        wake_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(ctx.now));
+                    return Step::new(pos, Next::Sleep(left));
+                }
                 _ if out.free() < limits::REPLY_RESERVE => {
                     return Step::new(pos, Next::NeedOutput);
                 }
@@ -315,10 +435,13 @@ impl SmtpSession {
         }
     }
 
-    /// The spool's verdict on the message handed over with `Next::AwaitCommit`.
-    pub fn resume(&mut self, c: Completion, _ctx: Ctx, out: &mut OutBuf, _host: &mut dyn SmtpHost) {
-        let Completion::Committed(result) = c else {
-            return;
+    /// The spool's verdict on the message handed over with `Next::AwaitCommit`, the password
+    /// check's (`Auth`), or the end of a failed login's delay (`Woke`).
+    pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, _host: &mut dyn SmtpHost) {
+        let result = match c {
+            Completion::Committed(result) => result,
+            Completion::Auth(verdict) => return self.verified(verdict, ctx, out),
+            Completion::Woke => return self.woke(out),
         };
         if !matches!(self.mode, Mode::AwaitCommit) {
             return;
@@ -334,7 +457,7 @@ impl SmtpSession {
     /// closing the session now loses the client nothing but a reconnect. The reactor may then
     /// close it to make room for a newcomer (`Proto::evicted_reply`).
     pub fn holds_nothing(&self) -> bool {
-        matches!(self.mode, Mode::Command) && self.transaction.is_none()
+        matches!(self.mode, Mode::Command) && self.transaction.is_none() && self.user().is_none()
     }
 
     /// The idle deadline or session cap passed: write `421 4.4.2`.
@@ -369,40 +492,61 @@ impl SmtpSession {
         out: &mut OutBuf,
         host: &mut dyn SmtpHost,
     ) -> Unit {
-        if matches!(self.mode, Mode::DiscardLine) {
+        if let Mode::DiscardLine { auth } = self.mode {
             return match memchr(b'\n', rest) {
                 Some(lf) => {
                     self.mode = Mode::Command;
-                    Unit::Done(lf + 1, self.line_too_long(out))
+                    Unit::Done(lf + 1, self.line_too_long(out, auth))
                 }
                 None if rest.len() >= limits::MAX_UNIT => Unit::Done(rest.len(), Flow::Continue),
                 None => Unit::Incomplete,
             };
         }
-        let window = rest.get(..limits::SMTP_MAX_LINE).unwrap_or(rest);
+        let auth = matches!(self.mode, Mode::AuthResponse(_));
+        let max = if auth {
+            limits::SMTP_SASL_MAX_LINE
+        } else {
+            limits::SMTP_MAX_LINE
+        };
+        let window = rest.get(..max).unwrap_or(rest);
         if let Some(lf) = memchr(b'\n', window) {
             let line = window.get(..=lf).unwrap_or(window);
-            return Unit::Done(lf + 1, self.command_line(line, ctx, out, host));
+            let flow = if auth {
+                self.auth_response(line, ctx, out)
+            } else {
+                self.command_line(line, ctx, out, host)
+            };
+            return Unit::Done(lf + 1, flow);
         }
-        if rest.len() < limits::SMTP_MAX_LINE {
+        if rest.len() < max {
             return Unit::Incomplete;
         }
         // Longer than any command may be. An HTTP request line can be this long too.
-        if looks_like_http(window) {
+        if !auth && looks_like_http(window) {
             return Unit::Done(rest.len(), Flow::Close);
         }
-        let beyond = rest.get(limits::SMTP_MAX_LINE..).unwrap_or(&[]);
+        let beyond = rest.get(max..).unwrap_or(&[]);
         match memchr(b'\n', beyond) {
-            Some(k) => Unit::Done(limits::SMTP_MAX_LINE + k + 1, self.line_too_long(out)),
+            Some(k) => {
+                // An over-long response ends the exchange (RFC 4954 §4: 500 5.5.6).
+                self.mode = Mode::Command;
+                Unit::Done(max + k + 1, self.line_too_long(out, auth))
+            }
             None if rest.len() >= limits::MAX_UNIT => {
-                self.mode = Mode::DiscardLine;
+                self.mode = Mode::DiscardLine { auth };
                 Unit::Done(rest.len(), Flow::Continue)
             }
             None => Unit::Incomplete,
         }
     }
 
-    fn line_too_long(&mut self, out: &mut OutBuf) -> Flow {
+    fn line_too_long(&mut self, out: &mut OutBuf, auth: bool) -> Flow {
+        if auth {
+            return self.client_error(
+                out,
+                format_args!("500 5.5.6 Authentication exchange line is too long"),
+            );
+        }
         self.client_error(out, format_args!("500 5.5.2 Error: line too long"))
     }
 
@@ -444,7 +588,7 @@ impl SmtpSession {
         match verb {
             Verb::Ehlo => self.ehlo(args, true, out),
             Verb::Helo => self.ehlo(args, false, out),
-            Verb::Mail => self.mail(args, out),
+            Verb::Mail => self.mail(args, out, host),
             Verb::Rcpt => self.rcpt(args, out, host),
             Verb::Data => self.data(args, ended_in_crlf, ctx, out, host),
             Verb::Rset => self.without_args(args, "RSET", out, |s, out| {
@@ -485,10 +629,12 @@ impl SmtpSession {
                 Flow::Continue
             }
             Verb::StartTls => self.starttls(args, out),
-            // Known, not offered until submission (RFC 5321 §4.2.4: 502, not 500).
-            Verb::Auth => {
+            // Port 25 is the MTA port: AUTH is known there but never offered (RFC 5321
+            // §4.2.4: 502, not 500); users submit on the submission ports.
+            Verb::Auth if self.auth.is_none() => {
                 self.client_error(out, format_args!("502 5.5.1 Error: AUTH not available"))
             }
+            Verb::Auth => self.auth(args, ctx, out),
         }
     }
 
@@ -513,6 +659,10 @@ impl SmtpSession {
         reply!(out, "220 2.0.0 Ready to start TLS");
         self.greeting = None;
         self.transaction = None;
+        // A login made in the clear (loopback) is knowledge from before TLS too.
+        if let Some(a) = self.auth.as_mut() {
+            a.user = None;
+        }
         Flow::StartTls
     }
 
@@ -522,7 +672,7 @@ impl SmtpSession {
     /// spent (scanners and confused peers do not get unlimited tries).
     fn client_error(&mut self, out: &mut OutBuf, text: fmt::Arguments<'_>) -> Flow {
         self.errors = self.errors.saturating_add(1);
-        if self.errors >= limits::SMTP_MAX_ERRORS {
+        if u32::from(self.errors) >= limits::SMTP_MAX_ERRORS {
             reply!(out, "421 4.7.0 {} too many errors", self.settings.hostname);
             return Flow::Close;
         }
@@ -540,7 +690,7 @@ impl SmtpSession {
     ) -> Flow {
         host.rcpt_refused();
         self.rejected_rcpts = self.rejected_rcpts.saturating_add(1);
-        if self.rejected_rcpts > limits::SMTP_MAX_REJECTED_RCPTS {
+        if u32::from(self.rejected_rcpts) > limits::SMTP_MAX_REJECTED_RCPTS {
             let cut = format!(
                 "421 4.7.0 {} too many rejected recipients",
                 self.settings.hostname
@@ -589,7 +739,7 @@ impl SmtpSession {
         };
         self.transaction = None;
         self.greeting = Some(Greeting {
-            name: name.to_owned(),
+            name: name.into(),
             extended,
         });
         let hostname = &self.settings.hostname;
@@ -599,8 +749,11 @@ impl SmtpSession {
         }
         let starttls =
             (self.settings.starttls && self.tls.is_none()).then_some(Extension::StartTls);
+        let auth = (self.auth.is_some() && self.login_allowed() && self.user().is_none())
+            .then_some(Extension::Auth);
         let extensions: Vec<Extension> = starttls
             .into_iter()
+            .chain(auth)
             .chain([
                 Extension::Pipelining,
                 Extension::Size(self.settings.max_message_size),
@@ -618,12 +771,15 @@ impl SmtpSession {
         Flow::Continue
     }
 
-    fn mail(&mut self, args: &[u8], out: &mut OutBuf) -> Flow {
+    fn mail(&mut self, args: &[u8], out: &mut OutBuf, host: &mut dyn SmtpHost) -> Flow {
         let Some(extended) = self.greeting.as_ref().map(|g| g.extended) else {
             return self.client_error(out, format_args!("503 5.5.1 Error: send HELO/EHLO first"));
         };
         if self.transaction.is_some() {
             return self.client_error(out, format_args!("503 5.5.1 Error: nested MAIL command"));
+        }
+        if self.auth.is_some() && self.user().is_none() {
+            return self.client_error(out, format_args!("530 5.7.0 Authentication required"));
         }
         let Ok(args) = std::str::from_utf8(args) else {
             return self.client_error(
@@ -650,6 +806,24 @@ impl SmtpSession {
             events::log_reject("MAIL", self.peer.ip(), text);
             reply!(out, "{text}");
             return Flow::Continue;
+        }
+        if let Some(user) = self.user() {
+            // RFC 6409 §4.1, §6.1: a submitted message's sender is the user's own.
+            let sender = mail.path.address;
+            if sender.is_empty() {
+                reply!(
+                    out,
+                    "553 5.7.1 Sender address rejected: the null sender is not accepted on submission"
+                );
+                return Flow::Continue;
+            }
+            if !host.sender_owned_by(user, sender) {
+                reply!(
+                    out,
+                    "553 5.7.1 <{sender}>: Sender address rejected: not owned by user {user}"
+                );
+                return Flow::Continue;
+            }
         }
         self.transaction = Some(Transaction {
             sender: mail.path.address.to_owned(),
@@ -718,7 +892,15 @@ impl SmtpSession {
             reply!(out, "250 2.1.5 Ok");
             return Flow::Continue;
         }
-        match host.rcpt_verdict(address) {
+        let verdict = match host.rcpt_verdict(address) {
+            // An authenticated user, or a `relay_networks` client, may relay: the recipient
+            // is queued for the relay.
+            RcptVerdict::RelayDenied if self.user().is_some() || self.relay_client => {
+                RcptVerdict::Accept
+            }
+            v => v,
+        };
+        match verdict {
             RcptVerdict::Accept => {
                 if let Some(t) = self.transaction.as_mut() {
                     t.recipients.push(address.to_owned());

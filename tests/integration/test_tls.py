@@ -76,10 +76,12 @@ def test_smtps_delivers_and_pop3s_retrieves(tls_server):
         # Already in TLS: STARTTLS is neither offered nor accepted.
         assert not c.has_extn("starttls")
         assert c.docmd("STARTTLS")[0] == 503
-        c.sendmail("a@example.test", ["bob@example.test"], MSG)
+        # smtps_listen is a submission port (RFC 8314): log in first.
+        c.login("bob", "bob-pw")
+        c.sendmail("bob@example.test", ["bob@example.test"], MSG)
     wait_maildir(s, "bob", 1)
     text = maildir_messages(s, "bob")[0].read_bytes()
-    assert b"with ESMTPS (version=TLSv1.3 cipher=TLS_" in text, text
+    assert b"with ESMTPSA (version=TLSv1.3 cipher=TLS_" in text, text
     p = poplib.POP3_SSL("127.0.0.1", s.pop3s_port, timeout=10, context=client_ctx(s.cert))
     p.user("bob")
     p.pass_("bob-pw")
@@ -397,11 +399,15 @@ def test_memory_per_idle_tls_connection(server_factory, tmp_path):
 
 def test_swaks_tls_and_tlsc(tls_server):
     s = tls_server
-    for i, (flag, port) in enumerate((("--tls", s.smtp_port), ("--tlsc", s.smtps_port))):
+    # smtps_listen is a submission port (RFC 8314): swaks logs in there.
+    login = ["--auth", "PLAIN", "--auth-user", "bob", "--auth-password", "bob-pw",
+             "--from", "bob@example.test"]
+    for i, (flag, port, auth) in enumerate((("--tls", s.smtp_port, ["--from", "a@example.test"]),
+                                            ("--tlsc", s.smtps_port, login))):
         r = subprocess.run(
             ["swaks", "--server", "127.0.0.1", "--port", str(port), flag,
-             "--tls-verify", "--tls-ca-path", str(s.cert),
-             "--from", "a@example.test", "--to", "bob@example.test",
+             "--tls-verify", "--tls-ca-path", str(s.cert), *auth,
+             "--to", "bob@example.test",
              "--header", f"Subject: swaks {flag}"],
             capture_output=True, text=True, timeout=30,
         )
@@ -484,9 +490,12 @@ def test_large_message_both_ways_over_tls(tls_server):
     and back out through RETR over POP3S (output in many records), byte for byte."""
     s = tls_server
     line = b"0123456789" * 9 + b"abcdefg\r\n"
-    body = b"Subject: big\r\n\r\n" + line * (5 * 1024 * 1024 // len(line))
+    # Date and Message-ID present: the submission port adds nothing to the header.
+    body = (b"Subject: big\r\nDate: Fri, 04 Dec 2026 19:00:00 +0000\r\nMessage-ID: <big@x>\r\n\r\n"
+            + line * (5 * 1024 * 1024 // len(line)))
     with smtplib.SMTP_SSL("127.0.0.1", s.smtps_port, timeout=30, context=client_ctx(s.cert)) as c:
-        c.sendmail("a@example.test", ["bob@example.test"], body)
+        c.login("bob", "bob-pw")
+        c.sendmail("bob@example.test", ["bob@example.test"], body)
     wait_maildir(s, "bob", 1)
     p = poplib.POP3_SSL("127.0.0.1", s.pop3s_port, timeout=30, context=client_ctx(s.cert))
     p.user("bob")

@@ -19,6 +19,105 @@ pub(super) struct DataReceiver {
     over_limit: bool,
 }
 
+/// Watches the header section of a submitted message (RFC 6409 §8.2, §8.3) and, where it ends,
+/// inserts the Date and Message-ID fields it lacked. Works byte by byte on the header only,
+/// so however the input is split the result is the same.
+pub(super) struct HeaderFix {
+    /// Still in the header section.
+    active: bool,
+    at_line_start: bool,
+    /// The current line's field name so far (lower-cased), up to its colon.
+    name: arrayvec::ArrayVec<u8, 16>,
+    /// The name is complete (the colon was seen) or too long to matter.
+    name_done: bool,
+    seen_date: bool,
+    seen_message_id: bool,
+    date: String,
+    message_id: String,
+}
+
+impl HeaderFix {
+    pub(super) fn new(date: String, message_id: String) -> HeaderFix {
+        HeaderFix {
+            active: true,
+            at_line_start: true,
+            name: arrayvec::ArrayVec::new(),
+            name_done: false,
+            seen_date: false,
+            seen_message_id: false,
+            date,
+            message_id,
+        }
+    }
+
+    /// The fields to add, once.
+    fn missing(&mut self) -> String {
+        self.active = false;
+        let mut s = String::new();
+        if !self.seen_date {
+            s.push_str(&format!("Date: {}\r\n", self.date));
+        }
+        if !self.seen_message_id {
+            s.push_str(&format!("Message-ID: {}\r\n", self.message_id));
+        }
+        s
+    }
+
+    /// Passes `bytes` to `emit` (counted: true) with the added fields (counted: false) where
+    /// the header ends.
+    fn feed(&mut self, bytes: &[u8], emit: &mut dyn FnMut(&[u8], bool)) {
+        if !self.active {
+            return emit(bytes, true);
+        }
+        for (i, &b) in bytes.iter().enumerate() {
+            if self.at_line_start {
+                self.at_line_start = false;
+                if b == b'\r' || b == b'\n' {
+                    // The empty line that ends the header: the fields go before it.
+                    if i > 0 {
+                        emit(bytes.get(..i).unwrap_or_default(), true);
+                    }
+                    let add = self.missing();
+                    if !add.is_empty() {
+                        emit(add.as_bytes(), false);
+                    }
+                    return emit(bytes.get(i..).unwrap_or_default(), true);
+                }
+                // A continuation line keeps the field's name done; a new field starts one.
+                self.name.clear();
+                self.name_done = b == b' ' || b == b'\t';
+            }
+            if b == b'\n' {
+                self.at_line_start = true;
+                continue;
+            }
+            if self.name_done {
+                continue;
+            }
+            if b == b':' {
+                self.name_done = true;
+                let name = self.name.trim_ascii_end();
+                if name == b"date" {
+                    self.seen_date = true;
+                } else if name == b"message-id" {
+                    self.seen_message_id = true;
+                }
+            } else if self.name.try_push(b.to_ascii_lowercase()).is_err() {
+                self.name_done = true;
+            }
+        }
+        if !bytes.is_empty() {
+            emit(bytes, true);
+        }
+    }
+
+    /// The data ended inside the header (no body): the fields go at the end, if the last line
+    /// was complete.
+    fn finish(&mut self) -> Option<String> {
+        (self.active && self.at_line_start).then(|| self.missing())
+    }
+}
+
 impl SmtpSession {
     pub(super) fn data(
         &mut self,
@@ -43,7 +142,7 @@ impl SmtpSession {
             return Flow::Continue;
         };
         let extended = greeting.extended;
-        let helo = greeting.name.clone();
+        let helo = greeting.name.to_string();
         let envelope = Envelope {
             sender: t.sender,
             recipients: t.recipients,
@@ -68,7 +167,7 @@ impl SmtpSession {
             self.peer,
             &envelope.helo,
             self.tls,
-            None,
+            self.auth_user(),
         ));
         let single_recipient = match envelope.recipients.as_slice() {
             [one] => Some(one.as_str()),
@@ -82,7 +181,7 @@ impl SmtpSession {
                 extended,
                 smtputf8: envelope.smtputf8,
                 tls: self.tls.is_some(),
-                authenticated: false,
+                authenticated: self.user().is_some(),
             },
             tls: self.tls,
             queue_id: &id.0,
@@ -90,6 +189,18 @@ impl SmtpSession {
             date: &rfc5322_date(ctx.wall),
         });
         host.message_append(header.as_bytes());
+        let fix = self.user().is_some().then(|| {
+            let message_id = format!(
+                "<{}.{:016x}@{}>",
+                id.0,
+                host.random_token(),
+                self.settings.hostname
+            );
+            HeaderFix::new(rfc5322_date(ctx.wall), message_id)
+        });
+        if let Some(a) = self.auth.as_mut() {
+            a.fix = fix;
+        }
         self.mode = Mode::Data(DataReceiver {
             decoder: DotDecoder::new(ended_in_crlf),
             size: 0,
@@ -132,9 +243,15 @@ impl SmtpSession {
             size,
             over_limit,
         } = receiver;
+        let mut fix = self.auth.as_mut().and_then(|a| a.fix.as_mut());
         let limit = self.settings.max_message_size;
-        let decoded = decoder.decode(rest.get(..offered).unwrap_or(rest), &mut |bytes| {
+        let mut sink = |bytes: &[u8], counted: bool| {
             if *over_limit {
+                return;
+            }
+            if !counted {
+                // Added header fields: not the client's octets.
+                host.message_append(bytes);
                 return;
             }
             let grown = size.saturating_add(bytes.len() as u64);
@@ -151,11 +268,25 @@ impl SmtpSession {
                 *size = grown;
                 host.message_append(bytes);
             }
+        };
+        let decoded = decoder.decode(rest.get(..offered).unwrap_or(rest), &mut |bytes| match fix
+            .as_mut()
+        {
+            Some(f) => f.feed(bytes, &mut sink),
+            None => sink(bytes, true),
         });
         if !decoded.finished {
             return Unit::Done(decoded.consumed, Flow::Continue);
         }
+        if let Some(add) = fix.as_mut().and_then(|f| f.finish()) {
+            if !*over_limit && !add.is_empty() {
+                host.message_append(add.as_bytes());
+            }
+        }
         let over_limit = *over_limit;
+        if let Some(a) = self.auth.as_mut() {
+            a.fix = None;
+        }
         self.mode = Mode::Command;
         if over_limit {
             reply!(out, "552 5.3.4 Message size exceeds fixed limit");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::*;
 use crate::buf::Buf;
+use crate::proto::AuthVerdict;
 
 /// Everything the session asked of its host, in order. Consecutive appends are merged, so the
 /// record does not depend on how the input was split.
@@ -19,6 +20,10 @@ pub(super) enum Call {
     Append(Vec<u8>),
     Commit,
     Abort,
+    /// A password check (user name as sent).
+    Auth(String),
+    /// The failed-login delay was waited out.
+    Slept,
 }
 
 pub(super) struct FakeHost {
@@ -36,6 +41,10 @@ pub(super) struct FakeHost {
     /// from one `Driver` to the next plays reconnecting from the same address.
     pub rcpt_budget: crate::throttle::RcptBudget,
     pub now: Instant,
+    /// Good (user, password) pairs for AUTH.
+    pub logins: Vec<(String, String)>,
+    /// Every password check answers this instead (Throttled, Unavailable).
+    pub auth_override: Option<AuthVerdict>,
 }
 
 impl FakeHost {
@@ -49,6 +58,22 @@ impl FakeHost {
             begun: 0,
             rcpt_budget: Default::default(),
             now: Instant::now(),
+            logins: vec![("alice".into(), "secret".into())],
+            auth_override: None,
+        }
+    }
+
+    /// The verdict the reactor's check would give.
+    pub fn check(&mut self, r: &crate::proto::AuthRequest) -> AuthVerdict {
+        self.calls.push(Call::Auth(r.user.clone()));
+        if let Some(v) = &self.auth_override {
+            return v.clone();
+        }
+        let pw = String::from_utf8_lossy(&r.password);
+        if self.logins.iter().any(|(u, p)| *u == r.user && *p == pw) {
+            AuthVerdict::Accepted(r.user.clone())
+        } else {
+            AuthVerdict::Rejected
         }
     }
 
@@ -139,6 +164,13 @@ impl SmtpHost for FakeHost {
     fn message_abort(&mut self) {
         self.calls.push(Call::Abort);
     }
+    /// The user at the local domain only.
+    fn sender_owned_by(&mut self, user: &str, sender: &str) -> bool {
+        sender == format!("{user}@example.test")
+    }
+    fn random_token(&mut self) -> u64 {
+        0xfeed
+    }
 }
 
 pub(super) const HOST: &str = "mail.example.test";
@@ -149,6 +181,7 @@ pub(super) fn settings(max_message_size: u64) -> Rc<SmtpSettings> {
         hostname: HOST.to_owned(),
         max_message_size,
         starttls: false,
+        auth_failure_delay: Duration::from_secs(2),
     })
 }
 
@@ -157,6 +190,7 @@ pub(super) fn settings_with_tls() -> Rc<SmtpSettings> {
         hostname: HOST.to_owned(),
         max_message_size: MAX_SIZE,
         starttls: true,
+        auth_failure_delay: Duration::from_secs(2),
     })
 }
 
@@ -197,8 +231,12 @@ impl Driver {
     }
 
     pub fn with_settings(host: FakeHost, settings: Rc<SmtpSettings>) -> Driver {
+        Driver::with_session(host, SmtpSession::new(settings, peer()))
+    }
+
+    pub fn with_session(host: FakeHost, session: SmtpSession) -> Driver {
         let mut d = Driver {
-            session: SmtpSession::new(settings, peer()),
+            session,
             host,
             out: Buf::new_boxed(),
             input: Vec::new(),
@@ -266,8 +304,8 @@ impl Driver {
                 Next::Continue => {}
                 Next::NeedOutput => {
                     assert!(
-                        self.out.free() < limits::REPLY_RESERVE,
-                        "NeedOutput with room"
+                        self.out.free() < limits::REPLY_RESERVE || !self.out.is_empty(),
+                        "NeedOutput with nothing to send"
                     );
                     self.drain();
                 }
@@ -292,8 +330,34 @@ impl Driver {
                     );
                 }
                 Next::Close => self.closed = true,
-                Next::Sleep(_) => panic!("SMTP never sleeps"),
-                Next::AwaitAuth => panic!("SMTP has no password check yet"),
+                Next::Sleep(d) => {
+                    assert!(
+                        d > Duration::ZERO,
+                        "a failed login is answered after a delay"
+                    );
+                    assert!(
+                        self.out.is_empty(),
+                        "earlier replies went out before the delay"
+                    );
+                    self.host.calls.push(Call::Slept);
+                    self.session
+                        .resume(Completion::Woke, ctx(), &mut self.out, &mut self.host);
+                }
+                Next::AwaitAuth => {
+                    assert!(
+                        self.out.is_empty(),
+                        "earlier replies went out before the check"
+                    );
+                    let request = self.session.take_auth().expect("a request to check");
+                    let verdict = self.host.check(&request);
+                    assert!(self.session.take_auth().is_none(), "taken once");
+                    self.session.resume(
+                        Completion::Auth(verdict),
+                        ctx(),
+                        &mut self.out,
+                        &mut self.host,
+                    );
+                }
                 // The reactor's part: the reply goes out, the rest of the input is dropped,
                 // the handshake runs, the session is told.
                 Next::StartTls => {
