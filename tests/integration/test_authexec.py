@@ -307,6 +307,11 @@ def test_without_io_uring_uring_is_a_start_error_and_auto_uses_the_helper(server
     c, r = login(s)
     assert r.startswith("+OK maildrop has"), r
     c.close()
+    # Stopping strace would leave its tracee serving (reparented to init): stop postling
+    # itself, and wait until strace has seen it go.
+    daemon = int(open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read().split()[0])
+    os.kill(daemon, signal.SIGTERM)
+    assert s.proc.wait(20) == 0
 
 
 def test_the_login_cache_forgets_on_a_failure_and_on_a_users_file_reload(server_factory):
