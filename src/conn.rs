@@ -497,19 +497,7 @@ impl Conn {
         let Some(buf) = self.output.as_mut() else {
             return Ok(true);
         };
-        while !buf.is_empty() {
-            match self.stream.write(buf.bytes()) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf.consume(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.can_write = false;
-                    return Ok(false);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
+        write_out(&mut self.stream, buf, &mut self.can_write)
     }
 
     fn flush_tls(&mut self, pool: &mut Pool) -> io::Result<bool> {
@@ -524,17 +512,8 @@ impl Conn {
             if buf.is_empty() {
                 break;
             }
-            while !buf.is_empty() {
-                match self.stream.write(buf.bytes()) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => buf.consume(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.can_write = false;
-                        return Ok(false);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
+            if !write_out(&mut self.stream, buf, &mut self.can_write)? {
+                return Ok(false);
             }
         }
         Ok(!self.pending_output())
@@ -588,6 +567,24 @@ impl Conn {
             }
         }
     }
+}
+
+/// Writes `buf` to the socket until it is empty (true) or the socket is full (false, and
+/// `can_write` is cleared until the next writable event).
+fn write_out(stream: &mut TcpStream, buf: &mut OutBuf, can_write: &mut bool) -> io::Result<bool> {
+    while !buf.is_empty() {
+        match stream.write(buf.bytes()) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *can_write = false;
+                return Ok(false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
