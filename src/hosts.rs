@@ -25,7 +25,7 @@ use crate::auth::Credential;
 use crate::auth::cache::{AuthCache, CacheKey};
 use crate::config::Config;
 use crate::daemon::StartError;
-use crate::daemon::events;
+use crate::daemon::{events, flood};
 use crate::deliver::engine::{DeliveryPolicy, Engine};
 use crate::deliver::maildir::Maildirs;
 use crate::deliver::schedule::{Linger, Schedule};
@@ -257,8 +257,11 @@ impl Services {
         };
         if let (Some(k), Some(n)) = (&cache_key, &name) {
             if self.auth_cache.hit(k, now) {
+                // A client looping logins (e.g. against a mailbox in use) would write one of
+                // these per attempt: summarised per client in a storm (`daemon::flood`).
                 info!(
-                    "{proto}: {n} logged in from {ip} (a check made in the last {}s)",
+                    target: &flood::target(&format!("{proto} password accepted"), ip),
+                    "{proto}: password accepted for {n} from {ip} (a check made in the last {}s)",
                     limits::AUTH_CACHE_TTL.as_secs()
                 );
                 return AuthStart::Done(AuthVerdict::Accepted(n.clone()));
@@ -330,7 +333,11 @@ impl Services {
         };
         match (accepted, pending.name) {
             (true, Some(name)) => {
-                info!("{proto}: {name} logged in from {ip}");
+                // "Accepted", not "logged in": the mailbox may still be in use or unavailable.
+                info!(
+                    target: &flood::target(&format!("{proto} password accepted"), ip),
+                    "{proto}: password accepted for {name} from {ip}"
+                );
                 if let Some(k) = pending.cache_key {
                     self.drop_cache_if_users_changed();
                     self.auth_cache.insert(k, now);

@@ -275,8 +275,8 @@ def test_a_late_verdict_never_reaches_the_next_connection_in_the_same_slot(serve
     finally:
         os.kill(helper, signal.SIGCONT)
     assert recv_line(b, 10).startswith(b"+OK maildrop has")
-    s.wait_log("pop3: bob logged in from 127.0.0.1")
-    assert "pop3: alice logged in from 127.0.0.1" in s.log(), "A's verdict was recorded"
+    s.wait_log("pop3: password accepted for bob from 127.0.0.1")
+    assert "pop3: password accepted for alice from 127.0.0.1" in s.log(), "A's verdict was recorded"
     # B holds bob's mailbox, not alice's: alice can log in (not [IN-USE]), bob cannot.
     c, r = login(s)
     assert r.startswith("+OK maildrop has"), r
