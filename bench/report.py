@@ -344,7 +344,7 @@ def notes(f, idle_s, deferred_n):
             "over the time. The client shares the 2 vCPUs with the server, so the rate is a joint figure; the server's "
             "CPU per handshake (utime+stime of its whole process tree over the flood, exited processes included, "
             "÷ handshakes) is the server's own cost. Postfix answered about 22 handshakes a second per client "
-            "process while using about 3 ms of CPU per handshake: its rate is bound by the wait per connection, "
+            "process while using about 2–5 ms of CPU per handshake (few ticks per round at 1/100 s, so that figure is coarse): its rate is bound by the wait per connection, "
             "not by its CPU: checked by hand, its `220` came about 42 ms after the handshake completed, the same "
             "with TLS 1.2 and with `smtpd_tls_session_cache_timeout = 0` (no tickets); the cause was not "
             "investigated. So compare CPU per handshake for capacity. Dovecot's `pop3-login` (Debian default "
