@@ -12,23 +12,26 @@ others' samples from the previous run, so RESULTS.md is always the full table.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import selectors
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import popclient  # noqa: E402
 import procstat  # noqa: E402
-from servers import (Dovecot, EtcPostfixGuard, Postfix, Postling, free_port, maildir_clear,  # noqa: E402
-                     maildir_count, sh)
+from servers import (ALICE_PW, DOMAIN, Dovecot, EtcPostfixGuard, Postfix, Postling, free_port,  # noqa: E402
+                     maildir_clear, maildir_count, sh)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"
@@ -38,7 +41,8 @@ TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 # bench/run builds it with scripts/build-release (static, as installed) and names it here.
 BIN = Path(os.environ.get("POSTLING_BENCH_BIN", TARGET_DIR / "release" / "postling"))
 
-FIGURES = ["parsers", "durability", "smtp1", "smtp20", "pop3", "idle", "memory", "deferred", "footprint"]
+FIGURES = ["parsers", "durability", "smtp1", "smtp20", "pop3", "idle", "memory", "deferred", "footprint", "tls",
+           "authflood"]
 SIZE = 4096
 SENDER = "bench@example.org"
 
@@ -341,6 +345,328 @@ def pop3_client_ceiling(count, big_size):
     return out
 
 
+# ---- TLS ------------------------------------------------------------------------------------
+
+def make_certs(d):
+    """A self-signed ECDSA P-256 and an RSA-2048 certificate (openssl, as doc/tls.md shows)."""
+    d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for kind, newkey in (("ecdsa", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+                         ("rsa", ["-newkey", "rsa:2048"])):
+        cert, key = d / f"{kind}-cert.pem", d / f"{kind}-key.pem"
+        sh(["openssl", "req", "-x509", *newkey, "-days", "30", "-nodes", "-subj", f"/CN=bench.{DOMAIN}",
+            "-addext", f"subjectAltName=DNS:bench.{DOMAIN}", "-addext", "basicConstraints=critical,CA:FALSE",
+            "-keyout", str(key), "-out", str(cert)])
+        os.chmod(key, 0o600)
+        der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+        out[kind] = (str(cert), str(key), der)
+    return out
+
+
+def tls_context():
+    # A full handshake every time: a new context per process, no session passed in (Python
+    # never resumes unless told), no certificate check (self-signed).
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def tls_connect(ctx, port, greeting, timeout=30):
+    """Connects, completes the handshake, reads the greeting line; returns the TLS socket."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    t = ctx.wrap_socket(s)
+    buf = b""
+    while b"\r\n" not in buf:
+        data = t.recv(512)
+        if not data:
+            raise RuntimeError(f"closed before the greeting ({buf!r})")
+        buf += data
+    if not buf.startswith(greeting):
+        raise RuntimeError(f"greeting {buf[:80]!r}")
+    return t
+
+
+def tls_probe(port, greeting):
+    """(DER of the certificate the server presents, protocol, cipher)."""
+    t = tls_connect(tls_context(), port, greeting)
+    try:
+        return t.getpeercert(binary_form=True), t.version(), t.cipher()[0]
+    finally:
+        t.close()
+
+
+def _handshake_worker(port, greeting, seconds, conn):
+    ctx = tls_context()
+    n = errors = 0
+    first_error = None
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        try:
+            tls_connect(ctx, port, greeting).close()
+            n += 1
+        except Exception as e:  # counted and reported, the flood goes on
+            errors += 1
+            first_error = first_error or repr(e)[:200]
+    conn.send((n, errors, time.perf_counter() - t0, first_error))
+    conn.close()
+
+
+def tls_flood(server, port, greeting, seconds, parallel, side_port=None):
+    """`parallel` client processes each doing full handshakes back to back (connect,
+    handshake, greeting, close) for `seconds`; meanwhile, with `side_port`, a plaintext SMTP
+    side session times NOOPs as in smtp20. The server's CPU over the flood comes from its
+    process tree's ledger."""
+    ctx = multiprocessing.get_context("fork")
+    side = SideSession(side_port) if side_port else None
+    workers = []
+    with procstat.Ledger(server.root_pid) as acct:
+        for _ in range(parallel):
+            rx, tx = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_handshake_worker, args=(port, greeting, seconds, tx), daemon=True)
+            p.start()
+            tx.close()
+            workers.append((p, rx))
+        try:
+            while any(p.is_alive() for p, _ in workers):
+                if side:
+                    side.noop()
+                    time.sleep(0.001)
+                else:
+                    time.sleep(0.01)
+            got = [rx.recv() for _, rx in workers]
+        finally:
+            for p, _ in workers:
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+            if side:
+                side.close()
+    n = sum(g[0] for g in got)
+    errors = sum(g[1] for g in got)
+    elapsed = max(g[2] for g in got)
+    r = {"rate": n / elapsed, "handshakes": n, "errors": errors, "first_error": next((g[3] for g in got if g[3]), None),
+         "server_ticks": acct.totals["ticks"],
+         "cpu_ms_per_handshake": acct.totals["ticks"] * 10 / n if n else None}
+    if side:
+        lat = side.samples
+        r.update(noop_n=len(lat), noop_p50=percentile(lat, 50) * 1000 if lat else None,
+                 noop_p99=percentile(lat, 99) * 1000 if lat else None)
+    return r
+
+
+def hold_tls(server, port, greeting, n):
+    """Memory per idle TLS connection: RSS of the server's processes now, then while holding
+    `n` TLS connections idle after handshake and greeting (opened one after the other)."""
+    time.sleep(2)
+    rss0, pss0 = procstat.memory_kib(server.pids())
+    procs0 = len(server.pids())
+    ctx = tls_context()
+    socks, failed, first_error = [], 0, None
+    t0 = time.time()
+    try:
+        for _ in range(n):
+            try:
+                socks.append(tls_connect(ctx, port, greeting))
+            except Exception as e:
+                failed += 1
+                first_error = first_error or repr(e)[:200]
+                if failed > 20:
+                    break
+        opened = time.time() - t0
+        time.sleep(2)
+        pids = server.pids()
+        rss, pss = procstat.memory_kib(pids)
+    finally:
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+    held = len(socks)
+    return {"held": held, "failed": failed, "first_error": first_error, "rss_before": rss0, "pss_before": pss0,
+            "rss_held": rss, "pss_held": pss, "processes_before": procs0, "processes_held": len(pids),
+            "open_seconds": opened,
+            "kib_per_conn": (rss - rss0) / held if held else None,
+            "pss_kib_per_conn": (pss - pss0) / held if held else None}
+
+
+# ---- password-hash flood (issue 11) ---------------------------------------------------------
+
+def _pop_flood_worker(port, user, password, conns, seconds, conn):
+    """`conns` POP3 connections, each looping USER/PASS as fast as the server answers. A
+    connection whose PASS is refused as a wrong password reconnects from the next source
+    address of 127.1.0.0/16 (so the per-address failed-login throttle, 10, is never reached);
+    one whose login succeeds (Dovecot: no [IN-USE]) sends QUIT and reconnects; one told
+    [IN-USE] sends USER again on the same connection."""
+    sel = selectors.DefaultSelector()
+    counts = {"in_use": 0, "ok": 0, "wrong": 0, "throttled": 0, "other": 0, "connects": 0, "errors": 0}
+    state = {}
+    src = [0]
+
+    def open_one():
+        src[0] += 1
+        s = socket.socket()
+        s.bind((f"127.1.{(src[0] >> 8) & 255}.{src[0] & 255 or 1}", 0))
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        counts["connects"] += 1
+        state[s] = ["greet", b""]
+        sel.register(s, selectors.EVENT_READ)
+
+    def close(s):
+        sel.unregister(s)
+        state.pop(s, None)
+        s.close()
+
+    for _ in range(conns):
+        open_one()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for key, _ in sel.select(timeout=0.2):
+            s = key.fileobj
+            st = state.get(s)
+            if st is None:
+                continue
+            try:
+                data = s.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                counts["errors"] += st[0] != "quit"
+                close(s)
+                open_one()
+                continue
+            st[1] += data
+            while b"\r\n" in st[1]:
+                line, st[1] = st[1].split(b"\r\n", 1)
+                phase = st[0]
+                try:
+                    if phase in ("greet", "user"):
+                        st[0] = "pass" if phase == "user" else "user"
+                        s.send(b"USER " + user.encode() + b"\r\n" if phase == "greet"
+                               else b"PASS " + password.encode() + b"\r\n")
+                    elif phase == "pass":
+                        if line.startswith(b"+OK"):
+                            counts["ok"] += 1
+                            st[0] = "quit"
+                            s.send(b"QUIT\r\n")
+                        elif b"IN-USE" in line:
+                            counts["in_use"] += 1
+                            st[0] = "user"
+                            s.send(b"USER " + user.encode() + b"\r\n")
+                        else:
+                            counts["throttled" if b"Too many" in line else "wrong" if b"AUTH" in line or b"nvalid" in line
+                                   or b"failed" in line else "other"] += 1
+                            raise ConnectionResetError
+                    elif phase == "quit":
+                        raise ConnectionResetError
+                except OSError:
+                    close(s)
+                    open_one()
+                    break
+    elapsed = time.perf_counter() - t0
+    for s in list(state):
+        close(s)
+    conn.send((counts, elapsed))
+    conn.close()
+
+
+class SmtpLoop:
+    """One SMTP session looping whole transactions (MAIL, RCPT, DATA, a 1 KiB message, the
+    final 250) and timing each from MAIL to the 250 after the dot."""
+
+    def __init__(self, port):
+        self.side = SideSession(port)
+        self.samples = []
+        self.body = (b"From: <bench@example.org>\r\nTo: <bob@example.test>\r\nSubject: loop\r\n\r\n"
+                     + (b"x" * 70 + b"\r\n") * 14 + b".\r\n")
+
+    def transaction(self):
+        s = self.side
+        t = time.perf_counter()
+        for cmd, want in ((b"MAIL FROM:<bench@example.org>\r\n", b"250"), (b"RCPT TO:<bob@example.test>\r\n", b"250"),
+                          (b"DATA\r\n", b"354"), (self.body, b"250")):
+            s.sock.sendall(cmd)
+            reply = s._reply()
+            if not reply.startswith(want):
+                raise RuntimeError(f"{cmd[:20]!r} answered {reply!r}")
+        self.samples.append(time.perf_counter() - t)
+
+    def close(self):
+        self.side.close()
+
+
+def smtp_loop(port, seconds):
+    loop = SmtpLoop(port)
+    try:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            loop.transaction()
+            time.sleep(0.001)  # as the NOOP side session: not a load of its own
+    finally:
+        loop.close()
+    lat = loop.samples
+    return {"n": len(lat), "p50": percentile(lat, 50) * 1000, "p99": percentile(lat, 99) * 1000,
+            "max": max(lat) * 1000}
+
+
+class PopHolder:
+    """A POP3 session logged in to alice and kept open: her mailbox is in use."""
+
+    def __init__(self, port):
+        self.c = popclient.Client(port)
+        self.c.login("alice", ALICE_PW)
+
+    def close(self):
+        try:
+            self.c.quit()
+        except Exception:
+            pass
+
+
+def authflood(pop_server, smtp_server, seconds, conns):
+    """The transaction loop's latency alone, then beside `conns` connections looping a right
+    and then a wrong password for alice, whose mailbox a holder keeps logged in."""
+    maildir_clear(smtp_server.mail, "bob")
+    out = {}
+    quiet = smtp_loop(smtp_server.smtp_port, min(seconds, 3))
+    out.update({f"quiet_{k}": v for k, v in quiet.items()})
+    holder = PopHolder(pop_server.pop3_port)
+    try:
+        for kind, pw in (("right", ALICE_PW), ("wrong", "not-" + ALICE_PW)):
+            ctx = multiprocessing.get_context("fork")
+            rx, tx = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_pop_flood_worker, args=(pop_server.pop3_port, "alice", pw, conns, seconds + 1, tx),
+                            daemon=True)
+            with procstat.Ledger(pop_server.root_pid) as acct:
+                p.start()
+                tx.close()
+                try:
+                    time.sleep(0.5)  # the flood's connections are open and looping
+                    r = smtp_loop(smtp_server.smtp_port, seconds)
+                    counts, elapsed = rx.recv()
+                finally:
+                    p.join(10)
+                    if p.is_alive():
+                        p.kill()
+                        p.join()
+            out.update({f"{kind}_{k}": v for k, v in r.items()})
+            out.update({f"{kind}_{k}": v for k, v in counts.items()})
+            out[f"{kind}_answers_per_s"] = sum(counts[k] for k in ("in_use", "ok", "wrong", "throttled", "other")) / elapsed
+            out[f"{kind}_pop_ticks"] = acct.totals["ticks"]
+            out[f"{kind}_pop_processes"] = acct.processes
+    finally:
+        holder.close()
+    maildir_clear(smtp_server.mail, "bob")
+    return out
+
+
 # ---- one-off figures ------------------------------------------------------------------------
 
 def durability(server, messages=100):
@@ -438,6 +764,11 @@ def main():
     ap.add_argument("--idle-seconds", type=int, help="idle window (default 60, --quick 10)")
     ap.add_argument("--connections", type=int, nargs=2, metavar=("N1", "N2"),
                     help="idle connection counts (default 1000 10000, --quick 100 1000)")
+    ap.add_argument("--tls-seconds", type=int, help="seconds of each handshake flood (default 5, --quick 2)")
+    ap.add_argument("--tls-parallel", type=int, default=2, help="client processes in a handshake flood (default 2)")
+    ap.add_argument("--tls-hold", type=int, help="idle TLS connections held (default 1000, --quick 100)")
+    ap.add_argument("--flood-seconds", type=int, help="seconds of each password flood (default 8, --quick 3)")
+    ap.add_argument("--flood-connections", type=int, help="connections of the password flood (default 200, --quick 50)")
     ap.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
                     help=f"run only these figures ({', '.join(FIGURES)}); the others keep their last results")
     args = ap.parse_args()
@@ -446,6 +777,10 @@ def main():
     args.messages = args.messages or (500 if q else 5000)
     args.idle_seconds = args.idle_seconds or (10 if q else 60)
     args.connections = args.connections or ([100, 1000] if q else [1000, 10000])
+    args.tls_seconds = args.tls_seconds or (2 if q else 5)
+    args.tls_hold = args.tls_hold or (100 if q else 1000)
+    args.flood_seconds = args.flood_seconds or (3 if q else 8)
+    args.flood_connections = args.flood_connections or (50 if q else 200)
     pop_count, big_size, deferred_count = (200, 8 << 20, 100) if q else (1000, 50 << 20, 1000)
     figures = args.only or FIGURES
     if os.geteuid() != 0:
@@ -459,7 +794,9 @@ def main():
     run = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds,
            "memory_rounds": args.memory_rounds,
            "messages": args.messages, "idle_seconds": args.idle_seconds, "connections": args.connections,
-           "pop_count": pop_count, "big_size": big_size, "deferred_count": deferred_count, "quick": q}
+           "pop_count": pop_count, "big_size": big_size, "deferred_count": deferred_count, "quick": q,
+           "tls_seconds": args.tls_seconds, "tls_parallel": args.tls_parallel, "tls_hold": args.tls_hold,
+           "flood_seconds": args.flood_seconds, "flood_connections": args.flood_connections}
     info = machine()
 
     def record(name, measure):
@@ -527,6 +864,50 @@ def main():
             return data
         record("deferred", deferred)
         record("footprint", footprint)
+
+        def flood():
+            both = (types.SimpleNamespace(name="postling", pop=pl, smtp=pl),
+                    types.SimpleNamespace(name="dovecot", pop=dc, smtp=pf))
+            return alternate(args.rounds, both, lambda s: authflood(s.pop, s.smtp, args.flood_seconds,
+                                                                     args.flood_connections), "authflood")
+        record("authflood", flood)
+
+        def tls():
+            # The servers are set up again with TLS (an ECDSA certificate first), so that the
+            # other figures measure them without it.
+            certs = make_certs(WORK / "tls")
+            for s in (pl, pf, dc):
+                s.stop()
+            pl.smtps_port, pf.smtps_port, dc.pop3s_port = free_port(), free_port(), free_port()
+            for s in (pl, pf, dc):
+                s.tls = certs["ecdsa"][:2]
+                s.setup()
+                s.start()
+            ports = {pl: (pl.smtps_port, b"220", pl.smtp_port), pf: (pf.smtps_port, b"220", pf.smtp_port),
+                     dc: (dc.pop3s_port, b"+OK", None)}
+            data = {"probe": {}}
+            # Memory first, while Postfix has no smtpd process of its smtps service yet.
+            data["hold"] = {s.name: [hold_tls(s, port, greet, args.tls_hold)] for s, (port, greet, _) in ports.items()}
+            for s in ports:
+                log(f"  tls hold {s.name}: {brief(data['hold'][s.name][0])}")
+            for kind in ("ecdsa", "rsa"):
+                cert, key, der = certs[kind]
+                for s, (port, greet, _) in ports.items():
+                    if s.tls[0] != cert:
+                        s.use_cert(cert, key)
+                    deadline = time.time() + 30
+                    while True:
+                        probe = tls_probe(port, greet)
+                        if probe[0] == der:
+                            break
+                        if time.time() > deadline:
+                            raise RuntimeError(f"{s.name} still presents the old certificate")
+                        time.sleep(0.2)
+                    data["probe"][f"{s.name}_{kind}"] = list(probe[1:])
+                data[kind] = alternate(args.rounds, list(ports), lambda s: tls_flood(
+                    s, ports[s][0], ports[s][1], args.tls_seconds, args.tls_parallel, ports[s][2]), f"tls {kind}")
+            return data
+        record("tls", tls)
     except KeyboardInterrupt:
         log("interrupted: stopping the servers")
         raise

@@ -21,6 +21,18 @@ import procstat
 
 USERS = ["alice", "bob", "carol"]
 DOMAIN = "example.test"
+# alice's password is stored as SHA512-CRYPT (5,000 rounds, the default) in postling's and
+# Dovecot's password files, so that a login costs a real hash (the authflood figure); the
+# others stay {PLAIN}. The salt is fixed so both servers get the same stored string.
+ALICE_PW = "alice-pw"
+
+
+def alice_crypt():
+    return "{SHA512-CRYPT}" + sh(["openssl", "passwd", "-6", "-salt", "benchsalt", ALICE_PW]).stdout.strip()
+
+
+def password_lines():
+    return "".join(f"{u}:{alice_crypt() if u == 'alice' else '{PLAIN}' + u + '-pw'}\n" for u in USERS)
 
 
 def sh(cmd, check=True, **kw):
@@ -33,12 +45,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=30):
+def wait_port(port, timeout=30, greeting=True):
+    """Waits until `port` accepts (and, with `greeting`, says something: an implicit-TLS port
+    says nothing before the client's hello)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.recv(200)
+                if greeting:
+                    s.recv(200)
                 return
         except OSError:
             time.sleep(0.05)
@@ -97,16 +112,29 @@ class Postling(Server):
         self.binary = binary
         self.smtp_port, self.pop3_port = ports
         self.proc = None
+        # Set before setup() for the TLS figures: (cert, key) and the implicit-TLS port.
+        self.tls = None
+        self.smtps_port = None
 
     def setup(self):
         self.kill_leftover()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        (self.dir / "users").write_text("".join(f"{u}:{{PLAIN}}{u}-pw\n" for u in USERS))
+        (self.dir / "users").write_text(password_lines())
         (self.dir / "aliases").write_text("postmaster: alice\n")
         # Production defaults except: loopback ports, state in this directory, connection
         # limits above the 10,000 idle connections, and the retry interval (see deferred).
-        self.conf.write_text(
+        self.write_conf()
+        out = sh([str(self.binary), "-t", "-c", str(self.conf)], check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"postling -t: {out.stdout}{out.stderr}")
+
+    def write_conf(self):
+        tls = ""
+        if self.tls:
+            # Only for the TLS figures, so the others measure the server as before.
+            tls = f"tls_cert = {self.tls[0]}\ntls_key = {self.tls[1]}\nsmtps_listen = 127.0.0.1:{self.smtps_port}\n"
+        self.conf.write_text(tls +
             f"hostname = bench.{DOMAIN}\ndomains = {DOMAIN}\n"
             f"smtp_listen = 127.0.0.1:{self.smtp_port}\npop3_listen = 127.0.0.1:{self.pop3_port}\n"
             f"pop2_listen =\nspool_dir = spool\nmailbox_dir = mail\n"
@@ -115,9 +143,12 @@ class Postling(Server):
             f"log_file = postling.log\nlog_level = info\npid_file = postling.pid\n"
             f"retry_min = 1h\nretry_max = 1h\nauth_failure_delay = 1s\n"
         )
-        out = sh([str(self.binary), "-t", "-c", str(self.conf)], check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f"postling -t: {out.stdout}{out.stderr}")
+
+    def use_cert(self, cert, key):
+        """Switches the certificate by rewriting the config and SIGHUP (new connections get it)."""
+        self.tls = (cert, key)
+        self.write_conf()
+        self.proc.send_signal(signal.SIGHUP)
 
     def kill_leftover(self):
         pid = pid_from(self.dir / "postling.pid")
@@ -133,6 +164,8 @@ class Postling(Server):
                                      stderr=open(self.dir / "stderr.log", "ab"), start_new_session=True)
         wait_port(self.smtp_port)
         wait_port(self.pop3_port)
+        if self.smtps_port:
+            wait_port(self.smtps_port, greeting=False)
 
     def root_pid(self):
         return self.proc.pid if self.proc and self.proc.poll() is None else None
@@ -180,6 +213,13 @@ lmtp      unix  -       -       n       -       -       lmtp
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+"""
+# Implicit TLS (RFC 8314) as Postfix's master.cf.proto has it for port 465.
+POSTFIX_SMTPS = """\
+{listen} inet  n       -       n       -       {maxproc}   smtpd
+  -o smtpd_tls_wrappermode=yes
+  -o smtpd_tls_security_level=encrypt
 """
 
 
@@ -195,6 +235,8 @@ class Postfix(Server):
         self.mail = self.dir / "mail"
         self.smtp_port = port
         self.maxproc = maxproc
+        self.tls = None  # (cert, key) for the TLS figures
+        self.smtps_port = None
 
     def setup(self):
         if not shutil.which("postfix"):
@@ -230,8 +272,16 @@ class Postfix(Server):
             "minimal_backoff_time": "1h", "maximal_backoff_time": "1h",
             "maillog_file": self.dir / "maillog", "maillog_file_prefixes": self.dir,
         }
+        if self.tls:
+            # Only for the TLS figures: the certificate for the smtps service below (which
+            # also offers STARTTLS on the plaintext port, as postling does with a certificate).
+            settings.update(smtpd_tls_cert_file=self.tls[0], smtpd_tls_key_file=self.tls[1],
+                            smtpd_tls_security_level="may")
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-        (self.etc / "master.cf").write_text(POSTFIX_SERVICES.format(listen=f"127.0.0.1:{self.smtp_port}", maxproc=self.maxproc))
+        master = POSTFIX_SERVICES.format(listen=f"127.0.0.1:{self.smtp_port}", maxproc=self.maxproc)
+        if self.tls:
+            master += POSTFIX_SMTPS.format(listen=f"127.0.0.1:{self.smtps_port}", maxproc=self.maxproc)
+        (self.etc / "master.cf").write_text(master)
         self.postfix("postmap", str(self.etc / "vmailbox"))
         self.postfix("postfix", "check")
 
@@ -257,6 +307,13 @@ class Postfix(Server):
     def start(self):
         self.postfix("postfix", "start")
         wait_port(self.smtp_port)
+        if self.smtps_port:
+            wait_port(self.smtps_port, greeting=False)
+
+    def use_cert(self, cert, key):
+        self.tls = (cert, key)
+        self.postfix("postconf", "-e", f"smtpd_tls_cert_file={cert}", f"smtpd_tls_key_file={key}")
+        self.postfix("postfix", "reload")
 
     def root_pid(self):
         return pid_from(self.queue_dir / "pid" / "master.pid")
@@ -295,6 +352,8 @@ class Dovecot(Server):
         self.mail = self.dir / "mail"
         self.conf = self.dir / "dovecot.conf"
         self.pop3_port = port
+        self.tls = None  # (cert, key) for the TLS figures
+        self.pop3s_port = None
 
     def setup(self):
         if not shutil.which("dovecot"):
@@ -304,14 +363,26 @@ class Dovecot(Server):
         (self.dir / "run").mkdir(parents=True)
         self.mail.mkdir()
         shutil.chown(self.mail, "mail", "mail")
-        (self.dir / "passwd").write_text("".join(f"{u}:{{PLAIN}}{u}-pw\n" for u in USERS))
-        # Dovecot's defaults except: POP3 only, loopback, no TLS, plaintext passwords from a
-        # file (postling uses {PLAIN} too), Maildir under this directory owned by `mail`.
+        (self.dir / "passwd").write_text(password_lines())
+        self.write_conf()
+
+    def write_conf(self):
+        # Dovecot's defaults except: POP3 only, loopback, TLS only for the TLS figures,
+        # passwords from a file (the same stored strings as postling's), Maildir under this
+        # directory owned by `mail`, process and client limits raised above the 1,000 idle TLS
+        # connections of the tls figure (each pre-login connection is a pop3-login process),
+        # and the failed-login delay of postling's bench config (1 s; Dovecot's default 2 s).
+        ssl = "ssl = no"
+        if self.tls:
+            ssl = f"ssl = yes\nssl_cert = <{self.tls[0]}\nssl_key = <{self.tls[1]}"
         self.conf.write_text(f"""\
 base_dir = {self.dir}/run
 protocols = pop3
 listen = 127.0.0.1
-ssl = no
+{ssl}
+default_process_limit = 1500
+default_client_limit = 6000
+auth_failure_delay = 1s
 disable_plaintext_auth = no
 auth_mechanisms = plain
 log_path = {self.dir}/dovecot.log
@@ -330,10 +401,15 @@ service pop3-login {{
     port = {self.pop3_port}
   }}
   inet_listener pop3s {{
-    port = 0
+    port = {self.pop3s_port or 0}
   }}
 }}
 """)
+
+    def use_cert(self, cert, key):
+        self.tls = (cert, key)
+        self.write_conf()
+        sh(["doveadm", "-c", str(self.conf), "reload"])
 
     def kill_leftover(self):
         if pid_from(self.dir / "run" / "master.pid"):
@@ -345,6 +421,8 @@ service pop3-login {{
         subprocess.run(["dovecot", "-c", str(self.conf)], check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=open(self.dir / "start.log", "ab"))
         wait_port(self.pop3_port)
+        if self.pop3s_port:
+            wait_port(self.pop3s_port, greeting=False)
 
     def root_pid(self):
         return pid_from(self.dir / "run" / "master.pid")
