@@ -26,7 +26,7 @@ use crate::auth::cache::{AuthCache, CacheKey};
 use crate::config::Config;
 use crate::daemon::StartError;
 use crate::daemon::{events, flood};
-use crate::deliver::engine::{DeliveryPolicy, Engine};
+use crate::deliver::engine::{DeliveryPolicy, Engine, RemoteOutcome};
 use crate::deliver::maildir::Maildirs;
 use crate::deliver::schedule::{Linger, Schedule};
 use crate::deliver::store::SpoolStore;
@@ -81,6 +81,8 @@ pub struct Services {
     next_ticket: usize,
     /// `maildrop/`: local submissions by `sendmail` (None: it could not be prepared).
     pickup: Option<Pickup>,
+    /// Remote delivery (attached by the reactor, which owns the poll its sockets are in).
+    outbound: Option<crate::outbound::Outbound>,
     /// Test hook (`POSTLING_TEST_ABORT_AFTER_PICKUP_COMMIT` set at start): SIGKILL itself
     /// between a pickup's commit and its drop file's unlink, the crash the start-up scan must
     /// survive (tests/integration/test_sendmail.py).
@@ -185,6 +187,7 @@ impl Services {
             tickets: HashMap::new(),
             slot_ticket: HashMap::new(),
             next_ticket: 0,
+            outbound: None,
         };
         Ok((services, warnings))
     }
@@ -400,6 +403,9 @@ impl Services {
             self.drop_cache_if_users_changed();
         }
         self.engine.set_policy(policy(config));
+        if let Some(o) = self.outbound.as_mut() {
+            o.set_settings(crate::outbound::OutboundSettings::from_config(config));
+        }
         self.spool.set_sync_mode(config.fsync);
         self.engine.set_sync_mode(config.fsync);
         if config.mailbox_dir != self.mailbox_root || config.hostname != self.hostname {
@@ -492,6 +498,92 @@ impl Services {
             wall,
             deadline,
         );
+        self.shuttle_remote(now, wall);
+    }
+
+    /// Attaches remote delivery (its sockets go into the reactor's poll through `registry`).
+    pub fn attach_outbound(&mut self, outbound: crate::outbound::Outbound) {
+        self.outbound = Some(outbound);
+    }
+
+    /// Moves work between the engine and remote delivery: new remote parts out, cancelled
+    /// ones stopped, finished ones settled (durably, by the engine).
+    fn shuttle_remote(&mut self, now: Instant, wall: SystemTime) {
+        for id in self.engine.take_cancelled() {
+            if let Some(o) = self.outbound.as_mut() {
+                o.cancel(&id);
+            }
+        }
+        for job in self.engine.take_remote_jobs() {
+            let located = self
+                .spool
+                .read_entry(&job.id)
+                .map(|e| crate::outbound::DataLocation {
+                    path: e.data_path().to_path_buf(),
+                    offset: e.data_offset(),
+                    len: e.data_len(),
+                });
+            match (self.outbound.as_mut(), located) {
+                (Some(o), Ok(data)) => o.submit(crate::outbound::Job { remote: job, data }, now),
+                (o, located) => {
+                    let why = match (o, located) {
+                        (None, _) => "4.3.0 remote delivery is not running".to_string(),
+                        (_, Err(e)) => format!("4.3.0 cannot read the queue entry: {e}"),
+                        _ => "4.3.0 remote delivery failed".to_string(),
+                    };
+                    let outcomes = (0..job.recipients.len())
+                        .map(|tag| RemoteOutcome {
+                            tag,
+                            outcome: crate::deliver::Outcome::Temporary(why.clone()),
+                            relay: "none".to_string(),
+                            note: None,
+                        })
+                        .collect();
+                    let mut store = SpoolStore::new(&mut self.spool);
+                    self.engine
+                        .remote_done(&job.id, outcomes, &mut store, now, wall);
+                }
+            }
+        }
+        let results = self
+            .outbound
+            .as_mut()
+            .map(|o| o.take_results())
+            .unwrap_or_default();
+        if !results.is_empty() {
+            let mut store = SpoolStore::new(&mut self.spool);
+            for (id, outcomes) in results {
+                self.engine
+                    .remote_done(&id, outcomes, &mut store, now, wall);
+            }
+        }
+    }
+
+    /// A socket of remote delivery is ready.
+    pub fn outbound_ready(
+        &mut self,
+        token: mio::Token,
+        readable: bool,
+        writable: bool,
+        now: Instant,
+    ) {
+        if let Some(o) = self.outbound.as_mut() {
+            o.ready(token, readable, writable, now);
+        }
+        self.shuttle_remote(now, SystemTime::now());
+    }
+
+    /// Remote delivery's deadlines and leftover work.
+    pub fn outbound_turn(&mut self, now: Instant) {
+        if let Some(o) = self.outbound.as_mut() {
+            o.turn(now);
+        }
+        self.shuttle_remote(now, SystemTime::now());
+    }
+
+    /// When remote delivery needs a turn (None: only on its sockets' events).
+    pub fn outbound_deadline(&self, now: Instant) -> Option<Instant> {
+        self.outbound.as_ref().and_then(|o| o.deadline(now))
     }
 
     /// Shutdown: finishes the commits and the delivery batch in progress, so nothing is left
@@ -514,7 +606,9 @@ impl Services {
 
     /// Nothing to commit, deliver or trim (the reactor then hands memory back).
     pub fn at_rest(&self, now: Instant) -> bool {
-        !self.spool.commit_pending()
+        self.outbound.as_ref().is_none_or(|o| o.idle())
+            && self.engine.parked_len() == 0
+            && !self.spool.commit_pending()
             && !self.pickup_pending()
             && !self.engine.has_work(now)
             && !self.engine.schedule.has_ready()
@@ -550,13 +644,17 @@ impl Services {
 
     /// Carries out a `postling queue` command (between delivery batches).
     pub fn control(&mut self, cmd: &crate::control::Command) -> Vec<crate::control::Line> {
-        crate::control::apply(
+        let lines = crate::control::apply(
             cmd,
             &mut self.spool,
             &mut self.engine,
             true,
             SystemTime::now(),
-        )
+        );
+        // Entries removed while out with remote delivery: stop that now, before their spool
+        // files can be reused.
+        self.shuttle_remote(Instant::now(), SystemTime::now());
+        lines
     }
 
     /// SIGUSR2: every queued message is due now.

@@ -23,6 +23,7 @@ pub mod hosts;
 pub mod limits;
 pub mod listen;
 pub mod mailbox;
+pub mod outbound;
 pub mod pickup;
 pub mod proto;
 pub mod reactor;

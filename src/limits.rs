@@ -428,3 +428,26 @@ pub const LOG_FLOOD_WINDOW: Duration = Duration::from_secs(10);
 pub const LOG_FLOOD_SLOTS: usize = 32;
 /// A flood key (event kind and client) is cut to this many bytes.
 pub const LOG_FLOOD_KEY_MAX: usize = 128;
+
+// ---- Outbound delivery -----------------------------------------------------------------------
+
+/// RFC 5321 §6.3: a message that passed through this many servers (Received header fields) is
+/// in a loop and bounced (`5.4.6`) instead of forwarded again; Postfix's default is 50, the
+/// issue asks for 30 (more than any real path needs).
+pub const MAX_RECEIVED_HEADERS: usize = 30;
+/// Mail exchangers tried per domain (in preference order); more are rarely useful and each
+/// costs address lookups.
+pub const OUTBOUND_MAX_MX: usize = 5;
+/// Addresses tried per connection attempt before the destination is deferred.
+pub const OUTBOUND_MAX_ROUTES: usize = 10;
+/// Message data read from the spool per step of an outbound transaction: one read fills at
+/// most this much of the output buffer, so one connection's data never starves the others.
+pub const OUTBOUND_DATA_CHUNK: usize = 4096;
+/// Messages one outbound connection carries before it says QUIT (Postfix's
+/// smtp_connection_reuse_count_limit idea): spreads a long queue over connections.
+pub const OUTBOUND_MESSAGES_PER_CONNECTION: usize = 100;
+/// Routes learnt for a destination are used for at most this long, then looked up again.
+pub const OUTBOUND_ROUTE_TTL: Duration = Duration::from_secs(300);
+/// Steps of one outbound connection per drive: bounds the time one connection holds the
+/// reactor (each step moves at most a buffer of bytes); the rest waits for the next turn.
+pub const OUTBOUND_STEPS_PER_DRIVE: usize = 64;

@@ -317,6 +317,12 @@ fn run(config: Config, foreground: bool) -> ExitCode {
         ));
         return start_failed(readiness, pid_file, e);
     }
+    if let Err(e) =
+        reactor.attach_outbound(postling::outbound::OutboundSettings::from_config(&config))
+    {
+        let e = StartError::os(format!("cannot start remote delivery: {e}"));
+        return start_failed(readiness, pid_file, e);
+    }
     if let Some(pid) = reactor.helper_pid() {
         info!("disk_io: helper process pid {pid}");
     }

@@ -37,6 +37,7 @@ use crate::exec::{DiskOp, Errno, Executor, Outcome, Reject};
 use crate::hosts::{AuthStart, PendingCheck, Services};
 use crate::limits;
 use crate::listen::Listener;
+use crate::outbound::{Outbound, OutboundSettings};
 use crate::proto::pop2::Pop2Session;
 use crate::proto::pop3::{Pop3Session, PopSettings};
 use crate::proto::smtp::{SmtpSession, SmtpSettings};
@@ -344,6 +345,12 @@ impl Reactor {
                     t if ControlServer::owns(t) => self.control.ready(t),
                     PICKUP_TOKEN => self.services.pickup_readable(),
                     EXEC_TOKEN => self.finish_checks(now),
+                    t if Outbound::owns(t) => self.services.outbound_ready(
+                        t,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable() || event.is_write_closed() || event.is_error(),
+                        now,
+                    ),
                     Token(t) if t >= CONN_BASE => {
                         let slot = t - CONN_BASE;
                         if let Some(Some(conn)) = self.conns.get_mut(slot) {
@@ -380,6 +387,7 @@ impl Reactor {
                 .pickup_work(Instant::now() + limits::WORK_SLICE);
             self.services
                 .deliver(now, SystemTime::now(), Instant::now() + limits::WORK_SLICE);
+            self.services.outbound_turn(Instant::now());
             self.fire_deadlines(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.resume_accepting(now);
@@ -440,6 +448,10 @@ impl Reactor {
             t = Some(t.map_or(d, |t| t.min(d)));
         }
         if let Some(d) = self.services.delivery_timeout(now) {
+            t = Some(t.map_or(d, |t| t.min(d)));
+        }
+        if let Some(at) = self.services.outbound_deadline(now) {
+            let d = at.saturating_duration_since(now);
             t = Some(t.map_or(d, |t| t.min(d)));
         }
         // A pending log flood summary, only while one is pending: idle stays without wake-ups.
@@ -1212,6 +1224,14 @@ impl Reactor {
     pub fn attach_executor(&mut self, mut exec: Executor) -> io::Result<()> {
         exec.register(self.poll.registry(), EXEC_TOKEN)?;
         self.exec = Some(exec);
+        Ok(())
+    }
+
+    /// Starts remote delivery, its sockets in this reactor's poll.
+    pub fn attach_outbound(&mut self, settings: OutboundSettings) -> io::Result<()> {
+        let registry = self.poll.registry().try_clone()?;
+        self.services
+            .attach_outbound(Outbound::new(settings, registry));
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use super::schedule::{Schedule, backoff};
 use crate::daemon::events::{self, Delivery, Status};
 use crate::date::rfc5322_date;
 use crate::directory::{Directory, ResolveError, Resolved};
+use crate::limits;
 use crate::spool::{BodyType, Envelope, QueueId, SpoolError};
 
 /// One queue entry as delivery sees it.
@@ -60,8 +61,47 @@ struct Attempt {
     entry: Entry,
     /// Each pending recipient's index with where its copies went.
     rcpts: Vec<(usize, Vec<Target>)>,
-    /// For the log, beside each target of `rcpts`: its final address and relay.
-    finals: Vec<Vec<(String, &'static str)>>,
+    /// For the log, beside each target of `rcpts`: its final address, relay and what the
+    /// relay said.
+    finals: Vec<Vec<Final>>,
+    /// Remote addresses of this entry (`Target::Remote` indexes it), each once.
+    remote: Vec<String>,
+}
+
+/// One copy of a recipient as the log names it.
+struct Final {
+    to: String,
+    /// `local`, `none`, or the remote server (`host[ip]:port`) once it was tried.
+    relay: String,
+    /// What a remote server answered on success (local deliveries say nothing more).
+    note: Option<String>,
+}
+
+/// The remote part of an entry, handed to outbound delivery (`Engine::take_remote_jobs`).
+pub struct RemoteJob {
+    pub id: QueueId,
+    pub sender: String,
+    /// Each remote address once; its index is the tag of its result.
+    pub recipients: Vec<String>,
+    pub body: BodyType,
+    pub smtputf8: bool,
+}
+
+/// What became of one remote address of a `RemoteJob`.
+pub struct RemoteOutcome {
+    /// The index into `RemoteJob::recipients`.
+    pub tag: usize,
+    pub outcome: Outcome,
+    /// The server tried (`host[ip]:port`), or `none` when no connection was made.
+    pub relay: String,
+    /// The server's answer to a delivered recipient, for the log.
+    pub note: Option<String>,
+}
+
+/// An entry whose local copies are done and whose remote copies are out with the outbound
+/// side (`Engine::remote_done` settles it).
+struct Parked {
+    attempt: Attempt,
 }
 
 /// Where one resolved copy of a recipient stands.
@@ -71,6 +111,8 @@ enum Target {
     Done(Outcome),
     /// Written to a Maildir's tmp/: its outcome comes from the batch commit.
     Staged(usize),
+    /// A remote address (`Attempt::remote` index): its outcome comes from outbound delivery.
+    Remote(usize),
 }
 
 /// A recipient's outcome from its copies: any temporary failure keeps it pending; otherwise
@@ -84,6 +126,9 @@ fn combine(targets: &[Target], committed: &[Outcome]) -> Outcome {
                 Some(o) => o,
                 None => return Outcome::Temporary("the Maildir commit reported nothing".into()),
             },
+            Target::Remote(_) => {
+                return Outcome::Temporary("the remote delivery reported nothing".into());
+            }
         };
         match o {
             Outcome::Temporary(_) => return o.clone(),
@@ -113,6 +158,12 @@ pub struct Engine {
     /// it is treated as `recovered` (a crashed process may have delivered some of it before
     /// it was held with the daemon stopped).
     held: HashMap<QueueId, bool>,
+    /// Entries out with the outbound side: never staged again until settled.
+    parked: HashMap<QueueId, Parked>,
+    /// Remote parts to hand to outbound delivery.
+    remote_jobs: Vec<RemoteJob>,
+    /// Parked entries an administrator removed: their outbound work must stop.
+    cancelled: Vec<QueueId>,
 }
 
 /// Recipients of an entry that are done: delivered, and failed with the reason.
@@ -185,7 +236,69 @@ impl Engine {
             unrecorded: HashMap::new(),
             recovered: HashSet::new(),
             held: HashMap::new(),
+            parked: HashMap::new(),
+            remote_jobs: Vec::new(),
+            cancelled: Vec::new(),
         }
+    }
+
+    /// Remote parts staged since the last call (for outbound delivery).
+    pub fn take_remote_jobs(&mut self) -> Vec<RemoteJob> {
+        std::mem::take(&mut self.remote_jobs)
+    }
+
+    /// Entries removed while their remote part was out: outbound delivery must drop them.
+    pub fn take_cancelled(&mut self) -> Vec<QueueId> {
+        std::mem::take(&mut self.cancelled)
+    }
+
+    /// Is this entry's remote part out with outbound delivery?
+    pub fn is_parked(&self, id: &QueueId) -> bool {
+        self.parked.contains_key(id)
+    }
+
+    /// Entries whose remote part is out.
+    pub fn parked_len(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Settles a parked entry with the outcomes of its remote addresses. Outcomes for an
+    /// entry no longer parked (removed meanwhile) are dropped.
+    pub fn remote_done(
+        &mut self,
+        id: &QueueId,
+        outcomes: Vec<RemoteOutcome>,
+        store: &mut dyn QueueStore,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let Some(Parked { mut attempt }) = self.parked.remove(id) else {
+            return;
+        };
+        let mut by_tag: Vec<Option<RemoteOutcome>> = Vec::new();
+        by_tag.resize_with(attempt.remote.len(), || None);
+        for o in outcomes {
+            if let Some(slot) = by_tag.get_mut(o.tag) {
+                *slot = Some(o);
+            }
+        }
+        for ((_, targets), finals) in attempt.rcpts.iter_mut().zip(attempt.finals.iter_mut()) {
+            for (target, fin) in targets.iter_mut().zip(finals.iter_mut()) {
+                if let Target::Remote(k) = *target {
+                    *target = match by_tag.get(k).and_then(Option::as_ref) {
+                        Some(r) => {
+                            fin.relay.clone_from(&r.relay);
+                            fin.note.clone_from(&r.note);
+                            Target::Done(r.outcome.clone())
+                        }
+                        None => Target::Done(Outcome::Temporary(
+                            "the remote delivery reported nothing".into(),
+                        )),
+                    };
+                }
+            }
+        }
+        self.settle(attempt, &[], store, now, wall);
     }
 
     /// Holds an entry: out of the schedule until `release`. Call between batches (`busy`
@@ -201,7 +314,10 @@ impl Engine {
             self.recovered.insert(id.0.clone());
         }
         self.schedule.remove(&id);
-        self.schedule.due_now(id);
+        if !self.parked.contains_key(&id) {
+            // (A parked entry is rescheduled when its remote part settles.)
+            self.schedule.due_now(id);
+        }
     }
 
     pub fn is_held(&self, id: &QueueId) -> bool {
@@ -210,7 +326,7 @@ impl Engine {
 
     /// Makes a queued entry due now (`postling queue flush ID`); a held one stays held.
     pub fn flush_one(&mut self, id: QueueId) {
-        if self.held.contains_key(&id) {
+        if self.held.contains_key(&id) || self.parked.contains_key(&id) {
             return;
         }
         self.schedule.remove(&id);
@@ -219,6 +335,9 @@ impl Engine {
 
     /// Forgets an entry that an administrator removed from the spool.
     pub fn forget(&mut self, id: &QueueId) {
+        if self.parked.remove(id).is_some() {
+            self.cancelled.push(id.clone());
+        }
         self.schedule.remove(id);
         self.held.remove(id);
         self.unrecorded.remove(id);
@@ -431,7 +550,11 @@ impl Engine {
             }
             Phase::Settling(outcomes) => match batch.attempts.pop_front() {
                 Some(attempt) => {
-                    self.settle(attempt, outcomes, store, now, wall);
+                    if attempt.remote.is_empty() {
+                        self.settle(attempt, outcomes, store, now, wall);
+                    } else {
+                        self.park(attempt, outcomes);
+                    }
                     settled = 1;
                 }
                 // Every entry settled: the batch is over.
@@ -463,6 +586,11 @@ impl Engine {
     ) -> Option<Attempt> {
         if self.held.contains_key(&id) {
             // Held since it was scheduled: it waits for `release`, out of the schedule.
+            return None;
+        }
+        if self.parked.contains_key(&id) {
+            // Its remote part is still out (`queue flush` of every entry): it is settled,
+            // and rescheduled, when that ends.
             return None;
         }
         match store.load(&id) {
@@ -508,6 +636,9 @@ impl Engine {
             recipients: &entry.envelope.recipients,
         });
         let recovered = self.recovered.contains(&id.0);
+        let mut remote: Vec<String> = Vec::new();
+        // Received headers in the message, counted at the first remote copy (loop check).
+        let mut hops: Option<usize> = None;
         for &idx in &entry.pending {
             let Some(rcpt) = entry.envelope.recipients.get(idx) else {
                 continue;
@@ -523,9 +654,11 @@ impl Engine {
                 Err(ResolveError::AliasLoop(name)) => vec![Target::Done(Outcome::Permanent(
                     format!("5.4.6 alias loop at {name}"),
                 ))],
-                Err(ResolveError::NotLocal) => vec![Target::Done(Outcome::Temporary(format!(
-                    "{rcpt} is not local and no relay is configured"
-                )))],
+                Err(ResolveError::NotLocal) => {
+                    vec![remote_target(&mut remote, &mut hops, rcpt, || {
+                        count_received(store, &id)
+                    })]
+                }
                 Ok(resolved) => resolved
                     .iter()
                     .map(|t| match t {
@@ -562,9 +695,11 @@ impl Engine {
                             users.insert(user.clone(), target.clone());
                             target
                         }
-                        Resolved::Remote { address } => Target::Done(Outcome::Temporary(format!(
-                            "forwarding to {address} needs a relay, and none is configured"
-                        ))),
+                        Resolved::Remote { address } => {
+                            remote_target(&mut remote, &mut hops, address, || {
+                                count_received(store, &id)
+                            })
+                        }
                     })
                     .collect(),
             };
@@ -575,7 +710,31 @@ impl Engine {
             entry,
             rcpts,
             finals,
+            remote,
         }
+    }
+
+    /// Hands an entry's remote addresses to outbound delivery once its local copies are
+    /// committed; it is settled by `remote_done`.
+    fn park(&mut self, mut attempt: Attempt, committed: &[Outcome]) {
+        for (_, targets) in &mut attempt.rcpts {
+            for t in targets.iter_mut() {
+                if let Target::Staged(i) = *t {
+                    *t = Target::Done(committed.get(i).cloned().unwrap_or_else(|| {
+                        Outcome::Temporary("the Maildir commit reported nothing".into())
+                    }));
+                }
+            }
+        }
+        let env = &attempt.entry.envelope;
+        self.remote_jobs.push(RemoteJob {
+            id: attempt.id.clone(),
+            sender: env.sender.clone(),
+            recipients: attempt.remote.clone(),
+            body: env.body,
+            smtputf8: env.smtputf8,
+        });
+        self.parked.insert(attempt.id.clone(), Parked { attempt });
     }
 
     /// Decides what happens to one entry once its Maildir files are committed.
@@ -592,6 +751,7 @@ impl Engine {
             entry,
             rcpts,
             finals,
+            remote: _,
         } = attempt;
         self.settled(&id);
         let env = &entry.envelope;
@@ -643,13 +803,17 @@ impl Engine {
                 .iter()
                 .find(|(f, _)| f == idx)
                 .map(|(_, r)| r.as_str());
-            for (target, (to, relay)) in targets.iter().zip(labels) {
+            for (target, fin) in targets.iter().zip(labels) {
                 let outcome = match target {
                     Target::Done(o) => Some(o),
                     Target::Staged(i) => outcomes.get(*i),
+                    Target::Remote(_) => None,
                 };
                 let (status, reason) = match (outcome, bounced) {
-                    (Some(Outcome::Delivered), _) => (Status::Sent, "delivered to maildir"),
+                    (Some(Outcome::Delivered), _) => (
+                        Status::Sent,
+                        fin.note.as_deref().unwrap_or("delivered to maildir"),
+                    ),
                     (Some(Outcome::Permanent(r)), Some(_)) => (Status::Bounced, r.as_str()),
                     (_, Some(r)) => (Status::Bounced, r),
                     (Some(Outcome::Temporary(r) | Outcome::Permanent(r)), None) => {
@@ -659,9 +823,9 @@ impl Engine {
                 };
                 events::log(&events::delivery(&Delivery {
                     id: &id.0,
-                    to,
+                    to: &fin.to,
                     orig_to: orig,
-                    relay,
+                    relay: &fin.relay,
                     delay,
                     status,
                     reason,
@@ -777,14 +941,17 @@ pub fn human(d: Duration) -> String {
 
 /// For the log: where each copy of `rcpt` goes (beside the targets `stage` makes from the
 /// same resolution), with its relay. A recipient delivered to its own mailbox keeps its
-/// address (no `orig_to=`); an alias's targets are named as they resolved.
-fn final_addresses(
-    rcpt: &str,
-    resolution: &Result<Vec<Resolved>, ResolveError>,
-) -> Vec<(String, &'static str)> {
+/// address (no `orig_to=`); an alias's targets are named as they resolved. A remote copy is
+/// `relay=none` until outbound delivery names the server it tried.
+fn final_addresses(rcpt: &str, resolution: &Result<Vec<Resolved>, ResolveError>) -> Vec<Final> {
+    let fin = |to: &str, relay: &str| Final {
+        to: to.to_string(),
+        relay: relay.to_string(),
+        note: None,
+    };
     match resolution {
-        Err(ResolveError::NotLocal) => vec![(rcpt.to_string(), "none")],
-        Err(_) => vec![(rcpt.to_string(), "local")],
+        Err(ResolveError::NotLocal) => vec![fin(rcpt, "none")],
+        Err(_) => vec![fin(rcpt, "local")],
         Ok(resolved) => {
             let local_part = rcpt.rsplit_once('@').map_or(rcpt, |(l, _)| l);
             let direct = resolved.len() == 1;
@@ -792,14 +959,55 @@ fn final_addresses(
                 .iter()
                 .map(|r| match r {
                     Resolved::Local { user } if direct && user.eq_ignore_ascii_case(local_part) => {
-                        (rcpt.to_string(), "local")
+                        fin(rcpt, "local")
                     }
-                    Resolved::Local { user } => (user.clone(), "local"),
-                    Resolved::Remote { address } => (address.clone(), "none"),
+                    Resolved::Local { user } => fin(user, "local"),
+                    Resolved::Remote { address } => fin(address, "none"),
                 })
                 .collect()
         }
     }
+}
+
+/// The target of one remote copy: an index into `remote` (each address once per entry), or
+/// a bounce when the message has already passed through too many servers (a mail loop,
+/// RFC 5321 §6.3). `hops` caches the count of Received headers, read at the first remote copy.
+fn remote_target(
+    remote: &mut Vec<String>,
+    hops: &mut Option<usize>,
+    address: &str,
+    count: impl FnOnce() -> usize,
+) -> Target {
+    let received = *hops.get_or_insert_with(count);
+    if received > limits::MAX_RECEIVED_HEADERS {
+        return Target::Done(Outcome::Permanent(format!(
+            "5.4.6 mail loop: the message has passed through {received} servers (Received headers)"
+        )));
+    }
+    if let Some(k) = remote.iter().position(|a| a.eq_ignore_ascii_case(address)) {
+        return Target::Remote(k);
+    }
+    remote.push(address.to_string());
+    Target::Remote(remote.len() - 1)
+}
+
+/// Counts the Received header fields in the header section of a queued message (its first
+/// `bounce::MAX_RETURNED_HEADERS` octets; a header section longer than that counts what fits).
+fn count_received(store: &mut dyn QueueStore, id: &QueueId) -> usize {
+    let mut head = vec![0u8; bounce::MAX_RETURNED_HEADERS];
+    let mut n = 0;
+    if let Ok(mut data) = store.open_data(id) {
+        while n < head.len() {
+            match data.read(&mut head[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+    }
+    bounce::header_section(&head[..n])
+        .split(|&b| b == b'\n')
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
 }
 
 #[cfg(test)]

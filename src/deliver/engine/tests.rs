@@ -505,3 +505,142 @@ fn return_to_sender_fails_every_pending_recipient_and_bounces() {
     assert_eq!(e.kind(), io::ErrorKind::NotFound);
     assert_eq!(w.queue.bounces.len(), 1);
 }
+
+const FORWARDS: &str = "fwd: alice, friend@remote.test, Friend@Remote.test\nboth: friend@remote.test, other@far.test\n";
+
+fn remote_outcome(tag: usize, outcome: Outcome) -> RemoteOutcome {
+    RemoteOutcome {
+        tag,
+        outcome,
+        relay: "mx.remote.test[192.0.2.1]:25".into(),
+        note: Some("250 2.0.0 queued".into()),
+    }
+}
+
+#[test]
+fn remote_copies_are_handed_out_once_and_the_entry_settles_when_they_come_back() {
+    let mut w = world(FORWARDS, Duration::from_secs(3600));
+    let id = w.queue.add(
+        "s@example.org",
+        &["fwd@example.test", "direct@elsewhere.test"],
+    );
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    // The local copy is written at once; the entry waits for the remote part.
+    assert_eq!(count(&w.mail, "alice"), 1);
+    assert!(w.queue.removed.is_empty() && w.queue.recorded.is_empty());
+    let jobs = w.engine.take_remote_jobs();
+    assert_eq!(jobs.len(), 1);
+    // Each remote address once, whatever its case and however many aliases lead there.
+    assert_eq!(
+        jobs[0].recipients,
+        vec![
+            "friend@remote.test".to_string(),
+            "direct@elsewhere.test".to_string()
+        ]
+    );
+    assert!(w.engine.is_parked(&id));
+    // A queue run does not stage it again while it is out.
+    w.engine.flush_one(id.clone());
+    w.engine.schedule.flush();
+    w.run(8);
+    assert_eq!(count(&w.mail, "alice"), 1);
+    assert!(w.engine.take_remote_jobs().is_empty());
+
+    w.engine.remote_done(
+        &id,
+        vec![
+            remote_outcome(0, Outcome::Delivered),
+            remote_outcome(
+                1,
+                Outcome::Permanent("5.1.1 mx said: 550 5.1.1 no such user".into()),
+            ),
+        ],
+        &mut w.queue,
+        Instant::now(),
+        SystemTime::now(),
+    );
+    assert_eq!(w.queue.removed, vec![id]);
+    assert_eq!(w.queue.bounces.len(), 1, "one DSN for the failed recipient");
+    let report = String::from_utf8_lossy(&w.queue.bounces[0].1).to_string();
+    assert!(
+        report.contains("Final-Recipient: rfc822; direct@elsewhere.test"),
+        "{report}"
+    );
+    assert!(report.contains("Status: 5.1.1"), "{report}");
+    assert!(!report.contains("friend@remote.test"), "{report}");
+}
+
+#[test]
+fn a_temporary_remote_failure_defers_only_what_is_still_pending() {
+    let mut w = world(FORWARDS, Duration::from_secs(3600));
+    let id = w.queue.add(
+        "s@example.org",
+        &["both@example.test", "carol@example.test"],
+    );
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    let jobs = w.engine.take_remote_jobs();
+    assert_eq!(jobs[0].recipients.len(), 2);
+    w.engine.remote_done(
+        &id,
+        vec![
+            remote_outcome(0, Outcome::Delivered),
+            remote_outcome(
+                1,
+                Outcome::Temporary("4.4.3 cannot look up far.test".into()),
+            ),
+        ],
+        &mut w.queue,
+        Instant::now(),
+        SystemTime::now(),
+    );
+    // `both` has a copy still pending: the recipient stays; carol is done.
+    let (rid, delivered, failed, attempts, why) = &w.queue.recorded[0];
+    assert_eq!(
+        (rid, delivered.as_slice(), failed.len(), *attempts),
+        (&id, &[1][..], 0, 1)
+    );
+    assert!(why.contains("far.test"), "{why}");
+    assert!(!w.engine.is_parked(&id));
+    assert!(
+        w.engine.schedule.timeout(Instant::now()).is_some(),
+        "retried later"
+    );
+}
+
+#[test]
+fn a_message_that_passed_too_many_servers_is_not_forwarded_again() {
+    let mut w = world(FORWARDS, Duration::from_secs(3600));
+    let id = w.queue.add("s@example.org", &["away@remote.test"]);
+    let hops = "Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
+        .repeat(limits::MAX_RECEIVED_HEADERS + 1);
+    if let Some(e) = w.queue.entries.get_mut(&id) {
+        e.1 = format!("{hops}Subject: looping\r\n\r\nbody\r\n").into_bytes();
+    }
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert!(w.engine.take_remote_jobs().is_empty());
+    assert_eq!(w.queue.removed, vec![id]);
+    let report = String::from_utf8_lossy(&w.queue.bounces[0].1).to_string();
+    assert!(report.contains("Status: 5.4.6"), "{report}");
+}
+
+#[test]
+fn removing_an_entry_whose_remote_part_is_out_cancels_it_and_drops_late_outcomes() {
+    let mut w = world(FORWARDS, Duration::from_secs(3600));
+    let id = w.queue.add("s@example.org", &["away@remote.test"]);
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert_eq!(w.engine.take_remote_jobs().len(), 1);
+    w.engine.forget(&id);
+    assert_eq!(w.engine.take_cancelled(), vec![id.clone()]);
+    w.engine.remote_done(
+        &id,
+        vec![remote_outcome(0, Outcome::Delivered)],
+        &mut w.queue,
+        Instant::now(),
+        SystemTime::now(),
+    );
+    assert!(w.queue.recorded.is_empty() && w.queue.removed.is_empty());
+}
