@@ -43,13 +43,7 @@ impl Engine {
         let delayed: Vec<FailedRecipient> = pending
             .iter()
             .map(|(idx, reason)| {
-                let (status, text) = split_status(reason, "4.0.0");
-                // RFC 3464 §2.3.4: a delayed recipient has a transient (4.x.x) status.
-                let status = if status.starts_with("4.") {
-                    status
-                } else {
-                    "4.0.0".to_string()
-                };
+                let (status, text) = delayed_status(reason);
                 FailedRecipient {
                     address: env.recipients.get(*idx).cloned().unwrap_or_default(),
                     status,
@@ -109,5 +103,46 @@ impl Engine {
                 None
             }
         }
+    }
+}
+
+/// The RFC 3463 status and the text of a delayed recipient's reason: `4.7.1 text`, or a
+/// remote reply `451 4.7.1 text` (kept whole as the text). RFC 3464 §2.3.4: a delayed
+/// recipient has a transient status, so anything else is `4.0.0` with the whole reason.
+fn delayed_status(reason: &str) -> (String, String) {
+    if let Some((code, rest)) = reason.split_once(' ') {
+        let reply_code = code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit());
+        if reply_code {
+            let (status, _) = split_status(rest, "");
+            if status.starts_with("4.") {
+                return (status, reason.to_string());
+            }
+        }
+    }
+    match split_status(reason, "") {
+        (status, text) if status.starts_with("4.") => (status, text),
+        _ => ("4.0.0".to_string(), reason.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delayed_status;
+
+    #[test]
+    fn a_delayed_recipient_always_has_a_transient_status() {
+        let s = |r: &str| delayed_status(r);
+        assert_eq!(
+            s("4.2.2 mailbox full"),
+            ("4.2.2".into(), "mailbox full".into())
+        );
+        assert_eq!(
+            s("451 4.7.1 greylisted"),
+            ("4.7.1".into(), "451 4.7.1 greylisted".into())
+        );
+        assert_eq!(s("needs a relay"), ("4.0.0".into(), "needs a relay".into()));
+        assert_eq!(s("550 5.1.1 odd"), ("4.0.0".into(), "550 5.1.1 odd".into()));
+        assert_eq!(s("5.1.1 odd"), ("4.0.0".into(), "5.1.1 odd".into()));
+        assert_eq!(s(""), ("4.0.0".into(), "".into()));
     }
 }
