@@ -80,6 +80,8 @@ pub struct Config {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub queue_lifetime: Duration,
+    /// When a still-queued message's sender gets a delay warning; zero: never.
+    pub delay_warning_time: Duration,
     pub auth_failure_delay: Duration,
     /// Run as this user after binding (empty: stay as started).
     pub user: Option<String>,
@@ -179,6 +181,7 @@ impl Config {
             retry_min: limits::RETRY_MIN_DEFAULT,
             retry_max: limits::RETRY_MAX_DEFAULT,
             queue_lifetime: limits::QUEUE_LIFETIME_DEFAULT,
+            delay_warning_time: limits::DELAY_WARNING_TIME_DEFAULT,
             auth_failure_delay: limits::AUTH_FAILURE_DELAY_DEFAULT,
             user: None,
             set_on_line: BTreeMap::new(),

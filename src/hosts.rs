@@ -98,6 +98,7 @@ fn policy(config: &Config) -> DeliveryPolicy {
         retry_min: config.retry_min,
         retry_max: config.retry_max,
         queue_lifetime: config.queue_lifetime,
+        delay_warning: config.delay_warning_time,
     }
 }
 

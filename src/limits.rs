@@ -222,6 +222,9 @@ pub const MAX_MESSAGE_SIZE_LIMIT: u64 = 1 << 30;
 pub const RETRY_MIN_DEFAULT: Duration = Duration::from_secs(60);
 pub const RETRY_MAX_DEFAULT: Duration = Duration::from_secs(60 * 60);
 pub const QUEUE_LIFETIME_DEFAULT: Duration = Duration::from_secs(5 * 24 * 60 * 60);
+/// `delay_warning_time`: Postfix's default; a sender hears about mail stuck for half a
+/// working day, long before the bounce after `queue_lifetime`.
+pub const DELAY_WARNING_TIME_DEFAULT: Duration = Duration::from_secs(4 * 60 * 60);
 /// Entries gathered into one delivery batch (their Maildir syncs are shared); a batch is
 /// worked on in steps within `WORK_SLICE`, so a backlog never starves clients.
 pub const DELIVERIES_PER_TURN: usize = 8;
@@ -263,6 +266,10 @@ pub const SPOOL_MAX_CONTROL: usize = 1024 * 1024;
 /// Longest error text kept per recipient or attempt: a reply line is at most 512 octets
 /// (RFC 5321 §4.5.3.1.5); longer multi-line replies are cut.
 pub const SPOOL_MAX_REASON: usize = 1000;
+/// Longest last reason kept per pending recipient (shown by `postling -q`, listed in the
+/// delay warning): one reply line (RFC 5321 §4.5.3.1.5) with its status; 100 recipients
+/// (`SMTP_MAX_RCPTS`) of it stay far below `SPOOL_MAX_CONTROL` even when every byte is escaped.
+pub const SPOOL_MAX_RCPT_REASON: usize = 512;
 /// New ids tried by `begin` when a name is already taken (clock stepped back past old
 /// entries) before it gives up.
 pub const SPOOL_ID_TRIES: u32 = 16;

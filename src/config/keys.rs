@@ -389,6 +389,18 @@ pub static KEYS: &[KeySpec] = &[
         apply: set_queue_lifetime,
     },
     KeySpec {
+        name: "delay_warning_time",
+        default: DefaultValue::Text("4h"),
+        form: "a duration: a whole number with s, m, h or d (a plain number is seconds), up to \
+               3650d, or 0 for never",
+        meaning: "When a message is still queued this long after its arrival, its sender gets \
+                  one delay warning (a delivery status notification with `Action: delayed`) \
+                  listing the recipients still being retried, their last error, and until when \
+                  they are retried (the arrival plus `queue_lifetime`). At most one per \
+                  message; none to the null sender. `0` sends none.",
+        apply: set_delay_warning_time,
+    },
+    KeySpec {
         name: "auth_failure_delay",
         default: DefaultValue::Text("2s"),
         form: "a duration of at least 1s: a whole number with s, m, h or d (a plain number is \
@@ -677,6 +689,11 @@ fn set_retry_max(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), St
 
 fn set_queue_lifetime(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
     c.queue_lifetime = duration(v)?;
+    Ok(())
+}
+
+fn set_delay_warning_time(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.delay_warning_time = duration_with_zero(v)?;
     Ok(())
 }
 

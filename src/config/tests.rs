@@ -523,6 +523,27 @@ fn sizes_and_durations_accept_their_suffixes() {
 }
 
 #[test]
+fn delay_warning_time_defaults_to_4h_and_0_turns_it_off() {
+    let (c, _) = parsed("");
+    assert_eq!(c.delay_warning_time, Duration::from_secs(4 * 3600));
+    let (c, _) = parsed("delay_warning_time = 0");
+    assert_eq!(c.delay_warning_time, Duration::ZERO);
+    let (c, _) = parsed("delay_warning_time = 30m");
+    assert_eq!(c.delay_warning_time, Duration::from_secs(1800));
+    for bad in [
+        "delay_warning_time = -1s",
+        "delay_warning_time = 1w",
+        "delay_warning_time = 3651d",
+    ] {
+        let e = error_lines(bad.as_bytes());
+        assert!(
+            e.len() == 1 && e[0].contains("delay_warning_time"),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn an_empty_file_gives_the_defaults() {
     let (c, _) = parsed("# nothing but a comment\n\n   \n");
     let (system, _) = system_hostname();
@@ -697,10 +718,10 @@ fn directory_settings_carry_what_the_directory_needs() {
 #[test]
 fn the_key_table_is_consistent() {
     let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-    assert_eq!(names.len(), 35);
+    assert_eq!(names.len(), 36);
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 35, "key names are unique");
+    assert_eq!(names.len(), 36, "key names are unique");
     for k in KEYS {
         assert!(keys::spec(k.name).is_some());
         assert!(

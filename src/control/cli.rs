@@ -157,6 +157,7 @@ fn offline(config: &Config, cmd: &Command) -> Vec<Line> {
             retry_min: config.retry_min,
             retry_max: config.retry_max,
             queue_lifetime: config.queue_lifetime,
+            delay_warning: config.delay_warning_time,
         },
     );
     apply(cmd, &mut spool, &mut engine, false, SystemTime::now())

@@ -38,6 +38,7 @@ fn engine(mail: &Path) -> Engine {
             retry_min: Duration::from_secs(3600),
             retry_max: Duration::from_secs(3600),
             queue_lifetime: Duration::from_secs(86400),
+            delay_warning: Duration::ZERO,
         },
     )
 }

@@ -128,6 +128,11 @@ pub fn bounce_notice(id: &str, new_id: &str) -> String {
     format!("{id}: sender non-delivery notification: {new_id}")
 }
 
+/// `ID: sender delay notification: NEWID` (the delay warning DSN, as Postfix logs it)
+pub fn delay_notice(id: &str, new_id: &str) -> String {
+    format!("{id}: sender delay notification: {new_id}")
+}
+
 /// `ID: removed`
 pub fn removed(id: &str) -> String {
     format!("{id}: removed")

@@ -16,7 +16,7 @@ use crate::daemon::events::{self, Delivery, Status};
 use crate::date::rfc5322_date;
 use crate::directory::{Directory, ResolveError, Resolved};
 use crate::limits;
-use crate::spool::{BodyType, Envelope, QueueId, SpoolError};
+use crate::spool::{BodyType, Deferral, Envelope, QueueId, SpoolError};
 
 /// One queue entry as delivery sees it.
 pub struct Entry {
@@ -25,6 +25,8 @@ pub struct Entry {
     pub pending: Vec<usize>,
     /// Failed attempts so far (drives the back-off).
     pub attempts: u32,
+    /// The delay warning DSN has already been queued for this entry.
+    pub delay_warned: bool,
 }
 
 /// What the engine needs from the spool. The real spool implements it in `hosts.rs`; tests
@@ -33,15 +35,14 @@ pub trait QueueStore {
     fn load(&mut self, id: &QueueId) -> io::Result<Entry>;
     /// The stored message data (CRLF line endings), from its first byte.
     fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>>;
-    /// Durably records the recipients finished in this attempt and when to try the rest.
+    /// Durably records the recipients finished in this attempt and, in `deferral`, when to
+    /// try the rest, each pending recipient's last reason and whether the delay warning went.
     fn record_attempt(
         &mut self,
         id: &QueueId,
         delivered: &[usize],
         failed: &[(usize, String)],
-        attempts: u32,
-        last_error: &str,
-        next_attempt: SystemTime,
+        deferral: &Deferral<'_>,
     ) -> io::Result<()>;
     fn remove(&mut self, id: &QueueId) -> io::Result<()>;
     /// Queue a new message (a bounce) and make it durable before returning its id.
@@ -53,6 +54,8 @@ pub struct DeliveryPolicy {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub queue_lifetime: Duration,
+    /// `delay_warning_time`: zero for never.
+    pub delay_warning: Duration,
 }
 
 /// One entry of a delivery batch between staging and settling.
@@ -166,11 +169,13 @@ pub struct Engine {
     cancelled: Vec<QueueId>,
 }
 
-/// Recipients of an entry that are done: delivered, and failed with the reason.
+/// Recipients of an entry that are done: delivered, and failed with the reason; and when its
+/// delay warning was queued.
 #[derive(Default)]
 struct Recorded {
     delivered: Vec<usize>,
     failed: Vec<(usize, String)>,
+    delay_warned: Option<SystemTime>,
 }
 
 impl Recorded {
@@ -760,6 +765,8 @@ impl Engine {
         let mut delivered = Vec::new();
         let mut failed: Vec<(usize, String)> = Vec::new();
         let mut temporary: Option<String> = None;
+        // The reason of each recipient that stays pending (`postling -q`, the delay warning).
+        let mut rcpt_errors: Vec<(usize, String)> = Vec::new();
         for (idx, targets) in &rcpts {
             let rcpt = env.recipients.get(*idx).map_or("", String::as_str);
             match combine(targets, outcomes) {
@@ -772,7 +779,10 @@ impl Engine {
                         human(self.policy.queue_lifetime)
                     ),
                 )),
-                Outcome::Temporary(r) => temporary = Some(format!("{rcpt}: {r}")),
+                Outcome::Temporary(r) => {
+                    temporary = Some(format!("{rcpt}: {r}"));
+                    rcpt_errors.push((*idx, r));
+                }
             }
         }
 
@@ -791,6 +801,8 @@ impl Engine {
                         // later.
                         warn!("{id}: cannot queue the bounce: {e:?}; will retry");
                         temporary.get_or_insert_with(|| format!("cannot queue bounce: {e:?}"));
+                        let why = format!("its bounce cannot be queued: {e:?}");
+                        rcpt_errors.extend(failed.iter().map(|(i, _)| (*i, why.clone())));
                         failed.clear();
                     }
                 }
@@ -849,14 +861,18 @@ impl Engine {
         let mut done = self.unrecorded.remove(&id).unwrap_or_default();
         done.delivered.extend(delivered);
         done.failed.extend(failed);
-        if let Err(e) = store.record_attempt(
-            &id,
-            &done.delivered,
-            &done.failed,
+        if !entry.delay_warned && done.delay_warned.is_none() {
+            // Queued before it is recorded (see `delay_warning`).
+            done.delay_warned = self.delay_warning(&id, env, &rcpt_errors, store, wall);
+        }
+        let deferral = Deferral {
             attempts,
-            &reason,
-            wall + delay,
-        ) {
+            last_error: &reason,
+            next_attempt: wall + delay,
+            rcpt_errors: &rcpt_errors,
+            delay_warned: done.delay_warned,
+        };
+        if let Err(e) = store.record_attempt(&id, &done.delivered, &done.failed, &deferral) {
             warn!(
                 "{id}: cannot record the delivery attempt: {e}; the recipients done are kept in memory"
             );
@@ -1010,5 +1026,6 @@ fn count_received(store: &mut dyn QueueStore, id: &QueueId) -> usize {
         .count()
 }
 
+mod delay;
 #[cfg(test)]
 mod tests;

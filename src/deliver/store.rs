@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use super::engine::{Entry, QueueStore};
 use crate::spool::{Deferral, Envelope, QueueId, Spool, SpoolError};
@@ -33,6 +32,7 @@ impl QueueStore for SpoolStore<'_> {
         Ok(Entry {
             pending: e.pending().map(|(i, _)| i).collect(),
             attempts: e.attempts,
+            delay_warned: e.delay_warned.is_some(),
             envelope: e.envelope,
         })
     }
@@ -55,17 +55,10 @@ impl QueueStore for SpoolStore<'_> {
         id: &QueueId,
         delivered: &[usize],
         failed: &[(usize, String)],
-        attempts: u32,
-        last_error: &str,
-        next_attempt: SystemTime,
+        deferral: &Deferral<'_>,
     ) -> io::Result<()> {
-        let deferral = Deferral {
-            attempts,
-            last_error,
-            next_attempt,
-        };
         self.spool
-            .record_attempt(id, delivered, failed, Some(deferral))
+            .record_attempt(id, delivered, failed, Some(*deferral))
     }
 
     fn remove(&mut self, id: &QueueId) -> io::Result<()> {

@@ -277,6 +277,11 @@ pub struct DeliveryState {
     pub last_error: Option<String>,
     /// `None`: due at once.
     pub next_attempt: Option<SystemTime>,
+    /// One per recipient: the last temporary reason of a pending one (`None`: never
+    /// deferred, or an entry written before this field existed). Kept only while pending.
+    pub rcpt_errors: Vec<Option<String>>,
+    /// When the delay warning DSN was queued; `None` (the field absent): not yet.
+    pub delay_warned: Option<SystemTime>,
 }
 
 impl DeliveryState {
@@ -286,6 +291,8 @@ impl DeliveryState {
             attempts: 0,
             last_error: None,
             next_attempt: None,
+            rcpt_errors: vec![None; n_rcpts],
+            delay_warned: None,
         }
     }
 }
@@ -299,7 +306,23 @@ pub fn clip_reason(s: &str) -> &str {
     s.get(..end).unwrap_or("")
 }
 
-/// Only non-pending recipients are listed, by their index in the envelope.
+/// A recipient's last reason as stored: it comes from remote servers and resolvers, so
+/// CR, LF and every other control character become a space (one line in the state file,
+/// in `postling -q` and in the delay warning), cut to `SPOOL_MAX_RCPT_REASON` bytes.
+pub fn clean_rcpt_reason(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(limits::SPOOL_MAX_RCPT_REASON));
+    for c in s.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > limits::SPOOL_MAX_RCPT_REASON {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Delivered and failed recipients are listed by their index in the envelope; a pending one
+/// only when it has a last reason (`deferred`).
 pub fn state_encode(st: &DeliveryState) -> String {
     let mut s = String::with_capacity(128);
     s.push_str(STATE_MAGIC);
@@ -311,9 +334,16 @@ pub fn state_encode(st: &DeliveryState) -> String {
     if let Some(e) = &st.last_error {
         push_field(&mut s, "error", clip_reason(e));
     }
+    if let Some(t) = st.delay_warned {
+        push_field(&mut s, "warned", &time_encode(t));
+    }
     for (i, r) in st.rcpts.iter().enumerate() {
         match r {
-            RcptState::Pending => {}
+            RcptState::Pending => {
+                if let Some(Some(why)) = st.rcpt_errors.get(i) {
+                    push_field(&mut s, "deferred", &format!("{i} {why}"));
+                }
+            }
             RcptState::Delivered => push_field(&mut s, "delivered", &i.to_string()),
             RcptState::Failed(why) => {
                 let mut v = i.to_string();
@@ -352,6 +382,14 @@ pub fn state_decode(text: &str, n_rcpts: usize) -> io::Result<DeliveryState> {
             }
             "next" => st.next_attempt = Some(time_decode(&value)?),
             "error" => st.last_error = Some(value),
+            "warned" => st.delay_warned = Some(time_decode(&value)?),
+            "deferred" => {
+                let (i, why) = value.split_once(' ').unwrap_or((value.as_str(), ""));
+                let i = index(i)?;
+                if let Some(slot) = st.rcpt_errors.get_mut(i) {
+                    *slot = Some(why.to_string());
+                }
+            }
             "delivered" => {
                 let i = index(&value)?;
                 if let Some(slot) = st.rcpts.get_mut(i) {
@@ -496,12 +534,59 @@ mod tests {
             attempts: 3,
             last_error: Some("451 try later".into()),
             next_attempt: Some(UNIX_EPOCH + Duration::new(1_800_000_000, 5)),
+            rcpt_errors: vec![
+                None,
+                Some("451 4.7.1 greylisted, 100% \"sure\"".into()),
+                None,
+            ],
+            delay_warned: Some(UNIX_EPOCH + Duration::new(1_800_000_100, 0)),
         };
         let text = state_encode(&st);
+        assert!(text.contains("\nwarned 1800000100.000000000\n"), "{text}");
+        assert!(text.contains("\ndeferred 1 451 4.7.1 greylisted, 100%25 \"sure\"\n"));
         assert_eq!(state_decode(&text, 3).unwrap(), st);
         assert!(state_decode(&text, 2).is_err(), "index out of range");
         let fresh = state_decode(&state_encode(&DeliveryState::fresh(2)), 2).unwrap();
         assert_eq!(fresh, DeliveryState::fresh(2));
+    }
+
+    #[test]
+    fn state_written_before_reasons_and_warnings_reads_as_neither() {
+        // The state file of an entry queued by an older postling: no `deferred`, no `warned`.
+        let old = "postling-state 1\nattempts 2\nnext 1800000000.000000005\nerror bob: busy\ndelivered 0\n";
+        let st = state_decode(old, 2).unwrap();
+        assert_eq!(st.rcpt_errors, vec![None, None]);
+        assert_eq!(st.delay_warned, None, "absent means not warned");
+        assert_eq!(
+            (st.attempts, st.last_error.as_deref()),
+            (2, Some("bob: busy"))
+        );
+        // A reason is kept only while its recipient is pending.
+        let mut st = st;
+        st.rcpt_errors = vec![Some("gone".into()), Some("451 later".into())];
+        let text = state_encode(&st);
+        assert!(!text.contains("deferred 0"), "{text}");
+        assert!(text.contains("deferred 1 451 later\n"), "{text}");
+        assert!(
+            state_decode("postling-state 1\ndeferred 2 x\n", 2).is_err(),
+            "index out of range"
+        );
+        assert!(state_decode("postling-state 1\nwarned soon\n", 2).is_err());
+    }
+
+    #[test]
+    fn recipient_reasons_lose_control_characters_and_are_bounded() {
+        assert_eq!(
+            clean_rcpt_reason("451 4.7.1 a\r\nInjected: x\u{1b}[2J\tb"),
+            "451 4.7.1 a  Injected: x [2J b"
+        );
+        let long = "é".repeat(limits::SPOOL_MAX_RCPT_REASON);
+        let c = clean_rcpt_reason(&long);
+        assert!(
+            c.len() <= limits::SPOOL_MAX_RCPT_REASON
+                && c.len() >= limits::SPOOL_MAX_RCPT_REASON - 1
+        );
+        assert_eq!(clean_rcpt_reason("short"), "short");
     }
 
     #[test]

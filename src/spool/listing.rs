@@ -21,6 +21,8 @@ pub struct QueueSummary {
     pub sender: String,
     /// Recipients not yet delivered nor failed.
     pub pending: Vec<String>,
+    /// Beside each of `pending`: its last temporary reason, if it was tried.
+    pub pending_reasons: Vec<Option<String>>,
     pub last_error: Option<String>,
     pub next_attempt: SystemTime,
     /// Held (`postling queue hold`): not attempted until released.
@@ -49,6 +51,10 @@ pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
         match read_entry_at(&path, Some(&state_path), &id) {
             Ok(e) => out.push(QueueSummary {
                 pending: e.pending().map(|(_, r)| r.to_string()).collect(),
+                pending_reasons: e
+                    .pending()
+                    .map(|(i, _)| e.rcpt_error(i).map(str::to_string))
+                    .collect(),
                 size: e.data_len(),
                 id: e.id,
                 arrival: e.envelope.arrival,
@@ -64,6 +70,7 @@ pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
                 size: fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
                 sender: "?".into(),
                 pending: Vec::new(),
+                pending_reasons: Vec::new(),
                 last_error: Some(format!("unreadable entry: {e}")),
                 next_attempt: id_time(v),
                 held,
@@ -73,9 +80,11 @@ pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
     Ok(out)
 }
 
-/// Renders the listing, one line per message, then a count. Addresses and errors come from
-/// clients and remote servers, so control and direction-changing characters are shown as
-/// `?` to keep them from driving the terminal.
+/// Renders the listing, one line per message, then a count. Under a message whose waiting
+/// recipients have a last reason, each waiting recipient follows on its own line (indented),
+/// with its reason in parentheses on the next, as Postfix's `mailq` shows them. Addresses and
+/// errors come from clients and remote servers, so control and direction-changing characters
+/// are shown as `?` to keep them from driving the terminal.
 pub fn format_queue(entries: &[QueueSummary], now: SystemTime) -> String {
     if entries.is_empty() {
         return "Mail queue is empty\n".to_string();
@@ -112,6 +121,14 @@ pub fn format_queue(entries: &[QueueSummary], now: SystemTime) -> String {
             age_text(age),
             e.size
         );
+        if e.pending_reasons.iter().any(Option::is_some) {
+            for (i, rcpt) in e.pending.iter().enumerate() {
+                let _ = writeln!(s, "  {}", printable(rcpt));
+                if let Some(Some(why)) = e.pending_reasons.get(i) {
+                    let _ = writeln!(s, "      ({})", printable(why));
+                }
+            }
+        }
     }
     let n = entries.len();
     let held = entries.iter().filter(|e| e.held).count();
@@ -182,6 +199,49 @@ mod tests {
         assert_eq!(age_text(Duration::from_secs(180)), "3m");
         assert_eq!(age_text(Duration::from_secs(2 * 3600 + 5)), "2h");
         assert_eq!(age_text(Duration::from_secs(86400 * 3)), "3d");
+    }
+
+    #[test]
+    fn waiting_recipients_are_listed_with_their_last_reason() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_714_566_896);
+        let entry = |pending: &[&str], reasons: Vec<Option<String>>| QueueSummary {
+            id: QueueId("0000000000AB".into()),
+            arrival: now - Duration::from_secs(600),
+            size: 12,
+            sender: "s@example.org".into(),
+            pending: pending.iter().map(|r| r.to_string()).collect(),
+            pending_reasons: reasons,
+            last_error: Some("b@x: 451 4.7.1 greylisted".into()),
+            next_attempt: now + Duration::from_secs(60),
+            held: false,
+        };
+        let text = format_queue(
+            &[entry(
+                &["a@x", "b@x", "c@x"],
+                vec![
+                    Some("forwarding to far@y needs a relay".into()),
+                    Some("451 4.7.1 greylisted\u{1b}[2J".into()),
+                    None,
+                ],
+            )],
+            now,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "0000000000AB  10m         12 s@example.org a@x,b@x,c@x \"b@x: 451 4.7.1 greylisted\" 2024-05-01T12:35:56Z",
+                "  a@x",
+                "      (forwarding to far@y needs a relay)",
+                "  b@x",
+                "      (451 4.7.1 greylisted?[2J)",
+                "  c@x",
+                "1 message in queue",
+            ]
+        );
+        // Never tried (or queued by an older postling): the one line only.
+        let text = format_queue(&[entry(&["a@x"], vec![None])], now);
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 
     #[test]

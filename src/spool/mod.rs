@@ -286,6 +286,10 @@ pub struct QueueEntry {
     pub last_error: Option<String>,
     /// When to try again; the arrival time when nothing was recorded (due at once).
     pub next_attempt: SystemTime,
+    /// One per `envelope.recipients`: the last temporary reason of a pending recipient.
+    pub rcpt_errors: Vec<Option<String>>,
+    /// When the delay warning DSN was queued; `None`: not yet.
+    pub delay_warned: Option<SystemTime>,
     path: PathBuf,
     data_offset: u64,
     data_len: u64,
@@ -325,6 +329,11 @@ impl QueueEntry {
             .map(|(i, (r, _))| (i, r.as_str()))
     }
 
+    /// The last reason recorded for a pending recipient (by its index in the envelope).
+    pub fn rcpt_error(&self, idx: usize) -> Option<&str> {
+        self.rcpt_errors.get(idx).and_then(Option::as_deref)
+    }
+
     /// No recipient is pending: the entry can be removed (after any bounce is enqueued).
     pub fn is_finished(&self) -> bool {
         self.pending().next().is_none()
@@ -335,8 +344,16 @@ impl QueueEntry {
 #[derive(Clone, Copy, Debug)]
 pub struct Deferral<'a> {
     pub attempts: u32,
+    /// The entry's last error (one line for the whole entry).
     pub last_error: &'a str,
     pub next_attempt: SystemTime,
+    /// The reason of each recipient still pending after this attempt, by its index in the
+    /// envelope; it replaces that recipient's earlier reason. Stored without control
+    /// characters and cut to `limits::SPOOL_MAX_RCPT_REASON` bytes.
+    pub rcpt_errors: &'a [(usize, String)],
+    /// The delay warning DSN has been queued (at this time). Recorded once and kept: `None`
+    /// never clears an earlier mark.
+    pub delay_warned: Option<SystemTime>,
 }
 
 fn fsync_dir(path: &Path) -> io::Result<()> {
@@ -814,6 +831,8 @@ impl Spool {
                 rcpts: vec![RcptState::Pending; envelope.recipients.len()],
                 attempts: 0,
                 last_error: None,
+                rcpt_errors: vec![None; envelope.recipients.len()],
+                delay_warned: None,
                 envelope,
                 path,
                 data_offset,
@@ -847,6 +866,8 @@ impl Spool {
             attempts,
             last_error,
             next_attempt,
+            rcpt_errors: &[],
+            delay_warned: None,
         };
         self.record_attempt(id, &[], &[], Some(d))
     }
@@ -882,6 +903,13 @@ impl Spool {
             st.attempts = d.attempts;
             st.last_error = Some(format::clip_reason(d.last_error).to_string());
             st.next_attempt = Some(d.next_attempt);
+            for (i, why) in d.rcpt_errors {
+                *st.rcpt_errors.get_mut(*i).ok_or_else(out_of_range)? =
+                    Some(format::clean_rcpt_reason(why));
+            }
+            if st.delay_warned.is_none() {
+                st.delay_warned = d.delay_warned;
+            }
         }
         self.write_state(id, &state_path, &format::state_encode(&st))
     }
@@ -1061,6 +1089,8 @@ fn read_entry_at(path: &Path, state_path: Option<&Path>, id: &QueueId) -> io::Re
         rcpts: st.rcpts,
         attempts: st.attempts,
         last_error: st.last_error,
+        rcpt_errors: st.rcpt_errors,
+        delay_warned: st.delay_warned,
         path: path.to_path_buf(),
         data_offset,
         data_len,

@@ -407,6 +407,8 @@ fn progress_and_deferral_survive_reopen() {
         attempts: 4,
         last_error: "timeout",
         next_attempt: later,
+        rcpt_errors: &[],
+        delay_warned: None,
     };
     spool.record_attempt(&id, &[1], &[], Some(d2)).unwrap();
     let e = spool.read_entry(&id).unwrap();
@@ -420,6 +422,79 @@ fn progress_and_deferral_survive_reopen() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert_eq!(spool.read_entry(&id).unwrap().attempts, 4);
     assert!(names(&d.path().join("tmp")).is_empty());
+}
+
+#[test]
+fn recipient_reasons_and_the_delay_warning_mark_survive_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let id = store(&mut spool, &env(&["a@x", "b@x", "c@x"]), b"m\r\n");
+    let e = spool.read_entry(&id).unwrap();
+    assert_eq!((e.rcpt_errors.len(), e.delay_warned), (3, None));
+    let t1 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let warned = UNIX_EPOCH + Duration::from_secs(1_800_000_010);
+    let errors = [
+        (0, "451 4.7.1 greylisted\r\nX-Evil: 1".to_string()),
+        (1, "x".repeat(100_000)),
+    ];
+    let d1 = Deferral {
+        attempts: 1,
+        last_error: "a@x: 451 4.7.1 greylisted",
+        next_attempt: t1,
+        rcpt_errors: &errors,
+        delay_warned: Some(warned),
+    };
+    spool.record_attempt(&id, &[2], &[], Some(d1)).unwrap();
+    drop(spool);
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let e = spool.read_entry(&id).unwrap();
+    assert_eq!(e.rcpt_error(0), Some("451 4.7.1 greylisted  X-Evil: 1"));
+    assert_eq!(
+        e.rcpt_error(1).map(str::len),
+        Some(limits::SPOOL_MAX_RCPT_REASON)
+    );
+    assert_eq!(e.rcpt_error(2), None, "delivered");
+    assert_eq!(e.delay_warned, Some(warned));
+    // The next attempt: a's reason changes, b is delivered (its reason goes), the mark stays
+    // although this deferral does not carry it.
+    let errors = [(0, "451 4.4.1 connection refused".to_string())];
+    let d2 = Deferral {
+        attempts: 2,
+        last_error: "a@x: 451 4.4.1 connection refused",
+        next_attempt: t1,
+        rcpt_errors: &errors,
+        delay_warned: None,
+    };
+    spool.record_attempt(&id, &[1], &[], Some(d2)).unwrap();
+    let e = spool.read_entry(&id).unwrap();
+    assert_eq!(e.rcpt_error(0), Some("451 4.4.1 connection refused"));
+    assert_eq!(e.rcpt_error(1), None);
+    assert_eq!(e.delay_warned, Some(warned), "never cleared");
+    let state = fs::read_to_string(d.path().join("queue").join(format!("{}.state", id.0))).unwrap();
+    assert!(
+        state.contains("\ndeferred 0 451 4.4.1 connection refused\n"),
+        "{state}"
+    );
+    assert!(!state.contains("deferred 1"), "{state}");
+    // The listing reads them for `postling -q`.
+    let listed = list_queue(d.path()).unwrap();
+    assert_eq!(listed[0].pending, vec!["a@x".to_string()]);
+    assert_eq!(
+        listed[0].pending_reasons,
+        vec![Some("451 4.4.1 connection refused".to_string())]
+    );
+    assert!(
+        format_queue(&listed, SystemTime::now())
+            .contains("\n  a@x\n      (451 4.4.1 connection refused)\n")
+    );
+    // An index out of range is refused and changes nothing.
+    let bad = [(5, "x".to_string())];
+    let d3 = Deferral {
+        rcpt_errors: &bad,
+        ..d2
+    };
+    let err = spool.record_attempt(&id, &[], &[], Some(d3)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
 
 #[test]

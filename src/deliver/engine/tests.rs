@@ -11,18 +11,39 @@ use super::*;
 use crate::directory::{Directory, DirectorySettings};
 use crate::spool::BodyType;
 
-/// (entry, delivered, failed, attempts, last error) per `record_attempt`.
-type Recorded = (QueueId, Vec<usize>, Vec<(usize, String)>, u32, String);
+/// One `record_attempt` call as the fake queue saw it.
+#[derive(Clone, Debug)]
+struct Rec {
+    id: QueueId,
+    delivered: Vec<usize>,
+    failed: Vec<(usize, String)>,
+    attempts: u32,
+    last_error: String,
+    rcpt_errors: Vec<(usize, String)>,
+    delay_warned: Option<SystemTime>,
+}
+
+/// One queued entry of the fake queue.
+#[derive(Clone)]
+struct FakeEntry {
+    env: Envelope,
+    data: Vec<u8>,
+    pending: Vec<usize>,
+    attempts: u32,
+    delay_warned: Option<SystemTime>,
+}
 
 #[derive(Default)]
 struct FakeQueue {
-    entries: HashMap<QueueId, (Envelope, Vec<u8>, Vec<usize>, u32)>,
+    entries: HashMap<QueueId, FakeEntry>,
     removed: Vec<QueueId>,
-    recorded: Vec<Recorded>,
+    recorded: Vec<Rec>,
     bounces: Vec<(Envelope, Vec<u8>)>,
     next: u32,
     /// `record_attempt` fails as on a full spool.
     records_fail: bool,
+    /// `enqueue` fails as on a full spool.
+    enqueue_fails: bool,
 }
 
 impl FakeQueue {
@@ -40,54 +61,65 @@ impl FakeQueue {
             pickup: None,
         };
         let data = b"Subject: test\r\nFrom: x@example.org\r\n\r\nbody\r\n".to_vec();
-        self.entries
-            .insert(id.clone(), (env, data, (0..rcpts.len()).collect(), 0));
+        self.entries.insert(
+            id.clone(),
+            FakeEntry {
+                env,
+                data,
+                pending: (0..rcpts.len()).collect(),
+                attempts: 0,
+                delay_warned: None,
+            },
+        );
         id
     }
 }
 
 impl QueueStore for FakeQueue {
     fn load(&mut self, id: &QueueId) -> io::Result<Entry> {
-        let (env, _, pending, attempts) = self
+        let e = self
             .entries
             .get(id)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         Ok(Entry {
-            envelope: env.clone(),
-            pending: pending.clone(),
-            attempts: *attempts,
+            envelope: e.env.clone(),
+            pending: e.pending.clone(),
+            attempts: e.attempts,
+            delay_warned: e.delay_warned.is_some(),
         })
     }
     fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>> {
-        let (_, data, _, _) = self
+        let e = self
             .entries
             .get(id)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        Ok(Box::new(io::Cursor::new(data.clone())))
+        Ok(Box::new(io::Cursor::new(e.data.clone())))
     }
     fn record_attempt(
         &mut self,
         id: &QueueId,
         delivered: &[usize],
         failed: &[(usize, String)],
-        attempts: u32,
-        last_error: &str,
-        _next_attempt: SystemTime,
+        deferral: &Deferral<'_>,
     ) -> io::Result<()> {
         if self.records_fail {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        if let Some((_, _, pending, a)) = self.entries.get_mut(id) {
-            pending.retain(|i| !delivered.contains(i) && !failed.iter().any(|(f, _)| f == i));
-            *a = attempts;
+        if let Some(e) = self.entries.get_mut(id) {
+            e.pending
+                .retain(|i| !delivered.contains(i) && !failed.iter().any(|(f, _)| f == i));
+            e.attempts = deferral.attempts;
+            e.delay_warned = e.delay_warned.or(deferral.delay_warned);
         }
-        self.recorded.push((
-            id.clone(),
-            delivered.to_vec(),
-            failed.to_vec(),
-            attempts,
-            last_error.to_string(),
-        ));
+        self.recorded.push(Rec {
+            id: id.clone(),
+            delivered: delivered.to_vec(),
+            failed: failed.to_vec(),
+            attempts: deferral.attempts,
+            last_error: deferral.last_error.to_string(),
+            rcpt_errors: deferral.rcpt_errors.to_vec(),
+            delay_warned: deferral.delay_warned,
+        });
         Ok(())
     }
     fn remove(&mut self, id: &QueueId) -> io::Result<()> {
@@ -96,6 +128,9 @@ impl QueueStore for FakeQueue {
         Ok(())
     }
     fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
+        if self.enqueue_fails {
+            return Err(SpoolError::Full);
+        }
         self.bounces.push((envelope.clone(), data.to_vec()));
         Ok(QueueId(format!("BOUNCE{:06}", self.bounces.len())))
     }
@@ -130,6 +165,7 @@ fn world(aliases: &str, lifetime: Duration) -> World {
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             queue_lifetime: lifetime,
+            delay_warning: Duration::ZERO,
         },
     );
     World {
@@ -243,12 +279,23 @@ fn temporary_failure_records_progress_and_defers_with_backoff() {
     w.run(8);
     assert_eq!(count(&w.mail, "alice"), 1);
     assert!(w.queue.removed.is_empty());
-    let (rid, delivered, failed, attempts, why) = &w.queue.recorded[0];
+    let r = &w.queue.recorded[0];
     assert_eq!(
-        (rid, delivered.as_slice(), failed.len(), *attempts),
+        (&r.id, r.delivered.as_slice(), r.failed.len(), r.attempts),
         (&id, &[0][..], 0, 1)
     );
-    assert!(why.starts_with("bob@example.test: "), "{why}");
+    assert!(
+        r.last_error.starts_with("bob@example.test: "),
+        "{}",
+        r.last_error
+    );
+    // bob's own reason, without the address; none for alice (delivered).
+    assert_eq!(r.rcpt_errors.len(), 1);
+    assert_eq!(r.rcpt_errors[0].0, 1);
+    assert_eq!(
+        format!("bob@example.test: {}", r.rcpt_errors[0].1),
+        r.last_error
+    );
     // Not due before retry_min, due after it.
     assert_eq!(w.engine.schedule.next_due(t0), None);
     let timeout = w.engine.schedule.timeout(t0).unwrap();
@@ -331,9 +378,12 @@ fn progress_that_cannot_be_recorded_is_remembered_until_it_can() {
     w.queue.records_fail = false;
     w.engine.schedule.flush();
     w.run(8);
-    let (_, delivered, failed, _, _) = w.queue.recorded.last().unwrap();
-    assert_eq!(delivered, &vec![0]);
-    assert_eq!(failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![2]);
+    let r = w.queue.recorded.last().unwrap();
+    assert_eq!(r.delivered, vec![0]);
+    assert_eq!(
+        r.failed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![2]
+    );
     fs::remove_file(w.mail.join("bob")).unwrap();
     w.engine.schedule.flush();
     w.run(8);
@@ -398,6 +448,7 @@ fn copies_a_crash_left_unrecorded_are_found_after_the_restart_and_not_written_ag
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             queue_lifetime: Duration::from_secs(3600),
+            delay_warning: Duration::ZERO,
         },
     );
     w.engine.recovered(done.clone());
@@ -506,6 +557,208 @@ fn return_to_sender_fails_every_pending_recipient_and_bounces() {
     assert_eq!(w.queue.bounces.len(), 1);
 }
 
+/// A world whose bob cannot take mail (his Maildir is a file) and whose `fwd` alias forwards
+/// outside (deferred: its server cannot be reached, see `run_at`), with delay warnings after
+/// an hour.
+fn delaying_world() -> World {
+    let mut w = world("fwd: far@elsewhere.test\n", Duration::from_secs(5 * 86400));
+    w.engine.policy.delay_warning = Duration::from_secs(3600);
+    fs::create_dir_all(&w.mail).unwrap();
+    fs::write(w.mail.join("bob"), b"not a maildir").unwrap();
+    w
+}
+
+impl World {
+    /// Makes every queued entry due and runs a batch as if the wall clock said `wall`.
+    fn run_at(&mut self, wall: SystemTime) {
+        for id in self.queue.entries.keys() {
+            self.engine.schedule.remove(id);
+            self.engine.schedule.due_now(id.clone());
+        }
+        self.engine
+            .run(8, &mut self.queue, &self.dir, Instant::now(), wall);
+        // Remote copies: the outbound side could not connect.
+        for job in self.engine.take_remote_jobs() {
+            let outcomes = (0..job.recipients.len())
+                .map(|tag| RemoteOutcome {
+                    tag,
+                    outcome: Outcome::Temporary(format!(
+                        "4.4.1 cannot connect to the server of {}",
+                        job.recipients[tag]
+                    )),
+                    relay: "none".into(),
+                    note: None,
+                })
+                .collect();
+            self.engine
+                .remote_done(&job.id, outcomes, &mut self.queue, Instant::now(), wall);
+        }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.queue
+            .bounces
+            .iter()
+            .map(|(_, m)| String::from_utf8_lossy(m).to_string())
+            .filter(|m| m.contains("Action: delayed"))
+            .collect()
+    }
+}
+
+#[test]
+fn one_delay_warning_after_delay_warning_time_lists_the_pending_recipients() {
+    let mut w = delaying_world();
+    let id = w.queue.add(
+        "s@example.org",
+        &["alice@example.test", "bob@example.test", "fwd@example.test"],
+    );
+    let arrival = w.queue.entries[&id].env.arrival;
+    w.run_at(arrival + Duration::from_secs(60));
+    assert_eq!(count(&w.mail, "alice"), 1);
+    assert!(w.queue.bounces.is_empty(), "not yet: queued for a minute");
+    assert_eq!(w.queue.recorded[0].delay_warned, None);
+    // Per-recipient reasons: bob's Maildir, fwd's unreachable server; none for alice.
+    let reasons = &w.queue.recorded[0].rcpt_errors;
+    assert_eq!(reasons.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2]);
+    assert!(
+        reasons[1]
+            .1
+            .contains("cannot connect to the server of far@"),
+        "{reasons:?}"
+    );
+
+    let later = arrival + Duration::from_secs(3601);
+    w.run_at(later);
+    let warnings = w.warnings();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(w.queue.bounces.len(), 1, "no bounce: nothing failed");
+    let (env, _) = &w.queue.bounces[0];
+    assert_eq!(
+        (env.sender.as_str(), env.recipients.as_slice()),
+        ("", &["s@example.org".to_string()][..])
+    );
+    let text = &warnings[0];
+    let until = crate::date::rfc5322_date(arrival + Duration::from_secs(5 * 86400));
+    assert!(
+        text.contains(&format!("keep trying until {until}.")),
+        "{text}"
+    );
+    for rcpt in ["bob@example.test", "fwd@example.test"] {
+        assert!(
+            text.contains(&format!(
+                "Final-Recipient: rfc822; {rcpt}\r\nAction: delayed\r\nStatus: 4."
+            )),
+            "{rcpt}: {text}"
+        );
+    }
+    assert!(
+        !text.contains("alice@example.test"),
+        "delivered: not listed"
+    );
+    assert!(text.contains(
+        "Diagnostic-Code: X-Postling; cannot connect to the server of far@elsewhere.test"
+    ));
+    assert!(
+        text.contains("Subject: test\r\n"),
+        "original headers attached"
+    );
+    // Recorded with the deferral, and the warning is due at once like any message.
+    assert_eq!(w.queue.recorded[1].delay_warned, Some(later));
+    assert_eq!(w.queue.entries[&id].delay_warned, Some(later));
+    assert_eq!(w.engine.schedule.len(), 2, "the entry and the warning");
+
+    // Later deferrals send no second warning.
+    w.queue.bounces.clear();
+    for h in 2..5 {
+        w.run_at(arrival + Duration::from_secs(h * 3600));
+    }
+    assert!(w.warnings().is_empty());
+    assert_eq!(w.queue.recorded.len(), 5);
+}
+
+#[test]
+fn no_delay_warning_to_the_null_sender_or_when_turned_off() {
+    let mut w = delaying_world();
+    let bounce = w.queue.add("", &["bob@example.test"]);
+    let arrival = w.queue.entries[&bounce].env.arrival;
+    w.run_at(arrival + Duration::from_secs(7200));
+    assert_eq!(w.queue.recorded.len(), 1, "deferred");
+    assert!(w.queue.bounces.is_empty());
+
+    let mut w = delaying_world();
+    w.engine.policy.delay_warning = Duration::ZERO;
+    let id = w.queue.add("s@example.org", &["bob@example.test"]);
+    let arrival = w.queue.entries[&id].env.arrival;
+    w.run_at(arrival + Duration::from_secs(4 * 86400));
+    assert_eq!(w.queue.recorded.len(), 1, "deferred");
+    assert!(w.queue.bounces.is_empty(), "0 = never");
+}
+
+#[test]
+fn a_delay_warning_that_cannot_be_queued_is_tried_at_the_next_deferral() {
+    let mut w = delaying_world();
+    let id = w.queue.add("s@example.org", &["bob@example.test"]);
+    let arrival = w.queue.entries[&id].env.arrival;
+    w.queue.enqueue_fails = true;
+    w.run_at(arrival + Duration::from_secs(3601));
+    assert_eq!(
+        w.queue.recorded[0].delay_warned, None,
+        "not sent, not recorded"
+    );
+    w.queue.enqueue_fails = false;
+    w.run_at(arrival + Duration::from_secs(7200));
+    assert_eq!(w.warnings().len(), 1);
+    assert!(w.queue.recorded[1].delay_warned.is_some());
+}
+
+#[test]
+fn a_delay_warning_queued_but_not_recorded_is_not_repeated_and_is_recorded_later() {
+    let mut w = delaying_world();
+    let id = w.queue.add("s@example.org", &["bob@example.test"]);
+    let arrival = w.queue.entries[&id].env.arrival;
+    // The warning is queued first, then the record fails (a full spool).
+    w.queue.records_fail = true;
+    w.run_at(arrival + Duration::from_secs(3601));
+    assert_eq!(w.warnings().len(), 1);
+    w.run_at(arrival + Duration::from_secs(7200));
+    assert_eq!(w.warnings().len(), 1, "kept in memory: not sent again");
+    w.queue.records_fail = false;
+    w.run_at(arrival + Duration::from_secs(3 * 3600));
+    assert_eq!(w.warnings().len(), 1);
+    assert_eq!(
+        w.queue.recorded.last().unwrap().delay_warned,
+        Some(arrival + Duration::from_secs(3601)),
+        "written with the next record that can be"
+    );
+}
+
+#[test]
+fn a_crash_between_queueing_the_warning_and_recording_it_repeats_it_once() {
+    // The order chosen: queue the warning, then record it. A crash in between (here: the
+    // record lost, then a restart) sends it once more, never zero times.
+    let mut w = delaying_world();
+    let id = w.queue.add("s@example.org", &["bob@example.test"]);
+    let arrival = w.queue.entries[&id].env.arrival;
+    w.queue.records_fail = true;
+    w.run_at(arrival + Duration::from_secs(3601));
+    assert_eq!(w.warnings().len(), 1);
+    // The restart: a new engine knows nothing of the warning; the queue does not either.
+    let policy = DeliveryPolicy {
+        hostname: "mail.example.test".into(),
+        retry_min: Duration::from_secs(60),
+        retry_max: Duration::from_secs(3600),
+        queue_lifetime: Duration::from_secs(5 * 86400),
+        delay_warning: Duration::from_secs(3600),
+    };
+    w.engine = Engine::new(Maildirs::new(&w.mail, "mail.example.test"), policy);
+    w.queue.records_fail = false;
+    w.engine.recovered(id.clone());
+    w.run_at(arrival + Duration::from_secs(7200));
+    assert_eq!(w.warnings().len(), 2, "the one duplicate a crash may cost");
+    w.run_at(arrival + Duration::from_secs(3 * 3600));
+    assert_eq!(w.warnings().len(), 2, "and no more");
+}
+
 const FORWARDS: &str = "fwd: alice, friend@remote.test, Friend@Remote.test\nboth: friend@remote.test, other@far.test\n";
 
 fn remote_outcome(tag: usize, outcome: Outcome) -> RemoteOutcome {
@@ -596,12 +849,19 @@ fn a_temporary_remote_failure_defers_only_what_is_still_pending() {
         SystemTime::now(),
     );
     // `both` has a copy still pending: the recipient stays; carol is done.
-    let (rid, delivered, failed, attempts, why) = &w.queue.recorded[0];
+    let r = &w.queue.recorded[0];
     assert_eq!(
-        (rid, delivered.as_slice(), failed.len(), *attempts),
+        (&r.id, r.delivered.as_slice(), r.failed.len(), r.attempts),
         (&id, &[1][..], 0, 1)
     );
-    assert!(why.contains("far.test"), "{why}");
+    assert!(r.last_error.contains("far.test"), "{}", r.last_error);
+    // The pending recipient's own reason is kept for `postling -q`.
+    assert_eq!(r.rcpt_errors.len(), 1);
+    assert!(
+        r.rcpt_errors[0].1.contains("far.test"),
+        "{:?}",
+        r.rcpt_errors
+    );
     assert!(!w.engine.is_parked(&id));
     assert!(
         w.engine.schedule.timeout(Instant::now()).is_some(),
@@ -616,7 +876,7 @@ fn a_message_that_passed_too_many_servers_is_not_forwarded_again() {
     let hops = "Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
         .repeat(limits::MAX_RECEIVED_HEADERS + 1);
     if let Some(e) = w.queue.entries.get_mut(&id) {
-        e.1 = format!("{hops}Subject: looping\r\n\r\nbody\r\n").into_bytes();
+        e.data = format!("{hops}Subject: looping\r\n\r\nbody\r\n").into_bytes();
     }
     w.engine.schedule.due_now(id.clone());
     w.run(8);
