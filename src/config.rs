@@ -304,7 +304,10 @@ impl Config {
             // The files the privilege drop reads, never NSS (see daemon::accounts).
             let files = crate::daemon::accounts::Files::system();
             let problem = match crate::daemon::accounts::find_user(&files, user) {
-                Ok(Some(_)) => None,
+                Ok(Some(account)) => {
+                    warnings.extend(self.relay_auth_owner_warning(user, account.uid));
+                    None
+                }
                 Ok(None) => Some(format!(
                     "{} is not in {} (postling reads local accounts only, not LDAP, NIS or other NSS sources)",
                     quoted(user),
@@ -321,6 +324,28 @@ impl Config {
             }
         }
         (errors, warnings)
+    }
+
+    /// The daemon reads `relay_auth_file` again on SIGHUP as `user`, after the privilege
+    /// drop; a mode-600 file someone else owns then cannot be read, and the reload fails. Said
+    /// by `-t` now rather than at the first reload.
+    fn relay_auth_owner_warning(&self, user: &str, uid: libc::uid_t) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let file = self.relay_auth_file.as_ref()?;
+        let owner = std::fs::metadata(file).ok()?.uid();
+        if owner == uid {
+            return None;
+        }
+        let place = match self.set_on_line.get("relay_auth_file") {
+            Some(n) => format!("{}:{n}", self.path.display()),
+            None => self.path.display().to_string(),
+        };
+        Some(format!(
+            "{place}: relay_auth_file: {} is owned by uid {owner}, not by {user} (uid {uid}), \
+             so a reload on SIGHUP, running as {user}, cannot read it; run `chown {user} {}`",
+            file.display(),
+            file.display()
+        ))
     }
 
     /// The TLS identity `tls_cert` and `tls_key` name, loaded and checked (the key matches the

@@ -457,3 +457,54 @@ fn check_files_wants_a_pem_ca_file() {
         "{e:?}"
     );
 }
+
+#[test]
+fn check_warns_when_the_run_user_cannot_read_the_auth_file_on_reload() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("users"), "").unwrap();
+    std::fs::write(t.path().join("aliases"), "").unwrap();
+    let auth = t.path().join("relay_auth");
+    std::fs::write(&auth, "alice secret\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let relay = "relay_host = 192.0.2.1:587\nrelay_auth_file = relay_auth\n";
+    // A user other than the owner of the file (which is whoever runs the test).
+    // SAFETY: getuid cannot fail.
+    let other = if unsafe { libc::getuid() } == 0 {
+        "nobody"
+    } else {
+        "root"
+    };
+    let c = checked_config(t.path(), &format!("{relay}user = {other}\n"));
+    let (errors, warnings) = c.check();
+    assert_eq!(errors, []);
+    let about_auth = |w: &Vec<String>| -> Vec<String> {
+        w.iter()
+            .filter(|w| w.contains("relay_auth_file"))
+            .cloned()
+            .collect()
+    };
+    let warnings = about_auth(&warnings);
+    let auth = c.relay_auth_file.clone().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{}:5: relay_auth_file: {} is owned by uid ",
+            c.path.display(),
+            auth.display()
+        )) && warnings[0].ends_with(&format!("run `chown {other} {}`", auth.display())),
+        "{warnings:?}"
+    );
+    // Owned by the run user: no warning (checkable when the test runs as root).
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        let c = checked_config(t.path(), &format!("{relay}user = root\n"));
+        assert_eq!(about_auth(&c.check().1), Vec::<String>::new());
+    }
+    // No `user`: the daemon reads it as who started it; no warning.
+    let c = checked_config(t.path(), relay);
+    let (errors, warnings) = c.check();
+    assert_eq!((errors, about_auth(&warnings)), (vec![], vec![]));
+}
