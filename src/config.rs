@@ -722,8 +722,16 @@ fn relay_auth_wanted(c: &Config, failed: &[&'static str]) -> bool {
 /// The permissions are those of the file opened, not of a name that could be swapped.
 fn read_relay_auth(path: &Path) -> Result<crate::proto::smtp_client::Credentials, String> {
     use std::os::unix::fs::PermissionsExt;
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let shown = escaped_path(path);
+    // Non-blocking, so a FIFO named by mistake is refused below instead of hanging start-up.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+    }
+    .map_err(|e| format!("cannot read {shown}: {e}"))?;
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read {shown}: {e}"))?;
@@ -752,6 +760,24 @@ fn read_relay_auth(path: &Path) -> Result<crate::proto::smtp_client::Credentials
     // The password need not outlive its parsing in this buffer.
     text.fill(0);
     result
+}
+
+/// A path as shown in an error of `load`: whole, with control characters escaped (the path
+/// comes from the config, and a message must stay one clean line).
+fn escaped_path(path: &Path) -> String {
+    let text = path.display().to_string();
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A line as text, or the label and problem of an error: NUL bytes and invalid UTF-8 are

@@ -417,6 +417,32 @@ fn a_readable_missing_empty_or_doubled_relay_auth_file_is_refused() {
         assert!(e[0].starts_with(&want), "{text:?}: {e:?}");
         assert!(!e[0].contains("pw-"), "never shows a password: {e:?}");
     }
+    // A control character in the path is shown escaped: an error stays one clean line.
+    let conf2 = t.path().join("p2.conf");
+    std::fs::write(
+        &conf2,
+        "hostname = a.example\nrelay_host = 192.0.2.1\nrelay_auth_file = a\u{1}b\n",
+    )
+    .unwrap();
+    let e = load_errors(&conf2);
+    assert!(
+        e[0].contains("cannot read ") && e[0].contains("a\\u{1}b: No such file"),
+        "{e:?}"
+    );
+    // A FIFO is refused, not waited on.
+    let fifo = t.path().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    std::fs::write(
+        &conf2,
+        format!(
+            "hostname = a.example\nrelay_host = 192.0.2.1\nrelay_auth_file = {}\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    assert!(load_errors(&conf2)[0].contains("is not a regular file"));
     // A directory is not the file.
     std::fs::remove_file(&auth).unwrap();
     std::fs::create_dir(&auth).unwrap();
