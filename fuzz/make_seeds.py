@@ -241,6 +241,35 @@ queue_lifetime = 5d
 auth_failure_delay = 2s
 user = postling
 """
+    s["outbound"] = b"""hostname = mail.example.test
+relay_host = [smtp.example.net]:587
+relay_tls = implicit
+relay_tls_verify = no
+tls_ca_file = ca.pem
+relay_auth_file = /nonexistent/relay_auth
+outbound_port = 2525
+dns_servers = 127.0.0.1:5353 [::1]:53, 192.0.2.53
+outbound_allow_private = yes
+outbound_concurrency = 4
+outbound_max_connections = 32
+outbound_connect_timeout = 30s
+outbound_greeting_timeout = 5m
+outbound_command_timeout = 5m
+outbound_mail_timeout = 5m
+outbound_rcpt_timeout = 5m
+outbound_data_init_timeout = 2m
+outbound_data_block_timeout = 3m
+outbound_data_end_timeout = 10m
+"""
+    s["outbound_errors"] = b"""relay_host = 2001:db8::1
+relay_host = [::1
+relay_tls = tls
+relay_auth_file = x
+outbound_concurrency = 50
+outbound_max_connections = 10
+outbound_data_end_timeout = 0
+dns_servers = ns.example.net
+"""
     s["empty_values"] = b"smtp_listen =\npop3_listen =\npop2_listen =\nlog_file =\npid_file =\nrecipient_delimiter =\nuser =\n"
     s["errors"] = b"""hostnme = x
 hostname = bad..name

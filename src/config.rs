@@ -85,6 +85,33 @@ pub struct Config {
     pub auth_failure_delay: Duration,
     /// Run as this user after binding (empty: stay as started).
     pub user: Option<String>,
+    /// The smarthost for all non-local mail; None: deliver by MX.
+    pub relay_host: Option<values::RelayHost>,
+    /// How mail to `relay_host` is encrypted.
+    pub relay_tls: values::RelayTls,
+    /// Whether `relay_host`'s certificate is verified (chain to `tls_ca_file` or the system
+    /// bundle, and the name `relay_host` gives).
+    pub relay_tls_verify: bool,
+    /// CA certificates (PEM) for verifying `relay_host`; None: the system bundle.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Where `relay_auth` comes from. Needs `relay_host` and a `relay_tls` other than none.
+    pub relay_auth_file: Option<PathBuf>,
+    /// AUTH credentials for `relay_host`, read from `relay_auth_file` by `load` (and so again
+    /// on every SIGHUP). None when the file is not set, and with `load_without_secrets`.
+    pub relay_auth: Option<crate::proto::smtp_client::Credentials>,
+    /// Port of MX hosts (Postfix's `smtp_tcp_port`); not used for `relay_host`.
+    pub outbound_port: u16,
+    /// Nameservers for MX delivery; empty: those of /etc/resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Whether MX delivery may connect to loopback, private and link-local addresses.
+    pub outbound_allow_private: bool,
+    /// Outbound connections to one destination at once.
+    pub outbound_concurrency: usize,
+    /// Outbound connections at once, over all destinations.
+    pub outbound_max_connections: usize,
+    pub outbound_connect_timeout: Duration,
+    /// RFC 5321 section 4.5.3.2 timeouts of each step of an outbound dialog.
+    pub outbound_timeouts: crate::proto::smtp_client::Timeouts,
     /// The line each key was set on; a key not in the map has its default.
     pub set_on_line: BTreeMap<&'static str, usize>,
 }
@@ -184,20 +211,46 @@ impl Config {
             delay_warning_time: limits::DELAY_WARNING_TIME_DEFAULT,
             auth_failure_delay: limits::AUTH_FAILURE_DELAY_DEFAULT,
             user: None,
+            relay_host: None,
+            relay_tls: values::RelayTls::Starttls,
+            relay_tls_verify: true,
+            tls_ca_file: None,
+            relay_auth_file: None,
+            relay_auth: None,
+            outbound_port: limits::OUTBOUND_PORT_DEFAULT,
+            dns_servers: Vec::new(),
+            outbound_allow_private: false,
+            outbound_concurrency: limits::OUTBOUND_CONCURRENCY_DEFAULT,
+            outbound_max_connections: limits::OUTBOUND_MAX_CONNECTIONS_DEFAULT,
+            outbound_connect_timeout: limits::OUTBOUND_CONNECT_TIMEOUT_DEFAULT,
+            outbound_timeouts: crate::proto::smtp_client::Timeouts::default(),
             set_on_line: BTreeMap::new(),
         }
     }
 
     /// Reads and checks the config file. Warnings (things that work but are probably not
     /// meant) come back beside the config; errors are all of them, in file order.
+    /// The files holding secrets (`relay_auth_file`) are read too, and their errors are
+    /// reported with the others: the daemon at start and on SIGHUP, and `postling -t`.
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
+        Config::load_with(path, Secrets::Read)
+    }
+
+    /// `load` without reading the files holding secrets (`relay_auth` stays None): for
+    /// `sendmail`, `-q` and the queue commands, which run as any user (a mode-600 file is not
+    /// theirs to read) and never talk to the relay.
+    pub fn load_without_secrets(path: &Path) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
+        Config::load_with(path, Secrets::Skip)
+    }
+
+    fn load_with(path: &Path, secrets: Secrets) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
         let text = read_limited(path).map_err(|error| {
             vec![ConfigError::Unreadable {
                 file: path.to_path_buf(),
                 error,
             }]
         })?;
-        parse(&text, &config_dir(path), Config::defaults(path))
+        parse_with(&text, &config_dir(path), Config::defaults(path), secrets)
     }
 
     /// What `postling -t` adds to `load`: the files the config names (see `check`).
@@ -239,11 +292,25 @@ impl Config {
             Ok(None) => {}
             Err(e) => errors.push(e),
         }
+        if let Some(ca) = &self.tls_ca_file {
+            if self.check_readable_file("tls_ca_file", ca, &mut errors) {
+                if let Err(problem) = check_ca_file(ca) {
+                    errors.push(self.file_error(
+                        "tls_ca_file",
+                        problem,
+                        "a PEM file of CA certificates",
+                    ));
+                }
+            }
+        }
         if let Some(user) = &self.user {
             // The files the privilege drop reads, never NSS (see daemon::accounts).
             let files = crate::daemon::accounts::Files::system();
             let problem = match crate::daemon::accounts::find_user(&files, user) {
-                Ok(Some(_)) => None,
+                Ok(Some(account)) => {
+                    warnings.extend(self.relay_auth_owner_warning(user, account.uid));
+                    None
+                }
                 Ok(None) => Some(format!(
                     "{} is not in {} (postling reads local accounts only, not LDAP, NIS or other NSS sources)",
                     quoted(user),
@@ -260,6 +327,28 @@ impl Config {
             }
         }
         (errors, warnings)
+    }
+
+    /// The daemon reads `relay_auth_file` again on SIGHUP as `user`, after the privilege
+    /// drop; a mode-600 file someone else owns then cannot be read, and the reload fails. Said
+    /// by `-t` now rather than at the first reload.
+    fn relay_auth_owner_warning(&self, user: &str, uid: libc::uid_t) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let file = self.relay_auth_file.as_ref()?;
+        let owner = std::fs::metadata(file).ok()?.uid();
+        if owner == uid {
+            return None;
+        }
+        let place = match self.set_on_line.get("relay_auth_file") {
+            Some(n) => format!("{}:{n}", self.path.display()),
+            None => self.path.display().to_string(),
+        };
+        Some(format!(
+            "{place}: relay_auth_file: {} is owned by uid {owner}, not by {user} (uid {uid}), \
+             so a reload on SIGHUP, running as {user}, cannot read it; run `chown {user} {}`",
+            file.display(),
+            file.display()
+        ))
     }
 
     /// The TLS identity `tls_cert` and `tls_key` name, loaded and checked (the key matches the
@@ -368,6 +457,36 @@ pub fn tls_expiry_warning(c: &Config, identity: &crate::tls::TlsIdentity) -> Opt
     }
 }
 
+/// `tls_ca_file` holds at least one PEM certificate and nothing that is not valid PEM.
+fn check_ca_file(path: &Path) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display();
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limits::TLS_PEM_FILE_MAX + 1).read_to_end(&mut text))
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if text.len() as u64 > limits::TLS_PEM_FILE_MAX {
+        return Err(format!(
+            "{shown} is larger than {} bytes",
+            limits::TLS_PEM_FILE_MAX
+        ));
+    }
+    let mut certs = 0;
+    for item in CertificateDer::pem_slice_iter(&text) {
+        match item {
+            Ok(_) => certs += 1,
+            Err(e) => return Err(format!("{shown} is not valid PEM: {e}")),
+        }
+    }
+    if certs == 0 {
+        return Err(format!(
+            "{shown} holds no certificate (no \"-----BEGIN CERTIFICATE-----\" section)"
+        ));
+    }
+    Ok(())
+}
+
 /// The machine's host name from `gethostname(2)`: no DNS, never fails (falls back to
 /// "localhost"). The flag says whether it is fully qualified (contains a dot).
 pub fn system_hostname() -> (String, bool) {
@@ -457,12 +576,30 @@ impl Report<'_> {
     }
 }
 
+/// Whether parsing reads the files that hold secrets (see `Config::load_without_secrets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Secrets {
+    Read,
+    Skip,
+}
+
 /// Parses the text of a config file onto `config` (the defaults, carrying the file's path).
-/// `base` is the absolute directory relative paths start from.
+/// `base` is the absolute directory relative paths start from. Reads no file.
+#[cfg(test)]
 pub(crate) fn parse(
     text: &[u8],
     base: &Path,
+    config: Config,
+) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
+    parse_with(text, base, config, Secrets::Skip)
+}
+
+/// `parse`, reading `relay_auth_file` when `secrets` says so.
+pub(crate) fn parse_with(
+    text: &[u8],
+    base: &Path,
     mut config: Config,
+    secrets: Secrets,
 ) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
     let file = config.path.clone();
     let mut report = Report {
@@ -537,7 +674,29 @@ pub(crate) fn parse(
     if !config.set_on_line.contains_key("domains") {
         config.domains = vec![domain_of_hostname(&config.hostname)];
     }
+    // The relay's default port depends on relay_tls, which may come later in the file.
+    if let Some(relay) = config.relay_host.as_mut() {
+        if relay.port == 0 {
+            relay.port = match config.relay_tls {
+                values::RelayTls::Implicit => limits::RELAY_PORT_IMPLICIT_TLS_DEFAULT,
+                _ => limits::RELAY_PORT_DEFAULT,
+            };
+        }
+    }
     check_across_keys(&config, &failed, &mut report);
+    if secrets == Secrets::Read && relay_auth_wanted(&config, &failed) {
+        if let Some(file) = &config.relay_auth_file {
+            match read_relay_auth(file) {
+                Ok(creds) => config.relay_auth = Some(creds),
+                Err(problem) => report.error(
+                    config.set_on_line.get("relay_auth_file").copied(),
+                    "relay_auth_file",
+                    problem,
+                    RELAY_AUTH_EXPECTED,
+                ),
+            }
+        }
+    }
     if report.errors.is_empty() {
         Ok((config, report.warnings))
     } else {
@@ -545,6 +704,83 @@ pub(crate) fn parse(
         sort_by_line(&mut errors);
         Err(errors)
     }
+}
+
+const RELAY_AUTH_EXPECTED: &str =
+    "a file only its owner can read (chmod 600) holding one line `user password`";
+
+/// `relay_auth_file` is set and usable with the other keys (else `check_across_keys` has
+/// said why not, and the file is not read).
+fn relay_auth_wanted(c: &Config, failed: &[&'static str]) -> bool {
+    c.relay_auth_file.is_some()
+        && c.relay_host.is_some()
+        && c.relay_tls != values::RelayTls::None
+        && !["relay_auth_file", "relay_host", "relay_tls"]
+            .iter()
+            .any(|k| failed.contains(k))
+}
+
+/// The credentials in `path`: a regular file no one but its owner may read or change (it
+/// holds a password), at most `limits::RELAY_AUTH_FILE_MAX` bytes, one `user password` line.
+/// The permissions are those of the file opened, not of a name that could be swapped.
+fn read_relay_auth(path: &Path) -> Result<crate::proto::smtp_client::Credentials, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = escaped_path(path);
+    // Non-blocking, so a FIFO named by mistake is refused below instead of hanging start-up.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+    }
+    .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} holds a password but its mode {mode:04o} lets other users read or change \
+             it; run `chmod 600 {shown}`"
+        ));
+    }
+    let mut text = Vec::new();
+    let read = file
+        .take(limits::RELAY_AUTH_FILE_MAX + 1)
+        .read_to_end(&mut text);
+    let result = match read {
+        Err(e) => Err(format!("cannot read {shown}: {e}")),
+        Ok(_) if text.len() as u64 > limits::RELAY_AUTH_FILE_MAX => Err(format!(
+            "{shown} is larger than {} bytes; it should hold one line",
+            limits::RELAY_AUTH_FILE_MAX
+        )),
+        Ok(_) => values::relay_auth_text(&text).map_err(|p| format!("{shown}: {p}")),
+    };
+    // The password need not outlive its parsing in this buffer.
+    text.fill(0);
+    result
+}
+
+/// A path as shown in an error of `load`: whole, with control characters escaped (the path
+/// comes from the config, and a message must stay one clean line).
+fn escaped_path(path: &Path) -> String {
+    let text = path.display().to_string();
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A line as text, or the label and problem of an error: NUL bytes and invalid UTF-8 are
@@ -615,6 +851,7 @@ fn check_across_keys(c: &Config, failed: &[&'static str], report: &mut Report<'_
 
     check_listeners(c, failed, report);
     check_tls_keys(c, failed, report);
+    check_outbound(c, failed, report);
 
     if ok("hostname") && !c.hostname.contains('.') {
         let h = &c.hostname;
@@ -644,6 +881,64 @@ fn check_across_keys(c: &Config, failed: &[&'static str], report: &mut Report<'_
                 format_duration(c.pop3_timeout),
                 format_duration(limits::POP3_TIMEOUT_RFC_MIN)
             ),
+        );
+    }
+}
+
+/// The relay's credentials go to a smarthost only, and only over TLS; the per-destination
+/// limit fits in the total.
+fn check_outbound(c: &Config, failed: &[&'static str], report: &mut Report<'_>) {
+    let line = |key: &str| c.set_on_line.get(key).copied();
+    let ok = |key: &str| !failed.contains(&key);
+    if c.relay_auth_file.is_some() && ok("relay_auth_file") {
+        if c.relay_host.is_none() && ok("relay_host") {
+            report.error(
+                line("relay_auth_file"),
+                "relay_auth_file",
+                "relay_auth_file is set but relay_host is not; credentials are only sent to a \
+                 smarthost, never to the MX hosts of other domains"
+                    .to_string(),
+                "relay_host set, or relay_auth_file empty",
+            );
+        } else if c.relay_tls == values::RelayTls::None && ok("relay_tls") {
+            report.error(
+                line("relay_auth_file"),
+                "relay_auth_file",
+                "relay_tls = none would send the password in plain text; credentials are only \
+                 sent over TLS"
+                    .to_string(),
+                "relay_tls = starttls or implicit, or relay_auth_file empty",
+            );
+        }
+    }
+    if ok("outbound_concurrency")
+        && ok("outbound_max_connections")
+        && c.outbound_concurrency > c.outbound_max_connections
+    {
+        let key = if line("outbound_concurrency").is_some() {
+            "outbound_concurrency"
+        } else {
+            "outbound_max_connections"
+        };
+        report.error(
+            line(key),
+            key,
+            format!(
+                "outbound_concurrency {} is more than outbound_max_connections {}",
+                c.outbound_concurrency, c.outbound_max_connections
+            ),
+            "outbound_concurrency no more than outbound_max_connections",
+        );
+    }
+    if !c.relay_tls_verify
+        && c.relay_tls == values::RelayTls::None
+        && ok("relay_tls")
+        && ok("relay_tls_verify")
+    {
+        report.warn(
+            line("relay_tls_verify"),
+            "relay_tls_verify",
+            "has no effect with relay_tls = none: there is no certificate to verify",
         );
     }
 }

@@ -123,6 +123,36 @@ pub const SMTP_CLIENT_REPLY_KEEP: usize = SPOOL_MAX_REASON;
 /// octets; more is consumed and dropped.
 pub const SMTP_CLIENT_LINE_KEEP: usize = 512;
 
+// ---- outbound delivery (config defaults and bounds) ---------------------------------------
+
+/// Default `outbound_port`: SMTP's port (RFC 5321 §4.5.4.2 / IANA), Postfix's `smtp_tcp_port`.
+pub const OUTBOUND_PORT_DEFAULT: u16 = 25;
+/// Port of `relay_host` when it names none: 25 like any SMTP server, 465 (RFC 8314 §7.3, the
+/// submissions port) when `relay_tls = implicit`, since nothing speaks implicit TLS on 25.
+pub const RELAY_PORT_DEFAULT: u16 = 25;
+pub const RELAY_PORT_IMPLICIT_TLS_DEFAULT: u16 = 465;
+/// Default `outbound_connect_timeout`: a reachable server answers a SYN within a second or
+/// two; 30 s outlasts a few lost SYNs (Linux retries at 1, 3, 7, 15 s) without letting a
+/// blackholed MX hold a connection slot for the kernel's two minutes.
+pub const OUTBOUND_CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Default `outbound_concurrency` (connections to one destination at once): what a receiving
+/// server tolerates from one client without throttling it (Postfix's initial destination
+/// concurrency is 5).
+pub const OUTBOUND_CONCURRENCY_DEFAULT: usize = 4;
+/// Most `outbound_concurrency` allowed: beyond this a receiver treats us as a flood.
+pub const OUTBOUND_CONCURRENCY_MAX: usize = 100;
+/// Default `outbound_max_connections` (all destinations): each holds buffers and a
+/// descriptor; 32 keeps a small box's memory and descriptors for its inbound clients.
+pub const OUTBOUND_MAX_CONNECTIONS_DEFAULT: usize = 32;
+/// Most `outbound_max_connections` allowed: far more than a small server ever needs, and
+/// bounded so a typo cannot take every descriptor from the listeners.
+pub const OUTBOUND_MAX_CONNECTIONS_MAX: usize = 1000;
+/// Largest `relay_auth_file` read: it holds one line; a larger file is not the file meant.
+pub const RELAY_AUTH_FILE_MAX: u64 = 64 * 1024;
+/// Longest user name or password in `relay_auth_file`: RFC 4616 §2 bounds PLAIN's authcid
+/// and passwd at 255 octets each.
+pub const RELAY_AUTH_FIELD_MAX: usize = 255;
+
 // ---- POP3 (RFC 1939) / POP2 (RFC 937) -------------------------------------------------------
 
 /// RFC 2449 §4: a POP3 command line is at most 255 octets including CRLF.

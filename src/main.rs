@@ -109,7 +109,15 @@ fn main() -> ExitCode {
     let path = PathBuf::from(m.opt_str("c").unwrap_or_else(|| DEFAULT_CONFIG.to_string()));
 
     let checking = m.opt_present("t");
-    let (config, warnings) = match Config::load(&path) {
+    // The queue listing and commands run as any user and never talk to the relay, so they do
+    // not read relay_auth_file (mode 600); the daemon and `-t` do.
+    let queue_only = !checking && (m.opt_present("q") || queue_cmd.is_some());
+    let loaded = if queue_only {
+        Config::load_without_secrets(&path)
+    } else {
+        Config::load(&path)
+    };
+    let (config, warnings) = match loaded {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors {

@@ -69,6 +69,42 @@ fn check_config(c: &Config) {
         );
     }
     assert!(c.retry_min <= c.retry_max, "retry_min above retry_max");
+    let t = c.outbound_timeouts;
+    for (name, d) in [
+        ("outbound_connect_timeout", c.outbound_connect_timeout),
+        ("outbound_greeting_timeout", t.greeting),
+        ("outbound_command_timeout", t.command),
+        ("outbound_mail_timeout", t.mail),
+        ("outbound_rcpt_timeout", t.rcpt),
+        ("outbound_data_init_timeout", t.data_init),
+        ("outbound_data_block_timeout", t.data_block),
+        ("outbound_data_end_timeout", t.data_end),
+    ] {
+        assert!(
+            !d.is_zero() && d <= limits::CONFIG_MAX_DURATION,
+            "{name} = {d:?}"
+        );
+    }
+    assert!(
+        (1..=limits::OUTBOUND_CONCURRENCY_MAX).contains(&c.outbound_concurrency)
+            && (1..=limits::OUTBOUND_MAX_CONNECTIONS_MAX).contains(&c.outbound_max_connections)
+            && c.outbound_concurrency <= c.outbound_max_connections,
+        "outbound limits {} / {}",
+        c.outbound_concurrency,
+        c.outbound_max_connections
+    );
+    assert!(c.outbound_port != 0, "outbound_port 0");
+    assert!(c.dns_servers.len() <= limits::DNS_MAX_SERVERS, "too many dns_servers");
+    if let Some(r) = &c.relay_host {
+        assert!(r.port != 0 && !r.host.is_empty(), "relay_host {r:?}");
+        assert!(!r.host.contains(['[', ']']), "brackets kept: {r:?}");
+    }
+    if c.relay_auth.is_some() {
+        assert!(
+            c.relay_host.is_some() && c.relay_tls != postling::config::values::RelayTls::None,
+            "credentials without a TLS smarthost"
+        );
+    }
     assert!(c.auth_failure_delay >= limits::AUTH_FAILURE_DELAY_MIN);
     assert!(!c.hostname.is_empty(), "an empty hostname");
     assert!(!c.domains.is_empty(), "no domains");

@@ -305,3 +305,232 @@ fn generated_docs_are_current() {
         docs::REGEN_COMMAND
     );
 }
+
+/// A config with a relay and `relay_auth_file = relay_auth`; the auth file written with
+/// `text` and `mode` (None: not written).
+fn relay_auth_config(dir: &Path, text: Option<(&str, u32)>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let conf = dir.join("p.conf");
+    std::fs::write(
+        &conf,
+        "hostname = a.example\nrelay_host = smtp.example.net:587\nrelay_auth_file = relay_auth\n",
+    )
+    .unwrap();
+    let auth = dir.join("relay_auth");
+    if let Some((text, mode)) = text {
+        std::fs::write(&auth, text).unwrap();
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    conf
+}
+
+fn load_errors(conf: &Path) -> Vec<String> {
+    match Config::load(conf) {
+        Ok((c, _)) => panic!("loaded: {:?}", c.relay_auth),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn load_reads_the_relay_credentials() {
+    let t = tempfile::tempdir().unwrap();
+    let conf = relay_auth_config(
+        t.path(),
+        Some((
+            "# provider login\n\nalice@example.net  s3cret pass \n",
+            0o600,
+        )),
+    );
+    let (c, w) = Config::load(&conf).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let creds = c.relay_auth.expect("credentials");
+    assert_eq!(creds.user, "alice@example.net");
+    assert_eq!(creds.password, "s3cret pass");
+    assert!(!format!("{creds:?}").contains("s3cret"), "Debug hides it");
+    let (c, _) = Config::load_without_secrets(&conf).unwrap();
+    assert_eq!(c.relay_auth, None);
+    // Read again on every load (SIGHUP reloads with `load`): a changed file is seen.
+    let auth = t.path().join("relay_auth");
+    std::fs::write(&auth, "bob other\n").unwrap();
+    let (c, _) = Config::load(&conf).unwrap();
+    assert_eq!(c.relay_auth.unwrap().user, "bob");
+    // 0400 is fine too.
+    relay_auth_config(t.path(), Some(("carol x\n", 0o400)));
+    assert_eq!(
+        Config::load(&conf).unwrap().0.relay_auth.unwrap().user,
+        "carol"
+    );
+}
+
+#[test]
+fn a_readable_missing_empty_or_doubled_relay_auth_file_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(t.path()).unwrap();
+    let auth = dir.join("relay_auth");
+    let conf = relay_auth_config(t.path(), Some(("alice secret\n", 0o644)));
+    let expected =
+        "(expected a file only its owner can read (chmod 600) holding one line `user password`)";
+    assert_eq!(
+        load_errors(&conf),
+        [format!(
+            "{}:3: relay_auth_file: {} holds a password but its mode 0644 lets other users \
+             read or change it; run `chmod 600 {}` {expected}",
+            conf.display(),
+            auth.display(),
+            auth.display()
+        )]
+    );
+    // Without the secret, the same file does not stop sendmail or the queue listing.
+    assert!(Config::load_without_secrets(&conf).is_ok());
+    for mode in [0o640, 0o604, 0o620, 0o602, 0o610] {
+        relay_auth_config(t.path(), Some(("alice secret\n", mode)));
+        let e = load_errors(&conf);
+        assert!(e[0].contains("chmod 600"), "{mode:o}: {e:?}");
+    }
+    std::fs::remove_file(&auth).unwrap();
+    assert_eq!(
+        load_errors(&conf),
+        [format!(
+            "{}:3: relay_auth_file: cannot read {}: No such file or directory (os error 2) \
+             {expected}",
+            conf.display(),
+            auth.display()
+        )]
+    );
+    for (text, says) in [
+        ("", "holds no `user password` line"),
+        ("# nothing yet\n", "holds no `user password` line"),
+        ("alice\n", "line 1 has a user name but no password"),
+        (
+            "alice pw-first\n# backup:\nbob pw-second\n",
+            "line 3 is a second credential line (the first is line 1)",
+        ),
+    ] {
+        relay_auth_config(t.path(), Some((text, 0o600)));
+        let e = load_errors(&conf);
+        assert_eq!(e.len(), 1, "{e:?}");
+        let want = format!(
+            "{}:3: relay_auth_file: {}: {says}",
+            conf.display(),
+            auth.display()
+        );
+        assert!(e[0].starts_with(&want), "{text:?}: {e:?}");
+        assert!(!e[0].contains("pw-"), "never shows a password: {e:?}");
+    }
+    // A control character in the path is shown escaped: an error stays one clean line.
+    let conf2 = t.path().join("p2.conf");
+    std::fs::write(
+        &conf2,
+        "hostname = a.example\nrelay_host = 192.0.2.1\nrelay_auth_file = a\u{1}b\n",
+    )
+    .unwrap();
+    let e = load_errors(&conf2);
+    assert!(
+        e[0].contains("cannot read ") && e[0].contains("a\\u{1}b: No such file"),
+        "{e:?}"
+    );
+    // A FIFO is refused, not waited on.
+    let fifo = t.path().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    std::fs::write(
+        &conf2,
+        format!(
+            "hostname = a.example\nrelay_host = 192.0.2.1\nrelay_auth_file = {}\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    assert!(load_errors(&conf2)[0].contains("is not a regular file"));
+    // A directory is not the file.
+    std::fs::remove_file(&auth).unwrap();
+    std::fs::create_dir(&auth).unwrap();
+    assert!(load_errors(&conf)[0].contains("is not a regular file"));
+}
+
+#[test]
+fn relay_auth_errors_come_with_the_other_errors_of_the_file() {
+    let t = tempfile::tempdir().unwrap();
+    let conf = relay_auth_config(t.path(), Some(("alice secret\n", 0o644)));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{text}max_message_size = 1Q\n")).unwrap();
+    let e = load_errors(&conf);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains(":3: relay_auth_file: ") && e[1].contains(":4: max_message_size: "));
+}
+
+#[test]
+fn check_files_wants_a_pem_ca_file() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("users"), "").unwrap();
+    std::fs::write(t.path().join("aliases"), "").unwrap();
+    let ca = manifest("tests/tls/ca-cert.pem");
+    let c = checked_config(t.path(), &format!("tls_ca_file = {}\n", ca.display()));
+    assert_eq!(c.check_files(), []);
+    let c = checked_config(t.path(), "tls_ca_file = ca.pem\n");
+    let e: Vec<String> = c.check_files().iter().map(ToString::to_string).collect();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains(":4: tls_ca_file: cannot read ") && e[0].contains("No such file"),
+        "{e:?}"
+    );
+    std::fs::write(t.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let e: Vec<String> = c.check_files().iter().map(ToString::to_string).collect();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains(":4: tls_ca_file: ") && e[0].contains("holds no certificate"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn check_warns_when_the_run_user_cannot_read_the_auth_file_on_reload() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("users"), "").unwrap();
+    std::fs::write(t.path().join("aliases"), "").unwrap();
+    let auth = t.path().join("relay_auth");
+    std::fs::write(&auth, "alice secret\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let relay = "relay_host = 192.0.2.1:587\nrelay_auth_file = relay_auth\n";
+    // A user other than the owner of the file (which is whoever runs the test).
+    // SAFETY: getuid cannot fail.
+    let other = if unsafe { libc::getuid() } == 0 {
+        "nobody"
+    } else {
+        "root"
+    };
+    let c = checked_config(t.path(), &format!("{relay}user = {other}\n"));
+    let (errors, warnings) = c.check();
+    assert_eq!(errors, []);
+    let about_auth = |w: &Vec<String>| -> Vec<String> {
+        w.iter()
+            .filter(|w| w.contains("relay_auth_file"))
+            .cloned()
+            .collect()
+    };
+    let warnings = about_auth(&warnings);
+    let auth = c.relay_auth_file.clone().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{}:5: relay_auth_file: {} is owned by uid ",
+            c.path.display(),
+            auth.display()
+        )) && warnings[0].ends_with(&format!("run `chown {other} {}`", auth.display())),
+        "{warnings:?}"
+    );
+    // Owned by the run user: no warning (checkable when the test runs as root).
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        let c = checked_config(t.path(), &format!("{relay}user = root\n"));
+        assert_eq!(about_auth(&c.check().1), Vec::<String>::new());
+    }
+    // No `user`: the daemon reads it as who started it; no warning.
+    let c = checked_config(t.path(), relay);
+    let (errors, warnings) = c.check();
+    assert_eq!((errors, about_auth(&warnings)), (vec![], vec![]));
+}

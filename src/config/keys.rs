@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::Config;
 use super::values::{
-    count, domain_name, duration, duration_with_zero, format_duration, list_items, listen_list,
-    optional_path, quoted, required_path, size,
+    RelayHost, count, domain_name, duration, duration_with_zero, format_duration, list_items,
+    listen_list, optional_path, port, quoted, relay_host, relay_tls, required_path, size, yes_no,
 };
 use crate::durable::SyncMode;
 use crate::limits;
@@ -53,6 +53,8 @@ const OPTIONAL_PATH_FORM: &str = "a path (relative to the directory of the confi
 const LISTEN_FORM: &str =
     "a comma-separated list of IP:PORT or [IPv6]:PORT (port 1-65535), or empty for off";
 const COUNT_FORM: &str = "a whole number from 1 to 1000000";
+const RELAY_HOST_FORM: &str = "HOST or HOST:PORT, HOST a host name, an IPv4 address or an \
+                               [IPv6] address (brackets optional around the others), or empty";
 
 /// Characters that may separate a subaddress. `#` is left out because it starts a comment.
 pub const RECIPIENT_DELIMITERS: &str = "+-_=.~";
@@ -420,6 +422,184 @@ pub static KEYS: &[KeySpec] = &[
                   come from /etc/group (NSS sources such as LDAP are not consulted).",
         apply: set_user,
     },
+    KeySpec {
+        name: "relay_host",
+        default: DefaultValue::Empty,
+        form: RELAY_HOST_FORM,
+        meaning: "The smarthost: when set, all mail for other domains (forwarding aliases, \
+                  relayed and submitted mail, bounces to outside senders) is handed to this \
+                  server, as a provider or an office mail server expects; no MX is looked up. \
+                  A host name, an IPv4 address or an `[IPv6]` address, with an optional \
+                  `:PORT`; `[name]` is accepted as in Postfix and means the same as `name`. \
+                  Without a port: 25, or 465 with `relay_tls = implicit`. For a provider's \
+                  submission port: `relay_host = smtp.example.net:587` with \
+                  `relay_auth_file = /etc/postling/relay_auth`. Empty: deliver by MX \
+                  (`outbound_port`, `dns_servers`).",
+        apply: set_relay_host,
+    },
+    KeySpec {
+        name: "relay_tls",
+        default: DefaultValue::Text("starttls"),
+        form: "`starttls`, `implicit` or `none`",
+        meaning: "How mail to `relay_host` is encrypted. `starttls`: STARTTLS is required; a \
+                  relay that does not offer it or fails the handshake gets no mail (it waits \
+                  in the queue and is retried). `implicit`: TLS from the first byte (RFC \
+                  8314), usually port 465. `none`: plain text, for a relay on this machine \
+                  or a trusted network; not with `relay_auth_file`. Delivery by MX always \
+                  uses STARTTLS when offered, without verification.",
+        apply: set_relay_tls,
+    },
+    KeySpec {
+        name: "relay_tls_verify",
+        default: DefaultValue::Text("yes"),
+        form: "yes or no",
+        meaning: "Whether the certificate of `relay_host` must chain to a CA of \
+                  `tls_ca_file` and name the host as written in `relay_host` (an IP literal \
+                  must be in the certificate as an IP address). A relay whose certificate \
+                  fails gets no mail (it is retried). `no` encrypts without checking who \
+                  answers, which a man in the middle can read and, with `relay_auth_file`, \
+                  learn the password from: use it only for a relay you reach over a network \
+                  you trust.",
+        apply: set_relay_tls_verify,
+    },
+    KeySpec {
+        name: "tls_ca_file",
+        default: DefaultValue::Empty,
+        form: OPTIONAL_PATH_FORM,
+        meaning: "PEM file of the CA certificates `relay_host`'s certificate is verified \
+                  against, e.g. a private CA's. Empty: the system's bundle. `postling -t` \
+                  checks that it holds a certificate.",
+        apply: set_tls_ca_file,
+    },
+    KeySpec {
+        name: "relay_auth_file",
+        default: DefaultValue::Empty,
+        form: OPTIONAL_PATH_FORM,
+        meaning: "A file with the user name and password postling logs in to `relay_host` \
+                  with (AUTH PLAIN or LOGIN, only after TLS is up): one line `user password`, \
+                  the user being the first word and the password the rest of the line, \
+                  surrounding spaces trimmed; blank lines and lines starting with `#` are \
+                  ignored. It must be readable by its owner only (`chmod 600`) and owned by \
+                  the user postling runs as (`user`), since it is read again on SIGHUP; \
+                  otherwise postling does not start. Needs `relay_host` and a `relay_tls` other \
+                  than `none`. Empty: no AUTH.",
+        apply: set_relay_auth_file,
+    },
+    KeySpec {
+        name: "outbound_port",
+        default: DefaultValue::Text("25"),
+        form: "a port from 1 to 65535",
+        meaning: "The port of the MX hosts mail is delivered to when `relay_host` is empty \
+                  (Postfix's `smtp_tcp_port`). Other mail servers listen on 25; another value \
+                  is for tests. `relay_host` carries its own port.",
+        apply: set_outbound_port,
+    },
+    KeySpec {
+        name: "dns_servers",
+        default: DefaultValue::Empty,
+        form: "IP, IP:PORT, [IPv6] or [IPv6]:PORT, separated by commas or spaces (port 53 by \
+               default, at most 3 servers), or empty",
+        meaning: "The recursive nameservers asked for MX and address records. Empty: the \
+                  `nameserver` lines of /etc/resolv.conf, read again when the file changes. \
+                  Only IP addresses: the resolver cannot look up its own servers. A box \
+                  without a working nameserver still starts; mail by MX then waits in the \
+                  queue.",
+        apply: set_dns_servers,
+    },
+    KeySpec {
+        name: "outbound_allow_private",
+        default: DefaultValue::Text("no"),
+        form: "yes or no",
+        meaning: "Whether delivery by MX may connect to loopback, private (10/8, 172.16/12, \
+                  192.168/16, fc00::/7) and link-local addresses. With `no` an MX record \
+                  that points there is skipped, so a hostile DNS answer cannot send mail into \
+                  the local network. `relay_host` may always name such an address.",
+        apply: set_outbound_allow_private,
+    },
+    KeySpec {
+        name: "outbound_concurrency",
+        default: DefaultValue::Text("4"),
+        form: "a whole number from 1 to 100",
+        meaning: "Outbound connections to one destination (the relay, or one domain's MX \
+                  hosts) at once. One connection carries every recipient of a message there, \
+                  and further messages after it. Not more than `outbound_max_connections`.",
+        apply: set_outbound_concurrency,
+    },
+    KeySpec {
+        name: "outbound_max_connections",
+        default: DefaultValue::Text("32"),
+        form: "a whole number from 1 to 1000",
+        meaning: "Outbound connections at once over all destinations. They are counted apart \
+                  from `max_connections`, so outgoing mail never takes a slot from a client, \
+                  and local delivery goes on while they are busy.",
+        apply: set_outbound_max_connections,
+    },
+    KeySpec {
+        name: "outbound_connect_timeout",
+        default: DefaultValue::Text("30s"),
+        form: DURATION_FORM,
+        meaning: "How long a TCP connection to a relay or MX host may take to be established; \
+                  then the next address is tried, or the delivery is retried later.",
+        apply: set_outbound_connect_timeout,
+    },
+    KeySpec {
+        name: "outbound_greeting_timeout",
+        default: DefaultValue::Text("5m"),
+        form: DURATION_FORM,
+        meaning: "How long a remote server has for its `220` greeting (RFC 5321 section \
+                  4.5.3.2.1). This and the other `outbound_*_timeout` keys default to the \
+                  RFC's figures; a timeout defers the mail (retried later), never bounces it.",
+        apply: set_outbound_greeting_timeout,
+    },
+    KeySpec {
+        name: "outbound_command_timeout",
+        default: DefaultValue::Text("5m"),
+        form: DURATION_FORM,
+        meaning: "How long a remote server has to answer EHLO, HELO, STARTTLS (and finish its \
+                  handshake), AUTH, RSET and QUIT.",
+        apply: set_outbound_command_timeout,
+    },
+    KeySpec {
+        name: "outbound_mail_timeout",
+        default: DefaultValue::Text("5m"),
+        form: DURATION_FORM,
+        meaning: "How long a remote server has to answer MAIL FROM (RFC 5321 section \
+                  4.5.3.2.2).",
+        apply: set_outbound_mail_timeout,
+    },
+    KeySpec {
+        name: "outbound_rcpt_timeout",
+        default: DefaultValue::Text("5m"),
+        form: DURATION_FORM,
+        meaning: "How long a remote server has to answer each RCPT TO (RFC 5321 section \
+                  4.5.3.2.3).",
+        apply: set_outbound_rcpt_timeout,
+    },
+    KeySpec {
+        name: "outbound_data_init_timeout",
+        default: DefaultValue::Text("2m"),
+        form: DURATION_FORM,
+        meaning: "How long a remote server has to answer DATA with `354` (RFC 5321 section \
+                  4.5.3.2.4).",
+        apply: set_outbound_data_init_timeout,
+    },
+    KeySpec {
+        name: "outbound_data_block_timeout",
+        default: DefaultValue::Text("3m"),
+        form: DURATION_FORM,
+        meaning: "How long a remote server may take to accept each block of message data \
+                  (RFC 5321 section 4.5.3.2.5).",
+        apply: set_outbound_data_block_timeout,
+    },
+    KeySpec {
+        name: "outbound_data_end_timeout",
+        default: DefaultValue::Text("10m"),
+        form: DURATION_FORM,
+        meaning: "How long a remote server has to answer the end of the message data (RFC \
+                  5321 section 4.5.3.2.6). It may be filtering or storing a large message; \
+                  giving up early risks the message being delivered twice.",
+        apply: set_outbound_data_end_timeout,
+    },
 ];
 
 /// The spec of a key, if it is one.
@@ -720,5 +900,128 @@ fn set_user(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String>
         return Err(format!("{} is not a user name", quoted(v)));
     }
     c.user = Some(v.to_string());
+    Ok(())
+}
+
+fn set_relay_host(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    // Port 0 stands for "not written" until the whole file is read: the default depends on
+    // relay_tls, which may come later (see `config::parse_with`).
+    c.relay_host = relay_host(v)?.map(|(host, port)| RelayHost {
+        host,
+        port: port.unwrap_or(0),
+    });
+    Ok(())
+}
+
+fn set_relay_tls(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.relay_tls = relay_tls(v)?;
+    Ok(())
+}
+
+fn set_relay_tls_verify(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.relay_tls_verify = yes_no(v)?;
+    Ok(())
+}
+
+fn set_tls_ca_file(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.tls_ca_file = optional_path(v, ctx.base);
+    Ok(())
+}
+
+fn set_relay_auth_file(c: &mut Config, v: &str, ctx: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.relay_auth_file = optional_path(v, ctx.base);
+    Ok(())
+}
+
+fn set_outbound_port(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.outbound_port = port(v)?;
+    Ok(())
+}
+
+fn set_dns_servers(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.dns_servers = crate::dns::parse_dns_servers(v)?;
+    Ok(())
+}
+
+fn set_outbound_allow_private(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.outbound_allow_private = yes_no(v)?;
+    Ok(())
+}
+
+fn set_outbound_concurrency(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.outbound_concurrency = count(v, 1, limits::OUTBOUND_CONCURRENCY_MAX)?;
+    Ok(())
+}
+
+fn set_outbound_max_connections(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.outbound_max_connections = count(v, 1, limits::OUTBOUND_MAX_CONNECTIONS_MAX)?;
+    Ok(())
+}
+
+fn set_outbound_connect_timeout(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.outbound_connect_timeout = duration(v)?;
+    Ok(())
+}
+
+fn set_outbound_greeting_timeout(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.outbound_timeouts.greeting = duration(v)?;
+    Ok(())
+}
+
+fn set_outbound_command_timeout(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.outbound_timeouts.command = duration(v)?;
+    Ok(())
+}
+
+fn set_outbound_mail_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.outbound_timeouts.mail = duration(v)?;
+    Ok(())
+}
+
+fn set_outbound_rcpt_timeout(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
+    c.outbound_timeouts.rcpt = duration(v)?;
+    Ok(())
+}
+
+fn set_outbound_data_init_timeout(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.outbound_timeouts.data_init = duration(v)?;
+    Ok(())
+}
+
+fn set_outbound_data_block_timeout(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.outbound_timeouts.data_block = duration(v)?;
+    Ok(())
+}
+
+fn set_outbound_data_end_timeout(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.outbound_timeouts.data_end = duration(v)?;
     Ok(())
 }

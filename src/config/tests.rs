@@ -718,10 +718,10 @@ fn directory_settings_carry_what_the_directory_needs() {
 #[test]
 fn the_key_table_is_consistent() {
     let mut names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
-    assert_eq!(names.len(), 36);
+    assert_eq!(names.len(), 54);
     names.sort_unstable();
     names.dedup();
-    assert_eq!(names.len(), 36, "key names are unique");
+    assert_eq!(names.len(), 54, "key names are unique");
     for k in KEYS {
         assert!(keys::spec(k.name).is_some());
         assert!(
@@ -823,4 +823,344 @@ fn relay_networks_and_submission_listen() {
     }
     let errs = error_lines(b"smtp_listen = 127.0.0.1:25\nsubmission_listen = 127.0.0.1:25\n");
     assert!(errs.iter().any(|e| e.contains("overlaps")), "{errs:?}");
+}
+
+fn relay(c: &Config) -> (String, u16) {
+    let r = c.relay_host.as_ref().expect("relay_host set");
+    (r.host.clone(), r.port)
+}
+
+#[test]
+fn relay_host_takes_names_ip_literals_and_brackets() {
+    let (c, w) = parsed("hostname = a.example\nrelay_host = smtp.example.net:587");
+    assert_eq!(relay(&c), ("smtp.example.net".into(), 587));
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(
+        c.relay_host.as_ref().unwrap().to_string(),
+        "smtp.example.net:587"
+    );
+    for (value, host, port) in [
+        ("smtp.example.net", "smtp.example.net", 25),
+        ("smtp.example.net.", "smtp.example.net", 25),
+        ("[smtp.example.net]", "smtp.example.net", 25),
+        ("[smtp.example.net]:2525", "smtp.example.net", 2525),
+        ("192.0.2.1", "192.0.2.1", 25),
+        ("192.0.2.1:587", "192.0.2.1", 587),
+        ("[192.0.2.1]:587", "192.0.2.1", 587),
+        ("127.0.0.1:2525", "127.0.0.1", 2525),
+        ("[2001:db8::1]", "2001:db8::1", 25),
+        ("[2001:DB8::1]:587", "2001:db8::1", 587),
+        ("[IPv6:2001:db8::1]:587", "2001:db8::1", 587),
+        ("[::1]:2525", "::1", 2525),
+    ] {
+        let (c, _) = parsed(&format!("relay_host = {value}"));
+        assert_eq!(relay(&c), (host.to_string(), port), "{value}");
+    }
+    let (c, _) = parsed("relay_host = [2001:db8::1]:587");
+    let r = c.relay_host.unwrap();
+    assert_eq!(r.ip(), Some("2001:db8::1".parse().unwrap()));
+    assert_eq!(r.to_string(), "[2001:db8::1]:587");
+    let (c, _) = parsed("relay_host =");
+    assert_eq!(c.relay_host, None);
+}
+
+#[test]
+fn relay_host_default_port_follows_relay_tls_in_either_order() {
+    for text in [
+        "relay_host = smtp.example.net\nrelay_tls = implicit",
+        "relay_tls = implicit\nrelay_host = smtp.example.net",
+        "relay_tls = IMPLICIT\nrelay_host = [192.0.2.1]",
+    ] {
+        let (c, _) = parsed(text);
+        assert_eq!(relay(&c).1, 465, "{text}");
+        assert_eq!(c.relay_tls, values::RelayTls::Implicit);
+    }
+    for text in [
+        "relay_host = smtp.example.net\nrelay_tls = starttls",
+        "relay_host = smtp.example.net\nrelay_tls = none",
+        "relay_host = smtp.example.net",
+    ] {
+        assert_eq!(relay(&parsed(text).0).1, 25, "{text}");
+    }
+    // A written port wins.
+    let (c, _) = parsed("relay_host = smtp.example.net:25\nrelay_tls = implicit");
+    assert_eq!(relay(&c).1, 25);
+}
+
+#[test]
+fn bad_relay_hosts_are_errors_naming_file_line_and_key() {
+    let form = "HOST or HOST:PORT, HOST a host name, an IPv4 address or an [IPv6] address \
+                (brackets optional around the others), or empty";
+    assert_eq!(
+        error_lines(b"# smarthost\nrelay_host = 2001:db8::1"),
+        [format!(
+            "/etc/p.conf:2: relay_host: `2001:db8::1`: an IPv6 address needs brackets, like \
+             [2001:db8::1]:587 (expected {form})"
+        )]
+    );
+    assert_eq!(
+        error_lines(b"relay_host = smtp..example.net:587"),
+        [format!(
+            "/etc/p.conf:1: relay_host: `smtp..example.net:587`: `smtp..example.net` has an \
+             empty label (two dots, or a dot at an end) (expected {form})"
+        )]
+    );
+    for (bad, says) in [
+        ("smtp.example.net:0", "port 0"),
+        ("smtp.example.net:65536", "above 65535"),
+        ("smtp.example.net:smtp", "not a number"),
+        ("smtp.example.net:", "not a number"),
+        ("[::1", "without a closing"),
+        ("[::1]587", "only `:PORT`"),
+        ("[]:25", "no host name"),
+        (":25", "no host name"),
+        ("1.2.3", "neither an IPv4 address nor a host name"),
+        ("192.0.2.300", "neither an IPv4 address nor a host name"),
+        ("0.0.0.0", "not an address a server can have"),
+        ("[::]:25", "not an address a server can have"),
+        ("224.0.0.1", "not an address a server can have"),
+        ("-smtp.example.net", "hyphen"),
+        ("smtp_1.example.net", "which a domain name cannot"),
+        (
+            "smtp.example.net smtp2.example.net",
+            "which a domain name cannot",
+        ),
+        ("smtp.exämple.net", "not ASCII"),
+    ] {
+        let errs = error_lines(format!("relay_host = {bad}").as_bytes());
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(
+            errs[0].starts_with("/etc/p.conf:1: relay_host: ") && errs[0].contains(says),
+            "{bad}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn relay_tls_and_verify_and_the_meaningless_combination_warns() {
+    let (c, w) = parsed("");
+    assert_eq!(c.relay_tls, values::RelayTls::Starttls);
+    assert!(c.relay_tls_verify);
+    assert_eq!(c.tls_ca_file, None);
+    assert!(w.iter().all(|w| !w.contains("relay")), "{w:?}");
+    let (c, w) = parsed(
+        "hostname = a.example\nrelay_host = 10.0.0.5\nrelay_tls = none\nrelay_tls_verify = no",
+    );
+    assert_eq!(c.relay_tls, values::RelayTls::None);
+    assert!(!c.relay_tls_verify);
+    assert_eq!(
+        w,
+        [
+            "/etc/p.conf:4: relay_tls_verify: has no effect with relay_tls = none: there is no \
+          certificate to verify"
+        ]
+    );
+    let (_, w) = parsed("hostname = a.example\nrelay_tls_verify = no");
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(
+        error_lines(b"relay_tls = tls"),
+        [
+            "/etc/p.conf:1: relay_tls: `tls` is not starttls, implicit or none (expected \
+          `starttls`, `implicit` or `none`)"
+        ]
+    );
+    assert_eq!(
+        error_lines(b"relay_tls_verify = true"),
+        ["/etc/p.conf:1: relay_tls_verify: `true` is not yes or no (expected yes or no)"]
+    );
+    let (c, _) = parsed("tls_ca_file = ca.pem");
+    assert_eq!(c.tls_ca_file, Some(PathBuf::from("/etc/postling/ca.pem")));
+}
+
+#[test]
+fn relay_auth_file_needs_a_relay_host_and_tls() {
+    let (c, _) = parsed("relay_host = smtp.example.net:587\nrelay_auth_file = relay_auth");
+    assert_eq!(
+        c.relay_auth_file,
+        Some(PathBuf::from("/etc/postling/relay_auth"))
+    );
+    assert_eq!(c.relay_auth, None, "parse alone reads no file");
+    assert_eq!(
+        error_lines(b"hostname = a.example\nrelay_auth_file = /etc/postling/relay_auth"),
+        [
+            "/etc/p.conf:2: relay_auth_file: relay_auth_file is set but relay_host is not; \
+          credentials are only sent to a smarthost, never to the MX hosts of other domains \
+          (expected relay_host set, or relay_auth_file empty)"
+        ]
+    );
+    assert_eq!(
+        error_lines(
+            b"relay_auth_file = /etc/postling/relay_auth\nrelay_host = 10.0.0.5\nrelay_tls = none"
+        ),
+        [
+            "/etc/p.conf:1: relay_auth_file: relay_tls = none would send the password in plain \
+          text; credentials are only sent over TLS (expected relay_tls = starttls or implicit, \
+          or relay_auth_file empty)"
+        ]
+    );
+    // A bad relay_host is one error, not two.
+    let errs = error_lines(b"relay_host = a..b\nrelay_auth_file = x");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+}
+
+#[test]
+fn outbound_limits_ports_and_nameservers() {
+    let (c, _) = parsed("");
+    assert_eq!(c.outbound_port, 25);
+    assert!(c.dns_servers.is_empty());
+    assert!(!c.outbound_allow_private);
+    assert_eq!(
+        (c.outbound_concurrency, c.outbound_max_connections),
+        (4, 32)
+    );
+    let (c, w) = parsed(
+        "hostname = a.example\noutbound_port = 2525\ndns_servers = 127.0.0.1:5353, [::1]:5353 \
+         192.0.2.53\noutbound_allow_private = yes\noutbound_concurrency = 100\n\
+         outbound_max_connections = 1000",
+    );
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(c.outbound_port, 2525);
+    assert_eq!(
+        c.dns_servers,
+        [
+            "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+            "[::1]:5353".parse().unwrap(),
+            "192.0.2.53:53".parse().unwrap()
+        ]
+    );
+    assert!(c.outbound_allow_private);
+    assert_eq!(
+        (c.outbound_concurrency, c.outbound_max_connections),
+        (100, 1000)
+    );
+    for (bad, says) in [
+        ("outbound_port = 0", "port 0"),
+        ("outbound_port = 70000", "above 65535"),
+        ("dns_servers = ns.example.net", "names are not allowed"),
+        ("dns_servers = 127.0.0.1:0", "port 0"),
+        ("outbound_allow_private = maybe", "not yes or no"),
+        ("outbound_concurrency = 0", "below 1"),
+        ("outbound_concurrency = 101", "above 100"),
+        ("outbound_max_connections = 0", "below 1"),
+        ("outbound_max_connections = 1001", "above 1000"),
+    ] {
+        let errs = error_lines(bad.as_bytes());
+        let key = bad.split(' ').next().unwrap();
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(
+            errs[0].starts_with(&format!("/etc/p.conf:1: {key}: ")) && errs[0].contains(says),
+            "{bad}: {errs:?}"
+        );
+    }
+    assert_eq!(
+        error_lines(b"outbound_max_connections = 8\noutbound_concurrency = 10"),
+        [
+            "/etc/p.conf:2: outbound_concurrency: outbound_concurrency 10 is more than \
+          outbound_max_connections 8 (expected outbound_concurrency no more than \
+          outbound_max_connections)"
+        ]
+    );
+    // Against a default: the line of the key that was set.
+    let errs = error_lines(b"# x\noutbound_max_connections = 2");
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("/etc/p.conf:2: outbound_max_connections: outbound_concurrency 4"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn outbound_timeouts_default_to_rfc_5321_and_refuse_zero() {
+    use crate::proto::smtp_client::Timeouts;
+    let (c, _) = parsed("");
+    assert_eq!(c.outbound_timeouts, Timeouts::default());
+    assert_eq!(c.outbound_connect_timeout, Duration::from_secs(30));
+    let t = c.outbound_timeouts;
+    let m = |n: u64| Duration::from_secs(n * 60);
+    assert_eq!(
+        [
+            t.greeting,
+            t.command,
+            t.mail,
+            t.rcpt,
+            t.data_init,
+            t.data_block,
+            t.data_end
+        ],
+        [m(5), m(5), m(5), m(5), m(2), m(3), m(10)]
+    );
+    let (c, _) = parsed(
+        "outbound_connect_timeout = 5s\noutbound_greeting_timeout = 1s\n\
+         outbound_command_timeout = 2s\noutbound_mail_timeout = 3s\noutbound_rcpt_timeout = 4s\n\
+         outbound_data_init_timeout = 5\noutbound_data_block_timeout = 6s\n\
+         outbound_data_end_timeout = 1h",
+    );
+    let s = Duration::from_secs;
+    assert_eq!(c.outbound_connect_timeout, s(5));
+    let t = c.outbound_timeouts;
+    assert_eq!(
+        [
+            t.greeting,
+            t.command,
+            t.mail,
+            t.rcpt,
+            t.data_init,
+            t.data_block,
+            t.data_end
+        ],
+        [s(1), s(2), s(3), s(4), s(5), s(6), s(3600)]
+    );
+    for key in [
+        "outbound_connect_timeout",
+        "outbound_greeting_timeout",
+        "outbound_command_timeout",
+        "outbound_mail_timeout",
+        "outbound_rcpt_timeout",
+        "outbound_data_init_timeout",
+        "outbound_data_block_timeout",
+        "outbound_data_end_timeout",
+    ] {
+        assert_eq!(
+            error_lines(format!("{key} = 0").as_bytes()),
+            [format!(
+                "/etc/p.conf:1: {key}: `0` is too short: 1s is the least (expected {DURATION})"
+            )]
+        );
+    }
+}
+
+#[test]
+fn relay_auth_text_takes_one_line_of_user_and_password() {
+    let creds = |t: &str| values::relay_auth_text(t.as_bytes());
+    let c = creds("# my provider\n\n  alice@example.net   pass word with  spaces  \r\n# end\n")
+        .unwrap();
+    assert_eq!(c.user, "alice@example.net");
+    assert_eq!(c.password, "pass word with  spaces");
+    let c = creds("bob\ts#cret").unwrap();
+    assert_eq!((c.user.as_str(), c.password.as_str()), ("bob", "s#cret"));
+    for (text, says) in [
+        ("", "holds no `user password` line"),
+        ("# only a comment\n\n", "holds no `user password` line"),
+        ("alice\n", "line 1 has a user name but no password"),
+        (
+            "alice pw-first\n#\nbob pw-second\n",
+            "line 3 is a second credential line (the first is line 1)",
+        ),
+        ("alice p\u{7f}w\n", "line 1 contains a control character"),
+    ] {
+        let e = creds(text).unwrap_err();
+        assert!(e.contains(says), "{text:?}: {e}");
+        assert!(!e.contains("pw-"), "never shows a password: {e}");
+    }
+    let long = format!("alice {}", "x".repeat(256));
+    assert!(
+        creds(&long)
+            .unwrap_err()
+            .contains("password is longer than 255")
+    );
+    assert!(
+        values::relay_auth_text(b"alice \xff\n")
+            .unwrap_err()
+            .contains("line 1 is not valid UTF-8")
+    );
 }

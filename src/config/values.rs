@@ -418,3 +418,207 @@ pub fn resolve_path(base: &Path, v: &str) -> PathBuf {
     }
     out
 }
+
+/// `yes` or `no`.
+pub fn yes_no(v: &str) -> Result<bool, String> {
+    match v {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("{} is not yes or no", quoted(v))),
+    }
+}
+
+/// A TCP port, 1 to 65535, digits only.
+pub fn port(v: &str) -> Result<u16, String> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {} is not a number", quoted(v)));
+    }
+    match v.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port a server listens on".to_string()),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("port {} is above 65535", quoted(v))),
+    }
+}
+
+/// The smarthost all non-local mail goes to (`relay_host`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayHost {
+    /// A domain name, or an IP literal without brackets (`192.0.2.1`, `2001:db8::1`). Never
+    /// looked up for MX: a name is resolved to its addresses only.
+    pub host: String,
+    /// Never 0 in a loaded config: when the value names none, 25, or 465 with
+    /// `relay_tls = implicit`.
+    pub port: u16,
+}
+
+impl RelayHost {
+    /// The host as an IP address, if it is a literal (then nothing is looked up).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl std::fmt::Display for RelayHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(a)) => write!(f, "[{a}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// How mail to `relay_host` is encrypted (`relay_tls`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RelayTls {
+    /// STARTTLS (RFC 3207) is required: a relay that does not offer it, or fails the
+    /// handshake, defers the mail.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (RFC 8314), usually port 465.
+    Implicit,
+    /// Plain text, never TLS.
+    None,
+}
+
+/// `starttls`, `implicit` or `none`, in any case.
+pub fn relay_tls(v: &str) -> Result<RelayTls, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "starttls" => Ok(RelayTls::Starttls),
+        "implicit" => Ok(RelayTls::Implicit),
+        "none" => Ok(RelayTls::None),
+        _ => Err(format!("{} is not starttls, implicit or none", quoted(v))),
+    }
+}
+
+/// `HOST`, `HOST:PORT`, `[HOST]` or `[HOST]:PORT`, where HOST is a domain name or an IPv4
+/// literal, and inside brackets also an IPv6 literal (optionally `IPv6:`-prefixed, as in
+/// Postfix). Postfix's brackets mean "no MX lookup"; postling never looks up MX for the relay
+/// anyway, so they are only stripped. The port is None when not written (the caller picks
+/// the default, which depends on `relay_tls`). Empty: None (no relay).
+pub fn relay_host(v: &str) -> Result<Option<(String, Option<u16>)>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let (host, port_text, bracketed) = if let Some(rest) = v.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return Err(format!("{} has `[` without a closing `]`", quoted(v)));
+        };
+        let port_text = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => {
+                    return Err(format!("{}: after `]` only `:PORT` may follow", quoted(v)));
+                }
+            },
+        };
+        (inside, port_text, true)
+    } else {
+        match v.matches(':').count() {
+            0 => (v, None, false),
+            1 => match v.split_once(':') {
+                Some((h, p)) => (h, Some(p), false),
+                None => (v, None, false),
+            },
+            _ => {
+                return Err(format!(
+                    "{}: an IPv6 address needs brackets, like [2001:db8::1]:587",
+                    quoted(v)
+                ));
+            }
+        }
+    };
+    let port = port_text
+        .map(port)
+        .transpose()
+        .map_err(|p| format!("{}: {p}", quoted(v)))?;
+    let host = relay_host_name(host, bracketed).map_err(|p| match port_text {
+        None if !bracketed => p,
+        _ => format!("{}: {p}", quoted(v)),
+    })?;
+    Ok(Some((host, port)))
+}
+
+/// The host part of `relay_host`: an IP literal or a domain name (one trailing dot allowed).
+fn relay_host_name(host: &str, bracketed: bool) -> Result<String, String> {
+    let literal = if bracketed {
+        let lower = host.to_ascii_lowercase();
+        let bare = lower.strip_prefix("ipv6:").unwrap_or(&lower).to_string();
+        bare.parse::<IpAddr>().ok()
+    } else {
+        host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    };
+    if let Some(ip) = literal {
+        if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
+            return Err(format!("{ip} is not an address a server can have"));
+        }
+        return Ok(ip.to_string());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() {
+        return Err("no host name given".to_string());
+    }
+    // A last label of digits only is a mistyped IPv4 address, never a name (RFC 1123 §2.1:
+    // top-level labels are alphabetic).
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{} is neither an IPv4 address nor a host name",
+            quoted(host)
+        ));
+    }
+    domain_name(name)
+}
+
+/// The text of `relay_auth_file`: one line `user password` (the user is the first word, the
+/// password the rest of the line, trimmed); blank lines and lines starting with `#` are
+/// skipped. Errors name the line of the file and never show the password.
+pub fn relay_auth_text(text: &[u8]) -> Result<crate::proto::smtp_client::Credentials, String> {
+    let mut found: Option<(usize, crate::proto::smtp_client::Credentials)> = None;
+    for (index, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let n = index + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let Ok(line) = std::str::from_utf8(raw) else {
+            return Err(format!("line {n} is not valid UTF-8"));
+        };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(format!("line {n} contains a control character"));
+        }
+        if let Some((first, _)) = &found {
+            return Err(format!(
+                "line {n} is a second credential line (the first is line {first}); the file \
+                 holds one `user password` line"
+            ));
+        }
+        let (user, password) = match line.split_once(|c: char| c.is_whitespace()) {
+            Some((u, p)) => (u, p.trim()),
+            None => (line, ""),
+        };
+        if password.is_empty() {
+            return Err(format!(
+                "line {n} has a user name but no password; write `user password` on one line"
+            ));
+        }
+        for (what, v) in [("user name", user), ("password", password)] {
+            if v.len() > limits::RELAY_AUTH_FIELD_MAX {
+                return Err(format!(
+                    "line {n}: the {what} is longer than {} octets",
+                    limits::RELAY_AUTH_FIELD_MAX
+                ));
+            }
+        }
+        let creds = crate::proto::smtp_client::Credentials {
+            user: user.to_string(),
+            password: password.to_string(),
+        };
+        found = Some((n, creds));
+    }
+    match found {
+        Some((_, c)) => Ok(c),
+        None => Err("holds no `user password` line".to_string()),
+    }
+}

@@ -161,7 +161,9 @@ fn run(args: &[String], mailq: bool, config_path: Option<PathBuf>) -> Result<(),
             );
         }
     }
-    let config = match Config::load(&path) {
+    // sendmail runs as the calling user and never talks to the relay: relay_auth_file (mode
+    // 600, the daemon's) is not its to read.
+    let config = match Config::load_without_secrets(&path) {
         Ok((c, _)) => c,
         Err(errors) => {
             for e in &errors {

@@ -61,6 +61,70 @@ def test_config_check_good_and_broken(server_factory):
     assert r.stderr.splitlines()[-1] == f"postling: 4 errors in {bad}; not started", r.stderr
 
 
+def test_config_check_names_bad_relay_settings(server_factory):
+    """`-t` reports a bad relay_host and a relay_auth_file others can read with file, line and
+    key; the queue listing (any user, no relay) does not read the credentials."""
+    s = server_factory()
+    sink = free_port()  # never connected to: nothing delivers outbound yet
+    bad = s.dir / "relay.conf"
+    base = s.conf.read_text()
+    bad.write_text(base + "relay_host = smtp..example.net:587\n")
+    n = len(base.splitlines()) + 1
+    r = run(["-t", "-c", str(bad)])
+    assert r.returncode == 78, r.stderr
+    form = ("HOST or HOST:PORT, HOST a host name, an IPv4 address or an [IPv6] address "
+            "(brackets optional around the others), or empty")
+    assert f"{bad}:{n}: relay_host: `smtp..example.net:587`: `smtp..example.net` has an empty " \
+        f"label (two dots, or a dot at an end) (expected {form})" in r.stderr.splitlines(), r.stderr
+    assert r.stderr.splitlines()[-1] == f"postling: 1 error in {bad}", r.stderr
+
+    auth = s.dir / "relay_auth"
+    auth.write_text("# the provider's login\nalice@example.net s3cret\n")
+    auth.chmod(0o644)
+    bad.write_text(base + f"relay_host = 127.0.0.1:{sink}\nrelay_auth_file = relay_auth\n")
+    r = run(["-t", "-c", str(bad)])
+    assert r.returncode == 78, r.stderr
+    assert f"{bad}:{n + 1}: relay_auth_file: {auth} holds a password but its mode 0644 lets " \
+        f"other users read or change it; run `chmod 600 {auth}` (expected a file only its " \
+        "owner can read (chmod 600) holding one line `user password`)" in r.stderr.splitlines(), \
+        r.stderr
+    assert "s3cret" not in r.stderr
+    r = run(["-f", "-c", str(bad)])
+    assert r.returncode == 78 and r.stderr.endswith("; not started\n"), r.stderr
+    # The queue listing runs as any user and never reads the credentials.
+    r = run(["-q", "-c", str(bad)])
+    assert r.returncode == 0, r.stderr
+    r = run(["-c", str(bad), "sendmail", "-bp"])
+    assert r.returncode == 0, r.stderr
+    auth.chmod(0o600)
+    r = run(["-t", "-c", str(bad)])
+    assert (r.returncode, r.stdout) == (0, "postling: config OK (2 warnings)\n"), r.stderr
+
+
+def test_sighup_reads_the_relay_auth_file_again(server_factory):
+    s = server_factory()
+    auth = s.dir / "relay_auth"
+    auth.write_text("alice@example.net s3cret\n")
+    auth.chmod(0o600)
+    s.settings.update(relay_host=f"127.0.0.1:{free_port()}", relay_auth_file="relay_auth")
+    s.write_config()
+    s.start()
+    auth.chmod(0o640)
+    s.proc.send_signal(signal.SIGHUP)
+    s.wait_log("still running on the previous config")
+    s.wait_log("relay_auth_file: " + str(auth) + " holds a password but its mode 0640")
+    # Still serving on the old config.
+    with s.connect() as c:
+        assert recv_line(c).startswith(b"220 ")
+    auth.chmod(0o600)
+    mark = s.log().count("reloaded ")
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while s.log().count("reloaded ") == mark and time.time() < deadline:
+        time.sleep(0.02)
+    assert s.log().count("reloaded ") == mark + 1, s.log()
+
+
 def test_greets_on_every_configured_address(server_factory):
     v6 = have_ipv6()
     s = server_factory(pop2_listen=None)
