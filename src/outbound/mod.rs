@@ -32,6 +32,7 @@ use mio::{Registry, Token};
 use self::conn::{Driven, OutConn};
 use self::dns::DnsDriver;
 use self::route::{DestKey, Route, build_routes, usable_mx};
+use crate::config::values::RelayTls;
 use crate::deliver::Outcome;
 use crate::deliver::engine::{RemoteJob, RemoteOutcome};
 use crate::dns::{AddrResult, Answer, LookupId, MxResult, Want};
@@ -49,20 +50,12 @@ const CONN_TOKEN_BASE: usize = TOKEN_BASE + 2 + DNS_TCP_TOKENS;
 /// Connection slots (far more than `outbound_max_connections` allows).
 const CONN_TOKENS: usize = 1 << 16;
 
-/// How mail to the smarthost is protected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RelayTlsMode {
-    Starttls,
-    Implicit,
-    None,
-}
-
 /// The smarthost.
 #[derive(Clone, Debug)]
 pub struct RelaySettings {
     pub host: String,
     pub port: u16,
-    pub tls: RelayTlsMode,
+    pub tls: RelayTls,
     pub verify: bool,
     pub credentials: Option<Credentials>,
 }
@@ -98,16 +91,22 @@ impl OutboundSettings {
             .collect();
         OutboundSettings {
             hostname: config.hostname.clone(),
-            relay: None,
-            port: 25,
-            allow_private: false,
-            concurrency: 4,
-            max_connections: 32,
-            connect_timeout: Duration::from_secs(30),
-            timeouts: Timeouts::default(),
+            relay: config.relay_host.as_ref().map(|r| RelaySettings {
+                host: r.host.clone(),
+                port: r.port,
+                tls: config.relay_tls,
+                verify: config.relay_tls_verify,
+                credentials: config.relay_auth.clone(),
+            }),
+            port: config.outbound_port,
+            allow_private: config.outbound_allow_private,
+            concurrency: config.outbound_concurrency,
+            max_connections: config.outbound_max_connections,
+            connect_timeout: config.outbound_connect_timeout,
+            timeouts: config.outbound_timeouts,
             own,
-            dns_servers: Vec::new(),
-            ca_file: None,
+            dns_servers: config.dns_servers.clone(),
+            ca_file: config.tls_ca_file.clone(),
         }
     }
 }
@@ -197,8 +196,8 @@ fn client_settings(s: &OutboundSettings, relay: bool) -> ClientSettings {
         (Some(r), true) => (
             match r.tls {
                 // Implicit TLS is up before the dialog starts.
-                RelayTlsMode::Starttls => TlsPolicy::Required,
-                RelayTlsMode::Implicit | RelayTlsMode::None => TlsPolicy::Never,
+                RelayTls::Starttls => TlsPolicy::Required,
+                RelayTls::Implicit | RelayTls::None => TlsPolicy::Never,
             },
             r.credentials.clone(),
         ),
