@@ -244,7 +244,7 @@ class CA:
 
 
 @pytest.fixture(scope="session")
-def test_ca(tmp_path_factory):
+def outbound_ca(tmp_path_factory):
     return CA(tmp_path_factory.mktemp("ca"))
 
 

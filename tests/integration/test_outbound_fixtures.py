@@ -9,13 +9,13 @@ import pytest
 
 from conftest import recv_line
 from outbound_fixtures import (  # noqa: F401 (fixtures)
-    Sink, dns_server, listening, sink, smarthost, stall_server, test_ca,
+    Sink, dns_server, listening, sink, smarthost, stall_server, outbound_ca,
 )
 from test_smtp import wait_maildir
 
 
 def send(port, sender, rcpts, subject):
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as c:
         c.ehlo("client.test")
         return c.sendmail(sender, rcpts, f"Subject: {subject}\r\n\r\n.leading dot\r\nbody\r\n".encode())
 
@@ -34,7 +34,7 @@ def test_sink_dumps_each_transaction(sink):
 def test_sink_soft_reject_at_rcpt_then_restart_accepts_on_the_same_port(sink):
     s = sink("-r", "rcpt")
     port = s.port
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as c:
         c.ehlo("client.test")
         assert c.mail("a@example.test")[0] == 250
         code, text = c.rcpt("x@remote.test")
@@ -48,13 +48,13 @@ def test_sink_soft_reject_at_rcpt_then_restart_accepts_on_the_same_port(sink):
 
 def test_sink_hard_reject_at_data_and_disconnect(sink):
     s = sink("-f", "data")
-    with smtplib.SMTP("127.0.0.1", s.port, timeout=10) as c:
+    with smtplib.SMTP("127.0.0.1", s.port, local_hostname="client.test", timeout=10) as c:
         c.ehlo("client.test")
         c.mail("a@example.test")
         assert c.rcpt("x@remote.test")[0] == 250
         assert c.docmd("DATA") == (500, b"5.3.0 Error: command failed")
     s.restart("-q", "mail")
-    with smtplib.SMTP("127.0.0.1", s.port, timeout=10) as c:
+    with smtplib.SMTP("127.0.0.1", s.port, local_hostname="client.test", timeout=10) as c:
         c.ehlo("client.test")
         with pytest.raises(smtplib.SMTPServerDisconnected):
             c.mail("a@example.test")
@@ -80,13 +80,13 @@ def test_stall_server_greets_then_never_answers(stall_server):
 def test_stall_server_without_greeting(stall_server):
     st = stall_server(greet=False)
     with pytest.raises(smtplib.SMTPServerDisconnected):
-        smtplib.SMTP("127.0.0.1", st.port, timeout=0.5)
+        smtplib.SMTP("127.0.0.1", st.port, local_hostname="client.test", timeout=0.5)
     assert st.connected.is_set() and st.connections == 1
 
 
 def test_stall_server_takes_the_data_and_never_acknowledges_it(stall_server):
     st = stall_server(answer_until=".")
-    c = smtplib.SMTP("127.0.0.1", st.port, timeout=1)
+    c = smtplib.SMTP("127.0.0.1", st.port, local_hostname="client.test", timeout=1)
     c.ehlo("client.test")
     assert c.mail("a@example.test")[0] == 250
     assert c.rcpt("x@remote.test")[0] == 250
@@ -99,11 +99,11 @@ def test_stall_server_takes_the_data_and_never_acknowledges_it(stall_server):
     assert st.data == b"Subject: s\r\n\r\nbody\r\n.\r\n"
 
 
-def test_ca_signs_a_leaf_for_smarthost_test_and_127_0_0_1(test_ca):
-    r = subprocess.run(["openssl", "verify", "-CAfile", str(test_ca.ca), str(test_ca.cert)],
+def test_ca_signs_a_leaf_for_smarthost_test_and_127_0_0_1(outbound_ca):
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(outbound_ca.ca), str(outbound_ca.cert)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run(["openssl", "verify", "-CAfile", str(test_ca.other_ca), str(test_ca.cert)],
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(outbound_ca.other_ca), str(outbound_ca.cert)],
                        capture_output=True, text=True)
     assert r.returncode != 0
 
@@ -113,31 +113,31 @@ def ctx(cafile):
     return c
 
 
-def test_smarthost_tls_verifies_with_the_test_ca_by_name_and_ip(server_factory, test_ca):
-    b = smarthost(server_factory, test_ca)
+def test_smarthost_tls_verifies_with_the_test_ca_by_name_and_ip(server_factory, outbound_ca):
+    b = smarthost(server_factory, outbound_ca)
     for hostname in ("smarthost.test", "127.0.0.1"):
-        with smtplib.SMTP("127.0.0.1", b.smtp_port, timeout=10) as c:
+        with smtplib.SMTP("127.0.0.1", b.smtp_port, local_hostname="client.test", timeout=10) as c:
             c._host = hostname  # the name smtplib checks the certificate against
             c.ehlo("client.test")
-            c.starttls(context=ctx(test_ca.ca))
+            c.starttls(context=ctx(outbound_ca.ca))
             c.ehlo("client.test")
             assert c.sendmail("carol@example.test", ["bob@remote.test"], b"Subject: tls\r\n\r\nx\r\n") == {}
-    with smtplib.SMTP_SSL("127.0.0.1", b.smtps_port, timeout=10, context=ctx(test_ca.ca)) as c:
+    with smtplib.SMTP_SSL("127.0.0.1", b.smtps_port, local_hostname="client.test", timeout=10, context=ctx(outbound_ca.ca)) as c:
         c.ehlo("client.test")
-    with smtplib.SMTP("127.0.0.1", b.smtp_port, timeout=10) as c:
+    with smtplib.SMTP("127.0.0.1", b.smtp_port, local_hostname="client.test", timeout=10) as c:
         c._host = "smarthost.test"
         c.ehlo("client.test")
         with pytest.raises(ssl.SSLCertVerificationError):
-            c.starttls(context=ctx(test_ca.other_ca))
+            c.starttls(context=ctx(outbound_ca.other_ca))
     wait_maildir(b, "bob", 2)
 
 
-def test_smarthost_submission_auth_enforces_the_users_own_address(server_factory, test_ca):
-    b = smarthost(server_factory, test_ca)
-    with smtplib.SMTP("127.0.0.1", b.sub_port, timeout=10) as c:
+def test_smarthost_submission_auth_enforces_the_users_own_address(server_factory, outbound_ca):
+    b = smarthost(server_factory, outbound_ca)
+    with smtplib.SMTP("127.0.0.1", b.sub_port, local_hostname="client.test", timeout=10) as c:
         c._host = "smarthost.test"
         c.ehlo("client.test")
-        c.starttls(context=ctx(test_ca.ca))
+        c.starttls(context=ctx(outbound_ca.ca))
         c.ehlo("client.test")
         c.login("bob", "bob-pw")
         with pytest.raises(smtplib.SMTPSenderRefused):
@@ -145,19 +145,32 @@ def test_smarthost_submission_auth_enforces_the_users_own_address(server_factory
         c.rset()
         assert c.sendmail("bob@remote.test", ["alice@remote.test"], b"Subject: own\r\n\r\nx\r\n") == {}
     assert b"Subject: own" in wait_maildir(b, "alice", 1)[0].read_bytes()
-    with smtplib.SMTP("127.0.0.1", b.sub_port, timeout=10) as c:
+    with smtplib.SMTP("127.0.0.1", b.sub_port, local_hostname="client.test", timeout=10) as c:
         c._host = "smarthost.test"
         c.ehlo("client.test")
-        c.starttls(context=ctx(test_ca.ca))
+        c.starttls(context=ctx(outbound_ca.ca))
         c.ehlo("client.test")
         with pytest.raises(smtplib.SMTPAuthenticationError):
             c.login("bob", "wrong-pw")
 
 
-def test_smarthost_refuses_an_unknown_user_with_550(server_factory, test_ca):
-    b = smarthost(server_factory, test_ca)
-    with smtplib.SMTP("127.0.0.1", b.smtp_port, timeout=10) as c:
+def test_smarthost_refuses_an_unknown_user_with_550(server_factory, outbound_ca):
+    b = smarthost(server_factory, outbound_ca)
+    with smtplib.SMTP("127.0.0.1", b.smtp_port, local_hostname="client.test", timeout=10) as c:
         c.ehlo("client.test")
         c.mail("carol@example.test")
         code, _ = c.rcpt("ghost@remote.test")
         assert code == 550
+
+
+def test_a_sink_takes_over_a_stopped_stall_servers_port(stall_server, sink):
+    # The kill -9 test swaps the peer on a port the server under test is configured with.
+    st = stall_server(answer_until=".")
+    c = smtplib.SMTP("127.0.0.1", st.port, local_hostname="client.test", timeout=5)
+    c.ehlo("client.test")
+    c.close()
+    port = st.port
+    st.stop()
+    sk = sink(port=port)
+    assert send(port, "a@example.test", ["x@remote.test"], "moved") == {}
+    assert b"Subject: moved" in sk.wait_messages(1)[0]
