@@ -13,7 +13,6 @@ import os
 import re
 import smtplib
 import subprocess
-import time
 
 from conftest import BIN, free_port
 from dnsserver import NXDOMAIN, SERVFAIL

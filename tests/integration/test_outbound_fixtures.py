@@ -9,7 +9,7 @@ import pytest
 
 from conftest import recv_line
 from outbound_fixtures import (  # noqa: F401 (fixtures)
-    Sink, dns_server, listening, sink, smarthost, stall_server, outbound_ca,
+    listening, outbound_ca, sink, smarthost, stall_server,
 )
 from test_smtp import wait_maildir
 
