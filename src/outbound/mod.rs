@@ -707,7 +707,7 @@ impl Outbound {
                     "5.1.2 the domain {domain} does not exist (DNS: NXDOMAIN)"
                 ))),
                 MxResult::TempFail(why) => Some(Outcome::Temporary(format!(
-                    "4.4.3 cannot look up the MX of {domain}: {why}"
+                    "4.4.3 DNS lookup of the MX of {domain} failed: {why}"
                 ))),
             },
             (Some(i), Answer::Addresses(a)) => {
@@ -793,7 +793,17 @@ fn reason_of(o: &Outcome) -> &str {
 fn convert(o: &smtp_client::Outcome, label: &str, relay: bool) -> (Outcome, Option<String>) {
     let _ = relay;
     match o {
-        smtp_client::Outcome::Delivered(d) => (Outcome::Delivered, Some(d.text.clone())),
+        smtp_client::Outcome::Delivered(d) => {
+            // The log's `(…)` holds the server's reply, as Postfix writes it.
+            let note = d.reply.as_ref().map_or_else(
+                || d.text.clone(),
+                |r| match r.enhanced {
+                    Some(e) => format!("{} {e} {}", r.code, r.text),
+                    None => format!("{} {}", r.code, r.text),
+                },
+            );
+            (Outcome::Delivered, Some(note))
+        }
         smtp_client::Outcome::Temporary(d) => {
             (Outcome::Temporary(describe(d, label, "4.4.2")), None)
         }
@@ -809,7 +819,13 @@ fn describe(d: &smtp_client::Detail, label: &str, default: &str) -> String {
             let status = r
                 .enhanced
                 .map_or_else(|| status_from_code(r.code, default), |e| e.to_string());
-            format!("{status} {label} said: {}", d.text)
+            // The client's text is `STEP: REPLY`; written the way Postfix logs it.
+            match d.text.split_once(": ") {
+                Some((step, reply)) => {
+                    format!("{status} host {label} said: {reply} (in reply to {step})")
+                }
+                None => format!("{status} host {label} said: {}", d.text),
+            }
         }
         None => {
             // A local reason may already start with a status (ours).

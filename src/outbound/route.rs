@@ -180,7 +180,7 @@ pub fn build_routes(
                 }
             }
             AddrResult::TempFail(why) => {
-                temp.get_or_insert_with(|| format!("cannot look up {host}: {why}"));
+                temp.get_or_insert_with(|| format!("DNS lookup of {host} failed: {why}"));
             }
             AddrResult::NoAddresses | AddrResult::NxDomain => {}
         }
