@@ -7,6 +7,8 @@ use std::sync::Arc;
 use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoClientAuth, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{CertificateError, ClientConfig, ServerConfig, SupportedProtocolVersion};
 
@@ -28,6 +30,16 @@ fn verified(ca: &str) -> Arc<ClientConfig> {
 /// A server of only the given versions, presenting `cert` and signing with `key` (which
 /// need not match: `TlsIdentity` refuses that, this does not).
 fn server_with(cert: &str, key: &str, versions: &[&'static SupportedProtocolVersion]) -> Server {
+    let config = server_config(cert, key, versions, Arc::new(NoClientAuth));
+    Peer::with(TlsServerSession::new(Arc::new(config)).expect("server session"))
+}
+
+fn server_config(
+    cert: &str,
+    key: &str,
+    versions: &[&'static SupportedProtocolVersion],
+    client_auth: Arc<dyn ClientCertVerifier>,
+) -> ServerConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture(cert))
         .expect("cert file")
@@ -38,13 +50,13 @@ fn server_with(cert: &str, key: &str, versions: &[&'static SupportedProtocolVers
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .expect("versions")
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_auth)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(CertifiedKey::new(
             chain, key,
         ))));
     config.max_fragment_size = Some(TLS_MAX_FRAGMENT);
     config.send_tls13_tickets = 0;
-    Peer::with(TlsServerSession::new(Arc::new(config)).expect("server session"))
+    config
 }
 
 /// Hands what one side wrote to the other, at most `split()` bytes per read.
@@ -246,6 +258,32 @@ fn unverified_still_checks_the_handshake_signature() {
             c.error
         );
         assert_refused(&c, &s);
+    }
+}
+
+/// What a Postfix or Exim smarthost may do that postling's own server does not: send TLS 1.3
+/// session tickets after the handshake, and ask for an optional client certificate. The
+/// client ignores the tickets (no resumption) and sends no certificate.
+#[test]
+fn server_tickets_and_certificate_request() {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(
+        CertificateDer::pem_file_iter(fixture("ca-cert.pem"))
+            .expect("ca")
+            .map(|c| c.expect("pem")),
+    );
+    let asks = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .expect("client verifier");
+    for versions in [BOTH, TLS12] {
+        let mut config = server_config("ecdsa-cert.pem", "ecdsa-key.pem", versions, asks.clone());
+        config.send_tls13_tickets = 2;
+        config.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
+        let s = Peer::with(TlsServerSession::new(Arc::new(config)).expect("server"));
+        let c = client(verified("ecdsa-cert.pem"), "mail.example.test");
+        dialog(c, s, &mut || 100);
     }
 }
 
