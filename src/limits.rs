@@ -58,9 +58,17 @@ pub const TLS_MAX_FRAGMENT: usize = TLS_RECORD_OUT_MAX - TLS_CIPHER_OVERHEAD;
 /// Output room the transport needs before it reads input once the handshake is done: rustls
 /// then writes on its own only alerts and TLS 1.3 KeyUpdate replies (about 31 octets each).
 pub const TLS_OUT_MIN_TRAFFIC: usize = 256;
-/// Longest certificate or key file read: a chain of a few certificates is a few KiB; a file
-/// this large is not the PEM file meant.
+/// Longest certificate, key or CA file read: a chain of a few certificates is a few KiB, a
+/// system CA bundle about 220 KiB; a file this large is not the PEM file meant.
 pub const TLS_PEM_FILE_MAX: u64 = 1024 * 1024;
+/// The system's CA bundle for verified outbound TLS without a configured one, first found
+/// wins: Debian/Ubuntu/Alpine, Fedora/RHEL, openSUSE, and the BSDs/macOS-style location.
+pub const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
 
 // ---- SMTP (RFC 5321) ------------------------------------------------------------------------
 

@@ -30,25 +30,7 @@ impl TlsIdentity {
     /// (PKCS#8, PKCS#1 or SEC1), checks that the key belongs to the leaf certificate and builds
     /// the server configuration. An error is one sentence naming the file at fault.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<TlsIdentity, String> {
-        let cert_pem = read_pem_file(cert_path, "certificate")?;
-        let mut chain: Vec<CertificateDer<'static>> = Vec::new();
-        for item in CertificateDer::pem_slice_iter(&cert_pem) {
-            match item {
-                Ok(cert) => chain.push(cert),
-                Err(e) => {
-                    return Err(format!(
-                        "certificate file {} is not valid PEM: {e}",
-                        cert_path.display()
-                    ));
-                }
-            }
-        }
-        if chain.is_empty() {
-            return Err(format!(
-                "certificate file {} holds no certificate (no \"-----BEGIN CERTIFICATE-----\" section)",
-                cert_path.display()
-            ));
-        }
+        let chain = read_certificates(cert_path, "certificate")?;
 
         let mut key_pem = read_pem_file(key_path, "key")?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem);
@@ -121,6 +103,33 @@ impl TlsIdentity {
             not_after,
         })
     }
+}
+
+/// The certificates of a PEM file (`what`: "certificate", "CA", for the error), at least one.
+pub(super) fn read_certificates(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_pem_file(path, what)?;
+    let mut certs = Vec::new();
+    for item in CertificateDer::pem_slice_iter(&pem) {
+        match item {
+            Ok(cert) => certs.push(cert),
+            Err(e) => {
+                return Err(format!(
+                    "{what} file {} is not valid PEM: {e}",
+                    path.display()
+                ));
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "{what} file {} holds no certificate (no \"-----BEGIN CERTIFICATE-----\" section)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// Reads a whole PEM file of at most `TLS_PEM_FILE_MAX` bytes.

@@ -1,11 +1,15 @@
 //! The TLS transport: owns the server's TLS identity (certificate chain, key, the shared
-//! `rustls::ServerConfig`) and the sans-I/O TLS state of one connection. It never touches a
-//! socket, a clock or a session: the reactor moves bytes between the socket, this module and
-//! the session, on buffers the connection owns (see shared/DESIGN.md, "Transport").
+//! `rustls::ServerConfig`), the client's configurations (`client_config_verified`,
+//! `client_config_unverified`) and the sans-I/O TLS state of one connection, either side:
+//! `TlsServerSession` and `TlsClientSession` are one type, `TlsSession`, driven by the same
+//! code. It never touches a socket, a clock or a session: the reactor moves bytes between the
+//! socket, this module and the session, on buffers the connection owns (see shared/DESIGN.md,
+//! "Transport").
 //!
-//! rustls runs through its unbuffered API (`UnbufferedServerConnection`), which works on the
-//! caller's buffers instead of growable queues of its own. Session tickets and the session
-//! cache are off; every outgoing record fits half of `OUT_BUF` (`TLS_RECORD_OUT_MAX`).
+//! rustls runs through its unbuffered API (`UnbufferedServerConnection`,
+//! `UnbufferedClientConnection`), which works on the caller's buffers instead of growable
+//! queues of its own. Session tickets, session caches and resumption are off on both sides;
+//! every outgoing record fits half of `OUT_BUF` (`TLS_RECORD_OUT_MAX`).
 //!
 //! # Buffers
 //! A TLS connection uses four, all the caller's:
@@ -20,7 +24,8 @@
 //!
 //! # Call order
 //! 1. `TlsIdentity::load` once (and on reload); `TlsServerSession::new(config)` per
-//!    connection.
+//!    connection. A client: a config once, `TlsClientSession::new(config, server_name)` per
+//!    connection, then step 3 at once (its first `pump` writes the ClientHello).
 //! 2. When the socket is readable and `wants_read()`, read into the free end of `tls_in`.
 //! 3. Call `pump` with the unconsumed front of `tls_in`, the session's pending output, the
 //!    free room of the session's input buffer and the free room of `tls_out`. Then, in this
@@ -38,11 +43,18 @@
 //!
 //! Deadlines stay the reactor's: a peer that stalls mid-handshake just never completes one.
 
+mod client;
 mod identity;
 mod session;
 
+pub use client::{client_config_unverified, client_config_verified};
 pub use identity::TlsIdentity;
-pub use session::{Buffers, Progress, TlsError, TlsServerSession};
+pub use session::{
+    Buffers, Progress, TlsClientSession, TlsError, TlsServerSession, TlsSession,
+    UnbufferedConnection,
+};
 
+#[cfg(test)]
+mod client_tests;
 #[cfg(test)]
 mod tests;

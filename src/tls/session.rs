@@ -1,12 +1,15 @@
-//! `TlsServerSession`: one server-side TLS connection over rustls's unbuffered API, run on
-//! buffers its caller owns. See the module docs of `tls` for the call order.
+//! `TlsSession`: one TLS connection over rustls's unbuffered API, run on buffers its caller
+//! owns; `TlsServerSession` and `TlsClientSession` are its two sides, driven by the same
+//! code. See the module docs of `tls` for the call order.
 
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncryptError, InsufficientSizeError};
-use rustls::{CipherSuite, ProtocolVersion, ServerConfig};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::pki_types::ServerName;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncryptError, InsufficientSizeError, UnbufferedStatus};
+use rustls::{CipherSuite, ClientConfig, CommonState, ProtocolVersion, ServerConfig};
 
 use crate::limits::{
     TLS_CIPHER_OVERHEAD, TLS_IN_BUF, TLS_MAX_FRAGMENT, TLS_OUT_MIN_TRAFFIC, TLS_RECORD_HEADER,
@@ -67,6 +70,9 @@ pub enum TlsError {
     /// The caller broke a rule of the call order (a bug, never the peer's doing); the
     /// connection is closed rather than a buffer grown or a record lost.
     Internal(&'static str),
+    /// A client session was asked for a server name that is neither a DNS name nor an IP
+    /// address (the name as given).
+    ServerName(String),
 }
 
 impl fmt::Display for TlsError {
@@ -80,6 +86,9 @@ impl fmt::Display for TlsError {
                 )
             }
             TlsError::Internal(what) => write!(f, "TLS transport error: {what}"),
+            TlsError::ServerName(name) => {
+                write!(f, "TLS error: {name:?} is not a valid server name")
+            }
         }
     }
 }
@@ -93,10 +102,52 @@ enum Step {
     Fail(TlsError),
 }
 
-/// One server-side TLS connection. Holds rustls's state and, only while a decrypted record
+/// What `TlsSession` needs of a rustls unbuffered connection. rustls gives its server and
+/// client connections the same methods but no common trait; this is it, implemented for
+/// those two only.
+pub trait UnbufferedConnection: sealed::Sealed {
+    /// rustls's per-side state, the type parameter of its connection states.
+    type Data;
+    /// rustls's `process_tls_records`.
+    fn process<'c, 'i>(&'c mut self, tls_in: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    /// The state both sides share: handshake progress, version, cipher suite.
+    fn common(&self) -> &CommonState;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Implements `UnbufferedConnection` for one of rustls's two connection types.
+macro_rules! unbuffered_connection {
+    ($conn:ty, $data:ty) => {
+        impl sealed::Sealed for $conn {}
+        impl UnbufferedConnection for $conn {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                tls_in: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, $data> {
+                self.process_tls_records(tls_in)
+            }
+            fn common(&self) -> &CommonState {
+                self
+            }
+        }
+    };
+}
+unbuffered_connection!(UnbufferedServerConnection, ServerConnectionData);
+unbuffered_connection!(UnbufferedClientConnection, ClientConnectionData);
+
+/// A server-side TLS connection: waits for the ClientHello.
+pub type TlsServerSession = TlsSession<UnbufferedServerConnection>;
+/// A client-side TLS connection: its first `pump` writes the ClientHello.
+pub type TlsClientSession = TlsSession<UnbufferedClientConnection>;
+
+/// One TLS connection, either side. Holds rustls's state and, only while a decrypted record
 /// is being handed to a session whose input buffer is full, that record's remainder.
-pub struct TlsServerSession {
-    conn: UnbufferedServerConnection,
+pub struct TlsSession<C> {
+    conn: C,
     /// Decrypted plaintext that did not fit `plain_in`, from `held_from` on. Empty, with no
     /// allocation, except while the session's input buffer is full; bounded by the plaintext
     /// of one `TLS_IN_BUF` of ciphertext, because the caller reads no more ciphertext until
@@ -114,7 +165,27 @@ impl TlsServerSession {
     /// A connection in its handshake, waiting for the ClientHello.
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsServerSession, TlsError> {
         let conn = UnbufferedServerConnection::new(config).map_err(TlsError::Protocol)?;
-        Ok(TlsServerSession {
+        Ok(TlsSession::with(conn))
+    }
+}
+
+impl TlsClientSession {
+    /// A connection in its handshake to `server_name`, a DNS name (sent as SNI, and the name
+    /// a verifying `config` checks the certificate for) or an IP address literal (`192.0.2.1`,
+    /// `2001:db8::1`, no brackets). The first `pump` writes the ClientHello: call it at once,
+    /// before waiting for the socket to become readable.
+    pub fn new(config: Arc<ClientConfig>, server_name: &str) -> Result<TlsClientSession, TlsError> {
+        let name = ServerName::try_from(server_name)
+            .map_err(|_| TlsError::ServerName(server_name.to_string()))?
+            .to_owned();
+        let conn = UnbufferedClientConnection::new(config, name).map_err(TlsError::Protocol)?;
+        Ok(TlsSession::with(conn))
+    }
+}
+
+impl<C: UnbufferedConnection> TlsSession<C> {
+    fn with(conn: C) -> TlsSession<C> {
+        TlsSession {
             conn,
             held: Vec::new(),
             held_from: 0,
@@ -123,7 +194,7 @@ impl TlsServerSession {
             peer_closed: false,
             closed: false,
             error: None,
-        })
+        }
     }
 
     /// Whether the caller should read more ciphertext from the socket into `tls_in`: not
@@ -134,13 +205,13 @@ impl TlsServerSession {
 
     /// The handshake is complete.
     pub fn handshake_done(&self) -> bool {
-        !self.conn.is_handshaking()
+        !self.conn.common().is_handshaking()
     }
 
     /// Room `tls_out` must have for `pump` to read input: a whole record during the handshake
     /// (a certificate record can be that large), an alert's worth after it.
     pub fn output_room_needed(&self) -> usize {
-        if self.conn.is_handshaking() {
+        if self.conn.common().is_handshaking() {
             TLS_RECORD_OUT_MAX
         } else {
             TLS_OUT_MIN_TRAFFIC
@@ -150,15 +221,15 @@ impl TlsServerSession {
     /// Protocol version and IANA cipher suite name, once the handshake is done: for log lines
     /// and Received headers (`TLSv1.3`, `TLS_AES_256_GCM_SHA384`).
     pub fn negotiated(&self) -> Option<(&'static str, &'static str)> {
-        if self.conn.is_handshaking() {
+        if self.conn.common().is_handshaking() {
             return None;
         }
-        let version = match self.conn.protocol_version()? {
+        let version = match self.conn.common().protocol_version()? {
             ProtocolVersion::TLSv1_3 => "TLSv1.3",
             ProtocolVersion::TLSv1_2 => "TLSv1.2",
             _ => "TLS",
         };
-        let suite = match self.conn.negotiated_cipher_suite()?.suite() {
+        let suite = match self.conn.common().negotiated_cipher_suite()?.suite() {
             // rustls names the TLS 1.3 suites TLS13_*; RFC 8446 §B.4 names them TLS_*.
             CipherSuite::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
             CipherSuite::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
@@ -178,7 +249,7 @@ impl TlsServerSession {
     /// connection is closed at once.
     pub fn close_notify(&mut self) {
         self.close_requested = true;
-        if self.conn.is_handshaking() {
+        if self.conn.common().is_handshaking() {
             self.closed = true;
         }
     }
@@ -203,7 +274,7 @@ impl TlsServerSession {
             // Whatever the peer sent after a failure or after the end is of no use.
             p.tls_consumed = tls_in.len();
         }
-        p.handshake_done = !self.conn.is_handshaking();
+        p.handshake_done = !self.conn.common().is_handshaking();
         p.peer_closed = self.peer_closed;
         p.closed = self.closed;
         p.plaintext_held = self.held_len() > 0;
@@ -243,7 +314,7 @@ impl TlsServerSession {
                 p.needs_output_room = true;
                 return;
             }
-            let status = self.conn.process_tls_records(&mut tls_in[p.tls_consumed..]);
+            let status = self.conn.process(&mut tls_in[p.tls_consumed..]);
             let mut discard = status.discard;
             let step = match status.state {
                 Err(e) => Step::Fail(TlsError::Protocol(e)),
@@ -367,7 +438,8 @@ impl TlsServerSession {
                     step
                 }
                 Ok(ConnectionState::ReadEarlyData(_)) => {
-                    // `max_early_data_size` is 0: rustls never accepts 0-RTT data.
+                    // Server side only, and `max_early_data_size` is 0: rustls never accepts
+                    // 0-RTT data.
                     Step::Fail(TlsError::Internal("TLS early data"))
                 }
                 Ok(_) => Step::Fail(TlsError::Internal("unknown rustls state")),
@@ -409,7 +481,7 @@ impl TlsServerSession {
         if tls_out.len() - p.tls_out_len < TLS_OUT_MIN_TRAFFIC {
             return;
         }
-        let status = self.conn.process_tls_records(tls_in);
+        let status = self.conn.process(tls_in);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
             if let Ok(n) = encode.encode(&mut tls_out[p.tls_out_len..]) {
                 p.tls_out_len += n;

@@ -9,18 +9,19 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::UnbufferedServerConnection;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, SupportedProtocolVersion};
 
 use super::*;
 use crate::limits::{IN_BUF, OUT_BUF, TLS_IN_BUF, TLS_RECORD_OUT_MAX};
 
-fn fixture(name: &str) -> PathBuf {
+pub(super) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/tls")
         .join(name)
 }
 
-fn identity(cert: &str, key: &str) -> TlsIdentity {
+pub(super) fn identity(cert: &str, key: &str) -> TlsIdentity {
     TlsIdentity::load(&fixture(cert), &fixture(key)).expect("fixture identity loads")
 }
 
@@ -44,9 +45,9 @@ fn client(config: Arc<ClientConfig>) -> ClientConnection {
 }
 
 /// A deterministic xorshift generator: random splits that repeat on every run.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -54,36 +55,44 @@ impl Rng {
     }
 }
 
-/// The reactor's side of one TLS connection: fixed buffers of the real sizes, and the
-/// session reduced to "consume all plaintext" (or a little at a time).
-struct Server {
-    tls: TlsServerSession,
-    tls_in: Vec<u8>,
-    tls_in_len: usize,
+/// The reactor's side of one TLS connection, server or client: fixed buffers of the real
+/// sizes, and the session reduced to "consume all plaintext" (or a little at a time).
+pub(super) struct Peer<C> {
+    pub(super) tls: TlsSession<C>,
+    pub(super) tls_in: Vec<u8>,
+    pub(super) tls_in_len: usize,
     /// Room the model session offers for plaintext per pump.
-    plain_room: usize,
-    plain_in: Vec<u8>,
+    pub(super) plain_room: usize,
+    pub(super) plain_in: Vec<u8>,
     /// What the session received, and what it still has to send.
-    received: Vec<u8>,
-    plain_out: Vec<u8>,
-    tls_out: Vec<u8>,
-    tls_out_len: usize,
-    /// Everything sent to the client, not yet handed to it.
-    wire: Vec<u8>,
-    /// Everything the server sent, to check record sizes.
-    sent: Vec<u8>,
+    pub(super) received: Vec<u8>,
+    pub(super) plain_out: Vec<u8>,
+    pub(super) tls_out: Vec<u8>,
+    pub(super) tls_out_len: usize,
+    /// Everything sent to the other side, not yet handed to it.
+    pub(super) wire: Vec<u8>,
+    /// Everything this side sent, to check record sizes.
+    pub(super) sent: Vec<u8>,
     /// A socket that takes only part of the output per write.
-    slow_socket: Option<Rng>,
-    handshake_done: bool,
-    peer_closed: bool,
-    closed: bool,
-    error: Option<TlsError>,
+    pub(super) slow_socket: Option<Rng>,
+    pub(super) handshake_done: bool,
+    pub(super) peer_closed: bool,
+    pub(super) closed: bool,
+    pub(super) error: Option<TlsError>,
 }
 
+pub(super) type Server = Peer<UnbufferedServerConnection>;
+
 impl Server {
-    fn new(identity: &TlsIdentity) -> Server {
-        Server {
-            tls: TlsServerSession::new(identity.config.clone()).expect("session"),
+    pub(super) fn new(identity: &TlsIdentity) -> Server {
+        Peer::with(TlsServerSession::new(identity.config.clone()).expect("session"))
+    }
+}
+
+impl<C: UnbufferedConnection> Peer<C> {
+    pub(super) fn with(tls: TlsSession<C>) -> Peer<C> {
+        Peer {
+            tls,
             tls_in: vec![0; TLS_IN_BUF],
             tls_in_len: 0,
             plain_room: IN_BUF,
@@ -104,7 +113,7 @@ impl Server {
 
     /// Reads as much of `bytes` as the input buffer takes, when the session wants to read,
     /// then pumps. Returns how many bytes were taken.
-    fn feed(&mut self, bytes: &[u8]) -> usize {
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> usize {
         if !self.tls.wants_read() {
             self.turn();
             return 0;
@@ -116,8 +125,44 @@ impl Server {
         n
     }
 
+    /// Feeds `bytes` in reads of `piece()` bytes until all are taken, the connection is
+    /// closed or a read takes nothing. Returns how many bytes were taken.
+    pub(super) fn feed_all(&mut self, bytes: &[u8], piece: &mut dyn FnMut() -> usize) -> usize {
+        let mut at = 0;
+        while at < bytes.len() && !self.closed {
+            let want = piece().clamp(1, bytes.len() - at);
+            let n = self.feed(&bytes[at..at + want]);
+            if n == 0 {
+                break;
+            }
+            at += n;
+        }
+        at
+    }
+
+    /// Feeds bytes that are not TLS: the connection fails with a protocol error, sends at most
+    /// one alert and never plaintext, and drops what comes after.
+    pub(super) fn assert_garbage_refused(&mut self, garbage: &[u8]) {
+        self.feed(garbage);
+        assert!(self.closed, "{garbage:?}");
+        assert!(
+            matches!(self.error, Some(TlsError::Protocol(_))),
+            "{garbage:?}: {:?}",
+            self.error
+        );
+        assert!(
+            self.wire.is_empty() || self.wire[0] == 0x15,
+            "{:?}",
+            self.wire
+        );
+        assert!(self.wire.len() < 64);
+        assert!(self.received.is_empty());
+        self.feed(b"more");
+        assert_eq!(self.tls_in_len, 0);
+    }
+
     /// Pumps until nothing moves, sending the output buffer whenever it is asked to.
-    fn turn(&mut self) {
+    pub(super) fn turn(&mut self) {
         for _ in 0..100_000 {
             let room = self.plain_room.min(self.plain_in.len());
             let p = self.tls.pump(Buffers {
@@ -152,7 +197,7 @@ impl Server {
 
     /// The reactor writes the output buffer to the socket: all of it, or with a slow socket
     /// only a part, the rest waiting in the buffer for the next turn.
-    fn flush(&mut self) -> bool {
+    pub(super) fn flush(&mut self) -> bool {
         let n = match &mut self.slow_socket {
             Some(rng) => (1 + rng.below(3000)).min(self.tls_out_len),
             None => self.tls_out_len,
@@ -164,8 +209,8 @@ impl Server {
         n > 0
     }
 
-    /// Largest record (header included) the server sent.
-    fn largest_record(&self) -> usize {
+    /// Largest record (header included) this side sent.
+    pub(super) fn largest_record(&self) -> usize {
         let (mut at, mut largest) = (0, 0);
         while at + 5 <= self.sent.len() {
             let len = 5 + usize::from(u16::from_be_bytes([self.sent[at + 3], self.sent[at + 4]]));
@@ -232,7 +277,7 @@ fn drain_client(c: &mut ClientConnection, got: &mut Vec<u8>) {
     }
 }
 
-fn all_at_once() -> impl FnMut() -> usize {
+pub(super) fn all_at_once() -> impl FnMut() -> usize {
     || usize::MAX
 }
 
@@ -579,21 +624,7 @@ fn garbage_instead_of_client_hello_is_an_error() {
         b"\x16\x03\x01\x00\x05\x00\x00\x00\x00\x00",
         b"\x17\x03\x03\x00\x10AAAAAAAAAAAAAAAA",
     ] {
-        let mut s = Server::new(&id);
-        s.feed(garbage);
-        assert!(s.closed, "{garbage:?}");
-        assert!(
-            matches!(s.error, Some(TlsError::Protocol(_))),
-            "{garbage:?}: {:?}",
-            s.error
-        );
-        // At most one alert record goes back, never plaintext.
-        assert!(s.wire.is_empty() || s.wire[0] == 0x15, "{:?}", s.wire);
-        assert!(s.wire.len() < 64);
-        assert!(s.received.is_empty());
-        // Further input is dropped, not buffered.
-        s.feed(b"more");
-        assert_eq!(s.tls_in_len, 0);
+        Server::new(&id).assert_garbage_refused(garbage);
     }
 }
 
@@ -608,15 +639,7 @@ fn random_garbage_never_panics_or_grows() {
         if seed % 2 == 0 {
             bytes[..3].copy_from_slice(&[0x16, 0x03, 0x01]);
         }
-        let mut at = 0;
-        while at < bytes.len() && !s.closed {
-            let want = 1 + rng.below(300);
-            let n = s.feed(&bytes[at..(at + want).min(bytes.len())]);
-            if n == 0 {
-                break;
-            }
-            at += n;
-        }
+        s.feed_all(&bytes, &mut || 1 + rng.below(300));
         assert!(s.tls_in_len <= TLS_IN_BUF);
         assert!(s.received.is_empty());
         assert!(!s.handshake_done);
@@ -638,14 +661,7 @@ fn handshake_message_larger_than_the_input_buffer_fails() {
         bytes.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
         bytes.extend_from_slice(chunk);
     }
-    let mut at = 0;
-    while at < bytes.len() && !s.closed {
-        let n = s.feed(&bytes[at..]);
-        if n == 0 {
-            break;
-        }
-        at += n;
-    }
+    s.feed_all(&bytes, &mut all_at_once());
     assert!(s.closed, "closed, not stuck");
     assert_eq!(s.error, Some(TlsError::TooLarge));
     assert!(s.tls_in_len <= TLS_IN_BUF);
