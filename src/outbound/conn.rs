@@ -12,9 +12,33 @@ use mio::{Interest, Registry, Token};
 
 use super::Part;
 use super::route::Route;
-use crate::buf::{InBuf, OutBuf};
+use crate::buf::{InBuf, OutBuf, TlsInBuf};
 use crate::limits;
 use crate::proto::smtp_client::{ClientNext, ClientSettings, Outcome, SmtpClient};
+use crate::tls::{Buffers, TlsClientSession};
+
+/// How a connection protects itself, chosen by the manager per destination.
+#[derive(Clone)]
+pub enum TlsMode {
+    /// Never TLS (or STARTTLS refused for lack of a configuration).
+    Off,
+    /// STARTTLS when the session asks for it, with this configuration.
+    Starttls(std::sync::Arc<rustls::ClientConfig>),
+    /// TLS from the first byte (RFC 8314).
+    Implicit(std::sync::Arc<rustls::ClientConfig>),
+}
+
+/// The TLS layer of an outbound connection: ciphertext buffers around the session's
+/// plaintext ones.
+struct ClientTls {
+    session: TlsClientSession,
+    tls_in: Box<TlsInBuf>,
+    tls_out: Box<OutBuf>,
+    /// Decrypted plaintext waits in the session for room in the input buffer.
+    held: bool,
+    /// The session was told the handshake is done (STARTTLS).
+    told: bool,
+}
 
 /// Where a connection stands.
 enum State {
@@ -67,6 +91,10 @@ pub struct OutConn {
     /// Why the last connect attempts failed, for the deferral reason.
     connect_errors: Vec<String>,
     connect_timeout: std::time::Duration,
+    tls_mode: TlsMode,
+    tls: Option<Box<ClientTls>>,
+    /// TLS is up (the handshake is done), for the log.
+    pub tls_negotiated: Option<(&'static str, &'static str)>,
     /// The drive loop stopped at its bound with work left: drive again this turn.
     pub more: bool,
 }
@@ -79,6 +107,7 @@ impl OutConn {
         routes: Rc<Vec<Route>>,
         part: Part,
         settings: Rc<ClientSettings>,
+        tls_mode: TlsMode,
         connect_timeout: std::time::Duration,
         registry: &Registry,
         now: Instant,
@@ -100,6 +129,9 @@ impl OutConn {
             sent: 0,
             connect_errors: Vec::new(),
             connect_timeout,
+            tls_mode,
+            tls: None,
+            tls_negotiated: None,
             more: false,
         };
         if c.connect_from(0, registry, now) {
@@ -155,6 +187,7 @@ impl OutConn {
                     self.eof = false;
                     self.input.clear();
                     self.output.clear();
+                    self.tls = None;
                     self.state = State::Connecting {
                         deadline: now + self.connect_timeout,
                     };
@@ -265,8 +298,24 @@ impl OutConn {
                         out.closed = true;
                         return out;
                     };
-                    let client = SmtpClient::new(self.settings.clone(), part.message(), false, now);
+                    let message = part.message();
+                    let implicit = match &self.tls_mode {
+                        TlsMode::Implicit(config) => Some(config.clone()),
+                        _ => None,
+                    };
+                    let mut failed = None;
+                    if let Some(config) = implicit {
+                        failed = self.start_tls(config).err();
+                    }
+                    let tls_up = self.tls.is_some() || failed.is_some();
+                    let mut client = SmtpClient::new(self.settings.clone(), message, tls_up, now);
+                    if let Some(why) = failed {
+                        // The recipients defer at once with the reason.
+                        client.abort(&why);
+                    }
                     self.state = State::Session(Box::new(client));
+                    // The client speaks first in TLS: its hello goes out now.
+                    self.pump_tls();
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => {
                     // Not yet (a spurious wake-up): wait for the next event.
@@ -321,9 +370,21 @@ impl OutConn {
                     }
                 }
                 ClientNext::StartTls => {
-                    // No TLS client in this build of the connection: give up on TLS here.
+                    // Response injection: nothing the server sent before the handshake counts.
                     self.input.clear();
-                    client.abort("4.7.0 TLS is not available for outbound connections");
+                    if self.tls.is_none() {
+                        let started = match &self.tls_mode {
+                            TlsMode::Starttls(config) => self.start_tls(config.clone()),
+                            _ => Err("4.7.0 STARTTLS without a TLS configuration".to_string()),
+                        };
+                        if let Err(e) = started {
+                            if let State::Session(client) = &mut self.state {
+                                client.abort(&e);
+                            }
+                        }
+                    } else if !self.can_read && !self.can_write {
+                        return out;
+                    }
                 }
                 ClientNext::MessageDone => {
                     let outcomes = client.take_outcomes().unwrap_or_default();
@@ -443,45 +504,161 @@ impl OutConn {
         taken > 0
     }
 
+    /// Starts the TLS layer for the route's name (SNI, and the name a verified
+    /// configuration checks).
+    fn start_tls(&mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Result<(), String> {
+        let name = self
+            .routes
+            .get(self.route)
+            .map_or_else(String::new, |r| r.host.clone());
+        let session = TlsClientSession::new(config, &name)
+            .map_err(|e| format!("4.7.0 TLS with {name}: {e}"))?;
+        self.tls = Some(Box::new(ClientTls {
+            session,
+            tls_in: TlsInBuf::new_boxed(),
+            tls_out: OutBuf::new_boxed(),
+            held: false,
+            told: false,
+        }));
+        Ok(())
+    }
+
     fn read(&mut self) -> io::Result<()> {
         let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        let spare = self.input.spare_mut();
-        loop {
-            match s.read(spare) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(());
+        let (buf, wants) = match self.tls.as_mut() {
+            Some(t) => {
+                let wants = t.session.wants_read() && !t.held;
+                (&mut *t.tls_in, wants)
+            }
+            None => {
+                let spare_ok = !self.input.is_full();
+                // (Plaintext goes straight into the session's input.)
+                let n = if spare_ok {
+                    read_into(s, &mut self.input, &mut self.eof, &mut self.can_read)?
+                } else {
+                    0
+                };
+                let _ = n;
+                return Ok(());
+            }
+        };
+        if wants && !buf.is_full() {
+            read_into(s, buf, &mut self.eof, &mut self.can_read)?;
+        }
+        self.pump_tls();
+        Ok(())
+    }
+
+    /// Moves bytes through the TLS layer until it stops: ciphertext in → plaintext into the
+    /// session's input; the session's output → records to send.
+    fn pump_tls(&mut self) {
+        let Some(t) = self.tls.as_mut() else {
+            return;
+        };
+        for _ in 0..limits::TLS_PUMPS_PER_CALL {
+            let p = t.session.pump(Buffers {
+                tls_in: t.tls_in.bytes_mut(),
+                plain_out: self.output.bytes(),
+                plain_in: self.input.spare_mut(),
+                tls_out: t.tls_out.spare_mut(),
+            });
+            t.tls_in.consume(p.tls_consumed);
+            self.output.consume(p.plain_consumed);
+            self.input.commit(p.plaintext_len);
+            t.tls_out.commit(p.tls_out_len);
+            t.held = p.plaintext_held;
+            if let Some(e) = p.error {
+                let label = self
+                    .routes
+                    .get(self.route)
+                    .map_or_else(|| "the server".to_string(), Route::label);
+                let why = if t.session.handshake_done() {
+                    format!("4.7.0 TLS with {label} failed: {e}")
+                } else {
+                    format!("4.7.0 TLS handshake with {label} failed: {e}")
+                };
+                if let State::Session(c) = &mut self.state {
+                    c.abort(&why);
                 }
-                Ok(n) => {
-                    self.input.commit(n);
-                    return Ok(());
+                return;
+            }
+            if t.session.handshake_done() && !t.told {
+                t.told = true;
+                self.tls_negotiated = t.session.negotiated();
+                if let State::Session(c) = &mut self.state {
+                    // After STARTTLS the dialog starts over; with implicit TLS the session
+                    // was made with TLS up and ignores this.
+                    c.tls_established(Instant::now());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.can_read = false;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            }
+            if (p.peer_closed || p.closed) && !p.plaintext_held {
+                self.eof = true;
+            }
+            let moved = p.tls_consumed + p.plain_consumed + p.plaintext_len + p.tls_out_len > 0;
+            if !moved || p.closed {
+                return;
             }
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.tls.is_some() {
+            self.pump_tls();
+        }
         let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        while !self.output.is_empty() && self.can_write {
-            match s.write(self.output.bytes()) {
+        let buf = match self.tls.as_mut() {
+            Some(t) => &mut *t.tls_out,
+            None => &mut *self.output,
+        };
+        while !buf.is_empty() && self.can_write {
+            match s.write(buf.bytes()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.output.consume(n),
+                Ok(n) => buf.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.can_write = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        if self.tls.is_some() && !self.output.is_empty() && self.can_write {
+            // Records went out: encrypt more of what waits.
+            self.pump_tls();
+        }
         Ok(())
+    }
+}
+
+/// One read from the socket into `buf`; notes EOF and WouldBlock.
+fn read_into<const N: usize>(
+    s: &mut TcpStream,
+    buf: &mut crate::buf::Buf<N>,
+    eof: &mut bool,
+    can_read: &mut bool,
+) -> io::Result<usize> {
+    let spare = buf.spare_mut();
+    if spare.is_empty() {
+        return Ok(0);
+    }
+    loop {
+        match s.read(spare) {
+            Ok(0) => {
+                *eof = true;
+                return Ok(0);
+            }
+            Ok(n) => {
+                buf.commit(n);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *can_read = false;
+                return Ok(0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

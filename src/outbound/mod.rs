@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use log::info;
 use mio::{Registry, Token};
 
-use self::conn::{Driven, OutConn};
+use self::conn::{Driven, OutConn, TlsMode};
 use self::dns::DnsDriver;
 use self::route::{DestKey, Route, build_routes, usable_mx};
 use crate::config::values::RelayTls;
@@ -179,6 +179,11 @@ pub struct Outbound {
     settings: Rc<OutboundSettings>,
     relay_client: Rc<ClientSettings>,
     mx_client: Rc<ClientSettings>,
+    /// TLS towards the smarthost, or why it cannot be had (a bad `tls_ca_file`): the relay's
+    /// mail then defers with that reason.
+    relay_tls: Result<TlsMode, String>,
+    /// Opportunistic STARTTLS towards an MX (RFC 7435), made at the first use.
+    mx_tls: Option<TlsMode>,
     registry: Registry,
     dns: DnsDriver,
     dests: HashMap<DestKey, Dest>,
@@ -201,7 +206,8 @@ fn client_settings(s: &OutboundSettings, relay: bool) -> ClientSettings {
             },
             r.credentials.clone(),
         ),
-        _ => (TlsPolicy::Never, None),
+        // To an MX: encrypt when offered (RFC 7435).
+        _ => (TlsPolicy::Opportunistic, None),
     };
     ClientSettings {
         helo_name: s.hostname.clone(),
@@ -211,10 +217,37 @@ fn client_settings(s: &OutboundSettings, relay: bool) -> ClientSettings {
     }
 }
 
+/// The TLS a smarthost connection uses: verified against `tls_ca_file` (or the system's
+/// bundle) unless `relay_tls_verify = no`.
+fn relay_tls(s: &OutboundSettings) -> Result<TlsMode, String> {
+    let Some(r) = &s.relay else {
+        return Ok(TlsMode::Off);
+    };
+    let config = || {
+        if r.verify {
+            crate::tls::client_config_verified(s.ca_file.as_deref())
+                .map_err(|e| format!("4.7.5 cannot verify {}: {e}", r.host))
+        } else {
+            Ok(crate::tls::client_config_unverified())
+        }
+    };
+    Ok(match r.tls {
+        RelayTls::None => TlsMode::Off,
+        RelayTls::Starttls => TlsMode::Starttls(config()?),
+        RelayTls::Implicit => TlsMode::Implicit(config()?),
+    })
+}
+
 impl Outbound {
     pub fn new(settings: OutboundSettings, registry: Registry) -> Outbound {
         let dns = DnsDriver::new(settings.dns_servers.clone(), TOKEN_BASE, DNS_TCP_TOKENS);
+        let relay_tls = relay_tls(&settings);
+        if let Err(e) = &relay_tls {
+            log::warn!("relay_host: {e}; mail for it waits until this is fixed");
+        }
         Outbound {
+            relay_tls,
+            mx_tls: None,
             relay_client: Rc::new(client_settings(&settings, true)),
             mx_client: Rc::new(client_settings(&settings, false)),
             settings: Rc::new(settings),
@@ -233,6 +266,10 @@ impl Outbound {
     /// A config reload: new connections use the new settings; routes are looked up again.
     pub fn set_settings(&mut self, settings: OutboundSettings) {
         self.dns.set_servers(settings.dns_servers.clone());
+        self.relay_tls = relay_tls(&settings);
+        if let Err(e) = &self.relay_tls {
+            log::warn!("relay_host: {e}; mail for it waits until this is fixed");
+        }
         self.relay_client = Rc::new(client_settings(&settings, true));
         self.mx_client = Rc::new(client_settings(&settings, false));
         self.settings = Rc::new(settings);
@@ -555,16 +592,32 @@ impl Outbound {
                 }
             };
             let relay = *key == DestKey::Relay;
-            let client = if relay {
-                self.relay_client.clone()
+            let (client, tls) = if relay {
+                match &self.relay_tls {
+                    Ok(t) => (self.relay_client.clone(), t.clone()),
+                    Err(e) => {
+                        let o = Outcome::Temporary(e.clone());
+                        d.queue.push_front(part);
+                        self.free.push(slot);
+                        self.fail_waiting(key, &o);
+                        return;
+                    }
+                }
             } else {
-                self.mx_client.clone()
+                let tls = self
+                    .mx_tls
+                    .get_or_insert_with(
+                        || TlsMode::Starttls(crate::tls::client_config_unverified()),
+                    )
+                    .clone();
+                (self.mx_client.clone(), tls)
             };
             match OutConn::open(
                 Token(CONN_TOKEN_BASE + slot),
                 list,
                 part,
                 client,
+                tls,
                 self.settings.connect_timeout,
                 &self.registry,
                 now,
