@@ -28,6 +28,13 @@ pub enum TlsMode {
     Implicit(std::sync::Arc<rustls::ClientConfig>),
 }
 
+/// How a new connection talks: the client session's settings, TLS, the connect timeout.
+pub struct Setup {
+    pub client: Rc<ClientSettings>,
+    pub tls: TlsMode,
+    pub connect_timeout: std::time::Duration,
+}
+
 /// The TLS layer of an outbound connection: ciphertext buffers around the session's
 /// plaintext ones.
 struct ClientTls {
@@ -106,12 +113,15 @@ impl OutConn {
         token: Token,
         routes: Rc<Vec<Route>>,
         part: Part,
-        settings: Rc<ClientSettings>,
-        tls_mode: TlsMode,
-        connect_timeout: std::time::Duration,
+        setup: Setup,
         registry: &Registry,
         now: Instant,
     ) -> Result<OutConn, Box<(Part, String)>> {
+        let Setup {
+            client: settings,
+            tls: tls_mode,
+            connect_timeout,
+        } = setup;
         let mut c = OutConn {
             token,
             routes,

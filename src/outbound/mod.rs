@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use log::info;
 use mio::{Registry, Token};
 
-use self::conn::{Driven, OutConn, TlsMode};
+use self::conn::{Driven, OutConn, Setup, TlsMode};
 use self::dns::DnsDriver;
 use self::route::{DestKey, Route, build_routes, usable_mx};
 use crate::config::values::RelayTls;
@@ -616,9 +616,11 @@ impl Outbound {
                 Token(CONN_TOKEN_BASE + slot),
                 list,
                 part,
-                client,
-                tls,
-                self.settings.connect_timeout,
+                Setup {
+                    client,
+                    tls,
+                    connect_timeout: self.settings.connect_timeout,
+                },
                 &self.registry,
                 now,
             ) {

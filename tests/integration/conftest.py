@@ -83,6 +83,9 @@ class Server:
             # The tests connect from loopback, which relay_networks lets relay by default;
             # empty, they see what any outside client sees (test_submission covers both).
             "relay_networks": "",
+            # No test may ask the machine's resolver: mail for other domains is looked up
+            # here, where nothing answers (tests of delivery by MX run their own server).
+            "dns_servers": f"127.0.0.1:{free_port()}",
         }
         self.settings.update(settings)
         self.write_config()

@@ -2,13 +2,16 @@
 a message still queued, never a second one (not after more retries, not after a restart),
 and `postling -q` showing each waiting recipient's last reason under it.
 
-The message goes to an alias that forwards outside: without a relay it is deferred on every
-attempt and never leaves the machine."""
+The message goes to an alias that forwards outside, to a domain whose DNS server (run by the
+test on loopback) answers SERVFAIL: it is deferred on every attempt and never leaves the
+machine."""
 import re
 import subprocess
 import time
 
 from conftest import ALIASES, BIN
+from dnsserver import SERVFAIL
+from outbound_fixtures import dns_server  # noqa: F401 (fixture)
 from test_smtp import maildir_messages, wait_maildir
 
 
@@ -45,8 +48,9 @@ def warnings(server):
     return [p for p in maildir_messages(server, "bob") if b"Action: delayed" in p.read_bytes()]
 
 
-def test_one_delay_warning_reaches_the_sender_and_never_a_second(server_factory):
-    s = server_factory(delay_warning_time="1s", retry_min="1s", retry_max="1s")
+def test_one_delay_warning_reaches_the_sender_and_never_a_second(server_factory, dns_server):
+    dns = dns_server({"elsewhere.test": SERVFAIL})
+    s = server_factory(delay_warning_time="1s", retry_min="1s", retry_max="1s", dns_servers=dns.address)
     (s.dir / "aliases").write_text(ALIASES + "fwd: far@elsewhere.test\n")
     s.start()
     qid = send(s, "bob@example.test", ["fwd@example.test", "alice@example.test"])
@@ -55,7 +59,7 @@ def test_one_delay_warning_reaches_the_sender_and_never_a_second(server_factory)
     report = warnings(s)[0].read_bytes()
     assert b"Subject: Delayed Mail (still being retried)" in report
     assert b"Final-Recipient: rfc822; fwd@example.test\nAction: delayed\nStatus: 4." in report
-    assert b"needs a relay" in report and b"keep trying until " in report
+    assert b"DNS lookup of the MX of elsewhere.test failed" in report and b"keep trying until " in report
     assert b"alice@example.test" not in report.split(b"Delayed Message Headers")[0], "delivered"
     # More retries send no second warning.
     seen = s.log().count(f"{qid}: deferred")
@@ -63,7 +67,7 @@ def test_one_delay_warning_reaches_the_sender_and_never_a_second(server_factory)
     assert s.log().count(f"{qid}: sender delay notification: ") == 1
     # `postling -q`: the waiting recipient with its last reason under it.
     text = listing(s)
-    assert re.search(r"\n  fwd@example\.test\n      \(forwarding to far@elsewhere\.test needs a relay[^\n]*\)\n", text), text
+    assert re.search(r"\n  fwd@example\.test\n      \(4\.4\.3 DNS lookup of the MX of elsewhere\.test failed[^\n]*\)\n", text), text
     assert "alice@example.test" not in text
     # Nor after a restart: the state file says the warning went.
     s.stop()
@@ -75,8 +79,9 @@ def test_one_delay_warning_reaches_the_sender_and_never_a_second(server_factory)
     assert len(maildir_messages(s, "bob")) == 1
 
 
-def test_no_delay_warning_when_turned_off(server_factory):
-    s = server_factory(delay_warning_time="0", retry_min="1s", retry_max="1s")
+def test_no_delay_warning_when_turned_off(server_factory, dns_server):
+    dns = dns_server({"elsewhere.test": SERVFAIL})
+    s = server_factory(delay_warning_time="0", retry_min="1s", retry_max="1s", dns_servers=dns.address)
     (s.dir / "aliases").write_text(ALIASES + "fwd: far@elsewhere.test\n")
     s.start()
     qid = send(s, "bob@example.test", ["fwd@example.test"])
