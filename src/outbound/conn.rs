@@ -74,6 +74,8 @@ pub struct Driven {
     pub finished: Vec<(Part, Vec<Outcome>, String)>,
     /// The connection is over (its part, if any, is in `finished`).
     pub closed: bool,
+    /// A STARTTLS handshake failed: opportunistic TLS may try again in plain text.
+    pub tls_failed: bool,
 }
 
 pub struct OutConn {
@@ -102,6 +104,8 @@ pub struct OutConn {
     tls: Option<Box<ClientTls>>,
     /// TLS is up (the handshake is done), for the log.
     pub tls_negotiated: Option<(&'static str, &'static str)>,
+    /// A STARTTLS handshake failed on this connection.
+    tls_failed: bool,
     /// The drive loop stopped at its bound with work left: drive again this turn.
     pub more: bool,
 }
@@ -142,6 +146,7 @@ impl OutConn {
             tls_mode,
             tls: None,
             tls_negotiated: None,
+            tls_failed: false,
             more: false,
         };
         if c.connect_from(0, registry, now) {
@@ -439,6 +444,7 @@ impl OutConn {
                     self.close_socket(registry);
                     self.state = State::Done;
                     out.closed = true;
+                    out.tls_failed = self.tls_failed;
                     return out;
                 }
             }
@@ -587,6 +593,7 @@ impl OutConn {
                 let why = if t.session.handshake_done() {
                     format!("4.7.0 TLS with {label} failed: {e}")
                 } else {
+                    self.tls_failed = matches!(self.tls_mode, TlsMode::Starttls(_));
                     format!("4.7.0 TLS handshake with {label} failed: {e}")
                 };
                 if let State::Session(c) = &mut self.state {

@@ -167,6 +167,9 @@ struct Dest {
     queue: VecDeque<Part>,
     active: usize,
     routes: Routes,
+    /// An MX failed the STARTTLS handshake: opportunistic TLS (RFC 7435 §3) goes on in
+    /// plain text for this destination, as Postfix's `may` level does.
+    plain_only: bool,
 }
 
 /// The outcomes of one message's remote recipients, gathered over its parts.
@@ -179,6 +182,8 @@ pub struct Outbound {
     settings: Rc<OutboundSettings>,
     relay_client: Rc<ClientSettings>,
     mx_client: Rc<ClientSettings>,
+    /// To an MX whose STARTTLS failed (`Dest::plain_only`).
+    mx_plain_client: Rc<ClientSettings>,
     /// TLS towards the smarthost, or why it cannot be had (a bad `tls_ca_file`): the relay's
     /// mail then defers with that reason.
     relay_tls: Result<TlsMode, String>,
@@ -217,6 +222,11 @@ fn client_settings(s: &OutboundSettings, relay: bool) -> ClientSettings {
     }
 }
 
+fn plain(mut c: ClientSettings) -> ClientSettings {
+    c.tls = TlsPolicy::Never;
+    c
+}
+
 /// The TLS a smarthost connection uses: verified against `tls_ca_file` (or the system's
 /// bundle) unless `relay_tls_verify = no`.
 fn relay_tls(s: &OutboundSettings) -> Result<TlsMode, String> {
@@ -250,6 +260,7 @@ impl Outbound {
             mx_tls: None,
             relay_client: Rc::new(client_settings(&settings, true)),
             mx_client: Rc::new(client_settings(&settings, false)),
+            mx_plain_client: Rc::new(plain(client_settings(&settings, false))),
             settings: Rc::new(settings),
             registry,
             dns,
@@ -272,6 +283,7 @@ impl Outbound {
         }
         self.relay_client = Rc::new(client_settings(&settings, true));
         self.mx_client = Rc::new(client_settings(&settings, false));
+        self.mx_plain_client = Rc::new(plain(client_settings(&settings, false)));
         self.settings = Rc::new(settings);
         for d in self.dests.values_mut() {
             if let Routes::Ready { .. } = d.routes {
@@ -356,6 +368,7 @@ impl Outbound {
                     queue: VecDeque::new(),
                     active: 0,
                     routes: Routes::Unknown,
+                    plain_only: false,
                 })
                 .queue
                 .push_back(part);
@@ -437,8 +450,24 @@ impl Outbound {
 
     fn after_drive(&mut self, slot: usize, key: &DestKey, driven: Driven, now: Instant) {
         let relay = *key == DestKey::Relay;
+        let retry_plain = driven.tls_failed && !relay;
         for (part, outcomes, label) in driven.finished {
-            self.part_done(part, &outcomes, &label, relay);
+            let dest = self.dests.get_mut(key);
+            match dest {
+                Some(d) if retry_plain && !d.plain_only => {
+                    info!(
+                        "{}: STARTTLS with {label} failed; trying again without TLS",
+                        part.id
+                    );
+                    d.queue.push_front(part);
+                }
+                _ => self.part_done(part, &outcomes, &label, relay),
+            }
+        }
+        if retry_plain {
+            if let Some(d) = self.dests.get_mut(key) {
+                d.plain_only = true;
+            }
         }
         if driven.closed {
             self.release(slot);
@@ -603,6 +632,8 @@ impl Outbound {
                         return;
                     }
                 }
+            } else if d.plain_only {
+                (self.mx_plain_client.clone(), TlsMode::Off)
             } else {
                 let tls = self
                     .mx_tls

@@ -517,3 +517,76 @@ def test_log_lines_for_a_sent_and_a_bounced_remote_recipient(server_factory, dns
     lines = [l for l in a.log().splitlines() if f"{qid}: to=<" in l]
     assert len(lines) == 2, lines  # one line per recipient
     a.wait_log(f"{qid}: removed\n")
+
+
+class BrokenTlsMx:
+    """An MX that offers STARTTLS and then answers the handshake with garbage, and takes the
+    mail in plain text on a connection that does not ask for TLS."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.starttls = 0
+        self.messages = []
+        self.done = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                f = conn.makefile("rb")
+                conn.sendall(b"220 mx.remote.test ESMTP\r\n")
+                data = None
+                for line in f:
+                    cmd = line.strip().upper()
+                    if data is not None:
+                        if line in (b".\r\n", b".\n"):
+                            self.messages.append(b"".join(data))
+                            data = None
+                            conn.sendall(b"250 2.0.0 taken\r\n")
+                            self.done.set()
+                        else:
+                            data.append(line)
+                    elif cmd.startswith(b"EHLO"):
+                        conn.sendall(b"250-mx.remote.test\r\n250 STARTTLS\r\n")
+                    elif cmd == b"STARTTLS":
+                        self.starttls += 1
+                        conn.sendall(b"220 go ahead\r\n")
+                        f.read(1)  # the ClientHello's first byte
+                        conn.sendall(b"this is not TLS\r\n")
+                        break
+                    elif cmd == b"DATA":
+                        data = []
+                        conn.sendall(b"354 go\r\n")
+                    elif cmd == b"QUIT":
+                        conn.sendall(b"221 bye\r\n")
+                        break
+                    else:
+                        conn.sendall(b"250 ok\r\n")
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_an_mx_whose_starttls_fails_gets_the_mail_in_plain_text(server_factory, dns_server):
+    """Opportunistic TLS (RFC 7435): a failed handshake is not a reason to keep the mail."""
+    mx = BrokenTlsMx()
+    try:
+        dns = dns_server(ZONE)
+        a = mx_server(server_factory, dns, mx.port)
+        qid = send(a, ["bob@remote.test"], "tls broken")
+        relay, reply = to_line(a, qid, "bob@remote.test", "sent")
+        assert reply.startswith("250 2.0.0 taken"), reply
+        assert mx.starttls == 1 and len(mx.messages) == 1
+        assert b"Subject: tls broken" in mx.messages[0]
+        assert "STARTTLS with mx.remote.test[127.0.0.1]" in a.log() and "trying again without TLS" in a.log()
+    finally:
+        mx.stop()
