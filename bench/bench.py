@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import selectors
 import shutil
 import signal
@@ -42,7 +43,7 @@ TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BIN = Path(os.environ.get("POSTLING_BENCH_BIN", TARGET_DIR / "release" / "postling"))
 
 FIGURES = ["parsers", "durability", "smtp1", "smtp20", "pop3", "idle", "memory", "deferred", "footprint", "tls",
-           "authflood"]
+           "authflood", "relay"]
 SIZE = 4096
 SENDER = "bench@example.org"
 
@@ -667,6 +668,275 @@ def authflood(pop_server, smtp_server, seconds, conns):
     return out
 
 
+# ---- relaying (issue 13) --------------------------------------------------------------------
+
+# The recipients' domain: local to neither server, so both relay it to the sink.
+RELAY_DOMAIN = "relay.example.net"
+
+
+class Sink:
+    """Postfix's smtp-sink on a loopback port: one event-driven process that accepts every
+    message and throws it away, with a running counter (`-c`, which it updates whenever "."
+    is received) written to a file. `-u nobody`: smtp-sink refuses to run as root without it.
+    A listen backlog of 1,024 so no connection waits for the accept queue."""
+
+    def __init__(self, work):
+        self.port = free_port()
+        self.out_path = work / f"smtp-sink-{self.port}.out"
+        self.out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(["smtp-sink", "-c", "-u", "nobody", "-h", "sink.example.net",
+                                      f"127.0.0.1:{self.port}", "1024"],
+                                     stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise RuntimeError(f"smtp-sink did not start: {self.out_path.read_text(errors='replace')[-300:]}")
+
+    def counters(self):
+        """(sessions, messages) received so far, from the last record of the counter."""
+        with open(self.out_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 200))
+            tail = f.read()
+        # Records are `sess=S quit=Q mesg=M\r`; the last one may still be half written.
+        done = re.findall(rb"sess=(\d+) quit=\d+ mesg=(\d+)\r", tail)
+        return (int(done[-1][0]), int(done[-1][1])) if done else (0, 0)
+
+    def count(self):
+        return self.counters()[1]
+
+    def ticks(self):
+        """The sink's CPU time (utime + stime, 1/100 s): is it near a whole CPU (a bottleneck)?"""
+        c = procstat.proc_counters(self.proc.pid)
+        return c[1]["ticks"] if c else 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+
+
+class StallSink:
+    """A loopback listener that accepts connections and never says anything (no greeting):
+    each relay's outbound connections stay open, waiting, while their memory is measured."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+
+    def accept_all(self):
+        """Accepts what is waiting (without blocking); returns the connections held."""
+        self.sock.setblocking(False)
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except BlockingIOError:
+                return len(self.held)
+            self.held.append(c)
+
+    def drop(self):
+        for c in self.held:
+            c.close()
+        self.held = []
+
+    def close(self):
+        self.drop()
+        self.sock.close()
+
+
+def relay_conf(server, port, hold=None):
+    """The relay settings, for relaying to 127.0.0.1:port; `hold`: the connections per
+    destination wanted at once (the memory step), else each server's defaults."""
+    if server.name == "postling":
+        conf = {"relay_host": f"127.0.0.1:{port}", "relay_tls": "none"}
+        if hold:
+            conf.update(outbound_concurrency=hold, outbound_max_connections=hold)
+        return conf
+    # Postfix: everything not local goes to the sink (`[...]`: no MX lookup); no TLS to it
+    # (smtp_tls_security_level is empty by default). Loopback clients may relay (mynetworks).
+    conf = {"relayhost": f"[127.0.0.1]:{port}"}
+    if hold:
+        # Postfix starts a destination at 5 connections and adds one per successful delivery;
+        # a sink that never answers would keep it at 5.
+        conf.update(initial_destination_concurrency=hold, default_destination_concurrency_limit=hold)
+    return conf
+
+
+def reconfigure(server, conf):
+    """Stops `server`, sets it up again with the relay settings `conf` and starts it. Raises
+    with the server's own words if it refuses the config (postling -t) or does not start."""
+    server.stop()
+    server.relay_conf = conf
+    server.setup()
+    server.start()
+
+
+def one_line(e):
+    """An error as one line, config paths shortened (it goes into a Markdown table)."""
+    text = re.sub(r"/\S*/(postling\.conf|main\.cf)", r"\1", str(e))
+    return " / ".join(l.strip() for l in text.splitlines() if l.strip())
+
+
+def queue_summary(server):
+    if server.name == "postling":
+        out = sh([str(server.binary), "-q", "-c", str(server.conf)], check=False)
+        text = (out.stdout + out.stderr).strip().splitlines()
+    else:
+        text = server.postfix("postqueue", "-p", check=False).strip().splitlines()
+    return " / ".join(text[:4])[:400]
+
+
+def relay_round(server, sink, sessions, messages, stall):
+    """20 sessions send `messages` × 4 KiB to a remote domain; the server relays them to the
+    sink. A side session sends NOOPs from the start until the sink has them all. Fails
+    (instead of waiting forever) when smtp-source fails or the sink has received nothing new
+    for `stall` seconds."""
+    base_sessions, base = sink.counters()
+    base_ticks = sink.ticks()
+    side = SideSession(server.smtp_port)
+    src = None
+    try:
+        t0 = time.perf_counter()
+        src = smtp_source(server.smtp_port, sessions, messages, f"user@{RELAY_DOMAIN}")
+        accepted = None
+        got, progress = 0, time.time()
+        while True:
+            if accepted is None and src.poll() is not None:
+                accepted = time.perf_counter() - t0
+                if src.returncode != 0:
+                    err = src.stderr.read().decode(errors="replace").strip()
+                    raise RuntimeError(f"smtp-source exit {src.returncode}: {err[:300]}")
+            n = sink.count() - base
+            if n != got:
+                got, progress = n, time.time()
+            if got >= messages and accepted is not None:
+                break
+            if time.time() - progress > stall:
+                raise RuntimeError(f"the sink has {got}/{messages} messages and received none for {stall} s "
+                                   f"(smtp-source {'done' if accepted else 'still running'}); "
+                                   f"queue: {queue_summary(server)}")
+            side.noop()
+            time.sleep(0.001)
+        until = time.perf_counter() - t0
+    finally:
+        if src and src.poll() is None:
+            os.killpg(src.pid, signal.SIGKILL)
+            src.wait()
+        side.close()
+    lat = side.samples
+    sink_ticks = sink.ticks() - base_ticks
+    return {"rate": messages / accepted, "until": until, "sunk": got, "messages": messages,
+            "sink_sessions": sink.counters()[0] - base_sessions, "sink_ticks": sink_ticks,
+            "sink_cpu": sink_ticks / 100 / until,
+            "noop_n": len(lat), "noop_p50": percentile(lat, 50) * 1000 if lat else None,
+            "noop_p99": percentile(lat, 99) * 1000 if lat else None}
+
+
+def relay_hold(server, hold, timeout=60):
+    """RSS per outbound connection: the server relays to a listener that never answers; with
+    `hold` connections open to it, the memory of those connections. postling: (RSS of the
+    process tree with them − RSS just before the messages were sent) ÷ connections. Postfix
+    holds each in an `smtp` process: those processes' RSS (and PSS) ÷ connections."""
+    stall = StallSink()
+    try:
+        reconfigure(server, relay_conf(server, stall.port, hold))
+        time.sleep(2)
+        before_rss, before_pss = procstat.memory_kib(server.pids())
+        src = smtp_source(server.smtp_port, 10, 2 * hold, f"user@{RELAY_DOMAIN}")
+        deadline = time.time() + timeout
+        while stall.accept_all() < hold and time.time() < deadline:
+            time.sleep(0.1)
+        src.wait(60)
+        time.sleep(2)
+        held = stall.accept_all()
+        pids = server.pids()
+        rss, pss = procstat.memory_kib(pids)
+        out = {"held": held, "wanted": hold, "rss_before": before_rss, "rss": rss, "pss_before": before_pss,
+               "pss": pss, "processes": len(pids), "source_status": src.returncode}
+        if server.name == "postfix":
+            smtp = [p for p in pids if comm(p) == "smtp"]
+            out["smtp_processes"] = len(smtp)
+            out["smtp_rss"], out["smtp_pss"] = procstat.memory_kib(smtp)
+            per = (out["smtp_rss"], out["smtp_pss"])
+        else:
+            per = (rss - before_rss, pss - before_pss)
+        if not held:
+            raise RuntimeError(f"no outbound connection reached the stalling listener in {timeout} s "
+                               f"(smtp-source exit {src.returncode}); queue: {queue_summary(server)}")
+        out["kib_per_conn"], out["pss_kib_per_conn"] = per[0] / held, per[1] / held
+        return out
+    finally:
+        server.stop()  # its connections close with it
+        if server.name == "postfix":
+            server.purge_queue()
+        stall.close()
+
+
+def relay_figure(servers, rounds, sessions, messages, hold, stall):
+    """Each server relays to its own smtp-sink. A server that fails (postling before
+    forwarding exists: an unknown config key, or mail that never reaches the sink) gets its
+    error recorded in its rounds, and the other is still measured."""
+    data = {s.name: [] for s in servers}
+    data["hold"] = {s.name: [] for s in servers}
+    sinks = {}
+    failed = {}
+    try:
+        for s in servers:
+            sinks[s] = Sink(WORK)
+            s.tls, s.smtps_port = None, None  # as in the SMTP figures: no TLS
+            try:
+                reconfigure(s, relay_conf(s, sinks[s].port))
+                relay_round(s, sinks[s], 5, 100, stall)  # a warm-up, not measured
+            except Exception as e:
+                failed[s] = f"{s.name} as a relay: {one_line(e)}"
+                log(f"  relay: {failed[s]}")
+        for r in range(rounds):
+            for s in servers:
+                if s in failed:
+                    data[s.name].append({"error": failed[s]})
+                    continue
+                try:
+                    v = relay_round(s, sinks[s], sessions, messages, stall)
+                except Exception as e:
+                    failed[s] = f"{s.name} round {r + 1}: {one_line(e)}"
+                    log(f"  relay: {failed[s]}")
+                    v = {"error": failed[s]}
+                else:
+                    log(f"  relay round {r + 1}/{rounds} {s.name}: {brief(v)}")
+                data[s.name].append(v)
+        for s in servers:
+            s.stop()
+        for s in servers:
+            try:
+                v = relay_hold(s, hold)
+                log(f"  relay hold {s.name}: {brief(v)}")
+            except Exception as e:
+                v = {"error": f"{s.name}: {one_line(e)}"}
+                log(f"  relay hold: {v['error']}")
+            data["hold"][s.name].append(v)
+    finally:
+        for sink in sinks.values():
+            sink.stop()
+        for s in servers:
+            s.relay_conf = {}
+    return data
+
+
 # ---- one-off figures ------------------------------------------------------------------------
 
 def durability(server, messages=100):
@@ -769,6 +1039,10 @@ def main():
     ap.add_argument("--tls-hold", type=int, help="idle TLS connections held (default 1000, --quick 100)")
     ap.add_argument("--flood-seconds", type=int, help="seconds of each password flood (default 8, --quick 3)")
     ap.add_argument("--flood-connections", type=int, help="connections of the password flood (default 200, --quick 50)")
+    ap.add_argument("--relay-hold", type=int,
+                    help="outbound connections held open for the relay figure's memory step (default 50, --quick 10)")
+    ap.add_argument("--relay-stall", type=int, default=30,
+                    help="seconds without a new message at the sink before a relay round fails (default 30)")
     ap.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
                     help=f"run only these figures ({', '.join(FIGURES)}); the others keep their last results")
     args = ap.parse_args()
@@ -781,6 +1055,7 @@ def main():
     args.tls_hold = args.tls_hold or (100 if q else 1000)
     args.flood_seconds = args.flood_seconds or (3 if q else 8)
     args.flood_connections = args.flood_connections or (50 if q else 200)
+    args.relay_hold = args.relay_hold or (10 if q else 50)
     pop_count, big_size, deferred_count = (200, 8 << 20, 100) if q else (1000, 50 << 20, 1000)
     figures = args.only or FIGURES
     if os.geteuid() != 0:
@@ -796,7 +1071,8 @@ def main():
            "messages": args.messages, "idle_seconds": args.idle_seconds, "connections": args.connections,
            "pop_count": pop_count, "big_size": big_size, "deferred_count": deferred_count, "quick": q,
            "tls_seconds": args.tls_seconds, "tls_parallel": args.tls_parallel, "tls_hold": args.tls_hold,
-           "flood_seconds": args.flood_seconds, "flood_connections": args.flood_connections}
+           "flood_seconds": args.flood_seconds, "flood_connections": args.flood_connections,
+           "relay_sessions": 20, "relay_hold": args.relay_hold, "relay_stall": args.relay_stall}
     info = machine()
 
     def record(name, measure):
@@ -908,6 +1184,9 @@ def main():
                     s, ports[s][0], ports[s][1], args.tls_seconds, args.tls_parallel, ports[s][2]), f"tls {kind}")
             return data
         record("tls", tls)
+        # Last: it sets postling and Postfix up again as relays (and leaves them stopped).
+        record("relay", lambda: relay_figure(smtp, args.rounds, 20, args.messages, args.relay_hold,
+                                             args.relay_stall))
     except KeyboardInterrupt:
         log("interrupted: stopping the servers")
         raise

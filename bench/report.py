@@ -31,7 +31,7 @@ class Table:
     def samples(self, fig, server, key):
         f = self.figures.get(fig, {})
         data = f.get("data", {})
-        rounds = data.get(server, [])
+        rounds = [r for r in data.get(server, []) if not (isinstance(r, dict) and r.get("error"))]
         if callable(key):
             return [key(r) for r in rounds]
         return [r.get(key) for r in rounds]
@@ -57,9 +57,19 @@ class Table:
             elif kind == "==":
                 want = f"{num(x, digits)}"
                 met = "✓" if m_pl * scale == x else "✗"
-        peer_cell = f"{peer_label or peer.capitalize()}: {cell(pe, digits, scale)}" if peer else "–"
+        peer_cell = f"{peer_label or peer.capitalize()}: {self.cell(fig, peer, pe, digits, scale)}" if peer else "–"
         ratio_cell = f"{ratio:.2f}" if ratio is not None else "–"
-        self.rows.append(f"| {label} | {cell(pl, digits, scale)} | {peer_cell} | {ratio_cell} | {want} | {met} |")
+        self.rows.append(f"| {label} | {self.cell(fig, 'postling', pl, digits, scale)} | {peer_cell} | "
+                         f"{ratio_cell} | {want} | {met} |")
+
+    def cell(self, fig, server, values, digits, scale):
+        """The median cell, or the error of a server whose rounds all failed (a figure may
+        record one server's failure and still measure the other)."""
+        rounds = self.figures.get(fig, {}).get("data", {}).get(server, [])
+        errors = [r["error"] for r in rounds if isinstance(r, dict) and r.get("error")]
+        if errors and all(v is None for v in values):
+            return "failed: " + errors[0][:110].replace("|", "/").replace("\n", " ") + "…"
+        return cell(values, digits, scale)
 
 
 def render(results):
@@ -108,6 +118,7 @@ def render(results):
     t.row(f"POP3 RETR of one {big} MiB message (MB/s)", "pop3", "big_mbs", "dovecot", target=("ratio>=", 1.5))
     tls_rows(t, f, runs)
     flood_rows(t, f, runs)
+    relay_rows(t, f, runs)
 
     lines = [
         "# postling benchmark results", "",
@@ -174,6 +185,23 @@ def tls_rows(t, f, runs):
     t.row("  same, Dovecot pop3s", "tls_hold", "kib_per_conn", "dovecot", digits=2)
     t.row("  by PSS (KiB; shared pages counted once)", "tls_hold", "pss_kib_per_conn", "postfix", digits=2)
     t.row("  by PSS, Dovecot pop3s", "tls_hold", "pss_kib_per_conn", "dovecot", digits=2)
+
+
+def relay_rows(t, f, runs):
+    fig = f.get("relay")
+    if not fig:
+        return
+    r = runs.get("relay", {})
+    msgs, sessions, hold = r.get("messages", "?"), r.get("relay_sessions", 20), r.get("relay_hold", 50)
+    t.figures["relay_hold"] = {"error": fig["error"]} if "error" in fig else {"data": fig["data"].get("hold", {})}
+    t.row(f"Relaying {msgs:,} × 4 KiB from {sessions} sessions to smtp-sink on loopback: accepted (msg/s)",
+          "relay", "rate", "postfix")
+    t.row("  the sink has them all after (s)", "relay", "until", "postfix", digits=1)
+    t.row("  NOOP on a side session until then, p50 (ms)", "relay", "noop_p50", "postfix", digits=2)
+    t.row("  same, p99 (ms)", "relay", "noop_p99", "postfix", digits=2)
+    t.row(f"RSS per outbound connection, {hold} held open to a listener that never answers (KiB)", "relay_hold",
+          "kib_per_conn", "postfix", digits=1)
+    t.row("  by PSS (KiB; shared pages counted once)", "relay_hold", "pss_kib_per_conn", "postfix", digits=1)
 
 
 def flood_rows(t, f, runs):
@@ -278,6 +306,28 @@ def details(f, n1, n2):
     for name, fig in f.items():
         if "error" in fig:
             out.append(f"- figure {name} failed: {fig['error']}")
+    relay = f.get("relay", {}).get("data", {})
+    for name in ("postling", "postfix"):
+        rounds = relay.get(name, [])
+        ok = [r for r in rounds if not r.get("error")]
+        errors = sorted({r["error"] for r in rounds if r.get("error")})
+        if ok:
+            out.append(f"- relay, {name}: the sink received {sum(r['sunk'] for r in ok):,} of "
+                       f"{sum(r['messages'] for r in ok):,} messages in {len(ok)} round(s), over "
+                       f"{cell([r.get('sink_sessions') for r in ok])} SMTP sessions per round; the sink used "
+                       f"{cell([r.get('sink_cpu') for r in ok], 2, 100)} % of one CPU meanwhile (not a bottleneck "
+                       f"unless near 100); {cell([r['noop_n'] for r in ok])} NOOPs timed per round.")
+        for e in errors:
+            out.append(f"- relay, {name}: FAILED: {e}")
+        for h in relay.get("hold", {}).get(name, []):
+            if h.get("error"):
+                out.append(f"- relay memory, {name}: FAILED: {h['error']}")
+                continue
+            smtp = (f"; {h['smtp_processes']} `smtp` processes with RSS {h['smtp_rss'] / 1024:.1f} MiB, PSS "
+                    f"{h['smtp_pss'] / 1024:.1f} MiB" if "smtp_processes" in h else "")
+            out.append(f"- relay memory, {name}: {h['held']} of {h['wanted']} outbound connections open at the "
+                       f"stalling listener; RSS of the whole tree {h['rss_before'] / 1024:.1f} → "
+                       f"{h['rss'] / 1024:.1f} MiB ({h['processes']} processes){smtp}.")
     return out
 
 
@@ -355,6 +405,24 @@ def notes(f, idle_s, deferred_n):
             "holding them, ÷ connections; measured first, before the floods, so Postfix has no smtps smtpd left "
             "over to reuse. Postfix and Dovecot hold each connection in a process of its own (Dovecot: "
             "`default_process_limit` raised to 1,500 so 1,000 fit).",
+            "- **Relaying (issue 13).** `bench/run --only relay`. Each server relays to its own Postfix "
+            "`smtp-sink` (`-c`: a running count of messages; one event-driven process, which is not the bottleneck at "
+            "these rates) on a loopback port: postling with `relay_host = 127.0.0.1:PORT` and `relay_tls = none`, "
+            "Postfix with `relayhost = [127.0.0.1]:PORT` (no MX lookup, no TLS: its default), both otherwise as in "
+            "the SMTP figures and with their own outbound concurrency defaults (postling `outbound_concurrency` 4 "
+            "per destination; Postfix starts at 5 and grows to 20). The recipients are in `relay.example.net`, "
+            "local to neither. 20 smtp-source sessions, one message per connection; accepted msg/s is the messages "
+            "over the time smtp-source ran; \"the sink has them all\" is from the start until the sink's count "
+            "grew by that many; the side session's NOOPs (as in smtp20) run from the start until then, so they "
+            "cover acceptance and forwarding. A server whose mail stops reaching the sink for `--relay-stall` "
+            "seconds (30) fails its round with its queue listing, and the other server is still measured. After "
+            "a 100-message warm-up per server. Memory: each server is set up again to relay to a listener that "
+            "accepts and never answers, with room for the held connections (postling `outbound_concurrency` and "
+            "`outbound_max_connections`, Postfix `initial_destination_concurrency` and "
+            "`default_destination_concurrency_limit`, all = the connections wanted); twice that many messages are "
+            "sent; 2 s after the connections are open, postling's cost is (RSS of its process tree − RSS just "
+            "before the messages) ÷ connections; Postfix holds each in an `smtp` process, whose RSS (and PSS) ÷ "
+            "connections is its cost.",
             "- **Password-hash flood (issue 11).** alice's password is stored as SHA512-CRYPT (5,000 rounds) in "
             "postling's and Dovecot's password files (the same string; the other users stay `{PLAIN}`). One POP3 "
             "session logs in to alice and stays, so her mailbox is in use; then a separate client process opens the "

@@ -115,6 +115,8 @@ class Postling(Server):
         # Set before setup() for the TLS figures: (cert, key) and the implicit-TLS port.
         self.tls = None
         self.smtps_port = None
+        # Set before setup() for the relay figure: extra config lines (relay_host and friends).
+        self.relay_conf = {}
 
     def setup(self):
         self.kill_leftover()
@@ -134,7 +136,8 @@ class Postling(Server):
         if self.tls:
             # Only for the TLS figures, so the others measure the server as before.
             tls = f"tls_cert = {self.tls[0]}\ntls_key = {self.tls[1]}\nsmtps_listen = 127.0.0.1:{self.smtps_port}\n"
-        self.conf.write_text(tls +
+        relay = "".join(f"{k} = {v}\n" for k, v in self.relay_conf.items())
+        self.conf.write_text(tls + relay +
             f"hostname = bench.{DOMAIN}\ndomains = {DOMAIN}\n"
             f"smtp_listen = 127.0.0.1:{self.smtp_port}\npop3_listen = 127.0.0.1:{self.pop3_port}\n"
             f"pop2_listen =\nspool_dir = spool\nmailbox_dir = mail\n"
@@ -237,6 +240,7 @@ class Postfix(Server):
         self.maxproc = maxproc
         self.tls = None  # (cert, key) for the TLS figures
         self.smtps_port = None
+        self.relay_conf = {}  # main.cf settings for the relay figure (relayhost and friends)
 
     def setup(self):
         if not shutil.which("postfix"):
@@ -277,6 +281,7 @@ class Postfix(Server):
             # also offers STARTTLS on the plaintext port, as postling does with a certificate).
             settings.update(smtpd_tls_cert_file=self.tls[0], smtpd_tls_key_file=self.tls[1],
                             smtpd_tls_security_level="may")
+        settings.update(self.relay_conf)
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         master = POSTFIX_SERVICES.format(listen=f"127.0.0.1:{self.smtp_port}", maxproc=self.maxproc)
         if self.tls:

@@ -15,6 +15,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("POSTLING_BIN", ROOT / "target" / "debug" / "postling"))
 
+# The disk executor backend the whole suite runs on (`disk_io = auto | uring | helper`), from
+# POSTLING_TEST_DISK_IO: scripts/test runs the suite once with the default and once with
+# `helper`. Unset, configs carry no disk_io line (the server's default, auto). A test that
+# sets disk_io itself (test_authexec compares the backends) keeps its own value.
+TEST_DISK_IO = os.environ.get("POSTLING_TEST_DISK_IO") or None
+if TEST_DISK_IO not in (None, "auto", "uring", "helper"):
+    raise SystemExit(f"POSTLING_TEST_DISK_IO={TEST_DISK_IO!r}: expected auto, uring or helper")
+
+# The start-up line (level info) that names the backend each explicit mode must end up on.
+DISK_IO_LINE = {
+    "uring": "disk_io: uring (disk_io = uring)",
+    "helper": "disk_io: helper process (disk_io = helper)",
+}
+
+
+def disk_io_settings():
+    """The config settings every generated config carries for the backend under test."""
+    return {"disk_io": TEST_DISK_IO} if TEST_DISK_IO else {}
+
 # Demo users for tests: alice has a SHA512-CRYPT hash (openssl passwd -6 -salt testsalt alice-pw),
 # bob and carol plain passwords so most logins are cheap.
 USERS = """\
@@ -86,6 +105,7 @@ class Server:
             # No test may ask the machine's resolver: mail for other domains is looked up
             # here, where nothing answers (tests of delivery by MX run their own server).
             "dns_servers": f"127.0.0.1:{free_port()}",
+            **disk_io_settings(),
         }
         self.settings.update(settings)
         self.write_config()
@@ -110,10 +130,20 @@ class Server:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"postling exited with {self.proc.returncode}:\n{self.log()}")
-            if "] ready" in self.log()[self.log_mark:]:
+            log = self.log()[self.log_mark:]
+            if "] ready" in log:
+                self.check_disk_io(log)
                 return
             time.sleep(0.02)
         raise AssertionError(f"postling not ready after {timeout}s:\n{self.log()}")
+
+    def check_disk_io(self, log):
+        """With POSTLING_TEST_DISK_IO set, a server started with that mode logged that it runs
+        that backend: the second run of the suite cannot silently run the default."""
+        want = DISK_IO_LINE.get(TEST_DISK_IO)
+        # "ready" is an info line: where it shows, the start-up disk_io line shows too.
+        if want and self.settings.get("disk_io") == TEST_DISK_IO:
+            assert want in log, f"POSTLING_TEST_DISK_IO={TEST_DISK_IO} but:\n{log}"
 
     def log(self):
         try:

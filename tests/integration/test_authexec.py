@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import recv_line
+from conftest import TEST_DISK_IO, recv_line
 
 
 def wait_for(cond, timeout=10, what="condition"):
@@ -79,6 +79,22 @@ def login(s, user="alice", pw="alice-pw", source="127.0.0.1"):
     c = pop_connect(s, source)
     assert say(c, f"USER {user}").startswith("+OK")
     return c, say(c, f"PASS {pw}")
+
+
+def test_the_suite_runs_on_the_backend_it_asked_for(server):
+    """scripts/test runs the suite twice, the second time with POSTLING_TEST_DISK_IO=helper.
+    The start-up line names the backend that really runs, so that run cannot quietly test the
+    default (a conftest that dropped the setting, a server that ignored it)."""
+    start = [l for l in server.log().splitlines() if "disk_io: " in l and "pid" not in l]
+    assert len(start) == 1, server.log()
+    if TEST_DISK_IO == "helper":
+        assert start[0].endswith("] disk_io: helper process (disk_io = helper)"), start
+    elif TEST_DISK_IO == "uring":
+        assert start[0].endswith("] disk_io: uring (disk_io = uring)"), start
+    else:
+        # The default (auto): io_uring where the kernel allows it, else the helper, said so.
+        assert (start[0].endswith("] disk_io: uring (io_uring supports every operation used)")
+                or "; using the helper process" in start[0]), start
 
 
 @pytest.mark.parametrize("mode", ["auto", "uring", "helper"])
@@ -246,7 +262,8 @@ def test_idle_costs_nothing_in_either_process(server_factory):
 
 
 def test_disk_io_bogus_is_a_config_error_naming_file_and_line(server_factory):
-    s = server_factory()
+    # No disk_io line from POSTLING_TEST_DISK_IO: the bogus one must be the only one.
+    s = server_factory(disk_io=None)
     s.write_config("disk_io = bogus\n")
     s.start(wait=False)
     assert s.proc.wait(10) == 78

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, free_port, recv_line
+from conftest import BIN, ROOT, TEST_DISK_IO, disk_io_settings, free_port, recv_line
 
 SCRIPTS = ROOT / "scripts"
 IS_ROOT = os.geteuid() == 0
@@ -118,6 +118,7 @@ class Box:
             "log_file": str(self.log_path),
             "users_file": str(root / "users"),
             "aliases_file": str(root / "aliases"),
+            **disk_io_settings(),
         }
         self.settings.update(settings)
         self.write()
@@ -655,6 +656,8 @@ flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 
 fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))'
 POSTLING_BIN=$bin sh "$repo/scripts/install.sh"; step install $?
 POSTLING_BIN=$bin sh "$repo/scripts/install.sh" >/dev/null; step install-again $?
+# The backend the suite runs on (POSTLING_TEST_DISK_IO), added to the installed config.
+[ -z "${POSTLING_TEST_DISK_IO:-}" ] || echo "disk_io = $POSTLING_TEST_DISK_IO" >>/etc/postling/postling.conf
 /usr/sbin/postling -t; step configtest $?
 /etc/init.d/postling start; step start $?
 pid=$(cat /run/postling.pid)
@@ -806,6 +809,8 @@ def run_installed_static_binary(tmp_path, release_bin):
     conf = conf.replace("/run/postling.pid", f"{dest}/run/postling.pid")
     conf = conf.replace("0.0.0.0:25", f"127.0.0.1:{smtp}").replace("0.0.0.0:110", f"127.0.0.1:{pop3}")
     conf = conf.replace("log_file =\n", f"log_file = {tmp_path}/postling.log\n")
+    if TEST_DISK_IO:
+        conf += f"disk_io = {TEST_DISK_IO}\n"
     (tmp_path / "postling.conf").write_text(conf)
 
     script = tmp_path / "nss.sh"
