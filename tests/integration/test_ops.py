@@ -118,6 +118,8 @@ class Box:
             "log_file": str(self.log_path),
             "users_file": str(root / "users"),
             "aliases_file": str(root / "aliases"),
+            # Never the machine's resolver (see conftest.Server).
+            "dns_servers": f"127.0.0.1:{free_port()}",
             **disk_io_settings(),
         }
         self.settings.update(settings)
