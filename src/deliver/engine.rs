@@ -884,6 +884,20 @@ impl Engine {
         }
     }
 
+    /// The envelope of a notification (bounce or delay warning) about `env` to its sender.
+    fn notice_envelope(&self, env: &Envelope, wall: SystemTime) -> Envelope {
+        Envelope {
+            sender: String::new(),
+            recipients: vec![env.sender.clone()],
+            client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            helo: self.policy.hostname.clone(),
+            arrival: wall,
+            smtputf8: env.smtputf8,
+            body: BodyType::EightBitMime,
+            pickup: None,
+        }
+    }
+
     fn bounce(
         &mut self,
         id: &QueueId,
@@ -903,16 +917,7 @@ impl Engine {
                 }
             })
             .collect();
-        let mut head = [0u8; bounce::MAX_RETURNED_HEADERS];
-        let mut n = 0;
-        if let Ok(mut data) = store.open_data(id) {
-            while n < head.len() {
-                match data.read(&mut head[n..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k,
-                }
-            }
-        }
+        let head = read_head(store, id);
         let report = bounce::build(&bounce::BounceInput {
             hostname: &self.policy.hostname,
             queue_id: &id.0,
@@ -920,18 +925,9 @@ impl Engine {
             arrival_date: &rfc5322_date(env.arrival),
             date: &rfc5322_date(wall),
             failed: &failed,
-            original_headers: bounce::header_section(&head[..n]),
+            original_headers: bounce::header_section(&head),
         });
-        let bounce_env = Envelope {
-            sender: String::new(),
-            recipients: vec![env.sender.clone()],
-            client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            helo: self.policy.hostname.clone(),
-            arrival: wall,
-            smtputf8: env.smtputf8,
-            body: BodyType::EightBitMime,
-            pickup: None,
-        };
+        let bounce_env = self.notice_envelope(env, wall);
         let new_id = store.enqueue(&bounce_env, &report)?;
         events::log(&events::queued(
             &new_id.0,
@@ -1010,6 +1006,16 @@ fn remote_target(
 /// Counts the Received header fields in the header section of a queued message (its first
 /// `bounce::MAX_RETURNED_HEADERS` octets; a header section longer than that counts what fits).
 fn count_received(store: &mut dyn QueueStore, id: &QueueId) -> usize {
+    let head = read_head(store, id);
+    bounce::header_section(&head)
+        .split(|&b| b == b'\n')
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
+
+/// The first `bounce::MAX_RETURNED_HEADERS` octets of a queued message (less if it is
+/// shorter or unreadable): its header section for a notification or the loop check.
+fn read_head(store: &mut dyn QueueStore, id: &QueueId) -> Vec<u8> {
     let mut head = vec![0u8; bounce::MAX_RETURNED_HEADERS];
     let mut n = 0;
     if let Ok(mut data) = store.open_data(id) {
@@ -1020,10 +1026,8 @@ fn count_received(store: &mut dyn QueueStore, id: &QueueId) -> usize {
             }
         }
     }
-    bounce::header_section(&head[..n])
-        .split(|&b| b == b'\n')
-        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
-        .count()
+    head.truncate(n);
+    head
 }
 
 mod delay;

@@ -11,7 +11,6 @@
 //! at the next deferral; one that is queued while the record cannot be written is remembered
 //! in memory (`Recorded::delay_warned`) and written with the next record.
 
-use std::io::Read;
 use std::time::SystemTime;
 
 use log::{info, warn};
@@ -20,7 +19,7 @@ use super::{Engine, QueueStore, human, split_status};
 use crate::daemon::events;
 use crate::date::rfc5322_date;
 use crate::deliver::bounce::{self, FailedRecipient};
-use crate::spool::{BodyType, Envelope, QueueId};
+use crate::spool::{Envelope, QueueId};
 
 impl Engine {
     /// Queues the delay warning for an entry being deferred if it is due: warnings are on,
@@ -51,16 +50,7 @@ impl Engine {
                 }
             })
             .collect();
-        let mut head = vec![0u8; bounce::MAX_RETURNED_HEADERS];
-        let mut n = 0;
-        if let Ok(mut data) = store.open_data(id) {
-            while n < head.len() {
-                match data.read(&mut head[n..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k,
-                }
-            }
-        }
+        let head = super::read_head(store, id);
         let until = env
             .arrival
             .checked_add(self.policy.queue_lifetime)
@@ -73,20 +63,11 @@ impl Engine {
                 arrival_date: &rfc5322_date(env.arrival),
                 date: &rfc5322_date(wall),
                 failed: &delayed,
-                original_headers: bounce::header_section(&head[..n]),
+                original_headers: bounce::header_section(&head),
             },
             &rfc5322_date(until),
         );
-        let notice_env = Envelope {
-            sender: String::new(),
-            recipients: vec![env.sender.clone()],
-            client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            helo: self.policy.hostname.clone(),
-            arrival: wall,
-            smtputf8: env.smtputf8,
-            body: BodyType::EightBitMime,
-            pickup: None,
-        };
+        let notice_env = self.notice_envelope(env, wall);
         match store.enqueue(&notice_env, &report) {
             Ok(new_id) => {
                 events::log(&events::queued(&new_id.0, "", report.len() as u64, 1));
