@@ -76,6 +76,9 @@ pub struct Driven {
     pub closed: bool,
     /// A STARTTLS handshake failed: opportunistic TLS may try again in plain text.
     pub tls_failed: bool,
+    /// No route could be connected to, and why: what else waits for the destination defers
+    /// too rather than each message waiting for its own connect timeouts.
+    pub unreachable: Option<String>,
 }
 
 pub struct OutConn {
@@ -274,6 +277,7 @@ impl OutConn {
         let reason = self.connect_failure();
         let mut d = Driven {
             closed: true,
+            unreachable: Some(reason.clone()),
             ..Driven::default()
         };
         if let Some(p) = self.part.take() {

@@ -474,6 +474,12 @@ impl Outbound {
             // A destination that could not be reached at all: what waits for it defers too
             // (unless another connection still works for it), and its routes are looked up
             // again next time.
+            if let Some(why) = driven.unreachable {
+                let idle = self.dests.get(key).is_some_and(|d| d.active == 0);
+                if idle {
+                    self.fail_dest(key, &Outcome::Temporary(why));
+                }
+            }
             self.kick(key, now);
             self.tidy();
             let waiting: Vec<DestKey> = self
