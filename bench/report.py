@@ -355,7 +355,9 @@ def notes(f, idle_s, deferred_n):
             "by the messages. Processes that exit meanwhile (a Postfix smtpd after 100 connections, a cleanup "
             "after 100 messages) are counted from their taskstats exit records. The ext4 journal (jbd2) and "
             "metadata writeback are done by kernel threads and are attributed to no process, so neither server's "
-            "figure includes them.",
+            "figure includes them. The kernel counts a whole 4 KiB page each time a clean page of a file is "
+            "dirtied. `bench/diskbytes.py` breaks postling's figure down (spool file, Maildir file, log) and, "
+            "on an ext4 in a loop device, adds what the device wrote with the journal (doc/spool.md).",
             "- **Memory.** VmRSS summed over all the server's processes, at rest (no process started or ended "
             "and no CPU tick used for 10 s and, for Postfix, only master, qmgr, pickup and postlogd left: the others exit after "
             "`max_idle`, 100 s); then while holding idle SMTP connections (opened with at most 256 awaiting their greeting, "
