@@ -461,7 +461,7 @@ impl Outbound {
                     );
                     d.queue.push_front(part);
                 }
-                _ => self.part_done(part, &outcomes, &label, relay),
+                _ => self.part_done(part, &outcomes, &label),
             }
         }
         if retry_plain {
@@ -525,19 +525,13 @@ impl Outbound {
     }
 
     /// Records the outcomes of one part; a message whose parts are all done is a result.
-    fn part_done(
-        &mut self,
-        part: Part,
-        outcomes: &[smtp_client::Outcome],
-        label: &str,
-        relay: bool,
-    ) {
+    fn part_done(&mut self, part: Part, outcomes: &[smtp_client::Outcome], label: &str) {
         let Some(g) = self.gathers.get_mut(&part.id) else {
             return;
         };
         for (i, tag) in part.tags.iter().enumerate() {
             let (outcome, note) = match outcomes.get(i) {
-                Some(o) => convert(o, label, relay),
+                Some(o) => convert(o, label),
                 None => (
                     Outcome::Temporary(format!("4.4.2 {label}: no verdict")),
                     None,
@@ -882,8 +876,7 @@ fn reason_of(o: &Outcome) -> &str {
 /// takes it from there) and the server named. Permanent failures at the smarthost that are
 /// about the connection (not about a recipient) never reach here: the client makes TLS and
 /// authentication failures temporary.
-fn convert(o: &smtp_client::Outcome, label: &str, relay: bool) -> (Outcome, Option<String>) {
-    let _ = relay;
+fn convert(o: &smtp_client::Outcome, label: &str) -> (Outcome, Option<String>) {
     match o {
         smtp_client::Outcome::Delivered(d) => {
             // The log's `(…)` holds the server's reply, as Postfix writes it.
@@ -947,3 +940,6 @@ fn log_outcome(id: &QueueId, rcpt: Option<&String>, label: &str, outcome: &Outco
         Outcome::Permanent(r) => log::debug!("{id}: <{rcpt}> refused: {r}"),
     }
 }
+
+#[cfg(test)]
+mod tests;
