@@ -321,7 +321,7 @@ pub const EXEC_READDIR_MAX_NAMES: usize = 256;
 /// Longest path in a request: Linux's PATH_MAX, which includes the terminating NUL.
 pub const EXEC_PATH_MAX: usize = 4096;
 /// Largest frame between the reactor and the helper process: a full write (64 KiB) or a full
-/// `ReadDir` reply (256 × 256 octets) plus a header; two paths (rename, link) are far below.
+/// `ReadDir` reply (256 × 257 octets: type, length, name) plus a header; two paths (rename, link) are far below.
 pub const EXEC_FRAME_MAX: usize = 68 * 1024;
 /// Longest stored credential sent with a password check: a `$6$rounds=N$salt$hash` string is
 /// about 120 octets; a `{PLAIN}` secret longer than `PASSWORD_MAX` can never match anyway.
