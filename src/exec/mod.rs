@@ -380,9 +380,7 @@ fn check_sizes(op: &DiskOp) -> Result<(), Reject> {
         | DiskOp::WireSize { path, .. } => path_ok(path),
         DiskOp::Rename { from, to, .. }
         | DiskOp::RenameNoReplace { from, to, .. }
-        | DiskOp::Link { from, to, .. } => {
-            path_ok(from) && path_ok(to)
-        }
+        | DiskOp::Link { from, to, .. } => path_ok(from) && path_ok(to),
         DiskOp::Write { data, .. } => data.len() <= EXEC_WRITE_MAX,
         DiskOp::VerifyPassword { hash, password } => {
             let cred_len = match hash {
