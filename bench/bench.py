@@ -702,12 +702,13 @@ def bigbox(pop_server, smtp_server, count):
         c.command("USER bob")
         marks["t0"] = time.perf_counter()
         c.command("PASS bob-pw")
-        marks["open"] = time.perf_counter() - marks["t0"]
+        marks["t_open"] = time.perf_counter()
+        marks["open"] = marks["t_open"] - marks["t0"]
         n = c.stat()
         if n != count:
             raise RuntimeError(f"STAT says {n} messages, {count} expected")
         c.dele_all(n)
-        t = time.perf_counter()
+        t = marks["t_quit"] = time.perf_counter()
         c.quit()
         marks["quit"] = time.perf_counter() - t
         marks["t1"] = time.perf_counter()
@@ -741,7 +742,13 @@ def bigbox(pop_server, smtp_server, count):
     lat = lat or [marks["t1"] - marks["t0"]]
     left = maildir_count(pop_server.mail, "bob")
     maildir_clear(smtp_server.mail, "alice")
-    return {"n": len(lat), "p50": percentile(lat, 50) * 1000, "p99": percentile(lat, 99) * 1000,
+    phases = {}
+    for name, a, b in (("open", "t0", "t_open"), ("dele", "t_open", "t_quit"), ("quit", "t_quit", "t1")):
+        during = [d for d, end in zip(loop.samples, stamps) if marks[a] <= end - d and end <= marks[b]]
+        if during:
+            phases.update({f"{name}_n": len(during), f"{name}_p50": percentile(during, 50) * 1000,
+                           f"{name}_p99": percentile(during, 99) * 1000})
+    return {**phases, "n": len(lat), "p50": percentile(lat, 50) * 1000, "p99": percentile(lat, 99) * 1000,
             "max": max(lat) * 1000, "open_s": marks["open"], "quit_s": marks["quit"],
             "session_s": marks["t1"] - marks["t0"], "left_after_quit": left}
 

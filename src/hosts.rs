@@ -35,7 +35,7 @@ use crate::exec::{Completion as ExecCompletion, Executor};
 use crate::exec::{DiskOp, Errno, Outcome};
 use crate::limits;
 use crate::mailbox::Mailbox;
-use crate::mailbox::job::{Job, JobResult, Jobs};
+use crate::mailbox::job::{Job, Jobs};
 use crate::pickup::{Loaded, Pickup, PickupSettings};
 use crate::proto::smtp::SmtpHost;
 use crate::proto::{AuthRequest, AuthVerdict, MailboxDone, MailboxError, MailboxRequest, PopHost};
@@ -484,9 +484,7 @@ impl Services {
         self.mailbox_jobs.pump(exec);
         let mut out = Vec::new();
         for f in self.mailbox_jobs.take_finished() {
-            if let JobResult::Updated(Err(e)) = &f.result {
-                warn!("pop: UPDATE incomplete: {e:?}");
-            }
+            // (The session logs a failure, with its protocol's name.)
             let (mailbox, done) = f.result.split();
             if let Some(m) = mailbox {
                 self.mailboxes.insert(f.slot, m);
