@@ -389,9 +389,11 @@ def notes(f, idle_s, deferred_n):
             "6.43 ms, worst 1,459 ms (the opening, 1.46 s, in which no transaction ended), and no transaction ended "
             "during the 4.66 s of QUIT either (the one waiting then ended after the POP3 session, so it is not in "
             "the sample). Now no transaction waits a whole opening or QUIT, but each one is slower while the "
-            "mailbox work runs (and, in that run, during the DELEs too): the spool's own fsyncs still run on the "
-            "reactor (issue 11 items 1 and 2) and wait behind the journal traffic of 60,000 renames or unlinks; "
-            "the machine is shared, so single rounds vary (Dovecot's QUIT took 20 to 43 s across four runs).",
+            "mailbox work runs: the spool's own fsyncs still run on the reactor (issue 11 items 1 and 2) and "
+            "share the disk with 60,000 renames or unlinks, and io_uring runs those in kernel worker threads on "
+            "the same 2 CPUs. The machine is shared, so single rounds vary: three one-round runs of this code gave "
+            "postling p50/p99/worst 7.41/27.81/71.0, 10.14/34.04/71.1 and 4.29/15.60/32.2 ms (Dovecot+Postfix "
+            "2.91/13.05/146.4, 3.30/35.64/203.8 and 2.69/8.31/13.9 ms); the table shows the last.",
             "- **Password-hash flood (issue 11).** alice's password is stored as SHA512-CRYPT (5,000 rounds) in "
             "postling's and Dovecot's password files (the same string; the other users stay `{PLAIN}`). One POP3 "
             "session logs in to alice and stays, so her mailbox is in use; then a separate client process opens the "
