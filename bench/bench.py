@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import ssl
+import threading
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,7 @@ TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BIN = Path(os.environ.get("POSTLING_BENCH_BIN", TARGET_DIR / "release" / "postling"))
 
 FIGURES = ["parsers", "durability", "smtp1", "smtp20", "pop3", "idle", "memory", "deferred", "footprint", "tls",
-           "authflood", "relay"]
+           "authflood", "relay", "bigbox"]
 SIZE = 4096
 SENDER = "bench@example.org"
 
@@ -582,16 +583,17 @@ class SmtpLoop:
     """One SMTP session looping whole transactions (MAIL, RCPT, DATA, a 1 KiB message, the
     final 250) and timing each from MAIL to the 250 after the dot."""
 
-    def __init__(self, port):
+    def __init__(self, port, rcpt="bob@example.test"):
         self.side = SideSession(port)
         self.samples = []
-        self.body = (b"From: <bench@example.org>\r\nTo: <bob@example.test>\r\nSubject: loop\r\n\r\n"
+        self.rcpt = f"RCPT TO:<{rcpt}>\r\n".encode()
+        self.body = (f"From: <bench@example.org>\r\nTo: <{rcpt}>\r\nSubject: loop\r\n\r\n".encode()
                      + (b"x" * 70 + b"\r\n") * 14 + b".\r\n")
 
     def transaction(self):
         s = self.side
         t = time.perf_counter()
-        for cmd, want in ((b"MAIL FROM:<bench@example.org>\r\n", b"250"), (b"RCPT TO:<bob@example.test>\r\n", b"250"),
+        for cmd, want in ((b"MAIL FROM:<bench@example.org>\r\n", b"250"), (self.rcpt, b"250"),
                           (b"DATA\r\n", b"354"), (self.body, b"250")):
             s.sock.sendall(cmd)
             reply = s._reply()
@@ -935,6 +937,88 @@ def relay_figure(servers, rounds, sessions, messages, hold, stall):
         for s in servers:
             s.relay_conf = {}
     return data
+def bigbox_fill(server, count):
+    """`count` one-line messages in bob's new/, named as postling delivers (with S= and W=)."""
+    d = Path(server.mail) / "bob"
+    shutil.rmtree(d, ignore_errors=True)
+    for sub in ("tmp", "new", "cur"):
+        (d / sub).mkdir(parents=True)
+    body = b"From: <bench@example.org>\nTo: <bob@example.test>\nSubject: bigbox\n\nx\n"
+    wire = len(body) + body.count(b"\n")
+    for i in range(count):
+        fd = os.open(d / "new" / f"{1700000000 + i}.M{i}P1Q{i}.bench,S={len(body)},W={wire}",
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, body)
+        os.close(fd)
+    if server.name == "dovecot":
+        sh(["chown", "-R", "mail:mail", str(d)])
+    os.sync()  # the fill's writeback must not land inside the measurement
+
+
+def bigbox(pop_server, smtp_server, count):
+    """One POP3 client logs in to bob's mailbox of `count` messages, DELEs them all (pipelined)
+    and QUITs, while one SMTP session (to alice) loops whole transactions; the transactions that
+    completed between the PASS and the QUIT's reply are the figure."""
+    bigbox_fill(pop_server, count)
+    maildir_clear(smtp_server.mail, "alice")
+    loop = SmtpLoop(smtp_server.smtp_port, rcpt="alice@example.test")
+    stop = threading.Event()
+    marks = {}
+
+    def pop_side():
+        c = popclient.Client(pop_server.pop3_port, timeout=600)
+        c.command("USER bob")
+        marks["t0"] = time.perf_counter()
+        c.command("PASS bob-pw")
+        marks["t_open"] = time.perf_counter()
+        marks["open"] = marks["t_open"] - marks["t0"]
+        n = c.stat()
+        if n != count:
+            raise RuntimeError(f"STAT says {n} messages, {count} expected")
+        c.dele_all(n)
+        t = marks["t_quit"] = time.perf_counter()
+        c.quit()
+        marks["quit"] = time.perf_counter() - t
+        marks["t1"] = time.perf_counter()
+        stop.set()
+
+    errors = []
+
+    def run_pop():
+        try:
+            pop_side()
+        except Exception as e:  # reported below
+            errors.append(e)
+            stop.set()
+
+    th = threading.Thread(target=run_pop)
+    stamps = []
+    try:
+        th.start()
+        while not stop.is_set():
+            loop.transaction()
+            stamps.append(time.perf_counter())
+            time.sleep(0.001)  # as the side sessions elsewhere: not a load of its own
+    finally:
+        th.join(600)
+        loop.close()
+    if errors:
+        raise errors[0]
+    # Transactions that ended inside the POP session (login to QUIT's reply).
+    lat = [d for d, end in zip(loop.samples, stamps) if marks["t0"] <= end - d and end <= marks["t1"]]
+    # None completed at all: the whole session is how long the one in progress waited.
+    lat = lat or [marks["t1"] - marks["t0"]]
+    left = maildir_count(pop_server.mail, "bob")
+    maildir_clear(smtp_server.mail, "alice")
+    phases = {}
+    for name, a, b in (("open", "t0", "t_open"), ("dele", "t_open", "t_quit"), ("quit", "t_quit", "t1")):
+        during = [d for d, end in zip(loop.samples, stamps) if marks[a] <= end - d and end <= marks[b]]
+        if during:
+            phases.update({f"{name}_n": len(during), f"{name}_p50": percentile(during, 50) * 1000,
+                           f"{name}_p99": percentile(during, 99) * 1000})
+    return {**phases, "n": len(lat), "p50": percentile(lat, 50) * 1000, "p99": percentile(lat, 99) * 1000,
+            "max": max(lat) * 1000, "open_s": marks["open"], "quit_s": marks["quit"],
+            "session_s": marks["t1"] - marks["t0"], "left_after_quit": left}
 
 
 # ---- one-off figures ------------------------------------------------------------------------
@@ -1043,6 +1127,7 @@ def main():
                     help="outbound connections held open for the relay figure's memory step (default 50, --quick 10)")
     ap.add_argument("--relay-stall", type=int, default=30,
                     help="seconds without a new message at the sink before a relay round fails (default 30)")
+    ap.add_argument("--bigbox-messages", type=int, help="messages in the bigbox mailbox (default 60000, --quick 10000)")
     ap.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
                     help=f"run only these figures ({', '.join(FIGURES)}); the others keep their last results")
     args = ap.parse_args()
@@ -1056,6 +1141,7 @@ def main():
     args.flood_seconds = args.flood_seconds or (3 if q else 8)
     args.flood_connections = args.flood_connections or (50 if q else 200)
     args.relay_hold = args.relay_hold or (10 if q else 50)
+    args.bigbox_messages = args.bigbox_messages or (10000 if q else 60000)
     pop_count, big_size, deferred_count = (200, 8 << 20, 100) if q else (1000, 50 << 20, 1000)
     figures = args.only or FIGURES
     if os.geteuid() != 0:
@@ -1072,7 +1158,8 @@ def main():
            "pop_count": pop_count, "big_size": big_size, "deferred_count": deferred_count, "quick": q,
            "tls_seconds": args.tls_seconds, "tls_parallel": args.tls_parallel, "tls_hold": args.tls_hold,
            "flood_seconds": args.flood_seconds, "flood_connections": args.flood_connections,
-           "relay_sessions": 20, "relay_hold": args.relay_hold, "relay_stall": args.relay_stall}
+           "relay_sessions": 20, "relay_hold": args.relay_hold, "relay_stall": args.relay_stall,
+           "bigbox_messages": args.bigbox_messages}
     info = machine()
 
     def record(name, measure):
@@ -1147,6 +1234,12 @@ def main():
             return alternate(args.rounds, both, lambda s: authflood(s.pop, s.smtp, args.flood_seconds,
                                                                      args.flood_connections), "authflood")
         record("authflood", flood)
+
+        def big():
+            both = (types.SimpleNamespace(name="postling", pop=pl, smtp=pl),
+                    types.SimpleNamespace(name="dovecot", pop=dc, smtp=pf))
+            return alternate(args.rounds, both, lambda s: bigbox(s.pop, s.smtp, args.bigbox_messages), "bigbox")
+        record("bigbox", big)
 
         def tls():
             # The servers are set up again with TLS (an ECDSA certificate first), so that the

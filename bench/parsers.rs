@@ -24,7 +24,8 @@ use postling::limits;
 use postling::proto::pop3::{Pop3Session, PopSettings};
 use postling::proto::smtp::{SmtpHost, SmtpSession, SmtpSettings};
 use postling::proto::{
-    AuthVerdict, Completion, Ctx, MailboxError, MessageInfo, Next, PopHost, Step,
+    AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest, MessageInfo, Next,
+    PopHost, Step,
 };
 use postling::spool::{Envelope, QueueId, SpoolError};
 
@@ -218,7 +219,9 @@ fn drive<S: Session>(
         match step.next {
             Next::Continue => {}
             Next::NeedOutput => drain(out),
-            Next::AwaitCommit | Next::AwaitAuth | Next::Sleep(_) => session.resume(out, host),
+            Next::AwaitCommit | Next::AwaitAuth | Next::AwaitMailbox | Next::Sleep(_) => {
+                session.resume(out, host)
+            }
             Next::NeedInput if end == script.len() => break,
             Next::NeedInput => {}
             Next::Close | Next::StartTls => break,
@@ -413,7 +416,15 @@ impl MemoryMailbox {
     }
 }
 
-impl PopHost for MemoryMailbox {
+impl MemoryMailbox {
+    /// The reactor's side of `Next::AwaitMailbox`.
+    fn answer(&mut self, request: MailboxRequest) -> MailboxDone {
+        match request {
+            MailboxRequest::Open(user) => MailboxDone::Opened(self.mailbox_open(&user)),
+            MailboxRequest::Update(deleted) => MailboxDone::Updated(self.mailbox_update(&deleted)),
+        }
+    }
+
     fn mailbox_open(&mut self, _user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
         Ok(self
             .uids
@@ -425,6 +436,14 @@ impl PopHost for MemoryMailbox {
             })
             .collect())
     }
+
+    fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
+        self.updated += deleted.len();
+        Ok(())
+    }
+}
+
+impl PopHost for MemoryMailbox {
     fn message_read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if index >= self.count {
             return Err(io::Error::other("no such message"));
@@ -443,10 +462,6 @@ impl PopHost for MemoryMailbox {
         }
         Ok(self.wire_size)
     }
-    fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
-        self.updated += deleted.len();
-        Ok(())
-    }
     fn mailbox_release(&mut self) {}
 }
 
@@ -456,9 +471,10 @@ impl Session for Pop3Session {
         Pop3Session::step(self, input, ctx(), out, host)
     }
     fn resume(&mut self, out: &mut OutBuf, host: &mut MemoryMailbox) {
-        let c = match self.take_auth() {
-            Some(r) => Completion::Auth(host.authenticate(&r.user, &r.password)),
-            None => Completion::Woke,
+        let c = match (self.take_auth(), self.take_mailbox()) {
+            (Some(r), _) => Completion::Auth(host.authenticate(&r.user, &r.password)),
+            (None, Some(m)) => Completion::Mailbox(host.answer(m)),
+            (None, None) => Completion::Woke,
         };
         Pop3Session::resume(self, c, ctx(), out, host);
     }

@@ -128,6 +128,19 @@ class Client:
             done += 1
         return total
 
+    def dele_all(self, count):
+        """Pipelined DELE n for n = 1..count (at most WINDOW unanswered)."""
+        sent = done = 0
+        while done < count:
+            batch = []
+            while sent < count and sent - done < WINDOW:
+                sent += 1
+                batch.append(f"DELE {sent}\r\n")
+            if batch:
+                self.sock.sendall("".join(batch).encode())
+            self.status()
+            done += 1
+
     def retr(self, n):
         self.sock.sendall(f"RETR {n}\r\n".encode())
         self.status()

@@ -104,6 +104,8 @@ pub enum Phase {
     AwaitCommit,
     /// Waiting for a password check in the disk executor (`Next::AwaitAuth`).
     AwaitAuth,
+    /// Waiting for mailbox work in the disk executor (`Next::AwaitMailbox`).
+    AwaitMailbox,
     /// Waiting until `wake_at` (a delayed authentication failure).
     Sleeping,
     /// Flushing its last output; closes when the output is empty or the linger deadline passes.

@@ -31,12 +31,14 @@ use crate::deliver::maildir::Maildirs;
 use crate::deliver::schedule::{Linger, Schedule};
 use crate::deliver::store::SpoolStore;
 use crate::directory::{Directory, RcptVerdict};
+use crate::exec::{Completion as ExecCompletion, Executor};
 use crate::exec::{DiskOp, Errno, Outcome};
 use crate::limits;
 use crate::mailbox::Mailbox;
+use crate::mailbox::job::{Job, Jobs};
 use crate::pickup::{Loaded, Pickup, PickupSettings};
 use crate::proto::smtp::SmtpHost;
-use crate::proto::{AuthRequest, AuthVerdict, MailboxError, MessageInfo, PopHost};
+use crate::proto::{AuthRequest, AuthVerdict, MailboxDone, MailboxError, MailboxRequest, PopHost};
 use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
 use crate::throttle::{ClientKey, RcptBudget, Throttle};
 
@@ -61,6 +63,8 @@ pub struct Services {
     hostname: String,
     /// The mailbox each POP slot has locked.
     mailboxes: HashMap<usize, Mailbox>,
+    /// Mailboxes being opened or updated in the executor (`mailbox::job`).
+    mailbox_jobs: Jobs,
     /// Failed logins per client, shared by every protocol that takes a password.
     throttle: Throttle,
     /// Password checks running in the executor, per client (the throttle counts them).
@@ -174,6 +178,7 @@ impl Services {
             mailbox_root: config.mailbox_dir.clone(),
             hostname: config.hostname.clone(),
             mailboxes: HashMap::new(),
+            mailbox_jobs: Jobs::new(),
             throttle: Throttle::default(),
             checks_in_flight: HashMap::new(),
             auth_cache: AuthCache::new(),
@@ -446,6 +451,54 @@ impl Services {
             self.tickets.remove(&ticket);
         }
         self.mailboxes.remove(&slot);
+        self.mailbox_jobs.detach(slot);
+    }
+
+    /// A POP session's `Next::AwaitMailbox`: starts the job it asks for (opening: the lock is
+    /// taken now; the snapshot is read in the executor), for connection `conn` in `slot`.
+    /// Its result comes from `mailbox_finished`, in this turn or a later one.
+    pub fn mailbox_begin(&mut self, slot: usize, conn: u64, request: Option<MailboxRequest>) {
+        let job = match request {
+            Some(MailboxRequest::Open(user)) => {
+                self.mailboxes.remove(&slot);
+                Job::open(&self.mailbox_root, &user)
+            }
+            Some(MailboxRequest::Update(deleted)) => match self.mailboxes.remove(&slot) {
+                Some(m) => Ok(Job::update(m, &deleted)),
+                None => Err(MailboxError::Temporary("no mailbox open".into())),
+            },
+            None => Err(MailboxError::Temporary(
+                "a session awaited mailbox work it did not ask for".into(),
+            )),
+        };
+        self.mailbox_jobs.start(slot, conn, job);
+    }
+
+    /// Mailbox jobs are running or have results to hand out.
+    pub fn mailbox_busy(&self) -> bool {
+        self.mailbox_jobs.busy()
+    }
+
+    /// An executor completion whose tag `mailbox::job::owns`.
+    pub fn mailbox_completion(&mut self, c: ExecCompletion) {
+        self.mailbox_jobs.complete(c);
+    }
+
+    /// Once a turn: submits the mailbox jobs' next operations (a bounded number) and returns
+    /// the jobs that ended, as (slot, connection id, what to resume the session with). An
+    /// opened mailbox is kept for the slot (`message_read`) from here on.
+    pub fn mailbox_turn(&mut self, exec: Option<&mut Executor>) -> Vec<(usize, u64, MailboxDone)> {
+        self.mailbox_jobs.pump(exec);
+        let mut out = Vec::new();
+        for f in self.mailbox_jobs.take_finished() {
+            // (The session logs a failure, with its protocol's name.)
+            let (mailbox, done) = f.result.split();
+            if let Some(m) = mailbox {
+                self.mailboxes.insert(f.slot, m);
+            }
+            out.push((f.slot, f.conn, done));
+        }
+        out
     }
 
     /// Are commits in progress (the reactor must come back without waiting)?
@@ -597,9 +650,10 @@ impl Services {
             .finish_batch(&mut store, &self.directory, SystemTime::now());
     }
 
-    /// How long the reactor may sleep as far as delivery is concerned (None: forever).
+    /// How long the reactor may sleep as far as delivery (and the mailbox jobs, which may have
+    /// operations to submit) are concerned (None: forever).
     pub fn delivery_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.engine.has_work(now) || self.spool.free_excess() {
+        if self.engine.has_work(now) || self.spool.free_excess() || self.mailbox_jobs.runnable() {
             return Some(Duration::ZERO);
         }
         self.engine.schedule.timeout(now)
@@ -936,13 +990,6 @@ pub struct PopHostFor<'a> {
 }
 
 impl PopHost for PopHostFor<'_> {
-    fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
-        self.services.mailboxes.remove(&self.slot);
-        let (mailbox, messages) = Mailbox::open(&self.services.mailbox_root, user)?;
-        self.services.mailboxes.insert(self.slot, mailbox);
-        Ok(messages)
-    }
-
     fn message_read(
         &mut self,
         index: usize,
@@ -959,13 +1006,6 @@ impl PopHost for PopHostFor<'_> {
         match self.services.mailboxes.get_mut(&self.slot) {
             Some(m) => m.wire_size(index),
             None => Err(std::io::Error::other("no mailbox open")),
-        }
-    }
-
-    fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
-        match self.services.mailboxes.remove(&self.slot) {
-            Some(m) => m.update(deleted),
-            None => Err(MailboxError::Temporary("no mailbox open".into())),
         }
     }
 

@@ -360,13 +360,18 @@ pub const EXEC_MAX_IN_FLIGHT: usize = 256;
 /// Largest single write request, on every backend so callers never care which one runs: a
 /// helper frame carries the data, and 64 KiB is many times the spool's write buffer.
 pub const EXEC_WRITE_MAX: usize = 64 * 1024;
+/// Mailbox operations (list a batch, move, count, unlink) one reactor turn submits, and the
+/// most one POP mailbox job holds in flight: the reactor's share is a few µs per completion,
+/// so a turn stays well under 1 ms, and a quarter of `EXEC_MAX_IN_FLIGHT` leaves room for
+/// password checks and other jobs. 60,000 moves are about 1,000 turns, each serving clients.
+pub const MAILBOX_OPS_PER_TURN: usize = 64;
 /// Most names one `ReadDir` request returns: a 100 000-message Maildir is read in a few
 /// hundred requests, each a bounded reply frame (256 names of at most 255 octets).
 pub const EXEC_READDIR_MAX_NAMES: usize = 256;
 /// Longest path in a request: Linux's PATH_MAX, which includes the terminating NUL.
 pub const EXEC_PATH_MAX: usize = 4096;
 /// Largest frame between the reactor and the helper process: a full write (64 KiB) or a full
-/// `ReadDir` reply (256 × 256 octets) plus a header; two paths (rename, link) are far below.
+/// `ReadDir` reply (256 × 257 octets: type, length, name) plus a header; two paths (rename, link) are far below.
 pub const EXEC_FRAME_MAX: usize = 68 * 1024;
 /// Longest stored credential sent with a password check: a `$6$rounds=N$salt$hash` string is
 /// about 120 octets; a `{PLAIN}` secret longer than `PASSWORD_MAX` can never match anyway.

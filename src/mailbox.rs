@@ -6,6 +6,9 @@
 //!   the Maildir, held by the open `Mailbox` and released when it is dropped in any way. The
 //!   kernel drops flocks with the descriptor, so a crashed daemon leaves no stale lock. (A
 //!   second open in the same process is a second open file description and conflicts too.)
+//! - Locking is done on the reactor (`Mailbox::lock`: a fixed handful of calls); the snapshot
+//!   and QUIT's deletions, whose cost grows with the mailbox, are requests to the disk
+//!   executor in bounded batches (`job`).
 //! - The snapshot at login: every file of `new/` is moved to `cur/` with the `:2,` info suffix
 //!   (Maildir spec), then `cur/` is listed, skipping dot files and anything but regular files.
 //!   A file that cannot be moved is served from `new/`. Order: the leading decimal seconds of
@@ -29,11 +32,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use log::warn;
-
 use crate::deliver::maildir::{make_sub, open_sub, open_user_dir, safe_mailbox_name};
-use crate::dirfd::{Dir, Kind};
-use crate::proto::{MailboxError, MessageInfo};
+use crate::dirfd::Dir;
+use crate::proto::MailboxError;
+#[cfg(test)]
+use crate::proto::MessageInfo;
 
 /// The lock file inside each Maildir; a dot file, so Maildir readers ignore it.
 pub const LOCK_FILE: &str = ".postling-pop.lock";
@@ -77,6 +80,15 @@ impl Message {
             uid_len,
             seconds,
         }
+    }
+
+    /// `W=<n>` from the unique name, if it has one.
+    fn size_from_name(&self) -> Option<u64> {
+        self.uid()
+            .split(',')
+            .skip(1)
+            .find_map(|field| field.strip_prefix("W="))
+            .and_then(|n| n.parse::<u64>().ok())
     }
 
     fn uid(&self) -> &str {
@@ -128,79 +140,6 @@ fn lock(dir: &Dir) -> Result<File, MailboxError> {
     }
 }
 
-/// Regular, non-dot files of one Maildir directory with UTF-8 names.
-fn list(dir: &Dir) -> Result<Vec<String>, MailboxError> {
-    let entries = dir
-        .entries()
-        .map_err(|e| temporary("cannot list", dir.path(), &e))?;
-    let mut names = Vec::new();
-    for (name, kind) in entries {
-        let is_file = kind == Kind::File;
-        let Some(name) = name.to_str() else {
-            warn!(
-                "{}: skipping {name:?}: the name is not UTF-8",
-                dir.path().display(),
-            );
-            continue;
-        };
-        if is_file && !name.starts_with('.') {
-            names.push(name.to_string());
-        }
-    }
-    Ok(names)
-}
-
-/// Moves `new/` into `cur/` as the Maildir spec asks of a reader; returns what could not be
-/// moved (those are served from `new/`).
-fn move_new_to_cur(new: &Dir, cur: &Dir) -> Result<Vec<Message>, MailboxError> {
-    let mut stayed = Vec::new();
-    for name in list(new)? {
-        let from = new.path().join(&name);
-        let target = if name.contains(':') {
-            name.clone()
-        } else {
-            format!("{name}{INFO_SUFFIX}")
-        };
-        // rename(2) would silently replace a message of the same name in cur/.
-        if cur.stat(&target).is_ok() {
-            warn!(
-                "{}: {target} already exists in cur/; serving {name} from new/",
-                cur.path().display()
-            );
-            stayed.push(Message::new(Sub::New, name));
-            continue;
-        }
-        match new.rename_to(&name, cur, &target) {
-            Ok(()) => {}
-            // Another reader moved or removed it since the listing.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                warn!(
-                    "cannot move {} to cur/: {e}; serving it from new/",
-                    from.display()
-                );
-                stayed.push(Message::new(Sub::New, name));
-            }
-        }
-    }
-    Ok(stayed)
-}
-
-/// The POP size of a message: `W=` from the unique name, or counted from the file.
-fn pop_size(dir: &Dir, m: &Message) -> io::Result<u64> {
-    let from_name = m
-        .uid()
-        .split(',')
-        .skip(1)
-        .find_map(|field| field.strip_prefix("W="))
-        .and_then(|n| n.parse::<u64>().ok());
-    if let Some(size) = from_name {
-        return Ok(size);
-    }
-    let mut file = dir.open_read(&m.file)?;
-    wire_size(&mut file)
-}
-
 /// Length plus one CR for every LF that POP will expand to CRLF.
 fn wire_size(data: &mut dyn Read) -> io::Result<u64> {
     let mut buf = [0u8; 16 * 1024];
@@ -240,8 +179,10 @@ impl Read for ReadAt<'_> {
 }
 
 impl Mailbox {
-    /// Locks `<root>/<user>` (creating the Maildir if missing) and takes the snapshot.
-    pub fn open(root: &Path, user: &str) -> Result<(Mailbox, Vec<MessageInfo>), MailboxError> {
+    /// Locks `<root>/<user>` (creating the Maildir if missing) and holds its `new/` and
+    /// `cur/`, with an empty snapshot: a fixed handful of calls, made on the reactor; the
+    /// snapshot itself is `job::Job`'s work in the executor.
+    fn lock(root: &Path, user: &str) -> Result<Mailbox, MailboxError> {
         if !safe_mailbox_name(user) {
             return Err(MailboxError::Permanent(format!(
                 "mailbox name {user:?} is not allowed"
@@ -254,48 +195,26 @@ impl Mailbox {
         let new = open_sub(user, &user_dir, "new").map_err(MailboxError::Temporary)?;
         let cur = open_sub(user, &user_dir, "cur").map_err(MailboxError::Temporary)?;
         let lock = lock(&user_dir)?;
-        let dir = user_dir.path().to_path_buf();
-        drop(user_dir);
-        let mut messages = move_new_to_cur(&new, &cur)?;
-        messages.extend(
-            list(&cur)?
-                .into_iter()
-                .map(|name| Message::new(Sub::Cur, name)),
-        );
-        messages.sort_by(Message::order);
-        let mut infos = Vec::with_capacity(messages.len());
-        let mut kept = Vec::with_capacity(messages.len());
-        for m in messages {
-            let sub = match m.sub {
-                Sub::Cur => &cur,
-                Sub::New => &new,
-            };
-            match pop_size(sub, &m) {
-                Ok(size) => {
-                    infos.push(MessageInfo {
-                        uid: m.uid().into(),
-                        size,
-                    });
-                    kept.push(m);
-                }
-                // Removed by another program since the listing: not part of the snapshot.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    let path = dir.join(m.sub.dir()).join(&m.file);
-                    return Err(temporary("cannot read", &path, &e));
-                }
-            }
-        }
-        let new = kept.iter().any(|m| m.sub == Sub::New).then_some(new);
-        let mailbox = Mailbox {
-            dir,
+        Ok(Mailbox {
+            dir: user_dir.path().to_path_buf(),
             cur,
-            new,
+            new: Some(new),
             _lock: lock,
-            messages: kept,
+            messages: Vec::new(),
             current: None,
-        };
-        Ok((mailbox, infos))
+        })
+    }
+
+    /// Locks and takes the snapshot at once, on an inline executor (for tests; the server
+    /// runs `job::Job::open` through its executor).
+    #[cfg(test)]
+    pub fn open(root: &Path, user: &str) -> Result<(Mailbox, Vec<MessageInfo>), MailboxError> {
+        let job = job::Job::open(root, user)?;
+        let mut exec = crate::exec::Executor::Inline(crate::exec::Inline::new());
+        match job::run_to_end(job, &mut exec) {
+            job::JobResult::Opened(r) => r,
+            job::JobResult::Updated(_) => Err(MailboxError::Temporary("not an opening".into())),
+        }
     }
 
     /// Reads bytes of snapshot message `index` from `offset`; 0 at end of file. A message
@@ -331,41 +250,14 @@ impl Mailbox {
         }
     }
 
-    /// Removes the messages at these snapshot indices; the lock goes with `self`.
-    pub fn update(mut self, deleted: &[usize]) -> Result<(), MailboxError> {
-        self.current = None;
-        let mut first_error = None;
-        let mut synced = [false, false];
-        for &index in deleted {
-            let Ok((dir, name)) = self.message_at(index) else {
-                continue;
-            };
-            let path = dir.path().join(name);
-            // unlinkat never follows: a symlink put in place of a message loses only itself.
-            match dir.remove_file(name) {
-                Ok(()) => {}
-                // Someone else removed it: the outcome the client asked for.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    first_error.get_or_insert_with(|| temporary("cannot delete", &path, &e));
-                    continue;
-                }
-            }
-            if let Some(m) = self.messages.get(index) {
-                synced[usize::from(m.sub == Sub::New)] = true;
-            }
-        }
-        // The unlinks are durable once their directory is synced.
-        for (dir, touched) in [Some(&self.cur), self.new.as_ref()].into_iter().zip(synced) {
-            if let (Some(d), true) = (dir, touched) {
-                if let Err(e) = d.as_file().sync_all() {
-                    first_error.get_or_insert_with(|| temporary("cannot sync", d.path(), &e));
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
+    /// Removes the messages at these snapshot indices at once, on an inline executor (for
+    /// tests; the server runs `job::Job::update`); the lock goes with `self`.
+    #[cfg(test)]
+    pub fn update(self, deleted: &[usize]) -> Result<(), MailboxError> {
+        let mut exec = crate::exec::Executor::Inline(crate::exec::Inline::new());
+        match job::run_to_end(job::Job::update(self, deleted), &mut exec) {
+            job::JobResult::Updated(r) => r,
+            job::JobResult::Opened(_) => Err(MailboxError::Temporary("not an update".into())),
         }
     }
 
@@ -390,6 +282,8 @@ impl Mailbox {
         Ok((dir, &m.file))
     }
 }
+
+pub mod job;
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,9 @@
 //! cache) and, when a check is needed, submits `VerifyPassword` tagged with the connection's
 //! id (its generation: unique for the life of the process); the completion is matched back to
 //! the slot, and dropped if that slot now holds another connection or no longer waits.
+//! Mailbox work (`Next::AwaitMailbox`: opening a Maildir, QUIT's deletions) goes there too,
+//! through the services (`Services::mailbox_begin`, `mailbox_turn`, `mailbox::job`), whose
+//! operations carry tags with `mailbox::job::TAG_BIT` set; the reactor only dispatches.
 
 use std::collections::HashMap;
 use std::io;
@@ -374,10 +377,11 @@ impl Reactor {
                 }
             }
             self.accept_backlogs(now);
-            if !self.checks.is_empty() {
+            if !self.checks.is_empty() || self.services.mailbox_busy() {
                 // Completions made without an event (a helper found gone at submit).
                 self.finish_checks(now);
             }
+            self.finish_mailboxes(now);
             // Disk work gets slices of each turn, one wait for the disk at a time, so no
             // client waits behind a whole batch of fsyncs: one slice for commits (clients wait
             // for them), one for deliveries (so they keep up under a steady load).
@@ -1086,6 +1090,17 @@ impl Reactor {
                         }
                     }
                 }
+                Next::AwaitMailbox => {
+                    let request = match &mut conn.session {
+                        Session::Pop3(s) => s.take_mailbox(),
+                        Session::Pop2(s) => s.take_mailbox(),
+                        Session::Smtp(_) => None,
+                    };
+                    // Answered by `finish_mailboxes`, in this turn or a later one.
+                    self.services.mailbox_begin(slot, conn.id, request);
+                    conn.phase = Phase::AwaitMailbox;
+                    break;
+                }
                 Next::Sleep(d) => {
                     conn.phase = Phase::Sleeping;
                     conn.wake_at = Some(now + d);
@@ -1254,6 +1269,10 @@ impl Reactor {
                 return;
             }
             for c in done.drain(..) {
+                if crate::mailbox::job::owns(c.tag) {
+                    self.services.mailbox_completion(c);
+                    continue;
+                }
                 let Some(check) = self.checks.remove(&c.tag) else {
                     continue;
                 };
@@ -1282,6 +1301,41 @@ impl Reactor {
                 } else {
                     self.drive(slot, now);
                 }
+            }
+        }
+    }
+
+    /// Once a turn: the mailbox jobs submit their next bounded batch, and the sessions whose
+    /// job ended are resumed (if the same connection still waits for it).
+    fn finish_mailboxes(&mut self, now: Instant) {
+        if !self.services.mailbox_busy() {
+            return;
+        }
+        for (slot, id, done) in self.services.mailbox_turn(self.exec.as_mut()) {
+            let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            if conn.id != id || conn.phase != Phase::AwaitMailbox {
+                continue;
+            }
+            conn.phase = Phase::Active;
+            let ctx = Ctx {
+                now,
+                wall: SystemTime::now(),
+            };
+            let out = conn.output.get_or_insert_with(|| self.pool.take_out());
+            let host = &mut self.services.pop_host(slot, conn.peer, now);
+            match &mut conn.session {
+                Session::Pop3(s) => s.resume(Completion::Mailbox(done), ctx, out, host),
+                Session::Pop2(s) => s.resume(Completion::Mailbox(done), ctx, out, host),
+                Session::Smtp(_) => {}
+            }
+            lift_login_deadline(conn);
+            conn.progress(now);
+            if self.stop_by.is_some() {
+                self.say_goodbye(slot, now);
+            } else {
+                self.drive(slot, now);
             }
         }
     }

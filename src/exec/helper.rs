@@ -520,10 +520,13 @@ fn names_socket(op: &DiskOp) -> bool {
         DiskOp::Rename {
             from_dir, to_dir, ..
         }
+        | DiskOp::RenameNoReplace {
+            from_dir, to_dir, ..
+        }
         | DiskOp::Link {
             from_dir, to_dir, ..
         } => dir_is(from_dir) || dir_is(to_dir),
-        DiskOp::ReadDir { dir, .. } => is(dir),
+        DiskOp::ReadDir { dir, .. } | DiskOp::WireSize { dir, .. } => is(dir),
         DiskOp::VerifyPassword { .. } => false,
     }
 }
@@ -546,6 +549,12 @@ fn serve(sock: RawFd) -> i32 {
                             dir: Handle(fd.as_raw_fd()),
                             cursor,
                             max,
+                        }
+                    }
+                    (DiskOp::WireSize { path, .. }, Some(fd)) if req.fd_attached => {
+                        DiskOp::WireSize {
+                            dir: Handle(fd.as_raw_fd()),
+                            path,
                         }
                     }
                     (op, _) => op,

@@ -13,8 +13,9 @@
 //!   tests of callers, never for serving.
 //!
 //! Two kinds of work always go to a helper process, so one exists in every serving mode:
-//! `VerifyPassword` (SHA512-CRYPT is CPU time) and `ReadDir` (io_uring has no getdents; the
-//! uring backend passes the directory's descriptor over the socket with SCM_RIGHTS).
+//! `VerifyPassword` (SHA512-CRYPT is CPU time), `ReadDir` (io_uring has no getdents) and
+//! `WireSize` (a read-and-count loop); for the last two the uring backend passes the
+//! directory's descriptor over the socket with SCM_RIGHTS.
 //!
 //! Files are named by a `Handle`: a real descriptor on the uring and inline sides, a helper-side
 //! descriptor number on the helper side. Callers never look inside; they get handles from
@@ -25,8 +26,8 @@
 //! `submit` hands the operation back with `Reject::Full`. A write carries at most
 //! `limits::EXEC_WRITE_MAX` bytes, on every backend.
 //!
-//! Its caller today is the reactor (`reactor::begin_check`, `finish_checks`): POP password
-//! checks. The short cache of successful checks that keeps clients looping USER/PASS with a
+//! Its callers today are the reactor (`reactor::begin_check`, `finish_checks`): POP password
+//! checks, and the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions. The short cache of successful checks that keeps clients looping USER/PASS with a
 //! right password from making the helper rehash belongs to the caller that knows the user
 //! (`auth::cache`, held by `hosts::Services`), not to the executor.
 
@@ -98,6 +99,14 @@ pub enum DiskOp {
         to_dir: Option<Handle>,
         to: CString,
     },
+    /// `renameat2(from_dir, from, to_dir, to, RENAME_NOREPLACE)` → `Outcome::Done`, or `EEXIST`
+    /// where `to` exists (a plain rename would silently replace it: Maildir's new/ → cur/).
+    RenameNoReplace {
+        from_dir: Option<Handle>,
+        from: CString,
+        to_dir: Option<Handle>,
+        to: CString,
+    },
     /// `linkat(from_dir, from, to_dir, to, 0)` → `Outcome::Done`.
     Link {
         from_dir: Option<Handle>,
@@ -123,6 +132,11 @@ pub enum DiskOp {
         cursor: u64,
         max: usize,
     },
+    /// The size of the regular file `path` in the open directory `dir` as POP sends it (its
+    /// length plus one CR per LF not preceded by CR) → `Outcome::Size`. Opened with
+    /// `O_NOFOLLOW`: a symlink is `ELOOP`, anything but a regular file `EINVAL`. Runs in a
+    /// helper process on the uring backend (as `ReadDir`: reading and counting a whole file).
+    WireSize { dir: Handle, path: CString },
     /// Checks `password` against the stored credential (`None`: an unknown user, checked
     /// against a dummy hash in the same time) with `auth::verify` → `Outcome::Verified`.
     /// Always runs in a helper process (the inline backend runs it at submit).
@@ -139,11 +153,16 @@ pub enum Outcome {
     Opened(Handle),
     /// The whole buffer was written; here it is back for reuse.
     Written(Vec<u8>),
-    /// A batch of names; `next` is the cursor of the following batch, `None` at the end.
+    /// A batch of names; `kinds[i]` is the `d_type` of `names[i]` (`libc::DT_REG`, …;
+    /// `DT_UNKNOWN` where the filesystem does not say); `next` is the cursor of the following
+    /// batch, `None` at the end.
     Names {
         names: Vec<Vec<u8>>,
+        kinds: Vec<u8>,
         next: Option<u64>,
     },
+    /// `WireSize`: octets as POP sends the file.
+    Size(u64),
     Verified(bool),
 }
 
@@ -355,12 +374,13 @@ fn path_ok(p: &CString) -> bool {
 fn check_sizes(op: &DiskOp) -> Result<(), Reject> {
     use crate::limits::{EXEC_CREDENTIAL_MAX, EXEC_WRITE_MAX, PASSWORD_MAX};
     let ok = match op {
-        DiskOp::Open { path, .. } | DiskOp::Unlink { path, .. } | DiskOp::Mkdir { path, .. } => {
-            path_ok(path)
-        }
-        DiskOp::Rename { from, to, .. } | DiskOp::Link { from, to, .. } => {
-            path_ok(from) && path_ok(to)
-        }
+        DiskOp::Open { path, .. }
+        | DiskOp::Unlink { path, .. }
+        | DiskOp::Mkdir { path, .. }
+        | DiskOp::WireSize { path, .. } => path_ok(path),
+        DiskOp::Rename { from, to, .. }
+        | DiskOp::RenameNoReplace { from, to, .. }
+        | DiskOp::Link { from, to, .. } => path_ok(from) && path_ok(to),
         DiskOp::Write { data, .. } => data.len() <= EXEC_WRITE_MAX,
         DiskOp::VerifyPassword { hash, password } => {
             let cred_len = match hash {

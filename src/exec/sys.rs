@@ -44,6 +44,22 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
             libc::renameat(dir_fd(from_dir), from.as_ptr(), dir_fd(to_dir), to.as_ptr())
         })
         .map(done),
+        DiskOp::RenameNoReplace {
+            from_dir,
+            from,
+            to_dir,
+            to,
+        } => check(unsafe {
+            // SAFETY: both paths are NUL-terminated strings alive for the call.
+            libc::renameat2(
+                dir_fd(from_dir),
+                from.as_ptr(),
+                dir_fd(to_dir),
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        })
+        .map(done),
         DiskOp::Link {
             from_dir,
             from,
@@ -68,6 +84,7 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
             check(unsafe { libc::mkdirat(dir_fd(dir), path.as_ptr(), mode) }).map(done)
         }
         DiskOp::ReadDir { dir, cursor, max } => read_dir(dir.0, cursor, readdir_max(max)),
+        DiskOp::WireSize { dir, path } => wire_size(dir.0, &path),
         DiskOp::VerifyPassword { hash, password } => {
             Ok(Outcome::Verified(auth::verify(hash.as_ref(), &password)))
         }
@@ -113,6 +130,7 @@ fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
     }
     let mut buf = vec![0u8; limits::EXEC_GETDENTS_BUF];
     let mut names = Vec::new();
+    let mut kinds = Vec::new();
     loop {
         // SAFETY: the buffer is writable for its whole length.
         let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
@@ -120,7 +138,11 @@ fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
             return Err(Errno::last());
         }
         if n == 0 {
-            return Ok(Outcome::Names { names, next: None });
+            return Ok(Outcome::Names {
+                names,
+                kinds,
+                next: None,
+            });
         }
         let filled = &buf[..n as usize];
         let mut at = 0;
@@ -128,6 +150,7 @@ fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
         while at + 19 <= filled.len() {
             let d_off = u64::from_ne_bytes(field(filled, at + 8));
             let reclen = u16::from_ne_bytes(field(filled, at + 16)) as usize;
+            let d_type = filled[at + 18];
             if reclen < 19 || at + reclen > filled.len() {
                 return Err(Errno(libc::EIO));
             }
@@ -141,14 +164,53 @@ fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
             }
             if name != b"." && name != b".." {
                 names.push(name.to_vec());
+                kinds.push(d_type);
                 if names.len() == max {
                     return Ok(Outcome::Names {
                         names,
+                        kinds,
                         next: Some(d_off),
                     });
                 }
             }
         }
+    }
+}
+
+/// `WireSize`: opens without following a symlink (and without blocking on a FIFO), refuses
+/// anything but a regular file, and counts.
+fn wire_size(dir: i32, path: &std::ffi::CStr) -> Result<Outcome, Errno> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    // SAFETY: `path` is a NUL-terminated string alive for the call.
+    let fd = check(unsafe { libc::openat(dir, path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: fstat into a zeroed struct of the right type.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Errno(libc::EINVAL));
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    let (mut size, mut previous) = (0u64, 0u8);
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(Outcome::Size(size)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Errno(e.raw_os_error().unwrap_or(libc::EIO))),
+        };
+        let chunk = &buf[..n];
+        size += n as u64;
+        for i in memchr::memchr_iter(b'\n', chunk) {
+            let before = if i == 0 { previous } else { chunk[i - 1] };
+            if before != b'\r' {
+                size += 1;
+            }
+        }
+        previous = chunk[n - 1];
     }
 }
 

@@ -157,6 +157,60 @@ on_every_backend!(many_in_flight_are_matched_by_tag);
 on_every_backend!(full_and_too_large_hand_the_op_back);
 on_every_backend!(passwords);
 on_every_backend!(bad_handles_fail_alone);
+on_every_backend!(maildir_ops);
+
+/// What reading a Maildir for POP needs: names with their types, a rename that never replaces,
+/// and POP sizes counted without following a symlink.
+fn maildir_ops(exec: Executor) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    std::fs::write(p.join("plain"), b"a\nb\r\nc\n").unwrap();
+    std::fs::write(p.join("taken"), b"new").unwrap();
+    std::fs::write(p.join("taken:2,"), b"old").unwrap();
+    std::fs::write(p.join("empty"), b"").unwrap();
+    std::fs::create_dir(p.join("sub")).unwrap();
+    symlink(p.join("plain"), p.join("link")).unwrap();
+    let mut d = Driver::new(exec);
+    let dir = d.open(None, p.to_str().unwrap(), DIR).unwrap();
+    let Ok(Outcome::Names { names, kinds, next }) = d.run(DiskOp::ReadDir {
+        dir,
+        cursor: 0,
+        max: 100,
+    }) else {
+        panic!("readdir failed");
+    };
+    assert_eq!(next, None);
+    let kind = |n: &str| kinds[names.iter().position(|x| x == n.as_bytes()).unwrap()];
+    // tmpfs and ext4 both fill d_type; DT_UNKNOWN would be legal but is not what runs here.
+    assert_eq!(kind("plain"), libc::DT_REG);
+    assert_eq!(kind("sub"), libc::DT_DIR);
+    assert_eq!(kind("link"), libc::DT_LNK);
+
+    let size = |d: &mut Driver, n: &str| d.run(DiskOp::WireSize { dir, path: c(n) });
+    // 7 octets, two bare LFs.
+    assert_eq!(size(&mut d, "plain"), Ok(Outcome::Size(9)));
+    assert_eq!(size(&mut d, "empty"), Ok(Outcome::Size(0)));
+    assert_eq!(size(&mut d, "link"), Err(Errno(libc::ELOOP)));
+    assert_eq!(size(&mut d, "sub"), Err(Errno(libc::EINVAL)));
+    assert_eq!(size(&mut d, "gone"), Err(Errno(libc::ENOENT)));
+    let big: Vec<u8> = b"x\n".repeat(20_000);
+    std::fs::write(p.join("big"), &big).unwrap();
+    assert_eq!(size(&mut d, "big"), Ok(Outcome::Size(60_000)));
+
+    let rename = |from: &str, to: &str| DiskOp::RenameNoReplace {
+        from_dir: Some(dir),
+        from: c(from),
+        to_dir: Some(dir),
+        to: c(to),
+    };
+    assert_eq!(d.run(rename("taken", "taken:2,")), Err(Errno(libc::EEXIST)));
+    assert_eq!(std::fs::read(p.join("taken:2,")).unwrap(), b"old");
+    assert_eq!(std::fs::read(p.join("taken")).unwrap(), b"new");
+    d.ok(rename("plain", "plain:2,"));
+    assert!(!p.join("plain").exists());
+    assert_eq!(size(&mut d, "plain:2,"), Ok(Outcome::Size(9)));
+    d.ok(DiskOp::Close { file: dir });
+}
 
 /// Create, two writes at offsets, fdatasync, rename into another directory, fsync it, link,
 /// unlink: the file ends where and as it should.
@@ -301,9 +355,11 @@ fn errors_come_back_as_errnos(exec: Executor) {
 fn read_all(d: &mut Driver, dir: Handle, max: usize) -> (Vec<usize>, Vec<Vec<u8>>) {
     let (mut sizes, mut all, mut cursor) = (Vec::new(), Vec::new(), 0);
     loop {
-        let Ok(Outcome::Names { names, next }) = d.run(DiskOp::ReadDir { dir, cursor, max }) else {
+        let Ok(Outcome::Names { names, kinds, next }) = d.run(DiskOp::ReadDir { dir, cursor, max })
+        else {
             panic!("readdir failed");
         };
+        assert_eq!(kinds.len(), names.len());
         sizes.push(names.len());
         all.extend(names);
         match next {

@@ -8,8 +8,9 @@
 //! when io_uring_setup is refused (`kernel.io_uring_disabled`, a seccomp profile, an old
 //! kernel) or the probe finds an opcode used here missing.
 //!
-//! `ReadDir` (io_uring has no getdents) and `VerifyPassword` (CPU work) go to the helper
-//! process this backend also holds; a `ReadDir`'s directory descriptor travels with its frame.
+//! `ReadDir` (io_uring has no getdents), `WireSize` (a read-and-count loop) and
+//! `VerifyPassword` (CPU work) go to the helper process this backend also holds; the directory
+//! descriptor of a `ReadDir` or `WireSize` travels with its frame.
 //!
 //! The reactor's poll may return EINTR while operations are in flight (the kernel runs
 //! io_uring's task work for this thread by interrupting its wait, as a signal would); the
@@ -135,7 +136,9 @@ impl Uring {
 
     pub(super) fn submit(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
         match op {
-            DiskOp::ReadDir { dir, .. } => return self.helper.submit_with_fd(tag, op, Some(dir.0)),
+            DiskOp::ReadDir { dir, .. } | DiskOp::WireSize { dir, .. } => {
+                return self.helper.submit_with_fd(tag, op, Some(dir.0));
+            }
             DiskOp::VerifyPassword { .. } => return self.helper.submit(tag, op),
             _ => {}
         }
@@ -302,6 +305,14 @@ fn entry(op: &DiskOp, done: usize) -> Option<squeue::Entry> {
             to_dir,
             to,
         } => opcode::RenameAt::new(fd(*from_dir), from.as_ptr(), fd(*to_dir), to.as_ptr()).build(),
+        DiskOp::RenameNoReplace {
+            from_dir,
+            from,
+            to_dir,
+            to,
+        } => opcode::RenameAt::new(fd(*from_dir), from.as_ptr(), fd(*to_dir), to.as_ptr())
+            .flags(libc::RENAME_NOREPLACE)
+            .build(),
         DiskOp::Link {
             from_dir,
             from,
@@ -313,6 +324,8 @@ fn entry(op: &DiskOp, done: usize) -> Option<squeue::Entry> {
             .mode(*mode)
             .build(),
         DiskOp::Close { file } => opcode::Close::new(types::Fd(file.0)).build(),
-        DiskOp::ReadDir { .. } | DiskOp::VerifyPassword { .. } => return None,
+        DiskOp::ReadDir { .. } | DiskOp::WireSize { .. } | DiskOp::VerifyPassword { .. } => {
+            return None;
+        }
     })
 }

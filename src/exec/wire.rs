@@ -6,8 +6,8 @@
 //!
 //! Requests: paths are `u16` length + bytes (no NUL), a write's data `u32` length + bytes,
 //! handles `i32` (`AT_FDCWD` for "no directory"). Replies: an errno, `Done`, a handle, `Written`
-//! (the parent kept its buffer, so no data comes back), a batch of names (`u8` length each),
-//! or a verdict.
+//! (the parent kept its buffer, so no data comes back), a batch of names (a `d_type` byte and
+//! a `u8` length each), a size, or a verdict.
 
 use std::ffi::CString;
 
@@ -25,6 +25,8 @@ const MKDIR: u8 = 8;
 const CLOSE: u8 = 9;
 const READDIR: u8 = 10;
 const VERIFY: u8 = 11;
+const RENAME_NOREPLACE: u8 = 12;
+const WIRE_SIZE: u8 = 13;
 
 const R_ERR: u8 = 0;
 const R_DONE: u8 = 1;
@@ -32,6 +34,7 @@ const R_OPENED: u8 = 2;
 const R_WRITTEN: u8 = 3;
 const R_NAMES: u8 = 4;
 const R_VERIFIED: u8 = 5;
+const R_SIZE: u8 = 6;
 
 struct Out(Vec<u8>);
 
@@ -169,16 +172,22 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             to_dir,
             to,
         }
+        | DiskOp::RenameNoReplace {
+            from_dir,
+            from,
+            to_dir,
+            to,
+        }
         | DiskOp::Link {
             from_dir,
             from,
             to_dir,
             to,
         } => {
-            let kind = if matches!(op, DiskOp::Rename { .. }) {
-                RENAME
-            } else {
-                LINK
+            let kind = match op {
+                DiskOp::Rename { .. } => RENAME,
+                DiskOp::RenameNoReplace { .. } => RENAME_NOREPLACE,
+                _ => LINK,
             };
             let mut o = Out::new(seq, kind);
             o.i32(dir_fd(*from_dir));
@@ -206,6 +215,13 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             o.u8(u8::from(fd_attached));
             o.u64(*cursor);
             o.u32(super::readdir_max(*max) as u32);
+            o.finish()
+        }
+        DiskOp::WireSize { dir, path } => {
+            let mut o = Out::new(seq, WIRE_SIZE);
+            o.i32(dir.0);
+            o.u8(u8::from(fd_attached));
+            o.bytes16(path.as_bytes());
             o.finish()
         }
         DiskOp::VerifyPassword { hash, password } => {
@@ -271,13 +287,20 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
             CLOSE => DiskOp::Close {
                 file: Handle(r.i32()?),
             },
-            RENAME | LINK => {
+            RENAME | RENAME_NOREPLACE | LINK => {
                 let from_dir = r.dir()?;
                 let from = r.path()?;
                 let to_dir = r.dir()?;
                 let to = r.path()?;
                 if kind == RENAME {
                     DiskOp::Rename {
+                        from_dir,
+                        from,
+                        to_dir,
+                        to,
+                    }
+                } else if kind == RENAME_NOREPLACE {
+                    DiskOp::RenameNoReplace {
                         from_dir,
                         from,
                         to_dir,
@@ -311,6 +334,14 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
                 let cursor = r.u64()?;
                 let max = r.u32()? as usize;
                 DiskOp::ReadDir { dir, cursor, max }
+            }
+            WIRE_SIZE => {
+                let dir = Handle(r.i32()?);
+                fd_attached = r.u8()? != 0;
+                DiskOp::WireSize {
+                    dir,
+                    path: r.path()?,
+                }
             }
             VERIFY => {
                 let hash = match r.u8()? {
@@ -355,16 +386,22 @@ pub(super) fn encode_reply(seq: u64, result: &Result<Outcome, Errno>) -> Vec<u8>
             o.finish()
         }
         Ok(Outcome::Written(_)) => Out::new(seq, R_WRITTEN).finish(),
-        Ok(Outcome::Names { names, next }) => {
+        Ok(Outcome::Names { names, kinds, next }) => {
             let mut o = Out::new(seq, R_NAMES);
             o.u8(u8::from(next.is_some()));
             o.u64(next.unwrap_or(0));
             o.u16(names.len() as u16);
-            for n in names {
+            for (i, n) in names.iter().enumerate() {
+                o.u8(kinds.get(i).copied().unwrap_or(libc::DT_UNKNOWN));
                 // NAME_MAX is 255, so a name's length fits its byte.
                 o.u8(n.len() as u8);
                 o.0.extend_from_slice(n);
             }
+            o.finish()
+        }
+        Ok(Outcome::Size(n)) => {
+            let mut o = Out::new(seq, R_SIZE);
+            o.u64(*n);
             o.finish()
         }
         Ok(Outcome::Verified(ok)) => {
@@ -389,15 +426,19 @@ pub(super) fn decode_reply(msg: &[u8]) -> Option<(u64, Result<Outcome, Errno>)> 
             let next = r.u64()?;
             let count = r.u16()? as usize;
             let mut names = Vec::with_capacity(count.min(crate::limits::EXEC_READDIR_MAX_NAMES));
+            let mut kinds = Vec::with_capacity(names.capacity());
             for _ in 0..count {
+                kinds.push(r.u8()?);
                 let n = r.u8()? as usize;
                 names.push(r.take(n)?.to_vec());
             }
             Ok(Outcome::Names {
                 names,
+                kinds,
                 next: has_next.then_some(next),
             })
         }
+        R_SIZE => Ok(Outcome::Size(r.u64()?)),
         R_VERIFIED => Ok(Outcome::Verified(r.u8()? != 0)),
         _ => return None,
     };

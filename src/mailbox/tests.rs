@@ -405,10 +405,14 @@ fn cur_swapped_for_a_symlink_during_a_session_is_not_followed() {
     let cur = root.path().join("bob/cur");
     fs::rename(&cur, root.path().join("bob/cur.old")).unwrap();
     std::os::unix::fs::symlink(v.join("cur"), &cur).unwrap();
-    // The session keeps reading and deleting in the cur/ it opened.
+    // The session keeps reading in the cur/ it opened; QUIT's deletions open cur/ again in
+    // the executor (O_NOFOLLOW), so they are refused rather than made through the link.
     assert_eq!(read_all(&mut mb, 0).unwrap(), b"bob's own\n");
-    mb.update(&[0]).unwrap();
-    assert!(names(&root.path().join("bob/cur.old")).is_empty());
+    match mb.update(&[0]) {
+        Err(MailboxError::Temporary(why)) => assert!(why.contains("bob/cur"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(names(&root.path().join("bob/cur.old")), vec!["1.M1.v:2,"]);
     victim_untouched(&v);
 }
 
@@ -439,4 +443,217 @@ fn wire_size_counts_the_file_whatever_w_says() {
     assert_eq!(mb.wire_size(1).unwrap(), real);
     assert_eq!(mb.wire_size(2).unwrap(), 5);
     assert!(mb.wire_size(3).is_err());
+}
+
+// ---- the jobs, turn by turn (`job::Jobs` on an inline executor) ----------------------------
+
+use crate::exec::{Executor, Inline};
+use crate::limits::MAILBOX_OPS_PER_TURN;
+use job::{Job, JobResult, Jobs};
+
+/// Runs `jobs` turn by turn as the reactor does (one pump, then the completions) until one
+/// finishes; returns it and the operations each turn submitted.
+fn turns(jobs: &mut Jobs, exec: &mut Executor) -> (job::Finished, Vec<usize>) {
+    let mut per_turn = Vec::new();
+    let mut done = Vec::new();
+    for _ in 0..100_000 {
+        let before = exec.in_flight();
+        jobs.pump(Some(exec));
+        per_turn.push(exec.in_flight() - before);
+        exec.drain(&mut done);
+        for c in done.drain(..) {
+            assert!(job::owns(c.tag));
+            jobs.complete(c);
+        }
+        if let Some(f) = jobs.take_finished().pop() {
+            return (f, per_turn);
+        }
+    }
+    panic!("the job never ends");
+}
+
+fn inline() -> Executor {
+    Executor::Inline(Inline::new())
+}
+
+#[test]
+fn opening_moves_and_lists_in_bounded_turns() {
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..1000 {
+        put(
+            root.path(),
+            "bob",
+            "new",
+            &format!("{}.M{i}.h,S=3,W=4", 1000 + i),
+            b"ab\n",
+        );
+    }
+    put(root.path(), "bob", "cur", "5000.counted:2,", b"a\nb\n");
+    let mut exec = inline();
+    let mut jobs = Jobs::new();
+    jobs.start(3, 9, Job::open(root.path(), "bob"));
+    // The lock is taken at once, before any executor work.
+    assert!(matches!(
+        Mailbox::open(root.path(), "bob"),
+        Err(MailboxError::InUse)
+    ));
+    let (f, per_turn) = turns(&mut jobs, &mut exec);
+    assert_eq!((f.slot, f.conn), (3, 9));
+    let JobResult::Opened(Ok((_mb, infos))) = f.result else {
+        panic!("not opened");
+    };
+    assert_eq!(infos.len(), 1001);
+    assert_eq!(infos[0].uid.as_ref(), "1000.M0.h,S=3,W=4");
+    assert_eq!(infos[0].size, 4);
+    assert_eq!(infos[1000].size, 6, "counted: no W=");
+    assert!(names(&root.path().join("bob/new")).is_empty());
+    assert_eq!(names(&root.path().join("bob/cur")).len(), 1001);
+    assert!(
+        per_turn.iter().all(|&n| n <= MAILBOX_OPS_PER_TURN),
+        "{per_turn:?}"
+    );
+    assert!(
+        per_turn.len() > 1000 / MAILBOX_OPS_PER_TURN,
+        "1000 moves take many turns: {}",
+        per_turn.len()
+    );
+}
+
+#[test]
+fn quit_deletes_in_several_turns_and_reports_what_failed() {
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..300 {
+        put(
+            root.path(),
+            "bob",
+            "cur",
+            &format!("{}.M{i}.h,W=2:2,", 1000 + i),
+            b"x\n",
+        );
+    }
+    let (mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(infos.len(), 300);
+    // Message 150 becomes a directory with something in it: its unlink fails (EISDIR).
+    let stuck = root.path().join("bob/cur/1150.M150.h,W=2:2,");
+    fs::remove_file(&stuck).unwrap();
+    fs::create_dir(&stuck).unwrap();
+    fs::write(stuck.join("x"), b"").unwrap();
+    let mut exec = inline();
+    let mut jobs = Jobs::new();
+    let all: Vec<usize> = (0..300).collect();
+    jobs.start(1, 2, Ok(Job::update(mb, &all)));
+    let (f, per_turn) = turns(&mut jobs, &mut exec);
+    let JobResult::Updated(Err(MailboxError::Temporary(why))) = f.result else {
+        panic!("the failure is not reported");
+    };
+    assert!(why.contains("1 of 300"), "{why}");
+    assert!(why.contains("1150.M150.h,W=2:2,"), "{why}");
+    assert_eq!(
+        names(&root.path().join("bob/cur")),
+        vec!["1150.M150.h,W=2:2,"],
+        "every other message is gone"
+    );
+    let unlink_turns = per_turn
+        .iter()
+        .filter(|&&n| n == MAILBOX_OPS_PER_TURN)
+        .count();
+    assert!(unlink_turns >= 300 / MAILBOX_OPS_PER_TURN, "{per_turn:?}");
+    assert!(per_turn.iter().all(|&n| n <= MAILBOX_OPS_PER_TURN));
+    // The lock went with the job.
+    assert!(Mailbox::open(root.path(), "bob").is_ok());
+}
+
+#[test]
+fn a_detached_opening_stops_and_unlocks_a_detached_update_finishes() {
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..500 {
+        put(
+            root.path(),
+            "bob",
+            "new",
+            &format!("{}.M{i}.h,W=2", 1000 + i),
+            b"x\n",
+        );
+    }
+    let mut exec = inline();
+    let mut jobs = Jobs::new();
+    jobs.start(4, 1, Job::open(root.path(), "bob"));
+    let mut done = Vec::new();
+    // A few turns in, the connection goes.
+    for _ in 0..4 {
+        jobs.pump(Some(&mut exec));
+        exec.drain(&mut done);
+        for c in done.drain(..) {
+            jobs.complete(c);
+        }
+    }
+    jobs.detach(4);
+    for _ in 0..100 {
+        jobs.pump(Some(&mut exec));
+        exec.drain(&mut done);
+        for c in done.drain(..) {
+            jobs.complete(c);
+        }
+        assert!(
+            jobs.take_finished().is_empty(),
+            "no result for a detached job"
+        );
+    }
+    assert!(!jobs.busy(), "the opening stopped");
+    assert!(
+        !names(&root.path().join("bob/new")).is_empty(),
+        "it stopped before moving everything"
+    );
+    let (mb, infos) = Mailbox::open(root.path(), "bob").expect("unlocked");
+    let all: Vec<usize> = (0..infos.len()).collect();
+    jobs.start(4, 2, Ok(Job::update(mb, &all)));
+    jobs.detach(4);
+    for _ in 0..1000 {
+        if !jobs.busy() {
+            break;
+        }
+        jobs.pump(Some(&mut exec));
+        exec.drain(&mut done);
+        for c in done.drain(..) {
+            jobs.complete(c);
+        }
+        assert!(jobs.take_finished().is_empty());
+    }
+    assert!(
+        names(&root.path().join("bob/cur")).is_empty(),
+        "QUIT's deletions all done"
+    );
+}
+
+#[test]
+fn a_full_executor_makes_a_job_wait_not_fail() {
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..10 {
+        put(
+            root.path(),
+            "bob",
+            "cur",
+            &format!("{}.M{i}.h,W=2:2,", 1000 + i),
+            b"x\n",
+        );
+    }
+    let mut exec = inline();
+    // Fill the executor with someone else's operations.
+    for t in 0..crate::limits::EXEC_MAX_IN_FLIGHT as u64 {
+        let op = crate::exec::DiskOp::Mkdir {
+            dir: None,
+            path: std::ffi::CString::new("/nonexistent/x").unwrap(),
+            mode: 0o700,
+        };
+        exec.submit(t, op).unwrap();
+    }
+    let mut jobs = Jobs::new();
+    jobs.start(0, 0, Job::open(root.path(), "bob"));
+    jobs.pump(Some(&mut exec));
+    assert!(!jobs.runnable(), "blocked until a completion comes");
+    let mut done = Vec::new();
+    exec.drain(&mut done);
+    assert_eq!(done.len(), crate::limits::EXEC_MAX_IN_FLIGHT);
+    let (f, _) = turns(&mut jobs, &mut exec);
+    assert!(matches!(f.result, JobResult::Opened(Ok((_, ref i))) if i.len() == 10));
 }

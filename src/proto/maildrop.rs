@@ -1,35 +1,31 @@
-//! The logged-in side of a POP session, shared by POP3 and POP2: the login itself
-//! (after the password check: lock and snapshot the mailbox) and the snapshot with its deletion marks.
+//! The logged-in side of a POP session, shared by POP3 and POP2: the login itself (after the
+//! password check: ask for the mailbox, `Next::AwaitMailbox`) and the snapshot with its
+//! deletion marks.
 //!
 //! Message numbers are 1-based over the snapshot taken at login and never change during the
 //! session; a message marked deleted keeps its number but is invisible until RSET. Nothing is
 //! removed until the session's UPDATE (QUIT), which hands the marked indices to the host.
 
-use crate::proto::{AuthVerdict, MailboxError, MessageInfo, PopHost};
+use crate::proto::{AuthVerdict, MailboxRequest, MessageInfo};
 
-/// How a login attempt ended.
-#[derive(Debug)]
+/// How a password check ended, for a login.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Login {
-    /// Authenticated and the mailbox is locked; carries the canonical user name.
-    Opened(String, Maildrop),
+    /// Authenticated: the session asks for this mailbox (`Next::AwaitMailbox`) and is logged
+    /// in once it is opened.
+    Open(MailboxRequest),
     /// Unknown user or wrong password: answer after the failure delay.
     Rejected,
     /// The client address has failed too often: answer after the delay, then close.
     Throttled,
-    /// Authenticated, but the mailbox could not be opened (nothing is locked).
-    Unavailable(MailboxError),
     /// The password could not be checked now (temporary; not counted as a failure).
     CheckFailed,
 }
 
-/// Finishes a login once the password check (`Next::AwaitAuth`) answered: if the credentials
-/// are good, locks the mailbox and takes its snapshot.
-pub fn login(host: &mut dyn PopHost, verdict: AuthVerdict) -> Login {
+/// What a login does once the password check (`Next::AwaitAuth`) answered.
+pub fn login(verdict: AuthVerdict) -> Login {
     match verdict {
-        AuthVerdict::Accepted(name) => match host.mailbox_open(&name) {
-            Ok(messages) => Login::Opened(name, Maildrop::new(messages)),
-            Err(e) => Login::Unavailable(e),
-        },
+        AuthVerdict::Accepted(name) => Login::Open(MailboxRequest::Open(name)),
         AuthVerdict::Rejected => Login::Rejected,
         AuthVerdict::Throttled => Login::Throttled,
         AuthVerdict::Unavailable => Login::CheckFailed,
@@ -137,7 +133,7 @@ impl Maildrop {
         self.deleted_count
     }
 
-    /// The 0-based indices to hand to `PopHost::mailbox_update`.
+    /// The 0-based indices for QUIT's `MailboxRequest::Update`.
     pub fn deleted_indices(&self) -> Vec<usize> {
         self.deleted
             .iter()
@@ -157,7 +153,6 @@ impl Maildrop {
 mod tests {
     use super::*;
     use crate::proto::AuthRequest;
-    use crate::proto::pop_testing::FakeHost;
 
     fn drop_of(sizes: &[u64]) -> Maildrop {
         Maildrop::new(
@@ -199,36 +194,14 @@ mod tests {
 
     #[test]
     fn login_outcomes() {
-        let mut host = FakeHost::new();
-        host.add_user("bob", "pw");
-        host.add_message("1.a", b"x\n");
-        let accepted = || AuthVerdict::Accepted("bob".into());
-        assert!(
-            matches!(login(&mut host, accepted()), Login::Opened(n, d) if n == "bob" && d.total_count() == 1)
-        );
-        assert_eq!(host.opened, vec!["bob".to_string()]);
-        assert!(matches!(
-            login(&mut host, AuthVerdict::Rejected),
-            Login::Rejected
-        ));
-        assert!(matches!(
-            login(&mut host, AuthVerdict::Unavailable),
-            Login::CheckFailed
-        ));
-        assert!(matches!(
-            login(&mut host, AuthVerdict::Throttled),
-            Login::Throttled
-        ));
         assert_eq!(
-            host.opened.len(),
-            1,
-            "only an accepted login opens the mailbox"
+            login(AuthVerdict::Accepted("bob".into())),
+            Login::Open(MailboxRequest::Open("bob".into())),
+            "only an accepted login asks for the mailbox"
         );
-        host.open_error = Some(MailboxError::InUse);
-        assert!(matches!(
-            login(&mut host, accepted()),
-            Login::Unavailable(MailboxError::InUse)
-        ));
+        assert_eq!(login(AuthVerdict::Rejected), Login::Rejected);
+        assert_eq!(login(AuthVerdict::Unavailable), Login::CheckFailed);
+        assert_eq!(login(AuthVerdict::Throttled), Login::Throttled);
     }
 
     #[test]

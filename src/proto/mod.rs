@@ -6,8 +6,9 @@
 //! whole units (a command line, a run of message lines), writes replies into the output buffer
 //! and says what it needs next (`Next`). Synchronous services (directory lookups, spool
 //! appends, reading a mailbox) go through a host trait the reactor implements per call and
-//! tests fake; anything that must wait (a group commit, a password check, an authentication
-//! delay) is a `Next` that the reactor later answers with `resume`.
+//! tests fake; anything that must wait (a group commit, a password check, opening or updating
+//! a mailbox, an authentication delay) is a `Next` that the reactor later answers with
+//! `resume`.
 //!
 //! Contract with the reactor:
 //! - `step` is only called when the output buffer has at least `limits::REPLY_RESERVE` free.
@@ -59,6 +60,11 @@ pub enum Next {
     /// has it verified off the reactor (the disk executor's helper process) and answers with
     /// `resume(Completion::Auth(verdict))`. Nothing is read meanwhile.
     AwaitAuth,
+    /// Mailbox work is waiting (opening it after a login, or QUIT's deletions): the reactor
+    /// takes it with the session's `take_mailbox`, runs it in the disk executor in bounded
+    /// batches (`mailbox::job`) and answers with `resume(Completion::Mailbox(done))`. Nothing
+    /// is read meanwhile.
+    AwaitMailbox,
     /// Answer nothing and read nothing for this long, then `resume(Completion::Woke)`.
     /// (The delay after a failed login.)
     Sleep(Duration),
@@ -83,13 +89,33 @@ impl Step {
     }
 }
 
-/// Answers to a `Next::AwaitCommit`, `Next::AwaitAuth` or `Next::Sleep`.
+/// Answers to a `Next::AwaitCommit`, `Next::AwaitAuth`, `Next::AwaitMailbox` or `Next::Sleep`.
 #[derive(Debug)]
 pub enum Completion {
     Committed(Result<crate::spool::QueueId, crate::spool::SpoolError>),
     Woke,
     /// The password check a `Next::AwaitAuth` asked for (throttle included).
     Auth(AuthVerdict),
+    /// The mailbox work a `Next::AwaitMailbox` asked for.
+    Mailbox(MailboxDone),
+}
+
+/// Mailbox work a POP session waits for (`Next::AwaitMailbox`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailboxRequest {
+    /// Lock the user's mailbox and take its snapshot (new/ moved to cur/).
+    Open(String),
+    /// UPDATE state: remove these messages (0-based snapshot indices) and release the lock.
+    Update(Vec<usize>),
+}
+
+/// How a `MailboxRequest` ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailboxDone {
+    /// The snapshot (the host now holds the locked mailbox for `message_read`), or why not.
+    Opened(Result<Vec<MessageInfo>, MailboxError>),
+    /// Every marked message is gone (the lock is released either way), or what went wrong.
+    Updated(Result<(), MailboxError>),
 }
 
 /// A password check a POP session waits for (`Next::AwaitAuth`). The password is wiped when
@@ -135,10 +161,9 @@ impl Drop for AuthRequest {
 /// Services a POP3 or POP2 session needs from the reactor for one call. (Passwords are not
 /// checked here: that is a `Next::AwaitAuth` request, since it takes CPU time. Unknown users
 /// and wrong passwords must be indistinguishable: same verdict, same work; per-address
-/// throttling is the reactor's business.)
+/// throttling is the reactor's business. Opening a mailbox and QUIT's deletions are not here
+/// either: they grow with the mailbox, so they are a `Next::AwaitMailbox` request.)
 pub trait PopHost {
-    /// Lock the user's mailbox and take a snapshot of its messages (new/ moved to cur/).
-    fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError>;
     /// Read raw bytes of snapshot message `index` (0-based) from byte `offset` of its file.
     /// Returns 0 at end of file.
     fn message_read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
@@ -146,8 +171,6 @@ pub trait PopHost {
     /// counted from the file itself: what `message_read` will return, converted. POP2 needs it
     /// exact before it sends the text; `MessageInfo.size` may come from a file name.
     fn message_size(&mut self, index: usize) -> io::Result<u64>;
-    /// UPDATE state: remove these messages (0-based snapshot indices) and release the lock.
-    fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError>;
     /// Release the lock without deleting anything (QUIT in AUTHORIZATION, drop, timeout).
     fn mailbox_release(&mut self);
 }

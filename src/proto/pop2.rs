@@ -34,7 +34,10 @@ use super::maildrop::{self, Login, Maildrop};
 use super::pop3::PopSettings;
 use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
 use super::popmsg::{Fill, MessageStream};
-use super::{AuthRequest, AuthVerdict, Completion, Ctx, MailboxError, Next, OutBuf, PopHost, Step};
+use super::{
+    AuthRequest, AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest, Next,
+    OutBuf, PopHost, Step,
+};
 use crate::limits;
 
 enum State {
@@ -42,6 +45,9 @@ enum State {
     Call,
     /// HELO's password check is with the reactor (until `take_auth`, the request is here).
     Verifying(Option<Box<AuthRequest>>),
+    /// Opening the mailbox after HELO, or QUIT's UPDATE, is with the reactor (until
+    /// `take_mailbox`, the request is here).
+    AwaitingMailbox(Option<MailboxRequest>),
     /// HELO failed; answered at `wake_at`, then the connection closes.
     Delaying {
         wake_at: Instant,
@@ -120,6 +126,7 @@ impl Pop2Session {
             match &mut self.state {
                 State::Closed => return Step::new(consumed, Next::Close),
                 State::Verifying(_) => return Step::new(consumed, Next::AwaitAuth),
+                State::AwaitingMailbox(_) => return Step::new(consumed, Next::AwaitMailbox),
                 State::Delaying { wake_at, .. } => {
                     let left = wake_at.saturating_duration_since(ctx.now);
                     return Step::new(consumed, Next::Sleep(left));
@@ -155,11 +162,12 @@ impl Pop2Session {
         }
     }
 
-    /// HELO's password check answered (`Auth`), or the failure delay is over (`Woke`: answer
-    /// the failed HELO and close).
-    pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+    /// HELO's password check answered (`Auth`), the mailbox work is done (`Mailbox`: answer
+    /// HELO or QUIT), or the failure delay is over (`Woke`: answer the failed HELO and close).
+    pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, _host: &mut dyn PopHost) {
         let c = match c {
-            Completion::Auth(verdict) => return self.verified(verdict, ctx, out, host),
+            Completion::Auth(verdict) => return self.verified(verdict, ctx, out),
+            Completion::Mailbox(done) => return self.mailbox_done(done, out),
             c => c,
         };
         let (Completion::Woke, State::Delaying { throttled, .. }) = (c, &self.state) else {
@@ -177,6 +185,14 @@ impl Pop2Session {
     pub fn take_auth(&mut self) -> Option<AuthRequest> {
         match &mut self.state {
             State::Verifying(request) => request.take().map(|b| *b),
+            _ => None,
+        }
+    }
+
+    /// The mailbox work `Next::AwaitMailbox` asks for; taken once.
+    pub fn take_mailbox(&mut self) -> Option<MailboxRequest> {
+        match &mut self.state {
+            State::AwaitingMailbox(request) => request.take(),
             _ => None,
         }
     }
@@ -221,7 +237,7 @@ impl Pop2Session {
     fn command(&mut self, line: &[u8], _ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
         let cmd = Command::parse(line);
         if cmd.is("QUIT") {
-            return self.quit(out, host);
+            return self.quit(out);
         }
         match self.state {
             State::Call if cmd.is("HELO") && !self.clear_login_ok => self.error(
@@ -269,13 +285,7 @@ impl Pop2Session {
     }
 
     /// HELO goes on with the verdict of its password check.
-    fn verified(
-        &mut self,
-        verdict: AuthVerdict,
-        ctx: Ctx,
-        out: &mut OutBuf,
-        host: &mut dyn PopHost,
-    ) {
+    fn verified(&mut self, verdict: AuthVerdict, ctx: Ctx, out: &mut OutBuf) {
         if !matches!(self.state, State::Verifying(_)) {
             return;
         }
@@ -284,9 +294,27 @@ impl Pop2Session {
             wake_at: ctx.now + self.settings.auth_failure_delay,
             throttled,
         };
-        match maildrop::login(host, verdict) {
-            Login::Opened(name, drop) => {
-                debug!("pop2: {name} logged in, {} messages", drop.total_count());
+        match maildrop::login(verdict) {
+            Login::Open(request) => self.state = State::AwaitingMailbox(Some(request)),
+            Login::Rejected => self.state = delay(false),
+            Login::Throttled => self.state = delay(true),
+            Login::CheckFailed => {
+                out.push(b"- cannot check passwords now, try again later\r\n");
+                self.state = State::Closed;
+            }
+        }
+    }
+
+    /// The mailbox was opened (answer HELO) or updated (answer QUIT), or could not be.
+    fn mailbox_done(&mut self, done: MailboxDone, out: &mut OutBuf) {
+        if !matches!(self.state, State::AwaitingMailbox(_)) {
+            return;
+        }
+        self.state = State::Closed;
+        match done {
+            MailboxDone::Opened(Ok(messages)) => {
+                let drop = Maildrop::new(messages);
+                debug!("pop2: logged in, {} messages", drop.total_count());
                 push_fmt(out, format_args!("#{}\r\n", drop.total_count()));
                 self.maildrop = Some(drop);
                 self.state = State::Selected {
@@ -294,9 +322,7 @@ impl Pop2Session {
                     size: None,
                 };
             }
-            Login::Rejected => self.state = delay(false),
-            Login::Throttled => self.state = delay(true),
-            Login::Unavailable(e) => {
+            MailboxDone::Opened(Err(e)) => {
                 out.push(match e {
                     MailboxError::InUse => b"- mailbox is in use by another session\r\n".as_slice(),
                     MailboxError::Temporary(why) | MailboxError::Permanent(why) => {
@@ -304,11 +330,13 @@ impl Pop2Session {
                         b"- mailbox unavailable, try again later\r\n".as_slice()
                     }
                 });
-                self.state = State::Closed;
             }
-            Login::CheckFailed => {
-                out.push(b"- cannot check passwords now, try again later\r\n");
-                self.state = State::Closed;
+            MailboxDone::Updated(Ok(())) => {
+                out.push(b"+ postling POP2 server signing off\r\n");
+            }
+            MailboxDone::Updated(Err(e)) => {
+                warn!("pop2: UPDATE failed: {e:?}");
+                out.push(b"- some deleted messages were not removed\r\n");
             }
         }
     }
@@ -388,19 +416,19 @@ impl Pop2Session {
         }
     }
 
-    /// QUIT: before HELO just closes; after it, the UPDATE removes the `ACKD` messages.
-    fn quit(&mut self, out: &mut OutBuf, host: &mut dyn PopHost) {
+    /// QUIT: before HELO just closes; after it, the UPDATE removes the `ACKD` messages (a
+    /// `Next::AwaitMailbox` request, answered when it is done).
+    fn quit(&mut self, out: &mut OutBuf) {
         match &self.maildrop {
-            None => out.push(b"+ postling POP2 server signing off\r\n"),
-            Some(drop) => match host.mailbox_update(&drop.deleted_indices()) {
-                Ok(()) => out.push(b"+ postling POP2 server signing off\r\n"),
-                Err(e) => {
-                    warn!("pop2: UPDATE failed: {e:?}");
-                    out.push(b"- some deleted messages were not removed\r\n")
-                }
-            },
-        };
-        self.state = State::Closed;
+            None => {
+                out.push(b"+ postling POP2 server signing off\r\n");
+                self.state = State::Closed;
+            }
+            Some(drop) => {
+                let deleted = drop.deleted_indices();
+                self.state = State::AwaitingMailbox(Some(MailboxRequest::Update(deleted)));
+            }
+        }
     }
 }
 

@@ -475,3 +475,32 @@ fn helo_whose_check_cannot_run_fails_at_once() {
     assert!(h.sleeps.is_empty());
     assert!(h.host.opened.is_empty());
 }
+
+#[test]
+fn helo_and_quit_wait_for_the_mailbox_work() {
+    use crate::proto::pop_testing::Stop;
+    use crate::proto::{MailboxDone, MailboxRequest, MessageInfo};
+    let mut h = harness();
+    h.auto_mailbox = false;
+    h.send(b"HELO bob bob-pw\r\n");
+    assert_eq!(h.run(), Stop::AwaitMailbox);
+    assert_eq!(h.mailbox_requests, vec![MailboxRequest::Open("bob".into())]);
+    let info = |uid: &str| MessageInfo {
+        uid: uid.into(),
+        size: 3,
+    };
+    h.mailbox_done(MailboxDone::Opened(Ok(vec![info("5.a"), info("6.a")])));
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert!(h.wire_str().ends_with("#2\r\n"));
+    h.send(b"QUIT\r\n");
+    assert_eq!(h.run(), Stop::AwaitMailbox);
+    assert_eq!(h.mailbox_requests[1], MailboxRequest::Update(vec![]));
+    h.mailbox_done(MailboxDone::Updated(Err(MailboxError::Temporary(
+        "x".into(),
+    ))));
+    assert_eq!(h.run(), Stop::Close);
+    assert!(
+        h.wire_str()
+            .ends_with("- some deleted messages were not removed\r\n")
+    );
+}

@@ -3,8 +3,13 @@
 //!
 //! States: AUTHORIZATION (USER, PASS, AUTH PLAIN, CAPA, QUIT), TRANSACTION (STAT, LIST, RETR,
 //! DELE, NOOP, RSET, TOP, UIDL, CAPA, QUIT) and UPDATE, which only QUIT in TRANSACTION
-//! reaches: the marked messages go to `PopHost::mailbox_update`. A drop, a timeout or a
+//! reaches: the marked messages are removed by a `Next::AwaitMailbox` request
+//! (`MailboxRequest::Update`), answered when the removal is done. A drop, a timeout or a
 //! shutdown deletes nothing; the reactor releases the mailbox lock.
+//!
+//! After an accepted password the mailbox is opened the same way (`MailboxRequest::Open`,
+//! then `resume(Mailbox(Opened(..)))`): a large Maildir takes time to read, and the session
+//! answers PASS only then.
 //!
 //! Logins: USER always answers `+OK` (it never tells whether a user exists). PASS and AUTH
 //! PLAIN hand the password check to the reactor (`Next::AwaitAuth`, `take_auth`, then
@@ -31,7 +36,10 @@ use super::maildrop::{self, Login, Maildrop, Missing};
 use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
 use super::popmsg::{Fill, MessageStream};
 use super::sasl::{self, PlainError};
-use super::{AuthRequest, AuthVerdict, Completion, Ctx, MailboxError, Next, OutBuf, PopHost, Step};
+use super::{
+    AuthRequest, AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest, Next,
+    OutBuf, PopHost, Step,
+};
 use crate::limits;
 
 /// Settings shared by all POP3 and POP2 sessions.
@@ -80,6 +88,9 @@ enum State {
     /// PASS or AUTH PLAIN: the password check is with the reactor (until `take_auth`, the
     /// request is here).
     Verifying(Option<Box<AuthRequest>>),
+    /// Opening the mailbox after the login, or QUIT's UPDATE, is with the reactor (until
+    /// `take_mailbox`, the request is here).
+    AwaitingMailbox(Option<MailboxRequest>),
     /// A login failed; it is answered at `wake_at` (`throttled`: then the connection closes).
     Delaying {
         wake_at: Instant,
@@ -240,6 +251,7 @@ impl Pop3Session {
             match &mut self.state {
                 State::Closed => return Step::new(consumed, Next::Close),
                 State::Verifying(_) => return Step::new(consumed, Next::AwaitAuth),
+                State::AwaitingMailbox(_) => return Step::new(consumed, Next::AwaitMailbox),
                 State::Delaying { wake_at, .. } => {
                     let left = wake_at.saturating_duration_since(ctx.now);
                     return Step::new(consumed, Next::Sleep(left));
@@ -304,11 +316,12 @@ impl Pop3Session {
         }
     }
 
-    /// The password check answered (`Auth`), or the failure delay is over (`Woke`): answer
-    /// the login.
-    pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) {
+    /// The password check answered (`Auth`), the mailbox work is done (`Mailbox`), or the
+    /// failure delay is over (`Woke`): answer the login or the QUIT.
+    pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, _host: &mut dyn PopHost) {
         let c = match c {
-            Completion::Auth(verdict) => return self.verified(verdict, ctx, out, host),
+            Completion::Auth(verdict) => return self.verified(verdict, ctx, out),
+            Completion::Mailbox(done) => return self.mailbox_done(done, out),
             c => c,
         };
         let (Completion::Woke, State::Delaying { throttled, .. }) = (c, &self.state) else {
@@ -331,6 +344,14 @@ impl Pop3Session {
     pub fn take_auth(&mut self) -> Option<AuthRequest> {
         match &mut self.state {
             State::Verifying(request) => request.take().map(|b| *b),
+            _ => None,
+        }
+    }
+
+    /// The mailbox work `Next::AwaitMailbox` asks for; taken once.
+    pub fn take_mailbox(&mut self) -> Option<MailboxRequest> {
+        match &mut self.state {
+            State::AwaitingMailbox(request) => request.take(),
             _ => None,
         }
     }
@@ -498,20 +519,33 @@ impl Pop3Session {
         )));
     }
 
-    fn verified(
-        &mut self,
-        verdict: AuthVerdict,
-        ctx: Ctx,
-        out: &mut OutBuf,
-        host: &mut dyn PopHost,
-    ) {
+    fn verified(&mut self, verdict: AuthVerdict, ctx: Ctx, out: &mut OutBuf) {
         if !matches!(self.state, State::Verifying(_)) {
             return;
         }
         self.state = State::Authorization { user: None };
-        match maildrop::login(host, verdict) {
-            Login::Opened(name, drop) => {
-                debug!("pop3: {name} logged in, {} messages", drop.total_count());
+        match maildrop::login(verdict) {
+            Login::Open(request) => self.state = State::AwaitingMailbox(Some(request)),
+            Login::Rejected => {
+                self.failures += 1;
+                self.delay(ctx, false);
+            }
+            Login::Throttled => self.delay(ctx, true),
+            Login::CheckFailed => {
+                out.push(b"-ERR [SYS/TEMP] cannot check passwords now, try again later\r\n");
+            }
+        }
+    }
+
+    /// The mailbox was opened (answer PASS) or updated (answer QUIT), or could not be.
+    fn mailbox_done(&mut self, done: MailboxDone, out: &mut OutBuf) {
+        if !matches!(self.state, State::AwaitingMailbox(_)) {
+            return;
+        }
+        match done {
+            MailboxDone::Opened(Ok(messages)) => {
+                let drop = Maildrop::new(messages);
+                debug!("pop3: logged in, {} messages", drop.total_count());
                 push_fmt(
                     out,
                     format_args!(
@@ -523,7 +557,7 @@ impl Pop3Session {
                 self.maildrop = Some(drop);
                 self.state = State::Transaction;
             }
-            Login::Unavailable(e) => {
+            MailboxDone::Opened(Err(e)) => {
                 self.state = State::Authorization { user: None };
                 match e {
                     MailboxError::InUse => out.push(
@@ -539,13 +573,9 @@ impl Pop3Session {
                     }
                 };
             }
-            Login::Rejected => {
-                self.failures += 1;
-                self.delay(ctx, false);
-            }
-            Login::Throttled => self.delay(ctx, true),
-            Login::CheckFailed => {
-                out.push(b"-ERR [SYS/TEMP] cannot check passwords now, try again later\r\n");
+            MailboxDone::Updated(result) => {
+                self.signed_off(result, out);
+                self.state = State::Closed;
             }
         }
     }
@@ -612,7 +642,7 @@ impl Pop3Session {
                 }
                 None => self.error(out, "syntax: DELE msg"),
             },
-            Verb::Quit => self.update(out, host),
+            Verb::Quit => self.update(),
             Verb::User | Verb::Pass | Verb::Auth => self.error(out, "already logged in"),
             Verb::Capa => self.capabilities(out),
             Verb::Stls => self.error(out, "STLS only before login"),
@@ -736,18 +766,29 @@ impl Pop3Session {
         }
     }
 
-    /// QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6).
-    fn update(&mut self, out: &mut OutBuf, host: &mut dyn PopHost) {
-        let (deleted, left) = match &self.maildrop {
-            Some(d) => (d.deleted_indices(), d.live_count()),
-            None => (Vec::new(), 0),
-        };
-        match host.mailbox_update(&deleted) {
+    /// QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6): the removal of the marked
+    /// messages is a `Next::AwaitMailbox` request, answered when it is done (at once when
+    /// none are marked).
+    fn update(&mut self) {
+        let deleted = self
+            .maildrop
+            .as_ref()
+            .map(Maildrop::deleted_indices)
+            .unwrap_or_default();
+        self.state = State::AwaitingMailbox(Some(MailboxRequest::Update(deleted)));
+    }
+
+    /// QUIT's reply once the UPDATE is over.
+    fn signed_off(&mut self, result: Result<(), MailboxError>, out: &mut OutBuf) {
+        let (deleted, left) = self
+            .maildrop
+            .as_ref()
+            .map_or((0, 0), |d| (d.deleted_count(), d.live_count()));
+        match result {
             Ok(()) => push_fmt(
                 out,
                 format_args!(
-                    "+OK postling POP3 server signing off ({} deleted, {left} left)\r\n",
-                    deleted.len()
+                    "+OK postling POP3 server signing off ({deleted} deleted, {left} left)\r\n"
                 ),
             ),
             Err(e) => {
@@ -755,7 +796,6 @@ impl Pop3Session {
                 out.push(b"-ERR [SYS/TEMP] some deleted messages were not removed\r\n");
             }
         }
-        self.state = State::Closed;
     }
 
     /// Heap bytes held beside the struct itself (tests prove streaming keeps it flat).

@@ -350,3 +350,84 @@ fn a_timeout_or_shutdown_while_checking_ignores_the_late_verdict() {
         );
     }
 }
+
+#[test]
+fn the_login_is_answered_when_the_mailbox_is_open() {
+    use crate::proto::{MailboxDone, MailboxRequest, MessageInfo};
+    let mut h = harness();
+    h.auto_mailbox = false;
+    // Pipelined: STAT waits behind the opening.
+    h.send(b"USER bob\r\nPASS bob-pw\r\nSTAT\r\n");
+    assert_eq!(h.run(), Stop::AwaitMailbox);
+    assert_eq!(h.mailbox_requests, vec![MailboxRequest::Open("bob".into())]);
+    assert!(h.wire_str().ends_with("+OK send PASS\r\n"), "no reply yet");
+    assert_eq!(
+        h.pending_input(),
+        b"STAT\r\n".len(),
+        "nothing read meanwhile"
+    );
+    h.mailbox_done(MailboxDone::Opened(Ok(vec![MessageInfo {
+        uid: "1.a".into(),
+        size: 7,
+    }])));
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert!(
+        h.wire_str()
+            .ends_with("+OK send PASS\r\n+OK maildrop has 1 messages (7 octets)\r\n+OK 1 7\r\n")
+    );
+    // An opening that fails leaves the session in AUTHORIZATION.
+    let mut h = harness();
+    h.auto_mailbox = false;
+    h.send(b"USER bob\r\nPASS bob-pw\r\n");
+    assert_eq!(h.run(), Stop::AwaitMailbox);
+    h.mailbox_done(MailboxDone::Opened(Err(MailboxError::Temporary(
+        "cannot list".into(),
+    ))));
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert!(
+        h.wire_str()
+            .ends_with("-ERR [SYS/TEMP] mailbox unavailable, try again later\r\n")
+    );
+    assert!(say(&mut h, "STAT").starts_with("-ERR"), "not logged in");
+}
+
+#[test]
+fn quit_is_answered_when_the_deletions_are_done() {
+    use crate::proto::{MailboxDone, MailboxRequest};
+    let mut h = super::tests::logged_in();
+    h.auto_mailbox = false;
+    assert_eq!(say(&mut h, "DELE 1"), "+OK message 1 deleted\r\n");
+    assert_eq!(say(&mut h, "DELE 3"), "+OK message 3 deleted\r\n");
+    let before = h.wire.len();
+    h.send(b"QUIT\r\n");
+    assert_eq!(h.run(), Stop::AwaitMailbox);
+    assert_eq!(
+        h.mailbox_requests.last(),
+        Some(&MailboxRequest::Update(vec![0, 2]))
+    );
+    assert_eq!(
+        h.wire.len(),
+        before,
+        "nothing said before the deletions end"
+    );
+    h.mailbox_done(MailboxDone::Updated(Ok(())));
+    assert_eq!(h.run(), Stop::Close);
+    assert!(
+        h.wire_str()
+            .ends_with("+OK postling POP3 server signing off (2 deleted, 1 left)\r\n")
+    );
+    // Deletions that failed part-way: the client is told some are still there.
+    let mut h = super::tests::logged_in();
+    h.auto_mailbox = false;
+    say(&mut h, "DELE 2");
+    h.send(b"QUIT\r\n");
+    assert_eq!(h.run(), Stop::AwaitMailbox);
+    h.mailbox_done(MailboxDone::Updated(Err(MailboxError::Temporary(
+        "1 of 1 marked messages not removed".into(),
+    ))));
+    assert_eq!(h.run(), Stop::Close);
+    assert!(
+        h.wire_str()
+            .ends_with("-ERR [SYS/TEMP] some deleted messages were not removed\r\n")
+    );
+}

@@ -1,7 +1,8 @@
 //! Test support for the POP sessions: an in-memory `PopHost` with programmable failures, and
 //! a harness that drives a session the way the reactor does (output drained when it asks,
 //! `step` only with `REPLY_RESERVE` free, `AwaitAuth` answered inline from the fake users
-//! table, `Sleep` answered with `resume(Woke)`), checking the session contract on every call.
+//! table, `AwaitMailbox` from the fake mailbox, `Sleep` answered with `resume(Woke)`),
+//! checking the session contract on every call.
 
 pub mod dialog;
 
@@ -13,7 +14,8 @@ use crate::limits;
 use crate::proto::pop2::Pop2Session;
 use crate::proto::pop3::Pop3Session;
 use crate::proto::{
-    AuthRequest, AuthVerdict, Completion, Ctx, MailboxError, MessageInfo, Next, PopHost, Step,
+    AuthRequest, AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest,
+    MessageInfo, Next, PopHost, Step,
 };
 
 /// The body of a fake message.
@@ -81,9 +83,9 @@ pub fn wire_size(raw: &[u8]) -> u64 {
 pub struct FakeHost {
     users: Vec<(String, Vec<u8>)>,
     messages: Vec<(String, Body)>,
-    /// `mailbox_open` fails with this (taken once, so a retry can succeed).
+    /// `open_mailbox` fails with this (taken once, so a retry can succeed).
     pub open_error: Option<MailboxError>,
-    /// `mailbox_update` fails with this.
+    /// `update_mailbox` fails with this.
     pub update_error: Option<MailboxError>,
     /// `authenticate` answers Throttled whatever the credentials.
     pub throttled: bool,
@@ -100,7 +102,7 @@ pub struct FakeHost {
     pub reads: u64,
     /// The largest buffer a read was given: proves reads use a small fixed array.
     pub largest_read_buf: usize,
-    /// `(index, size)`: `mailbox_open` lists the message with this size instead of its real
+    /// `(index, size)`: `open_mailbox` lists the message with this size instead of its real
     /// one (a Maildir `W=` that lies).
     pub listed_sizes: Vec<(usize, u64)>,
     /// `message_size` fails.
@@ -145,8 +147,17 @@ impl FakeHost {
     }
 }
 
-impl PopHost for FakeHost {
-    fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
+impl FakeHost {
+    /// The driver's answer to a `MailboxRequest`.
+    pub fn answer(&mut self, request: &MailboxRequest) -> MailboxDone {
+        match request {
+            MailboxRequest::Open(user) => MailboxDone::Opened(self.open_mailbox(user)),
+            MailboxRequest::Update(deleted) => MailboxDone::Updated(self.update_mailbox(deleted)),
+        }
+    }
+
+    /// Lock the user's mailbox and take a snapshot of its messages.
+    pub fn open_mailbox(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
         if let Some(e) = self.open_error.take() {
             return Err(e);
         }
@@ -166,6 +177,17 @@ impl PopHost for FakeHost {
             .collect())
     }
 
+    /// Remove these messages and release the lock.
+    pub fn update_mailbox(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
+        self.updates.push(deleted.to_vec());
+        match self.update_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl PopHost for FakeHost {
     fn message_read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.reads += 1;
         self.largest_read_buf = self.largest_read_buf.max(buf.len());
@@ -205,14 +227,6 @@ impl PopHost for FakeHost {
             .ok_or_else(|| io::Error::other("no such index"))
     }
 
-    fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
-        self.updates.push(deleted.to_vec());
-        match self.update_error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
     fn mailbox_release(&mut self) {
         self.releases += 1;
     }
@@ -224,6 +238,7 @@ pub trait PopSession {
     fn step(&mut self, input: &[u8], ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost) -> Step;
     fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, host: &mut dyn PopHost);
     fn take_auth(&mut self) -> Option<AuthRequest>;
+    fn take_mailbox(&mut self) -> Option<MailboxRequest>;
     fn on_timeout(&mut self, out: &mut OutBuf);
     fn on_shutdown(&mut self, out: &mut OutBuf);
 }
@@ -255,6 +270,9 @@ macro_rules! impl_pop_session {
             fn take_auth(&mut self) -> Option<AuthRequest> {
                 <$t>::take_auth(self)
             }
+            fn take_mailbox(&mut self) -> Option<MailboxRequest> {
+                <$t>::take_mailbox(self)
+            }
             fn on_timeout(&mut self, out: &mut OutBuf) {
                 <$t>::on_timeout(self, out)
             }
@@ -273,6 +291,8 @@ pub enum Stop {
     NeedInput,
     /// The session waits for its password check (`auto_verify` off): `verify` answers it.
     AwaitAuth,
+    /// The session waits for its mailbox work (`auto_mailbox` off): `mailbox_done` answers it.
+    AwaitMailbox,
     Sleep(Duration),
     Close,
 }
@@ -295,6 +315,11 @@ pub struct Harness<S: PopSession> {
     pub auto_wake: bool,
     /// Answer `AwaitAuth` at once from the fake host (else `run` stops with `Stop::AwaitAuth`).
     pub auto_verify: bool,
+    /// Answer `AwaitMailbox` at once from the fake host (else `run` stops with
+    /// `Stop::AwaitMailbox`).
+    pub auto_mailbox: bool,
+    /// The mailbox work the session asked for, in order.
+    pub mailbox_requests: Vec<MailboxRequest>,
     /// The password checks the session asked for, in order: (user, password).
     pub auth_requests: Vec<(String, Vec<u8>)>,
     pub sleeps: Vec<Duration>,
@@ -318,6 +343,8 @@ impl<S: PopSession> Harness<S> {
             drain_limit: None,
             auto_wake: true,
             auto_verify: true,
+            auto_mailbox: true,
+            mailbox_requests: Vec::new(),
             auth_requests: Vec::new(),
             sleeps: Vec::new(),
             closed: false,
@@ -421,6 +448,21 @@ impl<S: PopSession> Harness<S> {
                     self.verify(verdict);
                     // The session still answers `AwaitAuth` until it is resumed.
                 }
+                Next::AwaitMailbox => {
+                    self.drain(usize::MAX);
+                    let request = self.session.take_mailbox();
+                    let request = request.expect("AwaitMailbox without a request to take");
+                    assert!(
+                        self.session.take_mailbox().is_none(),
+                        "a request is taken once"
+                    );
+                    self.mailbox_requests.push(request.clone());
+                    if !self.auto_mailbox {
+                        return Stop::AwaitMailbox;
+                    }
+                    let done = self.host.answer(&request);
+                    self.mailbox_done(done);
+                }
                 Next::StartTls => panic!("STLS is not expected here"),
                 Next::Sleep(d) => {
                     self.sleeps.push(d);
@@ -446,6 +488,17 @@ impl<S: PopSession> Harness<S> {
         let ctx = self.ctx();
         self.session.resume(
             Completion::Auth(verdict),
+            ctx,
+            &mut self.out,
+            &mut self.host,
+        );
+    }
+
+    /// Answers the mailbox work the session waits for.
+    pub fn mailbox_done(&mut self, done: MailboxDone) {
+        let ctx = self.ctx();
+        self.session.resume(
+            Completion::Mailbox(done),
             ctx,
             &mut self.out,
             &mut self.host,

@@ -442,6 +442,8 @@ impl SmtpSession {
             Completion::Committed(result) => result,
             Completion::Auth(verdict) => return self.verified(verdict, ctx, out),
             Completion::Woke => return self.woke(out),
+            // Never asked for by an SMTP session.
+            Completion::Mailbox(_) => return,
         };
         if !matches!(self.mode, Mode::AwaitCommit) {
             return;

@@ -37,6 +37,16 @@ fn frames_round_trip_and_refuse_lies() {
             to_dir: None,
             to: c("b"),
         },
+        DiskOp::RenameNoReplace {
+            from_dir: Some(Handle(1)),
+            from: c("a:2,"),
+            to_dir: Some(Handle(3)),
+            to: c("b"),
+        },
+        DiskOp::WireSize {
+            dir: Handle(6),
+            path: c("1.m,W=3"),
+        },
         DiskOp::Link {
             from_dir: None,
             from: c("a"),
@@ -96,12 +106,15 @@ fn frames_round_trip_and_refuse_lies() {
         Ok(Outcome::Written(Vec::new())),
         Ok(Outcome::Names {
             names: vec![b"a".to_vec(), vec![b'n'; 255]],
+            kinds: vec![libc::DT_REG, libc::DT_LNK],
             next: Some(77),
         }),
         Ok(Outcome::Names {
             names: vec![],
+            kinds: vec![],
             next: None,
         }),
+        Ok(Outcome::Size(u64::MAX)),
         Ok(Outcome::Verified(true)),
     ];
     for r in replies {
@@ -113,6 +126,7 @@ fn frames_round_trip_and_refuse_lies() {
     let frame = wire::encode_reply(
         1,
         &Ok(Outcome::Names {
+            kinds: vec![libc::DT_REG; names.len()],
             names,
             next: Some(1),
         }),

@@ -360,6 +360,7 @@ impl Driver {
                 }
                 // The reactor's part: the reply goes out, the rest of the input is dropped,
                 // the handshake runs, the session is told.
+                Next::AwaitMailbox => panic!("an SMTP session never awaits a mailbox"),
                 Next::StartTls => {
                     self.drain();
                     self.discarded_at_starttls.append(&mut self.input);

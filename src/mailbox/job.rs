@@ -1,0 +1,795 @@
+//! The POP mailbox work whose cost grows with the mailbox, as requests to the disk executor
+//! in bounded pieces, so a session opening or emptying a 100,000-message Maildir never makes
+//! another client wait: the session is answered when its job ends.
+//!
+//! - Opening (after the password check): the lock and the Maildir's directories are taken on
+//!   the reactor (`Mailbox::lock`, a fixed handful of calls); then, in the executor, the
+//!   Maildir, `new/` and `cur/` are opened again as executor handles (`O_NOFOLLOW`, each
+//!   relative to the one before: the `crate::dirfd` rule), `new/` is listed in batches
+//!   (`ReadDir` with a cursor), each regular file moved to `cur/` with the `:2,` suffix
+//!   (`RenameNoReplace`: a name already taken in `cur/` stays and is served from `new/`),
+//!   `cur/` is listed, and every message without a usable `W=` is counted (`WireSize`).
+//! - QUIT's UPDATE: the same handles are opened again, the marked messages unlinked, and each
+//!   directory that lost one synced; an unlink that fails is counted and reported, the others
+//!   go on. The lock is released when the job ends, not before.
+//!
+//! `Jobs` holds every job, tags their operations (`TAG_BIT` set, so the reactor tells them from
+//! password checks), and submits at most `limits::MAILBOX_OPS_PER_TURN` operations per
+//! `pump` (one per reactor turn), each job with at most that many in flight. The work left on
+//! the reactor per turn is that many completions plus, once per opening, the sort of the
+//! snapshot. A job whose connection ended is detached: an opening is cut short (its
+//! operations in flight are awaited, its handles closed, the lock dropped), an UPDATE runs to
+//! its end, since the client asked for it.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+use log::{info, warn};
+
+use super::{INFO_SUFFIX, Mailbox, Message, Sub, temporary};
+use crate::exec::{Completion, DiskOp, Errno, Executor, Handle, Outcome, Reject};
+use crate::limits;
+use crate::proto::{MailboxDone, MailboxError, MessageInfo};
+
+/// Set in every tag of a mailbox job's operation (connection ids, the password checks' tags,
+/// never reach it).
+pub const TAG_BIT: u64 = 1 << 63;
+
+/// Is this completion a mailbox job's?
+pub fn owns(tag: u64) -> bool {
+    tag & TAG_BIT != 0
+}
+
+const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+
+/// What an operation in flight was for.
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    OpenUser,
+    OpenSub(Sub),
+    List(Sub),
+    /// Moving `new_names[i]` to `cur/`.
+    Move(usize),
+    /// Counting `messages[i]`.
+    Size(usize),
+    /// Unlinking snapshot message `i`.
+    Unlink(usize),
+    Sync,
+    Close,
+}
+
+#[derive(Debug)]
+enum Phase {
+    OpenUser {
+        sent: bool,
+    },
+    OpenSubs {
+        sent: u8,
+    },
+    /// `cursor`: the next batch to ask for (None while one is in flight, or at the end).
+    List {
+        sub: Sub,
+        cursor: Option<u64>,
+    },
+    Move {
+        next: usize,
+    },
+    Size {
+        next: usize,
+    },
+    Unlink {
+        next: usize,
+    },
+    Sync {
+        sent: bool,
+    },
+    Close,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Open,
+    Update,
+}
+
+/// One opening or UPDATE of one mailbox (sans-I/O: it says which operation comes next and is
+/// told how each ended).
+pub struct Job {
+    kind: Kind,
+    phase: Phase,
+    /// The locked mailbox (its reactor-side directories and the flock); its snapshot is filled
+    /// in at the end of an opening.
+    mailbox: Mailbox,
+    user: Option<Handle>,
+    new: Option<Handle>,
+    cur: Option<Handle>,
+    /// An operation the executor had no room for, to submit first next time.
+    retry: Option<(Purpose, DiskOp)>,
+    in_flight: usize,
+    /// Opening: regular files of `new/` to move.
+    new_names: Vec<String>,
+    /// Opening: the snapshot being built; `measure[i]`: its size must be counted (no `W=`,
+    /// or a type the listing did not give).
+    messages: Vec<Message>,
+    measure: Vec<bool>,
+    sizes: Vec<Option<u64>>,
+    /// UPDATE: the snapshot indices to remove, and those whose removal failed.
+    deleted: Vec<usize>,
+    failed: usize,
+    /// Which of `cur/`, `new/` lost a file (and so must be synced).
+    touched: [bool; 2],
+    /// The first failure: an opening ends with it; an UPDATE reports it at the end.
+    error: Option<MailboxError>,
+    /// The connection went away: an opening stops (an UPDATE does not).
+    cancelled: bool,
+}
+
+impl Job {
+    /// Locks `<root>/<user>` on the reactor and prepares the opening (`Err`: answer at once).
+    pub fn open(root: &Path, user: &str) -> Result<Job, MailboxError> {
+        Ok(Job::new(Kind::Open, Mailbox::lock(root, user)?, Vec::new()))
+    }
+
+    /// QUIT's UPDATE of an open mailbox: remove the messages at these snapshot indices.
+    pub fn update(mailbox: Mailbox, deleted: &[usize]) -> Job {
+        let mut deleted = deleted.to_vec();
+        deleted.sort_unstable();
+        deleted.dedup();
+        deleted.retain(|&i| i < mailbox.messages.len());
+        Job::new(Kind::Update, mailbox, deleted)
+    }
+
+    fn new(kind: Kind, mut mailbox: Mailbox, deleted: Vec<usize>) -> Job {
+        mailbox.current = None;
+        // Nothing to remove: no operation at all, the lock goes at once.
+        let nothing = kind == Kind::Update && deleted.is_empty();
+        Job {
+            kind,
+            phase: if nothing {
+                Phase::Done
+            } else {
+                Phase::OpenUser { sent: false }
+            },
+            mailbox,
+            user: None,
+            new: None,
+            cur: None,
+            retry: None,
+            in_flight: 0,
+            new_names: Vec::new(),
+            messages: Vec::new(),
+            measure: Vec::new(),
+            sizes: Vec::new(),
+            deleted,
+            failed: 0,
+            touched: [false, false],
+            error: None,
+            cancelled: false,
+        }
+    }
+
+    /// All work is done and nothing is in flight.
+    pub fn finished(&self) -> bool {
+        matches!(self.phase, Phase::Done) && self.in_flight == 0 && self.retry.is_none()
+    }
+
+    fn handle(&self, sub: Sub) -> Option<Handle> {
+        match sub {
+            Sub::Cur => self.cur,
+            Sub::New => self.new,
+        }
+    }
+
+    fn path_of(&self, sub: Sub, name: &str) -> std::path::PathBuf {
+        self.mailbox.dir.join(sub.dir()).join(name)
+    }
+
+    fn fail(&mut self, what: &str, path: &Path, e: Errno) {
+        if self.error.is_none() {
+            self.error = Some(temporary(what, path, &io::Error::from(e)));
+        }
+    }
+
+    /// The next operation to submit, or None until a completion comes (or at the end).
+    fn next_op(&mut self) -> Option<(Purpose, DiskOp)> {
+        if let Some(op) = self.retry.take() {
+            return Some(op);
+        }
+        loop {
+            if let Some(op) = self.op_of_phase() {
+                return Some(op);
+            }
+            if self.in_flight > 0 || matches!(self.phase, Phase::Done) {
+                return None;
+            }
+            self.advance();
+        }
+    }
+
+    fn op_of_phase(&mut self) -> Option<(Purpose, DiskOp)> {
+        let stopping = self.kind == Kind::Open && (self.error.is_some() || self.cancelled);
+        if stopping && !matches!(self.phase, Phase::Close) {
+            return None;
+        }
+        match &mut self.phase {
+            Phase::OpenUser { sent } if !*sent => {
+                *sent = true;
+                let path = CString::new(self.mailbox.dir.as_os_str().as_encoded_bytes()).ok();
+                let Some(path) = path else {
+                    self.error = Some(MailboxError::Temporary("a NUL in the path".into()));
+                    return None;
+                };
+                Some((
+                    Purpose::OpenUser,
+                    DiskOp::Open {
+                        dir: None,
+                        path,
+                        flags: DIR_FLAGS,
+                        mode: 0,
+                    },
+                ))
+            }
+            Phase::OpenSubs { sent } if *sent < 2 => {
+                let sub = if *sent == 0 { Sub::New } else { Sub::Cur };
+                *sent += 1;
+                Some((
+                    Purpose::OpenSub(sub),
+                    DiskOp::Open {
+                        dir: self.user,
+                        path: cstring(sub.dir()),
+                        flags: DIR_FLAGS,
+                        mode: 0,
+                    },
+                ))
+            }
+            Phase::List { sub, cursor } => {
+                let sub = *sub;
+                let c = cursor.take()?;
+                let dir = self.handle(sub)?;
+                Some((
+                    Purpose::List(sub),
+                    DiskOp::ReadDir {
+                        dir,
+                        cursor: c,
+                        max: limits::EXEC_READDIR_MAX_NAMES,
+                    },
+                ))
+            }
+            Phase::Move { next } => {
+                let i = *next;
+                let name = self.new_names.get(i)?;
+                *next += 1;
+                Some((
+                    Purpose::Move(i),
+                    DiskOp::RenameNoReplace {
+                        from_dir: self.new,
+                        from: cstring(name),
+                        to_dir: self.cur,
+                        to: cstring(&cur_name(name)),
+                    },
+                ))
+            }
+            Phase::Size { next } => {
+                while *next < self.messages.len() && !self.measure[*next] {
+                    *next += 1;
+                }
+                let i = *next;
+                let m = self.messages.get(i)?;
+                *next += 1;
+                let dir = match m.sub {
+                    Sub::Cur => self.cur,
+                    Sub::New => self.new,
+                }?;
+                Some((
+                    Purpose::Size(i),
+                    DiskOp::WireSize {
+                        dir,
+                        path: cstring(&m.file),
+                    },
+                ))
+            }
+            Phase::Unlink { next } => {
+                let i = *self.deleted.get(*next)?;
+                *next += 1;
+                let m = self.mailbox.messages.get(i)?;
+                let dir = match m.sub {
+                    Sub::Cur => self.cur,
+                    Sub::New => self.new,
+                };
+                // unlinkat never follows: a symlink put in place of a message loses only
+                // itself.
+                Some((
+                    Purpose::Unlink(i),
+                    DiskOp::Unlink {
+                        dir,
+                        path: cstring(&m.file),
+                    },
+                ))
+            }
+            Phase::Sync { sent } if !*sent => {
+                // The unlinks are durable once their directory is synced: one op per
+                // directory that lost a file (at most two, so both are returned in turn).
+                if self.touched[0] {
+                    self.touched[0] = false;
+                    return self.cur.map(|file| (Purpose::Sync, DiskOp::Fsync { file }));
+                }
+                if self.touched[1] {
+                    self.touched[1] = false;
+                    return self.new.map(|file| (Purpose::Sync, DiskOp::Fsync { file }));
+                }
+                *sent = true;
+                None
+            }
+            Phase::Close => {
+                let file = self
+                    .user
+                    .take()
+                    .or_else(|| self.new.take())
+                    .or_else(|| self.cur.take())?;
+                Some((Purpose::Close, DiskOp::Close { file }))
+            }
+            _ => None,
+        }
+    }
+
+    /// The current phase has nothing more to submit and nothing in flight: the next one.
+    fn advance(&mut self) {
+        // An opening stops at its first failure or when its client is gone; an UPDATE only
+        // when it cannot get its directories (it removes what it can, for a client that
+        // asked for it).
+        let opening = matches!(self.phase, Phase::OpenUser { .. } | Phase::OpenSubs { .. });
+        let stop = match self.kind {
+            Kind::Open => self.error.is_some() || self.cancelled,
+            Kind::Update => self.error.is_some() && opening,
+        };
+        self.phase = match self.phase {
+            Phase::Close => Phase::Done,
+            Phase::Done => Phase::Done,
+            _ if stop => Phase::Close,
+            Phase::OpenUser { .. } => Phase::OpenSubs { sent: 0 },
+            Phase::OpenSubs { .. } => match self.kind {
+                Kind::Open => Phase::List {
+                    sub: Sub::New,
+                    cursor: Some(0),
+                },
+                Kind::Update => Phase::Unlink { next: 0 },
+            },
+            Phase::List { sub: Sub::New, .. } => Phase::Move { next: 0 },
+            Phase::Move { .. } => Phase::List {
+                sub: Sub::Cur,
+                cursor: Some(0),
+            },
+            Phase::List { sub: Sub::Cur, .. } => {
+                self.sort();
+                Phase::Size { next: 0 }
+            }
+            Phase::Size { .. } => Phase::Close,
+            Phase::Unlink { .. } => Phase::Sync { sent: false },
+            Phase::Sync { .. } => Phase::Close,
+        };
+    }
+
+    /// Delivery order (the snapshot's numbering), with each message's sizing need alongside.
+    fn sort(&mut self) {
+        let mut paired: Vec<(Message, bool)> = std::mem::take(&mut self.messages)
+            .into_iter()
+            .zip(std::mem::take(&mut self.measure))
+            .collect();
+        paired.sort_by(|a, b| a.0.order(&b.0));
+        self.sizes = paired.iter().map(|(m, _)| m.size_from_name()).collect();
+        for (m, measure) in paired {
+            self.messages.push(m);
+            self.measure.push(measure);
+        }
+    }
+
+    /// A listing batch: keeps regular, non-dot files with UTF-8 names (a `DT_UNKNOWN` entry is
+    /// kept and counted, which refuses anything but a regular file).
+    fn listed(&mut self, sub: Sub, names: Vec<Vec<u8>>, kinds: Vec<u8>) {
+        for (i, name) in names.into_iter().enumerate() {
+            let kind = kinds.get(i).copied().unwrap_or(libc::DT_UNKNOWN);
+            if kind != libc::DT_REG && kind != libc::DT_UNKNOWN {
+                continue;
+            }
+            let name = match String::from_utf8(name) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(
+                        "{}: skipping {:?}: the name is not UTF-8",
+                        self.mailbox.dir.join(sub.dir()).display(),
+                        String::from_utf8_lossy(e.as_bytes())
+                    );
+                    continue;
+                }
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            match sub {
+                // Moved to cur/ whatever its type says; listed there (and counted) if it is
+                // a file.
+                Sub::New => self.new_names.push(name),
+                Sub::Cur => self.push_message(Sub::Cur, name, kind),
+            }
+        }
+    }
+
+    fn push_message(&mut self, sub: Sub, name: String, kind: u8) {
+        let m = Message::new(sub, name);
+        let measure = kind == libc::DT_UNKNOWN || m.size_from_name().is_none();
+        self.messages.push(m);
+        self.measure.push(measure);
+    }
+
+    /// How the operation for `purpose` ended.
+    fn complete(&mut self, purpose: Purpose, result: Result<Outcome, Errno>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match (purpose, result) {
+            (Purpose::OpenUser, Ok(Outcome::Opened(h))) => self.user = Some(h),
+            (Purpose::OpenSub(Sub::New), Ok(Outcome::Opened(h))) => self.new = Some(h),
+            (Purpose::OpenSub(Sub::Cur), Ok(Outcome::Opened(h))) => self.cur = Some(h),
+            (Purpose::OpenUser, Err(e)) => {
+                let path = self.mailbox.dir.clone();
+                self.fail("cannot open", &path, e);
+            }
+            (Purpose::OpenSub(sub), Err(e)) => {
+                let path = self.mailbox.dir.join(sub.dir());
+                self.fail("cannot open", &path, e);
+            }
+            (Purpose::List(sub), Ok(Outcome::Names { names, kinds, next })) => {
+                self.listed(sub, names, kinds);
+                if let Phase::List { cursor, .. } = &mut self.phase {
+                    *cursor = if self.cancelled { None } else { next };
+                }
+            }
+            (Purpose::List(sub), Err(e)) => {
+                let path = self.mailbox.dir.join(sub.dir());
+                self.fail("cannot list", &path, e);
+            }
+            (Purpose::Move(_), Ok(_)) => {}
+            // Another reader moved or removed it since the listing.
+            (Purpose::Move(_), Err(Errno(libc::ENOENT))) => {}
+            (Purpose::Move(i), Err(e)) => {
+                let Some(name) = self.new_names.get(i).cloned() else {
+                    return;
+                };
+                if e.0 == libc::EEXIST {
+                    warn!(
+                        "{}: {} already exists in cur/; serving {name} from new/",
+                        self.mailbox.dir.join("cur").display(),
+                        cur_name(&name)
+                    );
+                } else {
+                    warn!(
+                        "cannot move {} to cur/: {e}; serving it from new/",
+                        self.path_of(Sub::New, &name).display()
+                    );
+                }
+                self.push_message(Sub::New, name, libc::DT_REG);
+            }
+            (Purpose::Size(i), Ok(Outcome::Size(n))) => {
+                if let Some(s) = self.sizes.get_mut(i) {
+                    *s = Some(n);
+                }
+            }
+            // Removed since the listing, a symlink, or not a regular file: not a message.
+            (Purpose::Size(i), Err(Errno(libc::ENOENT | libc::ELOOP | libc::EINVAL))) => {
+                if let Some(s) = self.sizes.get_mut(i) {
+                    *s = None;
+                }
+            }
+            (Purpose::Size(i), Err(e)) => {
+                if let Some(m) = self.messages.get(i) {
+                    let path = self.path_of(m.sub, &m.file);
+                    self.fail("cannot read", &path, e);
+                }
+            }
+            // Someone else removed it: the outcome the client asked for.
+            (Purpose::Unlink(i), Ok(_) | Err(Errno(libc::ENOENT))) => {
+                if let Some(m) = self.mailbox.messages.get(i) {
+                    self.touched[usize::from(m.sub == Sub::New)] = true;
+                }
+            }
+            (Purpose::Unlink(i), Err(e)) => {
+                self.failed += 1;
+                if let Some(m) = self.mailbox.messages.get(i) {
+                    let path = self.path_of(m.sub, &m.file);
+                    self.fail("cannot delete", &path, e);
+                }
+            }
+            (Purpose::Sync, Err(e)) => {
+                let path = self.mailbox.dir.clone();
+                self.fail("cannot sync a directory of", &path, e);
+            }
+            (Purpose::Close, _) | (Purpose::Sync, Ok(_)) => {}
+            (p, Ok(other)) => {
+                warn!("mailbox: {p:?} answered {other:?}");
+                self.error.get_or_insert_with(|| {
+                    MailboxError::Temporary(format!("{p:?} answered {other:?}"))
+                });
+            }
+        }
+    }
+
+    /// The outcome of a finished job (the mailbox goes with an opening's success; otherwise
+    /// it is dropped here, which releases the lock).
+    pub fn result(mut self) -> JobResult {
+        match self.kind {
+            Kind::Open => {
+                if let Some(e) = self.error.take() {
+                    return JobResult::Opened(Err(e));
+                }
+                let mut infos = Vec::with_capacity(self.messages.len());
+                let mut kept = Vec::with_capacity(self.messages.len());
+                for (m, size) in std::mem::take(&mut self.messages)
+                    .into_iter()
+                    .zip(&self.sizes)
+                {
+                    if let Some(size) = *size {
+                        infos.push(MessageInfo {
+                            uid: m.uid().into(),
+                            size,
+                        });
+                        kept.push(m);
+                    }
+                }
+                let mut mailbox = self.mailbox;
+                if !kept.iter().any(|m| m.sub == Sub::New) {
+                    mailbox.new = None;
+                }
+                mailbox.messages = kept;
+                JobResult::Opened(Ok((mailbox, infos)))
+            }
+            Kind::Update => {
+                let total = self.deleted.len();
+                match self.error.take() {
+                    None => JobResult::Updated(Ok(())),
+                    Some(MailboxError::Temporary(why)) => {
+                        JobResult::Updated(Err(MailboxError::Temporary(format!(
+                            "{} of {total} marked messages not removed; first: {why}",
+                            self.failed
+                        ))))
+                    }
+                    Some(e) => JobResult::Updated(Err(e)),
+                }
+            }
+        }
+    }
+}
+
+/// Its name in `cur/`: with the `:2,` info unless it has an info already.
+fn cur_name(name: &str) -> String {
+    if name.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}{INFO_SUFFIX}")
+    }
+}
+
+fn cstring(s: &str) -> CString {
+    // Names come from a directory listing or are constants: a NUL cannot be in them.
+    CString::new(s).unwrap_or_default()
+}
+
+/// How a job ended.
+pub enum JobResult {
+    Opened(Result<(Mailbox, Vec<MessageInfo>), MailboxError>),
+    Updated(Result<(), MailboxError>),
+}
+
+impl JobResult {
+    /// What the session is told (an opened mailbox stays with the caller).
+    pub fn split(self) -> (Option<Mailbox>, MailboxDone) {
+        match self {
+            JobResult::Opened(Ok((m, infos))) => (Some(m), MailboxDone::Opened(Ok(infos))),
+            JobResult::Opened(Err(e)) => (None, MailboxDone::Opened(Err(e))),
+            JobResult::Updated(r) => (None, MailboxDone::Updated(r)),
+        }
+    }
+}
+
+struct Entry {
+    slot: usize,
+    conn: u64,
+    job: Job,
+    /// Its connection ended: the result goes to no one.
+    detached: bool,
+}
+
+/// A finished job for a connection still there.
+pub struct Finished {
+    pub slot: usize,
+    pub conn: u64,
+    pub result: JobResult,
+}
+
+/// Every mailbox job in progress.
+#[derive(Default)]
+pub struct Jobs {
+    jobs: HashMap<u64, Entry>,
+    /// Operation tag → (job, what it is for).
+    tags: HashMap<u64, (u64, Purpose)>,
+    next_job: u64,
+    next_tag: u64,
+    /// Results decided without the executor (a lock refused), for the next `take_finished`.
+    ready: Vec<Finished>,
+    /// The executor said `Full` with this many operations in flight (others' too): wait until
+    /// it holds fewer before trying again.
+    blocked: Option<usize>,
+}
+
+impl Jobs {
+    pub fn new() -> Jobs {
+        Jobs::default()
+    }
+
+    /// Starts a job for the connection `conn` in `slot` (or records the immediate result).
+    pub fn start(&mut self, slot: usize, conn: u64, job: Result<Job, MailboxError>) {
+        let job = match job {
+            Ok(j) => j,
+            Err(e) => {
+                self.ready.push(Finished {
+                    slot,
+                    conn,
+                    result: JobResult::Opened(Err(e)),
+                });
+                return;
+            }
+        };
+        self.next_job += 1;
+        self.jobs.insert(
+            self.next_job,
+            Entry {
+                slot,
+                conn,
+                job,
+                detached: false,
+            },
+        );
+    }
+
+    /// Jobs in progress or results not yet taken.
+    pub fn busy(&self) -> bool {
+        !self.jobs.is_empty() || !self.ready.is_empty()
+    }
+
+    /// A `pump` now would make progress (so the reactor must not wait for an event).
+    pub fn runnable(&self) -> bool {
+        !self.ready.is_empty()
+            || self.blocked.is_none() && self.jobs.values().any(|e| e.job.in_flight == 0)
+    }
+
+    /// The connection in `slot` ended: its opening stops, its UPDATE goes on; no result is
+    /// handed out for either.
+    pub fn detach(&mut self, slot: usize) {
+        for e in self.jobs.values_mut().filter(|e| e.slot == slot) {
+            e.detached = true;
+            e.job.cancelled = true;
+        }
+        self.ready.retain(|f| f.slot != slot);
+    }
+
+    /// A completion with `TAG_BIT` set.
+    pub fn complete(&mut self, c: Completion) {
+        let Some((id, purpose)) = self.tags.remove(&c.tag) else {
+            return;
+        };
+        if let Some(e) = self.jobs.get_mut(&id) {
+            e.job.complete(purpose, c.result);
+        }
+    }
+
+    /// Submits the next operations: at most `limits::MAILBOX_OPS_PER_TURN` in all, and no job
+    /// above that many in flight. Without an executor every operation fails (`ENXIO`).
+    pub fn pump(&mut self, mut exec: Option<&mut Executor>) {
+        let mut budget = limits::MAILBOX_OPS_PER_TURN;
+        if let (Some(level), Some(exec)) = (self.blocked, exec.as_deref())
+            && exec.in_flight() >= level
+        {
+            return;
+        }
+        self.blocked = None;
+        let mut ids: Vec<u64> = self.jobs.keys().copied().collect();
+        ids.sort_unstable();
+        'jobs: for id in ids {
+            let Some(e) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            while budget > 0 && e.job.in_flight < limits::MAILBOX_OPS_PER_TURN {
+                let Some((purpose, op)) = e.job.next_op() else {
+                    break;
+                };
+                budget -= 1;
+                e.job.in_flight += 1;
+                let tag = TAG_BIT | self.next_tag;
+                self.next_tag = (self.next_tag + 1) & !TAG_BIT;
+                let Some(exec) = exec.as_deref_mut() else {
+                    e.job.complete(purpose, Err(Errno(libc::ENXIO)));
+                    continue;
+                };
+                match exec.submit(tag, op) {
+                    Ok(()) => {
+                        self.tags.insert(tag, (id, purpose));
+                    }
+                    Err(rejected) => {
+                        e.job.in_flight -= 1;
+                        match rejected.reason {
+                            Reject::Full => {
+                                e.job.retry = Some((purpose, rejected.op));
+                                // Nothing in flight at all cannot be full; retry next turn.
+                                let level = exec.in_flight();
+                                self.blocked = (level > 0).then_some(level);
+                                break 'jobs;
+                            }
+                            Reject::Gone => {
+                                e.job.in_flight += 1;
+                                e.job.complete(purpose, Err(Errno(libc::EPIPE)));
+                            }
+                            Reject::TooLarge => {
+                                e.job.in_flight += 1;
+                                e.job.complete(purpose, Err(Errno(libc::ENAMETOOLONG)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The jobs that ended, for connections still there (a detached one is dropped here,
+    /// releasing its lock).
+    pub fn take_finished(&mut self) -> Vec<Finished> {
+        let mut out = std::mem::take(&mut self.ready);
+        let done: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.job.finished())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in done {
+            let Some(e) = self.jobs.remove(&id) else {
+                continue;
+            };
+            let result = e.job.result();
+            if e.detached {
+                if let JobResult::Updated(r) = &result {
+                    info!("pop: UPDATE finished after its client left: {r:?}");
+                }
+                continue;
+            }
+            out.push(Finished {
+                slot: e.slot,
+                conn: e.conn,
+                result,
+            });
+        }
+        if self.jobs.is_empty() {
+            self.tags.clear();
+            self.jobs.shrink_to_fit();
+            self.tags.shrink_to_fit();
+        }
+        out
+    }
+}
+
+/// Runs one job to its end on `exec` (tests, and the synchronous `Mailbox::open`/`update`
+/// kept for them): pump, wait, repeat.
+#[cfg(test)]
+pub fn run_to_end(job: Job, exec: &mut Executor) -> JobResult {
+    let mut jobs = Jobs::new();
+    jobs.start(0, 0, Ok(job));
+    let mut done = Vec::new();
+    loop {
+        jobs.pump(Some(exec));
+        exec.drain(&mut done);
+        for c in done.drain(..) {
+            jobs.complete(c);
+        }
+        if let Some(f) = jobs.take_finished().pop() {
+            return f.result;
+        }
+    }
+}
