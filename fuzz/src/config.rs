@@ -94,7 +94,10 @@ fn check_config(c: &Config) {
         c.outbound_max_connections
     );
     assert!(c.outbound_port != 0, "outbound_port 0");
-    assert!(c.dns_servers.len() <= limits::DNS_MAX_SERVERS, "too many dns_servers");
+    assert!(
+        c.dns_servers.len() <= limits::DNS_MAX_SERVERS,
+        "too many dns_servers"
+    );
     if let Some(r) = &c.relay_host {
         assert!(r.port != 0 && !r.host.is_empty(), "relay_host {r:?}");
         assert!(!r.host.contains(['[', ']']), "brackets kept: {r:?}");

@@ -49,6 +49,11 @@ pub trait Session {
     fn auth_result(&mut self, _host: &mut Self::Host) -> Completion {
         panic!("this session awaited a password check")
     }
+    /// The answer to `Next::AwaitMailbox` (POP only): the fake host opens or updates the
+    /// mailbox the session asks for, as the reactor's mailbox jobs would.
+    fn mailbox_result(&mut self, _host: &mut Self::Host) -> Completion {
+        panic!("this session awaited mailbox work")
+    }
     /// The longest `Next::Sleep` the session may ask for.
     fn max_sleep(&self) -> Duration;
     /// A close may cut the output mid-line: a message read failed after part of it was sent,
@@ -264,6 +269,13 @@ impl<S: Session, W: WireCheck> Driver<S, W> {
                 Next::AwaitAuth => {
                     let ctx = self.ctx();
                     let result = self.session.auth_result(&mut self.host);
+                    self.session
+                        .resume(result, ctx, &mut self.out, &mut self.host);
+                    progressed = true;
+                }
+                Next::AwaitMailbox => {
+                    let ctx = self.ctx();
+                    let result = self.session.mailbox_result(&mut self.host);
                     self.session
                         .resume(result, ctx, &mut self.out, &mut self.host);
                     progressed = true;

@@ -18,7 +18,10 @@ use postling::buf::OutBuf;
 use postling::limits;
 use postling::proto::pop2::Pop2Session;
 use postling::proto::pop3::{Pop3Session, PopSettings};
-use postling::proto::{AuthVerdict, Completion, Ctx, MailboxError, MessageInfo, PopHost, Step};
+use postling::proto::{
+    AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest, MessageInfo, PopHost,
+    Step,
+};
 
 use crate::{Driver, Input, Session, WireCheck};
 
@@ -107,8 +110,9 @@ impl FakeMailbox {
     }
 }
 
-impl PopHost for FakeMailbox {
-    fn mailbox_open(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
+impl FakeMailbox {
+    /// The reactor's side of `MailboxRequest::Open`.
+    fn open_mailbox(&mut self, user: &str) -> Result<Vec<MessageInfo>, MailboxError> {
         assert_eq!(
             self.accepted.as_deref(),
             Some(user),
@@ -132,6 +136,25 @@ impl PopHost for FakeMailbox {
             .collect())
     }
 
+    /// The reactor's side of `MailboxRequest::Update`.
+    fn update_mailbox(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
+        let count = self.open.expect("an update without an open mailbox");
+        assert!(!self.updated, "a second update");
+        let mut seen = vec![false; count];
+        for &i in deleted {
+            assert!(i < count, "deleting message {i} of {count}");
+            assert!(!seen[i], "message {i} deleted twice");
+            seen[i] = true;
+        }
+        self.updated = true;
+        if self.flags & 4 != 0 {
+            return Err(MailboxError::Temporary("injected".into()));
+        }
+        Ok(())
+    }
+}
+
+impl PopHost for FakeMailbox {
     fn message_read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let count = self.open.expect("a message read without an open mailbox");
         assert!(!self.updated, "a read after the update");
@@ -160,22 +183,6 @@ impl PopHost for FakeMailbox {
         assert!(!self.updated, "a size after the update");
         assert!(index < count, "size of message {index} of {count}");
         Ok(wire_size(&self.messages[index].1))
-    }
-
-    fn mailbox_update(&mut self, deleted: &[usize]) -> Result<(), MailboxError> {
-        let count = self.open.expect("an update without an open mailbox");
-        assert!(!self.updated, "a second update");
-        let mut seen = vec![false; count];
-        for &i in deleted {
-            assert!(i < count, "deleting message {i} of {count}");
-            assert!(!seen[i], "message {i} deleted twice");
-            seen[i] = true;
-        }
-        self.updated = true;
-        if self.flags & 4 != 0 {
-            return Err(MailboxError::Temporary("injected".into()));
-        }
-        Ok(())
     }
 
     fn mailbox_release(&mut self) {
@@ -262,6 +269,16 @@ macro_rules! pop_session {
             fn auth_result(&mut self, host: &mut FakeMailbox) -> Completion {
                 let request = self.take_auth().expect("AwaitAuth without a request");
                 Completion::Auth(host.authenticate(&request.user, &request.password))
+            }
+
+            fn mailbox_result(&mut self, host: &mut FakeMailbox) -> Completion {
+                let done = match self.take_mailbox().expect("AwaitMailbox without a request") {
+                    MailboxRequest::Open(user) => MailboxDone::Opened(host.open_mailbox(&user)),
+                    MailboxRequest::Update(deleted) => {
+                        MailboxDone::Updated(host.update_mailbox(&deleted))
+                    }
+                };
+                Completion::Mailbox(done)
             }
 
             fn commit_result(_host: &mut FakeMailbox) -> Completion {
