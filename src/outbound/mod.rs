@@ -396,6 +396,21 @@ impl Outbound {
             }
         }
         self.tidy();
+        // A connection closed here leaves room for what else waits.
+        self.kick_waiting(Instant::now());
+    }
+
+    /// Gives every destination with mail waiting a chance at the connections free now.
+    fn kick_waiting(&mut self, now: Instant) {
+        let waiting: Vec<DestKey> = self
+            .dests
+            .iter()
+            .filter(|(_, d)| !d.queue.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in waiting {
+            self.kick(&k, now);
+        }
     }
 
     /// Outcomes of messages whose every remote recipient has one.
@@ -482,15 +497,7 @@ impl Outbound {
             }
             self.kick(key, now);
             self.tidy();
-            let waiting: Vec<DestKey> = self
-                .dests
-                .iter()
-                .filter(|(_, d)| !d.queue.is_empty())
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in waiting {
-                self.kick(&k, now);
-            }
+            self.kick_waiting(now);
         }
     }
 
