@@ -133,12 +133,22 @@ class DNSServer:
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self):
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((self.host, 0))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((self.host, self.port))
+        # UDP and TCP on one port: the UDP port the kernel picks may be taken for TCP (a
+        # listener or a client's ephemeral port of another test), so try again until both bind.
+        for _ in range(100):
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind((self.host, 0))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind((self.host, self.port))
+                break
+            except OSError:
+                self.tcp.close()
+                self.udp.close()
+        else:
+            raise OSError("no port free for both UDP and TCP on " + self.host)
         self.tcp.listen(64)
         self.udp.settimeout(0.1)
         self.tcp.settimeout(0.1)
