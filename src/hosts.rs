@@ -673,6 +673,9 @@ impl Services {
     /// Gives back table capacity a burst grew.
     /// Drained per-client counts are forgotten too (those still counting are kept).
     pub fn release_memory(&mut self, now: Instant) {
+        if let Some(o) = self.outbound.as_mut() {
+            o.release_memory();
+        }
         self.throttle.forget_drained(now);
         self.auth_cache.shrink(now);
         self.checks_in_flight.shrink_to_fit();

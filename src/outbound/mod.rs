@@ -184,9 +184,10 @@ pub struct Outbound {
     mx_client: Rc<ClientSettings>,
     /// To an MX whose STARTTLS failed (`Dest::plain_only`).
     mx_plain_client: Rc<ClientSettings>,
-    /// TLS towards the smarthost, or why it cannot be had (a bad `tls_ca_file`): the relay's
-    /// mail then defers with that reason.
-    relay_tls: Result<TlsMode, String>,
+    /// TLS towards the smarthost, made at the first use (the system's CA bundle costs
+    /// memory an idle server need not hold). An error (a bad `tls_ca_file`) defers the
+    /// relay's mail with that reason and is tried again at the next attempt.
+    relay_tls: Option<Result<TlsMode, String>>,
     /// Opportunistic STARTTLS towards an MX (RFC 7435), made at the first use.
     mx_tls: Option<TlsMode>,
     registry: Registry,
@@ -251,12 +252,8 @@ fn relay_tls(s: &OutboundSettings) -> Result<TlsMode, String> {
 impl Outbound {
     pub fn new(settings: OutboundSettings, registry: Registry) -> Outbound {
         let dns = DnsDriver::new(settings.dns_servers.clone(), TOKEN_BASE, DNS_TCP_TOKENS);
-        let relay_tls = relay_tls(&settings);
-        if let Err(e) = &relay_tls {
-            log::warn!("relay_host: {e}; mail for it waits until this is fixed");
-        }
         Outbound {
-            relay_tls,
+            relay_tls: None,
             mx_tls: None,
             relay_client: Rc::new(client_settings(&settings, true)),
             mx_client: Rc::new(client_settings(&settings, false)),
@@ -277,10 +274,7 @@ impl Outbound {
     /// A config reload: new connections use the new settings; routes are looked up again.
     pub fn set_settings(&mut self, settings: OutboundSettings) {
         self.dns.set_servers(settings.dns_servers.clone());
-        self.relay_tls = relay_tls(&settings);
-        if let Err(e) = &self.relay_tls {
-            log::warn!("relay_host: {e}; mail for it waits until this is fixed");
-        }
+        self.relay_tls = None;
         self.relay_client = Rc::new(client_settings(&settings, true));
         self.mx_client = Rc::new(client_settings(&settings, false));
         self.mx_plain_client = Rc::new(plain(client_settings(&settings, false)));
@@ -300,6 +294,14 @@ impl Outbound {
     /// Nothing queued, connected, looked up or gathered.
     pub fn idle(&self) -> bool {
         self.open == 0 && self.dests.is_empty() && self.gathers.is_empty() && self.dns.idle()
+    }
+
+    /// Idle: drops the TLS configurations (made again at the next use).
+    pub fn release_memory(&mut self) {
+        if self.idle() {
+            self.relay_tls = None;
+            self.mx_tls = None;
+        }
     }
 
     /// Connections open now.
@@ -629,7 +631,14 @@ impl Outbound {
             };
             let relay = *key == DestKey::Relay;
             let (client, tls) = if relay {
-                match &self.relay_tls {
+                if !matches!(self.relay_tls, Some(Ok(_))) {
+                    let made = relay_tls(&self.settings);
+                    if let Err(e) = &made {
+                        log::warn!("relay_host: {e}; its mail waits until this is fixed");
+                    }
+                    self.relay_tls = Some(made);
+                }
+                match self.relay_tls.as_ref().unwrap_or(&Ok(TlsMode::Off)) {
                     Ok(t) => (self.relay_client.clone(), t.clone()),
                     Err(e) => {
                         let o = Outcome::Temporary(e.clone());
