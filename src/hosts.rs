@@ -501,18 +501,34 @@ impl Services {
         out
     }
 
-    /// Are commits in progress (the reactor must come back without waiting)?
+    /// Are commits in progress?
     pub fn commit_pending(&self) -> bool {
         self.spool.commit_pending()
     }
 
-    /// Runs group-commit steps until `deadline`; returns the outcome for each connection slot
+    /// Can the commits move on without a completion from the executor (the reactor must
+    /// come back without waiting)?
+    pub fn commit_runnable(&self) -> bool {
+        self.spool.commit_runnable()
+    }
+
+    /// An executor completion whose tag `spool::commit_owns`.
+    pub fn commit_completion(&mut self, c: ExecCompletion) {
+        self.spool.commit_completion(c);
+    }
+
+    /// Moves the group commit on (in `exec`, or by steps on this thread until `deadline`
+    /// without one: see `spool::commit`); returns the outcome for each connection slot
     /// whose message finished, and schedules every committed message for delivery (as fresh
     /// mail, which lingers for a batch). A commit whose connection went away meanwhile is
     /// still delivered, but reported to no one.
-    pub fn commit_work(&mut self, deadline: Instant) -> Vec<(usize, Result<QueueId, SpoolError>)> {
+    pub fn commit_work(
+        &mut self,
+        deadline: Instant,
+        exec: Option<&mut Executor>,
+    ) -> Vec<(usize, Result<QueueId, SpoolError>)> {
         let mut out = Vec::new();
-        let committed = self.spool.commit_work(deadline);
+        let committed = self.spool.commit_work(deadline, exec);
         let at = Instant::now();
         for (ticket, r) in committed {
             let line = self.queued_lines.remove(&ticket);
@@ -643,8 +659,8 @@ impl Services {
     /// Shutdown: finishes the commits and the delivery batch in progress, so nothing is left
     /// half done (a delivered message whose queue entry was not yet removed would be
     /// delivered again after the restart).
-    pub fn finish_in_flight(&mut self) {
-        self.spool.commit_flush();
+    pub fn finish_in_flight(&mut self, exec: Option<&mut Executor>) {
+        self.spool.commit_flush_with(exec);
         let mut store = SpoolStore::new(&mut self.spool);
         self.engine
             .finish_batch(&mut store, &self.directory, SystemTime::now());

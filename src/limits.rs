@@ -270,7 +270,8 @@ pub const DELIVERIES_PER_TURN: usize = 8;
 /// single-session stream then shares each batch's Maildir directory syncs; a message alone is
 /// delivered this much later, which no mail reader notices.
 pub const DELIVERY_LINGER: Duration = Duration::from_millis(10);
-/// Time each reactor turn gives to commit steps, and again to delivery steps, before it polls
+/// Time each reactor turn gives to commit steps (where the group commit does not wait in the
+/// disk executor: `fsync = filesystem`), and again to delivery steps, before it polls
 /// the sockets again. One step (one fdatasync or fsync) is about 0.1-0.3 ms on an SSD, so a
 /// client waits for a step or two at most, never for a whole batch.
 pub const WORK_SLICE: Duration = Duration::from_micros(250);

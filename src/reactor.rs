@@ -17,6 +17,9 @@
 //! Mailbox work (`Next::AwaitMailbox`: opening a Maildir, QUIT's deletions) goes there too,
 //! through the services (`Services::mailbox_begin`, `mailbox_turn`, `mailbox::job`), whose
 //! operations carry tags with `mailbox::job::TAG_BIT` set; the reactor only dispatches.
+//! So does the SMTP group commit (`Next::AwaitCommit`): its syncs and renames wait in the
+//! executor (`spool::commit`, tags with `spool::commit_owns`); `finish_commits` moves it
+//! on once a turn and resumes the sessions whose message is durable.
 
 use std::collections::HashMap;
 use std::io;
@@ -327,7 +330,7 @@ impl Reactor {
             let now = Instant::now();
             if let Some(stop_by) = self.stop_by {
                 if self.open == 0 || now >= stop_by {
-                    self.services.finish_in_flight();
+                    self.services.finish_in_flight(self.exec.as_mut());
                     info!("stopped ({} connections cut at shutdown)", self.open);
                     return Ok(());
                 }
@@ -377,7 +380,10 @@ impl Reactor {
                 }
             }
             self.accept_backlogs(now);
-            if !self.checks.is_empty() || self.services.mailbox_busy() {
+            if !self.checks.is_empty()
+                || self.services.mailbox_busy()
+                || self.services.commit_pending()
+            {
                 // Completions made without an event (a helper found gone at submit).
                 self.finish_checks(now);
             }
@@ -441,7 +447,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.services.commit_pending()
+        if self.services.commit_runnable()
             || self.services.pickup_pending()
             || self.backlog_waiting()
         {
@@ -551,7 +557,8 @@ impl Reactor {
                 continue;
             };
             if conn.phase == Phase::Closing || conn.phase == Phase::AwaitCommit {
-                // A commit in flight is finished at the end of this turn and answered first.
+                // A commit in flight is answered first (when it finishes, in this turn or,
+                // waiting in the executor, a later one).
                 continue;
             }
             self.say_goodbye(slot, now);
@@ -1204,7 +1211,7 @@ impl Reactor {
         if !self.services.commit_pending() {
             return;
         }
-        let results = self.services.commit_work(work_until);
+        let results = self.services.commit_work(work_until, self.exec.as_mut());
         for (slot, result) in results {
             let ctx = Ctx {
                 now,
@@ -1271,6 +1278,10 @@ impl Reactor {
             for c in done.drain(..) {
                 if crate::mailbox::job::owns(c.tag) {
                     self.services.mailbox_completion(c);
+                    continue;
+                }
+                if crate::spool::commit_owns(c.tag) {
+                    self.services.commit_completion(c);
                     continue;
                 }
                 let Some(check) = self.checks.remove(&c.tag) else {

@@ -557,6 +557,13 @@ fn serve(sock: RawFd) -> i32 {
                             path,
                         }
                     }
+                    // `Executor::submit_own`: the parent's descriptor, passed along.
+                    (DiskOp::Fdatasync { .. }, Some(fd)) if req.fd_attached => DiskOp::Fdatasync {
+                        file: Handle(fd.as_raw_fd()),
+                    },
+                    (DiskOp::Fsync { .. }, Some(fd)) if req.fd_attached => DiskOp::Fsync {
+                        file: Handle(fd.as_raw_fd()),
+                    },
                     (op, _) => op,
                 };
                 if names_socket(&op) {

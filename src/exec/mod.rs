@@ -26,6 +26,9 @@
 //! `submit` hands the operation back with `Reject::Full`. A write carries at most
 //! `limits::EXEC_WRITE_MAX` bytes, on every backend.
 //!
+//! `submit_own` syncs a descriptor the caller opened itself (the spool's files): the helper
+//! backend receives a copy of it with the request.
+//!
 //! Its callers today are the reactor (`reactor::begin_check`, `finish_checks`): POP password
 //! checks, and the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions. The short cache of successful checks that keeps clients looping USER/PASS with a
 //! right password from making the helper rehash belongs to the caller that knows the user
@@ -62,6 +65,12 @@ impl Handle {
     /// The descriptor number (in whichever process owns it); for logs and tests.
     pub fn raw(self) -> i32 {
         self.0
+    }
+
+    /// A descriptor of this process's own (the spool's files and `queue/`), for
+    /// `Executor::submit_own` only: the helper backend cannot name it otherwise.
+    pub fn own(fd: &impl std::os::fd::AsRawFd) -> Handle {
+        Handle(fd.as_raw_fd())
     }
 }
 
@@ -297,6 +306,27 @@ impl Executor {
             Executor::Inline(i) => i.submit(tag, op),
             Executor::Uring(u) => u.submit(tag, op),
             Executor::Helper(h) => h.submit(tag, op),
+        }
+    }
+
+    /// Starts `op`, an `Fdatasync` or `Fsync` of a descriptor this process owns (`Handle::own`),
+    /// not one the executor opened: the helper backend gets a copy of it with the request
+    /// (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
+    /// operation is refused (`TooLarge`, handed back unchanged).
+    pub fn submit_own(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
+        let fd = match &op {
+            DiskOp::Fdatasync { file } | DiskOp::Fsync { file } => file.0,
+            _ => {
+                return Err(Rejected {
+                    reason: Reject::TooLarge,
+                    op,
+                });
+            }
+        };
+        match self {
+            Executor::Inline(i) => i.submit(tag, op),
+            Executor::Uring(u) => u.submit(tag, op),
+            Executor::Helper(h) => h.submit_with_fd(tag, op, Some(fd)),
         }
     }
 

@@ -151,6 +151,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(op_sequence);
+on_every_backend!(syncs_of_our_own_descriptors);
 on_every_backend!(errors_come_back_as_errnos);
 on_every_backend!(readdir_in_batches_with_a_cursor);
 on_every_backend!(many_in_flight_are_matched_by_tag);
@@ -615,4 +616,54 @@ fn bad_handles_fail_alone(exec: Executor) {
         password: b"pw".to_vec(),
     };
     assert_eq!(d.run(check), Ok(Outcome::Verified(false)));
+}
+
+/// `submit_own`: the spool syncs files it opened itself; the helper gets a copy of each
+/// descriptor. A pipe cannot be synced (EINVAL comes back); anything but a sync is refused.
+fn syncs_of_our_own_descriptors(exec: Executor) {
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut d = Driver::new(exec);
+    let t = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(t.path().join("m")).unwrap();
+    f.write_all(b"data").unwrap();
+    let dir = std::fs::File::open(t.path()).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fresh descriptors, owned from here on.
+    let (r, _w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let ops = [
+        DiskOp::Fdatasync {
+            file: Handle::own(&f),
+        },
+        DiskOp::Fsync {
+            file: Handle::own(&dir),
+        },
+        DiskOp::Fdatasync {
+            file: Handle::own(&r),
+        },
+    ];
+    for (tag, op) in ops.into_iter().enumerate() {
+        d.exec.submit_own(tag as u64, op).unwrap();
+    }
+    let mut got: Vec<(u64, Result<Outcome, Errno>)> =
+        d.wait(3).into_iter().map(|c| (c.tag, c.result)).collect();
+    got.sort_by_key(|(t, _)| *t);
+    assert_eq!(
+        got,
+        vec![
+            (0, Ok(Outcome::Done)),
+            (1, Ok(Outcome::Done)),
+            (2, Err(Errno(libc::EINVAL))),
+        ]
+    );
+    let refused = d.exec.submit_own(
+        9,
+        DiskOp::Close {
+            file: Handle::own(&f),
+        },
+    );
+    assert_eq!(refused.map_err(|r| r.reason), Err(Reject::TooLarge));
+    assert_eq!(d.exec.in_flight(), 0);
 }

@@ -131,7 +131,7 @@ fn open_frame(msg: &[u8]) -> Option<(u64, u8, In<'_>)> {
     Some((seq, kind, r))
 }
 
-/// Encodes a request. For a `ReadDir` whose descriptor travels with the frame (SCM_RIGHTS),
+/// Encodes a request. For a `ReadDir`, `WireSize`, `Fdatasync` or `Fsync` whose descriptor travels with the frame (SCM_RIGHTS),
 /// `fd_attached` is true and the helper uses the descriptor it receives instead.
 pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8> {
     match op {
@@ -164,6 +164,10 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             };
             let mut o = Out::new(seq, kind);
             o.i32(file.0);
+            if kind != CLOSE {
+                // `Executor::submit_own`: the descriptor travels with the frame.
+                o.u8(u8::from(fd_attached));
+            }
             o.finish()
         }
         DiskOp::Rename {
@@ -278,12 +282,15 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
                     data: r.take(n)?.to_vec(),
                 }
             }
-            FDATASYNC => DiskOp::Fdatasync {
-                file: Handle(r.i32()?),
-            },
-            FSYNC => DiskOp::Fsync {
-                file: Handle(r.i32()?),
-            },
+            FDATASYNC | FSYNC => {
+                let file = Handle(r.i32()?);
+                fd_attached = r.u8()? != 0;
+                if kind == FDATASYNC {
+                    DiskOp::Fdatasync { file }
+                } else {
+                    DiskOp::Fsync { file }
+                }
+            }
             CLOSE => DiskOp::Close {
                 file: Handle(r.i32()?),
             },

@@ -7,13 +7,35 @@
 //! reactor runs steps until its time slice is used and polls its sockets in between, so a
 //! session waiting for a NOOP reply waits for one step at most, not for a whole group.
 //! Messages finishing meanwhile form the next group.
+//!
+//! With a disk executor (the server's case, `fsync = file`), the same steps wait in the
+//! executor instead (`ExecGroup`, driven by `commit_work` with the executor and
+//! `commit_completion`): a stage's operations are all submitted at once (every file's
+//! `fdatasync`; then every rename into `queue/`; then one `fsync` of `queue/`), the next stage
+//! starts only when every completion of the one before is in, and the outcomes are reported
+//! only after the directory's sync completed. The reactor does no waiting for the disk of its
+//! own; what is left on it is starting writeback and, on a failed directory sync, the unlinks
+//! that withdraw the group. `fsync = filesystem` (syncfs, which io_uring lacks) keeps the steps.
 
 use std::collections::VecDeque;
+use std::ffi::CString;
 use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Instant;
 
 use super::{Incoming, QueueId, Spool, SpoolError};
 use crate::durable::{self, SyncMode};
+use crate::exec::{Completion, DiskOp, Errno, Executor, Handle, Reject};
+
+/// Set in the tag of every executor operation of a commit (the mailbox jobs use bit 63;
+/// connection ids, the password checks' tags, reach neither).
+pub const TAG_BIT: u64 = 1 << 62;
+
+/// Is this completion a commit's? (Ask `mailbox::job::owns` first.)
+pub fn owns(tag: u64) -> bool {
+    tag & TAG_BIT != 0
+}
 
 /// One commit's outcome, by the tag its caller gave (the connection slot).
 pub type Committed = (usize, Result<QueueId, SpoolError>);
@@ -49,15 +71,312 @@ impl Group {
     }
 }
 
+/// Which operations of an `ExecGroup` are in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Every file's `fdatasync`.
+    Data,
+    /// Every synced file's rename into `queue/`.
+    Rename,
+    /// The one `fsync` of `queue/`.
+    Dir,
+}
+
+/// One message of an `ExecGroup`.
+struct Member {
+    tag: usize,
+    /// None once its outcome is decided (reported failed, or renamed: then in `renamed`).
+    inc: Option<Incoming>,
+    /// The completion of this member's operation in the current stage.
+    result: Option<Result<(), Errno>>,
+}
+
+/// A group commit whose waits run in the disk executor (see the module docs). Renames name
+/// paths as the spool does (relative to the working directory, which the helper process
+/// shares: nothing changes it after start).
+pub(super) struct ExecGroup {
+    stage: Stage,
+    members: Vec<Member>,
+    /// Operations not yet accepted by the executor (it said `Full`): (tag, op, own descriptor).
+    unsent: VecDeque<(u64, DiskOp, bool)>,
+    in_flight: usize,
+    /// Renamed into `queue/`: (member index, id), reported once `queue/` is durable.
+    renamed: Vec<(usize, QueueId)>,
+    dir_result: Option<Result<(), Errno>>,
+    done: Vec<Committed>,
+}
+
+fn cpath(p: &Path) -> Option<CString> {
+    CString::new(p.as_os_str().as_bytes()).ok()
+}
+
+fn spool_error(e: Errno) -> SpoolError {
+    SpoolError::from_io(&std::io::Error::from(e))
+}
+
+impl ExecGroup {
+    /// Starts writeback of every file and queues its `fdatasync`.
+    fn start(items: Vec<(usize, Incoming)>) -> ExecGroup {
+        let mut g = ExecGroup {
+            stage: Stage::Data,
+            members: Vec::with_capacity(items.len()),
+            unsent: VecDeque::with_capacity(items.len()),
+            in_flight: 0,
+            renamed: Vec::new(),
+            dir_result: None,
+            done: Vec::new(),
+        };
+        for (i, (tag, inc)) in items.into_iter().enumerate() {
+            durable::start_writeback(&inc.file);
+            g.unsent.push_back((
+                TAG_BIT | i as u64,
+                DiskOp::Fdatasync {
+                    file: Handle::own(&inc.file),
+                },
+                true,
+            ));
+            g.members.push(Member {
+                tag,
+                inc: Some(inc),
+                result: None,
+            });
+        }
+        g
+    }
+
+    /// Hands the unsent operations to `exec` until it is full. An operation it cannot run at
+    /// all (its helper gone, a path too long) completes at once with an error.
+    fn submit(&mut self, exec: &mut Executor) {
+        while let Some((tag, op, own)) = self.unsent.pop_front() {
+            let r = if own {
+                exec.submit_own(tag, op)
+            } else {
+                exec.submit(tag, op)
+            };
+            match r {
+                Ok(()) => self.in_flight += 1,
+                Err(rejected) => {
+                    let errno = match rejected.reason {
+                        Reject::Full => {
+                            self.unsent.push_front((tag, rejected.op, own));
+                            return;
+                        }
+                        Reject::Gone => Errno(libc::EPIPE),
+                        Reject::TooLarge => Errno(libc::ENAMETOOLONG),
+                    };
+                    self.record(tag, Err(errno));
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, tag: u64, result: Result<(), Errno>) {
+        if self.stage == Stage::Dir {
+            self.dir_result = Some(result);
+            return;
+        }
+        let i = (tag & !TAG_BIT) as usize;
+        if let Some(m) = self.members.get_mut(i) {
+            m.result = Some(result);
+        }
+    }
+
+    /// Nothing in flight and nothing left to send: the stage is over.
+    fn stage_over(&self) -> bool {
+        self.in_flight == 0 && self.unsent.is_empty()
+    }
+
+    /// Waiting for nothing but the executor's completions (the reactor may sleep).
+    fn waiting(&self) -> bool {
+        self.in_flight > 0
+    }
+}
+
 impl Spool {
     /// Are commits handed over and not yet reported?
     pub fn commit_pending(&self) -> bool {
-        !self.pending.is_empty() || self.group.is_some()
+        !self.pending.is_empty() || self.group.is_some() || self.xgroup.is_some()
     }
 
-    /// Runs commit steps until `deadline` has passed (at least one step when work is
-    /// pending); returns the commits that finished, each by its tag.
-    pub fn commit_work(&mut self, deadline: Instant) -> Vec<Committed> {
+    /// Would `commit_work` make progress now, without a completion from the executor?
+    pub fn commit_runnable(&self) -> bool {
+        match &self.xgroup {
+            Some(g) => !g.waiting(),
+            None => self.group.is_some() || !self.pending.is_empty(),
+        }
+    }
+
+    /// A completion whose tag `owns` says is a commit's.
+    pub fn commit_completion(&mut self, c: Completion) {
+        if let Some(g) = self.xgroup.as_mut() {
+            g.in_flight = g.in_flight.saturating_sub(1);
+            g.record(c.tag, c.result.map(|_| ()));
+        }
+    }
+
+    /// Moves the commits forward and returns those that finished, each by its tag. With an
+    /// executor (and `fsync = file`) the waits run there: this submits the next stage's
+    /// operations and returns at once. Without one, runs commit steps until `deadline` has
+    /// passed (at least one step when work is pending).
+    pub fn commit_work(
+        &mut self,
+        deadline: Instant,
+        exec: Option<&mut Executor>,
+    ) -> Vec<Committed> {
+        if let Some(exec) = exec
+            && (self.xgroup.is_some() || (self.sync_mode == SyncMode::File && self.group.is_none()))
+        {
+            return self.commit_pump(exec);
+        }
+        self.commit_steps(deadline)
+    }
+
+    /// The executor's side of `commit_work`: advances the group in the executor as far as
+    /// its completions allow, starting the next group when one ends.
+    fn commit_pump(&mut self, exec: &mut Executor) -> Vec<Committed> {
+        let mut out = Vec::new();
+        loop {
+            let mut g = match self.xgroup.take() {
+                Some(g) => g,
+                // (`fsync` reloaded to `filesystem`: the next group runs by steps.)
+                None if self.pending.is_empty() || self.sync_mode != SyncMode::File => {
+                    return out;
+                }
+                None => ExecGroup::start(std::mem::take(&mut self.pending)),
+            };
+            g.submit(exec);
+            if !g.stage_over() {
+                self.xgroup = Some(g);
+                return out;
+            }
+            if self.advance(&mut g) {
+                self.release_if_full(&g.done);
+                out.append(&mut g.done);
+            } else {
+                self.xgroup = Some(g);
+            }
+        }
+    }
+
+    /// Every completion of `g`'s stage is in: decides its outcomes and queues the next
+    /// stage's operations. True when the group is finished (all outcomes in `done`).
+    fn advance(&mut self, g: &mut ExecGroup) -> bool {
+        match g.stage {
+            Stage::Data => {
+                g.stage = Stage::Rename;
+                for (i, m) in g.members.iter_mut().enumerate() {
+                    let Some(inc) = &m.inc else { continue };
+                    match m.result.take() {
+                        Some(Ok(())) => {
+                            let to = self.queue.join(&inc.id.0);
+                            match (cpath(&inc.tmp_path), cpath(&to)) {
+                                (Some(from), Some(to)) => g.unsent.push_back((
+                                    TAG_BIT | i as u64,
+                                    DiskOp::Rename {
+                                        from_dir: None,
+                                        from,
+                                        to_dir: None,
+                                        to,
+                                    },
+                                    false,
+                                )),
+                                _ => m.result = Some(Err(Errno(libc::EINVAL))),
+                            }
+                        }
+                        Some(Err(e)) => {
+                            log::warn!("spool: cannot make {} durable: {e}", inc.id);
+                            g.done.push((m.tag, Err(spool_error(e))));
+                            m.inc = None;
+                        }
+                        None => {
+                            g.done
+                                .push((m.tag, Err(SpoolError::Failed("no sync".into()))));
+                            m.inc = None;
+                        }
+                    }
+                }
+                // A member whose path could not be named fails as a failed rename would.
+                for m in g.members.iter_mut() {
+                    if let (Some(Err(e)), Some(inc)) = (m.result, &m.inc) {
+                        log::warn!("spool: rename of {} failed: {e}", inc.id);
+                        g.done.push((m.tag, Err(spool_error(e))));
+                        m.inc = None;
+                        m.result = None;
+                    }
+                }
+                g.unsent.is_empty() && g.members.iter().all(|m| m.inc.is_none())
+            }
+            Stage::Rename => {
+                for (i, m) in g.members.iter_mut().enumerate() {
+                    let Some(mut inc) = m.inc.take() else {
+                        continue;
+                    };
+                    match m.result.take() {
+                        // From here on a crash leaves a complete entry in queue/.
+                        Some(Ok(())) => {
+                            inc.armed = false;
+                            if let Some(env) = inc.envelope.take() {
+                                self.fresh
+                                    .insert(inc.id.clone(), (env, inc.header_len, inc.written));
+                            }
+                            g.renamed.push((i, inc.id.clone()));
+                        }
+                        Some(Err(e)) => {
+                            log::warn!("spool: rename of {} failed: {e}", inc.id);
+                            g.done.push((m.tag, Err(spool_error(e))));
+                        }
+                        None => g
+                            .done
+                            .push((m.tag, Err(SpoolError::Failed("no rename".into())))),
+                    }
+                }
+                if g.renamed.is_empty() {
+                    return true;
+                }
+                g.stage = Stage::Dir;
+                g.unsent.push_back((
+                    TAG_BIT,
+                    DiskOp::Fsync {
+                        file: Handle::own(&self.queue_dir),
+                    },
+                    true,
+                ));
+                false
+            }
+            Stage::Dir => {
+                let result = g.dir_result.take().unwrap_or(Err(Errno(libc::EIO)));
+                let renamed = std::mem::take(&mut g.renamed);
+                match result {
+                    Ok(()) => {
+                        for (i, id) in renamed {
+                            g.done.push((g.members[i].tag, Ok(id)));
+                        }
+                    }
+                    Err(e) => {
+                        // As in `sync_dir_step`: take the renames back, the retry is the copy.
+                        log::warn!("spool: fsync of {} failed: {e}", self.queue.display());
+                        for (i, id) in renamed {
+                            self.withdraw(&id);
+                            g.done.push((g.members[i].tag, Err(spool_error(e))));
+                        }
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// A renamed entry whose directory sync failed: out of the queue again.
+    fn withdraw(&mut self, id: &QueueId) {
+        self.fresh.remove(id);
+        if let Err(e) = fs::remove_file(self.message_path(id)) {
+            log::warn!("spool: cannot withdraw {id}: {e}");
+        }
+    }
+
+    /// Runs commit steps on this thread until `deadline` has passed (at least one step when
+    /// work is pending); returns the commits that finished, each by its tag.
+    fn commit_steps(&mut self, deadline: Instant) -> Vec<Committed> {
         let mut out = Vec::new();
         loop {
             let mut group = match self.group.take() {
@@ -80,9 +399,24 @@ impl Spool {
 
     /// Makes every commit handed over durable and reports each by its tag.
     pub fn commit_flush(&mut self) -> Vec<Committed> {
+        self.commit_flush_with(None)
+    }
+
+    /// `commit_flush` where commits may be in the executor (shutdown): waits for their
+    /// completions, spinning on `drain`. Other completions that arrive meanwhile are dropped.
+    pub fn commit_flush_with(&mut self, mut exec: Option<&mut Executor>) -> Vec<Committed> {
         let mut out = Vec::new();
+        let mut got = Vec::new();
         while self.commit_pending() {
-            out.extend(self.commit_work(Instant::now()));
+            out.extend(self.commit_work(Instant::now(), exec.as_deref_mut()));
+            if let Some(exec) = exec.as_deref_mut() {
+                exec.drain(&mut got);
+                for c in got.drain(..) {
+                    if !crate::mailbox::job::owns(c.tag) && owns(c.tag) {
+                        self.commit_completion(c);
+                    }
+                }
+            }
         }
         out
     }
@@ -174,11 +508,8 @@ impl Spool {
                 // The renames may or may not survive a crash: take them back so the client's
                 // retry is the only copy (a failed unlink risks a duplicate, never a loss).
                 log::warn!("spool: fsync of {} failed: {e}", self.queue.display());
-                for (tag, id) in g.renamed.drain(..) {
-                    self.fresh.remove(&id);
-                    if let Err(e2) = fs::remove_file(self.message_path(&id)) {
-                        log::warn!("spool: cannot withdraw {id}: {e2}");
-                    }
+                for (tag, id) in std::mem::take(&mut g.renamed) {
+                    self.withdraw(&id);
                     g.done.push((tag, Err(SpoolError::from_io(&e))));
                 }
             }

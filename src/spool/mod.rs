@@ -29,7 +29,7 @@ mod listing;
 #[cfg(test)]
 mod tests;
 
-pub use commit::Committed;
+pub use commit::{Committed, owns as commit_owns};
 pub use format::RcptState;
 pub use listing::{QueueSummary, format_queue, list_queue};
 
@@ -144,6 +144,8 @@ pub struct Spool {
     pending: Vec<(usize, Incoming)>,
     /// The group commit in progress (see `commit.rs`).
     group: Option<commit::Group>,
+    /// The group commit in progress in the disk executor (see `commit.rs`).
+    xgroup: Option<commit::ExecGroup>,
     /// `free/`: message files of removed entries, kept to be rewritten by new messages.
     free_dir: PathBuf,
     /// The numbers `n` of the files `free/f<n>` (numbers, not paths: one small allocation
@@ -562,6 +564,7 @@ impl Spool {
             last_id,
             pending: Vec::new(),
             group: None,
+            xgroup: None,
             free_dir,
             free,
             free_seq,

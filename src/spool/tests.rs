@@ -1034,3 +1034,281 @@ fn pickup_names_come_back_from_the_queue_after_a_restart() {
         HashSet::from(["0123456789abcdef0123456789abcdef".to_string()])
     );
 }
+
+/// The group commit in the disk executor (`commit::ExecGroup`), driven as the reactor drives
+/// it, on the inline backend: each operation runs at submit, its completion waits for `drain`.
+mod in_the_executor {
+    use super::*;
+    use crate::exec::{Completion, Errno, Executor, Inline};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::time::Instant;
+
+    fn exec() -> Executor {
+        Executor::Inline(Inline::new())
+    }
+
+    /// One reactor turn: the executor's completions (each through `tamper`) go back to the
+    /// spool, then `commit_work` moves on. Returns what it reported.
+    fn turn(
+        spool: &mut Spool,
+        exec: &mut Executor,
+        tamper: &mut dyn FnMut(&mut Completion),
+    ) -> Vec<Committed> {
+        let mut got = Vec::new();
+        exec.drain(&mut got);
+        for mut c in got {
+            assert!(commit_owns(c.tag) && !crate::mailbox::job::owns(c.tag));
+            tamper(&mut c);
+            spool.commit_completion(c);
+        }
+        spool.commit_work(Instant::now(), Some(exec))
+    }
+
+    fn enqueue(spool: &mut Spool, n: usize) -> Vec<QueueId> {
+        (0..n)
+            .map(|tag| {
+                let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+                inc.append(format!("message {tag}\r\n").as_bytes());
+                let id = inc.id().clone();
+                spool.commit_enqueue(inc, tag).unwrap();
+                id
+            })
+            .collect()
+    }
+
+    fn pipe_file() -> File {
+        let mut fds = [0; 2];
+        // SAFETY: room for two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: fresh descriptors, owned from here on (the write end is closed at once).
+        unsafe {
+            drop(OwnedFd::from_raw_fd(fds[1]));
+            File::from(OwnedFd::from_raw_fd(fds[0]))
+        }
+    }
+
+    fn sorted(mut r: Vec<Committed>) -> Vec<Committed> {
+        r.sort_by_key(|(t, _)| *t);
+        r
+    }
+
+    #[test]
+    fn data_sync_then_rename_then_dir_sync_then_the_report() {
+        let d = tempfile::tempdir().unwrap();
+        let (q, t) = (d.path().join("queue"), d.path().join("tmp"));
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = exec();
+        let ids = enqueue(&mut spool, 3);
+        let keep = &mut |_: &mut Completion| {};
+        // Turn 1: the three fdatasyncs; nothing renamed, nothing reported.
+        assert!(spool.commit_runnable());
+        assert!(spool.commit_work(Instant::now(), Some(&mut x)).is_empty());
+        assert_eq!(x.in_flight(), 3);
+        assert!(
+            !spool.commit_runnable(),
+            "waits for completions, not in a loop"
+        );
+        assert_eq!(names(&t).len(), 3);
+        assert!(names(&q).is_empty());
+        // Turn 2: data durable, so the three renames (the commit point); still no report.
+        assert!(turn(&mut spool, &mut x, keep).is_empty());
+        assert_eq!(x.in_flight(), 3);
+        assert_eq!(names(&q).len(), 3);
+        assert!(names(&t).is_empty());
+        // Turn 3: renamed, so one fsync of queue/ for the whole group; still no report.
+        assert!(turn(&mut spool, &mut x, keep).is_empty());
+        assert_eq!(x.in_flight(), 1);
+        // Turn 4: queue/ durable: every message reported, by its tag.
+        let r = sorted(turn(&mut spool, &mut x, keep));
+        let want: Vec<Committed> = ids
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(t, id)| (t, Ok(id)))
+            .collect();
+        assert_eq!(r, want);
+        assert!(!spool.commit_pending());
+        assert_eq!(x.in_flight(), 0);
+        let (_, found) = Spool::open(d.path()).unwrap();
+        assert_eq!(found, ids);
+    }
+
+    #[test]
+    fn messages_finishing_meanwhile_form_the_next_group() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = exec();
+        let first = enqueue(&mut spool, 2);
+        assert!(spool.commit_work(Instant::now(), Some(&mut x)).is_empty());
+        let second = enqueue(&mut spool, 1);
+        assert!(!spool.commit_runnable());
+        let keep = &mut |_: &mut Completion| {};
+        let mut reported = Vec::new();
+        for _ in 0..10 {
+            reported.extend(turn(&mut spool, &mut x, keep));
+        }
+        assert_eq!(reported.len(), 3);
+        assert_eq!(
+            reported[2].1,
+            Ok(second[0].clone()),
+            "after the first group"
+        );
+        assert!(
+            reported[..2]
+                .iter()
+                .all(|(_, r)| r.as_ref().is_ok_and(|id| first.contains(id)))
+        );
+    }
+
+    #[test]
+    fn a_failed_data_sync_fails_that_message_only() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = exec();
+        let ids = enqueue(&mut spool, 3);
+        // The middle message's descriptor cannot be synced (a pipe: EINVAL).
+        spool.pending[1].1.file = pipe_file();
+        let keep = &mut |_: &mut Completion| {};
+        let mut r = spool.commit_work(Instant::now(), Some(&mut x));
+        for _ in 0..3 {
+            r.extend(turn(&mut spool, &mut x, keep));
+        }
+        let r = sorted(r);
+        assert!(matches!(r[1], (1, Err(SpoolError::Failed(_)))), "{r:?}");
+        assert_eq!(r[0], (0, Ok(ids[0].clone())));
+        assert_eq!(r[2], (2, Ok(ids[2].clone())));
+        assert_eq!(
+            names(&d.path().join("queue")),
+            vec![ids[0].0.clone(), ids[2].0.clone()]
+        );
+        assert!(
+            names(&d.path().join("tmp")).is_empty(),
+            "its temp file is gone"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_at_the_data_sync_is_full_and_gives_back_the_free_files() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let old = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+        spool.remove(&old).unwrap();
+        assert_eq!(names(&d.path().join("free")).len(), 1);
+        let mut x = exec();
+        let ids = enqueue(&mut spool, 2);
+        let mut r = spool.commit_work(Instant::now(), Some(&mut x));
+        // The fdatasync of tag 0 says ENOSPC (as after writeback into a full disk).
+        let mut full = |c: &mut Completion| {
+            if c.tag & !crate::spool::commit::TAG_BIT == 0 && c.result.is_ok() {
+                c.result = Err(Errno(libc::ENOSPC));
+            }
+        };
+        r.extend(turn(&mut spool, &mut x, &mut full));
+        let keep = &mut |_: &mut Completion| {};
+        for _ in 0..2 {
+            r.extend(turn(&mut spool, &mut x, keep));
+        }
+        let r = sorted(r);
+        assert_eq!(r, vec![(0, Err(SpoolError::Full)), (1, Ok(ids[1].clone()))]);
+        assert!(
+            names(&d.path().join("free")).is_empty(),
+            "free files given back"
+        );
+        assert_eq!(names(&d.path().join("queue")), vec![ids[1].0.clone()]);
+    }
+
+    #[test]
+    fn a_failed_rename_fails_that_message_only() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = exec();
+        let ids = enqueue(&mut spool, 3);
+        let keep = &mut |_: &mut Completion| {};
+        let mut r = spool.commit_work(Instant::now(), Some(&mut x));
+        // Data durable; the middle temp file vanishes before its rename (ENOENT).
+        fs::remove_file(d.path().join("tmp").join(&ids[1].0)).unwrap();
+        for _ in 0..3 {
+            r.extend(turn(&mut spool, &mut x, keep));
+        }
+        let r = sorted(r);
+        assert!(matches!(r[1], (1, Err(SpoolError::Failed(_)))), "{r:?}");
+        assert_eq!(
+            (r[0].clone(), r[2].clone()),
+            ((0, Ok(ids[0].clone())), (2, Ok(ids[2].clone())))
+        );
+        assert_eq!(
+            names(&d.path().join("queue")),
+            vec![ids[0].0.clone(), ids[2].0.clone()]
+        );
+    }
+
+    #[test]
+    fn a_failed_dir_sync_withdraws_the_group_and_acknowledges_nothing() {
+        for errno in [libc::EIO, libc::ENOSPC] {
+            let d = tempfile::tempdir().unwrap();
+            let (mut spool, _) = Spool::open(d.path()).unwrap();
+            let mut x = exec();
+            enqueue(&mut spool, 2);
+            let mut fail_dir = |c: &mut Completion| {
+                // The only operation of the third stage is the directory's fsync.
+                c.result = Err(Errno(errno));
+            };
+            let keep = &mut |_: &mut Completion| {};
+            let mut r = spool.commit_work(Instant::now(), Some(&mut x));
+            r.extend(turn(&mut spool, &mut x, keep));
+            r.extend(turn(&mut spool, &mut x, keep));
+            assert_eq!(names(&d.path().join("queue")).len(), 2, "renamed");
+            assert!(r.is_empty());
+            r.extend(turn(&mut spool, &mut x, &mut fail_dir));
+            let want = if errno == libc::ENOSPC {
+                SpoolError::Full
+            } else {
+                SpoolError::Failed(std::io::Error::from_raw_os_error(errno).to_string())
+            };
+            assert_eq!(sorted(r), vec![(0, Err(want.clone())), (1, Err(want))]);
+            assert!(names(&d.path().join("queue")).is_empty(), "withdrawn");
+            assert!(names(&d.path().join("tmp")).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_real_failed_dir_sync_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        spool.queue_dir = pipe_file();
+        let mut x = exec();
+        enqueue(&mut spool, 1);
+        let r = spool.commit_flush_with(Some(&mut x));
+        assert!(matches!(r[..], [(0, Err(SpoolError::Failed(_)))]), "{r:?}");
+        assert!(names(&d.path().join("queue")).is_empty());
+    }
+
+    #[test]
+    fn a_crash_at_every_stage_loses_nothing_acknowledged() {
+        // Crash (the spool forgotten: no destructor runs, as in a SIGKILL) after each turn.
+        for crash_after in 0..4 {
+            let d = tempfile::tempdir().unwrap();
+            let (mut spool, _) = Spool::open(d.path()).unwrap();
+            let mut x = exec();
+            let ids = enqueue(&mut spool, 2);
+            let keep = &mut |_: &mut Completion| {};
+            let mut acked = spool.commit_work(Instant::now(), Some(&mut x));
+            for _ in 0..crash_after {
+                acked.extend(turn(&mut spool, &mut x, keep));
+            }
+            std::mem::forget(spool);
+            let (_, found) = Spool::open(d.path()).unwrap();
+            // After turn 0 (data syncs): not renamed, so gone (the client retries); 1 and 2
+            // (renames and the directory sync ran: inline runs each at submit): kept, not
+            // acknowledged (a retry may duplicate, never lose); 3: acknowledged, kept.
+            let (want_found, want_acked) = match crash_after {
+                0 => (vec![], 0),
+                1 | 2 => (ids.clone(), 0),
+                _ => (ids.clone(), 2),
+            };
+            assert_eq!(found, want_found, "crash after turn {crash_after}");
+            assert_eq!(acked.len(), want_acked, "crash after turn {crash_after}");
+            assert!(names(&d.path().join("tmp")).is_empty());
+        }
+    }
+}
