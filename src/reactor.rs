@@ -377,7 +377,10 @@ impl Reactor {
                 }
             }
             self.accept_backlogs(now);
-            if !self.checks.is_empty() || self.services.mailbox_busy() {
+            if !self.checks.is_empty()
+                || self.services.mailbox_busy()
+                || self.services.delivery_busy()
+            {
                 // Completions made without an event (a helper found gone at submit).
                 self.finish_checks(now);
             }
@@ -389,8 +392,12 @@ impl Reactor {
             self.serve_control(now);
             self.services
                 .pickup_work(Instant::now() + limits::WORK_SLICE);
-            self.services
-                .deliver(now, SystemTime::now(), Instant::now() + limits::WORK_SLICE);
+            self.services.deliver(
+                now,
+                SystemTime::now(),
+                Instant::now() + limits::WORK_SLICE,
+                self.exec.as_mut(),
+            );
             self.services.outbound_turn(Instant::now());
             self.fire_deadlines(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
@@ -1271,6 +1278,10 @@ impl Reactor {
             for c in done.drain(..) {
                 if crate::mailbox::job::owns(c.tag) {
                     self.services.mailbox_completion(c);
+                    continue;
+                }
+                if crate::deliver::maildir::owns(c.tag) {
+                    self.services.delivery_completion(c);
                     continue;
                 }
                 let Some(check) = self.checks.remove(&c.tag) else {

@@ -557,6 +557,13 @@ fn serve(sock: RawFd) -> i32 {
                             path,
                         }
                     }
+                    // `Executor::submit_sync`: the reactor's own descriptor came along.
+                    (DiskOp::Fdatasync { .. }, Some(fd)) => DiskOp::Fdatasync {
+                        file: Handle(fd.as_raw_fd()),
+                    },
+                    (DiskOp::Fsync { .. }, Some(fd)) => DiskOp::Fsync {
+                        file: Handle(fd.as_raw_fd()),
+                    },
                     (op, _) => op,
                 };
                 if names_socket(&op) {

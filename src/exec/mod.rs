@@ -27,7 +27,9 @@
 //! `limits::EXEC_WRITE_MAX` bytes, on every backend.
 //!
 //! Its callers today are the reactor (`reactor::begin_check`, `finish_checks`): POP password
-//! checks, and the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions. The short cache of successful checks that keeps clients looping USER/PASS with a
+//! checks, the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions, and
+//! the delivery engine's Maildir commits (`deliver::maildir::Maildirs::commit_pump`: the data
+//! and directory syncs of the reactor's own descriptors, `submit_sync`). The short cache of successful checks that keeps clients looping USER/PASS with a
 //! right password from making the helper rehash belongs to the caller that knows the user
 //! (`auth::cache`, held by `hosts::Services`), not to the executor.
 
@@ -44,6 +46,7 @@ mod tests;
 use std::ffi::CString;
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 
 use mio::{Registry, Token};
 
@@ -297,6 +300,23 @@ impl Executor {
             Executor::Inline(i) => i.submit(tag, op),
             Executor::Uring(u) => u.submit(tag, op),
             Executor::Helper(h) => h.submit(tag, op),
+        }
+    }
+
+    /// Syncs a descriptor the reactor owns (`fdatasync` if `data_only`, else `fsync`, also of
+    /// a directory) → `Outcome::Done`. The uring and inline backends use it as it is; the
+    /// helper receives a copy of it with the request (SCM_RIGHTS). The caller keeps `fd` open
+    /// until the completion is in (a queued request sends it later).
+    pub fn submit_sync(&mut self, tag: u64, fd: RawFd, data_only: bool) -> Result<(), Rejected> {
+        let op = if data_only {
+            DiskOp::Fdatasync { file: Handle(fd) }
+        } else {
+            DiskOp::Fsync { file: Handle(fd) }
+        };
+        match self {
+            Executor::Inline(i) => i.submit(tag, op),
+            Executor::Uring(u) => u.submit(tag, op),
+            Executor::Helper(h) => h.submit_with_fd(tag, op, Some(fd)),
         }
     }
 
