@@ -479,6 +479,11 @@ impl Services {
         self.mailbox_jobs.busy()
     }
 
+    /// An executor completion whose tag `deliver::maildir::owns`.
+    pub fn delivery_completion(&mut self, c: ExecCompletion) {
+        self.engine.complete(c);
+    }
+
     /// An executor completion whose tag `mailbox::job::owns`.
     pub fn mailbox_completion(&mut self, c: ExecCompletion) {
         self.mailbox_jobs.complete(c);
@@ -549,7 +554,15 @@ impl Services {
     /// Delivery steps until `deadline` (at least one when any is due), so a backlog never
     /// starves the clients: batches of up to `limits::DELIVERIES_PER_TURN` entries (fresh
     /// mail waits up to `limits::DELIVERY_LINGER` for a whole batch).
-    pub fn deliver(&mut self, now: Instant, wall: SystemTime, deadline: Instant) {
+    /// The Maildir commit of a batch runs in `exec` (`Engine::work`; its completions come back
+    /// through `delivery_completion`).
+    pub fn deliver(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        deadline: Instant,
+        exec: Option<&mut Executor>,
+    ) {
         if !self.engine.has_work(now) {
             if !self.spool.commit_pending() {
                 // Nothing due and nothing being committed: give back the spool files kept
@@ -567,6 +580,7 @@ impl Services {
             now,
             wall,
             deadline,
+            exec,
         );
         self.shuttle_remote(now, wall);
     }
@@ -682,6 +696,7 @@ impl Services {
             && !self.spool.commit_pending()
             && !self.pickup_pending()
             && !self.engine.has_work(now)
+            && !self.engine.busy()
             && !self.engine.schedule.has_ready()
             && !self.spool.free_excess()
     }

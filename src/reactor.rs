@@ -383,6 +383,7 @@ impl Reactor {
             if !self.checks.is_empty()
                 || self.services.mailbox_busy()
                 || self.services.commit_pending()
+                || self.services.delivery_busy()
             {
                 // Completions made without an event (a helper found gone at submit).
                 self.finish_checks(now);
@@ -395,8 +396,12 @@ impl Reactor {
             self.serve_control(now);
             self.services
                 .pickup_work(Instant::now() + limits::WORK_SLICE);
-            self.services
-                .deliver(now, SystemTime::now(), Instant::now() + limits::WORK_SLICE);
+            self.services.deliver(
+                now,
+                SystemTime::now(),
+                Instant::now() + limits::WORK_SLICE,
+                self.exec.as_mut(),
+            );
             self.services.outbound_turn(Instant::now());
             self.fire_deadlines(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
@@ -1282,6 +1287,10 @@ impl Reactor {
                 }
                 if crate::spool::commit_owns(c.tag) {
                     self.services.commit_completion(c);
+                    continue;
+                }
+                if crate::deliver::maildir::owns(c.tag) {
+                    self.services.delivery_completion(c);
                     continue;
                 }
                 let Some(check) = self.checks.remove(&c.tag) else {

@@ -202,7 +202,9 @@ enum Phase {
     /// Entries join one per step until `budget` or nothing more is due.
     #[default]
     Staging,
-    /// The batch's Maildir files are being made durable.
+    /// The batch's Maildir files are being made durable: in the disk executor when the
+    /// reactor has one (the steps stop while its completions are out), else one blocking
+    /// sync per step.
     Committing(Commit),
     /// One outcome per staged file; entries are settled one per step.
     Settling(Vec<Outcome>),
@@ -457,11 +459,11 @@ impl Engine {
         wall: SystemTime,
     ) -> usize {
         let mut attempted = 0;
-        if self.step(budget, store, dir, now, wall).idle {
+        if self.step(budget, store, dir, now, wall, None).idle {
             return 0;
         }
         while self.batch.is_some() {
-            attempted += self.step(budget, store, dir, now, wall).settled;
+            attempted += self.step(budget, store, dir, now, wall, None).settled;
         }
         attempted
     }
@@ -473,19 +475,37 @@ impl Engine {
             if let Some(b) = self.batch.as_mut() {
                 b.staging_closed = true;
             }
-            self.step(0, store, dir, now, wall);
+            self.step(0, store, dir, now, wall, None);
         }
     }
 
-    /// Is a batch in progress or an entry due?
+    /// Is there a step to take now: a batch in progress that is not only waiting for the
+    /// executor's completions (`complete` ends the wait), or an entry due?
     pub fn has_work(&self, now: Instant) -> bool {
-        self.batch.is_some() || self.schedule.timeout(now) == Some(Duration::ZERO)
+        match &self.batch {
+            Some(b) => !matches!(&b.phase, Phase::Committing(c) if c.waiting()),
+            None => self.schedule.timeout(now) == Some(Duration::ZERO),
+        }
+    }
+
+    /// An executor completion that `maildir::owns` says is a Maildir commit's.
+    pub fn complete(&mut self, c: crate::exec::Completion) {
+        if let Some(Batch {
+            phase: Phase::Committing(commit),
+            ..
+        }) = self.batch.as_mut()
+        {
+            commit.complete(c.tag, c.result);
+        }
     }
 
     /// Delivery steps until `deadline` has passed (at least one when there is work). One
     /// step waits for the disk at most once: staging one entry (its Maildir files written),
-    /// one sync of the batch's commit, or settling one entry. A batch gathers up to `budget`
-    /// due entries, so its syncs are shared, and the reactor polls its sockets between steps.
+    /// or settling one entry. The batch's commit runs in `exec` when there is one: its syncs
+    /// are submitted there and the steps stop until their completions come (`complete`);
+    /// without one, one step is one sync. A batch gathers up to `budget` due entries, so its
+    /// syncs are shared, and the reactor polls its sockets between steps.
+    #[allow(clippy::too_many_arguments)]
     pub fn work(
         &mut self,
         budget: usize,
@@ -494,9 +514,11 @@ impl Engine {
         now: Instant,
         wall: SystemTime,
         deadline: Instant,
+        mut exec: Option<&mut crate::exec::Executor>,
     ) {
         loop {
-            if self.step(budget, store, dir, now, wall).idle || Instant::now() >= deadline {
+            let step = self.step(budget, store, dir, now, wall, exec.as_deref_mut());
+            if step.idle || Instant::now() >= deadline {
                 return;
             }
         }
@@ -509,6 +531,7 @@ impl Engine {
         dir: &Directory,
         now: Instant,
         wall: SystemTime,
+        exec: Option<&mut crate::exec::Executor>,
     ) -> Step {
         let Some(mut batch) = self.batch.take() else {
             if self.schedule.timeout(now) != Some(Duration::ZERO) {
@@ -546,7 +569,19 @@ impl Engine {
                 }
             }
             Phase::Committing(commit) => {
-                if self.maildirs.commit_step(commit) {
+                let finished = match exec {
+                    Some(exec) => self.maildirs.commit_pump(commit, exec),
+                    None => self.maildirs.commit_step(commit),
+                };
+                if !finished && commit.waiting() {
+                    // Nothing to do before a completion comes.
+                    self.batch = Some(batch);
+                    return Step {
+                        idle: true,
+                        settled: 0,
+                    };
+                }
+                if finished {
                     let done = std::mem::replace(&mut batch.phase, Phase::Settling(Vec::new()));
                     if let Phase::Committing(c) = done {
                         batch.phase = Phase::Settling(c.outcomes());

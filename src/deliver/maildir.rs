@@ -19,10 +19,19 @@
 //! and every file is created, renamed and removed relative to those descriptors. A symlink in
 //! their place is refused with a temporary failure naming it (the administrator fixes it; the
 //! message waits in the queue).
+//!
+//! A batch's commit waits for the disk in the executor, not on the reactor
+//! (`Maildirs::commit_pump`): the data syncs of all its files are submitted, then, once all
+//! are in, the synced files are renamed into `new/` (relative to the same descriptors), then
+//! each `new/` directory's sync is submitted; a file counts as delivered only when the sync
+//! of its `new/` is in. A failure at any step is a temporary failure of the files it
+//! concerns only. Without an executor (tests, shutdown), `commit_step` does the same with
+//! blocking calls. The files are still created and written on the reactor (`stage`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{DirBuilder, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -31,6 +40,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::Outcome;
 use crate::dirfd::{self, Dir, Kind};
 use crate::durable::{self, SyncMode};
+use crate::exec::{Errno, Executor, Outcome as ExecOutcome, Reject};
 
 pub struct Maildirs {
     root: PathBuf,
@@ -436,6 +446,8 @@ impl Maildirs {
     /// renamed into `new/`, then each `new/` directory durable. A file that failed is removed
     /// from `tmp/`.
     pub fn commit_step(&mut self, c: &mut Commit) -> bool {
+        // Blocking from here to the end, whatever was submitted before.
+        c.finish_blocking();
         let done = self.commit_step_inner(c);
         if done {
             // The batch is committed: its directories are not held into the next one (the
@@ -500,6 +512,79 @@ impl Maildirs {
         }
     }
 
+    /// One turn of a commit through the disk executor; true when it is finished. The same
+    /// order as `commit_step`, without waiting: the data syncs of every staged file are
+    /// submitted, and only when all of their completions are in (`Commit::complete`) are the
+    /// synced files renamed into `new/` (on the reactor: a rename does not wait for the
+    /// disk), then each `new/` directory's sync is submitted, and the commit is finished when
+    /// those are in. Operations the executor has no room for are submitted at a later turn.
+    /// With `fsync = filesystem` (no syncfs in the executor) it is `commit_step`.
+    pub fn commit_pump(&mut self, c: &mut Commit, exec: &mut Executor) -> bool {
+        if self.sync_mode != SyncMode::File {
+            // (Also a commit begun before a reload changed `fsync`: it ends as it goes on.)
+            c.finish_blocking();
+        }
+        if c.blocking {
+            return self.commit_step(c);
+        }
+        let done = loop {
+            match c.stage {
+                Stage::Data => {
+                    if c.synced.len() != c.staged.len() {
+                        c.synced = c.staged.iter().map(|_| None).collect();
+                    }
+                    while c.submitted < c.staged.len() {
+                        let i = c.submitted;
+                        let fd = c.staged[i].file.as_raw_fd();
+                        match exec.submit_sync(commit_tag(DATA, i), fd, true) {
+                            Ok(()) => c.in_flight += 1,
+                            Err(r) if r.reason == Reject::Full => break,
+                            Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
+                        }
+                        c.submitted += 1;
+                    }
+                    if c.in_flight > 0 || c.submitted < c.staged.len() {
+                        break false;
+                    }
+                    for (s, r) in c.staged.iter().zip(&c.synced) {
+                        let r = r.unwrap_or(Err(Errno(libc::EIO)));
+                        c.moved.push(r.map(|()| usize::MAX).map_err(|e| {
+                            let _ = s.dirs.tmp.remove_file(&s.tmp);
+                            let e = io::Error::from(e);
+                            temporary("cannot write", &s.dirs.tmp.path().join(&s.tmp), &e)
+                        }));
+                    }
+                    c.next = c.staged.len();
+                    c.stage = Stage::Rename;
+                }
+                Stage::Rename => {
+                    if self.commit_step_inner(c) {
+                        break true;
+                    }
+                    c.submitted = 0;
+                }
+                Stage::Dirs => {
+                    while c.submitted < c.dirs.len() {
+                        let k = c.submitted;
+                        let fd = c.dirs[k].0.new.as_file().as_raw_fd();
+                        match exec.submit_sync(commit_tag(DIR, k), fd, false) {
+                            Ok(()) => c.in_flight += 1,
+                            Err(r) if r.reason == Reject::Full => break,
+                            Err(_) => c.set_dir(k, Err(Errno(libc::EPIPE))),
+                        }
+                        c.submitted += 1;
+                    }
+                    break c.in_flight == 0 && c.submitted >= c.dirs.len();
+                }
+            }
+        };
+        if done {
+            c.next = c.dirs.len();
+            self.open.clear();
+        }
+        done
+    }
+
     /// Makes the renames into the next `new/` durable (per file), or all of them (syncfs,
     /// named by any file on each filesystem).
     fn sync_dirs_step(&self, c: &mut Commit) {
@@ -546,6 +631,24 @@ enum Stage {
 /// Whether a `new/` directory was made durable.
 type SyncResult = Result<(), Outcome>;
 
+/// Set in the tag of every operation of a Maildir commit (`Maildirs::commit_pump`): mailbox
+/// jobs use bit 63, the spool's group commit bit 62, password checks connection ids, which
+/// never reach bit 61.
+pub const COMMIT_TAG_BIT: u64 = 1 << 61;
+/// The kinds of commit operation, in the tag above the index.
+const DATA: u64 = 0;
+const DIR: u64 = 1;
+
+/// Is this completion a Maildir commit's?
+pub fn owns(tag: u64) -> bool {
+    tag & (COMMIT_TAG_BIT | crate::mailbox::job::TAG_BIT) == COMMIT_TAG_BIT
+        && !crate::spool::commit_owns(tag)
+}
+
+fn commit_tag(kind: u64, index: usize) -> u64 {
+    COMMIT_TAG_BIT | (kind << 32) | (index as u64 & 0xffff_ffff)
+}
+
 /// A batch of staged files on their way into `new/` (see `Maildirs::commit_step`).
 pub struct Commit {
     staged: Vec<Staged>,
@@ -557,6 +660,13 @@ pub struct Commit {
     moved: Vec<Result<usize, Outcome>>,
     /// Each Maildir whose `new/` was written into, with its sync result once done.
     dirs: Vec<(Rc<UserDirs>, Option<SyncResult>)>,
+    /// Through the executor (`commit_pump`): the operations of the current stage submitted
+    /// so far, those whose completion is not yet in, and each staged file's data sync result.
+    submitted: usize,
+    in_flight: usize,
+    synced: Vec<Option<Result<(), Errno>>>,
+    /// Finished with blocking calls from here on (`finish_blocking`).
+    blocking: bool,
 }
 
 impl Commit {
@@ -572,6 +682,74 @@ impl Commit {
             stage,
             next: 0,
             dirs: Vec::new(),
+            submitted: 0,
+            in_flight: 0,
+            synced: Vec::new(),
+            blocking: false,
+        }
+    }
+
+    /// An executor completion that `owns` says is a commit's. One of another commit (an
+    /// earlier batch finished with `finish_blocking`) names nothing waited for and is dropped.
+    pub fn complete(&mut self, tag: u64, result: Result<ExecOutcome, Errno>) {
+        if self.blocking || self.in_flight == 0 {
+            return;
+        }
+        let kind = (tag & !COMMIT_TAG_BIT) >> 32;
+        let index = (tag & 0xffff_ffff) as usize;
+        let result = result.map(|_| ());
+        match (self.stage, kind) {
+            (Stage::Data, DATA) if index < self.submitted => {
+                if let Some(slot @ None) = self.synced.get_mut(index) {
+                    *slot = Some(result);
+                    self.in_flight -= 1;
+                }
+            }
+            (Stage::Dirs, DIR) if index < self.submitted => {
+                if matches!(self.dirs.get(index), Some((_, None))) {
+                    self.set_dir(index, result);
+                    self.in_flight -= 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Is the commit waiting for completions only (nothing to do until one comes)?
+    pub fn waiting(&self) -> bool {
+        // (Operations the executor had no room for wait for these completions too.)
+        !self.blocking && self.in_flight > 0 && self.stage != Stage::Rename
+    }
+
+    /// Finishes the rest with blocking calls (`Maildirs::commit_step`; shutdown, or no
+    /// executor): the current stage is done again from its start, whatever was in flight
+    /// (a sync done twice is harmless; its late completion is dropped).
+    pub fn finish_blocking(&mut self) {
+        if self.blocking {
+            return;
+        }
+        self.blocking = true;
+        self.in_flight = 0;
+        match self.stage {
+            Stage::Data => {
+                self.next = 0;
+                self.moved.clear();
+            }
+            Stage::Dirs => {
+                self.next = 0;
+                for d in &mut self.dirs {
+                    d.1 = None;
+                }
+            }
+            Stage::Rename => {}
+        }
+    }
+
+    fn set_dir(&mut self, k: usize, result: Result<(), Errno>) {
+        if let Some((d, slot)) = self.dirs.get_mut(k) {
+            *slot = Some(
+                result.map_err(|e| temporary("cannot sync", d.new.path(), &io::Error::from(e))),
+            );
         }
     }
 
@@ -1099,5 +1277,247 @@ mod tests {
             assert_eq!(out[1], Outcome::Delivered, "{mode:?}");
             assert_eq!(fs::read_dir(root.path().join("u/new")).unwrap().count(), 1);
         }
+    }
+
+    // ---- the commit through the disk executor (issue 11) ----------------------------------
+
+    use crate::exec::{Completion, Inline};
+
+    fn stage_for(m: &mut Maildirs, user: &str) -> Staged {
+        m.stage(
+            user,
+            &fresh_unique(),
+            "",
+            &format!("{user}@h"),
+            &mut &b"x\r\n"[..],
+            SystemTime::now(),
+        )
+        .unwrap()
+    }
+
+    fn drain(exec: &mut Executor) -> Vec<Completion> {
+        let mut out = Vec::new();
+        exec.drain(&mut out);
+        out
+    }
+
+    fn in_new(root: &Path, user: &str) -> usize {
+        fs::read_dir(root.join(user).join("new")).unwrap().count()
+    }
+
+    /// Runs a commit through the inline executor, letting `tamper` change each completion
+    /// (kind DATA or DIR, index, result) and, between the data syncs and the renames, act on
+    /// the staged files; returns the outcomes.
+    fn pump_commit(
+        m: &mut Maildirs,
+        staged: Vec<Staged>,
+        mut before_renames: impl FnMut(&Commit),
+        tamper: impl Fn(u64, usize) -> Option<Errno>,
+    ) -> Vec<Outcome> {
+        let mut exec = Executor::Inline(Inline::new());
+        let mut c = Commit::new(staged);
+        let mut rounds = 0;
+        while !m.commit_pump(&mut c, &mut exec) {
+            assert!(c.waiting(), "a commit not finished waits for completions");
+            rounds += 1;
+            assert!(
+                rounds <= 2,
+                "one round of data syncs, one of directory syncs"
+            );
+            let done = drain(&mut exec);
+            assert!(!done.is_empty());
+            for d in done {
+                assert!(owns(d.tag), "{:x}", d.tag);
+                let (kind, index) = (
+                    (d.tag & !COMMIT_TAG_BIT) >> 32,
+                    (d.tag & 0xffff_ffff) as usize,
+                );
+                let result = match tamper(kind, index) {
+                    Some(e) => Err(e),
+                    None => d.result,
+                };
+                c.complete(d.tag, result);
+            }
+            if rounds == 1 {
+                // Every data sync is in; the next pump renames.
+                assert_eq!(c.stage, Stage::Data);
+                before_renames(&c);
+            }
+        }
+        assert!(drain(&mut exec).is_empty(), "nothing left in flight");
+        c.outcomes()
+    }
+
+    #[test]
+    fn the_executor_commit_syncs_data_then_renames_then_syncs_new_then_reports() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let staged = vec![
+            stage_for(&mut m, "u"),
+            stage_for(&mut m, "v"),
+            stage_for(&mut m, "u"),
+        ];
+        let mut exec = Executor::Inline(Inline::new());
+        let mut c = Commit::new(staged);
+        // First turn: every file's data sync, and nothing in new/ yet.
+        assert!(!m.commit_pump(&mut c, &mut exec));
+        assert!(c.waiting());
+        let data = drain(&mut exec);
+        let kinds = |v: &[Completion]| {
+            let mut k: Vec<(u64, u64)> = v
+                .iter()
+                .map(|d| ((d.tag & !COMMIT_TAG_BIT) >> 32, d.tag & 0xffff_ffff))
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(kinds(&data), vec![(DATA, 0), (DATA, 1), (DATA, 2)]);
+        assert_eq!(in_new(root.path(), "u") + in_new(root.path(), "v"), 0);
+        // Until the last data sync is in, nothing is renamed.
+        let mut data = data.into_iter();
+        let last = data.next().unwrap();
+        for d in data {
+            c.complete(d.tag, d.result);
+        }
+        assert!(!m.commit_pump(&mut c, &mut exec));
+        assert!(drain(&mut exec).is_empty());
+        assert_eq!(in_new(root.path(), "u") + in_new(root.path(), "v"), 0);
+        c.complete(last.tag, last.result);
+        // Then the renames, and one sync of each new/ (two Maildirs).
+        assert!(!m.commit_pump(&mut c, &mut exec));
+        assert_eq!((in_new(root.path(), "u"), in_new(root.path(), "v")), (2, 1));
+        let dirs = drain(&mut exec);
+        assert_eq!(kinds(&dirs), vec![(DIR, 0), (DIR, 1)]);
+        // Not delivered before the directories are synced.
+        assert!(c.waiting());
+        for d in dirs {
+            c.complete(d.tag, d.result);
+        }
+        assert!(m.commit_pump(&mut c, &mut exec));
+        assert_eq!(c.outcomes(), vec![Outcome::Delivered; 3]);
+        assert!(m.open.is_empty(), "the batch's directories are let go");
+    }
+
+    #[test]
+    fn a_failed_data_sync_fails_only_its_file_and_removes_it_from_tmp() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let staged = vec![stage_for(&mut m, "u"), stage_for(&mut m, "u")];
+        let out = pump_commit(
+            &mut m,
+            staged,
+            |_| {},
+            |kind, i| (kind == DATA && i == 0).then_some(Errno(libc::ENOSPC)),
+        );
+        assert!(
+            matches!(&out[0], Outcome::Temporary(r) if r.contains("cannot write") && r.contains("No space left")),
+            "{out:?}"
+        );
+        assert_eq!(out[1], Outcome::Delivered);
+        assert_eq!(in_new(root.path(), "u"), 1);
+        assert!(names(&root.path().join("u/tmp")).is_empty());
+    }
+
+    #[test]
+    fn a_failed_rename_fails_only_its_file() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let staged = vec![stage_for(&mut m, "u"), stage_for(&mut m, "u")];
+        let out = pump_commit(
+            &mut m,
+            staged,
+            |c| {
+                // The tmp/ file of the first is gone when the renames come.
+                let s = &c.staged[0];
+                s.dirs.tmp.remove_file(&s.tmp).unwrap();
+            },
+            |_, _| None,
+        );
+        assert!(
+            matches!(&out[0], Outcome::Temporary(r) if r.contains("cannot move into")),
+            "{out:?}"
+        );
+        assert_eq!(out[1], Outcome::Delivered);
+        assert_eq!(in_new(root.path(), "u"), 1);
+    }
+
+    #[test]
+    fn a_failed_directory_sync_fails_only_the_files_of_that_maildir() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let staged = vec![
+            stage_for(&mut m, "u"),
+            stage_for(&mut m, "v"),
+            stage_for(&mut m, "u"),
+        ];
+        let out = pump_commit(
+            &mut m,
+            staged,
+            |_| {},
+            |kind, i| (kind == DIR && i == 0).then_some(Errno(libc::EIO)),
+        );
+        let u_new = root.path().join("u/new");
+        let want = Outcome::Temporary(format!(
+            "cannot sync {}: {}",
+            u_new.display(),
+            io::Error::from_raw_os_error(libc::EIO)
+        ));
+        assert_eq!(out, vec![want.clone(), Outcome::Delivered, want]);
+    }
+
+    #[test]
+    fn a_commit_cut_short_finishes_with_blocking_calls_and_ignores_late_completions() {
+        for cut_after in [0, 1] {
+            let root = tempfile::tempdir().unwrap();
+            let mut m = Maildirs::new(root.path(), "h");
+            let staged = vec![stage_for(&mut m, "u"), stage_for(&mut m, "v")];
+            let mut exec = Executor::Inline(Inline::new());
+            let mut c = Commit::new(staged);
+            assert!(!m.commit_pump(&mut c, &mut exec));
+            if cut_after == 1 {
+                for d in drain(&mut exec) {
+                    c.complete(d.tag, d.result);
+                }
+                assert!(!m.commit_pump(&mut c, &mut exec));
+                assert_eq!(c.stage, Stage::Dirs);
+            }
+            // Shutdown: what was in flight is done again, without the executor.
+            c.finish_blocking();
+            assert!(!c.waiting());
+            for d in drain(&mut exec) {
+                c.complete(d.tag, Err(Errno(libc::EIO)));
+            }
+            while !m.commit_step(&mut c) {}
+            assert_eq!(c.outcomes(), vec![Outcome::Delivered; 2], "{cut_after}");
+            assert_eq!(in_new(root.path(), "u") + in_new(root.path(), "v"), 2);
+        }
+    }
+
+    #[test]
+    fn commit_tags_are_told_from_mailbox_jobs_and_password_checks() {
+        assert!(owns(commit_tag(DATA, 5)) && owns(commit_tag(DIR, 0)));
+        assert!(!owns(crate::mailbox::job::TAG_BIT | 7));
+        assert!(!owns(crate::mailbox::job::TAG_BIT | COMMIT_TAG_BIT));
+        assert!(!owns(12345));
+        // The spool's group commit (bit 62) and this one never claim each other's tags.
+        let spool_tag = (1 << 62) | 7;
+        assert!(crate::spool::commit_owns(spool_tag) && !owns(spool_tag));
+        assert!(!crate::spool::commit_owns(commit_tag(DATA, 5)));
+        assert!(!crate::mailbox::job::owns(commit_tag(DIR, 3)));
+    }
+
+    #[test]
+    fn with_fsync_filesystem_the_commit_is_blocking_and_submits_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        m.set_sync_mode(SyncMode::Filesystem);
+        let staged = vec![stage_for(&mut m, "u"), stage_for(&mut m, "v")];
+        let mut exec = Executor::Inline(Inline::new());
+        let mut c = Commit::new(staged);
+        while !m.commit_pump(&mut c, &mut exec) {
+            assert!(!c.waiting());
+        }
+        assert_eq!(exec.in_flight(), 0, "no syncfs in the executor");
+        assert_eq!(c.outcomes(), vec![Outcome::Delivered; 2]);
     }
 }

@@ -30,7 +30,9 @@
 //! backend receives a copy of it with the request.
 //!
 //! Its callers today are the reactor (`reactor::begin_check`, `finish_checks`): POP password
-//! checks, and the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions. The short cache of successful checks that keeps clients looping USER/PASS with a
+//! checks, the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions, and
+//! the delivery engine's Maildir commits (`deliver::maildir::Maildirs::commit_pump`: the data
+//! and directory syncs of the reactor's own descriptors, `submit_sync`). The short cache of successful checks that keeps clients looping USER/PASS with a
 //! right password from making the helper rehash belongs to the caller that knows the user
 //! (`auth::cache`, held by `hosts::Services`), not to the executor.
 
@@ -47,6 +49,7 @@ mod tests;
 use std::ffi::CString;
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 
 use mio::{Registry, Token};
 
@@ -328,6 +331,18 @@ impl Executor {
             Executor::Uring(u) => u.submit(tag, op),
             Executor::Helper(h) => h.submit_with_fd(tag, op, Some(fd)),
         }
+    }
+
+    /// Syncs a descriptor the caller owns (`fdatasync` if `data_only`, else `fsync`, also of
+    /// a directory): `submit_own` for a raw descriptor (the Maildir commit's files and `new/`).
+    pub fn submit_sync(&mut self, tag: u64, fd: RawFd, data_only: bool) -> Result<(), Rejected> {
+        let file = Handle(fd);
+        let op = if data_only {
+            DiskOp::Fdatasync { file }
+        } else {
+            DiskOp::Fsync { file }
+        };
+        self.submit_own(tag, op)
     }
 
     /// Moves every completion that has arrived into `out` without blocking, and sends what

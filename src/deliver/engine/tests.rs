@@ -904,3 +904,58 @@ fn removing_an_entry_whose_remote_part_is_out_cancels_it_and_drops_late_outcomes
     );
     assert!(w.queue.recorded.is_empty() && w.queue.removed.is_empty());
 }
+
+/// With the disk executor, a batch's Maildir commit never waits on the reactor: `work`
+/// returns (long before its deadline) while the syncs are out, `has_work` says there is
+/// nothing to do (the reactor sleeps until a completion), and the entry is settled only after
+/// the data syncs, the renames and the directory syncs are all in.
+#[test]
+fn with_an_executor_the_commit_is_awaited_not_waited_for() {
+    use crate::exec::{Executor, Inline};
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    let id = w
+        .queue
+        .add("s@example.org", &["alice@example.test", "bob@example.test"]);
+    w.engine.schedule.due_now(id.clone());
+    let mut exec = Executor::Inline(Inline::new());
+    let now = Instant::now();
+    let far = now + Duration::from_secs(3600);
+    let mut rounds = 0;
+    loop {
+        w.engine.work(
+            8,
+            &mut w.queue,
+            &w.dir,
+            now,
+            SystemTime::now(),
+            far,
+            Some(&mut exec),
+        );
+        if !w.engine.busy() {
+            break;
+        }
+        assert!(!w.engine.has_work(now), "waiting is not work");
+        let mut done = Vec::new();
+        exec.drain(&mut done);
+        assert!(!done.is_empty(), "a waiting batch has operations out");
+        if rounds == 0 {
+            // The data syncs are out: nothing renamed yet, nothing settled.
+            assert_eq!(count(&w.mail, "alice") + count(&w.mail, "bob"), 0);
+        } else {
+            // The directory syncs are out: the files are in new/, the entry still queued.
+            assert_eq!(count(&w.mail, "alice") + count(&w.mail, "bob"), 2);
+            assert!(w.queue.removed.is_empty());
+        }
+        for c in done {
+            assert!(crate::deliver::maildir::owns(c.tag));
+            w.engine.complete(c);
+        }
+        assert!(w.engine.has_work(now));
+        rounds += 1;
+        assert!(rounds <= 2, "data syncs, then directory syncs");
+    }
+    assert_eq!(rounds, 2);
+    assert_eq!(w.queue.removed, vec![id]);
+    assert_eq!(count(&w.mail, "alice") + count(&w.mail, "bob"), 2);
+    assert_eq!(exec.in_flight(), 0);
+}
