@@ -245,7 +245,8 @@ pub static KEYS: &[KeySpec] = &[
         default: DefaultValue::Text("auto"),
         form: "`auto`, `uring` or `helper`",
         meaning: "How work that would make the server wait (password checks, opening and \
-                  emptying POP mailboxes; spool and delivery writes in later versions) is done beside the one reactor thread. `auto`: \
+                  emptying POP mailboxes, the syncs and renames of the spool's commits and of \
+                  Maildir deliveries) is done beside the one reactor thread. `auto`: \
                   the kernel's io_uring where it allows every operation used, else the helper \
                   process. `uring`: io_uring, and a start-up error where it is unusable \
                   (`kernel.io_uring_disabled`, a container's seccomp profile, an old kernel). \
