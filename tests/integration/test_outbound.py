@@ -13,6 +13,7 @@ import os
 import re
 import smtplib
 import subprocess
+import time
 
 from conftest import BIN, free_port
 from dnsserver import NXDOMAIN, SERVFAIL
@@ -287,6 +288,13 @@ def test_relay_to_smtp_sink_is_accepted_and_logged(server_factory, dns_server, s
         assert reply.startswith("250 "), reply
     wait_queue_empty(a)
     assert len(sk.messages()) == 1
+    # Once the mail is out the server is idle again: the outbound connection said QUIT and
+    # nothing (resolver, connection deadlines) is left to wake it.
+    a.wait_log("at rest: memory handed back", timeout=20)
+    t0, w0 = a.cpu_ticks(), int(a.status("voluntary_ctxt_switches"))
+    time.sleep(2)
+    t1, w1 = a.cpu_ticks(), int(a.status("voluntary_ctxt_switches"))
+    assert (t1 - t0, w1 - w0) == (0, 0), "wake-ups after relaying"
 
 
 def test_greylisting_4xx_at_rcpt_defers_then_flush_delivers_exactly_once(server_factory, dns_server, sink):
