@@ -520,8 +520,9 @@ impl Maildirs {
     /// those are in. Operations the executor has no room for are submitted at a later turn.
     /// With `fsync = filesystem` (no syncfs in the executor) it is `commit_step`.
     pub fn commit_pump(&mut self, c: &mut Commit, exec: &mut Executor) -> bool {
-        if self.sync_mode != SyncMode::File {
-            // (Also a commit begun before a reload changed `fsync`: it ends as it goes on.)
+        if self.sync_mode != SyncMode::File || !exec.runs_file_ops() {
+            // (Also a commit begun before a reload changed `fsync`: it ends as it goes on; and
+            // one whose helper process died: it ends with blocking calls.)
             c.finish_blocking();
         }
         if c.blocking {

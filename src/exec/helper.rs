@@ -55,6 +55,11 @@ pub struct Helper {
 }
 
 impl Helper {
+    /// The helper process is gone (its socket closed): nothing more can run here.
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
+
     /// Forks the helper. Call while the process is single-threaded: the child runs only the
     /// loop below (system calls and glibc's fork-safe allocator), never the parent's code.
     pub fn spawn() -> io::Result<Helper> {

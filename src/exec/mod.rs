@@ -364,6 +364,16 @@ impl Executor {
         }
     }
 
+    /// Can it still run file operations? False once the helper backend's process is gone:
+    /// callers then do their file work with blocking calls rather than fail it (a dead helper
+    /// must not stop the server taking or delivering mail).
+    pub fn runs_file_ops(&self) -> bool {
+        match self {
+            Executor::Helper(h) => !h.is_gone(),
+            Executor::Inline(_) | Executor::Uring(_) => true,
+        }
+    }
+
     /// The helper process's pid, where there is one.
     pub fn helper_pid(&self) -> Option<i32> {
         match self {

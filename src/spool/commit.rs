@@ -223,8 +223,13 @@ impl Spool {
         deadline: Instant,
         exec: Option<&mut Executor>,
     ) -> Vec<Committed> {
+        // A group already in the executor ends there (a dead helper fails its members with
+        // EPIPE: 451, the client tries again); new groups go there only while it can run them.
         if let Some(exec) = exec
-            && (self.xgroup.is_some() || (self.sync_mode == SyncMode::File && self.group.is_none()))
+            && (self.xgroup.is_some()
+                || (exec.runs_file_ops()
+                    && self.sync_mode == SyncMode::File
+                    && self.group.is_none()))
         {
             return self.commit_pump(exec);
         }
@@ -239,7 +244,11 @@ impl Spool {
             let mut g = match self.xgroup.take() {
                 Some(g) => g,
                 // (`fsync` reloaded to `filesystem`: the next group runs by steps.)
-                None if self.pending.is_empty() || self.sync_mode != SyncMode::File => {
+                // (Nor while the executor cannot run it: `commit_work` then takes the steps.)
+                None if self.pending.is_empty()
+                    || self.sync_mode != SyncMode::File
+                    || !exec.runs_file_ops() =>
+                {
                     return out;
                 }
                 None => ExecGroup::start(std::mem::take(&mut self.pending)),

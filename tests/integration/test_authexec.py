@@ -226,8 +226,11 @@ def test_a_dead_helper_means_temporary_login_failures_not_a_crash(server_factory
     assert s.log().count("passwords cannot be checked") == 1, "logged once"
     # The dead helper is reaped (no zombie) while the server goes on serving SMTP.
     wait_for(lambda: proc_state(helper) is None, what="the dead helper reaped")
+    # Mail is still taken and delivered: with `disk_io = helper` the spool's and the Maildirs'
+    # commits then run with blocking calls instead of in the dead helper.
     with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as smtp:
         smtp.sendmail("a@example.org", ["bob@example.test"], b"Subject: x\r\n\r\nhi\r\n")
+    wait_for(lambda: list((s.dir / "mail" / "bob" / "new").glob("*")), what="delivered to bob")
     assert s.proc.poll() is None
     assert s.stop(signal.SIGTERM) == 0
 
