@@ -85,6 +85,10 @@ def to_line(s, qid, rcpt, status, timeout=20):
         m = wait_until(found, f"{qid} to=<{rcpt}> status={status}", timeout)
     except AssertionError:
         raise AssertionError(f"no '{qid}: to=<{rcpt}> ... status={status}' line in:\n{s.log()}")
+    if status == "deferred":
+        # The `to=` lines come before the attempt is recorded in the queue entry; `deferred
+        # for` comes after, so `postling -q` shows the reasons from then on.
+        wait_until(lambda: f"{qid}: deferred for " in s.log(), f"{qid} deferral recorded", timeout)
     return m.group(1), m.group(2)
 
 
