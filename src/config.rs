@@ -768,19 +768,7 @@ fn read_relay_auth(path: &Path) -> Result<crate::proto::smtp_client::Credentials
 /// A path as shown in an error of `load`: whole, with control characters escaped (the path
 /// comes from the config, and a message must stay one clean line).
 fn escaped_path(path: &Path) -> String {
-    let text = path.display().to_string();
-    if !text.chars().any(char::is_control) {
-        return text;
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    values::escape_controls(&path.display().to_string())
 }
 
 /// A line as text, or the label and problem of an error: NUL bytes and invalid UTF-8 are

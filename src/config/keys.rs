@@ -6,8 +6,9 @@ use std::path::Path;
 
 use super::Config;
 use super::values::{
-    RelayHost, count, domain_name, duration, duration_with_zero, format_duration, list_items,
-    listen_list, optional_path, port, quoted, relay_host, relay_tls, required_path, size, yes_no,
+    RelayHost, count, domain_name, duration, duration_with_zero, escape_controls, format_duration,
+    list_items, listen_list, optional_path, port, quoted, relay_host, relay_tls, required_path,
+    size, yes_no,
 };
 use crate::durable::SyncMode;
 use crate::limits;
@@ -940,7 +941,8 @@ fn set_outbound_port(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<()
 }
 
 fn set_dns_servers(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
-    c.dns_servers = crate::dns::parse_dns_servers(v)?;
+    // Its messages show the items as written: escaped, so an error stays one clean line.
+    c.dns_servers = crate::dns::parse_dns_servers(v).map_err(|p| escape_controls(&p))?;
     Ok(())
 }
 

@@ -1038,6 +1038,7 @@ fn outbound_limits_ports_and_nameservers() {
         ("outbound_port = 70000", "above 65535"),
         ("dns_servers = ns.example.net", "names are not allowed"),
         ("dns_servers = 127.0.0.1:0", "port 0"),
+        ("dns_servers = [b\u{7}", "\"[b\\u{7}\" is not an IP address"),
         ("outbound_allow_private = maybe", "not yes or no"),
         ("outbound_concurrency = 0", "below 1"),
         ("outbound_concurrency = 101", "above 100"),

@@ -26,6 +26,23 @@ pub fn quoted(v: &str) -> String {
     out
 }
 
+/// `v` whole, with control characters escaped: for messages built by parsers that do not
+/// quote what they show.
+pub fn escape_controls(v: &str) -> String {
+    if !v.chars().any(char::is_control) {
+        return v.to_string();
+    }
+    v.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The items of a comma-separated list, trimmed; empty items are skipped.
 pub fn list_items(v: &str) -> impl Iterator<Item = &str> {
     v.split(',').map(str::trim).filter(|s| !s.is_empty())
