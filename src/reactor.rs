@@ -1300,13 +1300,10 @@ impl Reactor {
                     .services
                     .auth_finish(check.pending, c.result, check.ip, now);
                 let slot = check.slot;
-                let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+                let Some(conn) = resumable(&mut self.conns, slot, check.id, Phase::AwaitAuth)
+                else {
                     continue;
                 };
-                if conn.id != check.id || conn.phase != Phase::AwaitAuth {
-                    continue;
-                }
-                conn.phase = Phase::Active;
                 let ctx = Ctx {
                     now,
                     wall: SystemTime::now(),
@@ -1332,13 +1329,9 @@ impl Reactor {
             return;
         }
         for (slot, id, done) in self.services.mailbox_turn(self.exec.as_mut()) {
-            let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+            let Some(conn) = resumable(&mut self.conns, slot, id, Phase::AwaitMailbox) else {
                 continue;
             };
-            if conn.id != id || conn.phase != Phase::AwaitMailbox {
-                continue;
-            }
-            conn.phase = Phase::Active;
             let ctx = Ctx {
                 now,
                 wall: SystemTime::now(),
@@ -1504,6 +1497,17 @@ fn begin_check(
 
 /// Logged in by a check's verdict: the login deadline gives way to the whole-session cap (as
 /// in `drive`, where the PASS line itself was consumed before the verdict came).
+/// The connection in `slot` if it is still the one (`id`) that waits in `phase` for a
+/// completion, made active again; None if it left or moved on (the completion is dropped).
+fn resumable(conns: &mut [Option<Conn>], slot: usize, id: u64, phase: Phase) -> Option<&mut Conn> {
+    let conn = conns.get_mut(slot)?.as_mut()?;
+    if conn.id != id || conn.phase != phase {
+        return None;
+    }
+    conn.phase = Phase::Active;
+    Some(conn)
+}
+
 fn lift_login_deadline(conn: &mut Conn) {
     let full_cap = conn.opened + limits::POP_SESSION_CAP;
     if conn.cap_deadline < full_cap && conn.session.logged_in() {

@@ -546,31 +546,23 @@ impl OutConn {
         Ok(())
     }
 
+    /// One read from the socket: plaintext straight into the session's input; with TLS into
+    /// the ciphertext buffer (when the session wants more), then through the TLS layer.
     fn read(&mut self) -> io::Result<()> {
         let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        let (buf, wants) = match self.tls.as_mut() {
-            Some(t) => {
-                let wants = t.session.wants_read() && !t.held;
-                (&mut *t.tls_in, wants)
-            }
+        match self.tls.as_mut() {
             None => {
-                let spare_ok = !self.input.is_full();
-                // (Plaintext goes straight into the session's input.)
-                let n = if spare_ok {
-                    read_into(s, &mut self.input, &mut self.eof, &mut self.can_read)?
-                } else {
-                    0
-                };
-                let _ = n;
-                return Ok(());
+                read_into(s, &mut self.input, &mut self.eof, &mut self.can_read)?;
             }
-        };
-        if wants && !buf.is_full() {
-            read_into(s, buf, &mut self.eof, &mut self.can_read)?;
+            Some(t) => {
+                if t.session.wants_read() && !t.held {
+                    read_into(s, &mut t.tls_in, &mut self.eof, &mut self.can_read)?;
+                }
+                self.pump_tls();
+            }
         }
-        self.pump_tls();
         Ok(())
     }
 
@@ -664,6 +656,7 @@ fn read_into<const N: usize>(
 ) -> io::Result<usize> {
     let spare = buf.spare_mut();
     if spare.is_empty() {
+        // Full: nothing is read until the session or the TLS layer takes some.
         return Ok(0);
     }
     loop {
