@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod events;
 pub mod flood;
 pub mod log;
+pub mod pages;
 pub mod pidfile;
 pub mod privilege;
 pub mod state;

@@ -104,6 +104,8 @@ pub struct Reactor {
     config_path: PathBuf,
     /// Memory was handed back since the last connection closed (see `release_memory`).
     rested: bool,
+    /// The code mappings go before the next wait that follows the helper's rest.
+    code_release_due: bool,
     /// `spool_dir/control.sock`, where `postling queue` sends its commands.
     control: ControlServer,
     /// Runs password checks (and later file operations) off the reactor; see the module doc.
@@ -310,7 +312,9 @@ impl Reactor {
             settings,
             services,
             config_path,
-            rested: true,
+            // Not yet: start-up's code and allocations go at the first rest.
+            rested: false,
+            code_release_due: false,
             control,
             exec: None,
             checks: HashMap::new(),
@@ -335,7 +339,19 @@ impl Reactor {
                     return Ok(());
                 }
             }
+            if self.open == 0 && !self.rested && self.services.at_rest(now) {
+                self.release_memory();
+            }
             let timeout = self.poll_timeout(now);
+            // Last before the wait, once the helper has answered its rest: what runs between
+            // here and the next event is all that stays mapped (`daemon::pages`).
+            if self.code_release_due
+                && self.open == 0
+                && self.exec.as_ref().is_none_or(|e| e.in_flight() == 0)
+            {
+                self.code_release_due = false;
+                crate::daemon::pages::release_startup_code();
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -407,15 +423,14 @@ impl Reactor {
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.resume_accepting(now);
             }
-            if self.open == 0 && !self.rested && self.services.at_rest(Instant::now()) {
-                self.release_memory();
-            }
         }
     }
 
     /// No connection is open and no disk work is pending: hand back what a burst grew (pooled
-    /// buffers, slab and table capacity, the allocator's free pages), so an idle server is as
-    /// small as a fresh one. Runs once per burst, in the turn that ends it.
+    /// buffers, slab and table capacity, the allocator's free pages) and, in both processes,
+    /// the mappings of code run since the last rest (`daemon::pages`), so an idle server is
+    /// as small as it can be. Runs once after start-up and once per burst, before the poll
+    /// that would wait.
     fn release_memory(&mut self) {
         self.rested = true;
         self.pool.clear();
@@ -432,6 +447,12 @@ impl Reactor {
         self.deadlines.clear();
         self.services.release_memory(Instant::now());
         crate::buf::return_free_memory_to_os();
+        // The helper process rests too (the uring backend's helper included). If it cannot
+        // take the request now, the next rest will ask again.
+        if let Some(exec) = self.exec.as_mut() {
+            let _ = exec.submit(crate::exec::REST_TAG, crate::exec::DiskOp::Rest);
+        }
+        self.code_release_due = true;
         debug!("at rest: memory handed back");
     }
 

@@ -532,14 +532,19 @@ fn names_socket(op: &DiskOp) -> bool {
             from_dir, to_dir, ..
         } => dir_is(from_dir) || dir_is(to_dir),
         DiskOp::ReadDir { dir, .. } | DiskOp::WireSize { dir, .. } => is(dir),
-        DiskOp::VerifyPassword { .. } => false,
+        DiskOp::VerifyPassword { .. } | DiskOp::Rest => false,
     }
 }
 
 /// The blocking loop: one request, one reply. Returns the exit code.
 fn serve(sock: RawFd) -> i32 {
     let mut buf = vec![0u8; limits::EXEC_FRAME_MAX];
+    let mut rest_next = false;
     loop {
+        if std::mem::take(&mut rest_next) {
+            // Last before the wait: only what the next request runs is mapped again.
+            crate::daemon::pages::release_startup_code();
+        }
         let (n, passed) = match recv_frame(sock, &mut buf) {
             Ok((0, _)) => return 0,
             Ok(got) => got,
@@ -571,6 +576,7 @@ fn serve(sock: RawFd) -> i32 {
                     },
                     (op, _) => op,
                 };
+                rest_next = matches!(op, DiskOp::Rest);
                 if names_socket(&op) {
                     // Only a caller's bug can name it; answering keeps the protocol intact.
                     wire::encode_reply(req.seq, &Err(Errno(libc::EBADF)))

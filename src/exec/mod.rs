@@ -156,7 +156,14 @@ pub enum DiskOp {
         hash: Option<Credential>,
         password: Vec<u8>,
     },
+    /// The server is at rest: the process running this hands back what a burst grew (the
+    /// allocator's free pages) and its mappings of start-up code (`daemon::pages`) →
+    /// `Outcome::Done`. Runs in the helper process on both the helper and the uring backend.
+    Rest,
 }
+
+/// The tag of `DiskOp::Rest`: nobody waits for its completion.
+pub const REST_TAG: u64 = 1 << 60;
 
 /// What a successful operation produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -449,7 +456,8 @@ fn check_sizes(op: &DiskOp) -> Result<(), Reject> {
         DiskOp::Fdatasync { .. }
         | DiskOp::Fsync { .. }
         | DiskOp::Close { .. }
-        | DiskOp::ReadDir { .. } => true,
+        | DiskOp::ReadDir { .. }
+        | DiskOp::Rest => true,
     };
     if ok { Ok(()) } else { Err(Reject::TooLarge) }
 }

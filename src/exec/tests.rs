@@ -159,6 +159,31 @@ on_every_backend!(full_and_too_large_hand_the_op_back);
 on_every_backend!(passwords);
 on_every_backend!(bad_handles_fail_alone);
 on_every_backend!(maildir_ops);
+on_every_backend!(rest_then_serve_on);
+
+/// A rest hands back memory and the code mappings of the process that runs it (the helper's
+/// own, on the helper and uring backends); everything works as before afterwards.
+fn rest_then_serve_on(exec: Executor) {
+    let mut d = Driver::new(exec);
+    for _ in 0..3 {
+        d.ok(DiskOp::Rest);
+        let check = d.run(DiskOp::VerifyPassword {
+            hash: Some(crate::auth::Credential::Sha512Crypt(ALICE_HASH.into())),
+            password: b"alice-pw".to_vec(),
+        });
+        assert_eq!(check, Ok(Outcome::Verified(true)));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = d.open(None, tmp.path().to_str().unwrap(), DIR).unwrap();
+    d.ok(DiskOp::Rest);
+    d.ok(DiskOp::Mkdir {
+        dir: Some(dir),
+        path: c"after-rest".into(),
+        mode: 0o700,
+    });
+    assert!(tmp.path().join("after-rest").is_dir());
+    d.ok(DiskOp::Close { file: dir });
+}
 
 /// What reading a Maildir for POP needs: names with their types, a rename that never replaces,
 /// and POP sizes counted without following a symlink.

@@ -139,7 +139,7 @@ impl Uring {
             DiskOp::ReadDir { dir, .. } | DiskOp::WireSize { dir, .. } => {
                 return self.helper.submit_with_fd(tag, op, Some(dir.0));
             }
-            DiskOp::VerifyPassword { .. } => return self.helper.submit(tag, op),
+            DiskOp::VerifyPassword { .. } | DiskOp::Rest => return self.helper.submit(tag, op),
             _ => {}
         }
         let slot = match self.slots.insert(InFlight { tag, op, done: 0 }) {
@@ -324,7 +324,10 @@ fn entry(op: &DiskOp, done: usize) -> Option<squeue::Entry> {
             .mode(*mode)
             .build(),
         DiskOp::Close { file } => opcode::Close::new(types::Fd(file.0)).build(),
-        DiskOp::ReadDir { .. } | DiskOp::WireSize { .. } | DiskOp::VerifyPassword { .. } => {
+        DiskOp::ReadDir { .. }
+        | DiskOp::WireSize { .. }
+        | DiskOp::VerifyPassword { .. }
+        | DiskOp::Rest => {
             return None;
         }
     })

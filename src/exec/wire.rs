@@ -27,6 +27,7 @@ const READDIR: u8 = 10;
 const VERIFY: u8 = 11;
 const RENAME_NOREPLACE: u8 = 12;
 const WIRE_SIZE: u8 = 13;
+const REST: u8 = 14;
 
 const R_ERR: u8 = 0;
 const R_DONE: u8 = 1;
@@ -244,6 +245,7 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             o.bytes16(password);
             o.finish()
         }
+        DiskOp::Rest => Out::new(seq, REST).finish(),
     }
 }
 
@@ -364,6 +366,7 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
                     password: r.bytes16()?.to_vec(),
                 }
             }
+            REST => DiskOp::Rest,
             _ => return None,
         })
     })()
