@@ -1128,6 +1128,9 @@ def main():
     ap.add_argument("--relay-stall", type=int, default=30,
                     help="seconds without a new message at the sink before a relay round fails (default 30)")
     ap.add_argument("--bigbox-messages", type=int, help="messages in the bigbox mailbox (default 60000, --quick 10000)")
+    ap.add_argument("--disk-io", choices=("auto", "uring", "helper"), default="auto",
+                    help="postling's disk_io backend (default auto); figures measured with another are "
+                         "kept as FIGURE@BACKEND and shown in a table of their own")
     ap.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
                     help=f"run only these figures ({', '.join(FIGURES)}); the others keep their last results")
     args = ap.parse_args()
@@ -1159,27 +1162,28 @@ def main():
            "tls_seconds": args.tls_seconds, "tls_parallel": args.tls_parallel, "tls_hold": args.tls_hold,
            "flood_seconds": args.flood_seconds, "flood_connections": args.flood_connections,
            "relay_sessions": 20, "relay_hold": args.relay_hold, "relay_stall": args.relay_stall,
-           "bigbox_messages": args.bigbox_messages}
+           "bigbox_messages": args.bigbox_messages, "disk_io": args.disk_io}
     info = machine()
 
     def record(name, measure):
         """Runs one figure; an error is logged and recorded, and the run goes on."""
         if name not in figures:
             return
-        log(f"{name}:")
+        key = name if args.disk_io == "auto" else f"{name}@{args.disk_io}"
+        log(f"{key}:")
         try:
-            results[name] = {"run": run, "data": measure()}
+            results[key] = {"run": run, "data": measure()}
         except (KeyboardInterrupt, Stop):
             raise
         except Exception as e:
-            log(f"{name} failed: {e!r}")
-            results[name] = {"run": run, "error": repr(e)[:500]}
+            log(f"{key} failed: {e!r}")
+            results[key] = {"run": run, "error": repr(e)[:500]}
 
     record("parsers", lambda: parsers(q))
 
     guard = EtcPostfixGuard(WORK)
     guard.save()
-    pl = Postling(WORK, BIN, (free_port(), free_port()))
+    pl = Postling(WORK, BIN, (free_port(), free_port()), disk_io=args.disk_io)
     pf = Postfix(WORK, free_port(), maxproc=args.connections[1] + 100)
     dc = Dovecot(WORK, free_port())
     started = []

@@ -104,7 +104,7 @@ class Server:
 class Postling(Server):
     name = "postling"
 
-    def __init__(self, work, binary, ports):
+    def __init__(self, work, binary, ports, disk_io="auto"):
         self.dir = work / "postling"
         self.mail = self.dir / "mail"
         self.spool = self.dir / "spool"
@@ -117,6 +117,8 @@ class Postling(Server):
         self.smtps_port = None
         # Set before setup() for the relay figure: extra config lines (relay_host and friends).
         self.relay_conf = {}
+        # The executor's backend (`bench/run --disk-io`).
+        self.disk_io = disk_io
 
     def setup(self):
         self.kill_leftover()
@@ -145,6 +147,7 @@ class Postling(Server):
             f"max_connections = 12000\nmax_connections_per_ip = 12000\n"
             f"log_file = postling.log\nlog_level = info\npid_file = postling.pid\n"
             f"retry_min = 1h\nretry_max = 1h\nauth_failure_delay = 1s\n"
+            f"disk_io = {self.disk_io}\n"
         )
 
     def use_cert(self, cert, key):
