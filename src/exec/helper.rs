@@ -521,6 +521,7 @@ fn names_socket(op: &DiskOp) -> bool {
         DiskOp::Write { file, .. }
         | DiskOp::Fdatasync { file }
         | DiskOp::Fsync { file }
+        | DiskOp::Syncfs { file }
         | DiskOp::Close { file } => is(file),
         DiskOp::Rename {
             from_dir, to_dir, ..
@@ -572,6 +573,9 @@ fn serve(sock: RawFd) -> i32 {
                         file: Handle(fd.as_raw_fd()),
                     },
                     (DiskOp::Fsync { .. }, Some(fd)) if req.fd_attached => DiskOp::Fsync {
+                        file: Handle(fd.as_raw_fd()),
+                    },
+                    (DiskOp::Syncfs { .. }, Some(fd)) if req.fd_attached => DiskOp::Syncfs {
                         file: Handle(fd.as_raw_fd()),
                     },
                     (op, _) => op,

@@ -104,6 +104,10 @@ pub enum DiskOp {
     Fdatasync { file: Handle },
     /// `fsync(file)`, also of a directory → `Outcome::Done`.
     Fsync { file: Handle },
+    /// `syncfs(file)`: everything written to `file`'s filesystem (`fsync = filesystem`) →
+    /// `Outcome::Done`. io_uring has no such operation: the uring backend hands it to its
+    /// helper process, with the descriptor (as `ReadDir`).
+    Syncfs { file: Handle },
     /// `renameat(from_dir, from, to_dir, to)` → `Outcome::Done`.
     Rename {
         from_dir: Option<Handle>,
@@ -319,13 +323,13 @@ impl Executor {
         }
     }
 
-    /// Starts `op`, an `Fdatasync` or `Fsync` of a descriptor this process owns (`Handle::own`),
+    /// Starts `op`, an `Fdatasync`, `Fsync` or `Syncfs` of a descriptor this process owns (`Handle::own`),
     /// not one the executor opened: the helper backend gets a copy of it with the request
     /// (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
     /// operation is refused (`TooLarge`, handed back unchanged).
     pub fn submit_own(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
         let fd = match &op {
-            DiskOp::Fdatasync { file } | DiskOp::Fsync { file } => file.0,
+            DiskOp::Fdatasync { file } | DiskOp::Fsync { file } | DiskOp::Syncfs { file } => file.0,
             _ => {
                 return Err(Rejected {
                     reason: Reject::TooLarge,
@@ -455,6 +459,7 @@ fn check_sizes(op: &DiskOp) -> Result<(), Reject> {
         }
         DiskOp::Fdatasync { .. }
         | DiskOp::Fsync { .. }
+        | DiskOp::Syncfs { .. }
         | DiskOp::Close { .. }
         | DiskOp::ReadDir { .. }
         | DiskOp::Rest => true,

@@ -32,6 +32,8 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
         }
         // SAFETY (these three): plain descriptor calls; a bad descriptor is EBADF.
         DiskOp::Fdatasync { file } => check(unsafe { libc::fdatasync(file.0) }).map(done),
+        // SAFETY: syncfs reads nothing but the descriptor.
+        DiskOp::Syncfs { file } => check(unsafe { libc::syncfs(file.0) }).map(done),
         DiskOp::Fsync { file } => check(unsafe { libc::fsync(file.0) }).map(done),
         DiskOp::Close { file } => check(unsafe { libc::close(file.0) }).map(done),
         DiskOp::Rename {

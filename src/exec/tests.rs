@@ -668,12 +668,16 @@ fn syncs_of_our_own_descriptors(exec: Executor) {
         DiskOp::Fdatasync {
             file: Handle::own(&r),
         },
+        // `fsync = filesystem`: the whole filesystem, named by any descriptor on it.
+        DiskOp::Syncfs {
+            file: Handle::own(&dir),
+        },
     ];
     for (tag, op) in ops.into_iter().enumerate() {
         d.exec.submit_own(tag as u64, op).unwrap();
     }
     let mut got: Vec<(u64, Result<Outcome, Errno>)> =
-        d.wait(3).into_iter().map(|c| (c.tag, c.result)).collect();
+        d.wait(4).into_iter().map(|c| (c.tag, c.result)).collect();
     got.sort_by_key(|(t, _)| *t);
     assert_eq!(
         got,
@@ -681,6 +685,7 @@ fn syncs_of_our_own_descriptors(exec: Executor) {
             (0, Ok(Outcome::Done)),
             (1, Ok(Outcome::Done)),
             (2, Err(Errno(libc::EINVAL))),
+            (3, Ok(Outcome::Done)),
         ]
     );
     let refused = d.exec.submit_own(

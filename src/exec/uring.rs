@@ -136,7 +136,9 @@ impl Uring {
 
     pub(super) fn submit(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
         match op {
-            DiskOp::ReadDir { dir, .. } | DiskOp::WireSize { dir, .. } => {
+            DiskOp::ReadDir { dir, .. }
+            | DiskOp::WireSize { dir, .. }
+            | DiskOp::Syncfs { file: dir } => {
                 return self.helper.submit_with_fd(tag, op, Some(dir.0));
             }
             DiskOp::VerifyPassword { .. } | DiskOp::Rest => return self.helper.submit(tag, op),
@@ -326,6 +328,7 @@ fn entry(op: &DiskOp, done: usize) -> Option<squeue::Entry> {
         DiskOp::Close { file } => opcode::Close::new(types::Fd(file.0)).build(),
         DiskOp::ReadDir { .. }
         | DiskOp::WireSize { .. }
+        | DiskOp::Syncfs { .. }
         | DiskOp::VerifyPassword { .. }
         | DiskOp::Rest => {
             return None;

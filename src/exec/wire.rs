@@ -28,6 +28,7 @@ const VERIFY: u8 = 11;
 const RENAME_NOREPLACE: u8 = 12;
 const WIRE_SIZE: u8 = 13;
 const REST: u8 = 14;
+const SYNCFS: u8 = 15;
 
 const R_ERR: u8 = 0;
 const R_DONE: u8 = 1;
@@ -157,10 +158,14 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             o.0.extend_from_slice(data);
             o.finish()
         }
-        DiskOp::Fdatasync { file } | DiskOp::Fsync { file } | DiskOp::Close { file } => {
+        DiskOp::Fdatasync { file }
+        | DiskOp::Fsync { file }
+        | DiskOp::Syncfs { file }
+        | DiskOp::Close { file } => {
             let kind = match op {
                 DiskOp::Fdatasync { .. } => FDATASYNC,
                 DiskOp::Fsync { .. } => FSYNC,
+                DiskOp::Syncfs { .. } => SYNCFS,
                 _ => CLOSE,
             };
             let mut o = Out::new(seq, kind);
@@ -284,13 +289,13 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
                     data: r.take(n)?.to_vec(),
                 }
             }
-            FDATASYNC | FSYNC => {
+            FDATASYNC | FSYNC | SYNCFS => {
                 let file = Handle(r.i32()?);
                 fd_attached = r.u8()? != 0;
-                if kind == FDATASYNC {
-                    DiskOp::Fdatasync { file }
-                } else {
-                    DiskOp::Fsync { file }
+                match kind {
+                    FDATASYNC => DiskOp::Fdatasync { file },
+                    FSYNC => DiskOp::Fsync { file },
+                    _ => DiskOp::Syncfs { file },
                 }
             }
             CLOSE => DiskOp::Close {

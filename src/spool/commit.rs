@@ -15,7 +15,9 @@
 //! starts only when every completion of the one before is in, and the outcomes are reported
 //! only after the directory's sync completed. The reactor does no waiting for the disk of its
 //! own; what is left on it is starting writeback and, on a failed directory sync, the unlinks
-//! that withdraw the group. `fsync = filesystem` (syncfs, which io_uring lacks) keeps the steps.
+//! that withdraw the group. With `fsync = filesystem` the data stage is one `syncfs` for the
+//! whole group and the directory stage a `syncfs` too (io_uring lacks it: its helper process
+//! makes the call).
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -74,11 +76,11 @@ impl Group {
 /// Which operations of an `ExecGroup` are in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
-    /// Every file's `fdatasync`.
+    /// Every file's `fdatasync`, or one `syncfs` for all (`fsync = filesystem`).
     Data,
     /// Every synced file's rename into `queue/`.
     Rename,
-    /// The one `fsync` of `queue/`.
+    /// The one `fsync` of `queue/` (`syncfs` with `fsync = filesystem`).
     Dir,
 }
 
@@ -114,9 +116,13 @@ fn spool_error(e: Errno) -> SpoolError {
     SpoolError::from_io(&std::io::Error::from(e))
 }
 
+/// The tag index of a data stage's one `syncfs`, whose outcome is every member's.
+const ALL_MEMBERS: u64 = (1 << 40) - 1;
+
 impl ExecGroup {
-    /// Starts writeback of every file and queues its `fdatasync`.
-    fn start(items: Vec<(usize, Incoming)>) -> ExecGroup {
+    /// Starts writeback of every file and queues its `fdatasync`; with `fsync = filesystem`,
+    /// queues one `syncfs` for all of them instead.
+    fn start(items: Vec<(usize, Incoming)>, mode: SyncMode) -> ExecGroup {
         let mut g = ExecGroup {
             stage: Stage::Data,
             members: Vec::with_capacity(items.len()),
@@ -127,14 +133,26 @@ impl ExecGroup {
             done: Vec::new(),
         };
         for (i, (tag, inc)) in items.into_iter().enumerate() {
-            durable::start_writeback(&inc.file);
-            g.unsent.push_back((
-                TAG_BIT | i as u64,
-                DiskOp::Fdatasync {
-                    file: Handle::own(&inc.file),
-                },
-                true,
-            ));
+            if mode == SyncMode::Filesystem {
+                if i == 0 {
+                    g.unsent.push_back((
+                        TAG_BIT | ALL_MEMBERS,
+                        DiskOp::Syncfs {
+                            file: Handle::own(&inc.file),
+                        },
+                        true,
+                    ));
+                }
+            } else {
+                durable::start_writeback(&inc.file);
+                g.unsent.push_back((
+                    TAG_BIT | i as u64,
+                    DiskOp::Fdatasync {
+                        file: Handle::own(&inc.file),
+                    },
+                    true,
+                ));
+            }
             g.members.push(Member {
                 tag,
                 inc: Some(inc),
@@ -175,8 +193,12 @@ impl ExecGroup {
             self.dir_result = Some(result);
             return;
         }
-        let i = (tag & !TAG_BIT) as usize;
-        if let Some(m) = self.members.get_mut(i) {
+        let i = tag & !TAG_BIT;
+        if i == ALL_MEMBERS {
+            for m in self.members.iter_mut() {
+                m.result = Some(result);
+            }
+        } else if let Some(m) = self.members.get_mut(i as usize) {
             m.result = Some(result);
         }
     }
@@ -215,8 +237,8 @@ impl Spool {
     }
 
     /// Moves the commits forward and returns those that finished, each by its tag. With an
-    /// executor (and `fsync = file`) the waits run there: this submits the next stage's
-    /// operations and returns at once. Without one, runs commit steps until `deadline` has
+    /// executor the waits run there: this submits the next stage's operations and returns
+    /// at once. Without one, runs commit steps until `deadline` has
     /// passed (at least one step when work is pending).
     pub fn commit_work(
         &mut self,
@@ -226,10 +248,7 @@ impl Spool {
         // A group already in the executor ends there (a dead helper fails its members with
         // EPIPE: 451, the client tries again); new groups go there only while it can run them.
         if let Some(exec) = exec
-            && (self.xgroup.is_some()
-                || (exec.runs_file_ops()
-                    && self.sync_mode == SyncMode::File
-                    && self.group.is_none()))
+            && (self.xgroup.is_some() || (exec.runs_file_ops() && self.group.is_none()))
         {
             return self.commit_pump(exec);
         }
@@ -243,15 +262,11 @@ impl Spool {
         loop {
             let mut g = match self.xgroup.take() {
                 Some(g) => g,
-                // (`fsync` reloaded to `filesystem`: the next group runs by steps.)
                 // (Nor while the executor cannot run it: `commit_work` then takes the steps.)
-                None if self.pending.is_empty()
-                    || self.sync_mode != SyncMode::File
-                    || !exec.runs_file_ops() =>
-                {
+                None if self.pending.is_empty() || !exec.runs_file_ops() => {
                     return out;
                 }
-                None => ExecGroup::start(std::mem::take(&mut self.pending)),
+                None => ExecGroup::start(std::mem::take(&mut self.pending), self.sync_mode),
             };
             g.submit(exec);
             if !g.stage_over() {
@@ -343,13 +358,12 @@ impl Spool {
                     return true;
                 }
                 g.stage = Stage::Dir;
-                g.unsent.push_back((
-                    TAG_BIT,
-                    DiskOp::Fsync {
-                        file: Handle::own(&self.queue_dir),
-                    },
-                    true,
-                ));
+                let file = Handle::own(&self.queue_dir);
+                let op = match self.sync_mode {
+                    SyncMode::File => DiskOp::Fsync { file },
+                    SyncMode::Filesystem => DiskOp::Syncfs { file },
+                };
+                g.unsent.push_back((TAG_BIT, op, true));
                 false
             }
             Stage::Dir => {

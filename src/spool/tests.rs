@@ -1133,6 +1133,55 @@ mod in_the_executor {
         assert_eq!(found, ids);
     }
 
+    /// `fsync = filesystem`: the data stage is one syncfs for the whole group and the
+    /// directory stage another, both in the executor; the order of the stages is the same.
+    #[test]
+    fn filesystem_mode_syncs_once_per_stage_in_the_executor() {
+        let d = tempfile::tempdir().unwrap();
+        let q = d.path().join("queue");
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        spool.set_sync_mode(crate::durable::SyncMode::Filesystem);
+        let mut x = exec();
+        let ids = enqueue(&mut spool, 3);
+        let keep = &mut |_: &mut Completion| {};
+        assert!(spool.commit_work(Instant::now(), Some(&mut x)).is_empty());
+        assert_eq!(x.in_flight(), 1, "one syncfs for three files");
+        assert!(!spool.commit_runnable());
+        assert!(names(&q).is_empty());
+        assert!(turn(&mut spool, &mut x, keep).is_empty());
+        assert_eq!(x.in_flight(), 3, "the renames");
+        assert_eq!(names(&q).len(), 3);
+        assert!(turn(&mut spool, &mut x, keep).is_empty());
+        assert_eq!(x.in_flight(), 1, "one syncfs for queue/");
+        let r = sorted(turn(&mut spool, &mut x, keep));
+        let want: Vec<Committed> = ids
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(t, id)| (t, Ok(id)))
+            .collect();
+        assert_eq!(r, want);
+        assert!(!spool.commit_pending());
+    }
+
+    /// A failed syncfs fails every member of the group (none is renamed into queue/).
+    #[test]
+    fn a_failed_syncfs_fails_the_whole_group() {
+        let d = tempfile::tempdir().unwrap();
+        let q = d.path().join("queue");
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        spool.set_sync_mode(crate::durable::SyncMode::Filesystem);
+        let mut x = exec();
+        enqueue(&mut spool, 2);
+        assert!(spool.commit_work(Instant::now(), Some(&mut x)).is_empty());
+        let eio = &mut |c: &mut Completion| c.result = Err(Errno(libc::EIO));
+        let r = sorted(turn(&mut spool, &mut x, eio));
+        assert_eq!(r.len(), 2);
+        assert!(r.iter().all(|(_, res)| res.is_err()));
+        assert!(names(&q).is_empty());
+        assert!(!spool.commit_pending());
+    }
+
     #[test]
     fn messages_finishing_meanwhile_form_the_next_group() {
         let d = tempfile::tempdir().unwrap();
