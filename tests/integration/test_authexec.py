@@ -4,7 +4,6 @@ a login flood does not hold up SMTP, a dead helper means [SYS/TEMP] logins and n
 and the helper never outlives the server."""
 import base64
 import os
-import shutil
 import signal
 import smtplib
 import socket
@@ -311,7 +310,6 @@ STRACE_NO_URING = ("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=io_uri
                    "-e", "inject=io_uring_setup:error=EPERM")
 
 
-@pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed")
 def test_without_io_uring_uring_is_a_start_error_and_auto_uses_the_helper(server_factory):
     # strace makes io_uring_setup fail with EPERM, as kernel.io_uring_disabled or a seccomp
     # profile would.
