@@ -606,6 +606,7 @@ impl Services {
                     path: e.data_path().to_path_buf(),
                     offset: e.data_offset(),
                     len: e.data_len(),
+                    lf: e.is_maildir_form(),
                 });
             match (self.outbound.as_mut(), located) {
                 (Some(o), Ok(data)) => o.submit(crate::outbound::Job { remote: job, data }, now),
@@ -952,9 +953,22 @@ impl SmtpHost for SmtpHostFor<'_> {
             self.services.spool.abort(old);
         }
         self.services.incoming_env.remove(&self.slot);
-        let inc = self.services.spool.begin(envelope).inspect_err(|e| {
-            warn!("spool: cannot start a message: {e:?}");
-        })?;
+        // One recipient that resolves to one local Maildir: the spool writes the file as
+        // that Maildir's copy, and delivery links it there (doc/spool.md, "link-1").
+        let maildir_form = match envelope.recipients.as_slice() {
+            [rcpt] => matches!(
+                self.services.directory_fresh().resolve(rcpt).as_deref(),
+                Ok([crate::directory::Resolved::Local { .. }])
+            ),
+            _ => false,
+        };
+        let inc = self
+            .services
+            .spool
+            .begin_with(envelope, maildir_form)
+            .inspect_err(|e| {
+                warn!("spool: cannot start a message: {e:?}");
+            })?;
         let id = inc.id().clone();
         self.services.incoming.insert(self.slot, inc);
         self.services.incoming_env.insert(

@@ -117,6 +117,9 @@ pub struct DataLocation {
     pub path: PathBuf,
     pub offset: u64,
     pub len: u64,
+    /// The data is in the Maildir form (LF line ends: a spool entry of the "link-1" form
+    /// whose recipient now resolves to a remote address): every LF is sent as CRLF.
+    pub lf: bool,
 }
 
 /// A remote part from the engine with where its data is.
