@@ -1,0 +1,103 @@
+"""The spool file becomes the Maildir file ("link-1", doc/spool.md): a message for one local
+recipient is queued already in its Maildir form and delivery links that very file into the
+Maildir instead of writing a copy. What a reader sees is the same as a copy; a crash between
+the link and the queue entry's removal still delivers exactly once."""
+import poplib
+import smtplib
+
+from conftest import BIN  # noqa: F401  (the binary under test)
+from test_queue import blocked, queue, send, wait_deferred
+from test_smtp import maildir_messages, wait_maildir, wait_queue_empty
+
+BODY = b"Subject: linked\r\n\r\nfirst line\r\nsecond line\r\n"
+
+
+def queued_file(server, qid):
+    return server.dir / "spool" / "queue" / qid
+
+
+def test_the_queued_file_is_linked_into_the_maildir_and_reads_as_a_copy(server_factory):
+    s, block = blocked(server_factory)
+    s.start()
+    qid = send(s, ["bob@example.test"], "linked")
+    wait_deferred(s, qid)
+    # Deferred (bob's Maildir is blocked): the queued file is already bob's Maildir copy.
+    spooled = queued_file(s, qid)
+    text = spooled.read_bytes()
+    assert text.startswith(b"Return-Path: <sender@example.test>\nDelivered-To: bob@example.test\n"), text
+    assert b"\r\n" not in text, "LF line ends, as in a Maildir"
+    assert b"Subject: linked\n\nbody of linked\n" in text
+    inode = spooled.stat().st_ino
+    assert spooled.stat().st_nlink == 1
+    # `postling -q` still reads it.
+    listed = queue(s, "list").stdout
+    assert qid in listed and "sender@example.test" in listed and "bob@example.test" in listed, listed
+
+    block.unlink()
+    assert queue(s, "flush", qid).returncode == 0
+    files = wait_maildir(s, "bob", 1)
+    wait_queue_empty(s)
+    assert len(files) == 1
+    st = files[0].stat()
+    assert st.st_ino == inode, "the same file, linked: no second copy written"
+    assert st.st_nlink == 1, "the queue's name is gone"
+    assert files[0].read_bytes() == text
+    size = int(files[0].name.split(",S=")[1].split(",")[0])
+    assert size == len(text)
+    assert not list((s.dir / "mail" / "bob" / "tmp").iterdir()), "nothing written in tmp/"
+    # And a POP3 client gets it with CRLF, the size the name promised.
+    wire = int(files[0].name.split(",W=")[1].split(":")[0])
+    p = poplib.POP3("127.0.0.1", s.pop3_port, timeout=10)
+    try:
+        p.user("bob")
+        p.pass_("bob-pw")
+        _, listing, _ = p.list()
+        assert listing == [f"1 {wire}".encode()], listing
+        _, lines, _ = p.retr(1)
+        assert lines[:2] == [b"Return-Path: <sender@example.test>", b"Delivered-To: bob@example.test"]
+        assert b"body of linked" in lines
+    finally:
+        p.quit()
+    # The removed entry's inode is bob's now: new mail never reuses (and overwrites) it.
+    send(s, ["alice@example.test"], "next")
+    wait_maildir(s, "alice", 1)
+    (bobs,) = maildir_messages(s, "bob")  # (moved to cur/ by the POP3 login)
+    assert bobs.stat().st_ino == inode and bobs.read_bytes() == text
+
+
+def test_a_crash_between_the_link_and_the_removal_delivers_exactly_once(server_factory):
+    s = server_factory(retry_min="1s", retry_max="2s")
+    s.start()
+    qid = send(s, ["alice@example.test"], "once")
+    files = wait_maildir(s, "alice", 1)
+    wait_queue_empty(s)
+    s.kill9()
+    # The state a kill between the link into new/ and the queue entry's removal leaves (or a
+    # power cut that undid the removal, which is not synced): one inode, both names.
+    spooled = queued_file(s, qid)
+    spooled.hardlink_to(files[0])
+    assert files[0].stat().st_nlink == 2
+    s.start()
+    wait_queue_empty(s)
+    s.wait_log(f"{qid}: alice already has its copy, from before the restart")
+    now = maildir_messages(s, "alice")
+    assert now == files, "exactly one copy"
+    assert now[0].stat().st_nlink == 1
+    assert b"Subject: once" in now[0].read_bytes()
+
+
+def test_mail_for_several_recipients_or_not_one_maildir_keeps_the_envelope_form(server_factory):
+    s, block = blocked(server_factory)
+    s.start()
+    # Two recipients: the envelope form (bob blocked keeps it queued); alice gets a copy.
+    qid = send(s, ["alice@example.test", "bob@example.test"], "two")
+    wait_deferred(s, qid)
+    assert queued_file(s, qid).read_bytes().startswith(b"postling-message 1\n")
+    # An alias to two users (team: alice, bob) is not one Maildir either.
+    qid2 = send(s, ["team@example.test"], "team")
+    wait_deferred(s, qid2)
+    assert queued_file(s, qid2).read_bytes().startswith(b"postling-message 1\n")
+    block.unlink()
+    queue(s, "flush")
+    wait_queue_empty(s)
+    assert len(maildir_messages(s, "bob")) == 2
