@@ -20,6 +20,11 @@
 //! their place is refused with a temporary failure naming it (the administrator fixes it; the
 //! message waits in the queue).
 //!
+//! A queue entry in the Maildir form (see `crate::spool`, "link-1") is not copied: its file
+//! already holds the copy's bytes, so `stage_link` links it into `new/` under the same name a
+//! copy would get (on the reactor, like the renames: a link does not wait for the disk), and
+//! its commit only syncs `new/`. When the link fails (another file system), it is copied.
+//!
 //! A batch's commit waits for the disk in the executor, not on the reactor
 //! (`Maildirs::commit_pump`): the data syncs of all its files are submitted, then, once all
 //! are in, the synced files are renamed into `new/` (relative to the same descriptors), then

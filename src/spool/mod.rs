@@ -8,7 +8,10 @@
 //! - `tmp/<id>`: a message being received (envelope header, then data). Garbage after a crash.
 //! - `tmp/<id>.state`: a state file being written. Garbage after a crash.
 //! - `queue/<id>`: a committed message. Its rename from `tmp/` is the commit point; its
-//!   unlink is the removal point.
+//!   unlink is the removal point. Either an envelope header then the data (CRLF), or, for
+//!   one recipient that resolves to one local Maildir, the Maildir form ("link-1"): the very
+//!   bytes of that Maildir's copy (`Return-Path:`, `Delivered-To:`, the data with LF), which
+//!   delivery links into the Maildir; such a file, once linked, is never emptied or reused.
 //! - `queue/<id>.state`: delivery bookkeeping (per-recipient outcomes, attempts, next attempt),
 //!   replaced atomically by rename. Without `queue/<id>` it is the remnant of a removal.
 //! - `queue/<id>.hold`: an empty marker: the entry is held (`postling queue hold`) and is not
