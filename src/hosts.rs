@@ -599,15 +599,15 @@ impl Services {
             }
         }
         for job in self.engine.take_remote_jobs() {
-            let located = self
-                .spool
-                .read_entry(&job.id)
-                .map(|e| crate::outbound::DataLocation {
+            let located = self.spool.read_entry(&job.id).and_then(|e| {
+                Ok(crate::outbound::DataLocation {
                     path: e.data_path().to_path_buf(),
                     offset: e.data_offset(),
                     len: e.data_len(),
                     lf: e.is_maildir_form(),
-                });
+                    size: e.received_len()?,
+                })
+            });
             match (self.outbound.as_mut(), located) {
                 (Some(o), Ok(data)) => o.submit(crate::outbound::Job { remote: job, data }, now),
                 (o, located) => {

@@ -410,6 +410,16 @@ impl QueueEntry {
         Ok((f, self.data_len))
     }
 
+    /// The length of the data as received (CRLF line ends): `data_len`, or for the Maildir
+    /// form counted by reading the file back (a relay's `SIZE=`; rare: such an entry is for
+    /// a local Maildir unless the aliases changed).
+    pub fn received_len(&self) -> io::Result<u64> {
+        if !self.is_maildir_form() {
+            return Ok(self.data_len);
+        }
+        io::copy(&mut self.read_data()?, &mut io::sink())
+    }
+
     /// The message data as received (CRLF line ends), whatever the file's form.
     pub fn read_data(&self) -> io::Result<Box<dyn Read>> {
         let (f, len) = self.open_data()?;

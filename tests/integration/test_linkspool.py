@@ -3,9 +3,12 @@ recipient is queued already in its Maildir form and delivery links that very fil
 Maildir instead of writing a copy. What a reader sees is the same as a copy; a crash between
 the link and the queue entry's removal still delivers exactly once."""
 import poplib
-import smtplib
+import socket
+import threading
+import time
 
 from conftest import BIN  # noqa: F401  (the binary under test)
+from outbound_fixtures import dns_server  # noqa: F401 (fixtures)
 from test_queue import blocked, queue, send, wait_deferred
 from test_smtp import maildir_messages, wait_maildir, wait_queue_empty
 
@@ -101,3 +104,89 @@ def test_mail_for_several_recipients_or_not_one_maildir_keeps_the_envelope_form(
     queue(s, "flush")
     wait_queue_empty(s)
     assert len(maildir_messages(s, "bob")) == 2
+
+
+class RawSink:
+    """A minimal SMTP server on 127.0.0.1 that keeps the raw bytes of each DATA (up to the
+    final dot), so a test sees the line ends exactly as sent."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.data = []
+        self.mail_args = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                f = c.makefile("rb")
+                c.sendall(b"220 raw.test\r\n")
+                while True:
+                    line = f.readline()
+                    if not line:
+                        break
+                    verb = line[:4].upper()
+                    if verb in (b"EHLO", b"HELO"):
+                        c.sendall(b"250-raw.test\r\n250-SIZE 100000\r\n250 8BITMIME\r\n")
+                    elif verb == b"MAIL":
+                        self.mail_args.append(line)
+                        c.sendall(b"250 ok\r\n")
+                    elif verb == b"RCPT":
+                        c.sendall(b"250 ok\r\n")
+                    elif verb == b"DATA":
+                        c.sendall(b"354 go\r\n")
+                        raw = b""
+                        while not raw.endswith(b"\r\n.\r\n"):
+                            more = f.readline()
+                            if not more:
+                                break
+                            raw += more
+                        self.data.append(raw)
+                        c.sendall(b"250 kept\r\n")
+                    elif verb == b"QUIT":
+                        c.sendall(b"221 bye\r\n")
+                        break
+                    else:
+                        c.sendall(b"250 ok\r\n")
+
+    def close(self):
+        self.sock.close()
+
+
+def test_an_entry_whose_recipient_now_resolves_to_a_remote_address_is_relayed_with_crlf(
+        server_factory, dns_server):
+    from test_outbound import sender_server
+    b = RawSink()
+    a = sender_server(server_factory, dns_server({}), start=False,
+                      relay_host=f"127.0.0.1:{b.port}", relay_tls="none")
+    (a.dir / "aliases").write_text("fwd: bob\n")
+    mail = a.dir / "mail"
+    mail.mkdir()
+    (mail / "bob").write_text("blocks the maildir")
+    a.start()
+    qid = send(a, ["fwd@example.test"], "forwarded later")
+    wait_deferred(a, qid)
+    assert queued_file(a, qid).read_bytes().startswith(b"Return-Path: <sender@example.test>\n")
+    # The alias now leads off the machine: the Maildir form is read back with CRLF and relayed.
+    (a.dir / "aliases").write_text("fwd: bob@remote.test\n")
+    a.proc.send_signal(__import__("signal").SIGHUP)
+    a.wait_log("reloaded ")
+    assert queue(a, "flush", qid).returncode == 0
+    deadline = time.time() + 20
+    while not b.data and time.time() < deadline:
+        time.sleep(0.02)
+    b.close()
+    (raw,) = b.data
+    assert raw.endswith(b"Subject: forwarded later\r\n\r\nbody of forwarded later\r\n.\r\n"), raw
+    assert raw.count(b"\n") == raw.count(b"\r\n"), f"a bare LF went out: {raw!r}"
+    assert b"Return-Path" not in raw and b"Delivered-To" not in raw, "no first-hop trace lines"
+    size = int(b.mail_args[0].split(b"SIZE=")[1].split()[0])
+    assert size == len(raw) - len(b".\r\n"), (size, len(raw), "SIZE= is the size as sent")
+    wait_queue_empty(a)
