@@ -598,14 +598,19 @@ impl Services {
                 o.cancel(&id);
             }
         }
-        for job in self.engine.take_remote_jobs() {
+        for mut job in self.engine.take_remote_jobs() {
             let located = self.spool.read_entry(&job.id).and_then(|e| {
+                let (size, eight_bit) = e.received_shape()?;
+                if e.is_maildir_form() && eight_bit {
+                    // The Maildir form keeps no BODY=: 8-bit data goes out as 8BITMIME.
+                    job.body = crate::spool::BodyType::EightBitMime;
+                }
                 Ok(crate::outbound::DataLocation {
                     path: e.data_path().to_path_buf(),
                     offset: e.data_offset(),
                     len: e.data_len(),
                     lf: e.is_maildir_form(),
-                    size: e.received_len()?,
+                    size,
                 })
             });
             match (self.outbound.as_mut(), located) {

@@ -266,15 +266,12 @@ pub const LINK_RETURN_PATH: &str = "Return-Path: <";
 pub const LINK_DELIVERED_TO: &str = "Delivered-To: ";
 
 /// Can `env` be stored in the Maildir form (the file is then the Maildir copy itself, see
-/// doc/spool.md)? Only what its two first lines and the queue id carry: one recipient, the
-/// defaults for `BODY` and `SMTPUTF8`, no drop file. The client's address and HELO name are
-/// not kept (they are in the message's `Received:` header, and nothing after the commit uses
-/// them).
+/// doc/spool.md)? Only what its two first lines and the queue id carry: one recipient, no
+/// `SMTPUTF8`, no drop file. The client's address and HELO name are not kept (they are in the
+/// message's `Received:` header, and nothing after the commit uses them), nor is `BODY=`: a
+/// relay, should the recipient lead off the machine later, tells it from the data.
 pub fn link_qualifies(env: &Envelope) -> bool {
-    env.recipients.len() == 1
-        && env.pickup.is_none()
-        && !env.smtputf8
-        && env.body == BodyType::SevenBit
+    env.recipients.len() == 1 && env.pickup.is_none() && !env.smtputf8
 }
 
 /// The envelope of a file in the Maildir form, from its id and its two first lines (without
@@ -606,8 +603,7 @@ mod tests {
         let mut e = env();
         e.recipients.truncate(1);
         e.smtputf8 = false;
-        e.body = BodyType::SevenBit;
-        assert!(link_qualifies(&e));
+        assert!(link_qualifies(&e), "BODY=8BITMIME is not kept, nor needed");
         assert!(!HEADER_MAGIC.starts_with(LINK_RETURN_PATH));
     }
 

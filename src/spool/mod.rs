@@ -410,14 +410,30 @@ impl QueueEntry {
         Ok((f, self.data_len))
     }
 
-    /// The length of the data as received (CRLF line ends): `data_len`, or for the Maildir
-    /// form counted by reading the file back (a relay's `SIZE=`; rare: such an entry is for
-    /// a local Maildir unless the aliases changed).
-    pub fn received_len(&self) -> io::Result<u64> {
+    /// The length of the data as received (CRLF line ends), and whether it holds a byte
+    /// above 127 (a relay's `SIZE=` and `BODY=`): for the envelope form its length and the
+    /// `BODY` the client declared; for the Maildir form, which keeps no `BODY`, both counted
+    /// by reading the file back (rare: such an entry is for a local Maildir unless the
+    /// aliases changed).
+    pub fn received_shape(&self) -> io::Result<(u64, bool)> {
         if !self.is_maildir_form() {
-            return Ok(self.data_len);
+            return Ok((self.data_len, self.envelope.body == BodyType::EightBitMime));
         }
-        io::copy(&mut self.read_data()?, &mut io::sink())
+        let mut r = self.read_data()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut n, mut eight) = (0u64, false);
+        loop {
+            let k = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let chunk = buf.get(..k).unwrap_or_default();
+            eight |= chunk.iter().any(|&b| b >= 0x80);
+            n += k as u64;
+        }
+        Ok((n, eight))
     }
 
     /// The message data as received (CRLF line ends), whatever the file's form.
@@ -833,6 +849,7 @@ impl Spool {
                 // As `format::link_decode` reads it back: the rest is not kept.
                 env.client_ip = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
                 env.helo.clear();
+                env.body = BodyType::SevenBit;
                 inc.envelope = Some(env);
             }
             return match inc.error.take() {

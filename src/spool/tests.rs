@@ -1387,15 +1387,19 @@ fn only_envelopes_the_maildir_form_can_carry_get_it() {
     let mut two = env(&["a@x", "b@x"]);
     let mut utf8 = env(&["a@x"]);
     utf8.smtputf8 = true;
-    let mut eight = env(&["a@x"]);
-    eight.body = BodyType::EightBitMime;
     let mut dropped = env(&["a@x"]);
     dropped.pickup = Some("0123456789abcdef0123456789abcdef".into());
-    for e in [&mut two, &mut utf8, &mut eight, &mut dropped] {
+    for e in [&mut two, &mut utf8, &mut dropped] {
         let inc = spool.begin_with(e, true).unwrap();
         assert!(!inc.maildir_form(), "{e:?}");
         spool.abort(inc);
     }
+    // BODY=8BITMIME needs no room: it is read back as 7bit (a relay looks at the data).
+    let mut eight = env(&["a@x"]);
+    eight.body = BodyType::EightBitMime;
+    let inc = spool.begin_with(&eight, true).unwrap();
+    assert!(inc.maildir_form());
+    spool.abort(inc);
     // And not when the caller does not ask (the recipient is not one local Maildir).
     let inc = spool.begin_with(&env(&["a@x"]), false).unwrap();
     assert!(!inc.maildir_form());

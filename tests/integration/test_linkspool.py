@@ -3,6 +3,7 @@ recipient is queued already in its Maildir form and delivery links that very fil
 Maildir instead of writing a copy. What a reader sees is the same as a copy; a crash between
 the link and the queue entry's removal still delivers exactly once."""
 import poplib
+import smtplib
 import socket
 import threading
 import time
@@ -171,7 +172,14 @@ def test_an_entry_whose_recipient_now_resolves_to_a_remote_address_is_relayed_wi
     mail.mkdir()
     (mail / "bob").write_text("blocks the maildir")
     a.start()
-    qid = send(a, ["fwd@example.test"], "forwarded later")
+    with smtplib.SMTP("127.0.0.1", a.smtp_port, timeout=10) as c:
+        c.ehlo()
+        # Declared 8BITMIME and 8-bit: the Maildir form keeps no BODY=, the relay finds it.
+        assert c.mail("sender@example.test", ["BODY=8BITMIME"])[0] == 250
+        assert c.rcpt("fwd@example.test")[0] == 250
+        code, text = c.data("Subject: forwarded later\r\n\r\nbody of forwarded later, grüße\r\n".encode())
+    assert code == 250, text
+    qid = text.split()[-1].decode()
     wait_deferred(a, qid)
     assert queued_file(a, qid).read_bytes().startswith(b"Return-Path: <sender@example.test>\n")
     # The alias now leads off the machine: the Maildir form is read back with CRLF and relayed.
@@ -184,9 +192,10 @@ def test_an_entry_whose_recipient_now_resolves_to_a_remote_address_is_relayed_wi
         time.sleep(0.02)
     b.close()
     (raw,) = b.data
-    assert raw.endswith(b"Subject: forwarded later\r\n\r\nbody of forwarded later\r\n.\r\n"), raw
+    assert raw.endswith("Subject: forwarded later\r\n\r\nbody of forwarded later, grüße\r\n.\r\n".encode()), raw
     assert raw.count(b"\n") == raw.count(b"\r\n"), f"a bare LF went out: {raw!r}"
     assert b"Return-Path" not in raw and b"Delivered-To" not in raw, "no first-hop trace lines"
+    assert b"BODY=8BITMIME" in b.mail_args[0], b.mail_args
     size = int(b.mail_args[0].split(b"SIZE=")[1].split()[0])
     assert size == len(raw) - len(b".\r\n"), (size, len(raw), "SIZE= is the size as sent")
     wait_queue_empty(a)
