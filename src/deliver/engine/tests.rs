@@ -1111,6 +1111,85 @@ mod linked {
         assert_eq!(fs::read(by_link[0]).unwrap(), a);
     }
 
+    /// Through each disk executor: a batch of links only has no data sync to wait for, just
+    /// the sync of `new/`, and the entry is removed after it.
+    #[test]
+    fn through_the_executor_a_linked_batch_waits_only_for_the_directory_sync() {
+        use crate::exec::{Executor, Helper, Inline, Uring};
+        let mut execs = vec![
+            Executor::Inline(Inline::new()),
+            Executor::Helper(Helper::spawn().unwrap()),
+        ];
+        if let Ok(ring) = Uring::ring() {
+            execs.push(Executor::Uring(Box::new(Uring::new(
+                ring,
+                Helper::spawn().unwrap(),
+            ))));
+        }
+        for mut exec in execs {
+            let mut r = real();
+            let id = r.queue(&["alice@example.test"], true);
+            let inode = fs::metadata(r.queue_file(&id)).unwrap().ino();
+            r.w.engine.schedule.due_now(id.clone());
+            let now = Instant::now();
+            let far = now + Duration::from_secs(3600);
+            let mut rounds = 0;
+            loop {
+                let mut store = SpoolStore::new(&mut r.spool);
+                r.w.engine.work(
+                    8,
+                    &mut store,
+                    &r.w.dir,
+                    now,
+                    SystemTime::now(),
+                    far,
+                    Some(&mut exec),
+                );
+                if !r.w.engine.busy() {
+                    break;
+                }
+                // Linked already, not yet durable: the entry is still queued.
+                assert_eq!(files(&r.w.mail, "alice").len(), 1);
+                assert!(r.queue_file(&id).exists());
+                let mut done = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while done.is_empty() && Instant::now() < deadline {
+                    exec.drain(&mut done);
+                }
+                assert_eq!(done.len(), 1, "one sync: new/");
+                for c in done {
+                    r.w.engine.complete(c);
+                }
+                rounds += 1;
+                assert!(rounds <= 1);
+            }
+            let got = files(&r.w.mail, "alice");
+            assert_eq!(got.len(), 1);
+            let md = fs::metadata(&got[0]).unwrap();
+            assert_eq!((md.ino(), md.nlink()), (inode, 1));
+            assert!(r.spool.ids().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn links_and_copies_commit_together_with_syncfs_too() {
+        let mut r = real();
+        r.w.engine
+            .set_sync_mode(crate::durable::SyncMode::Filesystem);
+        let ids = [
+            r.queue(&["alice@example.test"], true),
+            r.queue(&["alice@example.test"], false),
+            r.queue(&["bob@example.test"], true),
+        ];
+        for id in &ids {
+            r.w.engine.schedule.due_now(id.clone());
+        }
+        assert_eq!(r.run(), 3);
+        assert_eq!(files(&r.w.mail, "alice").len(), 2);
+        assert_eq!(files(&r.w.mail, "bob").len(), 1);
+        assert!(r.spool.ids().unwrap().is_empty());
+    }
+
     #[test]
     fn an_entry_read_back_after_a_restart_is_linked_under_the_same_name() {
         let mut r = real();
