@@ -187,6 +187,17 @@ impl Dir {
         cvt(unsafe { libc::renameat(self.fd(), from.as_ptr(), to.fd(), dest.as_ptr()) }).map(|_| ())
     }
 
+    /// Makes `name` here a hard link to the file at `from` (a path, resolved from the working
+    /// directory; a symlink there is not followed). Fails if `name` exists.
+    pub fn link_from(&self, from: &Path, name: &str) -> io::Result<()> {
+        let src = CString::new(from.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let dest = component(name)?;
+        // SAFETY: a valid directory descriptor and NUL-terminated names.
+        cvt(unsafe { libc::linkat(libc::AT_FDCWD, src.as_ptr(), self.fd(), dest.as_ptr(), 0) })
+            .map(|_| ())
+    }
+
     /// Removes the entry `name` (not a directory); a symlink loses only the link.
     pub fn remove_file(&self, name: &str) -> io::Result<()> {
         let c = component(name)?;

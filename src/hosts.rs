@@ -598,15 +598,21 @@ impl Services {
                 o.cancel(&id);
             }
         }
-        for job in self.engine.take_remote_jobs() {
-            let located = self
-                .spool
-                .read_entry(&job.id)
-                .map(|e| crate::outbound::DataLocation {
+        for mut job in self.engine.take_remote_jobs() {
+            let located = self.spool.read_entry(&job.id).and_then(|e| {
+                let (size, eight_bit) = e.received_shape()?;
+                if e.is_maildir_form() && eight_bit {
+                    // The Maildir form keeps no BODY=: 8-bit data goes out as 8BITMIME.
+                    job.body = crate::spool::BodyType::EightBitMime;
+                }
+                Ok(crate::outbound::DataLocation {
                     path: e.data_path().to_path_buf(),
                     offset: e.data_offset(),
                     len: e.data_len(),
-                });
+                    lf: e.is_maildir_form(),
+                    size,
+                })
+            });
             match (self.outbound.as_mut(), located) {
                 (Some(o), Ok(data)) => o.submit(crate::outbound::Job { remote: job, data }, now),
                 (o, located) => {
@@ -952,9 +958,22 @@ impl SmtpHost for SmtpHostFor<'_> {
             self.services.spool.abort(old);
         }
         self.services.incoming_env.remove(&self.slot);
-        let inc = self.services.spool.begin(envelope).inspect_err(|e| {
-            warn!("spool: cannot start a message: {e:?}");
-        })?;
+        // One recipient that resolves to one local Maildir: the spool writes the file as
+        // that Maildir's copy, and delivery links it there (doc/spool.md, "link-1").
+        let maildir_form = match envelope.recipients.as_slice() {
+            [rcpt] => matches!(
+                self.services.directory_fresh().resolve(rcpt).as_deref(),
+                Ok([crate::directory::Resolved::Local { .. }])
+            ),
+            _ => false,
+        };
+        let inc = self
+            .services
+            .spool
+            .begin_with(envelope, maildir_form)
+            .inspect_err(|e| {
+                warn!("spool: cannot start a message: {e:?}");
+            })?;
         let id = inc.id().clone();
         self.services.incoming.insert(self.slot, inc);
         self.services.incoming_env.insert(

@@ -20,6 +20,7 @@ pub mod dns;
 pub mod durable;
 pub mod exec;
 pub mod hosts;
+pub mod lf;
 pub mod limits;
 pub mod listen;
 pub mod mailbox;

@@ -27,13 +27,27 @@ pub struct Entry {
     pub attempts: u32,
     /// The delay warning DSN has already been queued for this entry.
     pub delay_warned: bool,
+    /// The queued file is in the Maildir form: it is the copy for the one recipient, to be
+    /// linked into its Maildir (see doc/spool.md, "link-1").
+    pub linkable: Option<Linkable>,
+}
+
+/// A queued file that is already a Maildir copy: where it is and the sizes its name carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linkable {
+    pub path: std::path::PathBuf,
+    /// Its length (`S=`).
+    pub size: u64,
+    /// Its POP3 size (`W=`).
+    pub wire: u64,
 }
 
 /// What the engine needs from the spool. The real spool implements it in `hosts.rs`; tests
 /// use an in-memory fake.
 pub trait QueueStore {
     fn load(&mut self, id: &QueueId) -> io::Result<Entry>;
-    /// The stored message data (CRLF line endings), from its first byte.
+    /// The stored message data (CRLF line endings, whatever the form of the file), from its
+    /// first byte.
     fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>>;
     /// Durably records the recipients finished in this attempt and, in `deferral`, when to
     /// try the rest, each pending recipient's last reason and whether the delay warning went.
@@ -685,21 +699,28 @@ impl Engine {
             };
             let resolution = dir.resolve(rcpt);
             finals.push(final_addresses(rcpt, &resolution));
-            let targets = match resolution {
-                Err(ResolveError::UnknownUser) => {
-                    vec![Target::Done(Outcome::Permanent(
-                        "5.1.1 unknown user".into(),
-                    ))]
-                }
-                Err(ResolveError::AliasLoop(name)) => vec![Target::Done(Outcome::Permanent(
-                    format!("5.4.6 alias loop at {name}"),
-                ))],
-                Err(ResolveError::NotLocal) => {
-                    vec![remote_target(&mut remote, &mut hops, rcpt, || {
-                        count_received(store, &id)
-                    })]
-                }
-                Ok(resolved) => resolved
+            let targets =
+                match resolution {
+                    Err(ResolveError::UnknownUser) => {
+                        vec![Target::Done(Outcome::Permanent(
+                            "5.1.1 unknown user".into(),
+                        ))]
+                    }
+                    Err(ResolveError::AliasLoop(name)) => vec![Target::Done(Outcome::Permanent(
+                        format!("5.4.6 alias loop at {name}"),
+                    ))],
+                    Err(ResolveError::NotLocal) => {
+                        vec![remote_target(&mut remote, &mut hops, rcpt, || {
+                            count_received(store, &id)
+                        })]
+                    }
+                    Ok(resolved) => {
+                        // The queued file is this recipient's Maildir copy (the spool wrote it so
+                        // because it resolved to one Maildir): linked there, not copied.
+                        let link = entry.linkable.as_ref().filter(|_| {
+                            resolved.len() == 1 && entry.envelope.recipients.len() == 1
+                        });
+                        resolved
                     .iter()
                     .map(|t| match t {
                         Resolved::Local { user } => {
@@ -710,6 +731,15 @@ impl Engine {
                             if recovered && self.maildirs.delivered_before(user, &unique, &maybe) {
                                 info!("{id}: {user} already has its copy, from before the restart");
                                 let target = Target::Done(Outcome::Delivered);
+                                users.insert(user.clone(), target.clone());
+                                return target;
+                            }
+                            if let Some(s) = link.and_then(|l| {
+                                self.maildirs
+                                    .stage_link(user, &unique, &l.path, l.size, l.wire, wall)
+                            }) {
+                                staged.push(s);
+                                let target = Target::Staged(staged.len() - 1);
                                 users.insert(user.clone(), target.clone());
                                 return target;
                             }
@@ -741,8 +771,9 @@ impl Engine {
                             })
                         }
                     })
-                    .collect(),
-            };
+                    .collect()
+                    }
+                };
             rcpts.push((idx, targets));
         }
         Attempt {

@@ -20,6 +20,11 @@
 //! their place is refused with a temporary failure naming it (the administrator fixes it; the
 //! message waits in the queue).
 //!
+//! A queue entry in the Maildir form (see `crate::spool`, "link-1") is not copied: its file
+//! already holds the copy's bytes, so `stage_link` links it into `new/` under the same name a
+//! copy would get (on the reactor, like the renames: a link does not wait for the disk), and
+//! its commit only syncs `new/`. When the link fails (another file system), it is copied.
+//!
 //! A batch's commit waits for the disk in the executor, not on the reactor
 //! (`Maildirs::commit_pump`): the data syncs of all its files are submitted, then, once all
 //! are in, the synced files are renamed into `new/` (relative to the same descriptors), then
@@ -57,6 +62,9 @@ pub struct Maildirs {
     /// whole batch (see `commit_step`, which forgets them when the batch is committed).
     open: HashMap<String, Rc<UserDirs>>,
     sync_mode: SyncMode,
+    /// A link failed with EXDEV (the spool is on another file system) and was logged: said
+    /// once per process.
+    warned_exdev: bool,
 }
 
 /// What names a queue entry's copies: the same for every attempt, in every process.
@@ -236,6 +244,7 @@ impl Maildirs {
             seen: HashMap::new(),
             open: HashMap::new(),
             sync_mode: SyncMode::default(),
+            warned_exdev: false,
         }
     }
 
@@ -419,7 +428,7 @@ impl Maildirs {
                     name: format!("{unique},S={size},W={wire_size}"),
                     dirs,
                     tmp: tmp_name,
-                    file,
+                    file: Some(file),
                 })
             }
             Err(e) => {
@@ -431,6 +440,50 @@ impl Maildirs {
                 ))
             }
         }
+    }
+
+    /// First half of a delivery by link: `queued` is the spool's file of the entry, in the
+    /// Maildir form (the very bytes `stage` would write), and gets a second name in `new/`,
+    /// `unique` with its sizes. Its data was made durable by the spool's commit, so the
+    /// commit only syncs `new/`. An earlier attempt's name already there (a crash came before
+    /// the entry was removed) is that same file: it is kept. None when the link cannot be
+    /// made (another file system: EXDEV; or anything else): the caller copies instead, which
+    /// also reports what is wrong with the Maildir.
+    pub fn stage_link(
+        &mut self,
+        user: &str,
+        unique: &str,
+        queued: &Path,
+        size: u64,
+        wire_size: u64,
+        now: SystemTime,
+    ) -> Option<Staged> {
+        if !safe_mailbox_name(user) {
+            return None;
+        }
+        let dirs = self.dirs_for(user, now).ok()?;
+        let name = format!("{unique},S={size},W={wire_size}");
+        match dirs.new.link_from(queued, &name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                if e.raw_os_error() != Some(libc::EXDEV) || !self.warned_exdev {
+                    log::info!(
+                        "maildir: cannot link {} into {}: {e}; copying instead",
+                        queued.display(),
+                        dirs.new.path().display()
+                    );
+                    self.warned_exdev |= e.raw_os_error() == Some(libc::EXDEV);
+                }
+                return None;
+            }
+        }
+        Some(Staged {
+            dirs,
+            tmp: String::new(),
+            name,
+            file: None,
+        })
     }
 
     /// Second half, all at once: makes every staged file durable, moves it into `new/`, and
@@ -464,8 +517,19 @@ impl Maildirs {
                     SyncMode::File => c.next..(c.next + 1).min(c.staged.len()),
                     SyncMode::Filesystem => c.next..c.staged.len(),
                 };
-                let files: Vec<&File> = c.staged[range.clone()].iter().map(|s| &s.file).collect();
-                let results = durable::files(self.sync_mode, &files);
+                // (A link has nothing to sync: `Ok` without a call.)
+                let files: Vec<&File> = c.staged[range.clone()]
+                    .iter()
+                    .filter_map(|s| s.file.as_ref())
+                    .collect();
+                let mut results = durable::files(self.sync_mode, &files).into_iter();
+                let results: Vec<io::Result<()>> = c.staged[range.clone()]
+                    .iter()
+                    .map(|s| match s.file {
+                        Some(_) => results.next().unwrap_or(Ok(())),
+                        None => Ok(()),
+                    })
+                    .collect();
                 for (i, r) in range.zip(results) {
                     let s = &c.staged[i];
                     c.moved.push(r.map(|()| usize::MAX).map_err(|e| {
@@ -484,7 +548,12 @@ impl Maildirs {
                     if m.is_err() {
                         continue;
                     }
-                    *m = match s.dirs.tmp.rename_to(&s.tmp, &s.dirs.new, &s.name) {
+                    let moved = match s.file {
+                        Some(_) => s.dirs.tmp.rename_to(&s.tmp, &s.dirs.new, &s.name),
+                        // Linked into `new/` when staged.
+                        None => Ok(()),
+                    };
+                    *m = match moved {
                         // Identified by the open directory, not its path: a Maildir made
                         // again within the batch is another directory to sync.
                         Ok(()) => match c.dirs.iter().position(|(d, _)| Rc::ptr_eq(d, &s.dirs)) {
@@ -536,7 +605,12 @@ impl Maildirs {
                     }
                     while c.submitted < c.staged.len() {
                         let i = c.submitted;
-                        let fd = c.staged[i].file.as_raw_fd();
+                        let Some(fd) = c.staged[i].file.as_ref().map(|f| f.as_raw_fd()) else {
+                            // A link: nothing to sync.
+                            c.synced[i] = Some(Ok(()));
+                            c.submitted += 1;
+                            continue;
+                        };
                         match exec.submit_sync(commit_tag(DATA, i), fd, true) {
                             Ok(()) => c.in_flight += 1,
                             Err(r) if r.reason == Reject::Full => break,
@@ -771,15 +845,18 @@ impl Commit {
     }
 }
 
-/// A message written to a Maildir's `tmp/`, waiting for `Maildirs::commit`.
+/// A message written to a Maildir's `tmp/`, or a queued file already linked into its
+/// `new/`, waiting for `Maildirs::commit`.
 pub struct Staged {
     /// The user's Maildir directories, held until the commit is done.
     dirs: Rc<UserDirs>,
-    /// The file name in `tmp/`.
+    /// The file name in `tmp/` (empty for a link).
     tmp: String,
     /// The final name in `new/`.
     name: String,
-    file: File,
+    /// The copy in `tmp/`; None for a link (the queued file's data is durable already, and
+    /// its name is in `new/`: only `new/` is left to sync).
+    file: Option<File>,
 }
 
 /// Writes the trace headers and the message with CRLF turned into LF and returns the file
@@ -793,13 +870,13 @@ fn write_lf(
     let mut w = BufWriter::with_capacity(64 * 1024, file);
     let mut size = 0u64;
     let mut lfs = 0u64;
-    let head = format!("Return-Path: <{return_path}>\nDelivered-To: {delivered_to}\n");
+    let head = crate::lf::maildir_head(return_path, delivered_to);
     w.write_all(head.as_bytes())?;
     size += head.len() as u64;
     lfs += 2;
     let mut buf = [0u8; 16 * 1024];
-    // A CR at the end of one read may pair with an LF at the start of the next.
-    let mut pending_cr = false;
+    let mut lf = crate::lf::LfWriter::default();
+    let mut out = |b: &[u8]| w.write_all(b);
     loop {
         let n = match data.read(&mut buf) {
             Ok(0) => break,
@@ -807,48 +884,11 @@ fn write_lf(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let mut chunk = &buf[..n];
-        if pending_cr {
-            pending_cr = false;
-            if chunk.first() == Some(&b'\n') {
-                w.write_all(b"\n")?;
-                size += 1;
-                lfs += 1;
-                chunk = &chunk[1..];
-            } else {
-                w.write_all(b"\r")?;
-                size += 1;
-            }
-        }
-        let mut start = 0;
-        for i in memchr::memchr_iter(b'\n', chunk) {
-            let end = if i > start && chunk[i - 1] == b'\r' {
-                i - 1
-            } else {
-                i
-            };
-            w.write_all(&chunk[start..end])?;
-            w.write_all(b"\n")?;
-            size += (end - start + 1) as u64;
-            // After CRLF→LF no LF on disk is preceded by CR unless the data had CR CR LF;
-            // POP3 leaves an existing CRLF alone, so count only the LFs it will expand.
-            if !(end > start && chunk[end - 1] == b'\r') {
-                lfs += 1;
-            }
-            start = i + 1;
-        }
-        let mut tail = &chunk[start..];
-        if tail.last() == Some(&b'\r') {
-            pending_cr = true;
-            tail = &tail[..tail.len() - 1];
-        }
-        w.write_all(tail)?;
-        size += tail.len() as u64;
+        lf.feed(&buf[..n], &mut out)?;
     }
-    if pending_cr {
-        w.write_all(b"\r")?;
-        size += 1;
-    }
+    lf.finish(&mut out)?;
+    size += lf.size;
+    lfs += lf.lfs;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     Ok((file, size, size + lfs))
 }

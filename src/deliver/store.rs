@@ -1,17 +1,14 @@
 //! The spool as the delivery engine's `QueueStore`.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io::{self, Read};
 
-use super::engine::{Entry, QueueStore};
-use crate::spool::{Deferral, Envelope, QueueId, Spool, SpoolError};
+use super::engine::{Entry, Linkable, QueueStore};
+use crate::spool::{Deferral, Envelope, QueueEntry, QueueId, Spool, SpoolError};
 
 pub struct SpoolStore<'a> {
     pub spool: &'a mut Spool,
-    /// Where the data of the last loaded entry starts, so each local target does not re-read
-    /// the envelope header.
-    last: Option<(QueueId, PathBuf, u64, u64)>,
+    /// The last loaded entry, so each local target does not re-read the envelope header.
+    last: Option<QueueEntry>,
 }
 
 impl<'a> SpoolStore<'a> {
@@ -23,31 +20,35 @@ impl<'a> SpoolStore<'a> {
 impl QueueStore for SpoolStore<'_> {
     fn load(&mut self, id: &QueueId) -> io::Result<Entry> {
         let e = self.spool.read_entry(id)?;
-        self.last = Some((
-            id.clone(),
-            e.data_path().to_path_buf(),
-            e.data_offset(),
-            e.data_len(),
-        ));
-        Ok(Entry {
+        let linkable = match e.maildir_sizes() {
+            Ok(Some((size, wire))) => Some(Linkable {
+                path: e.data_path().to_path_buf(),
+                size,
+                wire,
+            }),
+            Ok(None) => None,
+            // Delivery copies it instead (and reports what is wrong with the file).
+            Err(err) => {
+                log::warn!("{id}: cannot size the queued file for a link: {err}");
+                None
+            }
+        };
+        let entry = Entry {
             pending: e.pending().map(|(i, _)| i).collect(),
             attempts: e.attempts,
             delay_warned: e.delay_warned.is_some(),
-            envelope: e.envelope,
-        })
+            envelope: e.envelope.clone(),
+            linkable,
+        };
+        self.last = Some(e);
+        Ok(entry)
     }
 
     fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>> {
-        let (path, offset, len) = match &self.last {
-            Some((last, path, offset, len)) if last == id => (path.clone(), *offset, *len),
-            _ => {
-                let e = self.spool.read_entry(id)?;
-                (e.data_path().to_path_buf(), e.data_offset(), e.data_len())
-            }
-        };
-        let mut f = File::open(path)?;
-        f.seek(SeekFrom::Start(offset))?;
-        Ok(Box::new(f.take(len)))
+        match &self.last {
+            Some(e) if e.id == *id => e.read_data(),
+            _ => self.spool.read_entry(id)?.read_data(),
+        }
     }
 
     fn record_attempt(

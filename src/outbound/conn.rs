@@ -62,6 +62,8 @@ enum State {
 struct DataReader {
     file: File,
     left: u64,
+    /// Every LF read becomes CRLF (`DataLocation::lf`).
+    lf: bool,
     chunk: Box<[u8; limits::OUTBOUND_DATA_CHUNK]>,
     start: usize,
     end: usize,
@@ -504,7 +506,13 @@ impl OutConn {
             if d.left == 0 {
                 return client.end_data(now, &mut self.output);
             }
-            let want = d.chunk.len().min(d.left as usize);
+            // (In the LF form half a chunk at most: each byte may become two.)
+            let room = if d.lf {
+                d.chunk.len() / 2
+            } else {
+                d.chunk.len()
+            };
+            let want = room.min(usize::try_from(d.left).unwrap_or(usize::MAX));
             match d.file.read(&mut d.chunk[..want]) {
                 Ok(0) => {
                     client.abort("the queued message is shorter than its entry says");
@@ -512,7 +520,11 @@ impl OutConn {
                 }
                 Ok(n) => {
                     d.start = 0;
-                    d.end = n;
+                    d.end = if d.lf {
+                        crlf_in_place(&mut d.chunk[..], n)
+                    } else {
+                        n
+                    };
                     d.left -= n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
@@ -687,6 +699,7 @@ impl Part {
         Ok(DataReader {
             file,
             left: self.data.len,
+            lf: self.data.lf,
             chunk: Box::new([0; limits::OUTBOUND_DATA_CHUNK]),
             start: 0,
             end: 0,
@@ -694,9 +707,40 @@ impl Part {
     }
 }
 
+/// Turns every LF of `buf[..n]` into CRLF in place (`buf` has room for the growth: at least
+/// twice `n`); returns the new length.
+fn crlf_in_place(buf: &mut [u8], n: usize) -> usize {
+    let lfs = memchr::memchr_iter(b'\n', &buf[..n]).count();
+    let mut w = n + lfs;
+    for r in (0..n).rev() {
+        let b = buf[r];
+        w -= 1;
+        buf[w] = b;
+        if b == b'\n' {
+            w -= 1;
+            buf[w] = b'\r';
+        }
+    }
+    n + lfs
+}
+
 fn local_detail(text: &str) -> crate::proto::smtp_client::Detail {
     crate::proto::smtp_client::Detail {
         reply: None,
         text: text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crlf_in_place;
+
+    #[test]
+    fn lf_data_goes_out_with_crlf() {
+        let mut buf = [0u8; 16];
+        buf[..6].copy_from_slice(b"a\nb\r\n\n");
+        let n = crlf_in_place(&mut buf, 6);
+        assert_eq!(&buf[..n], b"a\r\nb\r\r\n\r\n");
+        assert_eq!(crlf_in_place(&mut buf, 0), 0);
     }
 }

@@ -117,6 +117,11 @@ pub struct DataLocation {
     pub path: PathBuf,
     pub offset: u64,
     pub len: u64,
+    /// The data is in the Maildir form (LF line ends: a spool entry of the "link-1" form
+    /// whose recipient now resolves to a remote address): every LF is sent as CRLF.
+    pub lf: bool,
+    /// The data's size as sent (CRLF line ends), for `SIZE=`.
+    pub size: u64,
 }
 
 /// A remote part from the engine with where its data is.
@@ -142,7 +147,7 @@ impl Part {
         OutMessage {
             sender: self.sender.clone(),
             recipients: self.recipients.clone(),
-            size: self.data.len,
+            size: self.data.size,
             body: self.body,
             smtputf8: self.smtputf8,
         }

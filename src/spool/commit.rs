@@ -339,9 +339,8 @@ impl Spool {
                         // From here on a crash leaves a complete entry in queue/.
                         Some(Ok(())) => {
                             inc.armed = false;
-                            if let Some(env) = inc.envelope.take() {
-                                self.fresh
-                                    .insert(inc.id.clone(), (env, inc.header_len, inc.written));
+                            if let Some(f) = inc.take_fresh() {
+                                self.fresh.insert(inc.id.clone(), f);
                             }
                             g.renamed.push((i, inc.id.clone()));
                         }
@@ -507,9 +506,8 @@ impl Spool {
             match fs::rename(&inc.tmp_path, self.message_path(&inc.id)) {
                 Ok(()) => {
                     inc.armed = false;
-                    if let Some(env) = inc.envelope.take() {
-                        self.fresh
-                            .insert(inc.id.clone(), (env, inc.header_len, inc.written));
+                    if let Some(f) = inc.take_fresh() {
+                        self.fresh.insert(inc.id.clone(), f);
                     }
                     g.renamed.push((tag, inc.id.clone()));
                 }

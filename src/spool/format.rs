@@ -258,6 +258,48 @@ pub fn header_decode(text: &str) -> io::Result<(QueueId, Envelope)> {
     Ok((id.ok_or_else(missing)?, env))
 }
 
+// ---- the Maildir form ("link-1") ------------------------------------------------------------
+
+/// The first line of a message file in the Maildir form starts so; `HEADER_MAGIC` never does.
+pub const LINK_RETURN_PATH: &str = "Return-Path: <";
+/// The second line of a message file in the Maildir form starts so.
+pub const LINK_DELIVERED_TO: &str = "Delivered-To: ";
+
+/// Can `env` be stored in the Maildir form (the file is then the Maildir copy itself, see
+/// doc/spool.md)? Only what its two first lines and the queue id carry: one recipient, no
+/// `SMTPUTF8`, no drop file. The client's address and HELO name are not kept (they are in the
+/// message's `Received:` header, and nothing after the commit uses them), nor is `BODY=`: a
+/// relay, should the recipient lead off the machine later, tells it from the data.
+pub fn link_qualifies(env: &Envelope) -> bool {
+    env.recipients.len() == 1 && env.pickup.is_none() && !env.smtputf8
+}
+
+/// The envelope of a file in the Maildir form, from its id and its two first lines (without
+/// their LF). The arrival time is the id's (the spool sets it so when it writes the entry).
+pub fn link_decode(id: &QueueId, first: &str, second: &str) -> io::Result<Envelope> {
+    let v = id_decode(&id.0).ok_or_else(|| bad("bad queue id"))?;
+    let sender = first
+        .strip_prefix(LINK_RETURN_PATH)
+        .and_then(|r| r.strip_suffix('>'))
+        .ok_or_else(|| bad("not a postling message file"))?;
+    let rcpt = second
+        .strip_prefix(LINK_DELIVERED_TO)
+        .ok_or_else(|| bad("Maildir form without Delivered-To"))?;
+    if rcpt.is_empty() || has_forbidden(sender) || has_forbidden(rcpt) {
+        return Err(bad("bad Maildir form envelope"));
+    }
+    Ok(Envelope {
+        sender: sender.to_string(),
+        recipients: vec![rcpt.to_string()],
+        client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        helo: String::new(),
+        arrival: id_time(v),
+        smtputf8: false,
+        body: BodyType::SevenBit,
+        pickup: None,
+    })
+}
+
 // ---- delivery state --------------------------------------------------------------------------
 
 /// Where delivery stands for one recipient.
@@ -521,6 +563,48 @@ mod tests {
         assert!(header_decode(&format!("{body}\nhelo again")).is_err());
         assert!(header_decode(&body.replace("postling-message 1", "postling-message 2")).is_err());
         assert!(header_decode(&body.replace("smtputf8 1", "smtputf8 2")).is_err());
+    }
+
+    #[test]
+    fn the_maildir_form_carries_sender_and_recipient_and_the_id_gives_the_arrival() {
+        let id = id_encode(1_700_000_000_123_456);
+        let e = link_decode(
+            &id,
+            "Return-Path: <odd >name<@example.org>",
+            "Delivered-To: b c@例え.jp",
+        )
+        .unwrap();
+        assert_eq!(e.sender, "odd >name<@example.org");
+        assert_eq!(e.recipients, vec!["b c@例え.jp".to_string()]);
+        assert_eq!(e.arrival, id_time(1_700_000_000_123_456));
+        assert_eq!(
+            (e.smtputf8, e.body, e.pickup),
+            (false, BodyType::SevenBit, None)
+        );
+        let null = link_decode(&id, "Return-Path: <>", "Delivered-To: a@x").unwrap();
+        assert_eq!(null.sender, "");
+        for (a, b) in [
+            ("Return-Path: <x", "Delivered-To: a@x"),
+            ("Return-Path: x>", "Delivered-To: a@x"),
+            ("Return-Path: <x>", "X-Delivered-To: a@x"),
+            ("Return-Path: <x>", "Delivered-To: "),
+            ("Return-Path: <x\r>", "Delivered-To: a@x"),
+        ] {
+            assert!(link_decode(&id, a, b).is_err(), "{a:?} {b:?}");
+        }
+        assert!(
+            link_decode(
+                &QueueId("bad".into()),
+                "Return-Path: <>",
+                "Delivered-To: a@x"
+            )
+            .is_err()
+        );
+        let mut e = env();
+        e.recipients.truncate(1);
+        e.smtputf8 = false;
+        assert!(link_qualifies(&e), "BODY=8BITMIME is not kept, nor needed");
+        assert!(!HEADER_MAGIC.starts_with(LINK_RETURN_PATH));
     }
 
     #[test]

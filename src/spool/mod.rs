@@ -8,7 +8,10 @@
 //! - `tmp/<id>`: a message being received (envelope header, then data). Garbage after a crash.
 //! - `tmp/<id>.state`: a state file being written. Garbage after a crash.
 //! - `queue/<id>`: a committed message. Its rename from `tmp/` is the commit point; its
-//!   unlink is the removal point.
+//!   unlink is the removal point. Either an envelope header then the data (CRLF), or, for
+//!   one recipient that resolves to one local Maildir, the Maildir form ("link-1"): the very
+//!   bytes of that Maildir's copy (`Return-Path:`, `Delivered-To:`, the data with LF), which
+//!   delivery links into the Maildir; such a file, once linked, is never emptied or reused.
 //! - `queue/<id>.state`: delivery bookkeeping (per-recipient outcomes, attempts, next attempt),
 //!   replaced atomically by rename. Without `queue/<id>` it is the remnant of a removal.
 //! - `queue/<id>.hold`: an empty marker: the entry is held (`postling queue hold`) and is not
@@ -38,7 +41,7 @@ use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -162,10 +165,21 @@ pub struct Spool {
     stated: HashSet<QueueId>,
     /// Envelopes of entries committed by this process and not yet read back, so the first
     /// delivery attempt does not re-read and re-parse what was just written.
-    fresh: HashMap<QueueId, (Envelope, u64, u64)>,
+    fresh: HashMap<QueueId, Fresh>,
     /// Entries with a hold marker (`queue/<id>.hold`): found at start-up or set by `hold`.
     held: HashSet<QueueId>,
     sync_mode: SyncMode,
+}
+
+/// What the spool remembers of an entry it committed and has not read back yet.
+struct Fresh {
+    envelope: Envelope,
+    /// Where the data starts.
+    header_len: u64,
+    /// The file's length.
+    written: u64,
+    /// In the Maildir form: the POP3 size (`W=`) of the whole file.
+    wire: Option<u64>,
 }
 
 /// A message being received: a temp file and a fixed write buffer.
@@ -188,6 +202,10 @@ pub struct Incoming {
     /// The envelope and header length, for the spool's cache of fresh entries.
     envelope: Option<Envelope>,
     header_len: u64,
+    /// In the Maildir form ("link-1"): the data goes through this on its way into the
+    /// buffer (CRLF to LF), and `data_in` counts the bytes as received.
+    lf: Option<crate::lf::LfWriter>,
+    data_in: u64,
 }
 
 impl Incoming {
@@ -199,7 +217,36 @@ impl Incoming {
     /// is latched and reported by `Spool::commit_enqueue`. `Spool::append` is the same but
     /// first gives back the spool's free files when the disk is full.
     pub fn append(&mut self, bytes: &[u8]) {
-        self.append_some(bytes);
+        match self.lf.take() {
+            None => {
+                self.append_some(bytes);
+            }
+            Some(mut lf) => {
+                self.data_in += bytes.len() as u64;
+                let _ = lf.feed(bytes, &mut |b| {
+                    self.append_some(b);
+                    Ok(())
+                });
+                self.lf = Some(lf);
+            }
+        }
+    }
+
+    /// What the spool's cache of fresh entries keeps of this one, once committed.
+    fn take_fresh(&mut self) -> Option<Fresh> {
+        let envelope = self.envelope.take()?;
+        Some(Fresh {
+            envelope,
+            header_len: self.header_len,
+            written: self.written,
+            // The two LFs of the head, then those of the data, each sent as CRLF by POP3.
+            wire: self.lf.map(|lf| self.written + 2 + lf.lfs),
+        })
+    }
+
+    /// Is this entry written in the Maildir form?
+    pub fn maildir_form(&self) -> bool {
+        self.lf.is_some()
     }
 
     /// `append` up to the first error; returns how many of `bytes` were taken.
@@ -223,6 +270,9 @@ impl Incoming {
 
     /// The message bytes taken so far, without the envelope header (the `size=` of the log).
     pub fn data_size(&self) -> u64 {
+        if self.lf.is_some() {
+            return self.data_in;
+        }
         (self.written + self.used as u64).saturating_sub(self.header_len)
     }
 
@@ -295,9 +345,49 @@ pub struct QueueEntry {
     path: PathBuf,
     data_offset: u64,
     data_len: u64,
+    /// Written in the Maildir form ("link-1"): the data is in the LF form after the
+    /// `Return-Path:`/`Delivered-To:` lines; with its POP3 size (`W=`) once known.
+    maildir_form: Option<Option<u64>>,
 }
 
 impl QueueEntry {
+    /// Is the file in the Maildir form (the data with LF line ends after two trace lines)?
+    pub fn is_maildir_form(&self) -> bool {
+        self.maildir_form.is_some()
+    }
+
+    /// For a file in the Maildir form: its length and its POP3 size (`W=`), the two sizes its
+    /// Maildir name carries. The POP3 size is counted from the file unless this process wrote
+    /// it. None for the envelope form.
+    pub fn maildir_sizes(&self) -> io::Result<Option<(u64, u64)>> {
+        let Some(wire) = self.maildir_form else {
+            return Ok(None);
+        };
+        let size = self.data_offset + self.data_len;
+        if let Some(w) = wire {
+            return Ok(Some((size, w)));
+        }
+        let mut f = File::open(&self.path)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut n, mut extra, mut prev) = (0u64, 0u64, b'\n');
+        loop {
+            let k = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let chunk = buf.get(..k).unwrap_or_default();
+            extra += crate::lf::wire_extra(chunk, prev);
+            prev = chunk.last().copied().unwrap_or(prev);
+            n += k as u64;
+        }
+        if n != size {
+            return Err(bad("the file changed while it was read"));
+        }
+        Ok(Some((size, size + extra)))
+    }
+
     /// The message file. The data starts at `data_offset()`, after the envelope header.
     pub fn data_path(&self) -> &Path {
         &self.path
@@ -318,6 +408,43 @@ impl QueueEntry {
         let mut f = File::open(&self.path)?;
         f.seek(SeekFrom::Start(self.data_offset))?;
         Ok((f, self.data_len))
+    }
+
+    /// The length of the data as received (CRLF line ends), and whether it holds a byte
+    /// above 127 (a relay's `SIZE=` and `BODY=`): for the envelope form its length and the
+    /// `BODY` the client declared; for the Maildir form, which keeps no `BODY`, both counted
+    /// by reading the file back (rare: such an entry is for a local Maildir unless the
+    /// aliases changed).
+    pub fn received_shape(&self) -> io::Result<(u64, bool)> {
+        if !self.is_maildir_form() {
+            return Ok((self.data_len, self.envelope.body == BodyType::EightBitMime));
+        }
+        let mut r = self.read_data()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut n, mut eight) = (0u64, false);
+        loop {
+            let k = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let chunk = buf.get(..k).unwrap_or_default();
+            eight |= chunk.iter().any(|&b| b >= 0x80);
+            n += k as u64;
+        }
+        Ok((n, eight))
+    }
+
+    /// The message data as received (CRLF line ends), whatever the file's form.
+    pub fn read_data(&self) -> io::Result<Box<dyn Read>> {
+        let (f, len) = self.open_data()?;
+        let f = f.take(len);
+        Ok(if self.is_maildir_form() {
+            Box::new(crate::lf::CrlfReader::new(f))
+        } else {
+            Box::new(f)
+        })
     }
 
     /// Recipients still to be delivered, with their index in the envelope.
@@ -393,10 +520,30 @@ fn classify(name: &std::ffi::OsStr) -> DirName {
     }
 }
 
-/// Reads the envelope header at the top of a message file: (id, envelope, data offset).
-fn read_header(file: &File) -> io::Result<(QueueId, Envelope, u64)> {
+/// Reads the envelope header at the top of the message file of `id`: (id, envelope, data
+/// offset, in the Maildir form). A file in the Maildir form carries no id: `id` is returned.
+fn read_header(file: &File, id: &QueueId) -> io::Result<(QueueId, Envelope, u64, bool)> {
     let mut r = BufReader::new(file).take(limits::SPOOL_MAX_CONTROL as u64);
     let mut text = Vec::with_capacity(512);
+    if r.read_until(b'\n', &mut text)? == 0 || !text.ends_with(b"\n") {
+        return Err(bad("envelope header not terminated"));
+    }
+    if text.starts_with(format::LINK_RETURN_PATH.as_bytes()) {
+        let first = text.len();
+        if r.read_until(b'\n', &mut text)? == 0 || !text.ends_with(b"\n") {
+            return Err(bad("Maildir form without Delivered-To"));
+        }
+        let line = |b: &[u8]| -> io::Result<String> {
+            let b = b.strip_suffix(b"\n").unwrap_or(b);
+            String::from_utf8(b.to_vec()).map_err(|_| bad("header is not UTF-8"))
+        };
+        let env = format::link_decode(
+            id,
+            &line(text.get(..first).unwrap_or_default())?,
+            &line(text.get(first..).unwrap_or_default())?,
+        )?;
+        return Ok((id.clone(), env, text.len() as u64, true));
+    }
     loop {
         let start = text.len();
         if r.read_until(b'\n', &mut text)? == 0 || !text.ends_with(b"\n") {
@@ -410,7 +557,7 @@ fn read_header(file: &File) -> io::Result<(QueueId, Envelope, u64)> {
     let body = text.get(..text.len().saturating_sub(2)).unwrap_or_default();
     let body = std::str::from_utf8(body).map_err(|_| bad("header is not UTF-8"))?;
     let (id, env) = format::header_decode(body)?;
-    Ok((id, env, offset))
+    Ok((id, env, offset, false))
 }
 
 /// The files waiting in `free/` and the number after the highest name; anything else there is
@@ -447,7 +594,10 @@ fn scan_free(dir: &Path) -> io::Result<(Vec<u64>, u64)> {
 
 /// Makes the file at `path` empty, giving its blocks back; false if that failed.
 fn empty_file(path: &Path) -> bool {
-    match fs::metadata(path) {
+    match fs::symlink_metadata(path) {
+        // Linked from a Maildir (a crash in `remove` between the rename and the unlink):
+        // that message is not the spool's to empty; the caller unlinks this name.
+        Ok(m) if m.nlink() > 1 => false,
         Ok(m) if m.len() == 0 => true,
         Ok(_) => match OpenOptions::new().write(true).truncate(true).open(path) {
             Ok(_) => true,
@@ -665,6 +815,19 @@ impl Spool {
 
     /// Starts a new entry: a temp file named by a fresh id, the envelope header written first.
     pub fn begin(&mut self, env: &Envelope) -> Result<Incoming, SpoolError> {
+        self.begin_with(env, false)
+    }
+
+    /// `begin`, in the Maildir form when `maildir_form` and the envelope allows it
+    /// (`format::link_qualifies`): the caller says the one recipient resolves to one local
+    /// Maildir, so delivery can link the file there instead of writing a copy. The file then
+    /// holds `Return-Path:` and `Delivered-To:` lines and the data with LF line ends, the very
+    /// bytes of that copy; the entry's arrival time is its id's.
+    pub fn begin_with(
+        &mut self,
+        env: &Envelope,
+        maildir_form: bool,
+    ) -> Result<Incoming, SpoolError> {
         if env.recipients.is_empty() {
             return Err(SpoolError::Failed("envelope without recipients".into()));
         }
@@ -675,6 +838,25 @@ impl Spool {
             return Err(SpoolError::Failed("envelope contains CR, LF or NUL".into()));
         }
         let mut inc = self.create_incoming()?;
+        if maildir_form && format::link_qualifies(env) {
+            let head = crate::lf::maildir_head(&env.sender, &env.recipients[0]);
+            self.append_raw(&mut inc, head.as_bytes());
+            inc.header_len = head.len() as u64;
+            inc.lf = Some(crate::lf::LfWriter::default());
+            if self.fresh.len() < limits::SPOOL_FRESH_MAX {
+                let mut env = env.clone();
+                env.arrival = format::id_time(id_decode(&inc.id.0).unwrap_or(0));
+                // As `format::link_decode` reads it back: the rest is not kept.
+                env.client_ip = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+                env.helo.clear();
+                env.body = BodyType::SevenBit;
+                inc.envelope = Some(env);
+            }
+            return match inc.error.take() {
+                Some(e) => Err(e),
+                None => Ok(inc),
+            };
+        }
         let header = format::header_encode(&inc.id, env);
         if header.len() > limits::SPOOL_MAX_CONTROL {
             return Err(SpoolError::Failed("envelope too large".into()));
@@ -719,6 +901,8 @@ impl Spool {
                 written: 0,
                 envelope: None,
                 header_len: 0,
+                lf: None,
+                data_in: 0,
                 id,
             };
             // The clock may have stepped back past a committed entry: never reuse its name.
@@ -754,7 +938,22 @@ impl Spool {
     /// Appends to a message being received (`Incoming::append`). When the disk is full the
     /// spool first gives back the files it keeps in `free/` and tries again: mail is refused
     /// for want of space only when the spool holds nothing it could give back.
-    pub fn append(&mut self, inc: &mut Incoming, mut bytes: &[u8]) {
+    pub fn append(&mut self, inc: &mut Incoming, bytes: &[u8]) {
+        match inc.lf.take() {
+            None => self.append_raw(inc, bytes),
+            Some(mut lf) => {
+                inc.data_in += bytes.len() as u64;
+                let _ = lf.feed(bytes, &mut |b| {
+                    self.append_raw(inc, b);
+                    Ok(())
+                });
+                inc.lf = Some(lf);
+            }
+        }
+    }
+
+    /// `append` of bytes as they go into the file.
+    fn append_raw(&mut self, inc: &mut Incoming, mut bytes: &[u8]) {
         if inc.error.is_some() {
             return;
         }
@@ -802,6 +1001,13 @@ impl Spool {
 
     /// Writes out what `inc` still buffers, giving back the free files if the disk is full.
     fn finish_writes(&mut self, inc: &mut Incoming) -> Result<(), SpoolError> {
+        if let Some(mut lf) = inc.lf.take() {
+            let _ = lf.finish(&mut |b| {
+                self.append_raw(inc, b);
+                Ok(())
+            });
+            inc.lf = Some(lf);
+        }
         if inc.error.is_none() {
             inc.flush_buf();
             self.make_room(inc);
@@ -824,7 +1030,13 @@ impl Spool {
     pub fn read_entry(&mut self, id: &QueueId) -> io::Result<QueueEntry> {
         check_id(id)?;
         let path = self.message_path(id);
-        if let Some((envelope, data_offset, written)) = self.fresh.remove(id) {
+        if let Some(Fresh {
+            envelope,
+            header_len: data_offset,
+            written,
+            wire,
+        }) = self.fresh.remove(id)
+        {
             let data_len = written
                 .checked_sub(data_offset)
                 .ok_or_else(|| bad("file shorter than its header"))?;
@@ -840,6 +1052,7 @@ impl Spool {
                 path,
                 data_offset,
                 data_len,
+                maildir_form: wire.map(Some),
             });
         }
         let state = self.stated.contains(id).then(|| self.state_path(id));
@@ -885,7 +1098,7 @@ impl Spool {
         deferral: Option<Deferral<'_>>,
     ) -> io::Result<()> {
         check_id(id)?;
-        let (_, env, _) = read_header(&File::open(self.message_path(id))?)?;
+        let (_, env, _, _) = read_header(&File::open(self.message_path(id))?, id)?;
         let n = env.recipients.len();
         let state_path = self.state_path(id);
         let mut st = read_state(&state_path, n)?;
@@ -961,7 +1174,15 @@ impl Spool {
         check_id(id)?;
         self.fresh.remove(id);
         let path = self.message_path(id);
-        match self.recycle(&path) {
+        // A file in the Maildir form that delivery linked into a Maildir is the mailbox's
+        // message now: only its name here goes, its inode is never reused (nor emptied).
+        let linked = fs::symlink_metadata(&path).is_ok_and(|m| m.nlink() > 1);
+        let removed = if linked {
+            fs::remove_file(&path)
+        } else {
+            self.recycle(&path)
+        };
+        match removed {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -989,9 +1210,9 @@ impl Spool {
     /// came between the commit and the drop file's unlink) from those still to pick up.
     pub fn pickup_names(&self, ids: &[QueueId]) -> HashSet<String> {
         ids.iter()
-            .filter_map(|id| File::open(self.message_path(id)).ok())
-            .filter_map(|f| read_header(&f).ok())
-            .filter_map(|(_, env, _)| env.pickup)
+            .filter_map(|id| Some((File::open(self.message_path(id)).ok()?, id)))
+            .filter_map(|(f, id)| read_header(&f, id).ok())
+            .filter_map(|(_, env, _, _)| env.pickup)
             .collect()
     }
 
@@ -1022,8 +1243,16 @@ impl Spool {
         self.free_seq += 1;
         let dest = self.free_path(self.free_seq);
         fs::rename(path, &dest)?;
-        match OpenOptions::new().write(true).truncate(true).open(&dest) {
-            Ok(_) => self.free.push(self.free_seq),
+        // Emptied only if no other name links it (a Maildir's, see `remove`): checked on the
+        // open file, which cannot change under us, before it is cut.
+        let emptied = OpenOptions::new().write(true).open(&dest).and_then(|f| {
+            if f.metadata()?.nlink() > 1 {
+                return Err(io::Error::other("linked elsewhere"));
+            }
+            f.set_len(0)
+        });
+        match emptied {
+            Ok(()) => self.free.push(self.free_seq),
             Err(e) => {
                 log::warn!("spool: cannot empty {}: {e}", dest.display());
                 if let Err(e) = fs::remove_file(&dest) {
@@ -1072,7 +1301,7 @@ impl Spool {
 /// With `state_path` None the entry is known to have no state file (nothing recorded yet).
 fn read_entry_at(path: &Path, state_path: Option<&Path>, id: &QueueId) -> io::Result<QueueEntry> {
     let file = File::open(path)?;
-    let (stored_id, envelope, data_offset) = read_header(&file)?;
+    let (stored_id, envelope, data_offset, maildir_form) = read_header(&file, id)?;
     if stored_id != *id {
         return Err(bad("id in header does not match the file name"));
     }
@@ -1097,5 +1326,6 @@ fn read_entry_at(path: &Path, state_path: Option<&Path>, id: &QueueId) -> io::Re
         path: path.to_path_buf(),
         data_offset,
         data_len,
+        maildir_form: maildir_form.then_some(None),
     })
 }

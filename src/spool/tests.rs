@@ -1361,3 +1361,149 @@ mod in_the_executor {
         }
     }
 }
+
+// ---- the Maildir form ("link-1") -------------------------------------------------------------
+
+/// begin_with(maildir form) + append in pieces + group commit.
+fn store_linkable(spool: &mut Spool, e: &Envelope, data: &[u8]) -> QueueId {
+    let mut inc = spool.begin_with(e, true).unwrap();
+    assert!(inc.maildir_form());
+    for piece in data.chunks(3) {
+        spool.append(&mut inc, piece);
+    }
+    assert_eq!(
+        inc.data_size(),
+        data.len() as u64,
+        "size= counts the bytes received"
+    );
+    spool.commit_enqueue(inc, 1).unwrap();
+    spool.commit_flush().pop().unwrap().1.unwrap()
+}
+
+const MSG: &[u8] = b"Subject: x\r\n\r\nbody\r\nCR CR LF\r\r\nend";
+
+#[test]
+fn a_maildir_form_entry_holds_the_maildir_copy_and_reads_back_as_received() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
+    let path = d.path().join("queue").join(&id.0);
+    let want: &[u8] = b"Return-Path: <alice@example.org>\nDelivered-To: bob@example.org\nSubject: x\n\nbody\nCR CR LF\r\nend";
+    assert_eq!(fs::read(&path).unwrap(), want);
+    // Read back fresh (sizes from the writing) and after a restart (counted from the file).
+    let fresh = spool.read_entry(&id).unwrap();
+    let fresh_sizes = fresh.maildir_sizes().unwrap().unwrap();
+    // W=: every LF not after a CR is sent as CRLF by POP3 (5 of the 6 here).
+    assert_eq!(fresh_sizes, (want.len() as u64, want.len() as u64 + 5));
+    drop(spool);
+    let (mut spool, ids) = Spool::open(d.path()).unwrap();
+    assert_eq!(ids, vec![id.clone()]);
+    let e = spool.read_entry(&id).unwrap();
+    assert!(e.is_maildir_form());
+    assert_eq!(e.maildir_sizes().unwrap(), Some(fresh_sizes));
+    assert_eq!(e.envelope.sender, "alice@example.org");
+    assert_eq!(e.envelope.recipients, vec!["bob@example.org".to_string()]);
+    assert_eq!(
+        e.envelope, fresh.envelope,
+        "the cache says what the file says"
+    );
+    assert_eq!(
+        e.envelope.arrival,
+        format::id_time(id_decode(&id.0).unwrap()),
+        "the arrival time is the id's"
+    );
+    let mut back = Vec::new();
+    e.read_data().unwrap().read_to_end(&mut back).unwrap();
+    assert_eq!(back, MSG, "as received");
+    // Deferral, hold and the listing work on it.
+    spool
+        .record_deferral(&id, 1, "451 busy", SystemTime::now())
+        .unwrap();
+    assert_eq!(spool.read_entry(&id).unwrap().attempts, 1);
+    assert!(spool.hold(&id).unwrap());
+    let listed = list_queue(d.path()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sender, "alice@example.org");
+    assert_eq!(listed[0].last_error.as_deref(), Some("451 busy"));
+    spool.remove(&id).unwrap();
+    assert!(spool.ids().unwrap().is_empty());
+}
+
+#[test]
+fn only_envelopes_the_maildir_form_can_carry_get_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut two = env(&["a@x", "b@x"]);
+    let mut utf8 = env(&["a@x"]);
+    utf8.smtputf8 = true;
+    let mut dropped = env(&["a@x"]);
+    dropped.pickup = Some("0123456789abcdef0123456789abcdef".into());
+    for e in [&mut two, &mut utf8, &mut dropped] {
+        let inc = spool.begin_with(e, true).unwrap();
+        assert!(!inc.maildir_form(), "{e:?}");
+        spool.abort(inc);
+    }
+    // BODY=8BITMIME needs no room: it is read back as 7bit (a relay looks at the data).
+    let mut eight = env(&["a@x"]);
+    eight.body = BodyType::EightBitMime;
+    let inc = spool.begin_with(&eight, true).unwrap();
+    assert!(inc.maildir_form());
+    spool.abort(inc);
+    // And not when the caller does not ask (the recipient is not one local Maildir).
+    let inc = spool.begin_with(&env(&["a@x"]), false).unwrap();
+    assert!(!inc.maildir_form());
+    spool.abort(inc);
+}
+
+#[test]
+fn a_linked_file_is_never_emptied_for_reuse_at_removal_or_at_start_up() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
+    let mailbox = d.path().join("maildir-copy");
+    fs::hard_link(d.path().join("queue").join(&id.0), &mailbox).unwrap();
+    let want = fs::read(&mailbox).unwrap();
+    spool.remove(&id).unwrap();
+    assert_eq!(
+        fs::read(&mailbox).unwrap(),
+        want,
+        "removal unlinks, never truncates"
+    );
+    assert!(
+        free_files(d.path()).is_empty(),
+        "its inode is the mailbox's"
+    );
+    // A crash inside a removal that had renamed a linked file into free/: start-up drops
+    // that name and leaves the mailbox's file alone.
+    let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
+    let mailbox2 = d.path().join("maildir-copy2");
+    fs::hard_link(d.path().join("queue").join(&id.0), &mailbox2).unwrap();
+    drop(spool);
+    fs::rename(
+        d.path().join("queue").join(&id.0),
+        d.path().join("free").join("f9"),
+    )
+    .unwrap();
+    let (_spool, ids) = Spool::open(d.path()).unwrap();
+    assert!(ids.is_empty());
+    assert_eq!(fs::read(&mailbox2).unwrap(), want);
+    assert!(!d.path().join("free").join("f9").exists());
+}
+
+#[test]
+fn a_maildir_form_entry_survives_a_crash_at_every_commit_point() {
+    // Before the commit's rename: nothing in the queue. After: a readable entry.
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut inc = spool.begin_with(&env(&["bob@example.org"]), true).unwrap();
+    spool.append(&mut inc, MSG);
+    std::mem::forget(inc); // a crash: the temp file stays where it is
+    drop(spool);
+    let (mut spool, ids) = Spool::open(d.path()).unwrap();
+    assert!(ids.is_empty(), "uncommitted: gone");
+    let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
+    drop(spool);
+    let (mut spool, ids) = Spool::open(d.path()).unwrap();
+    assert_eq!(ids, vec![id.clone()]);
+    assert!(spool.read_entry(&id).unwrap().is_maildir_form());
+}

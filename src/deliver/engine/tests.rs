@@ -31,6 +31,7 @@ struct FakeEntry {
     pending: Vec<usize>,
     attempts: u32,
     delay_warned: Option<SystemTime>,
+    linkable: Option<Linkable>,
 }
 
 #[derive(Default)]
@@ -69,6 +70,7 @@ impl FakeQueue {
                 pending: (0..rcpts.len()).collect(),
                 attempts: 0,
                 delay_warned: None,
+                linkable: None,
             },
         );
         id
@@ -86,6 +88,7 @@ impl QueueStore for FakeQueue {
             pending: e.pending.clone(),
             attempts: e.attempts,
             delay_warned: e.delay_warned.is_some(),
+            linkable: e.linkable.clone(),
         })
     }
     fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>> {
@@ -958,4 +961,352 @@ fn with_an_executor_the_commit_is_awaited_not_waited_for() {
     assert_eq!(w.queue.removed, vec![id]);
     assert_eq!(count(&w.mail, "alice") + count(&w.mail, "bob"), 2);
     assert_eq!(exec.in_flight(), 0);
+}
+
+/// The engine on the real spool (`SpoolStore`), both on one file system: entries in the
+/// Maildir form ("link-1") are linked into the Maildir, not copied.
+mod linked {
+    use super::*;
+    use crate::deliver::store::SpoolStore;
+    use crate::spool::Spool;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::PathBuf;
+
+    const DATA: &[u8] = b"Received: from x\r\nSubject: hi\r\n\r\nline one\r\na\r\r\nbare\rcr\r\n";
+
+    struct Real {
+        w: World,
+        spool_dir: PathBuf,
+        spool: Spool,
+    }
+
+    fn real() -> Real {
+        let w = world(ALIASES, Duration::from_secs(3600));
+        let spool_dir = w._tmp.path().join("spool");
+        let (spool, ids) = Spool::open(&spool_dir).unwrap();
+        assert!(ids.is_empty());
+        Real {
+            w,
+            spool_dir,
+            spool,
+        }
+    }
+
+    fn env(rcpts: &[&str]) -> Envelope {
+        Envelope {
+            sender: "s@example.org".into(),
+            recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: "client".into(),
+            arrival: SystemTime::now(),
+            smtputf8: false,
+            body: BodyType::SevenBit,
+            pickup: None,
+        }
+    }
+
+    fn files(mail: &Path, user: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = ["new", "cur"]
+            .iter()
+            .flat_map(|sub| {
+                fs::read_dir(mail.join(user).join(sub))
+                    .into_iter()
+                    .flatten()
+            })
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    impl Real {
+        fn queue(&mut self, rcpts: &[&str], maildir_form: bool) -> QueueId {
+            let mut inc = self.spool.begin_with(&env(rcpts), maildir_form).unwrap();
+            // In pieces, so a CR LF is split across two appends.
+            for piece in DATA.chunks(7) {
+                self.spool.append(&mut inc, piece);
+            }
+            self.spool.commit_one(inc).unwrap()
+        }
+
+        fn run(&mut self) -> usize {
+            let mut store = SpoolStore::new(&mut self.spool);
+            self.w.engine.run(
+                8,
+                &mut store,
+                &self.w.dir,
+                Instant::now(),
+                SystemTime::now(),
+            )
+        }
+
+        /// A crash and a restart: the spool opened again, a new engine with every entry
+        /// recovered.
+        fn restart(&mut self) {
+            let (spool, ids) = Spool::open(&self.spool_dir).unwrap();
+            self.spool = spool;
+            let host = self.w.engine.policy.hostname.clone();
+            self.w.engine = Engine::new(
+                Maildirs::new(&self.w.mail, &host),
+                DeliveryPolicy {
+                    hostname: host,
+                    retry_min: Duration::from_secs(60),
+                    retry_max: Duration::from_secs(3600),
+                    queue_lifetime: Duration::from_secs(3600),
+                    delay_warning: Duration::ZERO,
+                },
+            );
+            for id in ids {
+                self.w.engine.recovered(id);
+            }
+        }
+
+        fn queue_file(&self, id: &QueueId) -> PathBuf {
+            self.spool_dir.join("queue").join(&id.0)
+        }
+    }
+
+    /// The Maildir name without its unique part: `,S=…,W=…`.
+    fn sizes(p: &Path) -> String {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        name[name.find(',').unwrap()..].to_string()
+    }
+
+    #[test]
+    fn the_queued_file_becomes_the_maildir_file_with_the_bytes_and_name_of_a_copy() {
+        let mut r = real();
+        let linked = r.queue(&["alice@example.test"], true);
+        let copied = r.queue(&["alice@example.test"], false);
+        let queued = r.queue_file(&linked);
+        let inode = fs::metadata(&queued).unwrap().ino();
+        for id in [&linked, &copied] {
+            r.w.engine.schedule.due_now(id.clone());
+        }
+        assert_eq!(r.run(), 2);
+        let got = files(&r.w.mail, "alice");
+        assert_eq!(got.len(), 2, "{got:?}");
+        let (a, b) = (fs::read(&got[0]).unwrap(), fs::read(&got[1]).unwrap());
+        assert_eq!(a, b, "a link holds exactly the bytes of a copy");
+        assert!(a.starts_with(b"Return-Path: <s@example.org>\nDelivered-To: alice@example.test\nReceived: from x\nSubject: hi\n\nline one\na\r\nbare\rcr\n"));
+        assert_eq!(sizes(&got[0]), sizes(&got[1]), "same S= and W=");
+        let by_link: Vec<&PathBuf> = got
+            .iter()
+            .filter(|p| fs::metadata(p).unwrap().ino() == inode)
+            .collect();
+        assert_eq!(
+            by_link.len(),
+            1,
+            "the Maildir form entry was linked, not copied"
+        );
+        assert_eq!(
+            fs::metadata(by_link[0]).unwrap().nlink(),
+            1,
+            "its queue name is gone"
+        );
+        assert!(!queued.exists());
+        assert!(r.spool.ids().unwrap().is_empty());
+        // Its inode was not taken for reuse: the next message does not overwrite the mail.
+        let next = r.queue(&["bob@example.test"], true);
+        assert_ne!(fs::metadata(r.queue_file(&next)).unwrap().ino(), inode);
+        assert_eq!(fs::read(by_link[0]).unwrap(), a);
+    }
+
+    /// Through each disk executor: a batch of links only has no data sync to wait for, just
+    /// the sync of `new/`, and the entry is removed after it.
+    #[test]
+    fn through_the_executor_a_linked_batch_waits_only_for_the_directory_sync() {
+        use crate::exec::{Executor, Helper, Inline, Uring};
+        let mut execs = vec![
+            Executor::Inline(Inline::new()),
+            Executor::Helper(Helper::spawn().unwrap()),
+        ];
+        if let Ok(ring) = Uring::ring() {
+            execs.push(Executor::Uring(Box::new(Uring::new(
+                ring,
+                Helper::spawn().unwrap(),
+            ))));
+        }
+        for mut exec in execs {
+            let mut r = real();
+            let id = r.queue(&["alice@example.test"], true);
+            let inode = fs::metadata(r.queue_file(&id)).unwrap().ino();
+            r.w.engine.schedule.due_now(id.clone());
+            let now = Instant::now();
+            let far = now + Duration::from_secs(3600);
+            let mut rounds = 0;
+            loop {
+                let mut store = SpoolStore::new(&mut r.spool);
+                r.w.engine.work(
+                    8,
+                    &mut store,
+                    &r.w.dir,
+                    now,
+                    SystemTime::now(),
+                    far,
+                    Some(&mut exec),
+                );
+                if !r.w.engine.busy() {
+                    break;
+                }
+                // Linked already, not yet durable: the entry is still queued.
+                assert_eq!(files(&r.w.mail, "alice").len(), 1);
+                assert!(r.queue_file(&id).exists());
+                let mut done = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while done.is_empty() && Instant::now() < deadline {
+                    exec.drain(&mut done);
+                }
+                assert_eq!(done.len(), 1, "one sync: new/");
+                for c in done {
+                    r.w.engine.complete(c);
+                }
+                rounds += 1;
+                assert!(rounds <= 1);
+            }
+            let got = files(&r.w.mail, "alice");
+            assert_eq!(got.len(), 1);
+            let md = fs::metadata(&got[0]).unwrap();
+            assert_eq!((md.ino(), md.nlink()), (inode, 1));
+            assert!(r.spool.ids().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn links_and_copies_commit_together_with_syncfs_too() {
+        let mut r = real();
+        r.w.engine
+            .set_sync_mode(crate::durable::SyncMode::Filesystem);
+        let ids = [
+            r.queue(&["alice@example.test"], true),
+            r.queue(&["alice@example.test"], false),
+            r.queue(&["bob@example.test"], true),
+        ];
+        for id in &ids {
+            r.w.engine.schedule.due_now(id.clone());
+        }
+        assert_eq!(r.run(), 3);
+        assert_eq!(files(&r.w.mail, "alice").len(), 2);
+        assert_eq!(files(&r.w.mail, "bob").len(), 1);
+        assert!(r.spool.ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_entry_read_back_after_a_restart_is_linked_under_the_same_name() {
+        let mut r = real();
+        let id = r.queue(&["alice@example.test"], true);
+        // Delivered now (sizes known from the writing) and, the same entry, after a restart
+        // (sizes counted from the file): one name.
+        r.w.engine.schedule.due_now(id.clone());
+        assert_eq!(r.run(), 1);
+        let first = files(&r.w.mail, "alice");
+        fs::remove_file(&first[0]).unwrap();
+        let id2 = r.queue(&["alice@example.test"], true);
+        r.restart();
+        assert_eq!(r.run(), 1);
+        let second = files(&r.w.mail, "alice");
+        assert_eq!(second.len(), 1);
+        assert_eq!(sizes(&first[0]), sizes(&second[0]));
+        let _ = id2;
+    }
+
+    #[test]
+    fn a_crash_at_every_point_of_a_linked_delivery_delivers_exactly_once() {
+        // 0: committed, nothing attempted. 1: linked into new/, the queue name still there
+        // (the crash came before the removal, or a power cut undid it). 2: removed.
+        for point in 0..3 {
+            let mut r = real();
+            let id = r.queue(&["alice@example.test"], true);
+            let queued = r.queue_file(&id);
+            if point > 0 {
+                r.w.engine.schedule.due_now(id.clone());
+                assert_eq!(r.run(), 1);
+                let got = files(&r.w.mail, "alice");
+                assert_eq!(got.len(), 1);
+                if point == 1 {
+                    // The state before the removal: both names on one inode.
+                    fs::hard_link(&got[0], &queued).unwrap();
+                }
+            }
+            r.restart();
+            r.run();
+            let got = files(&r.w.mail, "alice");
+            assert_eq!(got.len(), 1, "point {point}: exactly one copy");
+            let md = fs::metadata(&got[0]).unwrap();
+            assert_eq!(md.nlink(), 1, "point {point}");
+            assert!(!queued.exists(), "point {point}");
+            let text = fs::read(&got[0]).unwrap();
+            assert!(
+                text.ends_with(b"line one\na\r\nbare\rcr\n"),
+                "point {point}"
+            );
+            assert!(r.spool.ids().unwrap().is_empty(), "point {point}");
+        }
+    }
+
+    #[test]
+    fn a_link_that_fails_falls_back_to_a_copy_and_a_deferral_keeps_the_form() {
+        let mut r = real();
+        let id = r.queue(&["alice@example.test"], true);
+        // alice's Maildir cannot be made: the link fails, the copy too, the entry is deferred
+        // (its state recorded beside the Maildir form file).
+        fs::create_dir_all(&r.w.mail).unwrap();
+        fs::write(r.w.mail.join("alice"), "not a directory").unwrap();
+        r.w.engine.schedule.due_now(id.clone());
+        assert_eq!(r.run(), 1);
+        assert!(
+            r.spool_dir
+                .join("queue")
+                .join(format!("{}.state", id.0))
+                .exists()
+        );
+        let e = r.spool.read_entry(&id).unwrap();
+        assert_eq!(e.attempts, 1);
+        assert!(e.is_maildir_form());
+        // Fixed, after a restart: delivered (by link).
+        fs::remove_file(r.w.mail.join("alice")).unwrap();
+        let inode = fs::metadata(r.queue_file(&id)).unwrap().ino();
+        r.restart();
+        r.run();
+        let got = files(&r.w.mail, "alice");
+        assert_eq!(got.len(), 1);
+        assert_eq!(fs::metadata(&got[0]).unwrap().ino(), inode);
+        assert!(r.spool.ids().unwrap().is_empty());
+        // A link refused (here: the spool file is gone from under a stale entry path) is
+        // copied: the Maildirs' fallback gives None and the copy path writes the same bytes.
+        let mut md = Maildirs::new(&r.w.mail, "h");
+        assert!(
+            md.stage_link(
+                "alice",
+                "1.M1QXH00000000.h",
+                &r.spool_dir.join("queue/NOSUCHFILE"),
+                1,
+                2,
+                SystemTime::now()
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn a_bounce_of_a_maildir_form_entry_quotes_the_message_with_crlf() {
+        let mut r = real();
+        let id = r.queue(&["alice@example.test"], true);
+        let mut store = SpoolStore::new(&mut r.spool);
+        let n =
+            r.w.engine
+                .return_to_sender(&id, &mut store, SystemTime::now())
+                .unwrap();
+        assert_eq!(n, 1);
+        let ids = r.spool.ids().unwrap();
+        assert_eq!(ids.len(), 1, "the entry gone, its bounce queued");
+        let bounce = r.spool.read_entry(&ids[0]).unwrap();
+        assert!(!bounce.is_maildir_form());
+        let mut text = Vec::new();
+        bounce.read_data().unwrap().read_to_end(&mut text).unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("Received: from x\r\nSubject: hi\r\n"),
+            "the original header, with CRLF: {text}"
+        );
+    }
 }
