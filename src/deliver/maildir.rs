@@ -587,13 +587,14 @@ impl Maildirs {
     /// synced files renamed into `new/` (on the reactor: a rename does not wait for the
     /// disk), then each `new/` directory's sync is submitted, and the commit is finished when
     /// those are in. Operations the executor has no room for are submitted at a later turn.
-    /// With `fsync = filesystem` (no syncfs in the executor) it is `commit_step`.
+    /// With `fsync = filesystem` each stage is one `syncfs` per filesystem (the helper
+    /// process makes it: io_uring has none).
     pub fn commit_pump(&mut self, c: &mut Commit, exec: &mut Executor) -> bool {
-        if self.sync_mode != SyncMode::File || !exec.runs_file_ops() {
-            // (Also a commit begun before a reload changed `fsync`: it ends as it goes on; and
-            // one whose helper process died: it ends with blocking calls.)
+        if !exec.runs_file_ops() {
+            // (One whose helper process died ends with blocking calls.)
             c.finish_blocking();
         }
+        let per_filesystem = self.sync_mode == SyncMode::Filesystem;
         if c.blocking {
             return self.commit_step(c);
         }
@@ -611,15 +612,27 @@ impl Maildirs {
                             c.submitted += 1;
                             continue;
                         };
-                        match exec.submit_sync(commit_tag(DATA, i), fd, true) {
+                        if per_filesystem && c.covered_by_syncfs(fd, i) {
+                            c.submitted += 1;
+                            continue;
+                        }
+                        match Self::submit_data_sync(exec, commit_tag(DATA, i), fd, per_filesystem)
+                        {
                             Ok(()) => c.in_flight += 1,
-                            Err(r) if r.reason == Reject::Full => break,
+                            Err(r) if r.reason == Reject::Full => {
+                                // (Asked again next turn: it may not lead twice.)
+                                c.fs_leaders.retain(|&(_, l)| l != i);
+                                break;
+                            }
                             Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
                         }
                         c.submitted += 1;
                     }
                     if c.in_flight > 0 || c.submitted < c.staged.len() {
                         break false;
+                    }
+                    for &(i, leader) in &c.fs_followers {
+                        c.synced[i] = c.synced[leader];
                     }
                     for (s, r) in c.staged.iter().zip(&c.synced) {
                         let r = r.unwrap_or(Err(Errno(libc::EIO)));
@@ -636,20 +649,43 @@ impl Maildirs {
                     if self.commit_step_inner(c) {
                         break true;
                     }
-                    c.submitted = 0;
+                    c.new_stage();
                 }
                 Stage::Dirs => {
                     while c.submitted < c.dirs.len() {
                         let k = c.submitted;
                         let fd = c.dirs[k].0.new.as_file().as_raw_fd();
-                        match exec.submit_sync(commit_tag(DIR, k), fd, false) {
+                        if per_filesystem && c.covered_by_syncfs(fd, k) {
+                            c.submitted += 1;
+                            continue;
+                        }
+                        let tag = commit_tag(DIR, k);
+                        let r = if per_filesystem {
+                            exec.submit_syncfs(tag, fd)
+                        } else {
+                            exec.submit_sync(tag, fd, false)
+                        };
+                        match r {
                             Ok(()) => c.in_flight += 1,
-                            Err(r) if r.reason == Reject::Full => break,
+                            Err(r) if r.reason == Reject::Full => {
+                                c.fs_leaders.retain(|&(_, l)| l != k);
+                                break;
+                            }
                             Err(_) => c.set_dir(k, Err(Errno(libc::EPIPE))),
                         }
                         c.submitted += 1;
                     }
-                    break c.in_flight == 0 && c.submitted >= c.dirs.len();
+                    let done = c.in_flight == 0 && c.submitted >= c.dirs.len();
+                    if done {
+                        for (k, leader) in std::mem::take(&mut c.fs_followers) {
+                            let r = match &c.dirs[leader].1 {
+                                Some(Ok(())) => Ok(()),
+                                _ => Err(Errno(libc::EIO)),
+                            };
+                            c.set_dir(k, r);
+                        }
+                    }
+                    break done;
                 }
             }
         };
@@ -658,6 +694,21 @@ impl Maildirs {
             self.open.clear();
         }
         done
+    }
+
+    /// A staged file's data sync through the executor: `fdatasync`, or with `fsync = filesystem`
+    /// a `syncfs` of its filesystem.
+    fn submit_data_sync(
+        exec: &mut Executor,
+        tag: u64,
+        fd: std::os::fd::RawFd,
+        per_filesystem: bool,
+    ) -> Result<(), crate::exec::Rejected> {
+        if per_filesystem {
+            exec.submit_syncfs(tag, fd)
+        } else {
+            exec.submit_sync(tag, fd, true)
+        }
     }
 
     /// Makes the renames into the next `new/` durable (per file), or all of them (syncfs,
@@ -740,6 +791,11 @@ pub struct Commit {
     submitted: usize,
     in_flight: usize,
     synced: Vec<Option<Result<(), Errno>>>,
+    /// `fsync = filesystem`, through the executor: one `syncfs` per filesystem and stage.
+    /// The files (or directories) that submitted it, by device, and those that share its
+    /// outcome: (follower, leader) indexes of the current stage.
+    fs_leaders: Vec<(u64, usize)>,
+    fs_followers: Vec<(usize, usize)>,
     /// Finished with blocking calls from here on (`finish_blocking`).
     blocking: bool,
 }
@@ -760,8 +816,38 @@ impl Commit {
             submitted: 0,
             in_flight: 0,
             synced: Vec::new(),
+            fs_leaders: Vec::new(),
+            fs_followers: Vec::new(),
             blocking: false,
         }
+    }
+
+    /// With `fsync = filesystem`: whether item `i` (a file or a `new/` of this stage) is on a
+    /// filesystem an earlier item's `syncfs` covers; it then shares that item's outcome. An
+    /// `fstat` (no disk wait); where it fails, the item gets a `syncfs` of its own.
+    fn covered_by_syncfs(&mut self, fd: std::os::fd::RawFd, i: usize) -> bool {
+        // SAFETY: fstat writes only into `st`; `fd` is open while the commit holds it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return false;
+        }
+        let dev = st.st_dev;
+        match self.fs_leaders.iter().find(|(d, _)| *d == dev) {
+            Some(&(_, leader)) => {
+                self.fs_followers.push((i, leader));
+                true
+            }
+            None => {
+                self.fs_leaders.push((dev, i));
+                false
+            }
+        }
+    }
+
+    fn new_stage(&mut self) {
+        self.submitted = 0;
+        self.fs_leaders.clear();
+        self.fs_followers.clear();
     }
 
     /// An executor completion that `owns` says is a commit's. One of another commit (an
@@ -805,6 +891,8 @@ impl Commit {
         }
         self.blocking = true;
         self.in_flight = 0;
+        self.fs_leaders.clear();
+        self.fs_followers.clear();
         match self.stage {
             Stage::Data => {
                 self.next = 0;
@@ -1547,18 +1635,54 @@ mod tests {
         assert!(!crate::mailbox::job::owns(commit_tag(DIR, 3)));
     }
 
+    /// `fsync = filesystem`: one syncfs per filesystem in each stage, in the executor (two
+    /// Maildirs on one filesystem: one for the three files' data, one for both `new/`); a
+    /// failed one fails every file it covered.
     #[test]
-    fn with_fsync_filesystem_the_commit_is_blocking_and_submits_nothing() {
+    fn with_fsync_filesystem_one_syncfs_per_filesystem_and_stage_in_the_executor() {
         let root = tempfile::tempdir().unwrap();
         let mut m = Maildirs::new(root.path(), "h");
         m.set_sync_mode(SyncMode::Filesystem);
-        let staged = vec![stage_for(&mut m, "u"), stage_for(&mut m, "v")];
+        let staged = vec![
+            stage_for(&mut m, "u"),
+            stage_for(&mut m, "v"),
+            stage_for(&mut m, "u"),
+        ];
         let mut exec = Executor::Inline(Inline::new());
         let mut c = Commit::new(staged);
-        while !m.commit_pump(&mut c, &mut exec) {
-            assert!(!c.waiting());
+        assert!(!m.commit_pump(&mut c, &mut exec));
+        assert!(c.waiting());
+        let data = drain(&mut exec);
+        assert_eq!(data.len(), 1, "one syncfs covers the three files");
+        for d in data {
+            c.complete(d.tag, d.result);
         }
-        assert_eq!(exec.in_flight(), 0, "no syncfs in the executor");
-        assert_eq!(c.outcomes(), vec![Outcome::Delivered; 2]);
+        assert!(!m.commit_pump(&mut c, &mut exec));
+        assert_eq!((in_new(root.path(), "u"), in_new(root.path(), "v")), (2, 1));
+        let dirs = drain(&mut exec);
+        assert_eq!(dirs.len(), 1, "one syncfs covers both new/");
+        assert!(
+            c.waiting(),
+            "not delivered before the directories are durable"
+        );
+        for d in dirs {
+            c.complete(d.tag, d.result);
+        }
+        assert!(m.commit_pump(&mut c, &mut exec));
+        assert_eq!(c.outcomes(), vec![Outcome::Delivered; 3]);
+
+        // A failed data syncfs: every file it covered fails, none reaches new/.
+        let staged = vec![stage_for(&mut m, "w"), stage_for(&mut m, "x")];
+        let outcomes = pump_commit(
+            &mut m,
+            staged,
+            |_| {},
+            |kind, _| (kind == DATA).then_some(Errno(libc::EIO)),
+        );
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Outcome::Temporary(_))),
+            "{outcomes:?}"
+        );
+        assert_eq!(in_new(root.path(), "w") + in_new(root.path(), "x"), 0);
     }
 }

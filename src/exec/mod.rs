@@ -356,6 +356,11 @@ impl Executor {
         self.submit_own(tag, op)
     }
 
+    /// `syncfs` of the filesystem a descriptor the caller owns is on (`fsync = filesystem`).
+    pub fn submit_syncfs(&mut self, tag: u64, fd: RawFd) -> Result<(), Rejected> {
+        self.submit_own(tag, DiskOp::Syncfs { file: Handle(fd) })
+    }
+
     /// Moves every completion that has arrived into `out` without blocking, and sends what
     /// was waiting for room on the helper socket. Call it on every event for the token.
     pub fn drain(&mut self, out: &mut Vec<Completion>) {

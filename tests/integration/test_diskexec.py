@@ -1,0 +1,58 @@
+"""The disk executor takes the waits for the disk off the reactor (issue 11): with
+`fsync = filesystem` every syncfs, of the spool's group commit and of the Maildir commit, is
+made by the helper process (io_uring has no syncfs), never by the daemon itself."""
+import os
+import re
+import signal
+import smtplib
+import time
+
+from test_smtp import maildir_messages, wait_maildir, wait_queue_empty
+
+STRACE_SYNCFS = ("strace", "-f", "-qq", "-o", None, "-e", "trace=syncfs")
+
+
+def daemon_pid(s):
+    """The daemon under strace: strace's child (the test started strace)."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        kids = open(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read().split()
+        if kids:
+            return int(kids[0])
+        time.sleep(0.02)
+    raise AssertionError("no daemon under strace")
+
+
+def children(pid):
+    return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+
+
+def test_with_fsync_filesystem_every_syncfs_is_made_by_the_helper(server_factory, tmp_path):
+    trace = tmp_path / "syncfs.trace"
+    prefix = tuple(str(trace) if a is None else a for a in STRACE_SYNCFS)
+    s = server_factory(fsync="filesystem").start(prefix=prefix)
+    daemon = daemon_pid(s)
+    helper = children(daemon)
+    assert len(helper) == 1, helper
+    with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as c:
+        for n in range(5):
+            # One recipient: queued in its Maildir form and linked.
+            c.sendmail("a@example.test", ["alice@example.test"], f"Subject: {n}\r\n\r\nbody {n}\r\n")
+        # Two: the envelope form, copied into each Maildir.
+        c.sendmail("a@example.test", ["alice@example.test", "bob@example.test"],
+                   "Subject: both\r\n\r\nto both\r\n")
+    wait_maildir(s, "alice", 6)
+    wait_maildir(s, "bob", 1)
+    wait_queue_empty(s)
+    os.kill(daemon, signal.SIGTERM)
+    assert s.proc.wait(20) == 0
+    calls = [l for l in trace.read_text().splitlines() if "syncfs(" in l]
+    by_pid = {}
+    for line in calls:
+        m = re.match(r"(\d+) +syncfs\(", line)
+        assert m, line
+        by_pid[int(m.group(1))] = by_pid.get(int(m.group(1)), 0) + 1
+    assert daemon not in by_pid, f"the daemon made syncfs itself: {calls}"
+    # At least the spool's two stages and the Maildir commit's two, in the helper.
+    assert by_pid.get(helper[0], 0) >= 4, calls
+    assert len(maildir_messages(s, "alice")) == 6
