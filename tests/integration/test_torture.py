@@ -51,8 +51,11 @@ RECEIVED_ID_RE = re.compile(rb"\(postling\) with \S+ id ([0-9A-Z]+)")
 # ---- process readings ------------------------------------------------------------------------
 
 def rss_kib(server):
-    """The server's resident set size in KiB (VmRSS)."""
-    return int(server.status("VmRSS").split()[0])
+    """The server's anonymous resident memory in KiB (RssAnon: heap, buffers, stacks), what
+    connections cost. Not VmRSS: that also counts the binary's code pages, which the server
+    unmaps whenever it comes to rest and maps again as the next burst runs (`daemon::pages`),
+    so an idle baseline would be smaller than the code alone that a burst brings back."""
+    return int(server.status("RssAnon").split()[0])
 
 
 def raise_nofile(wanted):
