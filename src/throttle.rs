@@ -1,6 +1,6 @@
-//! Budgets per client address, kept across connections: failed logins (`Throttle`, shared by
-//! POP3, POP2 and later SMTP AUTH) and refused SMTP recipients (`RcptBudget`, against address
-//! harvesting). Both live in the reactor's services, never in a session, because an attacker
+//! Budgets per client address, kept across connections: failed logins and login attempts of
+//! any outcome (`Throttle`, shared by POP3, POP2 and SMTP AUTH) and refused SMTP recipients
+//! (`RcptBudget`, against address harvesting). Both live in the reactor's services, never in a session, because an attacker
 //! simply reconnects.
 //!
 //! A client is its IPv4 address, or the /64 prefix of its IPv6 address (one subscriber's
@@ -156,9 +156,14 @@ impl Buckets {
     }
 }
 
-/// Failed logins per client, for every protocol that takes a password.
+/// Failed logins per client, and login attempts whatever their outcome, for every protocol
+/// that takes a password. The attempt budget is what bounds a client looping logins that
+/// cost no hash (a remembered right password against an `[IN-USE]` mailbox, or a login and
+/// QUIT loop): each costs the reactor a turn and a mailbox lock, and only failures would
+/// otherwise be counted.
 pub struct Throttle {
     failures: Buckets,
+    attempts: Buckets,
 }
 
 impl Default for Throttle {
@@ -169,8 +174,32 @@ impl Default for Throttle {
                 limits::AUTH_THROTTLE_INTERVAL,
                 limits::AUTH_THROTTLE_TABLE,
             ),
+            attempts: Buckets::new(
+                limits::AUTH_ATTEMPTS_PER_CLIENT,
+                limits::AUTH_ATTEMPTS_INTERVAL,
+                limits::AUTH_ATTEMPTS_TABLE,
+            ),
         }
     }
+}
+
+/// Why `Throttle::admit` refused a login attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many failed logins (`AUTH_THROTTLE_FAILURES`).
+    Failures,
+    /// Too many attempts of any outcome (`AUTH_ATTEMPTS_PER_CLIENT`).
+    Attempts,
+}
+
+/// What `Throttle::admit` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Go on and check the credentials (the attempt is counted); `now_limited`: this attempt
+    /// spent the client's attempt budget, so its next ones are refused (log it once).
+    Check { now_limited: bool },
+    /// Refused without a check.
+    Refused(Refusal),
 }
 
 /// What `Throttle::login` decided.
@@ -218,6 +247,23 @@ impl Throttle {
         self.failures.over_with(ClientKey::from(ip), now, in_flight)
     }
 
+    /// A login attempt from `ip` (any protocol, before any check): refused while the client
+    /// is over its failure budget (its `in_flight` checks counted as failures, see `refuses`)
+    /// or its attempt budget; otherwise counted as an attempt and admitted. A refused attempt
+    /// is not counted, so a client that goes on regardless gets one attempt each interval.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant, in_flight: u32) -> Admission {
+        let key = ClientKey::from(ip);
+        if self.failures.over_with(key, now, in_flight) {
+            return Admission::Refused(Refusal::Failures);
+        }
+        if self.attempts.over(key, now) {
+            return Admission::Refused(Refusal::Attempts);
+        }
+        Admission::Check {
+            now_limited: self.attempts.record(key, now),
+        }
+    }
+
     /// Second half, for a failed check: counts it; true when that put the client over its
     /// budget (log it once). A success is not reported: it changes nothing.
     pub fn failed(&mut self, ip: IpAddr, now: Instant) -> bool {
@@ -227,6 +273,7 @@ impl Throttle {
     /// At rest: forget the clients whose failures have drained.
     pub fn forget_drained(&mut self, now: Instant) {
         self.failures.forget_drained(now);
+        self.attempts.forget_drained(now);
     }
 }
 
@@ -306,6 +353,58 @@ mod tests {
         let t1 = t0 + limits::AUTH_THROTTLE_INTERVAL;
         assert!(!t.refuses(ip, t1, 0));
         assert!(t.refuses(ip, t1, 1), "but not two at once");
+    }
+
+    #[test]
+    fn every_attempt_counts_against_the_attempt_budget() {
+        let mut t = Throttle::default();
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let budget = limits::AUTH_ATTEMPTS_PER_CLIENT;
+        // Attempts with no failure at all (right passwords, [IN-USE] answers): admitted up to
+        // the budget, the last one reported, then refused without a check.
+        for i in 0..budget {
+            assert_eq!(
+                t.admit(ip, t0, 0),
+                Admission::Check {
+                    now_limited: i == budget - 1
+                }
+            );
+        }
+        assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Attempts));
+        assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Attempts));
+        // Refusals are not counted: one interval later one more attempt is admitted.
+        let t1 = t0 + limits::AUTH_ATTEMPTS_INTERVAL;
+        assert_eq!(t.admit(ip, t1, 0), Admission::Check { now_limited: false });
+        assert_eq!(t.admit(ip, t1, 0), Admission::Refused(Refusal::Attempts));
+        // Another client, and the same client once drained, have their whole budget.
+        assert!(matches!(
+            t.admit(v4("10.0.0.1"), t1, 0),
+            Admission::Check { .. }
+        ));
+        let t2 = t1 + limits::AUTH_ATTEMPTS_INTERVAL * budget;
+        t.forget_drained(t2);
+        for _ in 0..budget {
+            assert!(matches!(t.admit(ip, t2, 0), Admission::Check { .. }));
+        }
+    }
+
+    #[test]
+    fn admit_refuses_for_failures_first_counting_checks_in_flight() {
+        let mut t = Throttle::default();
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let budget = limits::AUTH_THROTTLE_FAILURES;
+        assert_eq!(
+            t.admit(ip, t0, budget),
+            Admission::Refused(Refusal::Failures),
+            "checks still running count as failures"
+        );
+        for _ in 0..budget {
+            assert!(matches!(t.admit(ip, t0, 0), Admission::Check { .. }));
+            t.failed(ip, t0);
+        }
+        assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Failures));
     }
 
     #[test]

@@ -410,8 +410,10 @@ pub static KEYS: &[KeySpec] = &[
         form: "a duration of at least 1s: a whole number with s, m, h or d (a plain number is \
                seconds)",
         meaning: "How long a wrong password waits for its `-ERR`; an unknown user waits the \
-                  same. Other clients are served meanwhile. Not below 1s, which keeps password \
-                  guessing slow.",
+                  same, and so do a right password for a POP mailbox in use (`[IN-USE]`) and a \
+                  login refused because its address made too many failed logins or too many \
+                  logins. Other clients are served meanwhile. Not below 1s, which keeps \
+                  password guessing slow and login loops cheap.",
         apply: set_auth_failure_delay,
     },
     KeySpec {
