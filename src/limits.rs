@@ -25,6 +25,11 @@ pub const REPLY_RESERVE: usize = 1024;
 /// finds a complete unit or treats the bytes as an over-long line. Keeps a full input buffer
 /// from stalling a connection.
 pub const MAX_UNIT: usize = 2048;
+/// Socket reads and writes one connection makes in one turn before the others get theirs
+/// (the rest waits for the next turn, which does not wait for the poll): at most 32 × 16 KiB
+/// copied, well under a millisecond, so a client sending DATA or reading a long RETR as fast
+/// as loopback allows cannot hold up everyone else's replies.
+pub const IO_PER_DRIVE: usize = 32;
 
 /// Unconsumed input (a partial command line) of up to this many bytes is kept inside the
 /// connection and its input buffer returned to the pool: a slow or idle client holds no

@@ -425,3 +425,31 @@ def test_logins_over_the_attempt_budget_are_refused_slowly_without_a_check(serve
     c, r = login(s, user="bob", pw="bob-pw", source="127.0.4.2")
     assert r.startswith("+OK maildrop has"), r
     c.close()
+
+
+def test_a_fast_reader_of_a_long_retr_waits_its_turn_between_budgets(server_factory):
+    """One connection's socket reads and writes per turn are bounded (limits::IO_PER_DRIVE):
+    a client reading a 20 MiB RETR as fast as loopback allows is moved on in pieces, each
+    turn after the other connections' events, and gets every byte."""
+    from pathlib import Path
+    s = server_factory().start()  # log_level debug: the deferrals are logged
+    d = Path(s.settings["mailbox_dir"]) / "bob"
+    for sub in ("tmp", "new", "cur"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    line = b"x" * 1022 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (20 * 1024)
+    (d / "new" / "1700000000.M1P1.big").write_bytes(body)
+    c, r = login(s, user="bob", pw="bob-pw")
+    assert r.startswith("+OK maildrop has 1 messages"), r
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    c.sendall(b"RETR 1\r\n")
+    got = bytearray()
+    while not got.endswith(b"\r\n.\r\n"):
+        chunk = c.recv(1024 * 1024)
+        assert chunk, "closed mid-message"
+        got += chunk
+    assert got.startswith(b"+OK"), bytes(got[:80])
+    assert got[got.index(b"\r\n") + 2:-3] == body
+    assert say(c, "QUIT").startswith("+OK")
+    c.close()
+    assert "the turn's I/O budget is spent; going on next turn" in s.log()
