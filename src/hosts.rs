@@ -179,7 +179,7 @@ impl Services {
             hostname: config.hostname.clone(),
             mailboxes: HashMap::new(),
             mailbox_jobs: Jobs::new(),
-            throttle: Throttle::default(),
+            throttle: Throttle::new(config.login_attempts_per_client),
             checks_in_flight: HashMap::new(),
             auth_cache: AuthCache::new(),
             users_reloads_seen: 0,
@@ -247,10 +247,9 @@ impl Services {
         let (verdict, why) = match self.throttle.admit(ip, now, running) {
             Admission::Check { now_limited } => {
                 if now_limited {
+                    let n = self.throttle.attempt_budget();
                     warn!(
-                        "throttle: {proto}: {key} made {} login attempts; its logins are refused (after auth_failure_delay, without a check) until the count drains (one more each {}s)",
-                        limits::AUTH_ATTEMPTS_PER_CLIENT,
-                        limits::AUTH_ATTEMPTS_INTERVAL.as_secs()
+                        "throttle: {proto}: {key} made {n} logins; its logins are refused (after auth_failure_delay, without a check) until the count drains ({n} a minute; login_attempts_per_client)"
                     );
                 }
                 (None, "")
@@ -429,6 +428,8 @@ impl Services {
             self.drop_cache_if_users_changed();
         }
         self.engine.set_policy(policy(config));
+        self.throttle
+            .set_attempt_budget(config.login_attempts_per_client);
         if let Some(o) = self.outbound.as_mut() {
             o.set_settings(crate::outbound::OutboundSettings::from_config(config));
         }

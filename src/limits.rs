@@ -229,14 +229,17 @@ pub const AUTH_THROTTLE_INTERVAL: Duration = Duration::from_secs(3 * 60);
 /// Clients remembered by the login throttle (about 40 octets each); the ones closest to
 /// draining are forgotten first.
 pub const AUTH_THROTTLE_TABLE: usize = 1024;
-/// Login attempts per client (right, wrong or against an `[IN-USE]` mailbox; every protocol)
-/// before its logins are refused without a check, each after `auth_failure_delay`: 30 at once,
-/// then one each interval. A household or office behind one address polling a few dozen
-/// accounts every minute stays under it; a client looping logins (about 20,000 a second
-/// against an `[IN-USE]` mailbox before this budget) does not.
-pub const AUTH_ATTEMPTS_PER_CLIENT: u32 = 30;
-/// The attempt count drains by one each interval: 30 attempts a minute go on for ever.
-pub const AUTH_ATTEMPTS_INTERVAL: Duration = Duration::from_secs(2);
+/// Default login attempts per client (right, wrong or against an `[IN-USE]` mailbox; every
+/// protocol) at once and then per minute, before its logins are refused without a check, each
+/// after `auth_failure_delay` (config `login_attempts_per_client`). A household or office
+/// behind one address polling a few dozen accounts every minute stays under it; a client
+/// looping logins (about 20,000 a second against an `[IN-USE]` mailbox before this budget)
+/// does not.
+pub const AUTH_ATTEMPTS_PER_CLIENT_DEFAULT: u32 = 30;
+/// The most `login_attempts_per_client` may say: beyond it the limit is no limit (use 0).
+pub const AUTH_ATTEMPTS_PER_CLIENT_MAX: usize = 100_000;
+/// The attempt count drains by the budget each window (one every window ÷ budget).
+pub const AUTH_ATTEMPTS_WINDOW: Duration = Duration::from_secs(60);
 /// Clients remembered by the attempt budget (about 40 octets each).
 pub const AUTH_ATTEMPTS_TABLE: usize = 1024;
 /// How long a successful password check is remembered (`auth::cache`): clients that log in

@@ -163,24 +163,25 @@ impl Buckets {
 /// otherwise be counted.
 pub struct Throttle {
     failures: Buckets,
-    attempts: Buckets,
+    /// None: `login_attempts_per_client = 0`, no attempt budget.
+    attempts: Option<Buckets>,
 }
 
 impl Default for Throttle {
     fn default() -> Throttle {
-        Throttle {
-            failures: Buckets::new(
-                limits::AUTH_THROTTLE_FAILURES,
-                limits::AUTH_THROTTLE_INTERVAL,
-                limits::AUTH_THROTTLE_TABLE,
-            ),
-            attempts: Buckets::new(
-                limits::AUTH_ATTEMPTS_PER_CLIENT,
-                limits::AUTH_ATTEMPTS_INTERVAL,
-                limits::AUTH_ATTEMPTS_TABLE,
-            ),
-        }
+        Throttle::new(limits::AUTH_ATTEMPTS_PER_CLIENT_DEFAULT)
     }
+}
+
+/// The attempt budget for `per_minute` attempts at once and then per minute (0: none).
+fn attempt_buckets(per_minute: u32) -> Option<Buckets> {
+    (per_minute > 0).then(|| {
+        Buckets::new(
+            per_minute,
+            limits::AUTH_ATTEMPTS_WINDOW / per_minute,
+            limits::AUTH_ATTEMPTS_TABLE,
+        )
+    })
 }
 
 /// Why `Throttle::admit` refused a login attempt.
@@ -211,6 +212,31 @@ pub struct LoginOutcome {
 }
 
 impl Throttle {
+    /// The failed-login budget of `limits`, and an attempt budget of `attempts_per_minute`
+    /// (config `login_attempts_per_client`; 0: none).
+    pub fn new(attempts_per_minute: u32) -> Throttle {
+        Throttle {
+            failures: Buckets::new(
+                limits::AUTH_THROTTLE_FAILURES,
+                limits::AUTH_THROTTLE_INTERVAL,
+                limits::AUTH_THROTTLE_TABLE,
+            ),
+            attempts: attempt_buckets(attempts_per_minute),
+        }
+    }
+
+    /// A changed `login_attempts_per_client` (SIGHUP): the attempt counts start again.
+    pub fn set_attempt_budget(&mut self, per_minute: u32) {
+        if self.attempt_budget() != per_minute {
+            self.attempts = attempt_buckets(per_minute);
+        }
+    }
+
+    /// Attempts at once and per minute (0: no attempt budget).
+    pub fn attempt_budget(&self) -> u32 {
+        self.attempts.as_ref().map_or(0, |b| b.budget)
+    }
+
     /// One login attempt from `ip`: refused (`Throttled`) without calling `check` while the
     /// client is over its budget; otherwise `check` verifies the credentials (returning the
     /// canonical user name when they are good) and a failure is counted. A success changes
@@ -256,11 +282,14 @@ impl Throttle {
         if self.failures.over_with(key, now, in_flight) {
             return Admission::Refused(Refusal::Failures);
         }
-        if self.attempts.over(key, now) {
+        let Some(attempts) = self.attempts.as_mut() else {
+            return Admission::Check { now_limited: false };
+        };
+        if attempts.over(key, now) {
             return Admission::Refused(Refusal::Attempts);
         }
         Admission::Check {
-            now_limited: self.attempts.record(key, now),
+            now_limited: attempts.record(key, now),
         }
     }
 
@@ -273,7 +302,9 @@ impl Throttle {
     /// At rest: forget the clients whose failures have drained.
     pub fn forget_drained(&mut self, now: Instant) {
         self.failures.forget_drained(now);
-        self.attempts.forget_drained(now);
+        if let Some(a) = self.attempts.as_mut() {
+            a.forget_drained(now);
+        }
     }
 }
 
@@ -360,7 +391,8 @@ mod tests {
         let mut t = Throttle::default();
         let ip = v4("127.0.0.1");
         let t0 = Instant::now();
-        let budget = limits::AUTH_ATTEMPTS_PER_CLIENT;
+        let budget = limits::AUTH_ATTEMPTS_PER_CLIENT_DEFAULT;
+        let interval = limits::AUTH_ATTEMPTS_WINDOW / budget;
         // Attempts with no failure at all (right passwords, [IN-USE] answers): admitted up to
         // the budget, the last one reported, then refused without a check.
         for i in 0..budget {
@@ -374,7 +406,7 @@ mod tests {
         assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Attempts));
         assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Attempts));
         // Refusals are not counted: one interval later one more attempt is admitted.
-        let t1 = t0 + limits::AUTH_ATTEMPTS_INTERVAL;
+        let t1 = t0 + interval;
         assert_eq!(t.admit(ip, t1, 0), Admission::Check { now_limited: false });
         assert_eq!(t.admit(ip, t1, 0), Admission::Refused(Refusal::Attempts));
         // Another client, and the same client once drained, have their whole budget.
@@ -382,11 +414,38 @@ mod tests {
             t.admit(v4("10.0.0.1"), t1, 0),
             Admission::Check { .. }
         ));
-        let t2 = t1 + limits::AUTH_ATTEMPTS_INTERVAL * budget;
+        let t2 = t1 + interval * budget;
         t.forget_drained(t2);
         for _ in 0..budget {
             assert!(matches!(t.admit(ip, t2, 0), Admission::Check { .. }));
         }
+    }
+
+    #[test]
+    fn the_attempt_budget_follows_the_config_and_zero_turns_it_off() {
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let mut t = Throttle::new(3);
+        for _ in 0..3 {
+            assert!(matches!(t.admit(ip, t0, 0), Admission::Check { .. }));
+        }
+        assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Attempts));
+        // 3 a minute: one more 20 s later.
+        let t1 = t0 + Duration::from_secs(20);
+        assert!(matches!(t.admit(ip, t1, 0), Admission::Check { .. }));
+        // A reload with the same value keeps the counts; another value starts again.
+        t.set_attempt_budget(3);
+        assert_eq!(t.admit(ip, t1, 0), Admission::Refused(Refusal::Attempts));
+        t.set_attempt_budget(0);
+        assert_eq!(t.attempt_budget(), 0);
+        for _ in 0..1000 {
+            assert_eq!(t.admit(ip, t1, 0), Admission::Check { now_limited: false });
+        }
+        // Failures are still limited without an attempt budget.
+        for _ in 0..limits::AUTH_THROTTLE_FAILURES {
+            t.failed(ip, t1);
+        }
+        assert_eq!(t.admit(ip, t1, 0), Admission::Refused(Refusal::Failures));
     }
 
     #[test]

@@ -417,6 +417,18 @@ pub static KEYS: &[KeySpec] = &[
         apply: set_auth_failure_delay,
     },
     KeySpec {
+        name: "login_attempts_per_client",
+        default: DefaultValue::Text("30"),
+        form: "a whole number from 0 to 100000",
+        meaning: "Logins of any outcome (right or wrong password, `[IN-USE]`) one client \
+                  address (IPv4, or IPv6 /64) may make at once over POP3, POP2 and SMTP AUTH, \
+                  and then each minute. Past it a login is refused without checking the \
+                  password, after `auth_failure_delay`, and the connection closes. Raise it \
+                  for a host that submits mail over many authenticated connections; `0` turns \
+                  the limit off (failed logins are limited all the same).",
+        apply: set_login_attempts_per_client,
+    },
+    KeySpec {
         name: "user",
         default: DefaultValue::Empty,
         form: "a user name (letters, digits, . _ -), or empty",
@@ -878,6 +890,15 @@ fn set_queue_lifetime(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(
 
 fn set_delay_warning_time(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
     c.delay_warning_time = duration_with_zero(v)?;
+    Ok(())
+}
+
+fn set_login_attempts_per_client(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.login_attempts_per_client = count(v, 0, limits::AUTH_ATTEMPTS_PER_CLIENT_MAX)? as u32;
     Ok(())
 }
 

@@ -369,8 +369,8 @@ def test_the_login_cache_forgets_on_a_failure_and_on_a_users_file_reload(server_
     assert hits() == 3
 
 
-# limits::AUTH_ATTEMPTS_PER_CLIENT: login attempts of any outcome per client address at once.
-ATTEMPT_BUDGET = 30
+# login_attempts_per_client for the test below (the default, 30, is in limits.rs).
+ATTEMPT_BUDGET = 5
 
 
 def test_in_use_is_answered_after_the_failure_delay(server_factory):
@@ -399,14 +399,15 @@ def test_logins_over_the_attempt_budget_are_refused_slowly_without_a_check(serve
     """Every login attempt counts against its address, successes too: past the budget the
     next one, right or wrong, gets its own [SYS/TEMP] after the delay, without a password
     check, and is closed; another address is not affected."""
-    s = server_factory(auth_failure_delay="1s", log_level="info").start()
+    s = server_factory(auth_failure_delay="1s", log_level="info",
+                       login_attempts_per_client=str(ATTEMPT_BUDGET)).start()
     src = "127.0.4.1"
     for i in range(ATTEMPT_BUDGET):
         c, r = login(s, user="bob", pw="bob-pw", source=src)
         assert r.startswith("+OK maildrop has"), (i, r)
         assert say(c, "QUIT").startswith("+OK")
         c.close()
-    wait_for(lambda: f"throttle: pop3: {src} made {ATTEMPT_BUDGET} login attempts" in s.log(),
+    wait_for(lambda: f"throttle: pop3: {src} made {ATTEMPT_BUDGET} logins" in s.log(),
              what="the attempt budget's warning")
     for pw in ("bob-pw", "wrong"):
         c = pop_connect(s, source=src)
@@ -425,6 +426,15 @@ def test_logins_over_the_attempt_budget_are_refused_slowly_without_a_check(serve
     c, r = login(s, user="bob", pw="bob-pw", source="127.0.4.2")
     assert r.startswith("+OK maildrop has"), r
     c.close()
+
+
+def test_login_attempts_per_client_0_turns_the_attempt_budget_off(server_factory):
+    s = server_factory(login_attempts_per_client="0").start()
+    for i in range(40):  # above the default of 30
+        c, r = login(s, user="bob", pw="bob-pw", source="127.0.5.1")
+        assert r.startswith("+OK maildrop has"), (i, r)
+        assert say(c, "QUIT").startswith("+OK")
+        c.close()
 
 
 def test_a_fast_reader_of_a_long_retr_waits_its_turn_between_budgets(server_factory):
