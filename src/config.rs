@@ -83,6 +83,8 @@ pub struct Config {
     /// When a still-queued message's sender gets a delay warning; zero: never.
     pub delay_warning_time: Duration,
     pub auth_failure_delay: Duration,
+    /// Logins of any outcome per client at once and per minute (0: no limit); see `throttle`.
+    pub login_attempts_per_client: u32,
     /// Run as this user after binding (empty: stay as started).
     pub user: Option<String>,
     /// The smarthost for all non-local mail; None: deliver by MX.
@@ -210,6 +212,7 @@ impl Config {
             queue_lifetime: limits::QUEUE_LIFETIME_DEFAULT,
             delay_warning_time: limits::DELAY_WARNING_TIME_DEFAULT,
             auth_failure_delay: limits::AUTH_FAILURE_DELAY_DEFAULT,
+            login_attempts_per_client: limits::AUTH_ATTEMPTS_PER_CLIENT_DEFAULT,
             user: None,
             relay_host: None,
             relay_tls: values::RelayTls::Starttls,

@@ -40,7 +40,7 @@ use crate::pickup::{Loaded, Pickup, PickupSettings};
 use crate::proto::smtp::SmtpHost;
 use crate::proto::{AuthRequest, AuthVerdict, MailboxDone, MailboxError, MailboxRequest, PopHost};
 use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
-use crate::throttle::{ClientKey, RcptBudget, Throttle};
+use crate::throttle::{Admission, ClientKey, RcptBudget, Refusal, Throttle};
 
 /// Everything sessions reach through their host traits, and the delivery side of the queue.
 pub struct Services {
@@ -179,7 +179,7 @@ impl Services {
             hostname: config.hostname.clone(),
             mailboxes: HashMap::new(),
             mailbox_jobs: Jobs::new(),
-            throttle: Throttle::default(),
+            throttle: Throttle::new(config.login_attempts_per_client),
             checks_in_flight: HashMap::new(),
             auth_cache: AuthCache::new(),
             users_reloads_seen: 0,
@@ -244,17 +244,36 @@ impl Services {
     ) -> AuthStart {
         let key = ClientKey::from(ip);
         let running = self.checks_in_flight.get(&key).copied().unwrap_or(0);
-        if self.throttle.refuses(ip, now, running) {
+        let (verdict, why) = match self.throttle.admit(ip, now, running) {
+            Admission::Check { now_limited } => {
+                if now_limited {
+                    let n = self.throttle.attempt_budget();
+                    warn!(
+                        "throttle: {proto}: {key} made {n} logins; its logins are refused (after auth_failure_delay, without a check) until the count drains ({n} a minute; login_attempts_per_client)"
+                    );
+                }
+                (None, "")
+            }
+            Admission::Refused(Refusal::Failures) => {
+                (Some(AuthVerdict::Throttled), "too many recent failures")
+            }
+            Admission::Refused(Refusal::Attempts) => {
+                (Some(AuthVerdict::TooManyAttempts), "too many recent logins")
+            }
+        };
+        if let Some(verdict) = verdict {
+            // No check, no hash and no cache lookup: the refusal costs the same for a right
+            // and a wrong password, and the session answers it only after the failure delay.
             events::log_flood(
                 &format!("auth refused: {proto}"),
                 ip,
                 &format!(
-                    "auth refused: {proto} {} from [{ip}] user=<{}>: too many recent failures",
+                    "auth refused: {proto} {} from [{ip}] user=<{}>: {why}",
                     request.mechanism,
                     events::clean(&request.user)
                 ),
             );
-            return AuthStart::Done(AuthVerdict::Throttled);
+            return AuthStart::Done(verdict);
         }
         self.directory_fresh();
         let found = self.directory.credential(&request.user);
@@ -409,6 +428,8 @@ impl Services {
             self.drop_cache_if_users_changed();
         }
         self.engine.set_policy(policy(config));
+        self.throttle
+            .set_attempt_budget(config.login_attempts_per_client);
         if let Some(o) = self.outbound.as_mut() {
             o.set_settings(crate::outbound::OutboundSettings::from_config(config));
         }

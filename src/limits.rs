@@ -25,6 +25,11 @@ pub const REPLY_RESERVE: usize = 1024;
 /// finds a complete unit or treats the bytes as an over-long line. Keeps a full input buffer
 /// from stalling a connection.
 pub const MAX_UNIT: usize = 2048;
+/// Socket reads and writes one connection makes in one turn before the others get theirs
+/// (the rest waits for the next turn, which does not wait for the poll): at most 32 × 16 KiB
+/// copied, well under a millisecond, so a client sending DATA or reading a long RETR as fast
+/// as loopback allows cannot hold up everyone else's replies.
+pub const IO_PER_DRIVE: usize = 32;
 
 /// Unconsumed input (a partial command line) of up to this many bytes is kept inside the
 /// connection and its input buffer returned to the pool: a slow or idle client holds no
@@ -224,6 +229,19 @@ pub const AUTH_THROTTLE_INTERVAL: Duration = Duration::from_secs(3 * 60);
 /// Clients remembered by the login throttle (about 40 octets each); the ones closest to
 /// draining are forgotten first.
 pub const AUTH_THROTTLE_TABLE: usize = 1024;
+/// Default login attempts per client (right, wrong or against an `[IN-USE]` mailbox; every
+/// protocol) at once and then per minute, before its logins are refused without a check, each
+/// after `auth_failure_delay` (config `login_attempts_per_client`). A household or office
+/// behind one address polling a few dozen accounts every minute stays under it; a client
+/// looping logins (about 20,000 a second against an `[IN-USE]` mailbox before this budget)
+/// does not.
+pub const AUTH_ATTEMPTS_PER_CLIENT_DEFAULT: u32 = 30;
+/// The most `login_attempts_per_client` may say: beyond it the limit is no limit (use 0).
+pub const AUTH_ATTEMPTS_PER_CLIENT_MAX: usize = 100_000;
+/// The attempt count drains by the budget each window (one every window ÷ budget).
+pub const AUTH_ATTEMPTS_WINDOW: Duration = Duration::from_secs(60);
+/// Clients remembered by the attempt budget (about 40 octets each).
+pub const AUTH_ATTEMPTS_TABLE: usize = 1024;
 /// How long a successful password check is remembered (`auth::cache`): clients that log in
 /// again and again with a right password (a mail program polling every minute, or a flood
 /// against an `[IN-USE]` mailbox) cost one SHA512-CRYPT per user and password per 30 s, while

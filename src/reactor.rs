@@ -115,6 +115,10 @@ pub struct Reactor {
     /// TLS handshakes in flight (`Conn::handshake_in_flight`); at `max_tls_handshakes` the
     /// implicit-TLS listeners are not accepted from.
     handshakes: usize,
+    /// Connections that spent their turn's I/O (`limits::IO_PER_DRIVE`) with more to do, as
+    /// (slot, id): driven again next turn, after that turn's events, without an event of their
+    /// own (edge-triggered readiness would raise none for bytes already there).
+    again: Vec<(usize, u64)>,
 }
 
 /// A password check in flight, and whom it is for.
@@ -319,6 +323,7 @@ impl Reactor {
             exec: None,
             checks: HashMap::new(),
             handshakes: 0,
+            again: Vec::new(),
         };
         for l in listeners {
             reactor.add_listener(l)?;
@@ -361,6 +366,9 @@ impl Reactor {
             let now = Instant::now();
             crate::daemon::log::flush_floods(now);
             self.services.begin_turn();
+            // Last turn's leftovers go after this turn's events (whose own leftovers wait for
+            // the next turn), so a busy connection takes its turn in line with the others.
+            let again = std::mem::take(&mut self.again);
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.handle_signals(now),
@@ -393,6 +401,16 @@ impl Reactor {
                             l.backlog = true;
                         }
                     }
+                }
+            }
+            for (slot, id) in again {
+                if self
+                    .conns
+                    .get(slot)
+                    .and_then(|c| c.as_ref())
+                    .is_some_and(|c| c.id == id)
+                {
+                    self.drive(slot, now);
                 }
             }
             self.accept_backlogs(now);
@@ -476,6 +494,7 @@ impl Reactor {
         if self.services.commit_runnable()
             || self.services.pickup_pending()
             || self.backlog_waiting()
+            || !self.again.is_empty()
         {
             return Some(Duration::ZERO);
         }
@@ -958,18 +977,30 @@ impl Reactor {
     }
 
     /// Moves bytes and runs the session until nothing more can happen without the network,
-    /// the spool or the clock.
+    /// the spool or the clock, or until it made `limits::IO_PER_DRIVE` socket reads and
+    /// writes: then the rest waits for the next turn (`again`).
     fn drive(&mut self, slot: usize, now: Instant) {
         let ctx = Ctx {
             now,
             wall: SystemTime::now(),
         };
+        let mut io = IoBudget::new();
         loop {
             let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
                 return;
             };
+            if io.spent() {
+                debug!(
+                    "{} {}: the turn's I/O budget is spent; going on next turn",
+                    conn.proto.name(),
+                    conn.peer
+                );
+                self.again.push((slot, conn.id));
+                return;
+            }
 
             if conn.pending_output() && conn.can_write {
+                io.take();
                 match conn.flush(&mut self.pool) {
                     Ok(true) => conn.progress(now),
                     Ok(false) => {}
@@ -1086,6 +1117,7 @@ impl Reactor {
                         }
                         break;
                     }
+                    io.take();
                     match conn.read_some(&mut self.pool) {
                         Ok(_) => {}
                         Err(_) => {
@@ -1455,6 +1487,25 @@ impl Reactor {
             }
             self.arm(slot);
         }
+    }
+}
+
+/// Socket reads and writes left to one `drive` call (`limits::IO_PER_DRIVE`).
+struct IoBudget(usize);
+
+impl IoBudget {
+    fn new() -> IoBudget {
+        IoBudget(limits::IO_PER_DRIVE)
+    }
+
+    /// One read or write is made.
+    fn take(&mut self) {
+        self.0 = self.0.saturating_sub(1);
+    }
+
+    /// None left: the connection waits for the next turn.
+    fn spent(&self) -> bool {
+        self.0 == 0
     }
 }
 

@@ -1,6 +1,6 @@
-//! Budgets per client address, kept across connections: failed logins (`Throttle`, shared by
-//! POP3, POP2 and later SMTP AUTH) and refused SMTP recipients (`RcptBudget`, against address
-//! harvesting). Both live in the reactor's services, never in a session, because an attacker
+//! Budgets per client address, kept across connections: failed logins and login attempts of
+//! any outcome (`Throttle`, shared by POP3, POP2 and SMTP AUTH) and refused SMTP recipients
+//! (`RcptBudget`, against address harvesting). Both live in the reactor's services, never in a session, because an attacker
 //! simply reconnects.
 //!
 //! A client is its IPv4 address, or the /64 prefix of its IPv6 address (one subscriber's
@@ -156,21 +156,51 @@ impl Buckets {
     }
 }
 
-/// Failed logins per client, for every protocol that takes a password.
+/// Failed logins per client, and login attempts whatever their outcome, for every protocol
+/// that takes a password. The attempt budget is what bounds a client looping logins that
+/// cost no hash (a remembered right password against an `[IN-USE]` mailbox, or a login and
+/// QUIT loop): each costs the reactor a turn and a mailbox lock, and only failures would
+/// otherwise be counted.
 pub struct Throttle {
     failures: Buckets,
+    /// None: `login_attempts_per_client = 0`, no attempt budget.
+    attempts: Option<Buckets>,
 }
 
 impl Default for Throttle {
     fn default() -> Throttle {
-        Throttle {
-            failures: Buckets::new(
-                limits::AUTH_THROTTLE_FAILURES,
-                limits::AUTH_THROTTLE_INTERVAL,
-                limits::AUTH_THROTTLE_TABLE,
-            ),
-        }
+        Throttle::new(limits::AUTH_ATTEMPTS_PER_CLIENT_DEFAULT)
     }
+}
+
+/// The attempt budget for `per_minute` attempts at once and then per minute (0: none).
+fn attempt_buckets(per_minute: u32) -> Option<Buckets> {
+    (per_minute > 0).then(|| {
+        Buckets::new(
+            per_minute,
+            limits::AUTH_ATTEMPTS_WINDOW / per_minute,
+            limits::AUTH_ATTEMPTS_TABLE,
+        )
+    })
+}
+
+/// Why `Throttle::admit` refused a login attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many failed logins (`AUTH_THROTTLE_FAILURES`).
+    Failures,
+    /// Too many attempts of any outcome (`AUTH_ATTEMPTS_PER_CLIENT`).
+    Attempts,
+}
+
+/// What `Throttle::admit` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Go on and check the credentials (the attempt is counted); `now_limited`: this attempt
+    /// spent the client's attempt budget, so its next ones are refused (log it once).
+    Check { now_limited: bool },
+    /// Refused without a check.
+    Refused(Refusal),
 }
 
 /// What `Throttle::login` decided.
@@ -182,6 +212,31 @@ pub struct LoginOutcome {
 }
 
 impl Throttle {
+    /// The failed-login budget of `limits`, and an attempt budget of `attempts_per_minute`
+    /// (config `login_attempts_per_client`; 0: none).
+    pub fn new(attempts_per_minute: u32) -> Throttle {
+        Throttle {
+            failures: Buckets::new(
+                limits::AUTH_THROTTLE_FAILURES,
+                limits::AUTH_THROTTLE_INTERVAL,
+                limits::AUTH_THROTTLE_TABLE,
+            ),
+            attempts: attempt_buckets(attempts_per_minute),
+        }
+    }
+
+    /// A changed `login_attempts_per_client` (SIGHUP): the attempt counts start again.
+    pub fn set_attempt_budget(&mut self, per_minute: u32) {
+        if self.attempt_budget() != per_minute {
+            self.attempts = attempt_buckets(per_minute);
+        }
+    }
+
+    /// Attempts at once and per minute (0: no attempt budget).
+    pub fn attempt_budget(&self) -> u32 {
+        self.attempts.as_ref().map_or(0, |b| b.budget)
+    }
+
     /// One login attempt from `ip`: refused (`Throttled`) without calling `check` while the
     /// client is over its budget; otherwise `check` verifies the credentials (returning the
     /// canonical user name when they are good) and a failure is counted. A success changes
@@ -218,6 +273,26 @@ impl Throttle {
         self.failures.over_with(ClientKey::from(ip), now, in_flight)
     }
 
+    /// A login attempt from `ip` (any protocol, before any check): refused while the client
+    /// is over its failure budget (its `in_flight` checks counted as failures, see `refuses`)
+    /// or its attempt budget; otherwise counted as an attempt and admitted. A refused attempt
+    /// is not counted, so a client that goes on regardless gets one attempt each interval.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant, in_flight: u32) -> Admission {
+        let key = ClientKey::from(ip);
+        if self.failures.over_with(key, now, in_flight) {
+            return Admission::Refused(Refusal::Failures);
+        }
+        let Some(attempts) = self.attempts.as_mut() else {
+            return Admission::Check { now_limited: false };
+        };
+        if attempts.over(key, now) {
+            return Admission::Refused(Refusal::Attempts);
+        }
+        Admission::Check {
+            now_limited: attempts.record(key, now),
+        }
+    }
+
     /// Second half, for a failed check: counts it; true when that put the client over its
     /// budget (log it once). A success is not reported: it changes nothing.
     pub fn failed(&mut self, ip: IpAddr, now: Instant) -> bool {
@@ -227,6 +302,9 @@ impl Throttle {
     /// At rest: forget the clients whose failures have drained.
     pub fn forget_drained(&mut self, now: Instant) {
         self.failures.forget_drained(now);
+        if let Some(a) = self.attempts.as_mut() {
+            a.forget_drained(now);
+        }
     }
 }
 
@@ -306,6 +384,86 @@ mod tests {
         let t1 = t0 + limits::AUTH_THROTTLE_INTERVAL;
         assert!(!t.refuses(ip, t1, 0));
         assert!(t.refuses(ip, t1, 1), "but not two at once");
+    }
+
+    #[test]
+    fn every_attempt_counts_against_the_attempt_budget() {
+        let mut t = Throttle::default();
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let budget = limits::AUTH_ATTEMPTS_PER_CLIENT_DEFAULT;
+        let interval = limits::AUTH_ATTEMPTS_WINDOW / budget;
+        // Attempts with no failure at all (right passwords, [IN-USE] answers): admitted up to
+        // the budget, the last one reported, then refused without a check.
+        for i in 0..budget {
+            assert_eq!(
+                t.admit(ip, t0, 0),
+                Admission::Check {
+                    now_limited: i == budget - 1
+                }
+            );
+        }
+        assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Attempts));
+        assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Attempts));
+        // Refusals are not counted: one interval later one more attempt is admitted.
+        let t1 = t0 + interval;
+        assert_eq!(t.admit(ip, t1, 0), Admission::Check { now_limited: false });
+        assert_eq!(t.admit(ip, t1, 0), Admission::Refused(Refusal::Attempts));
+        // Another client, and the same client once drained, have their whole budget.
+        assert!(matches!(
+            t.admit(v4("10.0.0.1"), t1, 0),
+            Admission::Check { .. }
+        ));
+        let t2 = t1 + interval * budget;
+        t.forget_drained(t2);
+        for _ in 0..budget {
+            assert!(matches!(t.admit(ip, t2, 0), Admission::Check { .. }));
+        }
+    }
+
+    #[test]
+    fn the_attempt_budget_follows_the_config_and_zero_turns_it_off() {
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let mut t = Throttle::new(3);
+        for _ in 0..3 {
+            assert!(matches!(t.admit(ip, t0, 0), Admission::Check { .. }));
+        }
+        assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Attempts));
+        // 3 a minute: one more 20 s later.
+        let t1 = t0 + Duration::from_secs(20);
+        assert!(matches!(t.admit(ip, t1, 0), Admission::Check { .. }));
+        // A reload with the same value keeps the counts; another value starts again.
+        t.set_attempt_budget(3);
+        assert_eq!(t.admit(ip, t1, 0), Admission::Refused(Refusal::Attempts));
+        t.set_attempt_budget(0);
+        assert_eq!(t.attempt_budget(), 0);
+        for _ in 0..1000 {
+            assert_eq!(t.admit(ip, t1, 0), Admission::Check { now_limited: false });
+        }
+        // Failures are still limited without an attempt budget.
+        for _ in 0..limits::AUTH_THROTTLE_FAILURES {
+            t.failed(ip, t1);
+        }
+        assert_eq!(t.admit(ip, t1, 0), Admission::Refused(Refusal::Failures));
+    }
+
+    #[test]
+    fn admit_refuses_for_failures_first_counting_checks_in_flight() {
+        let mut t = Throttle::default();
+        let ip = v4("127.0.0.1");
+        let t0 = Instant::now();
+        let budget = limits::AUTH_THROTTLE_FAILURES;
+        assert_eq!(
+            t.admit(ip, t0, budget),
+            Admission::Refused(Refusal::Failures),
+            "checks still running count as failures"
+        );
+        for _ in 0..budget {
+            assert!(matches!(t.admit(ip, t0, 0), Admission::Check { .. }));
+            t.failed(ip, t0);
+        }
+        assert_eq!(t.admit(ip, t0, 0), Admission::Refused(Refusal::Failures));
     }
 
     #[test]

@@ -410,9 +410,23 @@ pub static KEYS: &[KeySpec] = &[
         form: "a duration of at least 1s: a whole number with s, m, h or d (a plain number is \
                seconds)",
         meaning: "How long a wrong password waits for its `-ERR`; an unknown user waits the \
-                  same. Other clients are served meanwhile. Not below 1s, which keeps password \
-                  guessing slow.",
+                  same, and so do a right password for a POP mailbox in use (`[IN-USE]`) and a \
+                  login refused because its address made too many failed logins or too many \
+                  logins. Other clients are served meanwhile. Not below 1s, which keeps \
+                  password guessing slow and login loops cheap.",
         apply: set_auth_failure_delay,
+    },
+    KeySpec {
+        name: "login_attempts_per_client",
+        default: DefaultValue::Text("30"),
+        form: "a whole number from 0 to 100000",
+        meaning: "Logins of any outcome (right or wrong password, `[IN-USE]`) one client \
+                  address (IPv4, or IPv6 /64) may make at once over POP3, POP2 and SMTP AUTH, \
+                  and then each minute. Past it a login is refused without checking the \
+                  password, after `auth_failure_delay`, and the connection closes. Raise it \
+                  for a host that submits mail over many authenticated connections; `0` turns \
+                  the limit off (failed logins are limited all the same).",
+        apply: set_login_attempts_per_client,
     },
     KeySpec {
         name: "user",
@@ -876,6 +890,15 @@ fn set_queue_lifetime(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(
 
 fn set_delay_warning_time(c: &mut Config, v: &str, _: &mut ValueCtx<'_>) -> Result<(), String> {
     c.delay_warning_time = duration_with_zero(v)?;
+    Ok(())
+}
+
+fn set_login_attempts_per_client(
+    c: &mut Config,
+    v: &str,
+    _: &mut ValueCtx<'_>,
+) -> Result<(), String> {
+    c.login_attempts_per_client = count(v, 0, limits::AUTH_ATTEMPTS_PER_CLIENT_MAX)? as u32;
     Ok(())
 }
 

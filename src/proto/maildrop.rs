@@ -18,8 +18,24 @@ pub enum Login {
     Rejected,
     /// The client address has failed too often: answer after the delay, then close.
     Throttled,
+    /// The client address has tried too often: answer after the delay, then close.
+    TooManyAttempts,
     /// The password could not be checked now (temporary; not counted as a failure).
     CheckFailed,
+}
+
+/// A refused login, answered only after `auth_failure_delay` (`Next::Sleep`): a refusal
+/// answered at once would let one client loop logins as fast as the reactor answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delayed {
+    /// Unknown user or wrong password.
+    Rejected,
+    /// `Login::Throttled`: the connection closes after the reply.
+    Throttled,
+    /// `Login::TooManyAttempts`: the connection closes after the reply.
+    TooManyAttempts,
+    /// A right password, but the mailbox is in use by another session (`[IN-USE]`).
+    InUse,
 }
 
 /// What a login does once the password check (`Next::AwaitAuth`) answered.
@@ -28,6 +44,7 @@ pub fn login(verdict: AuthVerdict) -> Login {
         AuthVerdict::Accepted(name) => Login::Open(MailboxRequest::Open(name)),
         AuthVerdict::Rejected => Login::Rejected,
         AuthVerdict::Throttled => Login::Throttled,
+        AuthVerdict::TooManyAttempts => Login::TooManyAttempts,
         AuthVerdict::Unavailable => Login::CheckFailed,
     }
 }

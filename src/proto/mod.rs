@@ -183,6 +183,9 @@ pub enum AuthVerdict {
     Rejected,
     /// Too many recent failures from this client address.
     Throttled,
+    /// Too many recent login attempts, whatever their outcome, from this client address
+    /// (refused without a check, like `Throttled`).
+    TooManyAttempts,
     /// The password could not be checked now (the helper process is gone or overloaded):
     /// a temporary failure, not counted against the client.
     Unavailable,

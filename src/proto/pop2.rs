@@ -7,9 +7,10 @@
 //!
 //! - `HELO user password` authenticates and opens the mailbox with the same rules as POP3: a
 //!   rejected login is answered only after `auth_failure_delay`, the same for an unknown user
-//!   and a wrong password. As RFC 937 says, a failed `HELO` (bad credentials, throttled, or a
-//!   mailbox that cannot be opened) gets `-` and the connection is closed: one guess per
-//!   connection and per delay. The password check itself is the reactor's (`Next::AwaitAuth`,
+//!   and a wrong password, and so is a mailbox in use by another session or an address over
+//!   its failure or attempt budget. As RFC 937 says, a failed `HELO` (bad credentials,
+//!   throttled, or a mailbox that cannot be opened) gets `-` and the connection is closed: one
+//!   guess per connection and per delay. The password check itself is the reactor's (`Next::AwaitAuth`,
 //!   `take_auth`, `resume(Auth(verdict))`); if it cannot run (the helper process is gone) the
 //!   `-` comes at once.
 //! - `FOLD name` selects the user's own INBOX (case-insensitive) → `#count`; any other name
@@ -30,7 +31,7 @@ use std::time::Instant;
 
 use log::{debug, warn};
 
-use super::maildrop::{self, Login, Maildrop};
+use super::maildrop::{self, Delayed, Login, Maildrop};
 use super::pop3::PopSettings;
 use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
 use super::popmsg::{Fill, MessageStream};
@@ -48,10 +49,10 @@ enum State {
     /// Opening the mailbox after HELO, or QUIT's UPDATE, is with the reactor (until
     /// `take_mailbox`, the request is here).
     AwaitingMailbox(Option<MailboxRequest>),
-    /// HELO failed; answered at `wake_at`, then the connection closes.
+    /// HELO failed; answered at `wake_at` (`then` says how), then the connection closes.
     Delaying {
         wake_at: Instant,
-        throttled: bool,
+        then: Delayed,
     },
     /// NMBR (`size` None) or SIZE (`=size` of `current` was sent: exactly what RETR sends).
     Selected {
@@ -167,16 +168,21 @@ impl Pop2Session {
     pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, _host: &mut dyn PopHost) {
         let c = match c {
             Completion::Auth(verdict) => return self.verified(verdict, ctx, out),
-            Completion::Mailbox(done) => return self.mailbox_done(done, out),
+            Completion::Mailbox(done) => return self.mailbox_done(done, ctx, out),
             c => c,
         };
-        let (Completion::Woke, State::Delaying { throttled, .. }) = (c, &self.state) else {
+        let (Completion::Woke, State::Delaying { then, .. }) = (c, &self.state) else {
             return;
         };
-        out.push(if *throttled {
-            b"- Too many failed logins from your address, try again later\r\n".as_slice()
-        } else {
-            b"- Invalid user name or password\r\n".as_slice()
+        out.push(match then {
+            Delayed::Throttled => {
+                b"- Too many failed logins from your address, try again later\r\n".as_slice()
+            }
+            Delayed::TooManyAttempts => {
+                b"- Too many logins from your address, try again later\r\n".as_slice()
+            }
+            Delayed::InUse => b"- mailbox is in use by another session\r\n".as_slice(),
+            Delayed::Rejected => b"- Invalid user name or password\r\n".as_slice(),
         });
         self.state = State::Closed;
     }
@@ -290,14 +296,15 @@ impl Pop2Session {
             return;
         }
         self.state = State::Closed;
-        let delay = |throttled| State::Delaying {
+        let delay = |then| State::Delaying {
             wake_at: ctx.now + self.settings.auth_failure_delay,
-            throttled,
+            then,
         };
         match maildrop::login(verdict) {
             Login::Open(request) => self.state = State::AwaitingMailbox(Some(request)),
-            Login::Rejected => self.state = delay(false),
-            Login::Throttled => self.state = delay(true),
+            Login::Rejected => self.state = delay(Delayed::Rejected),
+            Login::Throttled => self.state = delay(Delayed::Throttled),
+            Login::TooManyAttempts => self.state = delay(Delayed::TooManyAttempts),
             Login::CheckFailed => {
                 out.push(b"- cannot check passwords now, try again later\r\n");
                 self.state = State::Closed;
@@ -306,7 +313,7 @@ impl Pop2Session {
     }
 
     /// The mailbox was opened (answer HELO) or updated (answer QUIT), or could not be.
-    fn mailbox_done(&mut self, done: MailboxDone, out: &mut OutBuf) {
+    fn mailbox_done(&mut self, done: MailboxDone, ctx: Ctx, out: &mut OutBuf) {
         if !matches!(self.state, State::AwaitingMailbox(_)) {
             return;
         }
@@ -322,14 +329,17 @@ impl Pop2Session {
                     size: None,
                 };
             }
-            MailboxDone::Opened(Err(e)) => {
-                out.push(match e {
-                    MailboxError::InUse => b"- mailbox is in use by another session\r\n".as_slice(),
-                    MailboxError::Temporary(why) | MailboxError::Permanent(why) => {
-                        warn!("pop2: mailbox open failed: {why}");
-                        b"- mailbox unavailable, try again later\r\n".as_slice()
-                    }
-                });
+            MailboxDone::Opened(Err(MailboxError::InUse)) => {
+                self.state = State::Delaying {
+                    wake_at: ctx.now + self.settings.auth_failure_delay,
+                    then: Delayed::InUse,
+                };
+            }
+            MailboxDone::Opened(Err(
+                MailboxError::Temporary(why) | MailboxError::Permanent(why),
+            )) => {
+                warn!("pop2: mailbox open failed: {why}");
+                out.push(b"- mailbox unavailable, try again later\r\n");
             }
             MailboxDone::Updated(Ok(())) => {
                 out.push(b"+ postling POP2 server signing off\r\n");

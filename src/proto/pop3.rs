@@ -16,8 +16,11 @@
 //! `resume(Auth(verdict))`), since it takes CPU time; the login goes on from there. A
 //! rejected login is answered `-ERR [AUTH]` only after `auth_failure_delay` (`Next::Sleep`,
 //! then `resume(Woke)`), identically for unknown users and wrong passwords; after
-//! `limits::AUTH_MAX_FAILURES` the connection closes. A throttled address gets `[SYS/TEMP]`
-//! after the same delay and is closed. A check that could not run (the helper process is gone)
+//! `limits::AUTH_MAX_FAILURES` the connection closes. A throttled address (too many failures, or
+//! too many attempts of any outcome) gets `[SYS/TEMP]` after the same delay and is closed. A
+//! right password for a mailbox another session holds gets `[IN-USE]` after the same delay
+//! too (and may try again): answered at once, a client could loop logins as fast as the
+//! reactor answers. A check that could not run (the helper process is gone)
 //! gets `[SYS/TEMP]` at once and the session stays in AUTHORIZATION. Before login each reply
 //! is flushed before the next command is read, so the delay never holds back an earlier reply.
 //!
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 use arrayvec::ArrayVec;
 use log::{debug, warn};
 
-use super::maildrop::{self, Login, Maildrop, Missing};
+use super::maildrop::{self, Delayed, Login, Maildrop, Missing};
 use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
 use super::popmsg::{Fill, MessageStream};
 use super::sasl::{self, PlainError};
@@ -77,6 +80,9 @@ const _: () = assert!(limits::POP_SASL_MAX_LINE < limits::MAX_UNIT);
 const AUTH_FAILED: &[u8] = b"-ERR [AUTH] Invalid user name or password\r\n";
 const THROTTLED: &[u8] =
     b"-ERR [SYS/TEMP] Too many failed logins from your address, try again later\r\n";
+const TOO_MANY_ATTEMPTS: &[u8] =
+    b"-ERR [SYS/TEMP] Too many logins from your address, try again later\r\n";
+const IN_USE: &[u8] = b"-ERR [IN-USE] mailbox is in use by another session, try again later\r\n";
 
 enum State {
     /// AUTHORIZATION; `user` holds the name from USER (at most a command line) until PASS.
@@ -91,10 +97,10 @@ enum State {
     /// Opening the mailbox after the login, or QUIT's UPDATE, is with the reactor (until
     /// `take_mailbox`, the request is here).
     AwaitingMailbox(Option<MailboxRequest>),
-    /// A login failed; it is answered at `wake_at` (`throttled`: then the connection closes).
+    /// A login failed; it is answered at `wake_at` (`then` says how).
     Delaying {
         wake_at: Instant,
-        throttled: bool,
+        then: Delayed,
     },
     Transaction,
     /// A multi-line LIST or UIDL; `next` is the next 0-based index to list.
@@ -321,23 +327,34 @@ impl Pop3Session {
     pub fn resume(&mut self, c: Completion, ctx: Ctx, out: &mut OutBuf, _host: &mut dyn PopHost) {
         let c = match c {
             Completion::Auth(verdict) => return self.verified(verdict, ctx, out),
-            Completion::Mailbox(done) => return self.mailbox_done(done, out),
+            Completion::Mailbox(done) => return self.mailbox_done(done, ctx, out),
             c => c,
         };
-        let (Completion::Woke, State::Delaying { throttled, .. }) = (c, &self.state) else {
+        let (Completion::Woke, State::Delaying { then, .. }) = (c, &self.state) else {
             return;
         };
-        if *throttled {
-            out.push(THROTTLED);
-            self.state = State::Closed;
-        } else {
-            out.push(AUTH_FAILED);
-            self.state = if self.failures >= limits::AUTH_MAX_FAILURES {
+        self.state = match then {
+            Delayed::Throttled => {
+                out.push(THROTTLED);
                 State::Closed
-            } else {
+            }
+            Delayed::TooManyAttempts => {
+                out.push(TOO_MANY_ATTEMPTS);
+                State::Closed
+            }
+            Delayed::InUse => {
+                out.push(IN_USE);
                 State::Authorization { user: None }
-            };
-        }
+            }
+            Delayed::Rejected => {
+                out.push(AUTH_FAILED);
+                if self.failures >= limits::AUTH_MAX_FAILURES {
+                    State::Closed
+                } else {
+                    State::Authorization { user: None }
+                }
+            }
+        };
     }
 
     /// The password check `Next::AwaitAuth` asks for; taken once.
@@ -528,9 +545,10 @@ impl Pop3Session {
             Login::Open(request) => self.state = State::AwaitingMailbox(Some(request)),
             Login::Rejected => {
                 self.failures += 1;
-                self.delay(ctx, false);
+                self.delay(ctx, Delayed::Rejected);
             }
-            Login::Throttled => self.delay(ctx, true),
+            Login::Throttled => self.delay(ctx, Delayed::Throttled),
+            Login::TooManyAttempts => self.delay(ctx, Delayed::TooManyAttempts),
             Login::CheckFailed => {
                 out.push(b"-ERR [SYS/TEMP] cannot check passwords now, try again later\r\n");
             }
@@ -538,7 +556,7 @@ impl Pop3Session {
     }
 
     /// The mailbox was opened (answer PASS) or updated (answer QUIT), or could not be.
-    fn mailbox_done(&mut self, done: MailboxDone, out: &mut OutBuf) {
+    fn mailbox_done(&mut self, done: MailboxDone, ctx: Ctx, out: &mut OutBuf) {
         if !matches!(self.state, State::AwaitingMailbox(_)) {
             return;
         }
@@ -560,18 +578,16 @@ impl Pop3Session {
             MailboxDone::Opened(Err(e)) => {
                 self.state = State::Authorization { user: None };
                 match e {
-                    MailboxError::InUse => out.push(
-                        b"-ERR [IN-USE] mailbox is in use by another session, try again later\r\n",
-                    ),
+                    MailboxError::InUse => self.delay(ctx, Delayed::InUse),
                     MailboxError::Temporary(why) => {
                         warn!("pop3: mailbox open failed: {why}");
-                        out.push(b"-ERR [SYS/TEMP] mailbox unavailable, try again later\r\n")
+                        out.push(b"-ERR [SYS/TEMP] mailbox unavailable, try again later\r\n");
                     }
                     MailboxError::Permanent(why) => {
                         warn!("pop3: mailbox open failed: {why}");
-                        out.push(b"-ERR [SYS/PERM] mailbox unavailable\r\n")
+                        out.push(b"-ERR [SYS/PERM] mailbox unavailable\r\n");
                     }
-                };
+                }
             }
             MailboxDone::Updated(result) => {
                 self.signed_off(result, out);
@@ -580,10 +596,10 @@ impl Pop3Session {
         }
     }
 
-    fn delay(&mut self, ctx: Ctx, throttled: bool) {
+    fn delay(&mut self, ctx: Ctx, then: Delayed) {
         self.state = State::Delaying {
             wake_at: ctx.now + self.settings.auth_failure_delay,
-            throttled,
+            then,
         };
     }
 

@@ -71,6 +71,39 @@ fn third_failure_closes() {
 }
 
 #[test]
+fn in_use_is_answered_only_after_the_delay() {
+    let mut h = harness();
+    h.host.open_error = Some(MailboxError::InUse);
+    h.auto_wake = false;
+    h.send(b"USER bob\r\nPASS bob-pw\r\n");
+    assert_eq!(h.run(), Stop::Sleep(DELAY));
+    assert!(!h.wire_str().contains("IN-USE"), "nothing before the delay");
+    h.wake_after(DELAY);
+    h.run();
+    assert!(
+        h.wire_str()
+            .ends_with("-ERR [IN-USE] mailbox is in use by another session, try again later\r\n")
+    );
+    assert!(!h.closed, "the client may try again");
+}
+
+#[test]
+fn too_many_attempts_is_refused_after_the_delay_with_its_own_reply_and_closed() {
+    let mut h = harness();
+    h.host.too_many_attempts = true;
+    h.auto_wake = false;
+    h.send(b"USER bob\r\nPASS bob-pw\r\n");
+    assert_eq!(h.run(), Stop::Sleep(DELAY));
+    h.wake_after(DELAY);
+    assert_eq!(h.run(), Stop::Close);
+    assert!(
+        h.wire_str()
+            .ends_with("-ERR [SYS/TEMP] Too many logins from your address, try again later\r\n")
+    );
+    assert!(h.host.opened.is_empty());
+}
+
+#[test]
 fn throttled_address_is_refused_after_the_delay_and_closed() {
     let mut h = harness();
     h.host.throttled = true;
@@ -87,26 +120,32 @@ fn throttled_address_is_refused_after_the_delay_and_closed() {
 
 #[test]
 fn mailbox_errors_at_login() {
+    // [IN-USE] waits out the failure delay (a refusal answered at once lets a client loop
+    // logins as fast as the reactor answers); the others are answered at once.
     let cases = [
         (
             MailboxError::InUse,
             "-ERR [IN-USE] mailbox is in use by another session, try again later\r\n",
+            vec![DELAY],
         ),
         (
             MailboxError::Temporary("EIO".into()),
             "-ERR [SYS/TEMP] mailbox unavailable, try again later\r\n",
+            vec![],
         ),
         (
             MailboxError::Permanent("gone".into()),
             "-ERR [SYS/PERM] mailbox unavailable\r\n",
+            vec![],
         ),
     ];
-    for (err, want) in cases {
+    for (err, want, sleeps) in cases {
         let mut h = harness();
         h.host.open_error = Some(err);
         say(&mut h, "USER bob");
         assert_eq!(say(&mut h, "PASS bob-pw"), want);
-        assert!(h.sleeps.is_empty(), "no delay: the password was right");
+        assert_eq!(h.sleeps, sleeps);
+        assert!(!h.closed);
         // Still in AUTHORIZATION: a later attempt works.
         assert_eq!(say(&mut h, "STAT"), "-ERR not logged in\r\n");
         say(&mut h, "USER bob");

@@ -89,6 +89,8 @@ pub struct FakeHost {
     pub update_error: Option<MailboxError>,
     /// `authenticate` answers Throttled whatever the credentials.
     pub throttled: bool,
+    /// `authenticate` answers TooManyAttempts whatever the credentials.
+    pub too_many_attempts: bool,
     /// `authenticate` answers Unavailable (the helper process is gone).
     pub check_unavailable: bool,
     /// Reads of any message at or past this offset fail.
@@ -136,6 +138,9 @@ impl FakeHost {
         self.auth_calls.push((user.to_string(), password.to_vec()));
         if self.throttled {
             return AuthVerdict::Throttled;
+        }
+        if self.too_many_attempts {
+            return AuthVerdict::TooManyAttempts;
         }
         if self.check_unavailable {
             return AuthVerdict::Unavailable;

@@ -145,8 +145,9 @@ enum Mode {
     /// The password check is the reactor's (`take_auth` takes the request).
     AwaitAuth(Option<Box<AuthRequest>>),
     /// A refused login waits out `auth_failure_delay` (until `AuthState::wake_at`) before
-    /// its reply.
-    Delaying { throttled: bool },
+    /// its reply; `close_why`: the client address is over a budget (what it spent), and the
+    /// reply is `421` and the end of the session.
+    Delaying { close_why: Option<&'static str> },
     /// Receiving message data.
     Data(data::DataReceiver),
     /// The message was handed to the spool; `resume` brings the verdict.

@@ -277,7 +277,8 @@ def test_a_late_verdict_never_reaches_the_next_connection_in_the_same_slot(serve
     """A's check is held up (the helper stopped) until A's login deadline closes it; B gets
     A's slot and asks for its own check. When the helper goes on, A's verdict (alice) arrives
     first: it is recorded but must not resume B, which waits for its own (bob)."""
-    s = server_factory(pop3_login_timeout="1s").start()
+    # [IN-USE] waits auth_failure_delay: within the login deadline, which starts at connect.
+    s = server_factory(pop3_login_timeout="2s", auth_failure_delay="1s").start()
     helper = helper_pid(s)
     os.kill(helper, signal.SIGSTOP)
     try:
@@ -364,3 +365,99 @@ def test_the_login_cache_forgets_on_a_failure_and_on_a_users_file_reload(server_
     assert hits() == 2
     ok()
     assert hits() == 3
+
+
+# login_attempts_per_client for the test below (the default, 30, is in limits.rs).
+ATTEMPT_BUDGET = 5
+
+
+def test_in_use_is_answered_after_the_failure_delay(server_factory):
+    """A right password on a mailbox in use is refused like a failure, after
+    auth_failure_delay: answered at once, one connection could loop logins as fast as the
+    reactor answers (about 20,000 a second before)."""
+    s = server_factory(auth_failure_delay="1s").start()
+    holder, r = login(s, user="bob", pw="bob-pw")
+    assert r.startswith("+OK"), r
+    c = pop_connect(s, source="127.0.3.1")
+    assert say(c, "USER bob").startswith("+OK")
+    t0 = time.monotonic()
+    r = say(c, "PASS bob-pw")
+    waited = time.monotonic() - t0
+    assert r.startswith("-ERR [IN-USE]"), r
+    assert waited >= 0.9, f"answered after {waited:.3f}s"
+    # Still in AUTHORIZATION: once the holder is gone, the same connection logs in.
+    assert say(holder, "QUIT").startswith("+OK")
+    holder.close()
+    assert say(c, "USER bob").startswith("+OK")
+    assert say(c, "PASS bob-pw").startswith("+OK maildrop has")
+    c.close()
+
+
+def test_logins_over_the_attempt_budget_are_refused_slowly_without_a_check(server_factory):
+    """Every login attempt counts against its address, successes too: past the budget the
+    next one, right or wrong, gets its own [SYS/TEMP] after the delay, without a password
+    check, and is closed; another address is not affected."""
+    s = server_factory(auth_failure_delay="1s", log_level="info",
+                       login_attempts_per_client=str(ATTEMPT_BUDGET)).start()
+    src = "127.0.4.1"
+    for i in range(ATTEMPT_BUDGET):
+        c, r = login(s, user="bob", pw="bob-pw", source=src)
+        assert r.startswith("+OK maildrop has"), (i, r)
+        assert say(c, "QUIT").startswith("+OK")
+        c.close()
+    wait_for(lambda: f"throttle: pop3: {src} made {ATTEMPT_BUDGET} logins" in s.log(),
+             what="the attempt budget's warning")
+    for pw in ("bob-pw", "wrong"):
+        c = pop_connect(s, source=src)
+        assert say(c, "USER bob").startswith("+OK")
+        t0 = time.monotonic()
+        r = say(c, f"PASS {pw}")
+        waited = time.monotonic() - t0
+        assert r == "-ERR [SYS/TEMP] Too many logins from your address, try again later\r\n", r
+        assert waited >= 0.9, f"answered after {waited:.3f}s"
+        assert c.recv(1) == b"", "closed after the reply"
+        c.close()
+    refused = [l for l in s.log().splitlines() if f"from [{src}]" in l and "too many recent logins" in l]
+    assert len(refused) == 2, refused
+    # Refused before any check: no failure was counted for the wrong password.
+    assert f"auth failed: pop3 USER from [{src}]" not in s.log()
+    c, r = login(s, user="bob", pw="bob-pw", source="127.0.4.2")
+    assert r.startswith("+OK maildrop has"), r
+    c.close()
+
+
+def test_login_attempts_per_client_0_turns_the_attempt_budget_off(server_factory):
+    s = server_factory(login_attempts_per_client="0").start()
+    for i in range(40):  # above the default of 30
+        c, r = login(s, user="bob", pw="bob-pw", source="127.0.5.1")
+        assert r.startswith("+OK maildrop has"), (i, r)
+        assert say(c, "QUIT").startswith("+OK")
+        c.close()
+
+
+def test_a_fast_reader_of_a_long_retr_waits_its_turn_between_budgets(server_factory):
+    """One connection's socket reads and writes per turn are bounded (limits::IO_PER_DRIVE):
+    a client reading a 20 MiB RETR as fast as loopback allows is moved on in pieces, each
+    turn after the other connections' events, and gets every byte."""
+    from pathlib import Path
+    s = server_factory().start()  # log_level debug: the deferrals are logged
+    d = Path(s.settings["mailbox_dir"]) / "bob"
+    for sub in ("tmp", "new", "cur"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    line = b"x" * 1022 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (20 * 1024)
+    (d / "new" / "1700000000.M1P1.big").write_bytes(body)
+    c, r = login(s, user="bob", pw="bob-pw")
+    assert r.startswith("+OK maildrop has 1 messages"), r
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    c.sendall(b"RETR 1\r\n")
+    got = bytearray()
+    while not got.endswith(b"\r\n.\r\n"):
+        chunk = c.recv(1024 * 1024)
+        assert chunk, "closed mid-message"
+        got += chunk
+    assert got.startswith(b"+OK"), bytes(got[:80])
+    assert got[got.index(b"\r\n") + 2:-3] == body
+    assert say(c, "QUIT").startswith("+OK")
+    c.close()
+    assert "the turn's I/O budget is spent; going on next turn" in s.log()

@@ -9,6 +9,7 @@
 //! @open-error in-use|temp|perm   the next mailbox_open fails
 //! @update-error temp|perm   mailbox_update fails
 //! @throttled                authenticate answers Throttled
+//! @too-many-attempts        authenticate answers TooManyAttempts
 //! @read-error OFFSET        reading any message at or past OFFSET fails
 //! C: TEXT                   the client sends TEXT + CRLF (`C:` alone: an empty line)
 //! C| TEXT                   the client sends exactly TEXT
@@ -113,6 +114,7 @@ pub fn run<S: PopSession>(
                     host.update_error = Some(mailbox_error(kind).map_err(at)?)
                 }
                 (Some("throttled"), None, None) => host.throttled = true,
+                (Some("too-many-attempts"), None, None) => host.too_many_attempts = true,
                 (Some("read-error"), Some(offset), None) => {
                     host.read_error_at = Some(offset.parse().map_err(|e| at(format!("{e}")))?)
                 }

@@ -174,10 +174,13 @@ impl SmtpSession {
                 if let Some(a) = self.auth.as_mut() {
                     a.failures = a.failures.saturating_add(1);
                 }
-                self.delay(ctx, false);
+                self.delay(ctx, None);
             }
             AuthVerdict::Throttled => {
-                self.delay(ctx, true);
+                self.delay(ctx, Some("failed logins"));
+            }
+            AuthVerdict::TooManyAttempts => {
+                self.delay(ctx, Some("logins"));
             }
             AuthVerdict::Unavailable => {
                 reply!(out, "454 4.7.0 Temporary authentication failure");
@@ -185,24 +188,24 @@ impl SmtpSession {
         }
     }
 
-    fn delay(&mut self, ctx: Ctx, throttled: bool) {
+    fn delay(&mut self, ctx: Ctx, close_why: Option<&'static str>) {
         let wake_at = ctx.now + self.settings.auth_failure_delay;
         if let Some(a) = self.auth.as_mut() {
             a.wake_at = Some(wake_at);
         }
-        self.mode = Mode::Delaying { throttled };
+        self.mode = Mode::Delaying { close_why };
     }
 
     /// The failed login's delay is over: its reply. A throttled address, or a session past
     /// `limits::AUTH_MAX_FAILURES`, is closed.
     pub(super) fn woke(&mut self, out: &mut OutBuf) {
-        let Mode::Delaying { throttled, .. } = self.mode else {
+        let Mode::Delaying { close_why } = self.mode else {
             return;
         };
-        if throttled {
+        if let Some(what) = close_why {
             reply!(
                 out,
-                "421 4.7.0 {} too many failed logins from your address, try again later",
+                "421 4.7.0 {} too many {what} from your address, try again later",
                 self.settings.hostname
             );
             self.mode = Mode::Closed;

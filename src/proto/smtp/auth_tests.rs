@@ -238,6 +238,22 @@ fn throttled_and_unavailable_checks() {
     );
     assert!(d.closed);
     assert_eq!(d.host.count(&Call::Slept), 1, "the same delay as a failure");
+    // Over the attempt budget (right password or not): the same, with its own reason.
+    let too_many = || {
+        let mut h = FakeHost::new();
+        h.auth_override = Some(AuthVerdict::TooManyAttempts);
+        h
+    };
+    let d = dialog_with(
+        &|| submission(true),
+        &too_many,
+        &format!("EHLO c\r\nAUTH PLAIN {PLAIN_OK}\r\nNOOP\r\n"),
+        &with_ehlo(&[
+            "421 4.7.0 mail.example.test too many logins from your address, try again later",
+        ]),
+    );
+    assert!(d.closed);
+    assert_eq!(d.host.count(&Call::Slept), 1, "the same delay as a failure");
     let unavailable = || {
         let mut h = FakeHost::new();
         h.auth_override = Some(AuthVerdict::Unavailable);
