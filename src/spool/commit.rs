@@ -231,9 +231,9 @@ impl Spool {
                     && self.sync_mode == SyncMode::File
                     && self.group.is_none()))
         {
-            return self.commit_pump(exec);
+            return crate::turnstat::timed("spool.commit_pump", || self.commit_pump(exec));
         }
-        self.commit_steps(deadline)
+        crate::turnstat::timed("spool.commit_steps", || self.commit_steps(deadline))
     }
 
     /// The executor's side of `commit_work`: advances the group in the executor as far as

@@ -26,12 +26,14 @@
 mod commit;
 pub(crate) mod format;
 mod listing;
+mod prepare;
 #[cfg(test)]
 mod tests;
 
 pub use commit::{Committed, owns as commit_owns};
 pub use format::RcptState;
 pub use listing::{QueueSummary, format_queue, list_queue};
+pub use prepare::owns as prepare_owns;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -153,6 +155,8 @@ pub struct Spool {
     free: Vec<u64>,
     /// Names the next file put into `free/`.
     free_seq: u64,
+    /// Files being made ahead in the executor (`prepare.rs`).
+    ahead: prepare::Ahead,
     /// Test hook: runs on a message being received once a full disk made the spool give
     /// back its free files, before the write is tried again (the test makes room there).
     #[cfg(test)]
@@ -215,7 +219,7 @@ impl Incoming {
             self.used += n;
             bytes = rest;
             if self.used == self.buf.len() {
-                self.flush_buf();
+                crate::turnstat::timed("spool.flush", || self.flush_buf());
             }
         }
         total - bytes.len()
@@ -568,6 +572,7 @@ impl Spool {
             free_dir,
             free,
             free_seq,
+            ahead: prepare::Ahead::default(),
             #[cfg(test)]
             on_release: None,
             stated,
@@ -674,7 +679,7 @@ impl Spool {
         if forbidden {
             return Err(SpoolError::Failed("envelope contains CR, LF or NUL".into()));
         }
-        let mut inc = self.create_incoming()?;
+        let mut inc = crate::turnstat::timed("spool.create", || self.create_incoming())?;
         let header = format::header_encode(&inc.id, env);
         if header.len() > limits::SPOOL_MAX_CONTROL {
             return Err(SpoolError::Failed("envelope too large".into()));
@@ -691,6 +696,7 @@ impl Spool {
     }
 
     fn create_incoming(&mut self) -> Result<Incoming, SpoolError> {
+        self.ahead.wanted = true;
         for _ in 0..limits::SPOOL_ID_TRIES {
             let id = id_encode(self.next_id());
             let (file, tmp_path) = match self.take_free() {
@@ -803,7 +809,7 @@ impl Spool {
     /// Writes out what `inc` still buffers, giving back the free files if the disk is full.
     fn finish_writes(&mut self, inc: &mut Incoming) -> Result<(), SpoolError> {
         if inc.error.is_none() {
-            inc.flush_buf();
+            crate::turnstat::timed("spool.flush.last", || inc.flush_buf());
             self.make_room(inc);
         }
         match inc.error.take() {
@@ -961,6 +967,10 @@ impl Spool {
         check_id(id)?;
         self.fresh.remove(id);
         let path = self.message_path(id);
+        if self.ahead.offload && !self.held.contains(id) && !self.stated.contains(id) {
+            self.retire_later(path);
+            return Ok(());
+        }
         match self.recycle(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
