@@ -412,7 +412,8 @@ impl Spool {
     }
 
     /// `commit_flush` where commits may be in the executor (shutdown): waits for their
-    /// completions, spinning on `drain`. Other completions that arrive meanwhile are dropped.
+    /// completions, spinning on `drain`. The spool's own other completions (files made ahead,
+    /// removals) are handed on; others that arrive meanwhile are dropped.
     pub fn commit_flush_with(&mut self, mut exec: Option<&mut Executor>) -> Vec<Committed> {
         let mut out = Vec::new();
         let mut got = Vec::new();
@@ -423,6 +424,9 @@ impl Spool {
                 for c in got.drain(..) {
                     if !crate::mailbox::job::owns(c.tag) && owns(c.tag) {
                         self.commit_completion(c);
+                    } else if super::prepare_owns(c.tag) {
+                        // Not dropped: `finish_removals` waits for every one of them.
+                        self.prepared(c, Some(&mut *exec));
                     }
                 }
             }

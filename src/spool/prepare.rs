@@ -249,12 +249,15 @@ impl Spool {
     }
 
     /// Shutdown: every removal handed over is carried out, and every operation in flight
-    /// waited for (spinning on `drain`, as `commit_flush_with`), so a clean stop leaves no
-    /// delivered entry in `queue/`. Other completions that arrive meanwhile are dropped.
+    /// waited for (spinning on `drain`, as `commit_flush_with`; at most
+    /// `limits::SPOOL_REMOVALS_WAIT`), so a clean stop leaves no delivered entry in `queue/`.
+    /// Other completions that arrive meanwhile are dropped.
     pub fn finish_removals(&mut self, mut exec: Option<&mut Executor>) {
+        self.ahead.wanted = false;
         self.prepare_files(exec.as_deref_mut());
         let mut got = Vec::new();
-        while self.preparing() {
+        let give_up = std::time::Instant::now() + limits::SPOOL_REMOVALS_WAIT;
+        while self.preparing() && std::time::Instant::now() < give_up {
             let Some(e) = exec.as_deref_mut() else {
                 break;
             };

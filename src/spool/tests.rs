@@ -1456,3 +1456,28 @@ fn a_removal_lost_with_the_helper_is_done_at_once() {
     assert!(!names(&d.path().join("queue")).contains(&id.0));
     assert_eq!(fs::metadata(free.join(&moved)).unwrap().len(), 0);
 }
+
+/// At shutdown the commit flush drains the executor: the completions of files being made
+/// ahead are handed on, not dropped, so the wait for the spool's removals that follows ends.
+#[test]
+fn the_shutdown_commit_flush_hands_on_the_files_made_ahead() {
+    use crate::exec::{Executor, Inline};
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut x = Executor::Inline(Inline::new());
+    let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+    inc.append(b"x\r\n");
+    spool.prepare_files(Some(&mut x));
+    assert!(spool.preparing());
+    spool.commit_enqueue(inc, 1).unwrap();
+    let r = spool.commit_flush_with(Some(&mut x));
+    assert_eq!(r.len(), 1);
+    let t = std::time::Instant::now();
+    spool.finish_removals(Some(&mut x));
+    assert!(!spool.preparing());
+    assert!(t.elapsed() < limits::SPOOL_REMOVALS_WAIT);
+    assert_eq!(
+        names(&d.path().join("free")).len(),
+        limits::SPOOL_READY_FILES
+    );
+}
