@@ -520,7 +520,7 @@ impl Services {
     /// Once a turn: the spool makes files ahead in `exec` while messages arrive
     /// (`Spool::prepare_files`).
     pub fn spool_prepare(&mut self, exec: Option<&mut Executor>) {
-        self.spool.prepare_files(exec);
+        crate::turnstat::timed("spool.prepare", || self.spool.prepare_files(exec));
     }
 
     /// An executor completion whose tag `spool::prepare_owns`.
