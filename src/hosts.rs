@@ -538,6 +538,17 @@ impl Services {
         self.spool.commit_runnable()
     }
 
+    /// Once a turn: the spool makes files ahead in `exec` while messages arrive
+    /// (`Spool::prepare_files`).
+    pub fn spool_prepare(&mut self, exec: Option<&mut Executor>) {
+        crate::turnstat::timed("spool.prepare", || self.spool.prepare_files(exec));
+    }
+
+    /// An executor completion whose tag `spool::prepare_owns`.
+    pub fn spool_prepared(&mut self, c: ExecCompletion, exec: Option<&mut Executor>) {
+        self.spool.prepared(c, exec);
+    }
+
     /// An executor completion whose tag `spool::commit_owns`.
     pub fn commit_completion(&mut self, c: ExecCompletion) {
         self.spool.commit_completion(c);
@@ -701,10 +712,12 @@ impl Services {
     /// half done (a delivered message whose queue entry was not yet removed would be
     /// delivered again after the restart).
     pub fn finish_in_flight(&mut self, exec: Option<&mut Executor>) {
-        self.spool.commit_flush_with(exec);
+        let mut exec = exec;
+        self.spool.commit_flush_with(exec.as_deref_mut());
         let mut store = SpoolStore::new(&mut self.spool);
         self.engine
             .finish_batch(&mut store, &self.directory, SystemTime::now());
+        self.spool.finish_removals(exec);
     }
 
     /// How long the reactor may sleep as far as delivery (and the mailbox jobs, which may have
@@ -713,7 +726,7 @@ impl Services {
         if self.engine.has_work(now) || self.spool.free_excess() || self.mailbox_jobs.runnable() {
             return Some(Duration::ZERO);
         }
-        self.engine.schedule.timeout(now)
+        self.engine.timeout(now)
     }
 
     /// Nothing to commit, deliver or trim (the reactor then hands memory back).
@@ -721,6 +734,7 @@ impl Services {
         self.outbound.as_ref().is_none_or(|o| o.idle())
             && self.engine.parked_len() == 0
             && !self.spool.commit_pending()
+            && !self.spool.preparing()
             && !self.pickup_pending()
             && !self.engine.has_work(now)
             && !self.engine.busy()

@@ -32,3 +32,4 @@ pub mod sendmail;
 pub mod spool;
 pub mod throttle;
 pub mod tls;
+pub mod turnstat;

@@ -334,6 +334,15 @@ pub const SPOOL_ID_TRIES: u32 = 16;
 /// mail flows, every removed file is kept): a burst of this many messages reuses old inodes
 /// instead of allocating new ones; the files are empty, so they hold no disk blocks.
 pub const SPOOL_FREE_KEEP: usize = 256;
+/// Empty files the spool keeps ready in `free/` while messages arrive, made ahead in the
+/// disk executor (`spool::prepare`): one per message of a turn's worth of sessions, so no
+/// session waits on the reactor for an inode (0.3-0.4 ms each on a busy ext4). At most
+/// `SPOOL_FREE_KEEP`, so the idle trim never undoes them.
+pub const SPOOL_READY_FILES: usize = 32;
+/// Longest a stop waits for the spool's removals in the executor (each is a rename and a
+/// truncation: milliseconds); past it a removal left undone delivers its entry again after the
+/// restart, which is better than a stop that never ends.
+pub const SPOOL_REMOVALS_WAIT: Duration = Duration::from_secs(5);
 /// Excess free files unlinked per reactor turn while the queue is idle: the clean-up never
 /// holds a client up for long.
 pub const SPOOL_TRIM_PER_TURN: usize = 32;

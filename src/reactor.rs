@@ -49,6 +49,7 @@ use crate::proto::pop3::{Pop3Session, PopSettings};
 use crate::proto::smtp::{SmtpSession, SmtpSettings};
 use crate::proto::{AuthVerdict, Completion, Ctx, Next, OutBuf, Step};
 use crate::tls::TlsServerSession;
+use crate::turnstat::{self, Part};
 
 const SIGNAL_TOKEN: Token = Token(0);
 /// The disk executor's completions. The tokens at the top of the range are each one source's:
@@ -340,6 +341,9 @@ impl Reactor {
             if let Some(stop_by) = self.stop_by {
                 if self.open == 0 || now >= stop_by {
                     self.services.finish_in_flight(self.exec.as_mut());
+                    for line in crate::turnstat::report() {
+                        info!("{line}");
+                    }
                     info!("stopped ({} connections cut at shutdown)", self.open);
                     return Ok(());
                 }
@@ -364,12 +368,19 @@ impl Reactor {
                 return Err(e);
             }
             let now = Instant::now();
+            turnstat::begin(events.iter().count());
             crate::daemon::log::flush_floods(now);
             self.services.begin_turn();
+            turnstat::mark(Part::Rest);
             // Last turn's leftovers go after this turn's events (whose own leftovers wait for
             // the next turn), so a busy connection takes its turn in line with the others.
             let again = std::mem::take(&mut self.again);
             for event in events.iter() {
+                let part = match event.token() {
+                    EXEC_TOKEN => Part::Exec,
+                    Token(t) if t >= CONN_BASE && !Outbound::owns(Token(t)) => Part::Conns,
+                    _ => Part::Other,
+                };
                 match event.token() {
                     SIGNAL_TOKEN => self.handle_signals(now),
                     t if ControlServer::owns(t) => self.control.ready(t),
@@ -402,6 +413,7 @@ impl Reactor {
                         }
                     }
                 }
+                turnstat::mark(part);
             }
             for (slot, id) in again {
                 if self
@@ -414,6 +426,7 @@ impl Reactor {
                 }
             }
             self.accept_backlogs(now);
+            turnstat::mark(Part::Accept);
             if !self.checks.is_empty()
                 || self.services.mailbox_busy()
                 || self.services.commit_pending()
@@ -422,25 +435,37 @@ impl Reactor {
                 // Completions made without an event (a helper found gone at submit).
                 self.finish_checks(now);
             }
+            turnstat::mark(Part::Exec);
             self.finish_mailboxes(now);
+            turnstat::mark(Part::Mailboxes);
             // Disk work gets slices of each turn, one wait for the disk at a time, so no
             // client waits behind a whole batch of fsyncs: one slice for commits (clients wait
             // for them), one for deliveries (so they keep up under a steady load).
             self.finish_commits(now, Instant::now() + limits::WORK_SLICE);
+            turnstat::mark(Part::Commits);
             self.serve_control(now);
+            turnstat::mark(Part::Control);
             self.services
                 .pickup_work(Instant::now() + limits::WORK_SLICE);
+            turnstat::mark(Part::Pickup);
             self.services.deliver(
                 now,
                 SystemTime::now(),
                 Instant::now() + limits::WORK_SLICE,
                 self.exec.as_mut(),
             );
+            // After the sessions and the deliveries: files for the messages begun this turn
+            // are made ahead, and the entries removed this turn go to free/ (`spool::prepare`).
+            self.services.spool_prepare(self.exec.as_mut());
+            turnstat::mark(Part::Deliver);
             self.services.outbound_turn(Instant::now());
+            turnstat::mark(Part::Outbound);
             self.fire_deadlines(now);
+            turnstat::mark(Part::Deadlines);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.resume_accepting(now);
             }
+            turnstat::end();
         }
     }
 
@@ -1340,6 +1365,10 @@ impl Reactor {
                 }
                 if crate::spool::commit_owns(c.tag) {
                     self.services.commit_completion(c);
+                    continue;
+                }
+                if crate::spool::prepare_owns(c.tag) {
+                    self.services.spool_prepared(c, self.exec.as_mut());
                     continue;
                 }
                 if crate::deliver::maildir::owns(c.tag) {

@@ -212,6 +212,7 @@ impl Log for SinkLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let t = std::time::Instant::now();
         let mut guarded = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         guarded.line(
             record.target(),
@@ -220,6 +221,7 @@ impl Log for SinkLogger {
             Instant::now(),
             SystemTime::now(),
         );
+        crate::turnstat::count("log.line", t.elapsed());
     }
 
     fn flush(&self) {}

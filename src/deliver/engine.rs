@@ -502,6 +502,19 @@ impl Engine {
         }
     }
 
+    /// How long the reactor may sleep as far as the engine is concerned (None: until an
+    /// executor completion or an event). While a batch waits for its Maildir commit in the
+    /// executor, entries that came due meanwhile wait for the batch's end (a batch at a
+    /// time), so they must not wake the reactor: that was a busy loop of zero timeouts for
+    /// every commit under load, spinning a core the clients needed.
+    pub fn timeout(&self, now: Instant) -> Option<Duration> {
+        match &self.batch {
+            Some(b) if matches!(&b.phase, Phase::Committing(c) if c.waiting()) => None,
+            Some(_) => Some(Duration::ZERO),
+            None => self.schedule.timeout(now),
+        }
+    }
+
     /// An executor completion that `maildir::owns` says is a Maildir commit's.
     pub fn complete(&mut self, c: crate::exec::Completion) {
         if let Some(Batch {
@@ -570,9 +583,9 @@ impl Engine {
                 };
                 match next {
                     Some(id) => {
-                        if let Some(a) =
+                        if let Some(a) = crate::turnstat::timed("deliver.stage", || {
                             self.load_and_stage(id, store, dir, now, wall, &mut batch.staged)
-                        {
+                        }) {
                             batch.attempts.push_back(a);
                         }
                     }
@@ -583,10 +596,10 @@ impl Engine {
                 }
             }
             Phase::Committing(commit) => {
-                let finished = match exec {
+                let finished = crate::turnstat::timed("deliver.commit", || match exec {
                     Some(exec) => self.maildirs.commit_pump(commit, exec),
                     None => self.maildirs.commit_step(commit),
-                };
+                });
                 if !finished && commit.waiting() {
                     // Nothing to do before a completion comes.
                     self.batch = Some(batch);
@@ -605,7 +618,9 @@ impl Engine {
             Phase::Settling(outcomes) => match batch.attempts.pop_front() {
                 Some(attempt) => {
                     if attempt.remote.is_empty() {
-                        self.settle(attempt, outcomes, store, now, wall);
+                        crate::turnstat::timed("deliver.settle", || {
+                            self.settle(attempt, outcomes, store, now, wall)
+                        });
                     } else {
                         self.park(attempt, outcomes);
                     }
@@ -915,7 +930,7 @@ impl Engine {
         }
         if delivered.len() + failed.len() == entry.pending.len() {
             self.unrecorded.remove(&id);
-            match store.remove(&id) {
+            match crate::turnstat::timed("deliver.settle.remove", || store.remove(&id)) {
                 Ok(()) => events::log(&events::removed(&id.0)),
                 Err(e) => warn!("{id}: delivered but cannot remove the queue entry: {e}"),
             }

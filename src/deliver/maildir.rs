@@ -400,7 +400,9 @@ impl Maildirs {
             self.seq,
             self.host
         );
-        let file = match dirs.tmp.create_file(&tmp_name, 0o600) {
+        let file = match crate::turnstat::timed("maildir.create", || {
+            dirs.tmp.create_file(&tmp_name, 0o600)
+        }) {
             Ok(f) => f,
             // The Maildir was removed since it was opened in this batch: open (make) it again.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -419,10 +421,12 @@ impl Maildirs {
                 ));
             }
         };
-        match write_lf(file, return_path, delivered_to, data) {
+        match crate::turnstat::timed("maildir.write", || {
+            write_lf(file, return_path, delivered_to, data)
+        }) {
             Ok((file, size, wire_size)) => {
                 if self.sync_mode == SyncMode::File {
-                    durable::start_writeback(&file);
+                    crate::turnstat::timed("maildir.writeback", || durable::start_writeback(&file));
                 }
                 Ok(Staged {
                     name: format!("{unique},S={size},W={wire_size}"),

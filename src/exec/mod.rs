@@ -166,8 +166,9 @@ pub enum DiskOp {
     Rest,
 }
 
-/// The tag of `DiskOp::Rest`: nobody waits for its completion.
-pub const REST_TAG: u64 = 1 << 60;
+/// The tag of `DiskOp::Rest`: nobody waits for its completion. Bits 60 to 63 are the file
+/// preparation's, the Maildir commit's, the group commit's and the mailbox jobs'.
+pub const REST_TAG: u64 = 1 << 59;
 
 /// What a successful operation produced.
 #[derive(Debug, PartialEq, Eq)]

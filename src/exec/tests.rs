@@ -723,3 +723,14 @@ fn a_reactor_descriptor_is_synced_on_every_backend() {
         );
     }
 }
+
+/// The rest's completion is dropped by the reactor: no job that reads completions may take
+/// its tag for one of its own (the file preparation once used the same bit).
+#[test]
+fn the_rest_tag_is_nobody_elses() {
+    let t = super::REST_TAG;
+    assert!(!crate::mailbox::job::owns(t));
+    assert!(!crate::spool::commit_owns(t));
+    assert!(!crate::deliver::maildir::owns(t));
+    assert!(!crate::spool::prepare_owns(t));
+}

@@ -250,9 +250,9 @@ impl Spool {
         if let Some(exec) = exec
             && (self.xgroup.is_some() || (exec.runs_file_ops() && self.group.is_none()))
         {
-            return self.commit_pump(exec);
+            return crate::turnstat::timed("spool.commit_pump", || self.commit_pump(exec));
         }
-        self.commit_steps(deadline)
+        crate::turnstat::timed("spool.commit_steps", || self.commit_steps(deadline))
     }
 
     /// The executor's side of `commit_work`: advances the group in the executor as far as
@@ -425,7 +425,8 @@ impl Spool {
     }
 
     /// `commit_flush` where commits may be in the executor (shutdown): waits for their
-    /// completions, spinning on `drain`. Other completions that arrive meanwhile are dropped.
+    /// completions, spinning on `drain`. The spool's own other completions (files made ahead,
+    /// removals) are handed on; others that arrive meanwhile are dropped.
     pub fn commit_flush_with(&mut self, mut exec: Option<&mut Executor>) -> Vec<Committed> {
         let mut out = Vec::new();
         let mut got = Vec::new();
@@ -436,6 +437,9 @@ impl Spool {
                 for c in got.drain(..) {
                     if !crate::mailbox::job::owns(c.tag) && owns(c.tag) {
                         self.commit_completion(c);
+                    } else if super::prepare_owns(c.tag) {
+                        // Not dropped: `finish_removals` waits for every one of them.
+                        self.prepared(c, Some(&mut *exec));
                     }
                 }
             }

@@ -29,12 +29,14 @@
 mod commit;
 pub(crate) mod format;
 mod listing;
+mod prepare;
 #[cfg(test)]
 mod tests;
 
 pub use commit::{Committed, owns as commit_owns};
 pub use format::RcptState;
 pub use listing::{QueueSummary, format_queue, list_queue};
+pub use prepare::owns as prepare_owns;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -156,6 +158,8 @@ pub struct Spool {
     free: Vec<u64>,
     /// Names the next file put into `free/`.
     free_seq: u64,
+    /// Files being made ahead in the executor (`prepare.rs`).
+    ahead: prepare::Ahead,
     /// Test hook: runs on a message being received once a full disk made the spool give
     /// back its free files, before the write is tried again (the test makes room there).
     #[cfg(test)]
@@ -262,7 +266,7 @@ impl Incoming {
             self.used += n;
             bytes = rest;
             if self.used == self.buf.len() {
-                self.flush_buf();
+                crate::turnstat::timed("spool.flush", || self.flush_buf());
             }
         }
         total - bytes.len()
@@ -718,6 +722,7 @@ impl Spool {
             free_dir,
             free,
             free_seq,
+            ahead: prepare::Ahead::default(),
             #[cfg(test)]
             on_release: None,
             stated,
@@ -837,7 +842,7 @@ impl Spool {
         if forbidden {
             return Err(SpoolError::Failed("envelope contains CR, LF or NUL".into()));
         }
-        let mut inc = self.create_incoming()?;
+        let mut inc = crate::turnstat::timed("spool.create", || self.create_incoming())?;
         if maildir_form && format::link_qualifies(env) {
             let head = crate::lf::maildir_head(&env.sender, &env.recipients[0]);
             self.append_raw(&mut inc, head.as_bytes());
@@ -873,6 +878,7 @@ impl Spool {
     }
 
     fn create_incoming(&mut self) -> Result<Incoming, SpoolError> {
+        self.ahead.wanted = true;
         for _ in 0..limits::SPOOL_ID_TRIES {
             let id = id_encode(self.next_id());
             let (file, tmp_path) = match self.take_free() {
@@ -1009,7 +1015,7 @@ impl Spool {
             inc.lf = Some(lf);
         }
         if inc.error.is_none() {
-            inc.flush_buf();
+            crate::turnstat::timed("spool.flush.last", || inc.flush_buf());
             self.make_room(inc);
         }
         match inc.error.take() {
@@ -1175,8 +1181,13 @@ impl Spool {
         self.fresh.remove(id);
         let path = self.message_path(id);
         // A file in the Maildir form that delivery linked into a Maildir is the mailbox's
-        // message now: only its name here goes, its inode is never reused (nor emptied).
+        // message now: only its name here goes, its inode is never reused (nor emptied, so
+        // it never goes to free/, in the executor or here).
         let linked = fs::symlink_metadata(&path).is_ok_and(|m| m.nlink() > 1);
+        if !linked && self.ahead.offload && !self.held.contains(id) && !self.stated.contains(id) {
+            self.retire_later(path);
+            return Ok(());
+        }
         let removed = if linked {
             fs::remove_file(&path)
         } else {

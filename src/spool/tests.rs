@@ -1507,3 +1507,204 @@ fn a_maildir_form_entry_survives_a_crash_at_every_commit_point() {
     assert_eq!(ids, vec![id.clone()]);
     assert!(spool.read_entry(&id).unwrap().is_maildir_form());
 }
+
+/// Files made ahead and removals done in the disk executor (`prepare.rs`), driven as the
+/// reactor drives them, on the inline backend.
+mod ahead {
+    use super::*;
+    use crate::exec::{Executor, Inline};
+
+    /// The executor's completions go back to the spool until none is left in flight.
+    fn settle(spool: &mut Spool, exec: &mut Executor) {
+        for _ in 0..10 {
+            let mut got = Vec::new();
+            exec.drain(&mut got);
+            for c in got {
+                assert!(prepare_owns(c.tag) && !commit_owns(c.tag));
+                spool.prepared(c, Some(exec));
+            }
+            spool.prepare_files(Some(exec));
+            if !spool.preparing() {
+                return;
+            }
+        }
+        panic!("operations still in flight");
+    }
+
+    #[test]
+    fn a_message_begun_finds_its_file_made_ahead_instead_of_creating_one() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = Executor::Inline(Inline::new());
+        // Nothing begun: nothing made (an idle server makes no files).
+        spool.prepare_files(Some(&mut x));
+        assert!(!spool.preparing());
+        assert!(names(&d.path().join("free")).is_empty());
+        // A message begins (its own file is created: none was ready) and ends.
+        let first = spool.begin(&env(&["r@x"])).unwrap();
+        assert!(first.tmp_path.starts_with(d.path().join("tmp")));
+        spool.abort(first);
+        // The next turn makes files ahead, in the executor.
+        spool.prepare_files(Some(&mut x));
+        assert!(spool.preparing());
+        settle(&mut spool, &mut x);
+        assert_eq!(
+            names(&d.path().join("free")).len(),
+            limits::SPOOL_READY_FILES
+        );
+        // The next message opens one of them: no file is created in tmp/.
+        let second = spool.begin(&env(&["r@x"])).unwrap();
+        assert!(second.tmp_path.starts_with(d.path().join("free")));
+        assert!(names(&d.path().join("tmp")).is_empty());
+        drop(second);
+    }
+
+    #[test]
+    fn a_removed_entry_goes_to_free_in_the_executor_emptied() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = Executor::Inline(Inline::new());
+        let id = store(&mut spool, &env(&["r@x"]), b"Subject: x\r\n\r\nbody\r\n");
+        settle(&mut spool, &mut x);
+        let before = names(&d.path().join("free")).len();
+        spool.remove(&id).unwrap();
+        // Not on the reactor: the file is still in queue/ until the next turn submits it.
+        assert!(names(&d.path().join("queue")).contains(&id.0));
+        spool.prepare_files(Some(&mut x));
+        settle(&mut spool, &mut x);
+        assert!(!names(&d.path().join("queue")).contains(&id.0));
+        let free = names(&d.path().join("free"));
+        assert_eq!(free.len(), before + 1);
+        for f in &free {
+            assert_eq!(
+                fs::metadata(d.path().join("free").join(f)).unwrap().len(),
+                0
+            );
+        }
+        // And it is reused.
+        let inc = spool.begin(&env(&["r@x"])).unwrap();
+        assert!(inc.tmp_path.starts_with(d.path().join("free")));
+    }
+
+    /// A Maildir-form entry that delivery linked into a Maildir is the mailbox's message:
+    /// with removals in the executor too, only its name in queue/ goes; it is never moved to
+    /// free/ nor emptied (that would empty the user's mail).
+    #[test]
+    fn a_linked_entry_is_unlinked_never_emptied_when_removals_go_to_the_executor() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = Executor::Inline(Inline::new());
+        let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
+        settle(&mut spool, &mut x);
+        let queued = d.path().join("queue").join(&id.0);
+        let maildir_copy = d.path().join("delivered");
+        fs::hard_link(&queued, &maildir_copy).unwrap();
+        let content = fs::read(&maildir_copy).unwrap();
+        let free_before = names(&d.path().join("free"));
+        spool.remove(&id).unwrap();
+        spool.prepare_files(Some(&mut x));
+        settle(&mut spool, &mut x);
+        assert!(!queued.exists());
+        assert_eq!(
+            fs::read(&maildir_copy).unwrap(),
+            content,
+            "the mail is intact"
+        );
+        assert_eq!(fs::metadata(&maildir_copy).unwrap().nlink(), 1);
+        assert_eq!(
+            names(&d.path().join("free")),
+            free_before,
+            "not a free file"
+        );
+    }
+
+    #[test]
+    fn without_an_executor_for_files_a_removal_is_done_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let id = store(&mut spool, &env(&["r@x"]), b"x\r\n");
+        spool.prepare_files(None);
+        spool.remove(&id).unwrap();
+        assert!(!names(&d.path().join("queue")).contains(&id.0));
+        assert_eq!(names(&d.path().join("free")).len(), 1);
+    }
+
+    #[test]
+    fn shutdown_carries_out_the_removals_handed_over() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = Executor::Inline(Inline::new());
+        let id = store(&mut spool, &env(&["r@x"]), b"x\r\n");
+        spool.prepare_files(Some(&mut x));
+        spool.remove(&id).unwrap();
+        spool.finish_removals(Some(&mut x));
+        assert!(!spool.preparing());
+        assert!(!names(&d.path().join("queue")).contains(&id.0));
+    }
+}
+
+/// A removal whose rename the helper process never answered (it died: `EPIPE`) is done with
+/// blocking calls: no delivered entry stays in `queue/`.
+#[test]
+fn a_removal_lost_with_the_helper_is_done_at_once() {
+    use crate::exec::{Errno, Executor, Inline};
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut x = Executor::Inline(Inline::new());
+    let id = store(&mut spool, &env(&["r@x"]), b"x\r\n");
+    // The files made ahead after that message are made first.
+    loop {
+        spool.prepare_files(Some(&mut x));
+        let mut got = Vec::new();
+        x.drain(&mut got);
+        if got.is_empty() {
+            break;
+        }
+        for c in got {
+            spool.prepared(c, Some(&mut x));
+        }
+    }
+    let free = d.path().join("free");
+    let before = names(&free);
+    spool.remove(&id).unwrap();
+    spool.prepare_files(Some(&mut x));
+    let mut got = Vec::new();
+    x.drain(&mut got);
+    assert_eq!(got.len(), 1, "the rename");
+    // The inline executor ran the rename at submit; undo it, as if it never ran.
+    let moved = names(&free)
+        .into_iter()
+        .find(|n| !before.contains(n))
+        .unwrap();
+    fs::rename(free.join(&moved), d.path().join("queue").join(&id.0)).unwrap();
+    let mut c = got.pop().unwrap();
+    c.result = Err(Errno(libc::EPIPE));
+    spool.prepared(c, Some(&mut x));
+    assert!(!names(&d.path().join("queue")).contains(&id.0));
+    assert_eq!(fs::metadata(free.join(&moved)).unwrap().len(), 0);
+}
+
+/// At shutdown the commit flush drains the executor: the completions of files being made
+/// ahead are handed on, not dropped, so the wait for the spool's removals that follows ends.
+#[test]
+fn the_shutdown_commit_flush_hands_on_the_files_made_ahead() {
+    use crate::exec::{Executor, Inline};
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut x = Executor::Inline(Inline::new());
+    let mut inc = spool.begin(&env(&["r@x"])).unwrap();
+    inc.append(b"x\r\n");
+    spool.prepare_files(Some(&mut x));
+    assert!(spool.preparing());
+    spool.commit_enqueue(inc, 1).unwrap();
+    let r = spool.commit_flush_with(Some(&mut x));
+    assert_eq!(r.len(), 1);
+    let t = std::time::Instant::now();
+    spool.finish_removals(Some(&mut x));
+    assert!(!spool.preparing());
+    assert!(t.elapsed() < limits::SPOOL_REMOVALS_WAIT);
+    assert_eq!(
+        names(&d.path().join("free")).len(),
+        limits::SPOOL_READY_FILES
+    );
+}

@@ -1310,3 +1310,42 @@ mod linked {
         );
     }
 }
+
+/// While a batch waits for its Maildir commit in the executor, an entry that came due
+/// meanwhile does not make the reactor poll with a zero timeout (it waits for the batch's
+/// end): the engine's timeout is none until the completions come, and zero again after.
+#[test]
+fn a_batch_waiting_for_its_commit_does_not_wake_the_reactor_for_the_next_due_entry() {
+    use crate::exec::{Executor, Inline};
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    let first = w.queue.add("s@example.org", &["alice@example.test"]);
+    let second = w.queue.add("s@example.org", &["bob@example.test"]);
+    w.engine.schedule.due_now(first);
+    w.engine.schedule.due_now(second);
+    let mut exec = Executor::Inline(Inline::new());
+    let now = Instant::now();
+    let far = now + Duration::from_secs(3600);
+    // A batch of one entry: the second stays due in the schedule.
+    w.engine.work(
+        1,
+        &mut w.queue,
+        &w.dir,
+        now,
+        SystemTime::now(),
+        far,
+        Some(&mut exec),
+    );
+    assert!(w.engine.busy() && !w.engine.has_work(now));
+    assert_eq!(w.engine.schedule.timeout(now), Some(Duration::ZERO));
+    assert_eq!(
+        w.engine.timeout(now),
+        None,
+        "waiting for the executor, not spinning"
+    );
+    let mut done = Vec::new();
+    exec.drain(&mut done);
+    for c in done {
+        w.engine.complete(c);
+    }
+    assert_eq!(w.engine.timeout(now), Some(Duration::ZERO));
+}
