@@ -120,6 +120,13 @@ def result_rows(t, f, runs):
           digits=2, target=("<=", 1))
     t.row(f"  PSS holding {n2:,} (MiB; shared pages counted once)", "memory", f"pss_{n2}", "postfix", digits=1,
           scale=MiB)
+    # The binary's code pages are unmapped at rest (daemon::pages) and come back with the first
+    # connections, so the difference to idle also carries that fixed amount; between the two
+    # crowds it is the connections alone.
+    t.row(f"  marginal cost per connection, (RSS_{n2} − RSS_{n1}) ÷ {n2 - n1:,} (KiB)", "memory",
+          lambda r: (r[f"rss_{n2}"] - r[f"rss_{n1}"]) / (n2 - n1)
+          if r.get(f"greeted_{n2}") and r.get(f"rss_{n1}") is not None else None, "postfix",
+          digits=2, target=("<=", 0.5))
     t.row("  cost per connection by PSS (KiB)", "memory",
           lambda r: (r[f"pss_{n2}"] - r["pss_idle"]) / n2 if r.get(f"greeted_{n2}") else None, "postfix", digits=2)
     t.row(f"CPU ticks (1/100 s) over {idle_s} s idle, empty queue", "idle", "ticks", "postfix", digits=1,
