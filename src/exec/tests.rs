@@ -33,7 +33,7 @@ pub(super) fn helper() -> Executor {
 }
 
 /// The uring backend, or `None` after saying loudly that this machine cannot test it.
-pub(super) fn uring() -> Option<Executor> {
+pub(crate) fn uring() -> Option<Executor> {
     let helper = Helper::spawn().unwrap();
     match Uring::ring() {
         Ok(r) => Some(Executor::Uring(Box::new(Uring::new(r, helper)))),

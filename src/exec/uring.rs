@@ -50,6 +50,12 @@ pub struct Uring {
     slots: Slots<InFlight>,
     helper: Helper,
     cqes: Vec<(u64, i32)>,
+    /// Inside `Executor::batch`: entries wait in the submission queue for one
+    /// `io_uring_enter` at its end, not one system call each.
+    batching: bool,
+    /// `io_uring_enter` calls made to submit (for tests: a batch is one call).
+    #[cfg(test)]
+    pub(super) enters: usize,
 }
 
 /// Every opcode this backend submits; all must be supported or construction fails.
@@ -121,6 +127,9 @@ impl Uring {
             slots: Slots::new(limits::EXEC_MAX_IN_FLIGHT),
             helper,
             cqes: Vec::new(),
+            batching: false,
+            #[cfg(test)]
+            enters: 0,
         }
     }
 
@@ -159,8 +168,19 @@ impl Uring {
                 op: f.op,
             });
         }
-        self.submit_queued();
+        if !self.batching {
+            self.submit_queued();
+        }
         Ok(())
+    }
+
+    /// Starts or ends a batch: while one is open, submissions queue up; its end submits them
+    /// all with one `io_uring_enter`.
+    pub(super) fn set_batching(&mut self, on: bool) {
+        self.batching = on;
+        if !on {
+            self.submit_queued();
+        }
     }
 
     /// Queues the submission entry of slot `slot` (its first, or a short write's next part).
@@ -184,6 +204,10 @@ impl Uring {
     fn submit_queued(&mut self) {
         if self.ring.submission().is_empty() {
             return;
+        }
+        #[cfg(test)]
+        {
+            self.enters += 1;
         }
         if let Err(e) = self.ring.submit() {
             log::warn!("disk_io: io_uring_enter: {e}; retrying on the next turn");

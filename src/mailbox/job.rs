@@ -15,8 +15,10 @@
 //!
 //! `Jobs` holds every job, tags their operations (`TAG_BIT` set, so the reactor tells them from
 //! password checks), and submits at most `limits::MAILBOX_OPS_PER_TURN` operations per
-//! `pump` (one per reactor turn), each job with at most that many in flight. The work left on
-//! the reactor per turn is that many completions plus, once per opening, the sort of the
+//! `pump` (one per reactor turn), each job with at most `limits::MAILBOX_IN_FLIGHT` in flight
+//! (the executor serves in order: a client's commit never queues behind more than that), all
+//! of a turn's in one submission to the kernel (`Executor::batch`). The work left on the
+//! reactor per turn is that many completions plus, once per opening, the sort of the
 //! snapshot. A job whose connection ended is detached: an opening is cut short (its
 //! operations in flight are awaited, its handles closed, the lock dropped), an UPDATE runs to
 //! its end, since the client asked for it.
@@ -683,8 +685,16 @@ impl Jobs {
     }
 
     /// Submits the next operations: at most `limits::MAILBOX_OPS_PER_TURN` in all, and no job
-    /// above that many in flight. Without an executor every operation fails (`ENXIO`).
-    pub fn pump(&mut self, mut exec: Option<&mut Executor>) {
+    /// above `limits::MAILBOX_IN_FLIGHT` in flight. Without an executor every operation fails (`ENXIO`).
+    pub fn pump(&mut self, exec: Option<&mut Executor>) {
+        match exec {
+            // One submission to the kernel for the whole batch (io_uring).
+            Some(exec) => exec.batch(|exec| self.pump_into(Some(exec))),
+            None => self.pump_into(None),
+        }
+    }
+
+    fn pump_into(&mut self, mut exec: Option<&mut Executor>) {
         let mut budget = limits::MAILBOX_OPS_PER_TURN;
         if let (Some(level), Some(exec)) = (self.blocked, exec.as_deref())
             && exec.in_flight() >= level
@@ -698,7 +708,7 @@ impl Jobs {
             let Some(e) = self.jobs.get_mut(&id) else {
                 continue;
             };
-            while budget > 0 && e.job.in_flight < limits::MAILBOX_OPS_PER_TURN {
+            while budget > 0 && e.job.in_flight < limits::MAILBOX_IN_FLIGHT {
                 let Some((purpose, op)) = e.job.next_op() else {
                     break;
                 };
