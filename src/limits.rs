@@ -361,6 +361,10 @@ pub const EXEC_MAX_IN_FLIGHT: usize = 256;
 /// Largest single write request, on every backend so callers never care which one runs: a
 /// helper frame carries the data, and 64 KiB is many times the spool's write buffer.
 pub const EXEC_WRITE_MAX: usize = 64 * 1024;
+/// io_uring's worker threads for file operations (io-wq "bounded" workers; the kernel's
+/// default is four per CPU). On a 2-CPU machine eight of them unlinking in one Maildir kept
+/// the reactor thread waiting for a CPU; a few keep a disk as busy.
+pub const EXEC_URING_WORKERS: u32 = 2;
 /// Mailbox operations (list a batch, move, count, unlink) one reactor turn submits, and the
 /// most one POP mailbox job holds in flight: the reactor's share is a few µs per completion,
 /// so a turn stays well under 1 ms, and a quarter of `EXEC_MAX_IN_FLIGHT` leaves room for

@@ -32,7 +32,7 @@ use crate::limits;
 
 /// A ring and its eventfd, before a helper is attached.
 pub struct Ring {
-    ring: IoUring,
+    pub(super) ring: IoUring,
     efd: OwnedFd,
 }
 
@@ -117,6 +117,13 @@ impl Uring {
         ring.submitter()
             .register_eventfd(efd.as_raw_fd())
             .map_err(|e| format!("io_uring register_eventfd: {}", bare(&e)))?;
+        // File operations run on the kernel's io-wq worker threads, by default up to four
+        // per CPU; a pile of them spinning on one directory's lock took the CPU from the
+        // reactor thread. A kernel without the call (before 5.15) keeps its default.
+        let mut max = [limits::EXEC_URING_WORKERS, 0];
+        if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
+            log::debug!("disk_io: io_uring worker limit not set: {}", bare(&e));
+        }
         Ok(Ring { ring, efd })
     }
 
