@@ -15,8 +15,9 @@
 //!
 //! `Jobs` holds every job, tags their operations (`TAG_BIT` set, so the reactor tells them from
 //! password checks), and submits at most `limits::MAILBOX_OPS_PER_TURN` operations per
-//! `pump` (one per reactor turn), each job with at most `limits::MAILBOX_IN_FLIGHT` in flight
-//! (the executor serves in order: a client's commit never queues behind more than that), all
+//! `pump` (one per reactor turn), each job with at most `limits::MAILBOX_IN_FLIGHT` in flight,
+//! and one while any other work is in the executor (which serves in order: a client's commit
+//! waits behind one mailbox operation, never a queue of them), all
 //! of a turn's in one submission to the kernel (`Executor::batch`). The work left on the
 //! reactor per turn is that many completions plus, once per opening, the sort of the
 //! snapshot. A job whose connection ended is detached: an opening is cut short (its
@@ -702,13 +703,25 @@ impl Jobs {
             return;
         }
         self.blocked = None;
+        // Other work in the executor (a client's commit, a delivery's sync, a password check)
+        // is served in order behind ours: while there is any, each job keeps one operation in
+        // flight, so that work waits for one mailbox operation at most, never a queue of them.
+        let ours: usize = self.jobs.values().map(|e| e.job.in_flight).sum();
+        let others = exec
+            .as_deref()
+            .map_or(0, |x| x.in_flight().saturating_sub(ours));
+        let cap = if others > 0 {
+            1
+        } else {
+            limits::MAILBOX_IN_FLIGHT
+        };
         let mut ids: Vec<u64> = self.jobs.keys().copied().collect();
         ids.sort_unstable();
         'jobs: for id in ids {
             let Some(e) = self.jobs.get_mut(&id) else {
                 continue;
             };
-            while budget > 0 && e.job.in_flight < limits::MAILBOX_IN_FLIGHT {
+            while budget > 0 && e.job.in_flight < cap {
                 let Some((purpose, op)) = e.job.next_op() else {
                     break;
                 };

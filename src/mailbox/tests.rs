@@ -609,6 +609,56 @@ fn a_turn_submits_to_the_ring_once() {
     assert!(names(&root.path().join("bob/cur")).is_empty());
 }
 
+/// While other work waits in the executor (a client's commit), a mailbox job keeps one
+/// operation in flight, not `MAILBOX_IN_FLIGHT`: that work waits behind one at most. The job
+/// still ends.
+#[test]
+fn other_work_in_the_executor_leaves_the_job_one_operation() {
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..100 {
+        put(
+            root.path(),
+            "bob",
+            "cur",
+            &format!("{}.M{i}.h,W=2:2,", 1000 + i),
+            b"x\n",
+        );
+    }
+    let (mb, _) = Mailbox::open(root.path(), "bob").unwrap();
+    let mut exec = inline();
+    let mut jobs = Jobs::new();
+    let all: Vec<usize> = (0..100).collect();
+    jobs.start(1, 2, Ok(Job::update(mb, &all)));
+    let other = || crate::exec::DiskOp::Unlink {
+        dir: None,
+        path: std::ffi::CString::new(root.path().join("nothing").to_str().unwrap()).unwrap(),
+    };
+    let mut done = Vec::new();
+    for turn in 0..10_000 {
+        // Someone else's operation is in flight at every pump.
+        exec.submit(7, other()).unwrap();
+        let before = exec.in_flight();
+        jobs.pump(Some(&mut exec));
+        let submitted = exec.in_flight() - before;
+        assert!(
+            submitted <= 1,
+            "turn {turn}: {submitted} mailbox operations"
+        );
+        exec.drain(&mut done);
+        for c in done.drain(..) {
+            if job::owns(c.tag) {
+                jobs.complete(c);
+            }
+        }
+        if let Some(f) = jobs.take_finished().pop() {
+            assert!(matches!(f.result, JobResult::Updated(Ok(()))));
+            assert!(names(&root.path().join("bob/cur")).is_empty());
+            return;
+        }
+    }
+    panic!("the job never ends");
+}
+
 #[test]
 fn a_detached_opening_stops_and_unlocks_a_detached_update_finishes() {
     let root = tempfile::tempdir().unwrap();
