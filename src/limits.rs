@@ -365,10 +365,10 @@ pub const EXEC_WRITE_MAX: usize = 64 * 1024;
 /// default is four per CPU). On a 2-CPU machine eight of them unlinking in one Maildir kept
 /// the reactor thread waiting for a CPU; a few keep a disk as busy.
 pub const EXEC_URING_WORKERS: u32 = 2;
-/// Mailbox operations (list a batch, move, count, unlink) one reactor turn submits, and the
-/// most one POP mailbox job holds in flight: the reactor's share is a few µs per completion,
-/// so a turn stays well under 1 ms, and a quarter of `EXEC_MAX_IN_FLIGHT` leaves room for
-/// password checks and other jobs. 60,000 moves are about 1,000 turns, each serving clients.
+/// Mailbox operations (list a batch, move, count, unlink) one reactor turn submits for all
+/// POP mailbox jobs together (each job also stays within `MAILBOX_IN_FLIGHT`): the reactor's
+/// share is a few µs per completion, so a turn stays well under 1 ms, and a quarter of
+/// `EXEC_MAX_IN_FLIGHT` leaves room for password checks and other work.
 pub const MAILBOX_OPS_PER_TURN: usize = 64;
 /// The most operations one POP mailbox job holds in flight. The executor serves its
 /// operations in order (io_uring's few workers, the helper's one queue), so a client's commit
