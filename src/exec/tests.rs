@@ -33,7 +33,7 @@ pub(super) fn helper() -> Executor {
 }
 
 /// The uring backend, or `None` after saying loudly that this machine cannot test it.
-pub(super) fn uring() -> Option<Executor> {
+pub(crate) fn uring() -> Option<Executor> {
     let helper = Helper::spawn().unwrap();
     match Uring::ring() {
         Ok(r) => Some(Executor::Uring(Box::new(Uring::new(r, helper)))),
@@ -594,6 +594,27 @@ fn choose_falls_back_to_the_helper() {
         (exec.backend(), line.as_str()),
         ("helper", "disk_io: helper process (disk_io = helper)")
     );
+}
+
+/// The ring runs its file operations on at most `EXEC_URING_WORKERS` kernel threads, not
+/// the kernel's four per CPU, so they leave the reactor a CPU.
+#[test]
+fn the_ring_has_few_workers() {
+    let Ok(ring) = Uring::ring() else {
+        return;
+    };
+    // Zeros ask for the current limits without changing them.
+    let mut max = [0u32, 0];
+    if ring
+        .ring
+        .submitter()
+        .register_iowq_max_workers(&mut max)
+        .is_err()
+    {
+        eprintln!("this kernel cannot limit io_uring workers (before 5.15)");
+        return;
+    }
+    assert_eq!(max[0], limits::EXEC_URING_WORKERS);
 }
 
 #[test]

@@ -32,7 +32,7 @@ use crate::limits;
 
 /// A ring and its eventfd, before a helper is attached.
 pub struct Ring {
-    ring: IoUring,
+    pub(super) ring: IoUring,
     efd: OwnedFd,
 }
 
@@ -50,6 +50,12 @@ pub struct Uring {
     slots: Slots<InFlight>,
     helper: Helper,
     cqes: Vec<(u64, i32)>,
+    /// Inside `Executor::batch`: entries wait in the submission queue for one
+    /// `io_uring_enter` at its end, not one system call each.
+    batching: bool,
+    /// `io_uring_enter` calls made to submit (for tests: a batch is one call).
+    #[cfg(test)]
+    pub(super) enters: usize,
 }
 
 /// Every opcode this backend submits; all must be supported or construction fails.
@@ -111,6 +117,13 @@ impl Uring {
         ring.submitter()
             .register_eventfd(efd.as_raw_fd())
             .map_err(|e| format!("io_uring register_eventfd: {}", bare(&e)))?;
+        // File operations run on the kernel's io-wq worker threads, by default up to four
+        // per CPU; a pile of them spinning on one directory's lock took the CPU from the
+        // reactor thread. A kernel without the call (before 5.15) keeps its default.
+        let mut max = [limits::EXEC_URING_WORKERS, 0];
+        if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
+            log::debug!("disk_io: io_uring worker limit not set: {}", bare(&e));
+        }
         Ok(Ring { ring, efd })
     }
 
@@ -121,6 +134,9 @@ impl Uring {
             slots: Slots::new(limits::EXEC_MAX_IN_FLIGHT),
             helper,
             cqes: Vec::new(),
+            batching: false,
+            #[cfg(test)]
+            enters: 0,
         }
     }
 
@@ -161,8 +177,19 @@ impl Uring {
                 op: f.op,
             });
         }
-        self.submit_queued();
+        if !self.batching {
+            self.submit_queued();
+        }
         Ok(())
+    }
+
+    /// Starts or ends a batch: while one is open, submissions queue up; its end submits them
+    /// all with one `io_uring_enter`.
+    pub(super) fn set_batching(&mut self, on: bool) {
+        self.batching = on;
+        if !on {
+            self.submit_queued();
+        }
     }
 
     /// Queues the submission entry of slot `slot` (its first, or a short write's next part).
@@ -186,6 +213,10 @@ impl Uring {
     fn submit_queued(&mut self) {
         if self.ring.submission().is_empty() {
             return;
+        }
+        #[cfg(test)]
+        {
+            self.enters += 1;
         }
         if let Err(e) = self.ring.submit() {
             log::warn!("disk_io: io_uring_enter: {e}; retrying on the next turn");

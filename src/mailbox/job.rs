@@ -15,8 +15,11 @@
 //!
 //! `Jobs` holds every job, tags their operations (`TAG_BIT` set, so the reactor tells them from
 //! password checks), and submits at most `limits::MAILBOX_OPS_PER_TURN` operations per
-//! `pump` (one per reactor turn), each job with at most that many in flight. The work left on
-//! the reactor per turn is that many completions plus, once per opening, the sort of the
+//! `pump` (one per reactor turn), each job with at most `limits::MAILBOX_IN_FLIGHT` in flight,
+//! and one while any other work is in the executor (which serves in order: a client's commit
+//! waits behind one mailbox operation, never a queue of them), all
+//! of a turn's in one submission to the kernel (`Executor::batch`). The work left on the
+//! reactor per turn is that many completions plus, once per opening, the sort of the
 //! snapshot. A job whose connection ended is detached: an opening is cut short (its
 //! operations in flight are awaited, its handles closed, the lock dropped), an UPDATE runs to
 //! its end, since the client asked for it.
@@ -683,8 +686,16 @@ impl Jobs {
     }
 
     /// Submits the next operations: at most `limits::MAILBOX_OPS_PER_TURN` in all, and no job
-    /// above that many in flight. Without an executor every operation fails (`ENXIO`).
-    pub fn pump(&mut self, mut exec: Option<&mut Executor>) {
+    /// above `limits::MAILBOX_IN_FLIGHT` in flight. Without an executor every operation fails (`ENXIO`).
+    pub fn pump(&mut self, exec: Option<&mut Executor>) {
+        match exec {
+            // One submission to the kernel for the whole batch (io_uring).
+            Some(exec) => exec.batch(|exec| self.pump_into(Some(exec))),
+            None => self.pump_into(None),
+        }
+    }
+
+    fn pump_into(&mut self, mut exec: Option<&mut Executor>) {
         let mut budget = limits::MAILBOX_OPS_PER_TURN;
         if let (Some(level), Some(exec)) = (self.blocked, exec.as_deref())
             && exec.in_flight() >= level
@@ -692,13 +703,25 @@ impl Jobs {
             return;
         }
         self.blocked = None;
+        // Other work in the executor (a client's commit, a delivery's sync, a password check)
+        // is served in order behind ours: while there is any, each job keeps one operation in
+        // flight, so that work waits for one mailbox operation at most, never a queue of them.
+        let ours: usize = self.jobs.values().map(|e| e.job.in_flight).sum();
+        let others = exec
+            .as_deref()
+            .map_or(0, |x| x.in_flight().saturating_sub(ours));
+        let cap = if others > 0 {
+            1
+        } else {
+            limits::MAILBOX_IN_FLIGHT
+        };
         let mut ids: Vec<u64> = self.jobs.keys().copied().collect();
         ids.sort_unstable();
         'jobs: for id in ids {
             let Some(e) = self.jobs.get_mut(&id) else {
                 continue;
             };
-            while budget > 0 && e.job.in_flight < limits::MAILBOX_OPS_PER_TURN {
+            while budget > 0 && e.job.in_flight < cap {
                 let Some((purpose, op)) = e.job.next_op() else {
                     break;
                 };
