@@ -118,6 +118,26 @@ pub fn wire_extra(bytes: &[u8], prev: u8) -> u64 {
     n
 }
 
+/// Reads `r` to its end in chunks of up to `buf`'s size, handing each to `each` (an
+/// interrupted read is retried); returns the bytes read.
+pub fn read_chunks(
+    r: &mut dyn io::Read,
+    buf: &mut [u8],
+    each: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        each(buf.get(..n).unwrap_or_default())?;
+        total += n as u64;
+    }
+}
+
 /// Reads data in the LF form back with CRLF line ends (every LF becomes CRLF).
 pub struct CrlfReader<R> {
     inner: R,
@@ -238,5 +258,35 @@ mod tests {
             got.push(one[0]);
         }
         assert_eq!(got, b"x\r\n\r\ny");
+    }
+
+    /// A reader that is interrupted once, then hands out 3 bytes a call.
+    struct Jumpy<'a>(&'a [u8], bool);
+    impl io::Read for Jumpy<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if !std::mem::replace(&mut self.1, true) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = self.0.len().min(3).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn every_byte_once_in_order_and_errors_stop_it() {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8];
+        let n = read_chunks(&mut Jumpy(b"hello world", false), &mut buf, &mut |c| {
+            got.extend_from_slice(c);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((n, got.as_slice()), (11, &b"hello world"[..]));
+        let err = read_chunks(&mut Jumpy(b"abc", true), &mut buf, &mut |_| {
+            Err(io::Error::other("full"))
+        });
+        assert_eq!(err.unwrap_err().to_string(), "full");
     }
 }

@@ -969,15 +969,7 @@ fn write_lf(
     let mut buf = [0u8; 16 * 1024];
     let mut lf = crate::lf::LfWriter::default();
     let mut out = |b: &[u8]| w.write_all(b);
-    loop {
-        let n = match data.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        lf.feed(&buf[..n], &mut out)?;
-    }
+    crate::lf::read_chunks(data, &mut buf, &mut |chunk| lf.feed(chunk, &mut out))?;
     lf.finish(&mut out)?;
     size += lf.size;
     lfs += lf.lfs;

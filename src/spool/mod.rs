@@ -373,19 +373,12 @@ impl QueueEntry {
         }
         let mut f = File::open(&self.path)?;
         let mut buf = vec![0u8; 64 * 1024];
-        let (mut n, mut extra, mut prev) = (0u64, 0u64, b'\n');
-        loop {
-            let k = match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            let chunk = buf.get(..k).unwrap_or_default();
+        let (mut extra, mut prev) = (0u64, b'\n');
+        let n = crate::lf::read_chunks(&mut f, &mut buf, &mut |chunk| {
             extra += crate::lf::wire_extra(chunk, prev);
             prev = chunk.last().copied().unwrap_or(prev);
-            n += k as u64;
-        }
+            Ok(())
+        })?;
         if n != size {
             return Err(bad("the file changed while it was read"));
         }
@@ -425,18 +418,11 @@ impl QueueEntry {
         }
         let mut r = self.read_data()?;
         let mut buf = vec![0u8; 64 * 1024];
-        let (mut n, mut eight) = (0u64, false);
-        loop {
-            let k = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            let chunk = buf.get(..k).unwrap_or_default();
+        let mut eight = false;
+        let n = crate::lf::read_chunks(&mut r, &mut buf, &mut |chunk| {
             eight |= chunk.iter().any(|&b| b >= 0x80);
-            n += k as u64;
-        }
+            Ok(())
+        })?;
         Ok((n, eight))
     }
 
