@@ -103,7 +103,7 @@ pub struct Reactor {
     services: Services,
     /// Re-read on SIGHUP.
     config_path: PathBuf,
-    /// Memory was handed back since the last connection closed (see `release_memory`).
+    /// Memory was handed back since the last activity ended (see `release_memory`).
     rested: bool,
     /// The code mappings go before the next wait that follows the helper's rest.
     code_release_due: bool,
@@ -348,7 +348,15 @@ impl Reactor {
                     return Ok(());
                 }
             }
-            if self.open == 0 && !self.rested && self.services.at_rest(now) {
+            // At rest: no connection, no disk or delivery work, no log summary still to
+            // write. Anything else (a connection, a retry coming due) starts a new burst,
+            // whose end hands back memory and code again.
+            let resting = self.open == 0
+                && crate::daemon::log::flood_due().is_none()
+                && self.services.at_rest(now);
+            if !resting {
+                self.rested = false;
+            } else if !self.rested {
                 self.release_memory();
             }
             let timeout = self.poll_timeout(now);

@@ -56,3 +56,44 @@ def test_with_fsync_filesystem_every_syncfs_is_made_by_the_helper(server_factory
     # At least the spool's two stages and the Maildir commit's two, in the helper.
     assert by_pid.get(helper[0], 0) >= 4, calls
     assert len(maildir_messages(s, "alice")) == 6
+
+
+def test_code_is_unmapped_after_the_last_log_summary_of_a_burst(server_factory, tmp_path):
+    """At rest (no connection, no disk work) the daemon hands back memory and unmaps the code
+    the burst ran (`daemon::pages`: madvise MADV_DONTNEED). A storm's log summary is written
+    when its window ends, after the last connection closed; the rest must come after that
+    line, or the code that wrote it stays mapped until the next burst (seen in the bench: the
+    idle daemon kept 1 MiB more)."""
+    log_file = tmp_path / "file.log"  # a log file, where storms are summarised (not stderr)
+    trace = tmp_path / "trace"
+    s = server_factory(log_level="info", log_file=str(log_file))
+    s.start(prefix=("strace", "-f", "-qq", "-s", "200", "-o", str(trace),
+                    "-e", "trace=madvise,write"), wait=False)
+    log = lambda: log_file.read_text() if log_file.exists() else ""  # noqa: E731
+
+    def wait_for(cond, timeout, what):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if cond():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}:\n{log()[-3000:]}")
+
+    wait_for(lambda: "] ready" in log(), 20, "the start")
+    daemon = daemon_pid(s)
+    for _ in range(8):
+        with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=10) as c:
+            c.noop()
+    # Five close lines are written, the other three counted: their summary comes when the
+    # storm's window (10 s) ends.
+    summary = "more like this in the last"
+    wait_for(lambda: summary in log(), 30, "the close storm's summary")
+
+    def unmapped_after_summary():
+        mine = [l for l in trace.read_text().splitlines() if l.startswith(f"{daemon} ")]
+        wrote = [i for i, l in enumerate(mine) if "write(" in l and summary in l]
+        return bool(wrote) and any("MADV_DONTNEED" in l for l in mine[wrote[-1]:])
+
+    wait_for(unmapped_after_summary, 10, "the daemon's madvise after the summary")
+    os.kill(daemon, signal.SIGTERM)
+    assert s.proc.wait(20) == 0
