@@ -192,7 +192,7 @@ def render(results):
                   f"The same figures with postling's executor on its `{variant}` backend "
                   f"(`bench/run --disk-io {variant}`); the peers were measured again in the same run.", ""]
         lines += HEADER + tv.rows
-    lines += details(f, n1, n2)
+    lines += details(f, n1, n2, every)
     lines += notes(f, idle_s, deferred_n)
     par = f.get("parsers", {}).get("data")
     lines += ["", "## Parser micro-benchmark (`cargo bench --bench parsers`)", "",
@@ -268,15 +268,24 @@ def flood_rows(t, f, runs):
     t.row("  POP server CPU ticks during the flood", "authflood", "wrong_pop_ticks", "dovecot", peer_label=peer)
 
 
-def details(f, n1, n2):
+def details(f, n1, n2, every=None):
     out = ["", "## Checks behind the numbers", ""]
-    d = f.get("durability", {}).get("data")
-    if d:
+    for key in ("durability", "durability@helper"):
+        d = (every or f).get(key, {}).get("data")
+        if not d:
+            continue
+        backend = (every or f)[key].get("run", {}).get("disk_io", "auto")
         for name, r in d.items():
             calls = ", ".join(f"{k} {v}" for k, v in sorted(r["calls"].items()))
-            out.append(f"- durability, {name}: {r['syncs_per_msg']:.2f} fsync-family and {r['renames_per_msg']:.2f} "
-                       f"rename/link calls per message (strace -f -c over the whole process tree, {r['messages']} "
-                       f"messages, 5 sessions: {calls}); {r['delivered']}/{r['messages']} in the Maildir.")
+            unseen = ""
+            if name == "postling" and backend != "helper":
+                unseen = (" With io_uring (disk_io = " + backend + ") the syncs and renames are ring operations, "
+                          "not system calls, so strace does not see them; the helper backend's line shows them.")
+            label = f"{name} (disk_io = {backend})" if name == "postling" else name
+            out.append(f"- durability, {label}: {r['syncs_per_msg']:.2f} fsync-family and "
+                       f"{r['renames_per_msg']:.2f} rename/link calls per message (strace -f -c over the whole process "
+                       f"tree, {r['messages']} messages, 5 sessions: {calls}); {r['delivered']}/{r['messages']} in the "
+                       f"Maildir.{unseen}")
     for fig in ("smtp1", "smtp20"):
         data = f.get(fig, {}).get("data", {})
         for name in ("postling", "postfix"):
@@ -493,18 +502,19 @@ def notes(f, idle_s, deferred_n):
             "message, the 250 after the dot, 1 ms pause between). The figure is the transactions that began and "
             "ended between the PASS and the QUIT's reply. postling serves both protocols in one process: before "
             "issue 11 item 3 the opening (readdir, new/ → cur/, sizes) and QUIT's unlinks ran on its one reactor; "
-            "now they are requests to the disk executor, at most 64 operations a turn. For the peer, the POP3 side is "
+            "now they are requests to the disk executor: a mailbox job keeps at most 2 operations in flight (1 while "
+            "another client's disk work waits), submitted once a turn. For the peer, the POP3 side is "
             "Dovecot (a pop3 process of its own) and the SMTP side Postfix: separate processes that share only the "
             "CPUs and the disk. For comparison, the same harness on the code before this change (commit 9818b12, "
             "one round, 2026-12-04 21:10 UTC, checked by hand, not in results.json): postling p50 1.03 ms, p99 "
             "6.43 ms, worst 1,459 ms (the opening, 1.46 s, in which no transaction ended), and no transaction ended "
             "during the 4.66 s of QUIT either (the one waiting then ended after the POP3 session, so it is not in "
-            "the sample). Now no transaction waits a whole opening or QUIT, but each one is slower while the "
-            "mailbox work runs: the spool's own fsyncs still run on the reactor (issue 11 items 1 and 2) and "
-            "share the disk with 60,000 renames or unlinks, and io_uring runs those in kernel worker threads on "
-            "the same 2 CPUs. The machine is shared, so single rounds vary: three one-round runs of this code gave "
-            "postling p50/p99/worst 7.41/27.81/71.0, 10.14/34.04/71.1 and 4.29/15.60/32.2 ms (Dovecot+Postfix "
-            "2.91/13.05/146.4, 3.30/35.64/203.8 and 2.69/8.31/13.9 ms); the table shows the last.",
+            "the sample). With the first executor version (64 operations a turn, spool files still created on the "
+            "reactor, io_uring's default 8 kernel workers) single rounds gave postling p50/p99/worst 7.41/27.81/71.0, "
+            "10.14/34.04/71.1 and 4.29/15.60/32.2 ms (Dovecot+Postfix 2.91/13.05/146.4, 3.30/35.64/203.8 and "
+            "2.69/8.31/13.9 ms). Since then the spool's syncs, renames, file creation and removals wait in the "
+            "executor too, io_uring keeps at most 2 workers, and the mailbox job yields to other disk work; the "
+            "table shows this code. The machine is shared, so single rounds vary.",
             "- **Password-hash flood (issue 11).** alice's password is stored as SHA512-CRYPT (5,000 rounds) in "
             "postling's and Dovecot's password files (the same string; the other users stay `{PLAIN}`). One POP3 "
             "session logs in to alice and stays, so her mailbox is in use; then a separate client process opens the "
@@ -514,7 +524,10 @@ def notes(f, idle_s, deferred_n):
             "again; its login cache makes the repeated right password cost one hash per 30 s, so that flood measures "
             "the reactor's work per login attempt (checked by hand in a separate 4 s run with 200 connections: postling "
             "wrote one INFO line per attempt, `pop3: alice logged in from 127.1.0.N (a check made in the last 30s)`, "
-            "87,670 lines for 87,315 [IN-USE] answers; these are not summarised as a storm). A wrong password costs a real hash in the helper process each and "
+            "87,670 lines for 87,315 [IN-USE] answers; these are not summarised as a storm). That was before "
+            "`[IN-USE]` was answered after `auth_failure_delay` like a wrong password, and before every login attempt "
+            "counted against its address (`login_attempts_per_client`, 30 at once, then 30 a minute); each flood "
+            "connection has an address of its own, so now about one answer per connection and second. A wrong password costs a real hash in the helper process each and "
             "is answered after `auth_failure_delay` (1 s in the bench config), so the flood is bounded by connections "
             "÷ 1 s; the connection is then closed and reopened from the next source address in 127.1.0.0/16, so no "
             "address reaches the failed-login throttle (10 per address; throttled logins are refused without a hash, "
