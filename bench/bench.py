@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import popclient  # noqa: E402
 import procstat  # noqa: E402
 from servers import (ALICE_PW, DOMAIN, Dovecot, EtcPostfixGuard, Postfix, Postling, free_port,  # noqa: E402
-                     maildir_clear, maildir_count, sh)
+                     maildir_clear, maildir_count, sh, set_trash, discard, empty_trash)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"
@@ -263,7 +263,7 @@ def make_deferred(server, count):
     tries once, fails with a temporary error (ENOTDIR) and keeps the message for a retry an
     hour later. Returns what the server's own queue listing says."""
     carol = Path(server.mail) / "carol"
-    shutil.rmtree(carol, ignore_errors=True)
+    discard(carol)
     carol.write_text("not a directory: deliveries to carol fail temporarily\n")
     if server.name == "postfix":
         shutil.chown(carol, "postfix", "postfix")
@@ -283,7 +283,7 @@ def make_deferred(server, count):
 
 def pop3_fill(server, count, size):
     d = Path(server.mail) / "bob"
-    shutil.rmtree(d, ignore_errors=True)
+    discard(d)
     for sub in ("tmp", "new", "cur"):
         (d / sub).mkdir(parents=True)
     line = b"x" * 75 + b"\n"
@@ -940,7 +940,7 @@ def relay_figure(servers, rounds, sessions, messages, hold, stall):
 def bigbox_fill(server, count):
     """`count` one-line messages in bob's new/, named as postling delivers (with S= and W=)."""
     d = Path(server.mail) / "bob"
-    shutil.rmtree(d, ignore_errors=True)
+    discard(d)
     for sub in ("tmp", "new", "cur"):
         (d / sub).mkdir(parents=True)
     body = b"From: <bench@example.org>\nTo: <bob@example.test>\nSubject: bigbox\n\nx\n"
@@ -1155,6 +1155,9 @@ def main():
     previous = json.loads(RESULTS_JSON.read_text()) if args.only and RESULTS_JSON.exists() else {}
     results = previous.get("figures", {})
     WORK.mkdir(parents=True, exist_ok=True)
+    # A trash left by an interrupted run is deleted now, before anything is measured.
+    shutil.rmtree(WORK / "trash", ignore_errors=True)
+    set_trash(WORK / "trash")
     run = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds,
            "memory_rounds": args.memory_rounds,
            "messages": args.messages, "idle_seconds": args.idle_seconds, "connections": args.connections,
@@ -1303,6 +1306,7 @@ def main():
         for s in (pl, pf, dc):
             for sub in ("mail", "spool", "queue"):
                 shutil.rmtree(Path(s.dir) / sub, ignore_errors=True)
+        empty_trash()
     info["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     out = {"machine": info, "figures": results}
     RESULTS_JSON.write_text(json.dumps(out, indent=1, default=str) + "\n")
