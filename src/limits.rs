@@ -392,6 +392,10 @@ pub const EXEC_WRITE_MAX: usize = 64 * 1024;
 /// default is four per CPU). On a 2-CPU machine eight of them unlinking in one Maildir kept
 /// the reactor thread waiting for a CPU; a few keep a disk as busy.
 pub const EXEC_URING_WORKERS: u32 = 2;
+/// How long the helper process may run file operations without a password check while
+/// checks wait (`exec::helper`): file operations go first, since clients' commits wait on
+/// them in a row, but a steady stream of them still lets a check through this often.
+pub const HELPER_CHECK_YIELD: Duration = Duration::from_millis(10);
 /// Mailbox operations (list a batch, move, count, unlink) one reactor turn submits for all
 /// POP mailbox jobs together (each job also stays within `MAILBOX_IN_FLIGHT`): the reactor's
 /// share is a few µs per completion, so a turn stays well under 1 ms, and a quarter of

@@ -473,6 +473,9 @@ impl Reactor {
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.resume_accepting(now);
             }
+            if let Some(exec) = self.exec.as_mut() {
+                exec.end_turn();
+            }
             turnstat::end();
         }
     }

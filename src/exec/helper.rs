@@ -14,10 +14,19 @@
 //! writing only while frames that found the socket buffer full wait in a queue (bounded by
 //! the in-flight limit); an idle helper costs no wake-ups. If the helper dies, every
 //! operation in flight completes with `EPIPE` and later submits are refused with `Gone`.
+//!
+//! Password checks wait on the parent's side: the helper holds one at a time, and a new one
+//! goes out at the end of a reactor turn (`end_turn`) only when no other operation is in the
+//! helper, or when the last check ended `limits::HELPER_CHECK_YIELD` ago. A check is
+//! milliseconds of CPU; without this, a flood of logins queued every file operation (a
+//! message's fdatasync, its rename, the directory's fsync: three in a row before its `250`)
+//! behind all of them. Now a file operation waits for the one check in progress at most,
+//! and a stream of file operations still lets a check through every few milliseconds.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -52,6 +61,12 @@ pub struct Helper {
     /// Where the socket is registered, to add or drop writability as the queue fills/empties.
     poll: Option<(Registry, Token)>,
     want_write: bool,
+    /// Password checks submitted and not yet sent, oldest first (see the module docs).
+    checks: VecDeque<(u64, DiskOp)>,
+    /// The slot of the check the helper holds, if any.
+    check_seq: Option<usize>,
+    /// When the helper's last check ended (or the helper started).
+    check_ended: Instant,
 }
 
 impl Helper {
@@ -113,6 +128,9 @@ impl Helper {
             recv_buf: Vec::new(),
             poll: None,
             want_write: false,
+            checks: VecDeque::new(),
+            check_seq: None,
+            check_ended: Instant::now(),
         })
     }
 
@@ -152,12 +170,23 @@ impl Helper {
                 op,
             });
         }
-        if self.slots.is_full() {
+        if self.slots.len() + self.checks.len() >= limits::EXEC_MAX_IN_FLIGHT
+            || self.slots.is_full()
+        {
             return Err(Rejected {
                 reason: Reject::Full,
                 op,
             });
         }
+        if matches!(op, DiskOp::VerifyPassword { .. }) {
+            self.checks.push_back((tag, op));
+            return Ok(());
+        }
+        self.send(tag, op, fd).map(|_| ())
+    }
+
+    /// Puts `op` in a slot and its frame on the way.
+    fn send(&mut self, tag: u64, op: DiskOp, fd: Option<RawFd>) -> Result<usize, Rejected> {
         let Ok(seq) = self.slots.insert(Pending { tag, kept: None }) else {
             return Err(Rejected {
                 reason: Reject::Full,
@@ -172,7 +201,32 @@ impl Helper {
         }
         self.outq.push_back(Outgoing { seq, frame, fd });
         self.flush();
-        Ok(())
+        Ok(seq)
+    }
+
+    /// The end of a reactor turn, after everything the turn submitted: sends the oldest
+    /// waiting password check if the helper holds none and either has no other operation or
+    /// has run file operations alone for `limits::HELPER_CHECK_YIELD`. Progress needs no
+    /// timer: a check held back waits for an operation in flight, whose reply ends a turn.
+    pub(super) fn end_turn(&mut self) {
+        if self.gone || self.check_seq.is_some() {
+            return;
+        }
+        if !self.slots_idle() && self.check_ended.elapsed() < limits::HELPER_CHECK_YIELD {
+            return;
+        }
+        let Some((tag, op)) = self.checks.pop_front() else {
+            return;
+        };
+        match self.send(tag, op, None) {
+            Ok(seq) => self.check_seq = Some(seq),
+            // Slots full: it waits for the next turn's end.
+            Err(r) => self.checks.push_front((tag, r.op)),
+        }
+    }
+
+    fn slots_idle(&self) -> bool {
+        self.slots.len() == 0
     }
 
     /// Frames waiting for room in the socket.
@@ -182,7 +236,7 @@ impl Helper {
     }
 
     pub(super) fn in_flight(&self) -> usize {
-        self.slots.len() + self.failed.len()
+        self.slots.len() + self.failed.len() + self.checks.len()
     }
 
     /// Sends queued frames until the socket is full.
@@ -286,7 +340,12 @@ impl Helper {
                 self.fail_all();
                 break;
             };
-            let Some(p) = usize::try_from(seq).ok().and_then(|s| self.slots.remove(s)) else {
+            let seq = usize::try_from(seq).ok();
+            if seq.is_some() && seq == self.check_seq {
+                self.check_seq = None;
+                self.check_ended = Instant::now();
+            }
+            let Some(p) = seq.and_then(|s| self.slots.remove(s)) else {
                 log::error!("disk_io: the helper process answered an unknown request");
                 self.fail_all();
                 break;
@@ -305,10 +364,18 @@ impl Helper {
         self.gone = true;
         self.outq.clear();
         self.sock = None;
+        self.check_seq = None;
         self.try_reap();
-        for p in self.slots.drain_all() {
+        let waiting = self.checks.drain(..).map(|(tag, _)| tag);
+        for tag in self
+            .slots
+            .drain_all()
+            .into_iter()
+            .map(|p| p.tag)
+            .chain(waiting)
+        {
             self.failed.push(Completion {
-                tag: p.tag,
+                tag,
                 result: Err(Errno(libc::EPIPE)),
             });
         }

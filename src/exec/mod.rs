@@ -279,7 +279,7 @@ impl DiskIo {
 pub enum Executor {
     Inline(Inline),
     Uring(Box<Uring>),
-    Helper(Helper),
+    Helper(Box<Helper>),
 }
 
 impl Executor {
@@ -395,6 +395,17 @@ impl Executor {
         }
     }
 
+    /// Call once at the end of every reactor turn, after the turn's submissions: the helper
+    /// sends a password check it held back so that file operations go first
+    /// (`exec::helper`).
+    pub fn end_turn(&mut self) {
+        match self {
+            Executor::Inline(_) => {}
+            Executor::Uring(u) => u.end_turn(),
+            Executor::Helper(h) => h.end_turn(),
+        }
+    }
+
     /// Operations submitted whose completion has not yet been handed out by `drain`.
     pub fn in_flight(&self) -> usize {
         match self {
@@ -436,7 +447,7 @@ fn choose_with(
         Helper::spawn().map_err(|e| format!("disk_io: cannot start the helper process: {e}"))?;
     match mode {
         DiskIo::Helper => Ok((
-            Executor::Helper(helper),
+            Executor::Helper(Box::new(helper)),
             "disk_io: helper process (disk_io = helper)".into(),
         )),
         DiskIo::Uring => match ring() {
@@ -454,7 +465,7 @@ fn choose_with(
                 "disk_io: uring (io_uring supports every operation used)".into(),
             )),
             Err(why) => Ok((
-                Executor::Helper(helper),
+                Executor::Helper(Box::new(helper)),
                 format!("disk_io: uring unavailable ({why}); using the helper process"),
             )),
         },

@@ -29,7 +29,7 @@ fn inline() -> Executor {
 }
 
 pub(super) fn helper() -> Executor {
-    Executor::Helper(Helper::spawn().unwrap())
+    Executor::Helper(Box::new(Helper::spawn().unwrap()))
 }
 
 /// The uring backend, or `None` after saying loudly that this machine cannot test it.
@@ -75,6 +75,7 @@ impl Driver {
         let deadline = Instant::now() + PATIENCE;
         loop {
             self.exec.drain(&mut self.done);
+            self.exec.end_turn();
             if self.done.len() >= n {
                 return std::mem::take(&mut self.done);
             }

@@ -140,6 +140,11 @@ impl Uring {
         }
     }
 
+    /// The helper's end of turn (`Helper::end_turn`): it holds this backend's password checks.
+    pub(super) fn end_turn(&mut self) {
+        self.helper.end_turn();
+    }
+
     pub(super) fn helper(&self) -> &Helper {
         &self.helper
     }

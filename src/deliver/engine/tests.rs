@@ -1118,7 +1118,7 @@ mod linked {
         use crate::exec::{Executor, Helper, Inline, Uring};
         let mut execs = vec![
             Executor::Inline(Inline::new()),
-            Executor::Helper(Helper::spawn().unwrap()),
+            Executor::Helper(Box::new(Helper::spawn().unwrap())),
         ];
         if let Ok(ring) = Uring::ring() {
             execs.push(Executor::Uring(Box::new(Uring::new(

@@ -130,6 +130,8 @@ fn helper_frames_wait_for_room_and_all_complete() {
         password: b"alice-pw".to_vec(),
     };
     d.exec.submit(u64::MAX, check).unwrap();
+    // (Checks go to the helper at a turn's end, with nothing else in it.)
+    d.exec.end_turn();
     let n = 64usize;
     for i in 0..n {
         let data = vec![i as u8; limits::EXEC_WRITE_MAX];
@@ -294,4 +296,64 @@ fn helper_exits_even_where_stdio_was_closed() {
         libc::WTERMSIG(status)
     );
     assert_eq!(libc::WEXITSTATUS(status), 0);
+}
+
+/// File operations go before waiting password checks: with one check in the helper and two
+/// more waiting, an fsync submitted after them completes before the waiting ones, and the
+/// checks all complete in turn. Without the parent's queue the fsync waited for all three
+/// hashes (a login flood stalled every commit behind its hashes).
+#[test]
+fn file_ops_overtake_waiting_password_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Driver::new(helper());
+    let path = tmp.path().join("f");
+    let f = d
+        .open(None, path.to_str().unwrap(), libc::O_WRONLY | libc::O_CREAT)
+        .unwrap();
+    let check = || DiskOp::VerifyPassword {
+        hash: Some(crate::auth::Credential::Sha512Crypt(ALICE_HASH.into())),
+        password: b"alice-pw".to_vec(),
+    };
+    d.exec.submit(100, check()).unwrap();
+    d.exec.end_turn();
+    d.exec.submit(101, check()).unwrap();
+    d.exec.submit(102, check()).unwrap();
+    d.exec.submit(1, DiskOp::Fsync { file: f }).unwrap();
+    assert_eq!(d.exec.in_flight(), 4, "waiting checks count as in flight");
+    let got = d.wait(4);
+    let order: Vec<u64> = got.iter().map(|c| c.tag).collect();
+    assert_eq!(order, vec![100, 1, 101, 102]);
+    assert!(got.iter().all(|c| c.result.is_ok()));
+    assert_eq!(got[2].result, Ok(Outcome::Verified(true)));
+    d.ok(DiskOp::Close { file: f });
+}
+
+/// A helper that dies with checks still waiting on the parent's side fails them with EPIPE
+/// too: nothing waits forever for a process that is gone.
+#[test]
+fn waiting_checks_fail_when_the_helper_dies() {
+    let exec = helper();
+    let pid = exec.helper_pid().unwrap();
+    let mut d = Driver::new(exec);
+    let check = || DiskOp::VerifyPassword {
+        hash: None,
+        password: b"pw".to_vec(),
+    };
+    // One check in the helper, two waiting behind it.
+    d.exec.submit(1, check()).unwrap();
+    d.exec.end_turn();
+    d.exec.submit(2, check()).unwrap();
+    d.exec.submit(3, check()).unwrap();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let mut got = d.wait(3);
+    got.sort_by_key(|c| c.tag);
+    let tags: Vec<u64> = got.iter().map(|c| c.tag).collect();
+    assert_eq!(tags, vec![1, 2, 3]);
+    // The first may have been answered before the kill; the waiting ones cannot have been.
+    assert!(
+        got[1..].iter().all(|c| c.result == Err(Errno(libc::EPIPE))),
+        "{got:?}"
+    );
+    assert_eq!(d.exec.in_flight(), 0);
 }
