@@ -209,10 +209,11 @@ impl Helper {
     /// has run file operations alone for `limits::HELPER_CHECK_YIELD`. Progress needs no
     /// timer: a check held back waits for an operation in flight, whose reply ends a turn.
     pub(super) fn end_turn(&mut self) {
-        if self.gone || self.check_seq.is_some() {
+        // No clock read in the common turn: nothing waiting, or a check already out.
+        if self.checks.is_empty() || self.gone || self.check_seq.is_some() {
             return;
         }
-        if !self.slots_idle() && self.check_ended.elapsed() < limits::HELPER_CHECK_YIELD {
+        if !check_may_go(self.slots.len() > 0, self.check_ended.elapsed()) {
             return;
         }
         let Some((tag, op)) = self.checks.pop_front() else {
@@ -225,8 +226,10 @@ impl Helper {
         }
     }
 
-    fn slots_idle(&self) -> bool {
-        self.slots.len() == 0
+    /// Password checks submitted and not yet sent to the helper.
+    #[cfg(test)]
+    pub(super) fn waiting_checks(&self) -> usize {
+        self.checks.len()
     }
 
     /// Frames waiting for room in the socket.
@@ -414,6 +417,26 @@ impl Drop for Helper {
 }
 
 /// The peer is gone (or the socket unusable): nothing more can be sent.
+/// May a waiting password check go to a helper that holds none? Yes when it holds no other
+/// operation; while it does (a commit's next step may follow at once), only once the last
+/// check ended `limits::HELPER_CHECK_YIELD` ago, so checks are not starved.
+fn check_may_go(file_ops_in_helper: bool, since_last_check: std::time::Duration) -> bool {
+    !file_ops_in_helper || since_last_check >= limits::HELPER_CHECK_YIELD
+}
+
+#[cfg(test)]
+#[test]
+fn checks_yield_to_file_ops_for_a_while_only() {
+    use std::time::Duration;
+    assert!(check_may_go(false, Duration::ZERO));
+    assert!(!check_may_go(true, Duration::ZERO));
+    assert!(!check_may_go(
+        true,
+        limits::HELPER_CHECK_YIELD - Duration::from_micros(1)
+    ));
+    assert!(check_may_go(true, limits::HELPER_CHECK_YIELD));
+}
+
 fn is_disconnect(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),

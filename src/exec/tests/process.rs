@@ -357,3 +357,36 @@ fn waiting_checks_fail_when_the_helper_dies() {
     );
     assert_eq!(d.exec.in_flight(), 0);
 }
+
+/// A stream of file operations does not starve password checks: with an operation still in
+/// the helper (its reply not yet taken), a waiting check goes out at a turn's end once
+/// `limits::HELPER_CHECK_YIELD` has passed since the last check ended.
+#[test]
+fn a_waiting_check_goes_out_after_the_yield_despite_file_ops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Driver::new(helper());
+    let path = tmp.path().join("f");
+    let f = d
+        .open(None, path.to_str().unwrap(), libc::O_WRONLY | libc::O_CREAT)
+        .unwrap();
+    let check = || DiskOp::VerifyPassword {
+        hash: None,
+        password: b"pw".to_vec(),
+    };
+    assert_eq!(d.run(check()), Ok(Outcome::Verified(false)));
+    // An fsync in the helper, not drained, so it stays in flight for the parent.
+    d.exec.submit(1, DiskOp::Fsync { file: f }).unwrap();
+    d.exec.submit(2, check()).unwrap();
+    // Past the yield (a time threshold, not a wait for an event).
+    std::thread::sleep(limits::HELPER_CHECK_YIELD + std::time::Duration::from_millis(5));
+    d.exec.end_turn();
+    let Executor::Helper(h) = &d.exec else {
+        unreachable!()
+    };
+    assert_eq!(h.waiting_checks(), 0, "the check was still held back");
+    let mut got = d.wait(2);
+    got.sort_by_key(|c| c.tag);
+    assert_eq!(got[0].result, Ok(Outcome::Done));
+    assert_eq!(got[1].result, Ok(Outcome::Verified(false)));
+    d.ok(DiskOp::Close { file: f });
+}
