@@ -54,8 +54,12 @@ use crate::turnstat::{self, Part};
 const SIGNAL_TOKEN: Token = Token(0);
 /// The disk executor's completions. The tokens at the top of the range are each one source's:
 /// `usize::MAX` the maildrop's inotify (`PICKUP_TOKEN`), `usize::MAX - 1` and `- 2` the control
-/// socket's listener and client (see `control`), `usize::MAX - 3` the executor.
+/// socket's listener and client (see `control`), `usize::MAX - 3` the executor's ring and
+/// `- 4` its helper process (`HELPER_TOKEN`).
 const EXEC_TOKEN: Token = Token(usize::MAX - 3);
+/// The helper process's socket (see `exec`), apart from the ring's eventfd so that an event
+/// for one does not make the reactor read the other.
+const HELPER_TOKEN: Token = Token(usize::MAX - 4);
 const LISTENER_BASE: usize = 1;
 const MAX_LISTENERS: usize = 1023;
 const CONN_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
@@ -385,7 +389,7 @@ impl Reactor {
             let again = std::mem::take(&mut self.again);
             for event in events.iter() {
                 let part = match event.token() {
-                    EXEC_TOKEN => Part::Exec,
+                    EXEC_TOKEN | HELPER_TOKEN => Part::Exec,
                     Token(t) if t >= CONN_BASE && !Outbound::owns(Token(t)) => Part::Conns,
                     _ => Part::Other,
                 };
@@ -393,7 +397,12 @@ impl Reactor {
                     SIGNAL_TOKEN => self.handle_signals(now),
                     t if ControlServer::owns(t) => self.control.ready(t),
                     PICKUP_TOKEN => self.services.pickup_readable(),
-                    EXEC_TOKEN => self.finish_checks(now),
+                    t @ (EXEC_TOKEN | HELPER_TOKEN) => {
+                        if let Some(exec) = self.exec.as_mut() {
+                            exec.signalled(t == EXEC_TOKEN);
+                        }
+                        self.finish_checks(now)
+                    }
                     t if Outbound::owns(t) => self.services.outbound_ready(
                         t,
                         event.is_readable() || event.is_read_closed() || event.is_error(),
@@ -1265,7 +1274,8 @@ impl Reactor {
         if conn.handshake_in_flight() {
             self.handshakes = self.handshakes.saturating_sub(1);
         }
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        // Not deregistered: closing the socket (when `conn` drops) takes it out of the poll,
+        // as no other descriptor shares it, and saves a system call per connection.
         let ip = conn.peer.ip();
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n -= 1;
@@ -1338,7 +1348,7 @@ impl Reactor {
 
     /// Makes `exec` the reactor's executor and registers its completions in the poll.
     pub fn attach_executor(&mut self, mut exec: Executor) -> io::Result<()> {
-        exec.register(self.poll.registry(), EXEC_TOKEN)?;
+        exec.register(self.poll.registry(), EXEC_TOKEN, HELPER_TOKEN)?;
         self.exec = Some(exec);
         Ok(())
     }
@@ -1365,7 +1375,7 @@ impl Reactor {
             let Some(exec) = self.exec.as_mut() else {
                 return;
             };
-            exec.drain(&mut done);
+            exec.drain_signalled(&mut done);
             if done.is_empty() {
                 return;
             }
@@ -1650,7 +1660,7 @@ mod tests {
 
     #[test]
     fn every_source_has_its_own_token() {
-        let special = [SIGNAL_TOKEN, EXEC_TOKEN, PICKUP_TOKEN];
+        let special = [SIGNAL_TOKEN, EXEC_TOKEN, HELPER_TOKEN, PICKUP_TOKEN];
         for (i, a) in special.iter().enumerate() {
             assert!(
                 !ControlServer::owns(*a),

@@ -67,6 +67,9 @@ pub struct Helper {
     check_seq: Option<usize>,
     /// When the helper's last check ended (or the helper started).
     check_ended: Instant,
+    /// The poll said the socket may hold replies (set by `signalled`, cleared when a read
+    /// finds none): `drain_signalled` reads only then, not once more per drain.
+    readable: bool,
 }
 
 impl Helper {
@@ -131,6 +134,7 @@ impl Helper {
             checks: VecDeque::new(),
             check_seq: None,
             check_ended: Instant::now(),
+            readable: true,
         })
     }
 
@@ -304,9 +308,25 @@ impl Helper {
         }
     }
 
+    /// The poll reported the socket readable: the next `drain_signalled` reads it.
+    pub(super) fn signalled(&mut self) {
+        self.readable = true;
+    }
+
     pub(super) fn drain(&mut self, out: &mut Vec<Completion>) {
+        self.readable = true;
+        self.drain_signalled(out);
+    }
+
+    /// Like `drain`, but reads the socket only if the poll said it is readable since a read
+    /// last found it empty (the socket is edge-triggered: a reply arriving later is a new
+    /// event). Spares the reactor a failed `recv` per drain.
+    pub(super) fn drain_signalled(&mut self, out: &mut Vec<Completion>) {
         self.flush();
         out.append(&mut self.failed);
+        if !self.readable {
+            return;
+        }
         if self.recv_buf.is_empty() {
             self.recv_buf = vec![0; limits::EXEC_FRAME_MAX];
         }
@@ -323,7 +343,10 @@ impl Helper {
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::WouldBlock => {
+                        self.readable = false;
+                        break;
+                    }
                     io::ErrorKind::Interrupted => continue,
                     _ => {
                         log::error!("disk_io: reading from the helper process failed ({e})");

@@ -301,13 +301,40 @@ impl Executor {
         }
     }
 
-    /// Registers every source of completions (the ring's eventfd, the helper socket) under
-    /// `token`. On an event for it, call `drain`.
-    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+    /// Registers the sources of completions: the ring's eventfd under `token`, the helper's
+    /// socket under `helper_token` (the two may be equal). On an event for either, call
+    /// `signalled` with the token, then `drain_signalled`.
+    pub fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        helper_token: Token,
+    ) -> io::Result<()> {
         match self {
             Executor::Inline(_) => Ok(()),
-            Executor::Uring(u) => u.register(registry, token),
-            Executor::Helper(h) => h.register(registry, token),
+            Executor::Uring(u) => u.register(registry, token, helper_token),
+            Executor::Helper(h) => h.register(registry, helper_token),
+        }
+    }
+
+    /// The poll reported a source readable: the ring's eventfd (`ring`), else the helper's
+    /// socket.
+    pub fn signalled(&mut self, ring: bool) {
+        match self {
+            Executor::Inline(_) => {}
+            Executor::Uring(u) => u.signalled(ring),
+            Executor::Helper(h) => h.signalled(),
+        }
+    }
+
+    /// Like `drain`, but looks only at the sources the poll reported since they were last
+    /// found empty (plus the ring's completion queue, which costs no system call): what the
+    /// reactor calls, so a drain that finds nothing makes no system call.
+    pub fn drain_signalled(&mut self, out: &mut Vec<Completion>) {
+        match self {
+            Executor::Inline(i) => i.drain(out),
+            Executor::Uring(u) => u.drain_signalled(out),
+            Executor::Helper(h) => h.drain_signalled(out),
         }
     }
 

@@ -149,10 +149,22 @@ impl Uring {
         &self.helper
     }
 
-    pub(super) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+    pub(super) fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        helper_token: Token,
+    ) -> io::Result<()> {
         let fd = self.efd.as_raw_fd();
         registry.register(&mut SourceFd(&fd), token, Interest::READABLE)?;
-        self.helper.register(registry, token)
+        self.helper.register(registry, helper_token)
+    }
+
+    /// The poll reported the eventfd (`ring`) or the helper's socket readable.
+    pub(super) fn signalled(&mut self, ring: bool) {
+        if !ring {
+            self.helper.signalled();
+        }
     }
 
     pub(super) fn submit(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
@@ -229,15 +241,16 @@ impl Uring {
     }
 
     pub(super) fn drain(&mut self, out: &mut Vec<Completion>) {
-        let mut counter = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into `counter`; EAGAIN (nothing new) is fine.
-        unsafe {
-            libc::read(
-                self.efd.as_raw_fd(),
-                counter.as_mut_ptr().cast(),
-                counter.len(),
-            )
-        };
+        self.helper.signalled();
+        self.drain_signalled(out);
+    }
+
+    /// Reaps the completion queue (shared memory: no system call) and reads the helper's
+    /// socket only if the poll reported it since a read last found it empty. The eventfd is
+    /// never read: it is registered edge-triggered, and every completion the kernel posts
+    /// signals it, which wakes the poll whatever its count (a 64-bit count that no run
+    /// could fill).
+    pub(super) fn drain_signalled(&mut self, out: &mut Vec<Completion>) {
         self.submit_queued();
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
@@ -247,7 +260,7 @@ impl Uring {
         cqes.clear();
         self.cqes = cqes;
         self.submit_queued();
-        self.helper.drain(out);
+        self.helper.drain_signalled(out);
     }
 
     fn complete(&mut self, slot: usize, res: i32, out: &mut Vec<Completion>) {

@@ -132,6 +132,10 @@ impl ExecGroup {
             dir_result: None,
             done: Vec::new(),
         };
+        // Writeback started for every file at once lets the disk take them together while
+        // the executor's few workers sync them in turn; a lone file's fdatasync starts its own
+        // writeback, and the call would only be one more system call on the reactor.
+        let several = items.len() > 1;
         for (i, (tag, inc)) in items.into_iter().enumerate() {
             if mode == SyncMode::Filesystem {
                 if i == 0 {
@@ -144,7 +148,9 @@ impl ExecGroup {
                     ));
                 }
             } else {
-                durable::start_writeback(&inc.file);
+                if several {
+                    durable::start_writeback(&inc.file);
+                }
                 g.unsent.push_back((
                     TAG_BIT | i as u64,
                     DiskOp::Fdatasync {
