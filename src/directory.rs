@@ -33,6 +33,7 @@
 //! no directory at all.
 
 mod parse;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

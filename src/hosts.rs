@@ -30,6 +30,7 @@ use crate::deliver::engine::{DeliveryPolicy, Engine, RemoteOutcome};
 use crate::deliver::maildir::Maildirs;
 use crate::deliver::schedule::{Linger, Schedule};
 use crate::deliver::store::SpoolStore;
+use crate::directory::watch::DirWatch;
 use crate::directory::{Directory, RcptVerdict};
 use crate::exec::{Completion as ExecCompletion, Executor};
 use crate::exec::{DiskOp, Errno, Outcome};
@@ -94,6 +95,9 @@ pub struct Services {
     /// The users and aliases files were checked for changes in this reactor turn: one `stat`
     /// each per turn at most, however many RCPTs, logins and deliveries it has.
     directory_checked: bool,
+    /// Says when those files may have changed (inotify), so turns without a change make no
+    /// `stat` at all. None where inotify is not available: then every turn checks.
+    directory_watch: Option<DirWatch>,
 }
 
 fn policy(config: &Config) -> DeliveryPolicy {
@@ -148,6 +152,19 @@ impl Services {
         });
         let mut warnings = warnings;
         let pickup = open_pickup(config, &spool, &queued, &mut warnings);
+        let directory_watch = {
+            let s = directory.settings();
+            match DirWatch::new(&[&s.users_file, &s.aliases_file]) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    info!(
+                        "no inotify for the users and aliases files ({e}): they are checked \
+                         with a stat in each busy reactor turn instead"
+                    );
+                    None
+                }
+            }
+        };
         if !queued.is_empty() {
             info!(
                 "{} message(s) in the queue; delivering them now",
@@ -187,6 +204,7 @@ impl Services {
             disk_io: config.disk_io,
             rcpt_budget: RcptBudget::default(),
             directory_checked: false,
+            directory_watch,
             pickup,
             abort_after_pickup_commit: std::env::var_os("POSTLING_TEST_ABORT_AFTER_PICKUP_COMMIT")
                 .is_some(),
@@ -203,14 +221,31 @@ impl Services {
         self.directory_checked = false;
     }
 
-    /// Picks up edits of the users and aliases files (a cheap stat, at most once a turn).
+    /// Picks up edits of the users and aliases files: a `stat` of each, at most once a turn
+    /// and only after the watch saw something happen to them (`directory::watch`).
     fn directory_fresh(&mut self) -> &Directory {
         if !self.directory_checked {
-            self.directory.refresh();
             self.directory_checked = true;
-            self.drop_cache_if_users_changed();
+            if self.directory_watch.as_mut().is_none_or(DirWatch::stale) {
+                self.directory.refresh();
+                self.drop_cache_if_users_changed();
+            }
         }
         &self.directory
+    }
+
+    /// The watch's inotify descriptor, for the poll.
+    pub fn directory_watch_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.directory_watch.as_ref().map(DirWatch::fd)
+    }
+
+    /// The watch's descriptor is readable: the files are checked at their next use. The
+    /// reactor calls this before it serves the turn's connections, so a RCPT sent after an
+    /// edit (and so reported with or after the edit's event) sees the edit.
+    pub fn directory_changed(&mut self) {
+        if let Some(w) = self.directory_watch.as_mut() {
+            w.readable();
+        }
     }
 
     pub fn smtp_host(&mut self, slot: usize, peer: SocketAddr, now: Instant) -> SmtpHostFor<'_> {
@@ -415,6 +450,10 @@ impl Services {
                     self.directory = directory;
                     self.users_reloads_seen = self.directory.users_reloads();
                     self.auth_cache.clear();
+                    if let Some(w) = self.directory_watch.as_mut() {
+                        let s = self.directory.settings();
+                        w.set_files(&[&s.users_file, &s.aliases_file]);
+                    }
                 }
                 Err(errors) => {
                     for e in errors {

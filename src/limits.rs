@@ -313,9 +313,13 @@ pub const PASSWORD_MAX: usize = 255;
 
 // ---- spool ----------------------------------------------------------------------------------
 
-/// Write buffer of one message being received, allocated once per message and never grown:
-/// a few disk writes per typical message instead of one per network read.
+/// Write buffer of one message being received, never grown: a few disk writes per typical
+/// message instead of one per network read.
 pub const SPOOL_WRITE_BUF: usize = 16 * 1024;
+/// Write buffers of committed messages kept for the next ones (given back at rest): a buffer
+/// this size is a mapping of its own (`buf::allocate_buffers_outside_the_heap`), and mapping,
+/// faulting in and unmapping one per message cost more than the message's write.
+pub const SPOOL_SPARE_BUFS: usize = 32;
 /// Largest envelope header or state file the spool writes or reads back: bounds memory when
 /// reading a damaged file, and is far above 100 recipients (RFC 5321 §4.5.3.1.8) of 256
 /// octets each (§4.5.3.1.3), even when every byte is escaped.

@@ -54,8 +54,8 @@ use crate::turnstat::{self, Part};
 const SIGNAL_TOKEN: Token = Token(0);
 /// The disk executor's completions. The tokens at the top of the range are each one source's:
 /// `usize::MAX` the maildrop's inotify (`PICKUP_TOKEN`), `usize::MAX - 1` and `- 2` the control
-/// socket's listener and client (see `control`), `usize::MAX - 3` the executor's ring and
-/// `- 4` its helper process (`HELPER_TOKEN`).
+/// socket's listener and client (see `control`), `usize::MAX - 3` the executor's ring,
+/// `- 4` its helper process (`HELPER_TOKEN`), `- 5` the users and aliases files' watch.
 const EXEC_TOKEN: Token = Token(usize::MAX - 3);
 /// The helper process's socket (see `exec`), apart from the ring's eventfd so that an event
 /// for one does not make the reactor read the other.
@@ -65,6 +65,8 @@ const MAX_LISTENERS: usize = 1023;
 const CONN_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
 /// The inotify descriptor watching `maildrop/` (see `pickup`): out of every other range.
 const PICKUP_TOKEN: Token = Token(usize::MAX);
+/// The inotify descriptor watching the users and aliases files (`directory::watch`).
+const DIRECTORY_TOKEN: Token = Token(usize::MAX - 5);
 
 /// Values the reactor needs from the config, in the form it uses them.
 pub struct Settings {
@@ -304,6 +306,13 @@ impl Reactor {
                 Interest::READABLE,
             )?;
         }
+        if let Some(fd) = services.directory_watch_fd() {
+            poll.registry().register(
+                &mut mio::unix::SourceFd(&fd),
+                DIRECTORY_TOKEN,
+                Interest::READABLE,
+            )?;
+        }
         let mut reactor = Reactor {
             poll,
             listeners: Vec::new(),
@@ -381,9 +390,14 @@ impl Reactor {
             }
             let now = Instant::now();
             turnstat::begin(events.iter().count());
+            crate::daemon::log::hold_lines();
             crate::daemon::log::flush_floods(now);
             self.services.begin_turn();
             turnstat::mark(Part::Rest);
+            // An edit of the users or aliases file counts before any RCPT of this turn does.
+            if events.iter().any(|e| e.token() == DIRECTORY_TOKEN) {
+                self.services.directory_changed();
+            }
             // Last turn's leftovers go after this turn's events (whose own leftovers wait for
             // the next turn), so a busy connection takes its turn in line with the others.
             let again = std::mem::take(&mut self.again);
@@ -395,6 +409,7 @@ impl Reactor {
                 };
                 match event.token() {
                     SIGNAL_TOKEN => self.handle_signals(now),
+                    DIRECTORY_TOKEN => {} // (seen above)
                     t if ControlServer::owns(t) => self.control.ready(t),
                     PICKUP_TOKEN => self.services.pickup_readable(),
                     t @ (EXEC_TOKEN | HELPER_TOKEN) => {
@@ -485,6 +500,7 @@ impl Reactor {
             if let Some(exec) = self.exec.as_mut() {
                 exec.end_turn();
             }
+            crate::daemon::log::release_lines();
             turnstat::end();
         }
     }
@@ -1660,7 +1676,13 @@ mod tests {
 
     #[test]
     fn every_source_has_its_own_token() {
-        let special = [SIGNAL_TOKEN, EXEC_TOKEN, HELPER_TOKEN, PICKUP_TOKEN];
+        let special = [
+            SIGNAL_TOKEN,
+            EXEC_TOKEN,
+            HELPER_TOKEN,
+            DIRECTORY_TOKEN,
+            PICKUP_TOKEN,
+        ];
         for (i, a) in special.iter().enumerate() {
             assert!(
                 !ControlServer::owns(*a),

@@ -105,6 +105,8 @@ pub fn reopen() -> Result<Reopened, String> {
         return Ok(Reopened::Stderr);
     };
     let mut guarded = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    // What was logged before the signal belongs in the file logrotate moved away.
+    guarded.release();
     guarded.sink.reopen()
 }
 
@@ -138,10 +140,34 @@ pub fn flush_floods(now: Instant) {
     let mut out = Vec::new();
     sink.flood.flush_due(now, &mut out);
     for line in out {
-        sink.sink
-            .write(Level::Info, &format_args!("{line}"), SystemTime::now());
+        sink.emit(Level::Info, &format_args!("{line}"), SystemTime::now());
     }
 }
+
+/// A reactor turn begins: until `release_lines`, lines for a log file are gathered and then
+/// written with one system call, not one each (a message logs about five lines, in two or
+/// three turns). Syslog and stderr lines go out at once as before.
+pub fn hold_lines() {
+    let Some(logger) = LOGGER.get() else {
+        return;
+    };
+    let mut g = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(g.sink, Sink::File { .. }) && g.held.is_none() {
+        g.held = Some(std::mem::take(&mut g.spare));
+    }
+}
+
+/// The turn ends: what `hold_lines` gathered is written.
+pub fn release_lines() {
+    let Some(logger) = LOGGER.get() else {
+        return;
+    };
+    let mut g = logger.sink.lock().unwrap_or_else(|p| p.into_inner());
+    g.release();
+}
+
+/// Above this many bytes held in a turn, they are written at once (the memory stays small).
+const HELD_MAX: usize = 32 * 1024;
 
 static LOGGER: OnceLock<SinkLogger> = OnceLock::new();
 
@@ -151,11 +177,22 @@ fn install(sink: Sink, level: LevelFilter) {
         sink: Mutex::new(Guarded {
             sink,
             flood: Flood::new(),
+            held: None,
+            spare: Vec::new(),
         }),
     });
     // Fails only if a logger is already installed, which start-up never does twice.
     let _ = ::log::set_logger(logger);
     ::log::set_max_level(level);
+    // Lines held in a turn reach the file before a panic ends the process (`panic = abort`):
+    // they say what led to it. (`try_lock`: the panic may have come from inside the logger.)
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(Ok(mut g)) = LOGGER.get().map(|l| l.sink.try_lock()) {
+            g.release();
+        }
+        previous(info);
+    }));
 }
 
 fn install_stderr(level: LevelFilter) {
@@ -178,9 +215,41 @@ struct SinkLogger {
 struct Guarded {
     sink: Sink,
     flood: Flood,
+    /// Lines for the file gathered during a reactor turn (`hold_lines`), if one is running.
+    held: Option<Vec<u8>>,
+    /// The buffer `held` had, kept between turns.
+    spare: Vec<u8>,
 }
 
 impl Guarded {
+    /// Writes one line, or adds it to the turn's held lines.
+    fn emit(&mut self, level: Level, args: &fmt::Arguments, wall: SystemTime) {
+        match self.held.as_mut() {
+            Some(held) => {
+                held.extend_from_slice(format_line(wall, level, args).as_bytes());
+                if held.len() >= HELD_MAX {
+                    self.sink.write_bytes(held);
+                    held.clear();
+                }
+            }
+            None => self.sink.write(level, args, wall),
+        }
+    }
+
+    /// Writes the held lines and stops holding.
+    fn release(&mut self) {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        if !held.is_empty() {
+            self.sink.write_bytes(&held);
+        }
+        held.clear();
+        if held.capacity() <= HELD_MAX {
+            self.spare = held;
+        }
+    }
+
     /// One line: written (after any summary that is due or pending), or only counted when
     /// its target marks it as storm-prone and its kind is over the burst.
     fn line(
@@ -195,10 +264,10 @@ impl Guarded {
         let mut summaries = Vec::new();
         let write = self.flood.offer(key, now, &mut summaries);
         for line in summaries {
-            self.sink.write(Level::Info, &format_args!("{line}"), wall);
+            self.emit(Level::Info, &format_args!("{line}"), wall);
         }
         if write {
-            self.sink.write(level, args, wall);
+            self.emit(level, args, wall);
         }
     }
 }
@@ -252,6 +321,14 @@ impl Sink {
             path: path.to_path_buf(),
             socket: Some(connect(path)?),
         })
+    }
+
+    /// Whole lines, already formatted, to the file (`hold_lines`; a file sink only).
+    fn write_bytes(&mut self, lines: &[u8]) {
+        if let Sink::File { file, .. } = self {
+            // A full disk cannot be reported in the log it fills; the lines are lost.
+            let _ = file.write_all(lines);
+        }
     }
 
     fn write(&mut self, level: Level, args: &fmt::Arguments, now: SystemTime) {
@@ -421,6 +498,50 @@ mod tests {
     }
 
     #[test]
+    fn lines_held_in_a_turn_reach_the_file_in_one_write_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postling.log");
+        let mut g = Guarded {
+            sink: Sink::open_file(&path).unwrap(),
+            flood: Flood::new(),
+            held: None,
+            spare: Vec::new(),
+        };
+        let t = UNIX_EPOCH + Duration::from_secs(STAMP);
+        g.emit(Level::Info, &format_args!("before"), t);
+        g.held = Some(Vec::new());
+        g.emit(Level::Info, &format_args!("one"), t);
+        g.emit(Level::Warn, &format_args!("two"), t);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "2026-12-01T19:06:42Z [INFO] before\n",
+            "held until the turn ends"
+        );
+        g.release();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "2026-12-01T19:06:42Z [INFO] before\n2026-12-01T19:06:42Z [INFO] one\n\
+             2026-12-01T19:06:42Z [WARN] two\n"
+        );
+        g.emit(Level::Info, &format_args!("after"), t);
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("[INFO] after\n")
+        );
+        // A turn that logs a lot writes as it goes: the held bytes stay under HELD_MAX.
+        g.held = Some(Vec::new());
+        let long = "x".repeat(1000);
+        for _ in 0..100 {
+            g.emit(Level::Info, &format_args!("{long}"), t);
+        }
+        assert!(g.held.as_ref().unwrap().len() < HELD_MAX);
+        g.release();
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 4 + 100);
+    }
+
+    #[test]
     fn file_sink_appends_and_reopens_after_a_rename() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("postling.log");
@@ -492,6 +613,8 @@ mod tests {
         let mut g = Guarded {
             sink: Sink::open_file(&path).unwrap(),
             flood: Flood::new(),
+            held: None,
+            spare: Vec::new(),
         };
         let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
         let target = flood::target("reject: RCPT", ip);

@@ -158,6 +158,9 @@ pub struct Spool {
     free: Vec<u64>,
     /// Names the next file put into `free/`.
     free_seq: u64,
+    /// Write buffers of messages already written out, for the next ones
+    /// (`limits::SPOOL_SPARE_BUFS`).
+    spare_bufs: Vec<Box<[u8]>>,
     /// Files being made ahead in the executor (`prepare.rs`).
     ahead: prepare::Ahead,
     /// Test hook: runs on a message being received once a full disk made the spool give
@@ -256,6 +259,10 @@ impl Incoming {
     /// `append` up to the first error; returns how many of `bytes` were taken.
     fn append_some(&mut self, mut bytes: &[u8]) -> usize {
         let total = bytes.len();
+        if self.buf.is_empty() && !bytes.is_empty() {
+            // (Its buffer went back to the spool when it was written out.)
+            self.buf = vec![0; limits::SPOOL_WRITE_BUF].into_boxed_slice();
+        }
         while !bytes.is_empty() && self.error.is_none() {
             let room = self.buf.get_mut(self.used..).unwrap_or_default();
             let n = room.len().min(bytes.len());
@@ -708,6 +715,7 @@ impl Spool {
             free_dir,
             free,
             free_seq,
+            spare_bufs: Vec::new(),
             ahead: prepare::Ahead::default(),
             #[cfg(test)]
             on_release: None,
@@ -886,7 +894,10 @@ impl Spool {
             let inc = Incoming {
                 file,
                 tmp_path,
-                buf: vec![0; limits::SPOOL_WRITE_BUF].into_boxed_slice(),
+                buf: self
+                    .spare_bufs
+                    .pop()
+                    .unwrap_or_else(|| vec![0; limits::SPOOL_WRITE_BUF].into_boxed_slice()),
                 used: 0,
                 error: None,
                 armed: true,
@@ -1006,7 +1017,16 @@ impl Spool {
         }
         match inc.error.take() {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => {
+                // Written out: its buffer serves the next message.
+                let buf = std::mem::take(&mut inc.buf);
+                if buf.len() == limits::SPOOL_WRITE_BUF
+                    && self.spare_bufs.len() < limits::SPOOL_SPARE_BUFS
+                {
+                    self.spare_bufs.push(buf);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -1266,6 +1286,7 @@ impl Spool {
 
     /// Gives back table capacity a burst grew (the fresh-entry cache, the free list).
     pub fn release_memory(&mut self) {
+        self.spare_bufs = Vec::new();
         self.fresh.shrink_to_fit();
         self.free.shrink_to_fit();
         self.stated.shrink_to_fit();

@@ -278,3 +278,38 @@ def test_reconnecting_harvester_is_cut_off_by_the_address_budget(server):
     assert (code, msg[:5]) == (421, b"4.7.0"), msg
     early.close()
     assert server.log().count("127.0.0.1 had 100 recipients refused;") == 1, server.log()
+
+
+def test_users_and_aliases_edits_count_from_the_very_next_rcpt(server):
+    """The files are watched (inotify) rather than stat'ed in every turn: an edit in place, a
+    replacement by `mv` and a symlink re-pointed are each seen by the next RCPT, however soon
+    it follows (no sleep here: the kernel reports an edit before the call that made it
+    returns, and the reactor takes that report before the RCPT that came after it)."""
+    d = server.dir
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as c:
+        c.ehlo("client.example.org")
+        c.mail("sender@example.org")
+        assert c.rcpt("newbie@example.test")[0] == 550
+        with open(d / "users", "a") as f:  # in place
+            f.write("newbie:{PLAIN}newbie-pw\n")
+        assert c.rcpt("newbie@example.test")[0] == 250
+        fresh = d / "aliases.new"
+        fresh.write_text((d / "aliases").read_text() + "fresh: newbie\n")
+        fresh.rename(d / "aliases")  # replaced: a new inode
+        assert c.rcpt("fresh@example.test")[0] == 250
+        with open(d / "aliases", "a") as f:  # in place again, on the new inode
+            f.write("fresher: newbie\n")
+        assert c.rcpt("fresher@example.test")[0] == 250
+        # A symlink put in place of the users file, then re-pointed.
+        (d / "users.a").write_text((d / "users").read_text())
+        (d / "users.b").write_text("alice:{PLAIN}x\n")
+        (d / "users.link").symlink_to("users.a")
+        (d / "users.link").rename(d / "users")
+        assert c.rcpt("newbie@example.test")[0] == 250
+        (d / "users.link").symlink_to("users.b")
+        (d / "users.link").rename(d / "users")
+        assert c.rcpt("bob@example.test")[0] == 550
+        with open(d / "users.b", "a") as f:  # the file behind the link, edited in place
+            f.write("bob:{PLAIN}bob-pw\n")
+        assert c.rcpt("bob@example.test")[0] == 250
+        c.rset()
