@@ -593,12 +593,14 @@ fn write_out(stream: &mut TcpStream, buf: &mut OutBuf, can_write: &mut bool) -> 
 mod tests {
     use super::*;
 
-    /// An idle connection holds no buffers, so its cost is this struct plus a slab slot: the
-    /// budget is 1 KiB per idle connection in all (10,000 of them in well under 16 MiB).
+    /// An idle connection holds no buffers, so its cost is this struct in its slab slot plus
+    /// its deadline's entry (32 bytes) and little else: the card's aim is 0.5 KiB per idle
+    /// plaintext connection (bench: 0.49 KiB with this struct at 440 bytes, 0.56 at 512). The
+    /// sessions keep what only a mail transaction, a login or TLS needs behind a pointer.
     #[test]
     fn an_idle_connection_fits_its_memory_budget() {
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 512, "Conn is {size} bytes");
+        assert!(size <= 448, "Conn is {size} bytes");
     }
 
     /// An idle TLS connection adds its boxed transport (rustls's state inline) and rustls's

@@ -76,7 +76,7 @@ pub struct Pop2Session {
     settings: Rc<PopSettings>,
     state: State,
     framer: LineFramer,
-    maildrop: Option<Maildrop>,
+    maildrop: Option<Box<Maildrop>>,
     /// FOLD selected INBOX (the default after HELO) rather than an empty folder.
     inbox: bool,
     errors: u32,
@@ -323,7 +323,7 @@ impl Pop2Session {
                 let drop = Maildrop::new(messages);
                 debug!("pop2: logged in, {} messages", drop.total_count());
                 push_fmt(out, format_args!("#{}\r\n", drop.total_count()));
-                self.maildrop = Some(drop);
+                self.maildrop = Some(Box::new(drop));
                 self.state = State::Selected {
                     current: 1,
                     size: None,

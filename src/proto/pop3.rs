@@ -159,8 +159,9 @@ pub struct Pop3Session {
     settings: Rc<PopSettings>,
     state: State,
     framer: LineFramer,
-    /// The login snapshot, from PASS/AUTH until the session ends.
-    maildrop: Option<Maildrop>,
+    /// The login snapshot, from PASS/AUTH until the session ends. Boxed: a session before
+    /// login (held by the thousand) carries only the pointer.
+    maildrop: Option<Box<Maildrop>>,
     /// Rejected logins on this connection.
     failures: u32,
     /// Erroneous commands on this connection.
@@ -572,7 +573,7 @@ impl Pop3Session {
                         drop.total_octets()
                     ),
                 );
-                self.maildrop = Some(drop);
+                self.maildrop = Some(Box::new(drop));
                 self.state = State::Transaction;
             }
             MailboxDone::Opened(Err(e)) => {
@@ -789,7 +790,7 @@ impl Pop3Session {
         let deleted = self
             .maildrop
             .as_ref()
-            .map(Maildrop::deleted_indices)
+            .map(|m| m.deleted_indices())
             .unwrap_or_default();
         self.state = State::AwaitingMailbox(Some(MailboxRequest::Update(deleted)));
     }

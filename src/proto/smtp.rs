@@ -103,14 +103,15 @@ pub struct SmtpSession {
     mode: Mode,
     /// Set by EHLO/HELO.
     greeting: Option<Greeting>,
-    /// Set by MAIL, cleared by RSET, EHLO/HELO and the end of DATA.
-    transaction: Option<Transaction>,
+    /// Set by MAIL, cleared by RSET, EHLO/HELO and the end of DATA. Boxed, as `tls` and
+    /// `auth`: an idle session (held by the thousand) carries only the pointer.
+    transaction: Option<Box<Transaction>>,
     /// Erroneous commands so far (syntax, sequence, unknown).
     errors: u16,
     /// Recipients refused so far in this session.
     rejected_rcpts: u16,
     /// The session runs over TLS: protocol version and cipher suite, for the Received header.
-    tls: Option<(&'static str, &'static str)>,
+    tls: Option<Box<(&'static str, &'static str)>>,
     /// The client is in `relay_networks`: it may relay without AUTH.
     relay_client: bool,
     /// A submission port (RFC 6409): AUTH offered, required before MAIL. Boxed: port 25
@@ -362,7 +363,7 @@ impl SmtpSession {
 
     /// The TLS handshake after STARTTLS (or on an implicit-TLS port) is complete.
     pub fn tls_established(&mut self, version: &'static str, cipher: &'static str) {
-        self.tls = Some((version, cipher));
+        self.tls = Some(Box::new((version, cipher)));
     }
 
     /// Writes the `220` greeting, or `421` (and the session is over) when the client's address
@@ -828,12 +829,12 @@ impl SmtpSession {
                 return Flow::Continue;
             }
         }
-        self.transaction = Some(Transaction {
+        self.transaction = Some(Box::new(Transaction {
             sender: mail.path.address.to_owned(),
             smtputf8: mail.smtputf8,
             body: mail.body.unwrap_or_default(),
             recipients: Vec::new(),
-        });
+        }));
         reply!(out, "250 2.1.0 Ok");
         Flow::Continue
     }

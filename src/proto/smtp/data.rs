@@ -166,7 +166,7 @@ impl SmtpSession {
             &id.0,
             self.peer,
             &envelope.helo,
-            self.tls,
+            self.tls.as_deref().copied(),
             self.auth_user(),
         ));
         let single_recipient = match envelope.recipients.as_slice() {
@@ -183,7 +183,7 @@ impl SmtpSession {
                 tls: self.tls.is_some(),
                 authenticated: self.user().is_some(),
             },
-            tls: self.tls,
+            tls: self.tls.as_deref().copied(),
             queue_id: &id.0,
             single_recipient,
             date: &rfc5322_date(ctx.wall),
