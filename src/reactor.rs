@@ -299,19 +299,18 @@ impl Reactor {
                 ),
             )
         })?;
-        if let Some(fd) = services.pickup_fd() {
-            poll.registry().register(
-                &mut mio::unix::SourceFd(&fd),
-                PICKUP_TOKEN,
-                Interest::READABLE,
-            )?;
-        }
-        if let Some(fd) = services.directory_watch_fd() {
-            poll.registry().register(
-                &mut mio::unix::SourceFd(&fd),
-                DIRECTORY_TOKEN,
-                Interest::READABLE,
-            )?;
+        // The inotify descriptors: maildrop/, and the users and aliases files.
+        for (fd, token) in [
+            (services.pickup_fd(), PICKUP_TOKEN),
+            (services.directory_watch_fd(), DIRECTORY_TOKEN),
+        ] {
+            if let Some(fd) = fd {
+                poll.registry().register(
+                    &mut mio::unix::SourceFd(&fd),
+                    token,
+                    Interest::READABLE,
+                )?;
+            }
         }
         let mut reactor = Reactor {
             poll,

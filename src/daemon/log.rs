@@ -174,12 +174,7 @@ static LOGGER: OnceLock<SinkLogger> = OnceLock::new();
 fn install(sink: Sink, level: LevelFilter) {
     let logger = LOGGER.get_or_init(|| SinkLogger {
         level,
-        sink: Mutex::new(Guarded {
-            sink,
-            flood: Flood::new(),
-            held: None,
-            spare: Vec::new(),
-        }),
+        sink: Mutex::new(Guarded::new(sink)),
     });
     // Fails only if a logger is already installed, which start-up never does twice.
     let _ = ::log::set_logger(logger);
@@ -222,6 +217,15 @@ struct Guarded {
 }
 
 impl Guarded {
+    fn new(sink: Sink) -> Guarded {
+        Guarded {
+            sink,
+            flood: Flood::new(),
+            held: None,
+            spare: Vec::new(),
+        }
+    }
+
     /// Writes one line, or adds it to the turn's held lines.
     fn emit(&mut self, level: Level, args: &fmt::Arguments, wall: SystemTime) {
         match self.held.as_mut() {
@@ -501,12 +505,7 @@ mod tests {
     fn lines_held_in_a_turn_reach_the_file_in_one_write_at_its_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("postling.log");
-        let mut g = Guarded {
-            sink: Sink::open_file(&path).unwrap(),
-            flood: Flood::new(),
-            held: None,
-            spare: Vec::new(),
-        };
+        let mut g = Guarded::new(Sink::open_file(&path).unwrap());
         let t = UNIX_EPOCH + Duration::from_secs(STAMP);
         g.emit(Level::Info, &format_args!("before"), t);
         g.held = Some(Vec::new());
@@ -610,12 +609,7 @@ mod tests {
     fn a_storm_reaches_the_file_as_its_first_lines_and_one_summary() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("postling.log");
-        let mut g = Guarded {
-            sink: Sink::open_file(&path).unwrap(),
-            flood: Flood::new(),
-            held: None,
-            spare: Vec::new(),
-        };
+        let mut g = Guarded::new(Sink::open_file(&path).unwrap());
         let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
         let target = flood::target("reject: RCPT", ip);
         let t = Instant::now();
