@@ -1190,8 +1190,12 @@ impl Spool {
         // message now: only its name here goes, its inode is never reused (nor emptied, so
         // it never goes to free/, in the executor or here).
         let linked = fs::symlink_metadata(&path).is_ok_and(|m| m.nlink() > 1);
-        if !linked && self.ahead.offload && !self.held.contains(id) && !self.stated.contains(id) {
-            self.retire_later(path);
+        if self.ahead.offload && !self.held.contains(id) && !self.stated.contains(id) {
+            if linked {
+                self.unlink_later(path);
+            } else {
+                self.retire_later(path);
+            }
             return Ok(());
         }
         let removed = if linked {

@@ -27,7 +27,10 @@ const CLOSE: u64 = 1 << 40;
 /// A removed entry's rename into `free/` (see `Spool::recycle`), then its truncation.
 const RENAME: u64 = 2 << 40;
 const TRUNCATE: u64 = 3 << 40;
-const KIND_MASK: u64 = 3 << 40;
+/// A removed entry whose file delivery linked into a Maildir: only its name goes (the number
+/// is the unlink's own, not a free file's).
+const UNLINK: u64 = 4 << 40;
+const KIND_MASK: u64 = 7 << 40;
 const FILE_MASK: u64 = (1 << 40) - 1;
 
 /// Is this completion one of a file made ahead?
@@ -58,6 +61,13 @@ pub(super) struct Ahead {
     /// Renames in flight, by free file number: a failed one (the helper process died) is
     /// done again with a blocking call, so no delivered entry stays in `queue/`.
     renaming: std::collections::HashMap<u64, std::path::PathBuf>,
+    /// Removed entries linked into a Maildir (see `Spool::remove`), whose names in `queue/`
+    /// are to be unlinked, not yet submitted.
+    unlink: Vec<std::path::PathBuf>,
+    /// Unlinks in flight, by their number (as `renaming`).
+    unlinking: std::collections::HashMap<u64, std::path::PathBuf>,
+    /// Numbers the unlinks.
+    unlink_seq: u64,
 }
 
 impl Spool {
@@ -72,6 +82,30 @@ impl Spool {
         self.ahead.offload = exec.runs_file_ops();
         if !self.ahead.offload {
             self.retire_inline();
+        }
+        while let Some(path) = self.ahead.unlink.pop() {
+            let Some(c) = cpath(&path) else {
+                continue;
+            };
+            self.ahead.unlink_seq = (self.ahead.unlink_seq + 1) & FILE_MASK;
+            let number = self.ahead.unlink_seq;
+            match exec.submit(
+                TAG_BIT | UNLINK | number,
+                DiskOp::Unlink { dir: None, path: c },
+            ) {
+                Ok(()) => {
+                    self.ahead.in_flight += 1;
+                    self.ahead.unlinking.insert(number, path);
+                }
+                Err(r) if r.reason == crate::exec::Reject::Full => {
+                    self.ahead.unlink.push(path);
+                    return;
+                }
+                Err(_) => {
+                    self.ahead.unlink.push(path);
+                    self.retire_inline();
+                }
+            }
         }
         while let Some((path, number)) = self.ahead.retire.pop() {
             let (Some(from), Some(to)) = (cpath(&path), cpath(&self.free_path(number))) else {
@@ -145,6 +179,21 @@ impl Spool {
         match c.tag & KIND_MASK {
             CLOSE => {
                 self.free.push(number);
+                return;
+            }
+            UNLINK => {
+                let path = self.ahead.unlinking.remove(&number);
+                match c.result {
+                    Ok(_) => {}
+                    Err(e) if e.0 == libc::ENOENT => {}
+                    Err(e) if e.0 == libc::EPIPE => {
+                        if let Some(path) = path {
+                            self.ahead.unlink.push(path);
+                            self.retire_inline();
+                        }
+                    }
+                    Err(e) => removal_failed(path.as_deref(), &std::io::Error::from(e)),
+                }
                 return;
             }
             RENAME => {
@@ -237,6 +286,13 @@ impl Spool {
                 Err(e) => removal_failed(Some(&path), &e),
             }
         }
+        while let Some(path) = self.ahead.unlink.pop() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => removal_failed(Some(&path), &e),
+            }
+        }
     }
 
     /// `remove` of an entry without state file or hold marker while the executor runs file
@@ -246,6 +302,14 @@ impl Spool {
     pub(super) fn retire_later(&mut self, path: std::path::PathBuf) {
         self.free_seq += 1;
         self.ahead.retire.push((path, self.free_seq));
+    }
+
+    /// `remove` of an entry linked into a Maildir, without state file or hold marker, while
+    /// the executor runs file operations: its name in `queue/` is unlinked at the next turn,
+    /// in the executor. A crash meanwhile leaves the entry, which start-up finds delivered
+    /// (its copy is in the Maildir under the name delivery gives it) and removes.
+    pub(super) fn unlink_later(&mut self, path: std::path::PathBuf) {
+        self.ahead.unlink.push(path);
     }
 
     /// Shutdown: every removal handed over is carried out, and every operation in flight
@@ -275,7 +339,10 @@ impl Spool {
     /// Are files on their way, or removals not yet done (their completions will wake the
     /// reactor, or the next turn submits them)?
     pub fn preparing(&self) -> bool {
-        self.ahead.in_flight > 0 || !self.ahead.unsent.is_empty() || !self.ahead.retire.is_empty()
+        self.ahead.in_flight > 0
+            || !self.ahead.unsent.is_empty()
+            || !self.ahead.retire.is_empty()
+            || !self.ahead.unlink.is_empty()
     }
 }
 

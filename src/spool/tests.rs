@@ -1602,7 +1602,15 @@ mod ahead {
         let content = fs::read(&maildir_copy).unwrap();
         let free_before = names(&d.path().join("free"));
         spool.remove(&id).unwrap();
+        // Not on the reactor: the name is still in queue/ until the next turn submits it.
+        assert!(queued.exists());
         spool.prepare_files(Some(&mut x));
+        let mut got = Vec::new();
+        x.drain(&mut got);
+        assert_eq!(got.len(), 1, "one operation: the unlink");
+        for c in got {
+            spool.prepared(c, Some(&mut x));
+        }
         settle(&mut spool, &mut x);
         assert!(!queued.exists());
         assert_eq!(
@@ -1682,6 +1690,36 @@ fn a_removal_lost_with_the_helper_is_done_at_once() {
     spool.prepared(c, Some(&mut x));
     assert!(!names(&d.path().join("queue")).contains(&id.0));
     assert_eq!(fs::metadata(free.join(&moved)).unwrap().len(), 0);
+}
+
+/// The same for the unlink of an entry linked into a Maildir: done with a blocking call when
+/// the helper never answered, so the delivered entry does not stay in `queue/`.
+#[test]
+fn an_unlink_lost_with_the_helper_is_done_at_once() {
+    use crate::exec::{Errno, Executor, Inline};
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(d.path()).unwrap();
+    let mut x = Executor::Inline(Inline::new());
+    let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
+    spool.prepare_files(Some(&mut x));
+    let mut got = Vec::new();
+    x.drain(&mut got);
+    for c in got.drain(..) {
+        spool.prepared(c, Some(&mut x));
+    }
+    let queued = d.path().join("queue").join(&id.0);
+    let maildir_copy = d.path().join("delivered");
+    fs::hard_link(&queued, &maildir_copy).unwrap();
+    spool.remove(&id).unwrap();
+    spool.prepare_files(Some(&mut x));
+    x.drain(&mut got);
+    let mut c = got.pop().expect("the unlink");
+    // The inline executor ran it at submit; put the name back, as if it never ran.
+    fs::hard_link(&maildir_copy, &queued).unwrap();
+    c.result = Err(Errno(libc::EPIPE));
+    spool.prepared(c, Some(&mut x));
+    assert!(!queued.exists());
+    assert_eq!(fs::metadata(&maildir_copy).unwrap().nlink(), 1);
 }
 
 /// At shutdown the commit flush drains the executor: the completions of files being made
