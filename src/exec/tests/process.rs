@@ -298,18 +298,25 @@ fn helper_exits_even_where_stdio_was_closed() {
     assert_eq!(libc::WEXITSTATUS(status), 0);
 }
 
-/// File operations go before waiting password checks: with one check in the helper and two
-/// more waiting, an fsync submitted after them completes before the waiting ones, and the
-/// checks all complete in turn. Without the parent's queue the fsync waited for all three
-/// hashes (a login flood stalled every commit behind its hashes).
-#[test]
-fn file_ops_overtake_waiting_password_checks() {
+/// The helper backend under a poll, and a file it opened (in a directory dropped with the
+/// first value).
+fn helper_with_a_file() -> (tempfile::TempDir, Driver, Handle) {
     let tmp = tempfile::tempdir().unwrap();
     let mut d = Driver::new(helper());
     let path = tmp.path().join("f");
     let f = d
         .open(None, path.to_str().unwrap(), libc::O_WRONLY | libc::O_CREAT)
         .unwrap();
+    (tmp, d, f)
+}
+
+/// File operations go before waiting password checks: with one check in the helper and two
+/// more waiting, an fsync submitted after them completes before the waiting ones, and the
+/// checks all complete in turn. Without the parent's queue the fsync waited for all three
+/// hashes (a login flood stalled every commit behind its hashes).
+#[test]
+fn file_ops_overtake_waiting_password_checks() {
+    let (_tmp, mut d, f) = helper_with_a_file();
     let check = || DiskOp::VerifyPassword {
         hash: Some(crate::auth::Credential::Sha512Crypt(ALICE_HASH.into())),
         password: b"alice-pw".to_vec(),
@@ -363,12 +370,7 @@ fn waiting_checks_fail_when_the_helper_dies() {
 /// `limits::HELPER_CHECK_YIELD` has passed since the last check ended.
 #[test]
 fn a_waiting_check_goes_out_after_the_yield_despite_file_ops() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut d = Driver::new(helper());
-    let path = tmp.path().join("f");
-    let f = d
-        .open(None, path.to_str().unwrap(), libc::O_WRONLY | libc::O_CREAT)
-        .unwrap();
+    let (_tmp, mut d, f) = helper_with_a_file();
     let check = || DiskOp::VerifyPassword {
         hash: None,
         password: b"pw".to_vec(),
