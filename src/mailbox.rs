@@ -9,10 +9,11 @@
 //! - Locking is done on the reactor (`Mailbox::lock`: a fixed handful of calls); the snapshot
 //!   and QUIT's deletions, whose cost grows with the mailbox, are requests to the disk
 //!   executor in bounded batches (`job`).
-//! - The snapshot at login: every file of `new/` is moved to `cur/` with the `:2,` info suffix
-//!   (Maildir spec), then `cur/` is listed, skipping dot files and anything but regular files.
-//!   A file that cannot be moved is served from `new/`. Order: the leading decimal seconds of
-//!   the name (delivery time), then the name. The UID is the unique name, before `:2,`.
+//! - The snapshot at login: `new/` and `cur/` are listed, skipping dot files and anything but
+//!   regular files; each message is served from where it lies. Order: the leading decimal
+//!   seconds of the name (delivery time), then the name. The UID is the unique name, before
+//!   `:2,`, so it stays the same when QUIT's UPDATE moves a message that was not deleted from
+//!   `new/` to `cur/` with the `:2,` info suffix (Maildir spec: a client has seen it).
 //! - Sizes are octets as POP sends them (CRLF line endings, before dot-stuffing): `W=<n>` from
 //!   the name when present (postling's own deliveries carry it), else counted by reading the
 //!   file once: its length plus one per LF not preceded by CR. These snapshot sizes serve
@@ -107,7 +108,7 @@ impl Message {
 pub struct Mailbox {
     dir: PathBuf,
     cur: Dir,
-    /// Held only while some snapshot message is served from `new/`.
+    /// Held only while some snapshot message is in `new/`.
     new: Option<Dir>,
     /// Holds the flock; closing it (drop) releases the mailbox.
     _lock: File,

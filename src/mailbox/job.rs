@@ -5,13 +5,18 @@
 //! - Opening (after the password check): the lock and the Maildir's directories are taken on
 //!   the reactor (`Mailbox::lock`, a fixed handful of calls); then, in the executor, the
 //!   Maildir, `new/` and `cur/` are opened again as executor handles (`O_NOFOLLOW`, each
-//!   relative to the one before: the `crate::dirfd` rule), `new/` is listed in batches
-//!   (`ReadDir` with a cursor), each regular file moved to `cur/` with the `:2,` suffix
-//!   (`RenameNoReplace`: a name already taken in `cur/` stays and is served from `new/`),
-//!   `cur/` is listed, and every message without a usable `W=` is counted (`WireSize`).
-//! - QUIT's UPDATE: the same handles are opened again, the marked messages unlinked, and each
-//!   directory that lost one synced; an unlink that fails is counted and reported, the others
-//!   go on. The lock is released when the job ends, not before.
+//!   relative to the one before: the `crate::dirfd` rule), `new/` and `cur/` are listed in
+//!   batches (`ReadDir` with a cursor), and every message without a usable `W=` is counted
+//!   (`WireSize`). Nothing is renamed: a message in `new/` is served from there, so an
+//!   opening costs a listing, not a rename per new message.
+//! - QUIT's UPDATE: the same handles are opened again, the marked messages unlinked where they
+//!   are, each directory that lost one synced, and every message of the snapshot still in
+//!   `new/` that was not deleted moved to `cur/` with the `:2,` suffix (`RenameNoReplace`: a
+//!   name already taken in `cur/` leaves it in `new/`), as qmail-pop3d does: it has been seen
+//!   by a client now. An unlink that fails is counted and reported, the others go on; a move
+//!   that fails is only logged (the message stays in `new/`, where the next login finds it).
+//!   The moves need no sync: one undone by a crash leaves the message in `new/`. The lock is
+//!   released when the job ends, not before.
 //!
 //! `Jobs` holds every job, tags their operations (`TAG_BIT` set, so the reactor tells them from
 //! password checks), and submits at most `limits::MAILBOX_OPS_PER_TURN` operations per
@@ -53,7 +58,7 @@ enum Purpose {
     OpenUser,
     OpenSub(Sub),
     List(Sub),
-    /// Moving `new_names[i]` to `cur/`.
+    /// Moving snapshot message `i` from `new/` to `cur/` (UPDATE).
     Move(usize),
     /// Counting `messages[i]`.
     Size(usize),
@@ -112,8 +117,8 @@ pub struct Job {
     /// An operation the executor had no room for, to submit first next time.
     retry: Option<(Purpose, DiskOp)>,
     in_flight: usize,
-    /// Opening: regular files of `new/` to move.
-    new_names: Vec<String>,
+    /// UPDATE: the snapshot indices of the messages in `new/` that stay (moved to `cur/`).
+    kept_new: Vec<usize>,
     /// Opening: the snapshot being built; `measure[i]`: its size must be counted (no `W=`,
     /// or a type the listing did not give).
     messages: Vec<Message>,
@@ -133,7 +138,12 @@ pub struct Job {
 impl Job {
     /// Locks `<root>/<user>` on the reactor and prepares the opening (`Err`: answer at once).
     pub fn open(root: &Path, user: &str) -> Result<Job, MailboxError> {
-        Ok(Job::new(Kind::Open, Mailbox::lock(root, user)?, Vec::new()))
+        Ok(Job::new(
+            Kind::Open,
+            Mailbox::lock(root, user)?,
+            Vec::new(),
+            Vec::new(),
+        ))
     }
 
     /// QUIT's UPDATE of an open mailbox: remove the messages at these snapshot indices.
@@ -142,13 +152,16 @@ impl Job {
         deleted.sort_unstable();
         deleted.dedup();
         deleted.retain(|&i| i < mailbox.messages.len());
-        Job::new(Kind::Update, mailbox, deleted)
+        let kept_new = (0..mailbox.messages.len())
+            .filter(|i| mailbox.messages[*i].sub == Sub::New && deleted.binary_search(i).is_err())
+            .collect();
+        Job::new(Kind::Update, mailbox, deleted, kept_new)
     }
 
-    fn new(kind: Kind, mut mailbox: Mailbox, deleted: Vec<usize>) -> Job {
+    fn new(kind: Kind, mut mailbox: Mailbox, deleted: Vec<usize>, kept_new: Vec<usize>) -> Job {
         mailbox.current = None;
-        // Nothing to remove: no operation at all, the lock goes at once.
-        let nothing = kind == Kind::Update && deleted.is_empty();
+        // Nothing to remove or move: no operation at all, the lock goes at once.
+        let nothing = kind == Kind::Update && deleted.is_empty() && kept_new.is_empty();
         Job {
             kind,
             phase: if nothing {
@@ -162,7 +175,7 @@ impl Job {
             cur: None,
             retry: None,
             in_flight: 0,
-            new_names: Vec::new(),
+            kept_new,
             messages: Vec::new(),
             measure: Vec::new(),
             sizes: Vec::new(),
@@ -262,9 +275,9 @@ impl Job {
                 ))
             }
             Phase::Move { next } => {
-                let i = *next;
-                let name = self.new_names.get(i)?;
+                let i = *self.kept_new.get(*next)?;
                 *next += 1;
+                let name = &self.mailbox.messages.get(i)?.file;
                 Some((
                     Purpose::Move(i),
                     DiskOp::RenameNoReplace {
@@ -360,8 +373,7 @@ impl Job {
                 },
                 Kind::Update => Phase::Unlink { next: 0 },
             },
-            Phase::List { sub: Sub::New, .. } => Phase::Move { next: 0 },
-            Phase::Move { .. } => Phase::List {
+            Phase::List { sub: Sub::New, .. } => Phase::List {
                 sub: Sub::Cur,
                 cursor: Some(0),
             },
@@ -370,7 +382,8 @@ impl Job {
                 Phase::Size { next: 0 }
             }
             Phase::Size { .. } => Phase::Close,
-            Phase::Unlink { .. } => Phase::Sync { sent: false },
+            Phase::Unlink { .. } => Phase::Move { next: 0 },
+            Phase::Move { .. } => Phase::Sync { sent: false },
             Phase::Sync { .. } => Phase::Close,
         };
     }
@@ -411,12 +424,7 @@ impl Job {
             if name.starts_with('.') {
                 continue;
             }
-            match sub {
-                // Moved to cur/ whatever its type says; listed there (and counted) if it is
-                // a file.
-                Sub::New => self.new_names.push(name),
-                Sub::Cur => self.push_message(Sub::Cur, name, kind),
-            }
+            self.push_message(sub, name, kind);
         }
     }
 
@@ -456,22 +464,21 @@ impl Job {
             // Another reader moved or removed it since the listing.
             (Purpose::Move(_), Err(Errno(libc::ENOENT))) => {}
             (Purpose::Move(i), Err(e)) => {
-                let Some(name) = self.new_names.get(i).cloned() else {
+                let Some(name) = self.mailbox.messages.get(i).map(|m| m.file.clone()) else {
                     return;
                 };
                 if e.0 == libc::EEXIST {
                     warn!(
-                        "{}: {} already exists in cur/; serving {name} from new/",
+                        "{}: {} already exists in cur/; leaving {name} in new/",
                         self.mailbox.dir.join("cur").display(),
                         cur_name(&name)
                     );
                 } else {
                     warn!(
-                        "cannot move {} to cur/: {e}; serving it from new/",
+                        "cannot move {} to cur/: {e}; leaving it in new/",
                         self.path_of(Sub::New, &name).display()
                     );
                 }
-                self.push_message(Sub::New, name, libc::DT_REG);
             }
             (Purpose::Size(i), Ok(Outcome::Size(n))) => {
                 if let Some(s) = self.sizes.get_mut(i) {

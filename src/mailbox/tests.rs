@@ -102,14 +102,40 @@ fn one_session_per_mailbox_until_dropped() {
 }
 
 #[test]
-fn new_messages_move_to_cur_with_the_info_suffix() {
+fn new_messages_are_served_from_new_and_moved_to_cur_at_quit_unless_deleted() {
     let root = tempfile::tempdir().unwrap();
     put(root.path(), "bob", "new", "1000.M1P1Q1.h,S=3", b"a\n\n");
     put(root.path(), "bob", "new", "1001.M1P1Q2.h:2,S", b"b\n");
+    put(root.path(), "bob", "new", "1002.M1P1Q3.h", b"deleted\n");
     put(root.path(), "bob", "new", ".hidden", b"x");
     put(root.path(), "bob", "cur", "999.M1P1Q0.h:2,S", b"c\n");
-    let (_mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    let (mut mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
     let d = root.path().join("bob");
+    // The login renames nothing.
+    assert_eq!(
+        names(&d.join("new")),
+        vec![
+            ".hidden",
+            "1000.M1P1Q1.h,S=3",
+            "1001.M1P1Q2.h:2,S",
+            "1002.M1P1Q3.h"
+        ]
+    );
+    assert_eq!(names(&d.join("cur")), vec!["999.M1P1Q0.h:2,S"]);
+    assert_eq!(
+        uids(&infos),
+        vec![
+            "999.M1P1Q0.h",
+            "1000.M1P1Q1.h,S=3",
+            "1001.M1P1Q2.h",
+            "1002.M1P1Q3.h"
+        ]
+    );
+    assert_eq!(read_all(&mut mb, 1).unwrap(), b"a\n\n");
+    assert_eq!(read_all(&mut mb, 2).unwrap(), b"b\n");
+    // QUIT: the deleted one goes from new/ itself, the others kept move to cur/ (an info
+    // suffix already there is kept as it is).
+    mb.update(&[3]).unwrap();
     assert_eq!(names(&d.join("new")), vec![".hidden"]);
     assert_eq!(
         names(&d.join("cur")),
@@ -119,14 +145,27 @@ fn new_messages_move_to_cur_with_the_info_suffix() {
             "999.M1P1Q0.h:2,S"
         ]
     );
+    // The next login sees the same messages under the same UIDs.
+    let (_mb, again) = Mailbox::open(root.path(), "bob").unwrap();
     assert_eq!(
-        uids(&infos),
+        uids(&again),
         vec!["999.M1P1Q0.h", "1000.M1P1Q1.h,S=3", "1001.M1P1Q2.h"]
     );
 }
 
 #[test]
-fn a_name_taken_in_cur_is_not_overwritten_but_served_from_new() {
+fn a_session_without_quit_moves_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    put(root.path(), "bob", "new", "1000.M1P1Q1.h", b"a\n");
+    let (mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(uids(&infos), vec!["1000.M1P1Q1.h"]);
+    drop(mb);
+    assert_eq!(names(&root.path().join("bob/new")), vec!["1000.M1P1Q1.h"]);
+    assert!(names(&root.path().join("bob/cur")).is_empty());
+}
+
+#[test]
+fn a_name_taken_in_cur_is_not_overwritten_at_quit_but_left_in_new() {
     let root = tempfile::tempdir().unwrap();
     put(root.path(), "bob", "cur", "5.M1P1Q1.h:2,", b"old\n");
     put(root.path(), "bob", "new", "5.M1P1Q1.h", b"newer\n");
@@ -135,7 +174,15 @@ fn a_name_taken_in_cur_is_not_overwritten_but_served_from_new() {
     let mut bodies = vec![read_all(&mut mb, 0).unwrap(), read_all(&mut mb, 1).unwrap()];
     bodies.sort();
     assert_eq!(bodies, vec![b"newer\n".to_vec(), b"old\n".to_vec()]);
+    mb.update(&[]).unwrap();
+    assert_eq!(names(&root.path().join("bob/new")), vec!["5.M1P1Q1.h"]);
+    assert_eq!(names(&root.path().join("bob/cur")), vec!["5.M1P1Q1.h:2,"]);
+    assert_eq!(
+        fs::read(root.path().join("bob/cur/5.M1P1Q1.h:2,")).unwrap(),
+        b"old\n"
+    );
     // Deleting the one in new/ works as well.
+    let (mut mb, _) = Mailbox::open(root.path(), "bob").unwrap();
     let in_new = (0..2)
         .find(|&i| read_all(&mut mb, i).unwrap() == b"newer\n")
         .unwrap();
@@ -278,8 +325,9 @@ fn update_deletes_only_what_was_marked() {
     let (mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
     assert_eq!(infos.len(), 4);
     // Someone else already removed one of those marked: fine.
-    fs::remove_file(root.path().join("bob/cur/3.M1.h:2,")).unwrap();
+    fs::remove_file(root.path().join("bob/new/3.M1.h")).unwrap();
     mb.update(&[0, 2, 2, 99]).unwrap();
+    assert!(names(&root.path().join("bob/new")).is_empty());
     assert_eq!(
         names(&root.path().join("bob/cur")),
         vec!["2.M1.h:2,", "4.M1.h:2,"]
@@ -477,7 +525,7 @@ fn inline() -> Executor {
 }
 
 #[test]
-fn opening_moves_and_lists_in_bounded_turns() {
+fn opening_lists_and_quit_moves_in_bounded_turns() {
     let root = tempfile::tempdir().unwrap();
     for i in 0..1000 {
         put(
@@ -499,16 +547,32 @@ fn opening_moves_and_lists_in_bounded_turns() {
     ));
     let (f, per_turn) = turns(&mut jobs, &mut exec);
     assert_eq!((f.slot, f.conn), (3, 9));
-    let JobResult::Opened(Ok((_mb, infos))) = f.result else {
+    let JobResult::Opened(Ok((mb, infos))) = f.result else {
         panic!("not opened");
     };
     assert_eq!(infos.len(), 1001);
     assert_eq!(infos[0].uid.as_ref(), "1000.M0.h,S=3,W=4");
     assert_eq!(infos[0].size, 4);
     assert_eq!(infos[1000].size, 6, "counted: no W=");
+    // The opening renames nothing: a listing in batches, a few operations a turn.
+    assert_eq!(names(&root.path().join("bob/new")).len(), 1000);
+    assert_eq!(names(&root.path().join("bob/cur")).len(), 1);
+    assert!(
+        per_turn.iter().all(|&n| n <= MAILBOX_IN_FLIGHT),
+        "{per_turn:?}"
+    );
+    assert!(
+        per_turn.len() < 1000 / MAILBOX_IN_FLIGHT,
+        "a listing, not an operation per message: {} turns",
+        per_turn.len()
+    );
+    // QUIT with nothing deleted: the 1,000 move to cur/, a few operations a turn, so one job
+    // never has more than a few operations ahead of other clients' commits.
+    jobs.start(3, 9, Ok(Job::update(mb, &[])));
+    let (f, per_turn) = turns(&mut jobs, &mut exec);
+    assert!(matches!(f.result, JobResult::Updated(Ok(()))));
     assert!(names(&root.path().join("bob/new")).is_empty());
     assert_eq!(names(&root.path().join("bob/cur")).len(), 1001);
-    // One job never has more than a few operations ahead of other clients' commits.
     assert!(
         per_turn.iter().all(|&n| n <= MAILBOX_IN_FLIGHT),
         "{per_turn:?}"

@@ -138,7 +138,7 @@ def test_a_crash_after_the_maildir_renames_before_the_queue_update_delivers_noth
     delivered the whole message again (21 of 30 recipients got two copies). Here the crash
     point is made exact: the queue entry cannot be removed (spool/free/ is not a directory),
     so every copy is in the Maildirs while the entry still says nothing was delivered; then
-    kill -9. Some copies are moved into cur/ as a POP login does, one flagged as a mail reader
+    kill -9. Some copies are moved into cur/ as a POP session does, one flagged as a mail reader
     would. After the restart every user still has exactly one copy."""
     users = [f"u{n:02}" for n in range(1, 31)]
     s = server_factory(log_level="info")
@@ -151,7 +151,7 @@ def test_a_crash_after_the_maildir_renames_before_the_queue_update_delivers_noth
     s.wait_log("delivered but cannot remove the queue entry")
     for u in users:
         assert len(maildir_messages(s, u)) == 1, u
-    # u01..u05 logged in over POP (new/ moved into cur/ with ":2,"); u06 read it with a client
+    # u01..u05 logged in over POP (QUIT moved new/ into cur/ with ":2,"); u06 read it with a client
     # that flagged it seen.
     for u in users[:5]:
         p = poplib.POP3("127.0.0.1", s.pop3_port, timeout=10)

@@ -65,7 +65,7 @@ def test_the_queued_file_is_linked_into_the_maildir_and_reads_as_a_copy(server_f
     # The removed entry's inode is bob's now: new mail never reuses (and overwrites) it.
     send(s, ["alice@example.test"], "next")
     wait_maildir(s, "alice", 1)
-    (bobs,) = maildir_messages(s, "bob")  # (moved to cur/ by the POP3 login)
+    (bobs,) = maildir_messages(s, "bob")  # (moved to cur/ by the POP3 QUIT)
     assert bobs.stat().st_ino == inode and bobs.read_bytes() == text
 
 
