@@ -378,7 +378,7 @@ impl Job {
                 cursor: Some(0),
             },
             Phase::List { sub: Sub::Cur, .. } => {
-                self.sort();
+                crate::turnstat::timed("mb.sort", || self.sort());
                 Phase::Size { next: 0 }
             }
             Phase::Size { .. } => Phase::Close,
@@ -388,17 +388,46 @@ impl Job {
         };
     }
 
-    /// Delivery order (the snapshot's numbering), with each message's sizing need alongside.
+    /// Delivery order (the snapshot's numbering, `Message::order`), with each message's size
+    /// and sizing need alongside. It runs on the reactor in one piece, so it sorts plain
+    /// integers (the leading seconds, then the listing position) and compares names only
+    /// within a second: 60,000 messages took 18 ms sorted by `Message::order` directly, time
+    /// in which no other client was served.
     fn sort(&mut self) {
-        let mut paired: Vec<(Message, bool)> = std::mem::take(&mut self.messages)
-            .into_iter()
-            .zip(std::mem::take(&mut self.measure))
+        let mut keys: Vec<(u64, usize)> = self
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.seconds.unwrap_or(u64::MAX), i))
             .collect();
-        paired.sort_by(|a, b| a.0.order(&b.0));
-        self.sizes = paired.iter().map(|(m, _)| m.size_from_name()).collect();
-        for (m, measure) in paired {
-            self.messages.push(m);
-            self.measure.push(measure);
+        keys.sort_unstable();
+        let mut start = 0;
+        while start < keys.len() {
+            let second = keys[start].0;
+            let run = keys[start..].iter().take_while(|k| k.0 == second).count();
+            if run > 1 {
+                let messages = &self.messages;
+                keys[start..start + run].sort_unstable_by(|a, b| {
+                    messages[a.1].order(&messages[b.1]).then(a.1.cmp(&b.1))
+                });
+            }
+            start += run;
+        }
+        // In place, cycle by cycle (`keys[j].1`: where position j's message is now), so no
+        // second copy of the snapshot is allocated and faulted in.
+        let mut from: Vec<usize> = keys.into_iter().map(|k| k.1).collect();
+        for i in 0..from.len() {
+            let mut j = i;
+            while from[j] != usize::MAX {
+                let k = std::mem::replace(&mut from[j], usize::MAX);
+                if k == i {
+                    break;
+                }
+                self.messages.swap(j, k);
+                self.measure.swap(j, k);
+                self.sizes.swap(j, k);
+                j = k;
+            }
         }
     }
 
@@ -430,9 +459,11 @@ impl Job {
 
     fn push_message(&mut self, sub: Sub, name: String, kind: u8) {
         let m = Message::new(sub, name);
-        let measure = kind == libc::DT_UNKNOWN || m.size_from_name().is_none();
+        let size = m.size_from_name();
+        self.measure
+            .push(kind == libc::DT_UNKNOWN || size.is_none());
+        self.sizes.push(size);
         self.messages.push(m);
-        self.measure.push(measure);
     }
 
     /// How the operation for `purpose` ended.

@@ -221,6 +221,40 @@ fn snapshot_order_is_by_leading_seconds_then_name() {
 }
 
 #[test]
+fn a_large_snapshot_is_numbered_in_order_with_each_size_and_body_its_own() {
+    // Listed in the directory's order (a hash order on ext4), spread over new/ and cur/, some
+    // sharing a second; each name's W= and body say which message it is.
+    let root = tempfile::tempdir().unwrap();
+    for i in 0..600u64 {
+        let n = (i * 7919) % 600;
+        let (sub, info) = if n % 3 == 0 {
+            ("cur", ":2,S")
+        } else {
+            ("new", "")
+        };
+        let name = format!("{}.M{n}.h,W={}{info}", 1000 + n / 2, 100 + n);
+        put(root.path(), "bob", sub, &name, format!("{n}\n").as_bytes());
+    }
+    let (mut mb, infos) = Mailbox::open(root.path(), "bob").unwrap();
+    assert_eq!(infos.len(), 600);
+    let mut expected: Vec<u64> = (0..600).collect();
+    expected.sort_by_key(|n| {
+        (
+            1000 + n / 2,
+            format!("{}.M{n}.h,W={}", 1000 + n / 2, 100 + n),
+        )
+    });
+    for (i, n) in expected.into_iter().enumerate() {
+        assert_eq!(
+            infos[i].uid.as_ref(),
+            format!("{}.M{n}.h,W={}", 1000 + n / 2, 100 + n)
+        );
+        assert_eq!(infos[i].size, 100 + n);
+        assert_eq!(read_all(&mut mb, i).unwrap(), format!("{n}\n").as_bytes());
+    }
+}
+
+#[test]
 fn only_regular_non_dot_files_are_messages() {
     let root = tempfile::tempdir().unwrap();
     put(root.path(), "bob", "cur", "1.M1.h:2,", b"one\n");
