@@ -523,8 +523,11 @@ def notes(f, idle_s, deferred_n):
             "reactor, io_uring's default 8 kernel workers) single rounds gave postling p50/p99/worst 7.41/27.81/71.0, "
             "10.14/34.04/71.1 and 4.29/15.60/32.2 ms (Dovecot+Postfix 2.91/13.05/146.4, 3.30/35.64/203.8 and "
             "2.69/8.31/13.9 ms). Since then the spool's syncs, renames, file creation and removals wait in the "
-            "executor too, io_uring keeps at most 2 workers, and the mailbox job yields to other disk work; the "
-            "table shows this code. The machine is shared, so single rounds vary.",
+            "executor too, io_uring keeps at most 2 workers, and the mailbox job yields to other disk work; and "
+            "since 2026-12-06 the login renames nothing (messages are served from `new/`; QUIT moves to `cur/` "
+            "only those kept), so the opening is a listing and the snapshot's sort (before: 2.5-2.7 s for the "
+            "opening, worst wait 30-50 ms); the table shows this code. The machine is shared, so single rounds "
+            "vary.",
             "- **Password-hash flood (issue 11).** alice's password is stored as SHA512-CRYPT (5,000 rounds) in "
             "postling's and Dovecot's password files (the same string; the other users stay `{PLAIN}`). One POP3 "
             "session logs in to alice and stays, so her mailbox is in use; then a separate client process opens the "
