@@ -675,10 +675,10 @@ fn serve(sock: RawFd) -> i32 {
                             max,
                         }
                     }
-                    (DiskOp::WireSize { path, .. }, Some(fd)) if req.fd_attached => {
+                    (DiskOp::WireSize { paths, .. }, Some(fd)) if req.fd_attached => {
                         DiskOp::WireSize {
                             dir: Handle(fd.as_raw_fd()),
-                            path,
+                            paths,
                         }
                     }
                     // `Executor::submit_own`: the parent's descriptor, passed along.

@@ -148,11 +148,14 @@ pub enum DiskOp {
         cursor: u64,
         max: usize,
     },
-    /// The size of the regular file `path` in the open directory `dir` as POP sends it (its
-    /// length plus one CR per LF not preceded by CR) → `Outcome::Size`. Opened with
+    /// The sizes of the regular files `paths` (names, at most `limits::EXEC_WIRE_SIZE_BATCH`)
+    /// in the open directory `dir` as POP sends them (each one's length plus one CR per LF not
+    /// preceded by CR) → `Outcome::Sizes`, one result per name, in order. Each is opened with
     /// `O_NOFOLLOW`: a symlink is `ELOOP`, anything but a regular file `EINVAL`. Runs in a
-    /// helper process on the uring backend (as `ReadDir`: reading and counting a whole file).
-    WireSize { dir: Handle, path: CString },
+    /// helper process on the uring backend (as `ReadDir`: reading and counting whole files).
+    /// A batch, because one file is a few microseconds of work and a round trip to the
+    /// helper several times that: 1,000 files one at a time took 22 ms of a POP3 login.
+    WireSize { dir: Handle, paths: Vec<CString> },
     /// Checks `password` against the stored credential (`None`: an unknown user, checked
     /// against a dummy hash in the same time) with `auth::verify` → `Outcome::Verified`.
     /// Always runs in a helper process (the inline backend runs it at submit).
@@ -185,8 +188,8 @@ pub enum Outcome {
         kinds: Vec<u8>,
         next: Option<u64>,
     },
-    /// `WireSize`: octets as POP sends the file.
-    Size(u64),
+    /// `WireSize`: octets as POP sends each file, or why it could not be counted.
+    Sizes(Vec<Result<u64, Errno>>),
     Verified(bool),
 }
 
@@ -507,10 +510,15 @@ fn path_ok(p: &CString) -> bool {
 fn check_sizes(op: &DiskOp) -> Result<(), Reject> {
     use crate::limits::{EXEC_CREDENTIAL_MAX, EXEC_WRITE_MAX, PASSWORD_MAX};
     let ok = match op {
-        DiskOp::Open { path, .. }
-        | DiskOp::Unlink { path, .. }
-        | DiskOp::Mkdir { path, .. }
-        | DiskOp::WireSize { path, .. } => path_ok(path),
+        DiskOp::Open { path, .. } | DiskOp::Unlink { path, .. } | DiskOp::Mkdir { path, .. } => {
+            path_ok(path)
+        }
+        DiskOp::WireSize { paths, .. } => {
+            paths.len() <= crate::limits::EXEC_WIRE_SIZE_BATCH
+                && paths
+                    .iter()
+                    .all(|p| p.as_bytes().len() <= crate::limits::FILE_NAME_MAX)
+        }
         DiskOp::Rename { from, to, .. }
         | DiskOp::RenameNoReplace { from, to, .. }
         | DiskOp::Link { from, to, .. } => path_ok(from) && path_ok(to),

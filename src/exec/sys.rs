@@ -86,7 +86,9 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
             check(unsafe { libc::mkdirat(dir_fd(dir), path.as_ptr(), mode) }).map(done)
         }
         DiskOp::ReadDir { dir, cursor, max } => read_dir(dir.0, cursor, readdir_max(max)),
-        DiskOp::WireSize { dir, path } => wire_size(dir.0, &path),
+        DiskOp::WireSize { dir, paths } => Ok(Outcome::Sizes(
+            paths.iter().map(|p| wire_size(dir.0, p)).collect(),
+        )),
         DiskOp::VerifyPassword { hash, password } => {
             Ok(Outcome::Verified(auth::verify(hash.as_ref(), &password)))
         }
@@ -184,9 +186,9 @@ fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
     }
 }
 
-/// `WireSize`: opens without following a symlink (and without blocking on a FIFO), refuses
-/// anything but a regular file, and counts.
-fn wire_size(dir: i32, path: &std::ffi::CStr) -> Result<Outcome, Errno> {
+/// One file of a `WireSize`: opens without following a symlink (and without blocking on a
+/// FIFO), refuses anything but a regular file, and counts.
+fn wire_size(dir: i32, path: &std::ffi::CStr) -> Result<u64, Errno> {
     use std::io::Read;
     use std::os::fd::FromRawFd;
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
@@ -204,7 +206,7 @@ fn wire_size(dir: i32, path: &std::ffi::CStr) -> Result<Outcome, Errno> {
     let (mut size, mut previous) = (0u64, 0u8);
     loop {
         let n = match file.read(&mut buf) {
-            Ok(0) => return Ok(Outcome::Size(size)),
+            Ok(0) => return Ok(size),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Errno(e.raw_os_error().unwrap_or(libc::EIO))),

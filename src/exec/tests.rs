@@ -219,16 +219,65 @@ fn maildir_ops(exec: Executor) {
     assert_eq!(kind("sub"), libc::DT_DIR);
     assert_eq!(kind("link"), libc::DT_LNK);
 
-    let size = |d: &mut Driver, n: &str| d.run(DiskOp::WireSize { dir, path: c(n) });
+    let sizes = |d: &mut Driver, names: &[&str]| {
+        d.run(DiskOp::WireSize {
+            dir,
+            paths: names.iter().map(|n| c(n)).collect(),
+        })
+    };
+    let size = |d: &mut Driver, n: &str| match sizes(d, &[n]) {
+        Ok(Outcome::Sizes(v)) if v.len() == 1 => v[0],
+        other => panic!("{other:?}"),
+    };
     // 7 octets, two bare LFs.
-    assert_eq!(size(&mut d, "plain"), Ok(Outcome::Size(9)));
-    assert_eq!(size(&mut d, "empty"), Ok(Outcome::Size(0)));
+    assert_eq!(size(&mut d, "plain"), Ok(9));
+    assert_eq!(size(&mut d, "empty"), Ok(0));
     assert_eq!(size(&mut d, "link"), Err(Errno(libc::ELOOP)));
     assert_eq!(size(&mut d, "sub"), Err(Errno(libc::EINVAL)));
     assert_eq!(size(&mut d, "gone"), Err(Errno(libc::ENOENT)));
     let big: Vec<u8> = b"x\n".repeat(20_000);
     std::fs::write(p.join("big"), &big).unwrap();
-    assert_eq!(size(&mut d, "big"), Ok(Outcome::Size(60_000)));
+    assert_eq!(size(&mut d, "big"), Ok(60_000));
+    // A batch answers each name in order, a failure only for its own.
+    assert_eq!(
+        sizes(&mut d, &["big", "gone", "plain", "link", "empty"]),
+        Ok(Outcome::Sizes(vec![
+            Ok(60_000),
+            Err(Errno(libc::ENOENT)),
+            Ok(9),
+            Err(Errno(libc::ELOOP)),
+            Ok(0)
+        ]))
+    );
+    // More names than a batch may hold, or a name longer than a file name can be: refused.
+    let many = vec!["plain"; crate::limits::EXEC_WIRE_SIZE_BATCH + 1];
+    assert!(matches!(
+        d.exec.submit(
+            1,
+            DiskOp::WireSize {
+                dir,
+                paths: many.iter().map(|n| c(n)).collect()
+            }
+        ),
+        Err(Rejected {
+            reason: Reject::TooLarge,
+            ..
+        })
+    ));
+    let long = "x".repeat(crate::limits::FILE_NAME_MAX + 1);
+    assert!(matches!(
+        d.exec.submit(
+            1,
+            DiskOp::WireSize {
+                dir,
+                paths: vec![c(&long)]
+            }
+        ),
+        Err(Rejected {
+            reason: Reject::TooLarge,
+            ..
+        })
+    ));
 
     let rename = |from: &str, to: &str| DiskOp::RenameNoReplace {
         from_dir: Some(dir),
@@ -241,7 +290,7 @@ fn maildir_ops(exec: Executor) {
     assert_eq!(std::fs::read(p.join("taken")).unwrap(), b"new");
     d.ok(rename("plain", "plain:2,"));
     assert!(!p.join("plain").exists());
-    assert_eq!(size(&mut d, "plain:2,"), Ok(Outcome::Size(9)));
+    assert_eq!(size(&mut d, "plain:2,"), Ok(9));
     d.ok(DiskOp::Close { file: dir });
 }
 

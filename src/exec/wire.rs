@@ -36,7 +36,7 @@ const R_OPENED: u8 = 2;
 const R_WRITTEN: u8 = 3;
 const R_NAMES: u8 = 4;
 const R_VERIFIED: u8 = 5;
-const R_SIZE: u8 = 6;
+const R_SIZES: u8 = 6;
 
 struct Out(Vec<u8>);
 
@@ -227,11 +227,14 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             o.u32(super::readdir_max(*max) as u32);
             o.finish()
         }
-        DiskOp::WireSize { dir, path } => {
+        DiskOp::WireSize { dir, paths } => {
             let mut o = Out::new(seq, WIRE_SIZE);
             o.i32(dir.0);
             o.u8(u8::from(fd_attached));
-            o.bytes16(path.as_bytes());
+            o.u16(paths.len() as u16);
+            for p in paths {
+                o.bytes16(p.as_bytes());
+            }
             o.finish()
         }
         DiskOp::VerifyPassword { hash, password } => {
@@ -352,10 +355,15 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
             WIRE_SIZE => {
                 let dir = Handle(r.i32()?);
                 fd_attached = r.u8()? != 0;
-                DiskOp::WireSize {
-                    dir,
-                    path: r.path()?,
+                let count = r.u16()? as usize;
+                if count > crate::limits::EXEC_WIRE_SIZE_BATCH {
+                    return None;
                 }
+                let mut paths = Vec::with_capacity(count);
+                for _ in 0..count {
+                    paths.push(r.path()?);
+                }
+                DiskOp::WireSize { dir, paths }
             }
             VERIFY => {
                 let hash = match r.u8()? {
@@ -414,9 +422,21 @@ pub(super) fn encode_reply(seq: u64, result: &Result<Outcome, Errno>) -> Vec<u8>
             }
             o.finish()
         }
-        Ok(Outcome::Size(n)) => {
-            let mut o = Out::new(seq, R_SIZE);
-            o.u64(*n);
+        Ok(Outcome::Sizes(sizes)) => {
+            let mut o = Out::new(seq, R_SIZES);
+            o.u16(sizes.len() as u16);
+            for s in sizes {
+                match s {
+                    Ok(n) => {
+                        o.u8(1);
+                        o.u64(*n);
+                    }
+                    Err(e) => {
+                        o.u8(0);
+                        o.i32(e.0);
+                    }
+                }
+            }
             o.finish()
         }
         Ok(Outcome::Verified(ok)) => {
@@ -453,7 +473,21 @@ pub(super) fn decode_reply(msg: &[u8]) -> Option<(u64, Result<Outcome, Errno>)> 
                 next: has_next.then_some(next),
             })
         }
-        R_SIZE => Ok(Outcome::Size(r.u64()?)),
+        R_SIZES => {
+            let count = r.u16()? as usize;
+            if count > crate::limits::EXEC_WIRE_SIZE_BATCH {
+                return None;
+            }
+            let mut sizes = Vec::with_capacity(count);
+            for _ in 0..count {
+                sizes.push(match r.u8()? {
+                    1 => Ok(r.u64()?),
+                    0 => Err(Errno(r.i32()?)),
+                    _ => return None,
+                });
+            }
+            Ok(Outcome::Sizes(sizes))
+        }
         R_VERIFIED => Ok(Outcome::Verified(r.u8()? != 0)),
         _ => return None,
     };

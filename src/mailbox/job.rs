@@ -7,7 +7,8 @@
 //!   Maildir, `new/` and `cur/` are opened again as executor handles (`O_NOFOLLOW`, each
 //!   relative to the one before: the `crate::dirfd` rule), `new/` and `cur/` are listed in
 //!   batches (`ReadDir` with a cursor), and every message without a usable `W=` is counted
-//!   (`WireSize`). Nothing is renamed: a message in `new/` is served from there, so an
+//!   (`WireSize`, up to `limits::EXEC_WIRE_SIZE_BATCH` files of one directory a request).
+//!   Nothing is renamed: a message in `new/` is served from there, so an
 //!   opening costs a listing, not a rename per new message.
 //! - QUIT's UPDATE: the same handles are opened again, the marked messages unlinked where they
 //!   are, each directory that lost one synced, and every message of the snapshot still in
@@ -60,8 +61,12 @@ enum Purpose {
     List(Sub),
     /// Moving snapshot message `i` from `new/` to `cur/` (UPDATE).
     Move(usize),
-    /// Counting `messages[i]`.
-    Size(usize),
+    /// Counting the messages of `first..end` in `sub` that need it (one `WireSize` batch).
+    Size {
+        sub: Sub,
+        first: usize,
+        end: usize,
+    },
     /// Unlinking snapshot message `i`.
     Unlink(usize),
     Sync,
@@ -84,7 +89,9 @@ enum Phase {
     Move {
         next: usize,
     },
+    /// New messages first, then those in `cur/`: a batch names files of one directory.
     Size {
+        sub: Sub,
         next: usize,
     },
     Unlink {
@@ -288,25 +295,7 @@ impl Job {
                     },
                 ))
             }
-            Phase::Size { next } => {
-                while *next < self.messages.len() && !self.measure[*next] {
-                    *next += 1;
-                }
-                let i = *next;
-                let m = self.messages.get(i)?;
-                *next += 1;
-                let dir = match m.sub {
-                    Sub::Cur => self.cur,
-                    Sub::New => self.new,
-                }?;
-                Some((
-                    Purpose::Size(i),
-                    DiskOp::WireSize {
-                        dir,
-                        path: cstring(&m.file),
-                    },
-                ))
-            }
+            Phase::Size { .. } => self.next_size_batch(),
             Phase::Unlink { next } => {
                 let i = *self.deleted.get(*next)?;
                 *next += 1;
@@ -351,6 +340,39 @@ impl Job {
         }
     }
 
+    /// The next `WireSize` batch: up to `limits::EXEC_WIRE_SIZE_BATCH` messages of one
+    /// directory that need counting, `new/` first, then `cur/`.
+    fn next_size_batch(&mut self) -> Option<(Purpose, DiskOp)> {
+        loop {
+            let Phase::Size { sub, next: first } = self.phase else {
+                return None;
+            };
+            let mut paths = Vec::new();
+            let mut end = first;
+            while end < self.messages.len() && paths.len() < limits::EXEC_WIRE_SIZE_BATCH {
+                if self.measure[end] && self.messages[end].sub == sub {
+                    paths.push(cstring(&self.messages[end].file));
+                }
+                end += 1;
+            }
+            self.phase = Phase::Size { sub, next: end };
+            if !paths.is_empty() {
+                let dir = self.handle(sub)?;
+                return Some((
+                    Purpose::Size { sub, first, end },
+                    DiskOp::WireSize { dir, paths },
+                ));
+            }
+            if sub == Sub::Cur {
+                return None;
+            }
+            self.phase = Phase::Size {
+                sub: Sub::Cur,
+                next: 0,
+            };
+        }
+    }
+
     /// The current phase has nothing more to submit and nothing in flight: the next one.
     fn advance(&mut self) {
         // An opening stops at its first failure or when its client is gone; an UPDATE only
@@ -379,7 +401,10 @@ impl Job {
             },
             Phase::List { sub: Sub::Cur, .. } => {
                 crate::turnstat::timed("mb.sort", || self.sort());
-                Phase::Size { next: 0 }
+                Phase::Size {
+                    sub: Sub::New,
+                    next: 0,
+                }
             }
             Phase::Size { .. } => Phase::Close,
             Phase::Unlink { .. } => Phase::Move { next: 0 },
@@ -511,22 +536,29 @@ impl Job {
                     );
                 }
             }
-            (Purpose::Size(i), Ok(Outcome::Size(n))) => {
-                if let Some(s) = self.sizes.get_mut(i) {
-                    *s = Some(n);
+            (Purpose::Size { sub, first, end }, Ok(Outcome::Sizes(sizes))) => {
+                let counted: Vec<usize> = (first..end.min(self.messages.len()))
+                    .filter(|&i| self.measure[i] && self.messages[i].sub == sub)
+                    .collect();
+                let mut sizes = sizes.into_iter();
+                for i in counted {
+                    match sizes.next().unwrap_or(Err(Errno(libc::EIO))) {
+                        Ok(n) => self.sizes[i] = Some(n),
+                        // Removed since the listing, a symlink, or not a regular file: not
+                        // a message.
+                        Err(Errno(libc::ENOENT | libc::ELOOP | libc::EINVAL)) => {
+                            self.sizes[i] = None
+                        }
+                        Err(e) => {
+                            let path = self.path_of(sub, &self.messages[i].file);
+                            self.fail("cannot read", &path, e);
+                        }
+                    }
                 }
             }
-            // Removed since the listing, a symlink, or not a regular file: not a message.
-            (Purpose::Size(i), Err(Errno(libc::ENOENT | libc::ELOOP | libc::EINVAL))) => {
-                if let Some(s) = self.sizes.get_mut(i) {
-                    *s = None;
-                }
-            }
-            (Purpose::Size(i), Err(e)) => {
-                if let Some(m) = self.messages.get(i) {
-                    let path = self.path_of(m.sub, &m.file);
-                    self.fail("cannot read", &path, e);
-                }
+            (Purpose::Size { sub, .. }, Err(e)) => {
+                let path = self.mailbox.dir.join(sub.dir());
+                self.fail("cannot count the messages in", &path, e);
             }
             // Someone else removed it: the outcome the client asked for.
             (Purpose::Unlink(i), Ok(_) | Err(Errno(libc::ENOENT))) => {

@@ -530,7 +530,7 @@ fn wire_size_counts_the_file_whatever_w_says() {
 // ---- the jobs, turn by turn (`job::Jobs` on an inline executor) ----------------------------
 
 use crate::exec::{Executor, Inline};
-use crate::limits::MAILBOX_IN_FLIGHT;
+use crate::limits::{EXEC_WIRE_SIZE_BATCH, MAILBOX_IN_FLIGHT};
 use job::{Job, JobResult, Jobs};
 
 /// Runs `jobs` turn by turn as the reactor does (one pump, then the completions) until one
@@ -615,6 +615,42 @@ fn opening_lists_and_quit_moves_in_bounded_turns() {
         per_turn.len() > 1000 / MAILBOX_IN_FLIGHT,
         "1000 moves take many turns: {}",
         per_turn.len()
+    );
+}
+
+#[test]
+fn messages_without_w_are_counted_in_batches_per_directory() {
+    let root = tempfile::tempdir().unwrap();
+    // 60 in new/, 40 in cur/, interleaved in time; none with W=, each with n bare LFs.
+    for i in 0..100usize {
+        let (sub, info) = if i % 5 < 3 {
+            ("new", "")
+        } else {
+            ("cur", ":2,")
+        };
+        put(
+            root.path(),
+            "bob",
+            sub,
+            &format!("{}.M{i}.h{info}", 1000 + i),
+            &b"\n".repeat(i),
+        );
+    }
+    let mut exec = inline();
+    let mut jobs = Jobs::new();
+    jobs.start(3, 9, Job::open(root.path(), "bob"));
+    let (f, per_turn) = turns(&mut jobs, &mut exec);
+    let JobResult::Opened(Ok((_mb, infos))) = f.result else {
+        panic!("not opened");
+    };
+    let sizes: Vec<u64> = infos.iter().map(|m| m.size).collect();
+    assert_eq!(sizes, (0..100).map(|i| 2 * i).collect::<Vec<u64>>());
+    // Opening the three directories, one listing each of new/ and cur/, 2 + 2 counting
+    // batches (60 and 40 names), three closes: not an operation per message.
+    let ops: usize = per_turn.iter().sum();
+    assert_eq!(
+        ops,
+        3 + 2 + 60usize.div_ceil(EXEC_WIRE_SIZE_BATCH) + 40usize.div_ceil(EXEC_WIRE_SIZE_BATCH) + 3
     );
 }
 

@@ -45,7 +45,11 @@ fn frames_round_trip_and_refuse_lies() {
         },
         DiskOp::WireSize {
             dir: Handle(6),
-            path: c("1.m,W=3"),
+            paths: vec![c("1.m,W=3"), c(&"n".repeat(255))],
+        },
+        DiskOp::WireSize {
+            dir: Handle(6),
+            paths: vec![],
         },
         DiskOp::Link {
             from_dir: None,
@@ -114,7 +118,12 @@ fn frames_round_trip_and_refuse_lies() {
             kinds: vec![],
             next: None,
         }),
-        Ok(Outcome::Size(u64::MAX)),
+        Ok(Outcome::Sizes(vec![
+            Ok(u64::MAX),
+            Err(Errno(libc::ELOOP)),
+            Ok(0),
+        ])),
+        Ok(Outcome::Sizes(vec![])),
         Ok(Outcome::Verified(true)),
     ];
     for r in replies {
