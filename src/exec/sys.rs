@@ -86,9 +86,16 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
             check(unsafe { libc::mkdirat(dir_fd(dir), path.as_ptr(), mode) }).map(done)
         }
         DiskOp::ReadDir { dir, cursor, max } => read_dir(dir.0, cursor, readdir_max(max)),
-        DiskOp::WireSize { dir, paths } => Ok(Outcome::Sizes(
-            paths.iter().map(|p| wire_size(dir.0, p)).collect(),
-        )),
+        DiskOp::WireSize { dir, paths } => {
+            // One read buffer for the whole batch.
+            let mut buf = vec![0u8; 16 * 1024];
+            Ok(Outcome::Sizes(
+                paths
+                    .iter()
+                    .map(|p| wire_size(dir.0, p, &mut buf))
+                    .collect(),
+            ))
+        }
         DiskOp::VerifyPassword { hash, password } => {
             Ok(Outcome::Verified(auth::verify(hash.as_ref(), &password)))
         }
@@ -188,7 +195,7 @@ fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
 
 /// One file of a `WireSize`: opens without following a symlink (and without blocking on a
 /// FIFO), refuses anything but a regular file, and counts.
-fn wire_size(dir: i32, path: &std::ffi::CStr) -> Result<u64, Errno> {
+fn wire_size(dir: i32, path: &std::ffi::CStr, buf: &mut [u8]) -> Result<u64, Errno> {
     use std::io::Read;
     use std::os::fd::FromRawFd;
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
@@ -202,10 +209,9 @@ fn wire_size(dir: i32, path: &std::ffi::CStr) -> Result<u64, Errno> {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Errno(libc::EINVAL));
     }
-    let mut buf = vec![0u8; 16 * 1024];
     let (mut size, mut previous) = (0u64, 0u8);
     loop {
-        let n = match file.read(&mut buf) {
+        let n = match file.read(buf) {
             Ok(0) => return Ok(size),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -1515,6 +1515,17 @@ mod ahead {
     use crate::exec::{Executor, Inline};
 
     /// The executor's completions go back to the spool until none is left in flight.
+    /// A spool with an inline executor and one entry in the Maildir form (to bob), its files
+    /// made ahead already settled: the start of the tests of a linked entry's removal.
+    pub(super) fn linkable_entry() -> (tempfile::TempDir, Spool, Executor, QueueId) {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let mut x = Executor::Inline(Inline::new());
+        let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
+        settle(&mut spool, &mut x);
+        (d, spool, x, id)
+    }
+
     fn settle(spool: &mut Spool, exec: &mut Executor) {
         for _ in 0..10 {
             let mut got = Vec::new();
@@ -1591,11 +1602,7 @@ mod ahead {
     /// free/ nor emptied (that would empty the user's mail).
     #[test]
     fn a_linked_entry_is_unlinked_never_emptied_when_removals_go_to_the_executor() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(d.path()).unwrap();
-        let mut x = Executor::Inline(Inline::new());
-        let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
-        settle(&mut spool, &mut x);
+        let (d, mut spool, mut x, id) = linkable_entry();
         let queued = d.path().join("queue").join(&id.0);
         let maildir_copy = d.path().join("delivered");
         fs::hard_link(&queued, &maildir_copy).unwrap();
@@ -1696,22 +1703,14 @@ fn a_removal_lost_with_the_helper_is_done_at_once() {
 /// the helper never answered, so the delivered entry does not stay in `queue/`.
 #[test]
 fn an_unlink_lost_with_the_helper_is_done_at_once() {
-    use crate::exec::{Errno, Executor, Inline};
-    let d = tempfile::tempdir().unwrap();
-    let (mut spool, _) = Spool::open(d.path()).unwrap();
-    let mut x = Executor::Inline(Inline::new());
-    let id = store_linkable(&mut spool, &env(&["bob@example.org"]), MSG);
-    spool.prepare_files(Some(&mut x));
-    let mut got = Vec::new();
-    x.drain(&mut got);
-    for c in got.drain(..) {
-        spool.prepared(c, Some(&mut x));
-    }
+    use crate::exec::Errno;
+    let (d, mut spool, mut x, id) = ahead::linkable_entry();
     let queued = d.path().join("queue").join(&id.0);
     let maildir_copy = d.path().join("delivered");
     fs::hard_link(&queued, &maildir_copy).unwrap();
     spool.remove(&id).unwrap();
     spool.prepare_files(Some(&mut x));
+    let mut got = Vec::new();
     x.drain(&mut got);
     let mut c = got.pop().expect("the unlink");
     // The inline executor ran it at submit; put the name back, as if it never ran.
