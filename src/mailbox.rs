@@ -285,6 +285,7 @@ impl Mailbox {
 }
 
 pub mod job;
+mod stepsort;
 
 #[cfg(test)]
 mod tests;

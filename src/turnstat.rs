@@ -53,8 +53,8 @@ struct Stats {
     part_max: [Duration; PARTS.len()],
     events: u64,
     events_max: usize,
-    /// Named counters the modules add to (`count`).
-    counters: Vec<(&'static str, u64, Duration)>,
+    /// Named counters the modules add to (`count`): occurrences, total and longest time.
+    counters: Vec<(&'static str, u64, Duration, Duration)>,
     turn_start: Option<Instant>,
     mark: Option<Instant>,
 }
@@ -135,8 +135,9 @@ pub fn count(name: &'static str, d: Duration) {
             Some(c) => {
                 c.1 += 1;
                 c.2 += d;
+                c.3 = c.3.max(d);
             }
-            None => s.counters.push((name, 1, d)),
+            None => s.counters.push((name, 1, d, d)),
         }
     });
 }
@@ -187,11 +188,12 @@ pub fn report() -> Vec<String> {
                 s.part_max[i].as_micros()
             ));
         }
-        for (name, n, d) in &s.counters {
+        for (name, n, d, max) in &s.counters {
             out.push(format!(
-                "turn stats: {name}: {n} times, total {:.3}s, mean {:.1}us",
+                "turn stats: {name}: {n} times, total {:.3}s, mean {:.1}us, max {}us",
                 d.as_secs_f64(),
-                d.as_secs_f64() * 1e6 / (*n).max(1) as f64
+                d.as_secs_f64() * 1e6 / (*n).max(1) as f64,
+                max.as_micros()
             ));
         }
         out

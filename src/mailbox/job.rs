@@ -25,8 +25,10 @@
 //! and one while any other work is in the executor (which serves in order: a client's commit
 //! waits behind one mailbox operation, never a queue of them), all
 //! of a turn's in one submission to the kernel (`Executor::batch`). The work left on the
-//! reactor per turn is that many completions plus, once per opening, the sort of the
-//! snapshot. A job whose connection ended is detached: an opening is cut short (its
+//! reactor per turn is that many completions plus one step (`limits::MAILBOX_CPU_STEPS_PER_TURN`)
+//! of the work that grows with the mailbox and needs no disk: ordering an opening's snapshot
+//! (`stepsort`), building it, and freeing a job's list of messages, each a few hundred µs at
+//! most. A job whose connection ended is detached: an opening is cut short (its
 //! operations in flight are awaited, its handles closed, the lock dropped), an UPDATE runs to
 //! its end, since the client asked for it.
 
@@ -37,6 +39,7 @@ use std::path::Path;
 
 use log::{info, warn};
 
+use super::stepsort::StepSort;
 use super::{INFO_SUFFIX, Mailbox, Message, Sub, temporary};
 use crate::exec::{Completion, DiskOp, Errno, Executor, Handle, Outcome, Reject};
 use crate::limits;
@@ -94,6 +97,12 @@ enum Phase {
         sub: Sub,
         next: usize,
     },
+    /// Work on the reactor, a step a turn: ordering the snapshot (`order`), then taking its
+    /// messages in that order (`next`: the next position of `order` to take).
+    Sort,
+    Build {
+        next: usize,
+    },
     Unlink {
         next: usize,
     },
@@ -101,6 +110,9 @@ enum Phase {
         sent: bool,
     },
     Close,
+    /// Freeing the job's list of messages, a step a turn (one allocation each: 60,000 of them
+    /// freed at once held the reactor for 3 ms).
+    Release,
     Done,
 }
 
@@ -126,11 +138,16 @@ pub struct Job {
     in_flight: usize,
     /// UPDATE: the snapshot indices of the messages in `new/` that stay (moved to `cur/`).
     kept_new: Vec<usize>,
-    /// Opening: the snapshot being built; `measure[i]`: its size must be counted (no `W=`,
-    /// or a type the listing did not give).
+    /// Opening: the messages in listing order; `measure[i]`: its size must be counted (no
+    /// `W=`, or a type the listing did not give).
     messages: Vec<Message>,
     measure: Vec<bool>,
     sizes: Vec<Option<u64>>,
+    /// Opening: the delivery order being found, as (leading seconds, listing index) keys.
+    order: StepSort<(u64, usize)>,
+    /// Opening: the snapshot, in delivery order, and what the session is told of it.
+    snapshot: Vec<Message>,
+    infos: Vec<MessageInfo>,
     /// UPDATE: the snapshot indices to remove, and those whose removal failed.
     deleted: Vec<usize>,
     failed: usize,
@@ -186,6 +203,9 @@ impl Job {
             messages: Vec::new(),
             measure: Vec::new(),
             sizes: Vec::new(),
+            order: StepSort::new(Vec::new()),
+            snapshot: Vec::new(),
+            infos: Vec::new(),
             deleted,
             failed: 0,
             touched: [false, false],
@@ -216,8 +236,10 @@ impl Job {
         }
     }
 
-    /// The next operation to submit, or None until a completion comes (or at the end).
-    fn next_op(&mut self) -> Option<(Purpose, DiskOp)> {
+    /// The next operation to submit, or None until a completion comes, until the next turn
+    /// (`cpu_steps`, the steps of reactor work this turn still allows, is used up), or at the
+    /// end.
+    fn next_op(&mut self, cpu_steps: &mut usize) -> Option<(Purpose, DiskOp)> {
         if let Some(op) = self.retry.take() {
             return Some(op);
         }
@@ -228,13 +250,89 @@ impl Job {
             if self.in_flight > 0 || matches!(self.phase, Phase::Done) {
                 return None;
             }
+            let cpu = match self.phase {
+                Phase::Sort | Phase::Build { .. } => !self.stopping(),
+                Phase::Release => true,
+                _ => false,
+            };
+            if cpu {
+                if *cpu_steps == 0 {
+                    return None;
+                }
+                *cpu_steps -= 1;
+                if !self.cpu_step() {
+                    return None;
+                }
+            }
             self.advance();
         }
     }
 
+    /// An opening that failed or lost its client does no more than close its handles.
+    fn stopping(&self) -> bool {
+        self.kind == Kind::Open && (self.error.is_some() || self.cancelled)
+    }
+
+    /// Waits for nothing but a turn of the reactor (a `pump` now makes progress).
+    fn runnable(&self) -> bool {
+        self.in_flight == 0
+    }
+
+    /// One step of the reactor-side work of the phase; true when the phase's work is done.
+    fn cpu_step(&mut self) -> bool {
+        match self.phase {
+            Phase::Sort => {
+                let messages = &self.messages;
+                // Delivery order (`Message::order`) with integer keys first: names are only
+                // compared within a second.
+                crate::turnstat::timed("mb.sort", || {
+                    self.order.step(|a, b| {
+                        a.0.cmp(&b.0)
+                            .then_with(|| messages[a.1].order(&messages[b.1]))
+                            .then(a.1.cmp(&b.1))
+                    })
+                })
+            }
+            Phase::Build { next } => crate::turnstat::timed("mb.build", || self.build_step(next)),
+            Phase::Release => {
+                // An opening's own list (its names taken into the snapshot unless it
+                // stopped), or the snapshot an UPDATE was given.
+                let list = match self.kind {
+                    Kind::Open => &mut self.messages,
+                    Kind::Update => &mut self.mailbox.messages,
+                };
+                list.truncate(list.len().saturating_sub(limits::MAILBOX_RELEASE_STEP));
+                list.is_empty()
+            }
+            _ => true,
+        }
+    }
+
+    /// Takes the next `limits::MAILBOX_BUILD_STEP` messages in delivery order into the
+    /// snapshot, leaving out those that turned out not to be messages.
+    fn build_step(&mut self, next: usize) -> bool {
+        let order = self.order.items();
+        let end = order.len().min(next + limits::MAILBOX_BUILD_STEP);
+        for &(_, i) in &order[next..end] {
+            let (Some(size), Some(m)) = (self.sizes[i], self.messages.get_mut(i)) else {
+                continue;
+            };
+            let m = Message {
+                file: std::mem::take(&mut m.file),
+                ..*m
+            };
+            self.infos.push(MessageInfo {
+                uid: m.uid().into(),
+                size,
+            });
+            self.snapshot.push(m);
+        }
+        self.phase = Phase::Build { next: end };
+        end == order.len()
+    }
+
     fn op_of_phase(&mut self) -> Option<(Purpose, DiskOp)> {
-        let stopping = self.kind == Kind::Open && (self.error.is_some() || self.cancelled);
-        if stopping && !matches!(self.phase, Phase::Close) {
+        if self.stopping() && !matches!(self.phase, Phase::Close) {
             return None;
         }
         match &mut self.phase {
@@ -384,8 +482,8 @@ impl Job {
             Kind::Update => self.error.is_some() && opening,
         };
         self.phase = match self.phase {
-            Phase::Close => Phase::Done,
-            Phase::Done => Phase::Done,
+            Phase::Close => Phase::Release,
+            Phase::Release | Phase::Done => Phase::Done,
             _ if stop => Phase::Close,
             Phase::OpenUser { .. } => Phase::OpenSubs { sent: 0 },
             Phase::OpenSubs { .. } => match self.kind {
@@ -399,61 +497,26 @@ impl Job {
                 sub: Sub::Cur,
                 cursor: Some(0),
             },
-            Phase::List { sub: Sub::Cur, .. } => {
-                crate::turnstat::timed("mb.sort", || self.sort());
-                Phase::Size {
-                    sub: Sub::New,
-                    next: 0,
-                }
+            Phase::List { sub: Sub::Cur, .. } => Phase::Size {
+                sub: Sub::New,
+                next: 0,
+            },
+            Phase::Size { .. } => {
+                let keys = self.messages.iter().enumerate();
+                let keys = keys.map(|(i, m)| (m.seconds.unwrap_or(u64::MAX), i));
+                self.order = StepSort::new(keys.collect());
+                Phase::Sort
             }
-            Phase::Size { .. } => Phase::Close,
+            Phase::Sort => {
+                self.snapshot.reserve_exact(self.messages.len());
+                self.infos.reserve_exact(self.messages.len());
+                Phase::Build { next: 0 }
+            }
+            Phase::Build { .. } => Phase::Close,
             Phase::Unlink { .. } => Phase::Move { next: 0 },
             Phase::Move { .. } => Phase::Sync { sent: false },
             Phase::Sync { .. } => Phase::Close,
         };
-    }
-
-    /// Delivery order (the snapshot's numbering, `Message::order`), with each message's size
-    /// and sizing need alongside. It runs on the reactor in one piece, so it sorts plain
-    /// integers (the leading seconds, then the listing position) and compares names only
-    /// within a second: 60,000 messages took 18 ms sorted by `Message::order` directly, time
-    /// in which no other client was served.
-    fn sort(&mut self) {
-        let mut keys: Vec<(u64, usize)> = self
-            .messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.seconds.unwrap_or(u64::MAX), i))
-            .collect();
-        keys.sort_unstable();
-        let mut start = 0;
-        while start < keys.len() {
-            let second = keys[start].0;
-            let run = keys[start..].iter().take_while(|k| k.0 == second).count();
-            if run > 1 {
-                let messages = &self.messages;
-                keys[start..start + run].sort_unstable_by(|a, b| {
-                    messages[a.1].order(&messages[b.1]).then(a.1.cmp(&b.1))
-                });
-            }
-            start += run;
-        }
-        // In place, cycle by cycle (`keys[j].1`: where position j's message is now), so no
-        // second copy of the snapshot is allocated and faulted in.
-        let mut from: Vec<usize> = keys.into_iter().map(|k| k.1).collect();
-        for i in 0..from.len() {
-            let mut j = i;
-            while from[j] != usize::MAX {
-                let k = std::mem::replace(&mut from[j], usize::MAX);
-                if k == i {
-                    break;
-                }
-                self.messages.swap(j, k);
-                self.measure.swap(j, k);
-                self.sizes.swap(j, k);
-                j = k;
-            }
-        }
     }
 
     /// A listing batch: keeps regular, non-dot files with UTF-8 names (a `DT_UNKNOWN` entry is
@@ -595,26 +658,12 @@ impl Job {
                 if let Some(e) = self.error.take() {
                     return JobResult::Opened(Err(e));
                 }
-                let mut infos = Vec::with_capacity(self.messages.len());
-                let mut kept = Vec::with_capacity(self.messages.len());
-                for (m, size) in std::mem::take(&mut self.messages)
-                    .into_iter()
-                    .zip(&self.sizes)
-                {
-                    if let Some(size) = *size {
-                        infos.push(MessageInfo {
-                            uid: m.uid().into(),
-                            size,
-                        });
-                        kept.push(m);
-                    }
-                }
                 let mut mailbox = self.mailbox;
-                if !kept.iter().any(|m| m.sub == Sub::New) {
+                if !self.snapshot.iter().any(|m| m.sub == Sub::New) {
                     mailbox.new = None;
                 }
-                mailbox.messages = kept;
-                JobResult::Opened(Ok((mailbox, infos)))
+                mailbox.messages = self.snapshot;
+                JobResult::Opened(Ok((mailbox, self.infos)))
             }
             Kind::Update => {
                 let total = self.deleted.len();
@@ -732,7 +781,7 @@ impl Jobs {
     /// A `pump` now would make progress (so the reactor must not wait for an event).
     pub fn runnable(&self) -> bool {
         !self.ready.is_empty()
-            || self.blocked.is_none() && self.jobs.values().any(|e| e.job.in_flight == 0)
+            || self.blocked.is_none() && self.jobs.values().any(|e| e.job.runnable())
     }
 
     /// The connection in `slot` ended: its opening stops, its UPDATE goes on; no result is
@@ -767,6 +816,7 @@ impl Jobs {
 
     fn pump_into(&mut self, mut exec: Option<&mut Executor>) {
         let mut budget = limits::MAILBOX_OPS_PER_TURN;
+        let mut cpu_steps = limits::MAILBOX_CPU_STEPS_PER_TURN;
         if let (Some(level), Some(exec)) = (self.blocked, exec.as_deref())
             && exec.in_flight() >= level
         {
@@ -792,7 +842,7 @@ impl Jobs {
                 continue;
             };
             while budget > 0 && e.job.in_flight < cap {
-                let Some((purpose, op)) = e.job.next_op() else {
+                let Some((purpose, op)) = e.job.next_op(&mut cpu_steps) else {
                     break;
                 };
                 budget -= 1;
@@ -884,5 +934,82 @@ pub fn run_to_end(job: Job, exec: &mut Executor) -> JobResult {
         if let Some(f) = jobs.take_finished().pop() {
             return f.result;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The turns (calls of `next_op` with one step allowed) an opening takes from its last
+    /// listing to its end, with `n` messages whose sizes are all known from `W=`.
+    fn cpu_turns(job: &mut Job) -> usize {
+        let mut turns = 0;
+        while !job.finished() {
+            let mut steps = limits::MAILBOX_CPU_STEPS_PER_TURN;
+            assert!(
+                job.next_op(&mut steps).is_none(),
+                "no handles: no operation"
+            );
+            turns += 1;
+            assert!(turns < 100_000, "the opening does not end");
+        }
+        turns
+    }
+
+    #[test]
+    fn a_large_snapshot_is_ordered_built_and_freed_one_step_a_turn() {
+        let root = tempfile::tempdir().unwrap();
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(root.path().join("bob").join(sub)).unwrap();
+        }
+        let mut job = Job::open(root.path(), "bob").unwrap();
+        // Listing order is hash order: the numbers are scattered, eight messages share each
+        // second (so names decide within it), and a few names have no leading seconds.
+        let mut expected = Vec::new();
+        for i in 0..10_000u64 {
+            let x = i * 7919 % 10_000;
+            let name = format!("{}.M{x:05}P1.h,S=3,W=4", 1000 + x / 8);
+            let sub = if i % 3 == 0 { Sub::New } else { Sub::Cur };
+            expected.push((1000 + x / 8, name.clone()));
+            job.push_message(sub, name, libc::DT_REG);
+        }
+        for i in 0..5 {
+            let name = format!("x{i}.h,S=3,W=4");
+            expected.push((u64::MAX, name.clone()));
+            job.push_message(Sub::New, name, libc::DT_REG);
+        }
+        expected.sort();
+        let n = expected.len();
+        job.phase = Phase::Size {
+            sub: Sub::Cur,
+            next: n,
+        };
+        let turns = cpu_turns(&mut job);
+        let JobResult::Opened(Ok((mailbox, infos))) = job.result() else {
+            panic!("not opened");
+        };
+        let got: Vec<&str> = infos.iter().map(|m| m.uid.as_ref()).collect();
+        let want: Vec<&str> = expected.iter().map(|(_, name)| name.as_str()).collect();
+        assert_eq!(got, want);
+        assert!(infos.iter().all(|m| m.size == 4));
+        let files: Vec<&str> = mailbox.messages.iter().map(|m| m.file.as_str()).collect();
+        assert_eq!(
+            files, want,
+            "the snapshot in the order the session numbers it"
+        );
+        // One step a turn: each chunk sorted, each merge step, each build and release step
+        // took a turn of its own.
+        let mut passes = 0;
+        let mut width = limits::SORT_CHUNK;
+        while width < n {
+            passes += 1;
+            width *= 2;
+        }
+        let steps = n.div_ceil(limits::SORT_CHUNK)
+            + (passes * n).div_ceil(limits::SORT_MERGE_STEP)
+            + n.div_ceil(limits::MAILBOX_BUILD_STEP)
+            + n.div_ceil(limits::MAILBOX_RELEASE_STEP);
+        assert_eq!(turns, steps);
     }
 }
