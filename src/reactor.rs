@@ -393,59 +393,10 @@ impl Reactor {
             crate::daemon::log::flush_floods(now);
             self.services.begin_turn();
             turnstat::mark(Part::Rest);
-            // An edit of the users or aliases file counts before any RCPT of this turn does.
-            if events.iter().any(|e| e.token() == DIRECTORY_TOKEN) {
-                self.services.directory_changed();
-            }
             // Last turn's leftovers go after this turn's events (whose own leftovers wait for
             // the next turn), so a busy connection takes its turn in line with the others.
             let again = std::mem::take(&mut self.again);
-            for event in events.iter() {
-                let part = match event.token() {
-                    EXEC_TOKEN | HELPER_TOKEN => Part::Exec,
-                    Token(t) if t >= CONN_BASE && !Outbound::owns(Token(t)) => Part::Conns,
-                    _ => Part::Other,
-                };
-                match event.token() {
-                    SIGNAL_TOKEN => self.handle_signals(now),
-                    DIRECTORY_TOKEN => {} // (seen above)
-                    t if ControlServer::owns(t) => self.control.ready(t),
-                    PICKUP_TOKEN => self.services.pickup_readable(),
-                    t @ (EXEC_TOKEN | HELPER_TOKEN) => {
-                        if let Some(exec) = self.exec.as_mut() {
-                            exec.signalled(t == EXEC_TOKEN);
-                        }
-                        self.finish_checks(now)
-                    }
-                    t if Outbound::owns(t) => self.services.outbound_ready(
-                        t,
-                        event.is_readable() || event.is_read_closed() || event.is_error(),
-                        event.is_writable() || event.is_write_closed() || event.is_error(),
-                        now,
-                    ),
-                    Token(t) if t >= CONN_BASE => {
-                        let slot = t - CONN_BASE;
-                        if let Some(Some(conn)) = self.conns.get_mut(slot) {
-                            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                conn.can_read = true;
-                            }
-                            if event.is_read_closed() || event.is_error() {
-                                conn.read_closed = true;
-                            }
-                            if event.is_writable() || event.is_write_closed() || event.is_error() {
-                                conn.can_write = true;
-                            }
-                            self.drive(slot, now);
-                        }
-                    }
-                    Token(t) => {
-                        if let Some(Some(l)) = self.listeners.get_mut(t - LISTENER_BASE) {
-                            l.backlog = true;
-                        }
-                    }
-                }
-                turnstat::mark(part);
-            }
+            self.dispatch(&events, now);
             for (slot, id) in again {
                 if self
                     .conns
@@ -456,6 +407,7 @@ impl Reactor {
                     self.drive(slot, now);
                 }
             }
+            self.poll_within_turn(&mut events, now);
             self.accept_backlogs(now);
             turnstat::mark(Part::Accept);
             if !self.checks.is_empty()
@@ -474,6 +426,7 @@ impl Reactor {
             // for them), one for deliveries (so they keep up under a steady load).
             self.finish_commits(now, Instant::now() + limits::WORK_SLICE);
             turnstat::mark(Part::Commits);
+            self.poll_within_turn(&mut events, now);
             self.serve_control(now);
             turnstat::mark(Part::Control);
             self.services
@@ -489,6 +442,7 @@ impl Reactor {
             // are made ahead, and the entries removed this turn go to free/ (`spool::prepare`).
             self.services.spool_prepare(self.exec.as_mut());
             turnstat::mark(Part::Deliver);
+            self.poll_within_turn(&mut events, now);
             self.services.outbound_turn(Instant::now());
             turnstat::mark(Part::Outbound);
             self.fire_deadlines(now);
@@ -501,6 +455,74 @@ impl Reactor {
             }
             crate::daemon::log::release_lines();
             turnstat::end();
+        }
+    }
+
+    /// Late in a long turn (`limits::POLL_WITHIN_TURN_AFTER` after its poll), between pieces
+    /// of disk work: whatever became ready since is handled now, so a client waiting for a
+    /// one-line reply waits for one piece of that work, not for the rest of the turn and the
+    /// next turn's events before its own.
+    fn poll_within_turn(&mut self, events: &mut Events, turn_start: Instant) {
+        if turn_start.elapsed() < limits::POLL_WITHIN_TURN_AFTER {
+            return;
+        }
+        // An error (EINTR) is left to the next turn's poll.
+        if self.poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
+            self.dispatch(events, Instant::now());
+        }
+    }
+
+    /// Handles the events of one poll: each connection's is driven at once.
+    fn dispatch(&mut self, events: &Events, now: Instant) {
+        // An edit of the users or aliases file counts before any RCPT of this turn does.
+        if events.iter().any(|e| e.token() == DIRECTORY_TOKEN) {
+            self.services.directory_changed();
+        }
+        for event in events.iter() {
+            let part = match event.token() {
+                EXEC_TOKEN | HELPER_TOKEN => Part::Exec,
+                Token(t) if t >= CONN_BASE && !Outbound::owns(Token(t)) => Part::Conns,
+                _ => Part::Other,
+            };
+            match event.token() {
+                SIGNAL_TOKEN => self.handle_signals(now),
+                DIRECTORY_TOKEN => {} // (seen above)
+                t if ControlServer::owns(t) => self.control.ready(t),
+                PICKUP_TOKEN => self.services.pickup_readable(),
+                t @ (EXEC_TOKEN | HELPER_TOKEN) => {
+                    if let Some(exec) = self.exec.as_mut() {
+                        exec.signalled(t == EXEC_TOKEN);
+                    }
+                    self.finish_checks(now)
+                }
+                t if Outbound::owns(t) => self.services.outbound_ready(
+                    t,
+                    event.is_readable() || event.is_read_closed() || event.is_error(),
+                    event.is_writable() || event.is_write_closed() || event.is_error(),
+                    now,
+                ),
+                Token(t) if t >= CONN_BASE => {
+                    let slot = t - CONN_BASE;
+                    if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            conn.can_read = true;
+                        }
+                        if event.is_read_closed() || event.is_error() {
+                            conn.read_closed = true;
+                        }
+                        if event.is_writable() || event.is_write_closed() || event.is_error() {
+                            conn.can_write = true;
+                        }
+                        self.drive(slot, now);
+                    }
+                }
+                Token(t) => {
+                    if let Some(Some(l)) = self.listeners.get_mut(t - LISTENER_BASE) {
+                        l.backlog = true;
+                    }
+                }
+            }
+            turnstat::mark(part);
         }
     }
 
