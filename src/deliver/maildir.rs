@@ -21,9 +21,11 @@
 //! message waits in the queue).
 //!
 //! A queue entry in the Maildir form (see `crate::spool`, "link-1") is not copied: its file
-//! already holds the copy's bytes, so `stage_link` links it into `new/` under the same name a
-//! copy would get (on the reactor, like the renames: a link does not wait for the disk), and
-//! its commit only syncs `new/`. When the link fails (another file system), it is copied.
+//! already holds the copy's bytes, so `stage_link` stages a link into `new/` under the same
+//! name a copy would get, which the commit makes in the executor alongside the other files'
+//! data syncs (a link on the reactor waited for the file system's journal now and then), and
+//! for it only `new/` is synced. When the link fails (another file system), the file is
+//! copied in the same commit.
 //!
 //! A batch's commit waits for the disk in the executor, not on the reactor
 //! (`Maildirs::commit_pump`): the data syncs of all its files are submitted, then, once all
@@ -34,9 +36,11 @@
 //! blocking calls. The files are still created and written on the reactor (`stage`).
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
 use std::fs::{DirBuilder, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -45,7 +49,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::Outcome;
 use crate::dirfd::{self, Dir, Kind};
 use crate::durable::{self, SyncMode};
-use crate::exec::{Errno, Executor, Outcome as ExecOutcome, Reject};
+use crate::exec::{DiskOp, Errno, Executor, Handle, Outcome as ExecOutcome, Reject};
 
 pub struct Maildirs {
     root: PathBuf,
@@ -62,9 +66,9 @@ pub struct Maildirs {
     /// whole batch (see `commit_step`, which forgets them when the batch is committed).
     open: HashMap<String, Rc<UserDirs>>,
     sync_mode: SyncMode,
-    /// A link failed with EXDEV (the spool is on another file system) and was logged: said
-    /// once per process.
-    warned_exdev: bool,
+    /// A link failed with EXDEV (the spool is on another file system), which was logged:
+    /// from then on entries in the Maildir form are copied without trying.
+    links_cross_filesystems: bool,
 }
 
 /// What names a queue entry's copies: the same for every attempt, in every process.
@@ -244,7 +248,7 @@ impl Maildirs {
             seen: HashMap::new(),
             open: HashMap::new(),
             sync_mode: SyncMode::default(),
-            warned_exdev: false,
+            links_cross_filesystems: false,
         }
     }
 
@@ -433,6 +437,7 @@ impl Maildirs {
                     dirs,
                     tmp: tmp_name,
                     file: Some(file),
+                    link: None,
                 })
             }
             Err(e) => {
@@ -447,12 +452,16 @@ impl Maildirs {
     }
 
     /// First half of a delivery by link: `queued` is the spool's file of the entry, in the
-    /// Maildir form (the very bytes `stage` would write), and gets a second name in `new/`,
-    /// `unique` with its sizes. Its data was made durable by the spool's commit, so the
-    /// commit only syncs `new/`. An earlier attempt's name already there (a crash came before
-    /// the entry was removed) is that same file: it is kept. None when the link cannot be
-    /// made (another file system: EXDEV; or anything else): the caller copies instead, which
-    /// also reports what is wrong with the Maildir.
+    /// Maildir form (the very bytes `stage` would write), and is to get a second name in
+    /// `new/`, `unique` with its sizes. The link itself is made by the commit, in the disk
+    /// executor with the other files' syncs (on the reactor a link waited for the file
+    /// system's journal now and then: up to 2 ms under a steady load). Its data was made
+    /// durable by the spool's commit, so the commit only syncs `new/` for it. An earlier
+    /// attempt's name already there (a crash came before the entry was removed) is that same
+    /// file: it is kept. A link that fails is replaced by a copy of the file in the same
+    /// commit (`copy_instead`). None when links are known to fail (EXDEV seen: another file
+    /// system) or the Maildir cannot be opened: the caller copies, which also reports what is
+    /// wrong with the Maildir.
     pub fn stage_link(
         &mut self,
         user: &str,
@@ -462,32 +471,72 @@ impl Maildirs {
         wire_size: u64,
         now: SystemTime,
     ) -> Option<Staged> {
-        if !safe_mailbox_name(user) {
+        if !safe_mailbox_name(user) || self.links_cross_filesystems {
             return None;
         }
         let dirs = self.dirs_for(user, now).ok()?;
-        let name = format!("{unique},S={size},W={wire_size}");
-        match dirs.new.link_from(queued, &name) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                if e.raw_os_error() != Some(libc::EXDEV) || !self.warned_exdev {
-                    log::info!(
-                        "maildir: cannot link {} into {}: {e}; copying instead",
-                        queued.display(),
-                        dirs.new.path().display()
-                    );
-                    self.warned_exdev |= e.raw_os_error() == Some(libc::EXDEV);
-                }
-                return None;
-            }
-        }
         Some(Staged {
             dirs,
             tmp: String::new(),
-            name,
+            name: format!("{unique},S={size},W={wire_size}"),
             file: None,
+            link: Some(queued.to_path_buf()),
         })
+    }
+
+    /// A link into `new/` that failed with `e`: the queued file's bytes (already the Maildir
+    /// form) are copied into `tmp/` instead, to be synced and renamed like any copy. The
+    /// descriptor of the copy, to sync; on failure the staged file stays a failed link.
+    fn copy_instead(&mut self, s: &mut Staged, e: &io::Error) -> io::Result<std::os::fd::RawFd> {
+        let Some(queued) = s.link.clone() else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        let exdev = e.raw_os_error() == Some(libc::EXDEV);
+        if !exdev || !self.links_cross_filesystems {
+            log::info!(
+                "maildir: cannot link {} into {}: {e}; copying instead",
+                queued.display(),
+                s.dirs.new.path().display()
+            );
+        }
+        self.links_cross_filesystems |= exdev;
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.seq += 1;
+        let tmp = format!(
+            "{}.M{}P{}Q{}.{}",
+            since.as_secs(),
+            since.subsec_micros(),
+            self.pid,
+            self.seq,
+            self.host
+        );
+        let mut out = s.dirs.tmp.create_file(&tmp, 0o600)?;
+        let copied = File::open(&queued).and_then(|mut from| io::copy(&mut from, &mut out));
+        if let Err(e) = copied {
+            let _ = s.dirs.tmp.remove_file(&tmp);
+            return Err(e);
+        }
+        let fd = out.as_raw_fd();
+        s.file = Some(out);
+        s.tmp = tmp;
+        s.link = None;
+        Ok(fd)
+    }
+
+    /// The blocking form of a staged link (`commit_step`): made now, or copied instead.
+    fn link_now(&mut self, s: &mut Staged) -> io::Result<()> {
+        let Some(queued) = s.link.as_deref() else {
+            return Ok(());
+        };
+        match s.dirs.new.link_from(queued, &s.name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return self.copy_instead(s, &e).map(|_| ()),
+        }
+        s.link = None;
+        Ok(())
     }
 
     /// Second half, all at once: makes every staged file durable, moves it into `new/`, and
@@ -521,6 +570,10 @@ impl Maildirs {
                     SyncMode::File => c.next..(c.next + 1).min(c.staged.len()),
                     SyncMode::Filesystem => c.next..c.staged.len(),
                 };
+                let mut link_errors: Vec<Option<io::Error>> = Vec::new();
+                for s in &mut c.staged[range.clone()] {
+                    link_errors.push(self.link_now(s).err());
+                }
                 // (A link has nothing to sync: `Ok` without a call.)
                 let files: Vec<&File> = c.staged[range.clone()]
                     .iter()
@@ -529,17 +582,17 @@ impl Maildirs {
                 let mut results = durable::files(self.sync_mode, &files).into_iter();
                 let results: Vec<io::Result<()>> = c.staged[range.clone()]
                     .iter()
-                    .map(|s| match s.file {
-                        Some(_) => results.next().unwrap_or(Ok(())),
-                        None => Ok(()),
+                    .zip(link_errors)
+                    .map(|(s, link_error)| match (&s.file, link_error) {
+                        (Some(_), _) => results.next().unwrap_or(Ok(())),
+                        (None, Some(e)) => Err(e),
+                        (None, None) => Ok(()),
                     })
                     .collect();
                 for (i, r) in range.zip(results) {
                     let s = &c.staged[i];
-                    c.moved.push(r.map(|()| usize::MAX).map_err(|e| {
-                        let _ = s.dirs.tmp.remove_file(&s.tmp);
-                        temporary("cannot write", &s.dirs.tmp.path().join(&s.tmp), &e)
-                    }));
+                    c.moved
+                        .push(r.map(|()| usize::MAX).map_err(|e| failed_data(s, &e)));
                     c.next = i + 1;
                 }
                 if c.next >= c.staged.len() {
@@ -554,7 +607,7 @@ impl Maildirs {
                     }
                     let moved = match s.file {
                         Some(_) => s.dirs.tmp.rename_to(&s.tmp, &s.dirs.new, &s.name),
-                        // Linked into `new/` when staged.
+                        // Linked into `new/` at the data stage.
                         None => Ok(()),
                     };
                     *m = match moved {
@@ -610,8 +663,17 @@ impl Maildirs {
                     }
                     while c.submitted < c.staged.len() {
                         let i = c.submitted;
+                        if let Some(link) = Self::link_op(&c.staged[i]) {
+                            // A link: made here, nothing to sync.
+                            match exec.submit_own(commit_tag(DATA, i), link) {
+                                Ok(()) => c.in_flight += 1,
+                                Err(r) if r.reason == Reject::Full => break,
+                                Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
+                            }
+                            c.submitted += 1;
+                            continue;
+                        }
                         let Some(fd) = c.staged[i].file.as_ref().map(|f| f.as_raw_fd()) else {
-                            // A link: nothing to sync.
                             c.synced[i] = Some(Ok(()));
                             c.submitted += 1;
                             continue;
@@ -635,16 +697,19 @@ impl Maildirs {
                     if c.in_flight > 0 || c.submitted < c.staged.len() {
                         break false;
                     }
+                    if self.settle_links(c, exec, per_filesystem) {
+                        // Copies made for failed links: their syncs are in flight.
+                        break false;
+                    }
                     for &(i, leader) in &c.fs_followers {
                         c.synced[i] = c.synced[leader];
                     }
                     for (s, r) in c.staged.iter().zip(&c.synced) {
                         let r = r.unwrap_or(Err(Errno(libc::EIO)));
-                        c.moved.push(r.map(|()| usize::MAX).map_err(|e| {
-                            let _ = s.dirs.tmp.remove_file(&s.tmp);
-                            let e = io::Error::from(e);
-                            temporary("cannot write", &s.dirs.tmp.path().join(&s.tmp), &e)
-                        }));
+                        c.moved.push(
+                            r.map(|()| usize::MAX)
+                                .map_err(|e| failed_data(s, &io::Error::from(e))),
+                        );
                     }
                     c.next = c.staged.len();
                     c.stage = Stage::Rename;
@@ -698,6 +763,55 @@ impl Maildirs {
             self.open.clear();
         }
         done
+    }
+
+    /// The executor's operation for a staged link not yet made: from the queued file's path
+    /// into `new/`, a descriptor the reactor owns (`Executor::submit_own`).
+    fn link_op(s: &Staged) -> Option<DiskOp> {
+        let queued = s.link.as_ref()?;
+        Some(DiskOp::Link {
+            from_dir: None,
+            from: CString::new(queued.as_os_str().as_bytes()).ok()?,
+            to_dir: Some(Handle::own(s.dirs.new.as_file())),
+            to: CString::new(s.name.as_bytes()).ok()?,
+        })
+    }
+
+    /// Once the data stage's completions are in: each link made (or found made by an earlier
+    /// attempt: EEXIST) is done; each that failed is copied instead (`copy_instead`) and the
+    /// copy's sync submitted. True when such syncs are in flight (the stage waits for them).
+    fn settle_links(&mut self, c: &mut Commit, exec: &mut Executor, per_filesystem: bool) -> bool {
+        let mut waiting = false;
+        for i in 0..c.staged.len() {
+            if c.staged[i].link.is_none() {
+                continue;
+            }
+            let e = match c.synced[i] {
+                Some(Ok(())) | Some(Err(Errno(libc::EEXIST))) => {
+                    c.synced[i] = Some(Ok(()));
+                    c.staged[i].link = None;
+                    continue;
+                }
+                Some(Err(e)) => e,
+                None => Errno(libc::EIO),
+            };
+            let fd = match self.copy_instead(&mut c.staged[i], &io::Error::from(e)) {
+                Ok(fd) => fd,
+                Err(copy) => {
+                    c.synced[i] = Some(Err(Errno(copy.raw_os_error().unwrap_or(libc::EIO))));
+                    continue;
+                }
+            };
+            c.synced[i] = None;
+            match Self::submit_data_sync(exec, commit_tag(DATA, i), fd, per_filesystem) {
+                Ok(()) => {
+                    c.in_flight += 1;
+                    waiting = true;
+                }
+                Err(_) => c.synced[i] = Some(Err(Errno(libc::EAGAIN))),
+            }
+        }
+        waiting
     }
 
     /// A staged file's data sync through the executor: `fdatasync`, or with `fsync = filesystem`
@@ -947,8 +1061,25 @@ pub struct Staged {
     /// The final name in `new/`.
     name: String,
     /// The copy in `tmp/`; None for a link (the queued file's data is durable already, and
-    /// its name is in `new/`: only `new/` is left to sync).
+    /// once linked its name is in `new/`: only `new/` is left to sync).
     file: Option<File>,
+    /// A link to make at the commit: the queued file. None once it is made (or replaced by a
+    /// copy); still there after the data stage only if neither could be made.
+    link: Option<PathBuf>,
+}
+
+/// Why a staged file failed at the data stage: a link that could neither be made nor copied,
+/// or a copy not written or synced (which is removed from `tmp/`).
+fn failed_data(s: &Staged, e: &io::Error) -> Outcome {
+    if let Some(queued) = &s.link {
+        return temporary(
+            &format!("cannot link or copy {} into", queued.display()),
+            &s.dirs.new.path().join(&s.name),
+            e,
+        );
+    }
+    let _ = s.dirs.tmp.remove_file(&s.tmp);
+    temporary("cannot write", &s.dirs.tmp.path().join(&s.tmp), e)
 }
 
 /// Writes the trace headers and the message with CRLF turned into LF and returns the file
@@ -1418,6 +1549,91 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap()
+    }
+
+    const MAILDIR_FORM: &[u8] = b"Return-Path: <s@h>\nDelivered-To: u@h\n\nx\n";
+
+    /// The one file in `<root>/u/new`: its bytes and inode.
+    fn only_new(root: &Path) -> (Vec<u8>, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let names: Vec<_> = fs::read_dir(root.join("u/new")).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        let path = names[0].as_ref().unwrap().path();
+        (fs::read(&path).unwrap(), fs::metadata(&path).unwrap().ino())
+    }
+
+    /// A link the executor reports failed (EXDEV, put in place of the link's own answer) is
+    /// replaced by a copy in the same commit: the link, the copy's sync, the sync of `new/`.
+    /// Entries in the Maildir form are copied from then on, without trying.
+    #[test]
+    fn through_the_executor_a_failed_link_is_copied_in_the_same_commit() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let queued = root.path().join("queued");
+        fs::write(&queued, MAILDIR_FORM).unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let now = SystemTime::now();
+        let s = m.stage_link("u", &fresh_unique(), &queued, 40, 44, now);
+        let mut exec = Executor::Inline(Inline::new());
+        let mut c = Commit::new(vec![s.unwrap()]);
+        let mut rounds = 0;
+        while !m.commit_pump(&mut c, &mut exec) {
+            rounds += 1;
+            assert!(rounds <= 3, "the link, the copy's sync, the sync of new/");
+            for d in drain(&mut exec) {
+                let result = if rounds == 1 {
+                    Err(Errno(libc::EXDEV))
+                } else {
+                    d.result
+                };
+                c.complete(d.tag, result);
+            }
+        }
+        assert_eq!(rounds, 3);
+        assert_eq!(c.outcomes(), vec![Outcome::Delivered]);
+        let (bytes, ino) = only_new(root.path());
+        assert_eq!(bytes, MAILDIR_FORM);
+        assert_ne!(ino, fs::metadata(&queued).unwrap().ino(), "a copy");
+        assert!(
+            m.stage_link("u", &fresh_unique(), &queued, 40, 44, now)
+                .is_none()
+        );
+    }
+
+    /// Without an executor the link is made with a blocking call at the commit, and a real
+    /// EXDEV (the queued file on /dev/shm, the Maildir on the test's file system) is copied.
+    #[test]
+    fn a_link_across_file_systems_is_copied_in_the_same_commit() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+        assert_ne!(
+            dev(root.path()),
+            dev(shm.path()),
+            "this test needs /dev/shm and the temporary directory on different file systems"
+        );
+        let queued = shm.path().join("queued");
+        fs::write(&queued, MAILDIR_FORM).unwrap();
+        let mut m = Maildirs::new(root.path(), "h");
+        let now = SystemTime::now();
+        let s = m.stage_link("u", &fresh_unique(), &queued, 40, 44, now);
+        assert_eq!(m.commit(vec![s.unwrap()]), vec![Outcome::Delivered]);
+        assert_eq!(only_new(root.path()).0, MAILDIR_FORM);
+        assert!(
+            m.stage_link("u", &fresh_unique(), &queued, 40, 44, now)
+                .is_none()
+        );
+        // Linked on the same file system, and a name already there (an earlier attempt) kept.
+        let mut m = Maildirs::new(root.path(), "h");
+        let local = root.path().join("queued");
+        fs::write(&local, MAILDIR_FORM).unwrap();
+        let unique = fresh_unique();
+        for _ in 0..2 {
+            let s = m.stage_link("v", &unique, &local, 40, 44, now).unwrap();
+            assert_eq!(m.commit(vec![s]), vec![Outcome::Delivered]);
+        }
+        assert_eq!(fs::metadata(&local).unwrap().nlink(), 2);
     }
 
     fn drain(exec: &mut Executor) -> Vec<Completion> {

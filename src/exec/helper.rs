@@ -691,6 +691,20 @@ fn serve(sock: RawFd) -> i32 {
                     (DiskOp::Syncfs { .. }, Some(fd)) if req.fd_attached => DiskOp::Syncfs {
                         file: Handle(fd.as_raw_fd()),
                     },
+                    (
+                        DiskOp::Link {
+                            from_dir: None,
+                            from,
+                            to,
+                            ..
+                        },
+                        Some(fd),
+                    ) if req.fd_attached => DiskOp::Link {
+                        from_dir: None,
+                        from,
+                        to_dir: Some(Handle(fd.as_raw_fd())),
+                        to,
+                    },
                     (op, _) => op,
                 };
                 rest_next = matches!(op, DiskOp::Rest);

@@ -377,13 +377,20 @@ impl Executor {
         }
     }
 
-    /// Starts `op`, an `Fdatasync`, `Fsync` or `Syncfs` of a descriptor this process owns (`Handle::own`),
-    /// not one the executor opened: the helper backend gets a copy of it with the request
-    /// (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
+    /// Starts `op`, an `Fdatasync`, `Fsync` or `Syncfs` of a descriptor this process owns
+    /// (`Handle::own`), or a `Link` from a path into a directory it owns, not one the executor
+    /// opened: the helper backend gets a copy of the descriptor with the request (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
     /// operation is refused (`TooLarge`, handed back unchanged).
     pub fn submit_own(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
         let fd = match &op {
             DiskOp::Fdatasync { file } | DiskOp::Fsync { file } | DiskOp::Syncfs { file } => file.0,
+            // A link into a directory the caller owns, from a path (the Maildir delivery of a
+            // queued file in the Maildir form).
+            DiskOp::Link {
+                from_dir: None,
+                to_dir: Some(dir),
+                ..
+            } => dir.0,
             _ => {
                 return Err(Rejected {
                     reason: Reject::TooLarge,

@@ -801,6 +801,47 @@ fn a_reactor_descriptor_is_synced_on_every_backend() {
     }
 }
 
+/// `submit_own` with a `Link` (the Maildir delivery of a queued file): from a path into a
+/// directory the reactor owns, on every backend; a name taken is EEXIST, a missing source
+/// ENOENT, and the file is the same inode under both names.
+#[test]
+fn a_link_into_a_reactor_directory_is_made_on_every_backend() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("queued");
+    std::fs::write(&src, b"Return-Path: <>\n").unwrap();
+    let mut backends = vec![("inline", inline()), ("helper", helper())];
+    backends.extend(uring().map(|u| ("uring", u)));
+    for (name, exec) in backends {
+        let new = tmp.path().join(format!("new-{name}"));
+        std::fs::create_dir(&new).unwrap();
+        let dir = std::fs::File::open(&new).unwrap();
+        let mut d = Driver::new(exec);
+        let link = |from: &std::path::Path, to: &str| DiskOp::Link {
+            from_dir: None,
+            from: CString::new(from.as_os_str().as_encoded_bytes()).unwrap(),
+            to_dir: Some(Handle::own(&dir)),
+            to: CString::new(to).unwrap(),
+        };
+        d.exec.submit_own(1, link(&src, "m")).unwrap();
+        assert_eq!(d.wait(1)[0].result, Ok(Outcome::Done), "{name}");
+        d.exec.submit_own(2, link(&src, "m")).unwrap();
+        d.exec
+            .submit_own(3, link(&tmp.path().join("gone"), "n"))
+            .unwrap();
+        let mut got: Vec<(u64, Result<Outcome, Errno>)> =
+            d.wait(2).into_iter().map(|c| (c.tag, c.result)).collect();
+        got.sort_by_key(|g| g.0);
+        assert_eq!(
+            got,
+            vec![(2, Err(Errno(libc::EEXIST))), (3, Err(Errno(libc::ENOENT)))],
+            "{name}"
+        );
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&new.join("m")), ino(&src), "{name}");
+    }
+}
+
 /// The rest's completion is dropped by the reactor: no job that reads completions may take
 /// its tag for one of its own (the file preparation once used the same bit).
 #[test]

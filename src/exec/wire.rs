@@ -204,6 +204,10 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             o.bytes16(from.as_bytes());
             o.i32(dir_fd(*to_dir));
             o.bytes16(to.as_bytes());
+            if kind == LINK {
+                // `Executor::submit_own`: the target directory travels with the frame.
+                o.u8(u8::from(fd_attached));
+            }
             o.finish()
         }
         DiskOp::Unlink { dir, path } => {
@@ -309,6 +313,9 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
                 let from = r.path()?;
                 let to_dir = r.dir()?;
                 let to = r.path()?;
+                if kind == LINK {
+                    fd_attached = r.u8()? != 0;
+                }
                 if kind == RENAME {
                     DiskOp::Rename {
                         from_dir,
