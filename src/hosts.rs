@@ -216,7 +216,9 @@ impl Services {
         Ok((services, warnings))
     }
 
-    /// A new reactor turn starts (after the poll returned).
+    /// A poll returned, at the start of a reactor turn or within one (`Reactor::poll_now`):
+    /// what it reports may follow an edit of the users or aliases files, so they are looked
+    /// at again before the next RCPT (at most once per poll).
     pub fn begin_turn(&mut self) {
         self.directory_checked = false;
     }

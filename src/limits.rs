@@ -33,8 +33,11 @@ pub const IO_PER_DRIVE: usize = 32;
 /// The time one connection's I/O and session work may take in one turn, whatever the number
 /// of reads and writes: pipelined one-line commands (60,000 DELE) answer hundreds a read.
 pub const DRIVE_SLICE: Duration = Duration::from_micros(500);
-/// A turn this long polls again between its pieces of disk work (`Reactor::poll_within_turn`).
+/// A turn polls again this often while it handles a batch of events and between its pieces
+/// of disk work (`Reactor::handle_batch`, `Reactor::poll_within_turn`).
 pub const POLL_WITHIN_TURN_AFTER: Duration = Duration::from_micros(100);
+/// Events one poll reports at most (the rest come with the next poll).
+pub const EVENTS_PER_POLL: usize = 256;
 
 /// Unconsumed input (a partial command line) of up to this many bytes is kept inside the
 /// connection and its input buffer returned to the pool: a slow or idle client holds no

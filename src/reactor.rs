@@ -126,6 +126,8 @@ pub struct Reactor {
     /// (slot, id): driven again next turn, after that turn's events, without an event of their
     /// own (edge-triggered readiness would raise none for bytes already there).
     again: Vec<(usize, u64)>,
+    /// The buffer of the polls made within a turn (`poll_now`); None while one is handled.
+    inner_events: Option<Events>,
 }
 
 /// A password check in flight, and whom it is for.
@@ -337,6 +339,7 @@ impl Reactor {
             checks: HashMap::new(),
             handshakes: 0,
             again: Vec::new(),
+            inner_events: Some(Events::with_capacity(limits::EVENTS_PER_POLL)),
         };
         for l in listeners {
             reactor.add_listener(l)?;
@@ -347,7 +350,7 @@ impl Reactor {
     /// Runs until SIGTERM/SIGINT and every connection has said goodbye (or the grace period
     /// ran out).
     pub fn run(&mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(256);
+        let mut events = Events::with_capacity(limits::EVENTS_PER_POLL);
         loop {
             let now = Instant::now();
             if let Some(stop_by) = self.stop_by {
@@ -407,7 +410,7 @@ impl Reactor {
                     self.drive(slot, now);
                 }
             }
-            self.poll_within_turn(&mut events, now);
+            self.poll_within_turn(now);
             self.accept_backlogs(now);
             turnstat::mark(Part::Accept);
             if !self.checks.is_empty()
@@ -426,7 +429,7 @@ impl Reactor {
             // for them), one for deliveries (so they keep up under a steady load).
             self.finish_commits(now, Instant::now() + limits::WORK_SLICE);
             turnstat::mark(Part::Commits);
-            self.poll_within_turn(&mut events, now);
+            self.poll_within_turn(now);
             self.serve_control(now);
             turnstat::mark(Part::Control);
             self.services
@@ -442,7 +445,7 @@ impl Reactor {
             // are made ahead, and the entries removed this turn go to free/ (`spool::prepare`).
             self.services.spool_prepare(self.exec.as_mut());
             turnstat::mark(Part::Deliver);
-            self.poll_within_turn(&mut events, now);
+            self.poll_within_turn(now);
             self.services.outbound_turn(Instant::now());
             turnstat::mark(Part::Outbound);
             self.fire_deadlines(now);
@@ -462,68 +465,93 @@ impl Reactor {
     /// of disk work: whatever became ready since is handled now, so a client waiting for a
     /// one-line reply waits for one piece of that work, not for the rest of the turn and the
     /// next turn's events before its own.
-    fn poll_within_turn(&mut self, events: &mut Events, turn_start: Instant) {
-        if turn_start.elapsed() < limits::POLL_WITHIN_TURN_AFTER {
-            return;
-        }
-        // An error (EINTR) is left to the next turn's poll.
-        if self.poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
-            self.dispatch(events, Instant::now());
+    fn poll_within_turn(&mut self, turn_start: Instant) {
+        if turn_start.elapsed() >= limits::POLL_WITHIN_TURN_AFTER {
+            self.poll_now(true);
         }
     }
 
-    /// Handles the events of one poll: each connection's is driven at once.
+    /// Polls without waiting and handles what it reports (`nested`: polling again within
+    /// that batch as `dispatch` does; a poll made inside a batch does not nest further).
+    fn poll_now(&mut self, nested: bool) {
+        let Some(mut events) = self.inner_events.take() else {
+            return;
+        };
+        // An error (EINTR) is left to the next poll.
+        let batch: Vec<Ready> = match self.poll.poll(&mut events, Some(Duration::ZERO)) {
+            Ok(()) => events.iter().map(Ready::of).collect(),
+            Err(_) => Vec::new(),
+        };
+        self.inner_events = Some(events);
+        if !batch.is_empty() {
+            self.services.begin_turn();
+            self.handle_batch(&batch, Instant::now(), nested);
+        }
+    }
+
+    /// Handles the events of the turn's poll.
     fn dispatch(&mut self, events: &Events, now: Instant) {
-        // An edit of the users or aliases file counts before any RCPT of this turn does.
-        if events.iter().any(|e| e.token() == DIRECTORY_TOKEN) {
+        let batch: Vec<Ready> = events.iter().map(Ready::of).collect();
+        self.handle_batch(&batch, now, true);
+    }
+
+    /// Handles one poll's events in order, each connection's driven at once. With `nested`,
+    /// every `limits::POLL_WITHIN_TURN_AFTER` of it the poll is asked again and what became
+    /// ready meanwhile is handled before the rest of the batch: a batch of 20 busy sessions
+    /// took 0.3-0.6 ms, and a client waiting for a one-line reply waited for all of it and
+    /// then for its own turn.
+    fn handle_batch(&mut self, batch: &[Ready], now: Instant, nested: bool) {
+        // An edit of the users or aliases file counts before any RCPT of this batch does.
+        if batch.iter().any(|r| r.token == DIRECTORY_TOKEN) {
             self.services.directory_changed();
         }
-        for event in events.iter() {
-            let part = match event.token() {
-                EXEC_TOKEN | HELPER_TOKEN => Part::Exec,
-                Token(t) if t >= CONN_BASE && !Outbound::owns(Token(t)) => Part::Conns,
-                _ => Part::Other,
-            };
-            match event.token() {
-                SIGNAL_TOKEN => self.handle_signals(now),
-                DIRECTORY_TOKEN => {} // (seen above)
-                t if ControlServer::owns(t) => self.control.ready(t),
-                PICKUP_TOKEN => self.services.pickup_readable(),
-                t @ (EXEC_TOKEN | HELPER_TOKEN) => {
-                    if let Some(exec) = self.exec.as_mut() {
-                        exec.signalled(t == EXEC_TOKEN);
-                    }
-                    self.finish_checks(now)
+        let mut polled = Instant::now();
+        for &ready in batch {
+            self.handle_ready(ready, now);
+            if nested && polled.elapsed() >= limits::POLL_WITHIN_TURN_AFTER {
+                self.poll_now(false);
+                polled = Instant::now();
+            }
+        }
+    }
+
+    fn handle_ready(&mut self, ready: Ready, now: Instant) {
+        let part = match ready.token {
+            EXEC_TOKEN | HELPER_TOKEN => Part::Exec,
+            Token(t) if t >= CONN_BASE && !Outbound::owns(Token(t)) => Part::Conns,
+            _ => Part::Other,
+        };
+        match ready.token {
+            SIGNAL_TOKEN => self.handle_signals(now),
+            DIRECTORY_TOKEN => {} // (seen in `handle_batch`)
+            t if ControlServer::owns(t) => self.control.ready(t),
+            PICKUP_TOKEN => self.services.pickup_readable(),
+            t @ (EXEC_TOKEN | HELPER_TOKEN) => {
+                if let Some(exec) = self.exec.as_mut() {
+                    exec.signalled(t == EXEC_TOKEN);
                 }
-                t if Outbound::owns(t) => self.services.outbound_ready(
-                    t,
-                    event.is_readable() || event.is_read_closed() || event.is_error(),
-                    event.is_writable() || event.is_write_closed() || event.is_error(),
-                    now,
-                ),
-                Token(t) if t >= CONN_BASE => {
-                    let slot = t - CONN_BASE;
-                    if let Some(Some(conn)) = self.conns.get_mut(slot) {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            conn.can_read = true;
-                        }
-                        if event.is_read_closed() || event.is_error() {
-                            conn.read_closed = true;
-                        }
-                        if event.is_writable() || event.is_write_closed() || event.is_error() {
-                            conn.can_write = true;
-                        }
-                        self.drive(slot, now);
-                    }
-                }
-                Token(t) => {
-                    if let Some(Some(l)) = self.listeners.get_mut(t - LISTENER_BASE) {
-                        l.backlog = true;
-                    }
+                self.finish_checks(now)
+            }
+            t if Outbound::owns(t) => {
+                self.services
+                    .outbound_ready(t, ready.readable, ready.writable, now)
+            }
+            Token(t) if t >= CONN_BASE => {
+                let slot = t - CONN_BASE;
+                if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                    conn.can_read |= ready.readable;
+                    conn.read_closed |= ready.read_closed;
+                    conn.can_write |= ready.writable;
+                    self.drive(slot, now);
                 }
             }
-            turnstat::mark(part);
+            Token(t) => {
+                if let Some(Some(l)) = self.listeners.get_mut(t - LISTENER_BASE) {
+                    l.backlog = true;
+                }
+            }
         }
+        turnstat::mark(part);
     }
 
     /// No connection is open and no disk work is pending: hand back what a burst grew (pooled
@@ -1573,6 +1601,28 @@ impl Reactor {
                 continue;
             }
             self.arm(slot);
+        }
+    }
+}
+
+/// One poll event, copied out of the poll's buffer so that the poll can be asked again while
+/// the batch is handled (`Reactor::handle_batch`).
+#[derive(Clone, Copy)]
+struct Ready {
+    token: Token,
+    /// Readable, or closed for reading, or in error: a read will tell which.
+    readable: bool,
+    read_closed: bool,
+    writable: bool,
+}
+
+impl Ready {
+    fn of(e: &mio::event::Event) -> Ready {
+        Ready {
+            token: e.token(),
+            readable: e.is_readable() || e.is_read_closed() || e.is_error(),
+            read_closed: e.is_read_closed() || e.is_error(),
+            writable: e.is_writable() || e.is_write_closed() || e.is_error(),
         }
     }
 }
