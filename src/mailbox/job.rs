@@ -295,14 +295,20 @@ impl Job {
             }
             Phase::Build { next } => crate::turnstat::timed("mb.build", || self.build_step(next)),
             Phase::Release => {
-                // An opening's own list (its names taken into the snapshot unless it
-                // stopped), or the snapshot an UPDATE was given.
-                let list = match self.kind {
-                    Kind::Open => &mut self.messages,
-                    Kind::Update => &mut self.mailbox.messages,
-                };
-                list.truncate(list.len().saturating_sub(limits::MAILBOX_RELEASE_STEP));
-                list.is_empty()
+                fn cut<T>(list: &mut Vec<T>) -> bool {
+                    list.truncate(list.len().saturating_sub(limits::MAILBOX_RELEASE_STEP));
+                    list.is_empty()
+                }
+                match self.kind {
+                    // The snapshot an UPDATE was given.
+                    Kind::Update => cut(&mut self.mailbox.messages),
+                    // An opening's own list (its names taken into the snapshot unless it
+                    // stopped), and a snapshot that goes to no one.
+                    Kind::Open if self.stopping() => {
+                        cut(&mut self.messages) & cut(&mut self.snapshot) & cut(&mut self.infos)
+                    }
+                    Kind::Open => cut(&mut self.messages),
+                }
             }
             _ => true,
         }
@@ -1011,5 +1017,41 @@ mod tests {
             + n.div_ceil(limits::MAILBOX_BUILD_STEP)
             + n.div_ceil(limits::MAILBOX_RELEASE_STEP);
         assert_eq!(turns, steps);
+    }
+
+    #[test]
+    fn an_opening_cut_short_while_building_frees_what_it_built_in_steps_too() {
+        let root = tempfile::tempdir().unwrap();
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(root.path().join("bob").join(sub)).unwrap();
+        }
+        let mut job = Job::open(root.path(), "bob").unwrap();
+        let n = 3 * limits::MAILBOX_RELEASE_STEP;
+        for i in 0..n {
+            job.push_message(
+                Sub::New,
+                format!("{}.M{i}.h,S=3,W=4", 1000 + i),
+                libc::DT_REG,
+            );
+        }
+        job.phase = Phase::Size {
+            sub: Sub::Cur,
+            next: n,
+        };
+        let mut steps = usize::MAX;
+        while !matches!(job.phase, Phase::Build { next } if next > n / 2) {
+            assert!(job.next_op(&mut steps).is_none());
+        }
+        // The client went away half-way through the building.
+        job.cancelled = true;
+        let built = job.snapshot.len();
+        assert!(built > limits::MAILBOX_RELEASE_STEP && job.infos.len() == built);
+        let turns = cpu_turns(&mut job);
+        assert!(job.messages.is_empty() && job.snapshot.is_empty() && job.infos.is_empty());
+        assert_eq!(
+            turns,
+            n.div_ceil(limits::MAILBOX_RELEASE_STEP),
+            "the longest list's steps"
+        );
     }
 }
