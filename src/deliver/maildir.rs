@@ -374,6 +374,21 @@ impl Maildirs {
         }
     }
 
+    /// A file name in `tmp/`, unique to this process and attempt: a crashed attempt's leftover
+    /// in tmp/ (same entry, same final name) is never in the way.
+    fn tmp_name(&mut self, now: SystemTime) -> String {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.seq += 1;
+        format!(
+            "{}.M{}P{}Q{}.{}",
+            since.as_secs(),
+            since.subsec_micros(),
+            self.pid,
+            self.seq,
+            self.host
+        )
+    }
+
     /// First half of a delivery: writes the message into `tmp/` and starts its writeback,
     /// without waiting for the disk. `commit` finishes a whole batch of these, so the waits
     /// for the disk overlap and each `new/` directory is synced once per batch.
@@ -392,18 +407,7 @@ impl Maildirs {
             )));
         }
         let mut dirs = self.dirs_for(user, now)?;
-        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        self.seq += 1;
-        // Unique to this process and attempt: a crashed attempt's leftover in tmp/ (same
-        // entry, same final name) is never in the way.
-        let tmp_name = format!(
-            "{}.M{}P{}Q{}.{}",
-            since.as_secs(),
-            since.subsec_micros(),
-            self.pid,
-            self.seq,
-            self.host
-        );
+        let tmp_name = self.tmp_name(now);
         let file = match crate::turnstat::timed("maildir.create", || {
             dirs.tmp.create_file(&tmp_name, 0o600)
         }) {
@@ -500,18 +504,7 @@ impl Maildirs {
             );
         }
         self.links_cross_filesystems |= exdev;
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        self.seq += 1;
-        let tmp = format!(
-            "{}.M{}P{}Q{}.{}",
-            since.as_secs(),
-            since.subsec_micros(),
-            self.pid,
-            self.seq,
-            self.host
-        );
+        let tmp = self.tmp_name(SystemTime::now());
         let mut out = s.dirs.tmp.create_file(&tmp, 0o600)?;
         let copied = File::open(&queued).and_then(|mut from| io::copy(&mut from, &mut out));
         if let Err(e) = copied {

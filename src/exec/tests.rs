@@ -73,6 +73,17 @@ impl Driver {
     /// deadline), and returns them. Drains as the reactor does: only the sources the poll
     /// reported (`signalled`, `drain_signalled`), so every test here also shows that no
     /// completion is missed that way.
+    /// `wait(n)`, as (tag, result) pairs in tag order.
+    pub(super) fn wait_sorted(&mut self, n: usize) -> Vec<(u64, Result<Outcome, Errno>)> {
+        let mut got: Vec<(u64, Result<Outcome, Errno>)> = self
+            .wait(n)
+            .into_iter()
+            .map(|c| (c.tag, c.result))
+            .collect();
+        got.sort_by_key(|g| g.0);
+        got
+    }
+
     pub(super) fn wait(&mut self, n: usize) -> Vec<Completion> {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -341,9 +352,7 @@ fn op_sequence(exec: Executor) {
             },
         )
         .unwrap();
-    let mut got: Vec<(u64, Result<Outcome, Errno>)> =
-        d.wait(2).into_iter().map(|c| (c.tag, c.result)).collect();
-    got.sort_by_key(|g| g.0);
+    let got = d.wait_sorted(2);
     assert_eq!(
         got,
         vec![
@@ -753,9 +762,7 @@ fn syncs_of_our_own_descriptors(exec: Executor) {
     for (tag, op) in ops.into_iter().enumerate() {
         d.exec.submit_own(tag as u64, op).unwrap();
     }
-    let mut got: Vec<(u64, Result<Outcome, Errno>)> =
-        d.wait(4).into_iter().map(|c| (c.tag, c.result)).collect();
-    got.sort_by_key(|(t, _)| *t);
+    let got = d.wait_sorted(4);
     assert_eq!(
         got,
         vec![
@@ -790,9 +797,7 @@ fn a_reactor_descriptor_is_synced_on_every_backend() {
         use std::os::fd::AsRawFd;
         d.exec.submit_sync(1, file.as_raw_fd(), true).unwrap();
         d.exec.submit_sync(2, dir.as_raw_fd(), false).unwrap();
-        let mut got: Vec<(u64, Result<Outcome, Errno>)> =
-            d.wait(2).into_iter().map(|c| (c.tag, c.result)).collect();
-        got.sort_by_key(|g| g.0);
+        let got = d.wait_sorted(2);
         assert_eq!(
             got,
             vec![(1, Ok(Outcome::Done)), (2, Ok(Outcome::Done))],
@@ -829,9 +834,7 @@ fn a_link_into_a_reactor_directory_is_made_on_every_backend() {
         d.exec
             .submit_own(3, link(&tmp.path().join("gone"), "n"))
             .unwrap();
-        let mut got: Vec<(u64, Result<Outcome, Errno>)> =
-            d.wait(2).into_iter().map(|c| (c.tag, c.result)).collect();
-        got.sort_by_key(|g| g.0);
+        let got = d.wait_sorted(2);
         assert_eq!(
             got,
             vec![(2, Err(Errno(libc::EEXIST))), (3, Err(Errno(libc::ENOENT)))],

@@ -963,13 +963,19 @@ mod tests {
         turns
     }
 
-    #[test]
-    fn a_large_snapshot_is_ordered_built_and_freed_one_step_a_turn() {
+    /// An opening of an empty Maildir (its directory kept alive by the first half).
+    fn opening() -> (tempfile::TempDir, Job) {
         let root = tempfile::tempdir().unwrap();
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(root.path().join("bob").join(sub)).unwrap();
         }
-        let mut job = Job::open(root.path(), "bob").unwrap();
+        let job = Job::open(root.path(), "bob").unwrap();
+        (root, job)
+    }
+
+    #[test]
+    fn a_large_snapshot_is_ordered_built_and_freed_one_step_a_turn() {
+        let (_root, mut job) = opening();
         // Listing order is hash order: the numbers are scattered, eight messages share each
         // second (so names decide within it), and a few names have no leading seconds.
         let mut expected = Vec::new();
@@ -1021,11 +1027,7 @@ mod tests {
 
     #[test]
     fn an_opening_cut_short_while_building_frees_what_it_built_in_steps_too() {
-        let root = tempfile::tempdir().unwrap();
-        for sub in ["tmp", "new", "cur"] {
-            std::fs::create_dir_all(root.path().join("bob").join(sub)).unwrap();
-        }
-        let mut job = Job::open(root.path(), "bob").unwrap();
+        let (_root, mut job) = opening();
         let n = 3 * limits::MAILBOX_RELEASE_STEP;
         for i in 0..n {
             job.push_message(
