@@ -23,8 +23,8 @@
 //! A queue entry in the Maildir form (see `crate::spool`, "link-1") is not copied: its file
 //! already holds the copy's bytes, so `stage_link` stages a link into `new/` under the same
 //! name a copy would get, which the commit makes in the executor alongside the other files'
-//! data syncs (a link on the reactor waited for the file system's journal now and then), and
-//! for it only `new/` is synced. When the link fails (another file system), the file is
+//! data syncs (a link on the reactor waited for the disk now and then: most likely behind the
+//! executor's sync of the same `new/`), and for it only `new/` is synced. When the link fails (another file system), the file is
 //! copied in the same commit.
 //!
 //! A batch's commit waits for the disk in the executor, not on the reactor
@@ -458,8 +458,8 @@ impl Maildirs {
     /// First half of a delivery by link: `queued` is the spool's file of the entry, in the
     /// Maildir form (the very bytes `stage` would write), and is to get a second name in
     /// `new/`, `unique` with its sizes. The link itself is made by the commit, in the disk
-    /// executor with the other files' syncs (on the reactor a link waited for the file
-    /// system's journal now and then: up to 2 ms under a steady load). Its data was made
+    /// executor with the other files' syncs (on the reactor a link waited for the disk now
+    /// and then: up to 2 ms under a steady load). Its data was made
     /// durable by the spool's commit, so the commit only syncs `new/` for it. An earlier
     /// attempt's name already there (a crash came before the entry was removed) is that same
     /// file: it is kept. A link that fails is replaced by a copy of the file in the same
@@ -656,12 +656,16 @@ impl Maildirs {
                     }
                     while c.submitted < c.staged.len() {
                         let i = c.submitted;
-                        if let Some(link) = Self::link_op(&c.staged[i]) {
+                        if c.staged[i].link.is_some() {
                             // A link: made here, nothing to sync.
-                            match exec.submit_own(commit_tag(DATA, i), link) {
-                                Ok(()) => c.in_flight += 1,
-                                Err(r) if r.reason == Reject::Full => break,
-                                Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
+                            match Self::link_op(&c.staged[i]) {
+                                Some(link) => match exec.submit_own(commit_tag(DATA, i), link) {
+                                    Ok(()) => c.in_flight += 1,
+                                    Err(r) if r.reason == Reject::Full => break,
+                                    Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
+                                },
+                                // (A NUL in a name: no such file can be linked.)
+                                None => c.synced[i] = Some(Err(Errno(libc::EINVAL))),
                             }
                             c.submitted += 1;
                             continue;
