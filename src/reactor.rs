@@ -128,6 +128,8 @@ pub struct Reactor {
     again: Vec<(usize, u64)>,
     /// The buffer of the polls made within a turn (`poll_now`); None while one is handled.
     inner_events: Option<Events>,
+    /// Emptied batches of copied-out events, kept for the next polls: a turn allocates none.
+    spare_batches: Vec<Vec<Ready>>,
 }
 
 /// A password check in flight, and whom it is for.
@@ -340,6 +342,7 @@ impl Reactor {
             handshakes: 0,
             again: Vec::new(),
             inner_events: Some(Events::with_capacity(limits::EVENTS_PER_POLL)),
+            spare_batches: Vec::new(),
         };
         for l in listeners {
             reactor.add_listener(l)?;
@@ -477,22 +480,27 @@ impl Reactor {
         let Some(mut events) = self.inner_events.take() else {
             return;
         };
+        let mut batch = self.spare_batches.pop().unwrap_or_default();
         // An error (EINTR) is left to the next poll.
-        let batch: Vec<Ready> = match self.poll.poll(&mut events, Some(Duration::ZERO)) {
-            Ok(()) => events.iter().map(Ready::of).collect(),
-            Err(_) => Vec::new(),
-        };
+        if self.poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {
+            batch.extend(events.iter().map(Ready::of));
+        }
         self.inner_events = Some(events);
         if !batch.is_empty() {
             self.services.begin_turn();
             self.handle_batch(&batch, Instant::now(), nested);
         }
+        batch.clear();
+        self.spare_batches.push(batch);
     }
 
     /// Handles the events of the turn's poll.
     fn dispatch(&mut self, events: &Events, now: Instant) {
-        let batch: Vec<Ready> = events.iter().map(Ready::of).collect();
+        let mut batch = self.spare_batches.pop().unwrap_or_default();
+        batch.extend(events.iter().map(Ready::of));
         self.handle_batch(&batch, now, true);
+        batch.clear();
+        self.spare_batches.push(batch);
     }
 
     /// Handles one poll's events in order, each connection's driven at once. With `nested`,
@@ -571,6 +579,7 @@ impl Reactor {
         self.free_slots.shrink_to_fit();
         self.per_ip.shrink_to_fit();
         self.checks.shrink_to_fit();
+        self.spare_batches = Vec::new();
         // With no connection open every entry left in the heap is stale.
         self.deadlines.clear();
         self.services.release_memory(Instant::now());
