@@ -47,12 +47,22 @@ team: alice, bob
 """
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port(family=socket.AF_INET, host="127.0.0.1"):
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port nothing listens on, never one this run handed out before: the kernel may give
+    the same port to two binds in a row once the first socket is closed (one server got its
+    SMTP and POP3 ports equal, and refused to start)."""
+    for _ in range(1000):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+    raise RuntimeError("no port left that this run has not handed out")
 
 
 def have_ipv6():
