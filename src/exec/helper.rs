@@ -682,20 +682,6 @@ fn serve(sock: RawFd) -> i32 {
                         }
                     }
                     // `Executor::submit_own`: the parent's descriptor, passed along.
-                    (
-                        DiskOp::Write {
-                            offset,
-                            data,
-                            durable,
-                            ..
-                        },
-                        Some(fd),
-                    ) if req.fd_attached => DiskOp::Write {
-                        file: Handle(fd.as_raw_fd()),
-                        offset,
-                        data,
-                        durable,
-                    },
                     (DiskOp::Fdatasync { .. }, Some(fd)) if req.fd_attached => DiskOp::Fdatasync {
                         file: Handle(fd.as_raw_fd()),
                     },

@@ -94,15 +94,11 @@ pub enum DiskOp {
         mode: u32,
     },
     /// Writes all of `data` at `offset` (short writes are continued) → `Outcome::Written`
-    /// with the same buffer back. At most `limits::EXEC_WRITE_MAX` bytes. With `durable`,
-    /// `data` and what is needed to read it back are on disk when it completes, as an
-    /// `fdatasync` would leave them (io_uring: `RWF_DSYNC`, which covers the bytes written;
-    /// the blocking backends `fdatasync` the whole file after the write).
+    /// with the same buffer back. At most `limits::EXEC_WRITE_MAX` bytes.
     Write {
         file: Handle,
         offset: u64,
         data: Vec<u8>,
-        durable: bool,
     },
     /// `fdatasync(file)` → `Outcome::Done`.
     Fdatasync { file: Handle },
@@ -381,17 +377,13 @@ impl Executor {
         }
     }
 
-    /// Starts `op`, a `Write`, `Fdatasync`, `Fsync` or `Syncfs` of a descriptor this process
-    /// owns (`Handle::own`), or a `Link` from a path into a directory it owns, not one the
-    /// executor opened: the helper backend gets a copy of the descriptor with the request
-    /// (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
+    /// Starts `op`, an `Fdatasync`, `Fsync` or `Syncfs` of a descriptor this process owns
+    /// (`Handle::own`), or a `Link` from a path into a directory it owns, not one the executor
+    /// opened: the helper backend gets a copy of the descriptor with the request (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
     /// operation is refused (`TooLarge`, handed back unchanged).
     pub fn submit_own(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
         let fd = match &op {
-            DiskOp::Write { file, .. }
-            | DiskOp::Fdatasync { file }
-            | DiskOp::Fsync { file }
-            | DiskOp::Syncfs { file } => file.0,
+            DiskOp::Fdatasync { file } | DiskOp::Fsync { file } | DiskOp::Syncfs { file } => file.0,
             // A link into a directory the caller owns, from a path (the Maildir delivery of a
             // queued file in the Maildir form).
             DiskOp::Link {

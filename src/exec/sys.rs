@@ -26,17 +26,8 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
             })?;
             Ok(Outcome::Opened(Handle(fd)))
         }
-        DiskOp::Write {
-            file,
-            offset,
-            data,
-            durable,
-        } => {
+        DiskOp::Write { file, offset, data } => {
             write_all_at(file.0, &data, offset)?;
-            if durable {
-                // SAFETY: a plain descriptor call; a bad descriptor is EBADF.
-                check(unsafe { libc::fdatasync(file.0) })?;
-            }
             Ok(Outcome::Written(data))
         }
         // SAFETY (these three): plain descriptor calls; a bad descriptor is EBADF.

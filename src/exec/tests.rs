@@ -339,7 +339,6 @@ fn op_sequence(exec: Executor) {
                 file: f,
                 offset: 6,
                 data: b"world\n".to_vec(),
-                durable: false,
             },
         )
         .unwrap();
@@ -350,7 +349,6 @@ fn op_sequence(exec: Executor) {
                 file: f,
                 offset: 0,
                 data: b"hello ".to_vec(),
-                durable: false,
             },
         )
         .unwrap();
@@ -570,7 +568,6 @@ fn full_and_too_large_hand_the_op_back(exec: Executor) {
                 file: dir,
                 offset: 0,
                 data: big,
-                durable: false,
             },
         )
         .unwrap_err();
@@ -588,7 +585,6 @@ fn full_and_too_large_hand_the_op_back(exec: Executor) {
         file: f,
         offset: 1,
         data: max.clone(),
-        durable: false,
     });
     assert_eq!(wrote, Ok(Outcome::Written(max)));
     d.ok(DiskOp::Close { file: f });
@@ -723,7 +719,6 @@ fn bad_handles_fail_alone(exec: Executor) {
         file: bad,
         offset: 0,
         data: b"x".to_vec(),
-        durable: false,
     };
     assert_eq!(d.run(write), Err(Errno(libc::EBADF)));
     assert_eq!(d.run(DiskOp::Close { file: bad }), Err(Errno(libc::EBADF)));
@@ -808,42 +803,6 @@ fn a_reactor_descriptor_is_synced_on_every_backend() {
             vec![(1, Ok(Outcome::Done)), (2, Ok(Outcome::Done))],
             "{name}"
         );
-    }
-}
-
-/// `submit_own` with a durable `Write` (the spool's commit of a message it holds whole): into
-/// a file the reactor opened, on every backend (the helper writes through the descriptor it
-/// is passed); the buffer comes back and the bytes are in the file. A file opened read-only
-/// refuses the write (EBADF).
-#[test]
-fn a_durable_write_into_a_reactor_file_is_made_on_every_backend() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut backends = vec![("inline", inline()), ("helper", helper())];
-    backends.extend(uring().map(|u| ("uring", u)));
-    for (name, exec) in backends {
-        let path = tmp.path().join(name);
-        let file = std::fs::File::create(&path).unwrap();
-        let read_only = std::fs::File::open(&path).unwrap();
-        let mut d = Driver::new(exec);
-        let data = b"Return-Path: <>\nSubject: x\n\nbody\n".to_vec();
-        let write = |f: &std::fs::File| DiskOp::Write {
-            file: Handle::own(f),
-            offset: 0,
-            data: data.clone(),
-            durable: true,
-        };
-        d.exec.submit_own(1, write(&file)).unwrap();
-        d.exec.submit_own(2, write(&read_only)).unwrap();
-        let got = d.wait_sorted(2);
-        assert_eq!(
-            got,
-            vec![
-                (1, Ok(Outcome::Written(data.clone()))),
-                (2, Err(Errno(libc::EBADF)))
-            ],
-            "{name}"
-        );
-        assert_eq!(std::fs::read(&path).unwrap(), data, "{name}");
     }
 }
 

@@ -340,26 +340,11 @@ fn entry(op: &DiskOp, done: usize) -> Option<squeue::Entry> {
             .flags(flags | libc::O_CLOEXEC)
             .mode(*mode)
             .build(),
-        DiskOp::Write {
-            file,
-            offset,
-            data,
-            durable,
-        } => {
+        DiskOp::Write { file, offset, data } => {
             let rest = &data[done..];
-            let write = opcode::Write::new(types::Fd(file.0), rest.as_ptr(), rest.len() as u32)
-                .offset(offset + done as u64);
-            if *durable {
-                // Straight to a worker: tried inline first, the write would make its sync
-                // in `io_uring_enter`, on the reactor. Each part of a short write is synced
-                // as it is written, so all of `data` is durable at the end.
-                write
-                    .rw_flags(libc::RWF_DSYNC)
-                    .build()
-                    .flags(squeue::Flags::ASYNC)
-            } else {
-                write.build()
-            }
+            opcode::Write::new(types::Fd(file.0), rest.as_ptr(), rest.len() as u32)
+                .offset(offset + done as u64)
+                .build()
         }
         DiskOp::Fdatasync { file } => opcode::Fsync::new(types::Fd(file.0))
             .flags(types::FsyncFlags::DATASYNC)

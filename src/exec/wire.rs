@@ -150,17 +150,9 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             o.bytes16(path.as_bytes());
             o.finish()
         }
-        DiskOp::Write {
-            file,
-            offset,
-            data,
-            durable,
-        } => {
+        DiskOp::Write { file, offset, data } => {
             let mut o = Out::new(seq, WRITE);
             o.i32(file.0);
-            o.u8(u8::from(*durable));
-            // `Executor::submit_own`: the descriptor travels with the frame.
-            o.u8(u8::from(fd_attached));
             o.u64(*offset);
             o.u32(data.len() as u32);
             o.0.extend_from_slice(data);
@@ -296,15 +288,12 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
             }
             WRITE => {
                 let file = Handle(r.i32()?);
-                let durable = r.u8()? != 0;
-                fd_attached = r.u8()? != 0;
                 let offset = r.u64()?;
                 let n = r.u32()? as usize;
                 DiskOp::Write {
                     file,
                     offset,
                     data: r.take(n)?.to_vec(),
-                    durable,
                 }
             }
             FDATASYNC | FSYNC | SYNCFS => {

@@ -28,8 +28,7 @@ use std::time::Instant;
 
 use super::{Incoming, QueueId, Spool, SpoolError};
 use crate::durable::{self, SyncMode};
-use crate::exec::{Completion, DiskOp, Errno, Executor, Handle, Outcome, Reject};
-use crate::limits;
+use crate::exec::{Completion, DiskOp, Errno, Executor, Handle, Reject};
 
 /// Set in the tag of every executor operation of a commit (the mailbox jobs use bit 63;
 /// connection ids, the password checks' tags, reach neither).
@@ -137,7 +136,7 @@ impl ExecGroup {
         // the executor's few workers sync them in turn; a lone file's fdatasync starts its own
         // writeback, and the call would only be one more system call on the reactor.
         let several = items.len() > 1;
-        for (i, (tag, mut inc)) in items.into_iter().enumerate() {
+        for (i, (tag, inc)) in items.into_iter().enumerate() {
             if mode == SyncMode::Filesystem {
                 if i == 0 {
                     g.unsent.push_back((
@@ -149,25 +148,16 @@ impl ExecGroup {
                     ));
                 }
             } else {
-                let file = Handle::own(&inc.file);
-                let op = match inc.take_whole() {
-                    // Most mail: the whole message is still in its buffer, and one durable
-                    // write in the executor is both the write and the sync; the reactor
-                    // makes neither call.
-                    Some(data) => DiskOp::Write {
-                        file,
-                        offset: 0,
-                        data,
-                        durable: true,
+                if several {
+                    durable::start_writeback(&inc.file);
+                }
+                g.unsent.push_back((
+                    TAG_BIT | i as u64,
+                    DiskOp::Fdatasync {
+                        file: Handle::own(&inc.file),
                     },
-                    None => {
-                        if several {
-                            durable::start_writeback(&inc.file);
-                        }
-                        DiskOp::Fdatasync { file }
-                    }
-                };
-                g.unsent.push_back((TAG_BIT | i as u64, op, true));
+                    true,
+                ));
             }
             g.members.push(Member {
                 tag,
@@ -246,21 +236,9 @@ impl Spool {
 
     /// A completion whose tag `owns` says is a commit's.
     pub fn commit_completion(&mut self, c: Completion) {
-        let result = match c.result {
-            Ok(Outcome::Written(data)) => {
-                // The buffer of a message written whole: it serves the next message.
-                if data.capacity() == limits::SPOOL_WRITE_BUF {
-                    let mut buf = data;
-                    buf.resize(limits::SPOOL_WRITE_BUF, 0);
-                    self.spare_buf(buf.into_boxed_slice());
-                }
-                Ok(())
-            }
-            r => r.map(|_| ()),
-        };
         if let Some(g) = self.xgroup.as_mut() {
             g.in_flight = g.in_flight.saturating_sub(1);
-            g.record(c.tag, result);
+            g.record(c.tag, c.result.map(|_| ()));
         }
     }
 
@@ -432,12 +410,7 @@ impl Spool {
             let mut group = match self.group.take() {
                 Some(g) => g,
                 None if self.pending.is_empty() => break,
-                None => {
-                    let pending = std::mem::take(&mut self.pending);
-                    let (items, failed) = self.write_kept(pending);
-                    out.extend(failed);
-                    Group::start(items, self.sync_mode)
-                }
+                None => Group::start(std::mem::take(&mut self.pending), self.sync_mode),
             };
             let finished = self.commit_step(&mut group);
             self.release_if_full(&group.done);
@@ -450,24 +423,6 @@ impl Spool {
             }
         }
         out
-    }
-
-    /// Without the executor, the messages `commit_enqueue` kept whole in their buffers are
-    /// written here, before their syncs; those whose write fails are reported at once.
-    fn write_kept(
-        &mut self,
-        items: Vec<(usize, Incoming)>,
-    ) -> (Vec<(usize, Incoming)>, Vec<Committed>) {
-        let mut ok = Vec::with_capacity(items.len());
-        let mut failed = Vec::new();
-        for (tag, mut inc) in items {
-            match self.finish_writes(&mut inc, false) {
-                Ok(()) => ok.push((tag, inc)),
-                Err(e) => failed.push((tag, Err(e))),
-            }
-        }
-        self.release_if_full(&failed);
-        (ok, failed)
     }
 
     /// Makes every commit handed over durable and reports each by its tag.
@@ -500,7 +455,7 @@ impl Spool {
 
     /// Commits one message on its own, outside any group (a bounce made by delivery).
     pub fn commit_one(&mut self, mut inc: Incoming) -> Result<QueueId, SpoolError> {
-        self.finish_writes(&mut inc, false)?;
+        self.finish_writes(&mut inc)?;
         let mut group = Group::start(vec![(0, inc)], self.sync_mode);
         while !self.commit_step(&mut group) {}
         self.release_if_full(&group.done);

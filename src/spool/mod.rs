@@ -251,20 +251,6 @@ impl Incoming {
         })
     }
 
-    /// The whole message, when none of it is in the file yet (`Spool::finish_writes` kept
-    /// it): the buffer, cut to what it holds, for the commit's one durable write. Counted as
-    /// written from here on; if the write fails, so does the commit.
-    fn take_whole(&mut self) -> Option<Vec<u8>> {
-        if self.written != 0 || self.used == 0 || self.error.is_some() {
-            return None;
-        }
-        let mut data = std::mem::take(&mut self.buf).into_vec();
-        data.truncate(self.used);
-        self.written = self.used as u64;
-        self.used = 0;
-        Some(data)
-    }
-
     /// Is this entry written in the Maildir form?
     pub fn maildir_form(&self) -> bool {
         self.lf.is_some()
@@ -1017,19 +1003,13 @@ impl Spool {
     }
 
     /// Writes out what `inc` still buffers, giving back the free files if the disk is full.
-    /// With `keep_whole`, a message whose file is still empty (all of it in the buffer: most
-    /// mail) keeps its buffer instead: the commit writes it (`Incoming::take_whole`), in the
-    /// disk executor, as one durable write.
-    fn finish_writes(&mut self, inc: &mut Incoming, keep_whole: bool) -> Result<(), SpoolError> {
+    fn finish_writes(&mut self, inc: &mut Incoming) -> Result<(), SpoolError> {
         if let Some(mut lf) = inc.lf.take() {
             let _ = lf.finish(&mut |b| {
                 self.append_raw(inc, b);
                 Ok(())
             });
             inc.lf = Some(lf);
-        }
-        if keep_whole && inc.error.is_none() && inc.written == 0 {
-            return Ok(());
         }
         if inc.error.is_none() {
             crate::turnstat::timed("spool.flush.last", || inc.flush_buf());
@@ -1040,28 +1020,20 @@ impl Spool {
             None => {
                 // Written out: its buffer serves the next message.
                 let buf = std::mem::take(&mut inc.buf);
-                self.spare_buf(buf);
+                if buf.len() == limits::SPOOL_WRITE_BUF
+                    && self.spare_bufs.len() < limits::SPOOL_SPARE_BUFS
+                {
+                    self.spare_bufs.push(buf);
+                }
                 Ok(())
             }
-        }
-    }
-
-    /// Keeps a write buffer no message needs any more for the next one.
-    fn spare_buf(&mut self, buf: Box<[u8]>) {
-        if buf.len() == limits::SPOOL_WRITE_BUF && self.spare_bufs.len() < limits::SPOOL_SPARE_BUFS
-        {
-            self.spare_bufs.push(buf);
         }
     }
 
     /// Hands a finished message to the next commit group. A write error seen while
     /// receiving fails here at once and the entry is discarded.
     pub fn commit_enqueue(&mut self, mut inc: Incoming, tag: usize) -> Result<(), SpoolError> {
-        // One durable write per file is the commit's data step only with `fsync = file`
-        // (with `filesystem` one syncfs covers the whole group: the data must be written
-        // before it).
-        let keep_whole = self.sync_mode == SyncMode::File;
-        self.finish_writes(&mut inc, keep_whole)?;
+        self.finish_writes(&mut inc)?;
         self.pending.push((tag, inc));
         Ok(())
     }

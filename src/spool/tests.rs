@@ -260,17 +260,13 @@ fn write_error_on_the_final_flush_fails_the_commit() {
     let (mut spool, _) = Spool::open(d.path()).unwrap();
     let mut inc = spool.begin(&env(&["r@x"])).unwrap();
     inc.append(b"short");
-    // Read-only descriptor: the buffered bytes fail when the commit writes them (EBADF).
-    // The whole message is still in the buffer, so `commit_enqueue` leaves the write to the
-    // commit (with an executor, one durable write there).
+    // Read-only descriptor: the buffered bytes fail when commit_enqueue writes them (EBADF).
     inc.file = File::open(&inc.tmp_path).unwrap();
     assert!(!inc.failed());
-    spool.commit_enqueue(inc, 7).unwrap();
-    let r = spool.commit_flush();
-    assert!(
-        matches!(r.as_slice(), [(7, Err(SpoolError::Failed(_)))]),
-        "{r:?}"
-    );
+    assert!(matches!(
+        spool.commit_enqueue(inc, 7),
+        Err(SpoolError::Failed(_))
+    ));
     assert!(names(&d.path().join("tmp")).is_empty());
     assert!(names(&d.path().join("queue")).is_empty());
 }
@@ -1043,7 +1039,7 @@ fn pickup_names_come_back_from_the_queue_after_a_restart() {
 /// it, on the inline backend: each operation runs at submit, its completion waits for `drain`.
 mod in_the_executor {
     use super::*;
-    use crate::exec::{Completion, Errno, Executor, Inline, Outcome};
+    use crate::exec::{Completion, Errno, Executor, Inline};
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::time::Instant;
 
@@ -1103,14 +1099,8 @@ mod in_the_executor {
         let (mut spool, _) = Spool::open(d.path()).unwrap();
         let mut x = exec();
         let ids = enqueue(&mut spool, 3);
-        // Each message is held whole in its buffer until the commit: its data stage is one
-        // durable write in the executor (the write and the sync), handing the buffer back.
-        let keep = &mut |c: &mut Completion| {
-            if let Ok(crate::exec::Outcome::Written(data)) = &c.result {
-                assert!(data.ends_with(b"\r\n"));
-            }
-        };
-        // Turn 1: the three durable writes; nothing renamed, nothing reported.
+        let keep = &mut |_: &mut Completion| {};
+        // Turn 1: the three fdatasyncs; nothing renamed, nothing reported.
         assert!(spool.commit_runnable());
         assert!(spool.commit_work(Instant::now(), Some(&mut x)).is_empty());
         assert_eq!(x.in_flight(), 3);
@@ -1328,106 +1318,6 @@ mod in_the_executor {
             assert!(names(&d.path().join("queue")).is_empty(), "withdrawn");
             assert!(names(&d.path().join("tmp")).is_empty());
         }
-    }
-
-    /// A message its buffer holds whole leaves the reactor unwritten: its data stage is one
-    /// durable write in the executor, which hands the buffer back. One that outgrew the
-    /// buffer was written as it came (its tail by `commit_enqueue`); only its sync is left.
-    #[test]
-    fn a_message_held_whole_is_written_by_its_commit_in_the_executor() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(d.path()).unwrap();
-        let mut x = exec();
-        let small_data = b"small\r\n".to_vec();
-        let big_data = vec![b'b'; limits::SPOOL_WRITE_BUF + 10];
-        let mut ids = Vec::new();
-        for (tag, data) in [&small_data, &big_data].into_iter().enumerate() {
-            let mut inc = spool.begin(&env(&["r@x"])).unwrap();
-            inc.append(data);
-            ids.push(inc.id().clone());
-            spool.commit_enqueue(inc, tag).unwrap();
-        }
-        let tmp_len = |id: &QueueId| {
-            fs::metadata(d.path().join("tmp").join(&id.0))
-                .unwrap()
-                .len()
-        };
-        assert_eq!(tmp_len(&ids[0]), 0, "nothing written on the reactor");
-        assert!(
-            tmp_len(&ids[1]) > big_data.len() as u64,
-            "written as it came"
-        );
-        assert!(spool.commit_work(Instant::now(), Some(&mut x)).is_empty());
-        let mut outcomes = Vec::new();
-        let mut seen = |c: &mut Completion| {
-            let what = match &c.result {
-                Ok(Outcome::Written(w)) if w.ends_with(&small_data) => "the message written",
-                Ok(Outcome::Done) => "done",
-                _ => "something else",
-            };
-            outcomes.push((c.tag & 1, what));
-        };
-        assert!(turn(&mut spool, &mut x, &mut seen).is_empty());
-        outcomes.sort();
-        assert_eq!(
-            outcomes,
-            vec![(0, "the message written"), (1, "done")],
-            "a durable write, an fdatasync"
-        );
-        let keep = &mut |_: &mut Completion| {};
-        let mut r = Vec::new();
-        for _ in 0..3 {
-            r.extend(turn(&mut spool, &mut x, keep));
-        }
-        assert_eq!(
-            sorted(r),
-            vec![(0, Ok(ids[0].clone())), (1, Ok(ids[1].clone()))]
-        );
-        for (id, data) in ids.iter().zip([&small_data, &big_data]) {
-            let e = spool.read_entry(id).unwrap();
-            assert_eq!(&read_data(&e), data);
-        }
-        let (mut reopened, _) = Spool::open(d.path()).unwrap();
-        let e = reopened.read_entry(&ids[0]).unwrap();
-        assert_eq!(read_data(&e), small_data, "as read back from the disk");
-    }
-
-    /// The durable write refused for want of space fails its message with `Full` (452: the
-    /// client tries again) and gives back the free files, as a failed sync does; a message
-    /// whose write failed otherwise fails alone.
-    #[test]
-    fn a_failed_durable_write_fails_its_message_only() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(d.path()).unwrap();
-        let mut x = exec();
-        let old = store(&mut spool, &env(&["a@x"]), b"old\r\n");
-        spool.remove(&old).unwrap();
-        assert_eq!(names(&d.path().join("free")).len(), 1);
-        let ids = enqueue(&mut spool, 3);
-        assert!(spool.commit_work(Instant::now(), Some(&mut x)).is_empty());
-        let mut fail = |c: &mut Completion| match c.tag & 3 {
-            0 => c.result = Err(Errno(libc::ENOSPC)),
-            1 => c.result = Err(Errno(libc::EIO)),
-            _ => {}
-        };
-        let mut r = turn(&mut spool, &mut x, &mut fail);
-        let keep = &mut |_: &mut Completion| {};
-        for _ in 0..3 {
-            r.extend(turn(&mut spool, &mut x, keep));
-        }
-        assert_eq!(
-            sorted(r),
-            vec![
-                (0, Err(SpoolError::Full)),
-                (
-                    1,
-                    Err(SpoolError::Failed("Input/output error (os error 5)".into()))
-                ),
-                (2, Ok(ids[2].clone())),
-            ]
-        );
-        assert!(names(&d.path().join("free")).is_empty(), "given back");
-        assert_eq!(names(&d.path().join("queue")), vec![ids[2].0.clone()]);
     }
 
     #[test]

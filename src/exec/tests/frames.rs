@@ -27,13 +27,6 @@ fn frames_round_trip_and_refuse_lies() {
             file: Handle(3),
             offset: 1 << 40,
             data: vec![1, 2, 3],
-            durable: false,
-        },
-        DiskOp::Write {
-            file: Handle(3),
-            offset: 7,
-            data: vec![4; 100],
-            durable: true,
         },
         DiskOp::Fdatasync { file: Handle(4) },
         DiskOp::Fsync { file: Handle(4) },
@@ -152,7 +145,6 @@ fn frames_round_trip_and_refuse_lies() {
         file: Handle(1),
         offset: 0,
         data: vec![0; limits::EXEC_WRITE_MAX],
-        durable: false,
     };
     assert!(wire::encode_request(1, &write, false).len() <= limits::EXEC_FRAME_MAX);
 }

@@ -103,7 +103,6 @@ fn the_helper_socket_is_not_a_handle() {
         file: sock,
         offset: 0,
         data: b"junk".to_vec(),
-        durable: false,
     };
     assert_eq!(d.run(write), Err(Errno(libc::EBADF)));
     let check = DiskOp::VerifyPassword {
@@ -144,7 +143,6 @@ fn helper_frames_wait_for_room_and_all_complete() {
                     file: f,
                     offset,
                     data,
-                    durable: false,
                 },
             )
             .unwrap();
