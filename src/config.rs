@@ -16,7 +16,7 @@ pub mod keys;
 mod tests;
 pub mod values;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -115,7 +115,7 @@ pub struct Config {
     /// RFC 5321 section 4.5.3.2 timeouts of each step of an outbound dialog.
     pub outbound_timeouts: crate::proto::smtp_client::Timeouts,
     /// The line each key was set on; a key not in the map has its default.
-    pub set_on_line: BTreeMap<&'static str, usize>,
+    pub set_on_line: HashMap<&'static str, usize>,
 }
 
 /// One thing wrong with the config or a file it names.
@@ -227,7 +227,7 @@ impl Config {
             outbound_max_connections: limits::OUTBOUND_MAX_CONNECTIONS_DEFAULT,
             outbound_connect_timeout: limits::OUTBOUND_CONNECT_TIMEOUT_DEFAULT,
             outbound_timeouts: crate::proto::smtp_client::Timeouts::default(),
-            set_on_line: BTreeMap::new(),
+            set_on_line: HashMap::new(),
         }
     }
 

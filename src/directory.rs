@@ -404,7 +404,7 @@ impl Directory {
             }
         }
         let mut names: Vec<(&String, &Alias)> = self.aliases.by_name.iter().collect();
-        names.sort_by_key(|(_, a)| a.line);
+        names.sort_unstable_by_key(|(_, a)| a.line);
         let catch_all = self.aliases.catch_all.iter().map(|a| (CATCH_ALL, a));
         let all = names
             .into_iter()

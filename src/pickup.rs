@@ -190,7 +190,7 @@ impl Pickup {
             let mtime = ent.metadata().and_then(|m| m.modified()).ok();
             names.push((mtime, name));
         }
-        names.sort();
+        names.sort_unstable();
         Ok(names.into_iter().map(|(_, n)| n).collect())
     }
 

@@ -13,8 +13,6 @@
 
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-
 use super::Credential;
 use crate::limits;
 
@@ -151,18 +149,12 @@ impl Default for AuthCache {
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) with a 32-octet key.
+/// HMAC-SHA256 (RFC 2104) with a 32-octet key (ring's, as TLS uses).
 fn hmac_sha256(key: &[u8; 32], msg: &[u8]) -> Mac {
-    let mut pad = [0u8; 64];
-    pad[..32].copy_from_slice(key);
-    let mut inner = Sha256::new();
-    inner.update(pad.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(pad.map(|b| b ^ 0x5c));
-    outer.update(inner);
-    outer.finalize().into()
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut mac = [0u8; 32];
+    mac.copy_from_slice(ring::hmac::sign(&key, msg).as_ref());
+    mac
 }
 
 fn fill_random(buf: &mut [u8]) -> bool {

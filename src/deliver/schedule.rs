@@ -58,7 +58,7 @@ impl Schedule {
             .drain()
             .map(|Reverse((at, id))| (at, id))
             .collect();
-        all.sort();
+        all.sort_unstable();
         self.ready.extend(all.into_iter().map(|(_, id)| (id, None)));
     }
 
