@@ -16,7 +16,6 @@ pub mod keys;
 mod tests;
 pub mod values;
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,8 +113,46 @@ pub struct Config {
     pub outbound_connect_timeout: Duration,
     /// RFC 5321 section 4.5.3.2 timeouts of each step of an outbound dialog.
     pub outbound_timeouts: crate::proto::smtp_client::Timeouts,
-    /// The line each key was set on; a key not in the map has its default.
-    pub set_on_line: HashMap<&'static str, usize>,
+    /// The line each key was set on; a key not in it has its default.
+    pub set_on_line: KeyLines,
+}
+
+/// The line each key was set on, in the file's order. A list, not a map: a config sets at
+/// most one entry per key name (a second setting is an error), a few dozen, so a lookup is a
+/// short scan; no map code of its own in a binary held to 3 MiB; and two loads of one file
+/// print alike (the fuzz harness compares them).
+#[derive(Clone, Debug, Default)]
+pub struct KeyLines(Vec<(&'static str, usize)>);
+
+impl KeyLines {
+    /// The line `key` was set on.
+    pub fn get(&self, key: &str) -> Option<&usize> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, line)| line)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Records that `key` was set on `line` (the later line, if it was set before).
+    pub fn insert(&mut self, key: &'static str, line: usize) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = line,
+            None => self.0.push((key, line)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// One thing wrong with the config or a file it names.
@@ -227,7 +264,7 @@ impl Config {
             outbound_max_connections: limits::OUTBOUND_MAX_CONNECTIONS_DEFAULT,
             outbound_connect_timeout: limits::OUTBOUND_CONNECT_TIMEOUT_DEFAULT,
             outbound_timeouts: crate::proto::smtp_client::Timeouts::default(),
-            set_on_line: HashMap::new(),
+            set_on_line: KeyLines::default(),
         }
     }
 
