@@ -438,15 +438,19 @@ impl Reactor {
             self.services
                 .pickup_work(Instant::now() + limits::WORK_SLICE);
             turnstat::mark(Part::Pickup);
+            self.exec_batching(true);
             self.services.deliver(
                 now,
                 SystemTime::now(),
                 Instant::now() + limits::WORK_SLICE,
                 self.exec.as_mut(),
             );
+            self.exec_batching(false);
             // After the sessions and the deliveries: files for the messages begun this turn
             // are made ahead, and the entries removed this turn go to free/ (`spool::prepare`).
+            self.exec_batching(true);
             self.services.spool_prepare(self.exec.as_mut());
+            self.exec_batching(false);
             turnstat::mark(Part::Deliver);
             self.poll_within_turn(now);
             self.services.outbound_turn(Instant::now());
@@ -1389,7 +1393,9 @@ impl Reactor {
         if !self.services.commit_pending() {
             return;
         }
+        self.exec_batching(true);
         let results = self.services.commit_work(work_until, self.exec.as_mut());
+        self.exec_batching(false);
         for (slot, result) in results {
             let ctx = Ctx {
                 now,
@@ -1420,6 +1426,13 @@ impl Reactor {
         }
     }
 
+    /// Opens or closes a batch of the executor's submissions (`Executor::set_batching`).
+    fn exec_batching(&mut self, on: bool) {
+        if let Some(exec) = self.exec.as_mut() {
+            exec.set_batching(on);
+        }
+    }
+
     /// Makes `exec` the reactor's executor and registers its completions in the poll.
     pub fn attach_executor(&mut self, mut exec: Executor) -> io::Result<()> {
         exec.register(self.poll.registry(), EXEC_TOKEN, HELPER_TOKEN)?;
@@ -1444,6 +1457,13 @@ impl Reactor {
     /// (throttle, cache, log) whether or not its connection is still there, and its session
     /// resumed if the same connection (same id) still waits for it.
     fn finish_checks(&mut self, now: Instant) {
+        // What the completions start (a file's close after its open, ...) goes in one batch.
+        self.exec_batching(true);
+        self.finish_completions(now);
+        self.exec_batching(false);
+    }
+
+    fn finish_completions(&mut self, now: Instant) {
         let mut done = Vec::new();
         loop {
             let Some(exec) = self.exec.as_mut() else {

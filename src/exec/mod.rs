@@ -368,6 +368,16 @@ impl Executor {
         r
     }
 
+    /// Opens (`true`) or closes (`false`) a batch, as `batch` does, for a caller that cannot
+    /// lend itself to a closure: the reactor batches each of a turn's phases of disk work
+    /// (a commit group's syncs, a delivery step's links, the files made ahead), so a phase
+    /// costs one `io_uring_enter` instead of one per operation.
+    pub fn set_batching(&mut self, on: bool) {
+        if let Executor::Uring(u) = self {
+            u.set_batching(on);
+        }
+    }
+
     /// The `io_uring_enter` calls made to submit so far (0 on the other backends).
     #[cfg(test)]
     pub fn submit_calls(&self) -> usize {

@@ -539,6 +539,47 @@ fn many_in_flight_are_matched_by_tag(exec: Executor) {
     assert_eq!(d.exec.in_flight(), 0);
 }
 
+/// Submissions between `set_batching(true)` and `set_batching(false)` (how the reactor
+/// brackets a turn's phase of disk work) reach the kernel in one `io_uring_enter`, and every
+/// one of them completes; outside a batch each submission is a call of its own.
+#[test]
+fn a_batch_is_one_submission_call() {
+    let Some(exec) = uring() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Driver::new(exec);
+    let dir = d.open(None, tmp.path().to_str().unwrap(), DIR).unwrap();
+    let before = d.exec.submit_calls();
+    d.exec.set_batching(true);
+    for i in 0..20u64 {
+        let op = DiskOp::Unlink {
+            dir: Some(dir),
+            path: c(&format!("gone{i}")),
+        };
+        d.exec.submit(i, op).unwrap();
+    }
+    assert_eq!(
+        d.exec.submit_calls(),
+        before,
+        "submitted before the batch ended"
+    );
+    d.exec.set_batching(false);
+    assert_eq!(d.exec.submit_calls(), before + 1);
+    let got = d.wait_sorted(20);
+    assert_eq!(got.len(), 20);
+    assert!(got.iter().all(|(_, r)| *r == Err(Errno(libc::ENOENT))));
+    for i in 0..2u64 {
+        let op = DiskOp::Unlink {
+            dir: Some(dir),
+            path: c(&format!("alone{i}")),
+        };
+        d.exec.submit(100 + i, op).unwrap();
+    }
+    assert_eq!(d.exec.submit_calls(), before + 3);
+    assert_eq!(d.wait(2).len(), 2);
+}
+
 /// Beyond the in-flight limit `submit` refuses with `Full` and hands the operation back;
 /// after the completions are drained there is room again. An over-long write is `TooLarge`.
 fn full_and_too_large_hand_the_op_back(exec: Executor) {
