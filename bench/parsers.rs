@@ -19,15 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use postling::buf::{Buf, OutBuf};
-use postling::directory::RcptVerdict;
 use postling::limits;
+use postling::mail::{
+    Envelope, MailboxDone, MailboxError, MessageInfo, QueueId, RcptVerdict, SpoolError,
+};
 use postling::proto::pop3::{Pop3Session, PopSettings};
 use postling::proto::smtp::{SmtpHost, SmtpSession, SmtpSettings};
-use postling::proto::{
-    AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest, MessageInfo, Next,
-    PopHost, Step,
-};
-use postling::spool::{Envelope, QueueId, SpoolError};
+use postling::proto::{AuthVerdict, Completion, Ctx, MailboxRequest, Next, PopHost, Step};
 
 // ---- allocation counting ------------------------------------------------------------------
 

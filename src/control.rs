@@ -30,7 +30,8 @@ use mio::{Interest, Registry, Token};
 use crate::deliver::engine::Engine;
 use crate::deliver::store::SpoolStore;
 use crate::limits;
-use crate::spool::{QueueId, Spool};
+use crate::mail::QueueId;
+use crate::spool::Spool;
 
 /// File name of the control socket inside `spool_dir`.
 pub const SOCKET_NAME: &str = "control.sock";

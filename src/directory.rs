@@ -42,19 +42,7 @@ use log::{info, warn};
 
 use crate::auth::Credential;
 use crate::limits;
-
-/// How the SMTP server answers a RCPT for an address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RcptVerdict {
-    /// A local user, alias name, subaddress of one, or caught by the catch-all: `250`.
-    Accept,
-    /// A local domain but no such user or alias: `550 5.1.1`.
-    UnknownUser,
-    /// Not a local domain and relaying is not allowed: `550 5.7.1`.
-    RelayDenied,
-    /// The tables could not be read just now: `451 4.3.0`.
-    TempFail,
-}
+use crate::mail::RcptVerdict;
 
 /// Where one recipient's copy goes after alias expansion.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -206,7 +194,7 @@ fn unquote(local: &str) -> std::borrow::Cow<'_, str> {
 /// as a Maildir directory name, and unambiguous in the files. The error says what is expected.
 pub fn check_user_name(name: &str) -> Result<(), String> {
     let bad = unsafe_local_part(name)
-        || !crate::deliver::maildir::safe_mailbox_name(name)
+        || !crate::maildir::safe_mailbox_name(name)
         || name
             .chars()
             .any(|c| c == '@' || c == ':' || c.is_whitespace());

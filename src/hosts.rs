@@ -27,20 +27,23 @@ use crate::config::Config;
 use crate::daemon::StartError;
 use crate::daemon::{events, flood};
 use crate::deliver::engine::{DeliveryPolicy, Engine, RemoteOutcome};
-use crate::deliver::maildir::Maildirs;
+use crate::deliver::local::Maildirs;
 use crate::deliver::schedule::{Linger, Schedule};
 use crate::deliver::store::SpoolStore;
+use crate::directory::Directory;
 use crate::directory::watch::DirWatch;
-use crate::directory::{Directory, RcptVerdict};
 use crate::exec::{Completion as ExecCompletion, Executor};
 use crate::exec::{DiskOp, Errno, Outcome};
 use crate::limits;
+use crate::mail::RcptVerdict;
+use crate::mail::{Envelope, QueueId, SpoolError};
+use crate::mail::{MailboxDone, MailboxError};
 use crate::mailbox::Mailbox;
 use crate::mailbox::job::{Job, Jobs};
 use crate::pickup::{Loaded, Pickup, PickupSettings};
 use crate::proto::smtp::SmtpHost;
-use crate::proto::{AuthRequest, AuthVerdict, MailboxDone, MailboxError, MailboxRequest, PopHost};
-use crate::spool::{Envelope, Incoming, QueueId, Spool, SpoolError};
+use crate::proto::{AuthRequest, AuthVerdict, MailboxRequest, PopHost};
+use crate::spool::{Incoming, Spool};
 use crate::throttle::{Admission, ClientKey, RcptBudget, Refusal, Throttle};
 
 /// Everything sessions reach through their host traits, and the delivery side of the queue.
@@ -541,7 +544,7 @@ impl Services {
         self.mailbox_jobs.busy()
     }
 
-    /// An executor completion whose tag `deliver::maildir::owns`.
+    /// An executor completion whose tag `deliver::local::owns`.
     pub fn delivery_completion(&mut self, c: ExecCompletion) {
         self.engine.complete(c);
     }
@@ -676,7 +679,7 @@ impl Services {
                 let (size, eight_bit) = e.received_shape()?;
                 if e.is_maildir_form() && eight_bit {
                     // The Maildir form keeps no BODY=: 8-bit data goes out as 8BITMIME.
-                    job.body = crate::spool::BodyType::EightBitMime;
+                    job.body = crate::mail::BodyType::EightBitMime;
                 }
                 Ok(crate::outbound::DataLocation {
                     path: e.data_path().to_path_buf(),
@@ -1164,7 +1167,7 @@ mod tests {
                 helo: "localhost".into(),
                 arrival: SystemTime::now(),
                 smtputf8: false,
-                body: crate::spool::BodyType::SevenBit,
+                body: crate::mail::BodyType::SevenBit,
                 pickup: Some(queued_name.into()),
             })
             .unwrap();

@@ -33,16 +33,14 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::deliver::maildir::{make_sub, open_sub, open_user_dir, safe_mailbox_name};
 use crate::dirfd::Dir;
-use crate::proto::MailboxError;
+use crate::mail::MailboxError;
 #[cfg(test)]
-use crate::proto::MessageInfo;
+use crate::mail::MessageInfo;
+use crate::maildir::{self, make_sub, open_sub, open_user_dir, safe_mailbox_name};
 
 /// The lock file inside each Maildir; a dot file, so Maildir readers ignore it.
 pub const LOCK_FILE: &str = ".postling-pop.lock";
-/// The Maildir info suffix of a message with no flags set.
-const INFO_SUFFIX: &str = ":2,";
 
 /// Which directory of the Maildir a snapshot message lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,9 +70,8 @@ struct Message {
 
 impl Message {
     fn new(sub: Sub, file: String) -> Message {
-        let uid_len = file.find(':').unwrap_or(file.len());
-        let digits = file.bytes().take_while(u8::is_ascii_digit).count();
-        let seconds = file.get(..digits).and_then(|d| d.parse().ok());
+        let uid_len = maildir::without_info(&file).len();
+        let seconds = maildir::leading_seconds(&file);
         Message {
             sub,
             file,
@@ -85,11 +82,7 @@ impl Message {
 
     /// `W=<n>` from the unique name, if it has one.
     fn size_from_name(&self) -> Option<u64> {
-        self.uid()
-            .split(',')
-            .skip(1)
-            .find_map(|field| field.strip_prefix("W="))
-            .and_then(|n| n.parse::<u64>().ok())
+        maildir::wire_size(self.uid())
     }
 
     fn uid(&self) -> &str {

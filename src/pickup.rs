@@ -29,8 +29,8 @@ use log::{info, warn};
 
 use crate::config::Config;
 use crate::limits;
+use crate::mail::{BodyType, Envelope};
 use crate::sendmail::{self, MAILDROP_DIR, MAILDROP_MODE, dropfile, message};
-use crate::spool::{BodyType, Envelope};
 
 /// Where rejected drop files go.
 const BAD_DIR: &str = "bad";

@@ -1486,7 +1486,7 @@ impl Reactor {
                     self.services.spool_prepared(c, self.exec.as_mut());
                     continue;
                 }
-                if crate::deliver::maildir::owns(c.tag) {
+                if crate::deliver::local::owns(c.tag) {
                     self.services.delivery_completion(c);
                     continue;
                 }

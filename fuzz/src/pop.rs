@@ -16,12 +16,10 @@ use std::time::Duration;
 
 use postling::buf::OutBuf;
 use postling::limits;
+use postling::mail::{MailboxDone, MailboxError, MessageInfo};
 use postling::proto::pop2::Pop2Session;
 use postling::proto::pop3::{Pop3Session, PopSettings};
-use postling::proto::{
-    AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest, MessageInfo, PopHost,
-    Step,
-};
+use postling::proto::{AuthVerdict, Completion, Ctx, MailboxRequest, PopHost, Step};
 
 use crate::{Driver, Input, Session, WireCheck};
 

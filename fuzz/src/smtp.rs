@@ -15,11 +15,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use postling::buf::OutBuf;
-use postling::directory::RcptVerdict;
 use postling::limits;
+use postling::mail::{Envelope, QueueId, RcptVerdict, SpoolError};
 use postling::proto::smtp::{SmtpHost, SmtpSession, SmtpSettings};
 use postling::proto::{AuthVerdict, Completion, Ctx, Step};
-use postling::spool::{Envelope, QueueId, SpoolError};
 
 use crate::{Driver, Input, Session, WireCheck};
 

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use postling::buf::OutBuf;
 use postling::limits;
+use postling::mail::BodyType;
 use postling::proto::smtp_client::{
     ClientNext, ClientSettings, Credentials, OutMessage, Outcome, SmtpClient, Timeouts, TlsPolicy,
 };
-use postling::spool::BodyType;
 
 use crate::{Chunker, Input};
 

@@ -19,7 +19,7 @@ use super::{Command, Line, Status, apply, lock_spool, socket_address};
 use crate::config::Config;
 use crate::daemon::privilege::{self, Account};
 use crate::deliver::engine::{DeliveryPolicy, Engine};
-use crate::deliver::maildir::Maildirs;
+use crate::deliver::local::Maildirs;
 use crate::limits;
 use crate::spool::Spool;
 

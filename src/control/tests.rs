@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::deliver::engine::DeliveryPolicy;
-use crate::deliver::maildir::Maildirs;
-use crate::spool::{BodyType, Envelope};
+use crate::deliver::local::Maildirs;
+use crate::mail::{BodyType, Envelope};
 
 fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
     Envelope {

@@ -10,13 +10,15 @@ use log::{info, warn};
 
 use super::Outcome;
 use super::bounce::{self, FailedRecipient};
-use super::maildir::{Commit, Maildirs, MessageKey, Staged};
+use super::local::{Commit, Maildirs, Staged};
 use super::schedule::{Schedule, backoff};
 use crate::daemon::events::{self, Delivery, Status};
 use crate::date::rfc5322_date;
 use crate::directory::{Directory, ResolveError, Resolved};
 use crate::limits;
-use crate::spool::{BodyType, Deferral, Envelope, QueueId, SpoolError};
+use crate::mail::{BodyType, Envelope, QueueId, SpoolError};
+use crate::maildir::MessageKey;
+use crate::spool::Deferral;
 
 /// One queue entry as delivery sees it.
 pub struct Entry {
@@ -515,7 +517,7 @@ impl Engine {
         }
     }
 
-    /// An executor completion that `maildir::owns` says is a Maildir commit's.
+    /// An executor completion that `local::owns` says is a Maildir commit's.
     pub fn complete(&mut self, c: crate::exec::Completion) {
         if let Some(Batch {
             phase: Phase::Committing(commit),

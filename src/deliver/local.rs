@@ -1,31 +1,26 @@
 //! Delivery into a local user's Maildir (the Maildir specification: tmp/ → fsync → new/).
 //!
 //! Files are written with LF line endings (the Unix convention every Maildir reader expects),
-//! headed by `Return-Path:` and `Delivered-To:`, and named
-//! `<secs>.M<usec>Q<queue id>H<hash>.<host>,S=<bytes on disk>,W=<bytes with CRLF>`: `W=` is
-//! the size as POP3 sends it, so a POP3 login never has to read the files to count them.
-//!
-//! The unique part (before `,S=`) is derived from the queue entry alone: its arrival time,
-//! its queue id, and a hash of its envelope (see `unique_name`). Every attempt at the same
+//! headed by `Return-Path:` and `Delivered-To:`, and named as `crate::maildir` says (the
+//! unique part from the queue entry alone, then `S=` and `W=`). Every attempt at the same
 //! entry therefore names its file the same way, which makes delivery idempotent across a
 //! crash: a rename into `new/` over a copy already there replaces it, and an entry found in
 //! the queue at start-up first looks for its copy in `new/` and `cur/` (`delivered_before`)
 //! and counts it delivered instead of writing it again. The file in `tmp/` keeps a
 //! per-process name, so a half-written leftover of a crashed attempt is never in the way.
-
 //!
-//! No symbolic link is followed at or below `<mailbox_dir>/<user>` (see `crate::dirfd`): the
-//! Maildir and its `tmp/ new/` are opened with `O_NOFOLLOW` once per delivery batch and user,
-//! and every file is created, renamed and removed relative to those descriptors. A symlink in
-//! their place is refused with a temporary failure naming it (the administrator fixes it; the
-//! message waits in the queue).
+//! No symbolic link is followed at or below `<mailbox_dir>/<user>` (`crate::maildir`'s rule,
+//! through `crate::dirfd`): the Maildir and its `tmp/ new/` are opened with `O_NOFOLLOW` once
+//! per delivery batch and user, and every file is created, renamed and removed relative to
+//! those descriptors. A symlink in their place is refused with a temporary failure naming it
+//! (the administrator fixes it; the message waits in the queue).
 //!
 //! A queue entry in the Maildir form (see `crate::spool`, "link-1") is not copied: its file
 //! already holds the copy's bytes, so `stage_link` stages a link into `new/` under the same
 //! name a copy would get, which the commit makes in the executor alongside the other files'
 //! data syncs (a link on the reactor waited for the disk now and then: most likely behind the
-//! executor's sync of the same `new/`), and for it only `new/` is synced. When the link fails (another file system), the file is
-//! copied in the same commit.
+//! executor's sync of the same `new/`), and for it only `new/` is synced. When the link fails
+//! (another file system), the file is copied in the same commit.
 //!
 //! A batch's commit waits for the disk in the executor, not on the reactor
 //! (`Maildirs::commit_pump`): the data syncs of all its files are submitted, then, once all
@@ -37,19 +32,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
-use std::fs::{DirBuilder, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Outcome;
-use crate::dirfd::{self, Dir, Kind};
+use crate::dirfd::{Dir, Kind};
 use crate::durable::{self, SyncMode};
 use crate::exec::{DiskOp, Errno, Executor, Handle, Outcome as ExecOutcome, Reject};
+use crate::maildir::{
+    self, MessageKey, make_sub, open_sub, open_user_dir, queue_id_of, safe_mailbox_name,
+    unique_part,
+};
 
 pub struct Maildirs {
     root: PathBuf,
@@ -71,77 +69,10 @@ pub struct Maildirs {
     links_cross_filesystems: bool,
 }
 
-/// What names a queue entry's copies: the same for every attempt, in every process.
-pub struct MessageKey<'a> {
-    pub queue_id: &'a str,
-    /// The arrival time stored in the spool (never the time of the attempt).
-    pub arrival: SystemTime,
-    pub sender: &'a str,
-    pub recipients: &'a [String],
-}
-
-/// 32-bit FNV-1a: stable across builds and Rust versions (the std hasher is not), which a
-/// name that must be found again after an upgrade needs.
-fn fnv1a(parts: &[&[u8]]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for part in parts {
-        for &b in part.iter().chain(std::iter::once(&0u8)) {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
-}
-
-/// A name component with the characters a Maildir name reserves (`/`, `:`) and the ones that
-/// separate its parts here (`.`, `,`) escaped as the Maildir spec does (`\ooo`).
-fn escape_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '/' | ':' | '.' | ',' | '\\' => out.push_str(&format!("\\{:03o}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The queue id in the unique part of a file name made by `unique_name`, if it is one:
-/// `<secs>.M<usec>Q<id>H<hash>.<host>...`.
-fn queue_id_of(name: &str) -> Option<&str> {
-    let (_, rest) = name.split_once('.')?;
-    let middle = rest.split('.').next()?;
-    let after_m = middle.strip_prefix('M')?;
-    let (usec, tail) = after_m.split_at(after_m.find('Q')?);
-    if usec.is_empty() || !usec.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let tail = tail.strip_prefix('Q')?;
-    let (id, hash) = tail.split_at(tail.rfind('H')?);
-    let hash = hash.strip_prefix('H')?;
-    (!id.is_empty() && hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
-}
-
-/// The unique part of a Maildir file name: before the first `,` (`S=`, `W=`) or `:` (the
-/// info a reader adds in `cur/`).
-fn unique_part(name: &str) -> &str {
-    name.split([',', ':']).next().unwrap_or(name)
-}
-
 /// One user's Maildir directories, opened without following symlinks.
 pub struct UserDirs {
     tmp: Dir,
     new: Dir,
-}
-
-/// A local part or user name that is safe as one path component under the Maildir root.
-pub fn safe_mailbox_name(user: &str) -> bool {
-    !user.is_empty()
-        && !user.starts_with('.')
-        && user.len() <= 255
-        && !user
-            .bytes()
-            .any(|b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f)
 }
 
 /// Removes files from a Maildir's `tmp/` not touched for `limits::MAILDIR_TMP_MAX_AGE`, as the
@@ -171,74 +102,13 @@ fn clean_tmp(tmp: &Dir, now: SystemTime) {
     }
 }
 
-/// Why a Maildir directory cannot be used, for logs, queue reasons and POP replies:
-/// `mailbox alice: refusing /var/mail/alice/new: is a symbolic link`.
-fn refusal(user: &str, what: &str, path: &Path, e: &io::Error) -> String {
-    if dirfd::is_symlink(e) {
-        format!("mailbox {user}: refusing {}: {e}", path.display())
-    } else {
-        format!("mailbox {user}: {what} {}: {e}", path.display())
-    }
-}
-
-/// Opens the Maildir `<root>/<user>` without following a symlink there, creating it (mode
-/// 0700, and `root` if missing) when it does not exist; true if it was created. `user` must
-/// have passed `safe_mailbox_name`.
-pub fn open_user_dir(root: &Path, user: &str) -> Result<(Dir, bool), String> {
-    let path = root.join(user);
-    match Dir::open(&path) {
-        Ok(d) => return Ok((d, false)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(refusal(user, "cannot open", &path, &e)),
-    }
-    if !root.is_dir() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(|e| refusal(user, "cannot create", root, &e))?;
-    }
-    // mkdir(2) never follows a symlink of that name; the open below refuses it.
-    match DirBuilder::new().mode(0o700).create(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(refusal(user, "cannot create", &path, &e)),
-    }
-    Dir::open(&path)
-        .map(|d| (d, true))
-        .map_err(|e| refusal(user, "cannot open", &path, &e))
-}
-
-/// Makes the subdirectory `name` (mode 0700) of a Maildir unless something of that name exists.
-pub fn make_sub(user: &str, dir: &Dir, name: &str) -> Result<(), String> {
-    match dir.make_dir(name, 0o700) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(refusal(user, "cannot create", &dir.path().join(name), &e)),
-    }
-}
-
-/// Opens the subdirectory `name` of a Maildir without following a symlink, making it first
-/// when missing.
-pub fn open_sub(user: &str, dir: &Dir, name: &str) -> Result<Dir, String> {
-    let path = || dir.path().join(name);
-    match dir.open_dir(name) {
-        Ok(d) => return Ok(d),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(refusal(user, "cannot open", &path(), &e)),
-    }
-    make_sub(user, dir, name)?;
-    dir.open_dir(name)
-        .map_err(|e| refusal(user, "cannot open", &path(), &e))
-}
-
 fn temporary(what: &str, path: &Path, e: &io::Error) -> Outcome {
     Outcome::Temporary(format!("{what} {}: {e}", path.display()))
 }
 
 impl Maildirs {
     pub fn new(root: &Path, hostname: &str) -> Maildirs {
-        let host = hostname.replace('/', "\\057").replace(':', "\\072");
+        let host = maildir::host_component(hostname);
         Maildirs {
             root: root.to_path_buf(),
             host,
@@ -256,24 +126,10 @@ impl Maildirs {
         self.root.join(user)
     }
 
-    /// The unique part of the name of every copy of one queue entry:
-    /// `<arrival secs>.M<arrival usec>Q<queue id>H<envelope hash>.<host>`. Deterministic, so
-    /// a repeated attempt finds (or replaces) the copy of an earlier one; unique, because the
-    /// queue id is unique within a spool and the arrival time and the hash of sender and
-    /// recipients keep two spools, or an id given again after the clock stepped back, apart.
+    /// The unique part of the name of every copy of one queue entry (`maildir::unique_name`
+    /// with this host's name).
     pub fn unique_name(&self, key: &MessageKey) -> String {
-        let since = key.arrival.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(key.recipients.len() + 1);
-        parts.push(key.sender.as_bytes());
-        parts.extend(key.recipients.iter().map(|r| r.as_bytes()));
-        format!(
-            "{}.M{}Q{}H{:08x}.{}",
-            since.as_secs(),
-            since.subsec_micros(),
-            escape_component(key.queue_id),
-            fnv1a(&parts),
-            self.host
-        )
+        maildir::unique_name(key, &self.host)
     }
 
     /// Is a copy named `unique` (see `unique_name`) already in `user`'s `new/` or `cur/`, in
@@ -437,7 +293,7 @@ impl Maildirs {
                     crate::turnstat::timed("maildir.writeback", || durable::start_writeback(&file));
                 }
                 Ok(Staged {
-                    name: format!("{unique},S={size},W={wire_size}"),
+                    name: maildir::sized_name(unique, size, wire_size),
                     dirs,
                     tmp: tmp_name,
                     file: Some(file),
@@ -482,7 +338,7 @@ impl Maildirs {
         Some(Staged {
             dirs,
             tmp: String::new(),
-            name: format!("{unique},S={size},W={wire_size}"),
+            name: maildir::sized_name(unique, size, wire_size),
             file: None,
             link: Some(queued.to_path_buf()),
         })

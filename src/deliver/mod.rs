@@ -3,7 +3,7 @@
 
 pub mod bounce;
 pub mod engine;
-pub mod maildir;
+pub mod local;
 pub mod schedule;
 pub mod store;
 

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::spool::QueueId;
+use crate::mail::QueueId;
 
 #[derive(Default)]
 pub struct Schedule {

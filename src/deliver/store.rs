@@ -3,7 +3,8 @@
 use std::io::{self, Read};
 
 use super::engine::{Entry, Linkable, QueueStore};
-use crate::spool::{Deferral, Envelope, QueueEntry, QueueId, Spool, SpoolError};
+use crate::mail::{Envelope, QueueId, SpoolError};
+use crate::spool::{Deferral, QueueEntry, Spool};
 
 pub struct SpoolStore<'a> {
     pub spool: &'a mut Spool,

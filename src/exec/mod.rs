@@ -31,7 +31,7 @@
 //!
 //! Its callers today are the reactor (`reactor::begin_check`, `finish_checks`): POP password
 //! checks, the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions, and
-//! the delivery engine's Maildir commits (`deliver::maildir::Maildirs::commit_pump`: the data
+//! the delivery engine's Maildir commits (`deliver::local::Maildirs::commit_pump`: the data
 //! and directory syncs of the reactor's own descriptors, `submit_sync`). The short cache of successful checks that keeps clients looping USER/PASS with a
 //! right password from making the helper rehash belongs to the caller that knows the user
 //! (`auth::cache`, held by `hosts::Services`), not to the executor.

@@ -893,6 +893,6 @@ fn the_rest_tag_is_nobody_elses() {
     let t = super::REST_TAG;
     assert!(!crate::mailbox::job::owns(t));
     assert!(!crate::spool::commit_owns(t));
-    assert!(!crate::deliver::maildir::owns(t));
+    assert!(!crate::deliver::local::owns(t));
     assert!(!crate::spool::prepare_owns(t));
 }

@@ -40,10 +40,11 @@ use std::path::Path;
 use log::{info, warn};
 
 use super::stepsort::StepSort;
-use super::{INFO_SUFFIX, Mailbox, Message, Sub, temporary};
+use super::{Mailbox, Message, Sub, temporary};
 use crate::exec::{Completion, DiskOp, Errno, Executor, Handle, Outcome, Reject};
 use crate::limits;
-use crate::proto::{MailboxDone, MailboxError, MessageInfo};
+use crate::mail::{MailboxDone, MailboxError, MessageInfo};
+use crate::maildir::cur_name;
 
 /// Set in every tag of a mailbox job's operation (connection ids, the password checks' tags,
 /// never reach it).
@@ -685,15 +686,6 @@ impl Job {
                 }
             }
         }
-    }
-}
-
-/// Its name in `cur/`: with the `:2,` info unless it has an info already.
-fn cur_name(name: &str) -> String {
-    if name.contains(':') {
-        name.to_string()
-    } else {
-        format!("{name}{INFO_SUFFIX}")
     }
 }
 

@@ -179,7 +179,7 @@ impl OutConn {
     }
 
     /// The queue id of the message on this connection.
-    pub fn carries(&self, id: &crate::spool::QueueId) -> bool {
+    pub fn carries(&self, id: &crate::mail::QueueId) -> bool {
         self.part.as_ref().is_some_and(|p| &p.id == id)
     }
 

@@ -36,10 +36,10 @@ use crate::config::values::RelayTls;
 use crate::deliver::Outcome;
 use crate::deliver::engine::{RemoteJob, RemoteOutcome};
 use crate::dns::{AddrResult, Answer, LookupId, MxResult, Want};
+use crate::mail::{BodyType, QueueId};
 use crate::proto::smtp_client::{
     self, ClientSettings, Credentials, OutMessage, Timeouts, TlsPolicy,
 };
-use crate::spool::{BodyType, QueueId};
 
 /// The first token of outbound delivery's range: the resolver's sockets, then connections.
 const TOKEN_BASE: usize = usize::MAX / 2;

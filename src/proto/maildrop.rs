@@ -6,7 +6,9 @@
 //! session; a message marked deleted keeps its number but is invisible until RSET. Nothing is
 //! removed until the session's UPDATE (QUIT), which hands the marked indices to the host.
 
-use crate::proto::{AuthVerdict, MailboxRequest, MessageInfo};
+use crate::proto::{AuthVerdict, MailboxRequest};
+
+use crate::mail::MessageInfo;
 
 /// How a password check ended, for a login.
 #[derive(Debug, PartialEq, Eq)]

@@ -35,6 +35,7 @@ use std::io;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::buf::OutBuf;
+use crate::mail::{MailboxDone, QueueId, SpoolError};
 
 /// The time, passed in so sessions stay deterministic under test.
 #[derive(Clone, Copy, Debug)]
@@ -92,7 +93,7 @@ impl Step {
 /// Answers to a `Next::AwaitCommit`, `Next::AwaitAuth`, `Next::AwaitMailbox` or `Next::Sleep`.
 #[derive(Debug)]
 pub enum Completion {
-    Committed(Result<crate::spool::QueueId, crate::spool::SpoolError>),
+    Committed(Result<QueueId, SpoolError>),
     Woke,
     /// The password check a `Next::AwaitAuth` asked for (throttle included).
     Auth(AuthVerdict),
@@ -103,19 +104,10 @@ pub enum Completion {
 /// Mailbox work a POP session waits for (`Next::AwaitMailbox`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MailboxRequest {
-    /// Lock the user's mailbox and take its snapshot (new/ moved to cur/).
+    /// Lock the user's mailbox and take its snapshot (of `new/` and `cur/`, where they lie).
     Open(String),
     /// UPDATE state: remove these messages (0-based snapshot indices) and release the lock.
     Update(Vec<usize>),
-}
-
-/// How a `MailboxRequest` ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MailboxDone {
-    /// The snapshot (the host now holds the locked mailbox for `message_read`), or why not.
-    Opened(Result<Vec<MessageInfo>, MailboxError>),
-    /// Every marked message is gone (the lock is released either way), or what went wrong.
-    Updated(Result<(), MailboxError>),
 }
 
 /// A password check a POP session waits for (`Next::AwaitAuth`). The password is wiped when
@@ -189,24 +181,4 @@ pub enum AuthVerdict {
     /// The password could not be checked now (the helper process is gone or overloaded):
     /// a temporary failure, not counted against the client.
     Unavailable,
-}
-
-/// One message of a mailbox snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MessageInfo {
-    /// The Maildir unique name (before `:2,`): the UIDL.
-    pub uid: Box<str>,
-    /// Size in octets as sent: with CRLF line endings, before dot-stuffing. Taken from a
-    /// Maildir `W=` when the name has one, so only good for listings (see `message_size`).
-    pub size: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MailboxError {
-    /// Another session holds this mailbox (`[IN-USE]`).
-    InUse,
-    /// A transient problem (`[SYS/TEMP]`): unreadable directory, I/O error.
-    Temporary(String),
-    /// A permanent problem (`[SYS/PERM]`).
-    Permanent(String),
 }

@@ -36,10 +36,10 @@ use super::pop3::PopSettings;
 use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
 use super::popmsg::{Fill, MessageStream};
 use super::{
-    AuthRequest, AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest, Next,
-    OutBuf, PopHost, Step,
+    AuthRequest, AuthVerdict, Completion, Ctx, MailboxRequest, Next, OutBuf, PopHost, Step,
 };
 use crate::limits;
+use crate::mail::{MailboxDone, MailboxError};
 
 enum State {
     /// CALL: waiting for HELO.

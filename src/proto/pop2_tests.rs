@@ -484,8 +484,9 @@ fn helo_whose_check_cannot_run_fails_at_once() {
 
 #[test]
 fn helo_and_quit_wait_for_the_mailbox_work() {
+    use crate::mail::{MailboxDone, MessageInfo};
+    use crate::proto::MailboxRequest;
     use crate::proto::pop_testing::Stop;
-    use crate::proto::{MailboxDone, MailboxRequest, MessageInfo};
     let mut h = harness();
     h.auto_mailbox = false;
     h.send(b"HELO bob bob-pw\r\n");

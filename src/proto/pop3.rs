@@ -40,10 +40,10 @@ use super::popline::{Command, Frame, LineFramer, parse_number, push_fmt};
 use super::popmsg::{Fill, MessageStream};
 use super::sasl::{self, PlainError};
 use super::{
-    AuthRequest, AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest, Next,
-    OutBuf, PopHost, Step,
+    AuthRequest, AuthVerdict, Completion, Ctx, MailboxRequest, Next, OutBuf, PopHost, Step,
 };
 use crate::limits;
+use crate::mail::{MailboxDone, MailboxError};
 
 /// Settings shared by all POP3 and POP2 sessions.
 #[derive(Clone, Debug)]

@@ -392,7 +392,8 @@ fn a_timeout_or_shutdown_while_checking_ignores_the_late_verdict() {
 
 #[test]
 fn the_login_is_answered_when_the_mailbox_is_open() {
-    use crate::proto::{MailboxDone, MailboxRequest, MessageInfo};
+    use crate::mail::{MailboxDone, MessageInfo};
+    use crate::proto::MailboxRequest;
     let mut h = harness();
     h.auto_mailbox = false;
     // Pipelined: STAT waits behind the opening.
@@ -432,7 +433,8 @@ fn the_login_is_answered_when_the_mailbox_is_open() {
 
 #[test]
 fn quit_is_answered_when_the_deletions_are_done() {
-    use crate::proto::{MailboxDone, MailboxRequest};
+    use crate::mail::MailboxDone;
+    use crate::proto::MailboxRequest;
     let mut h = super::tests::logged_in();
     h.auto_mailbox = false;
     assert_eq!(say(&mut h, "DELE 1"), "+OK message 1 deleted\r\n");

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::buf::OutBuf;
 use crate::limits;
+use crate::mail::{MailboxDone, MailboxError, MessageInfo};
 use crate::proto::pop2::Pop2Session;
 use crate::proto::pop3::Pop3Session;
 use crate::proto::{
-    AuthRequest, AuthVerdict, Completion, Ctx, MailboxDone, MailboxError, MailboxRequest,
-    MessageInfo, Next, PopHost, Step,
+    AuthRequest, AuthVerdict, Completion, Ctx, MailboxRequest, Next, PopHost, Step,
 };
 
 /// The body of a fake message.

@@ -48,9 +48,9 @@ use super::sasl::{self, PlainError};
 use super::smtp_addr::{self, ArgError};
 use super::{AuthRequest, Completion, Ctx, Next, OutBuf, Step};
 use crate::daemon::events;
-use crate::directory::RcptVerdict;
 use crate::limits;
-use crate::spool::{BodyType, Envelope, QueueId, SpoolError};
+use crate::mail::RcptVerdict;
+use crate::mail::{BodyType, Envelope, QueueId, SpoolError};
 
 /// Settings shared by all SMTP sessions (swapped as a whole on reload).
 #[derive(Clone, Debug)]

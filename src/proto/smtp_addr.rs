@@ -10,7 +10,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::limits;
-use crate::spool::BodyType;
+use crate::mail::BodyType;
 
 /// A parsed path, without angle brackets or source route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -53,7 +53,7 @@ pub use self::reply::{Enhanced, Extensions, Reply};
 use self::reply::{Parsed, base64, keep_text, parse_line, split_enhanced};
 use super::OutBuf;
 use crate::limits;
-use crate::spool::BodyType;
+use crate::mail::BodyType;
 
 /// Whether to use STARTTLS (RFC 3207).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

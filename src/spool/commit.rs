@@ -26,9 +26,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{Incoming, QueueId, Spool, SpoolError};
+use super::{Incoming, Spool};
+
 use crate::durable::{self, SyncMode};
 use crate::exec::{Completion, DiskOp, Errno, Executor, Handle, Reject};
+use crate::mail::{QueueId, SpoolError};
 
 /// Set in the tag of every executor operation of a commit (the mailbox jobs use bit 63;
 /// connection ids, the password checks' tags, reach neither).

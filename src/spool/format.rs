@@ -11,8 +11,8 @@ use std::io;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{BodyType, Envelope, QueueId};
 use crate::limits;
+use crate::mail::{BodyType, Envelope, QueueId};
 
 /// First line of a message file: names the format and its version.
 pub const HEADER_MAGIC: &str = "postling-message 1";

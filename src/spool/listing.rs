@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::format::{id_decode, id_encode, id_time};
-use super::{HOLD_SUFFIX, QUEUE_DIR, QueueId, STATE_SUFFIX, read_entry_at};
+use super::{HOLD_SUFFIX, QUEUE_DIR, STATE_SUFFIX, read_entry_at};
+use crate::mail::QueueId;
 
 /// One line of the listing.
 #[derive(Clone, Debug, PartialEq, Eq)]

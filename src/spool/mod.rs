@@ -39,7 +39,6 @@ pub use listing::{QueueSummary, format_queue, list_queue};
 pub use prepare::owns as prepare_owns;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
@@ -51,61 +50,7 @@ use format::{DeliveryState, ID_LIMIT, bad, id_decode, id_encode};
 
 use crate::durable::{self, SyncMode};
 use crate::limits;
-
-/// A queue id: short, unique across restarts, safe as a file name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QueueId(pub String);
-
-impl fmt::Display for QueueId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Why the spool could not take a message. Both are temporary for the client.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SpoolError {
-    /// Out of disk space or quota: SMTP `452 4.3.1`.
-    Full,
-    /// Any other failure (permissions, I/O error): SMTP `451 4.3.0`. Carries the cause for the log.
-    Failed(String),
-}
-
-impl SpoolError {
-    pub fn from_io(e: &std::io::Error) -> SpoolError {
-        match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => SpoolError::Full,
-            _ => SpoolError::Failed(e.to_string()),
-        }
-    }
-}
-
-/// The body type declared with `MAIL FROM ... BODY=` (RFC 6152).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum BodyType {
-    #[default]
-    SevenBit,
-    EightBitMime,
-}
-
-/// Everything known about a message besides its data.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope {
-    /// The reverse-path without angle brackets; empty for the null sender `<>`.
-    pub sender: String,
-    /// Forward-paths as accepted by RCPT, without angle brackets or source routes.
-    pub recipients: Vec<String>,
-    pub client_ip: IpAddr,
-    /// The name the client gave in EHLO/HELO.
-    pub helo: String,
-    /// When the message was accepted (set by the session at DATA).
-    pub arrival: SystemTime,
-    pub smtputf8: bool,
-    pub body: BodyType,
-    /// The `maildrop/` file this entry was made from (local submission by `sendmail`), so
-    /// the start-up scan can tell a drop file already queued from one still to pick up.
-    pub pickup: Option<String>,
-}
+use crate::mail::{BodyType, Envelope, QueueId, SpoolError};
 
 /// Sub-directory of files under construction; emptied at start-up.
 const TMP_DIR: &str = "tmp";

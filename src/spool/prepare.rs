@@ -377,7 +377,7 @@ mod tests {
         assert!(owns(TAG_BIT | CLOSE | 7));
         assert!(!owns(crate::spool::commit::TAG_BIT | 7));
         assert!(!owns(crate::mailbox::job::TAG_BIT | TAG_BIT));
-        assert!(!owns(crate::deliver::maildir::COMMIT_TAG_BIT | TAG_BIT));
+        assert!(!owns(crate::deliver::local::COMMIT_TAG_BIT | TAG_BIT));
         assert!(!owns(12345));
     }
 }

@@ -19,7 +19,7 @@ use super::{Engine, QueueStore, human, split_status};
 use crate::daemon::events;
 use crate::date::rfc5322_date;
 use crate::deliver::bounce::{self, FailedRecipient};
-use crate::spool::{Envelope, QueueId};
+use crate::mail::{Envelope, QueueId};
 
 impl Engine {
     /// Queues the delay warning for an entry being deferred if it is due: warnings are on,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::directory::{Directory, DirectorySettings};
-use crate::spool::BodyType;
+use crate::mail::BodyType;
 
 /// One `record_attempt` call as the fake queue saw it.
 #[derive(Clone, Debug)]
@@ -950,7 +950,7 @@ fn with_an_executor_the_commit_is_awaited_not_waited_for() {
             assert!(w.queue.removed.is_empty());
         }
         for c in done {
-            assert!(crate::deliver::maildir::owns(c.tag));
+            assert!(crate::deliver::local::owns(c.tag));
             w.engine.complete(c);
         }
         assert!(w.engine.has_work(now));

@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::{FakeHost, Harness, PopSession, Stop};
-use crate::proto::MailboxError;
+use crate::mail::MailboxError;
 use crate::proto::pop3::PopSettings;
 
 /// The delay the transcripts run with.

@@ -7,9 +7,9 @@ use super::received::{Protocol, Trace, received_header};
 use super::{Flow, Mode, SmtpHost, SmtpSession, Unit, reply};
 use crate::date::rfc5322_date;
 use crate::limits;
+use crate::mail::{Envelope, SpoolError};
 use crate::proto::dotdata::DotDecoder;
 use crate::proto::{Ctx, OutBuf};
-use crate::spool::{Envelope, SpoolError};
 
 pub(super) struct DataReceiver {
     decoder: DotDecoder,
