@@ -767,7 +767,11 @@ impl Services {
     /// How long the reactor may sleep as far as delivery (and the mailbox jobs, which may have
     /// operations to submit) are concerned (None: forever).
     pub fn delivery_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.engine.has_work(now) || self.spool.free_excess() || self.mailbox_jobs.runnable() {
+        if self.engine.has_work(now)
+            || self.spool.free_excess()
+            || self.spool.states_submittable()
+            || self.mailbox_jobs.runnable()
+        {
             return Some(Duration::ZERO);
         }
         self.engine.timeout(now)

@@ -60,6 +60,14 @@ pub trait QueueStore {
         failed: &[(usize, String)],
         deferral: &Deferral<'_>,
     ) -> io::Result<()>;
+    /// Logs `line` (info) once the last `record_attempt` of `id` is on disk. Where records
+    /// are durable when `record_attempt` returns, that is at once; the spool writes them in
+    /// the disk executor and logs the line when the write has ended, so a `postling -q` made
+    /// after the line shows what it says.
+    fn log_when_recorded(&mut self, id: &QueueId, line: String) {
+        let _ = id;
+        info!("{line}");
+    }
     fn remove(&mut self, id: &QueueId) -> io::Result<()>;
     /// Queue a new message (a bounce) and make it durable before returning its id.
     fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError>;
@@ -961,7 +969,10 @@ impl Engine {
             );
             self.unrecorded.insert(id.clone(), done);
         }
-        info!("{id}: deferred for {}: {reason}", human(delay));
+        store.log_when_recorded(
+            &id,
+            format!("{id}: deferred for {}: {reason}", human(delay)),
+        );
         if !self.held.contains_key(&id) {
             self.schedule.defer(id, now + delay);
         }

@@ -63,6 +63,10 @@ impl QueueStore for SpoolStore<'_> {
             .record_attempt(id, delivered, failed, Some(*deferral))
     }
 
+    fn log_when_recorded(&mut self, id: &QueueId, line: String) {
+        self.spool.log_when_recorded(id, line);
+    }
+
     fn remove(&mut self, id: &QueueId) -> io::Result<()> {
         self.spool.remove(id)
     }

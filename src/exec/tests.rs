@@ -28,7 +28,7 @@ fn inline() -> Executor {
     Executor::Inline(Inline::new())
 }
 
-pub(super) fn helper() -> Executor {
+pub(crate) fn helper() -> Executor {
     Executor::Helper(Box::new(Helper::spawn().unwrap()))
 }
 

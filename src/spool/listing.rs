@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::format::{id_decode, id_encode, id_time};
-use super::{HOLD_SUFFIX, QUEUE_DIR, STATE_SUFFIX, read_entry_at};
+use super::{HOLD_SUFFIX, QUEUE_DIR, STATE_SUFFIX, StateFrom, read_entry_at};
 use crate::mail::QueueId;
 
 /// One line of the listing.
@@ -49,7 +49,7 @@ pub fn list_queue(dir: &Path) -> io::Result<Vec<QueueSummary>> {
         let path = queue.join(&id.0);
         let state_path = queue.join(format!("{}{STATE_SUFFIX}", id.0));
         let held = fs::symlink_metadata(queue.join(format!("{}{HOLD_SUFFIX}", id.0))).is_ok();
-        match read_entry_at(&path, Some(&state_path), &id) {
+        match read_entry_at(&path, StateFrom::File(&state_path), &id) {
             Ok(e) => out.push(QueueSummary {
                 pending: e.pending().map(|(_, r)| r.to_string()).collect(),
                 pending_reasons: e

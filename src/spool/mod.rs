@@ -13,7 +13,8 @@
 //!   bytes of that Maildir's copy (`Return-Path:`, `Delivered-To:`, the data with LF), which
 //!   delivery links into the Maildir; such a file, once linked, is never emptied or reused.
 //! - `queue/<id>.state`: delivery bookkeeping (per-recipient outcomes, attempts, next attempt),
-//!   replaced atomically by rename. Without `queue/<id>` it is the remnant of a removal.
+//!   replaced atomically by rename, in the disk executor when there is one (`state`, which
+//!   also removes such entries). Without `queue/<id>` it is the remnant of a removal.
 //! - `queue/<id>.hold`: an empty marker: the entry is held (`postling queue hold`) and is not
 //!   attempted until the marker is unlinked. Created and unlinked as one step each; without
 //!   `queue/<id>` it is the remnant of a removal.
@@ -30,6 +31,7 @@ mod commit;
 pub(crate) mod format;
 mod listing;
 mod prepare;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -68,6 +70,16 @@ impl QueueId {
     pub fn is_valid(&self) -> bool {
         id_decode(&self.0).is_some()
     }
+}
+
+fn check_state_size(id: &QueueId, text: &str) -> io::Result<()> {
+    if text.len() > limits::SPOOL_MAX_CONTROL {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("state of {id} too large"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_id(id: &QueueId) -> io::Result<()> {
@@ -121,6 +133,8 @@ pub struct Spool {
     /// Entries with a hold marker (`queue/<id>.hold`): found at start-up or set by `hold`.
     held: HashSet<QueueId>,
     sync_mode: SyncMode,
+    /// State files being written in the executor, and their newest texts (`state`).
+    states: state::StateWrites,
 }
 
 /// What the spool remembers of an entry it committed and has not read back yet.
@@ -662,6 +676,7 @@ impl Spool {
             free_seq,
             spare_bufs: Vec::new(),
             ahead: prepare::Ahead::default(),
+            states: state::StateWrites::default(),
             #[cfg(test)]
             on_release: None,
             stated,
@@ -987,6 +1002,10 @@ impl Spool {
     pub fn read_entry(&mut self, id: &QueueId) -> io::Result<QueueEntry> {
         check_id(id)?;
         let path = self.message_path(id);
+        if let Some(text) = self.state_pending(id) {
+            // Recorded, its write still in the executor (or failed): newer than any file.
+            return read_entry_at(&path, StateFrom::Text(text), id);
+        }
         if let Some(Fresh {
             envelope,
             header_len: data_offset,
@@ -1013,7 +1032,10 @@ impl Spool {
             });
         }
         let state = self.stated.contains(id).then(|| self.state_path(id));
-        read_entry_at(&path, state.as_deref(), id)
+        match state {
+            Some(p) => read_entry_at(&path, StateFrom::File(&p), id),
+            None => read_entry_at(&path, StateFrom::Nothing, id),
+        }
     }
 
     /// Durably records per-recipient outcomes (indices into the envelope's recipients).
@@ -1046,7 +1068,8 @@ impl Spool {
     }
 
     /// `record_progress` and `record_deferral` in one state replacement (one fsync pair
-    /// instead of two).
+    /// instead of two). Where the executor runs file operations the replacement is written
+    /// there (`state`): this returns once the new state is worked out, and reads see it.
     pub fn record_attempt(
         &mut self,
         id: &QueueId,
@@ -1058,7 +1081,10 @@ impl Spool {
         let (_, env, _, _) = read_header(&File::open(self.message_path(id))?, id)?;
         let n = env.recipients.len();
         let state_path = self.state_path(id);
-        let mut st = read_state(&state_path, n)?;
+        let mut st = match self.state_pending(id) {
+            Some(text) => format::state_decode(text, n)?,
+            None => read_state(&state_path, n)?,
+        };
         let out_of_range = || {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -1084,17 +1110,21 @@ impl Spool {
                 st.delay_warned = d.delay_warned;
             }
         }
-        self.write_state(id, &state_path, &format::state_encode(&st))
+        let text = format::state_encode(&st);
+        if !self.ahead.offload {
+            return self.write_state(id, &state_path, &text);
+        }
+        // In the executor (`state`): from here on the recorded state, not the cached fresh
+        // envelope, is the truth.
+        check_state_size(id, &text)?;
+        self.fresh.remove(id);
+        self.state_later(id, text);
+        Ok(())
     }
 
     /// Replaces the state file: temp file, fdatasync, rename over the old, fsync `queue/`.
     fn write_state(&mut self, id: &QueueId, dest: &Path, text: &str) -> io::Result<()> {
-        if text.len() > limits::SPOOL_MAX_CONTROL {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("state of {id} too large"),
-            ));
-        }
+        check_state_size(id, text)?;
         let tmp = self.tmp.join(format!("{}{STATE_SUFFIX}", id.0));
         let result = (|| {
             let mut f = OpenOptions::new()
@@ -1121,22 +1151,30 @@ impl Spool {
 
     /// Removes an entry. The message file goes first (the entry no longer exists once that
     /// unlink is durable), then its state file and hold marker; a crash in between leaves an
-    /// orphan state file or marker, which `open` removes. Removing an entry that is already gone is not an error.
+    /// orphan state file or marker, which `open` removes. Removing an entry that is already
+    /// gone is not an error.
     ///
     /// Without a state file (the usual case: delivered at the first attempt) the unlink is not
     /// fsync'ed: the entry is already delivered, and should a power cut undo the unlink, the
     /// only cost is a second delivery (at least once). With a state file the fsync orders the
-    /// two unlinks, so a crash can never keep the message but lose its progress.
+    /// two unlinks, so a crash can never keep the message but lose its progress. Where the
+    /// executor runs file operations all of this happens there, at the next turn
+    /// (`prepare`, `state`).
     pub fn remove(&mut self, id: &QueueId) -> io::Result<()> {
         check_id(id)?;
         self.fresh.remove(id);
+        self.state_removed(id);
         let path = self.message_path(id);
         // A file in the Maildir form that delivery linked into a Maildir is the mailbox's
         // message now: only its name here goes, its inode is never reused (nor emptied, so
         // it never goes to free/, in the executor or here).
         let linked = fs::symlink_metadata(&path).is_ok_and(|m| m.nlink() > 1);
-        if self.ahead.offload && !self.held.contains(id) && !self.stated.contains(id) {
-            if linked {
+        if self.ahead.offload {
+            let held = self.held.remove(id);
+            let stated = self.stated.remove(id);
+            if held || stated {
+                self.removal_later(id, linked, stated, held);
+            } else if linked {
                 self.unlink_later(path);
             } else {
                 self.retire_later(path);
@@ -1239,6 +1277,7 @@ impl Spool {
         self.fresh.shrink_to_fit();
         self.free.shrink_to_fit();
         self.stated.shrink_to_fit();
+        self.states.shrink();
     }
 
     /// Are more files waiting in `free/` than `limits::SPOOL_FREE_KEEP`?
@@ -1265,8 +1304,16 @@ impl Spool {
     }
 }
 
-/// With `state_path` None the entry is known to have no state file (nothing recorded yet).
-fn read_entry_at(path: &Path, state_path: Option<&Path>, id: &QueueId) -> io::Result<QueueEntry> {
+/// Where an entry's delivery state comes from.
+enum StateFrom<'a> {
+    /// Known to have no state file (nothing recorded yet).
+    Nothing,
+    File(&'a Path),
+    /// Recorded, not yet written (`state`).
+    Text(&'a str),
+}
+
+fn read_entry_at(path: &Path, state: StateFrom, id: &QueueId) -> io::Result<QueueEntry> {
     let file = File::open(path)?;
     let (stored_id, envelope, data_offset, maildir_form) = read_header(&file, id)?;
     if stored_id != *id {
@@ -1277,9 +1324,10 @@ fn read_entry_at(path: &Path, state_path: Option<&Path>, id: &QueueId) -> io::Re
         .len()
         .checked_sub(data_offset)
         .ok_or_else(|| bad("file shorter than its header"))?;
-    let st = match state_path {
-        Some(p) => read_state(p, envelope.recipients.len())?,
-        None => DeliveryState::fresh(envelope.recipients.len()),
+    let st = match state {
+        StateFrom::File(p) => read_state(p, envelope.recipients.len())?,
+        StateFrom::Text(text) => format::state_decode(text, envelope.recipients.len())?,
+        StateFrom::Nothing => DeliveryState::fresh(envelope.recipients.len()),
     };
     Ok(QueueEntry {
         id: id.clone(),

@@ -30,8 +30,14 @@ const TRUNCATE: u64 = 3 << 40;
 /// A removed entry whose file delivery linked into a Maildir: only its name goes (the number
 /// is the unlink's own, not a free file's).
 const UNLINK: u64 = 4 << 40;
+/// A step of a state file's write (`spool::state`); the number is the write's.
+pub(super) const STATE: u64 = 5 << 40;
+/// An operation of a state write that nobody waits for (a close after a failure, an unlink).
+pub(super) const STATE_CLEANUP: u64 = 6 << 40;
+/// A step of the removal of an entry with a state file or hold marker (`spool::state`).
+pub(super) const REMOVAL: u64 = 7 << 40;
 const KIND_MASK: u64 = 7 << 40;
-const FILE_MASK: u64 = (1 << 40) - 1;
+pub(super) const FILE_MASK: u64 = (1 << 40) - 1;
 
 /// Is this completion one of a file made ahead?
 pub fn owns(tag: u64) -> bool {
@@ -77,11 +83,15 @@ impl Spool {
         let Some(exec) = exec else {
             self.ahead.offload = false;
             self.retire_inline();
+            self.states_inline();
             return;
         };
         self.ahead.offload = exec.runs_file_ops();
         if !self.ahead.offload {
             self.retire_inline();
+            self.states_inline();
+        } else {
+            self.submit_states(exec);
         }
         while let Some(path) = self.ahead.unlink.pop() {
             let Some(c) = cpath(&path) else {
@@ -174,8 +184,14 @@ impl Spool {
     /// A completion whose tag `owns` says is a file made ahead's: an open is followed by
     /// its close; once closed, the file joins the free list.
     pub fn prepared(&mut self, c: Completion, exec: Option<&mut Executor>) {
-        self.ahead.in_flight = self.ahead.in_flight.saturating_sub(1);
         let number = c.tag & FILE_MASK;
+        match c.tag & KIND_MASK {
+            STATE => return self.state_completion(number, c.result, exec),
+            REMOVAL => return self.removal_completion(number, c.result, exec),
+            STATE_CLEANUP => return,
+            _ => {}
+        }
+        self.ahead.in_flight = self.ahead.in_flight.saturating_sub(1);
         match c.tag & KIND_MASK {
             CLOSE => {
                 self.free.push(number);
@@ -245,7 +261,7 @@ impl Spool {
 
     /// A removed entry's file is in `free/`: empties it (an open with `O_TRUNC`, then the
     /// close that puts it on the free list).
-    fn truncate_later(&mut self, number: u64, exec: Option<&mut Executor>) {
+    pub(super) fn truncate_later(&mut self, number: u64, exec: Option<&mut Executor>) {
         let Some(path) = cpath(&self.free_path(number)) else {
             return;
         };
@@ -334,12 +350,20 @@ impl Spool {
             self.prepare_files(Some(&mut *e));
         }
         self.retire_inline();
+        self.states_inline();
     }
 
-    /// Are files on their way, or removals not yet done (their completions will wake the
+    /// State writes waiting for a submission that can go ahead now: the reactor comes back
+    /// at once for them (a record made after this turn's submission, in remote delivery).
+    pub fn states_submittable(&self) -> bool {
+        self.ahead.offload && self.states.submittable()
+    }
+
+    /// Are files on their way, state writes or removals not yet done (their completions will wake the
     /// reactor, or the next turn submits them)?
     pub fn preparing(&self) -> bool {
-        self.ahead.in_flight > 0
+        self.states.busy()
+            || self.ahead.in_flight > 0
             || !self.ahead.unsent.is_empty()
             || !self.ahead.retire.is_empty()
             || !self.ahead.unlink.is_empty()
@@ -348,14 +372,14 @@ impl Spool {
 
 /// The entry stays in `queue/` (as when `remove` failed on the reactor): it is delivered
 /// again after a restart.
-fn removal_failed(path: Option<&std::path::Path>, e: &std::io::Error) {
+pub(super) fn removal_failed(path: Option<&std::path::Path>, e: &std::io::Error) {
     let id = path
         .and_then(|p| p.file_name())
         .map_or_else(|| "?".into(), |n| n.to_string_lossy());
     log::warn!("{id}: delivered but cannot remove the queue entry: {e}");
 }
 
-fn cpath(p: &std::path::Path) -> Option<CString> {
+pub(super) fn cpath(p: &std::path::Path) -> Option<CString> {
     CString::new(p.as_os_str().as_bytes()).ok()
 }
 

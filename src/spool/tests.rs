@@ -1745,3 +1745,488 @@ fn the_shutdown_commit_flush_hands_on_the_files_made_ahead() {
         limits::SPOOL_READY_FILES
     );
 }
+
+/// Delivery state written in the disk executor (`spool::state`), driven as the reactor
+/// drives it: `prepare_files` once a turn, every completion back through `prepared`.
+mod state_writes {
+    use super::*;
+    use crate::exec::{Completion, Errno, Executor, Inline};
+
+    fn deferral(attempts: u32, error: &str) -> Deferral<'_> {
+        Deferral {
+            attempts,
+            last_error: error,
+            next_attempt: UNIX_EPOCH + Duration::from_secs(1_800_000_000 + u64::from(attempts)),
+            rcpt_errors: &[],
+            delay_warned: None,
+        }
+    }
+
+    /// A spool that knows its executor runs file operations (as after the reactor's first
+    /// turn), with one entry for two recipients.
+    fn setup(x: &mut Executor) -> (tempfile::TempDir, Spool, QueueId) {
+        let d = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let id = store(&mut spool, &env(&["a@x", "b@x"]), b"m\r\n");
+        turns(&mut spool, x, &mut |_| {});
+        (d, spool, id)
+    }
+
+    /// Reactor turns until nothing is in flight; each completion goes through `tamper`.
+    fn turns(spool: &mut Spool, x: &mut Executor, tamper: &mut dyn FnMut(&mut Completion)) {
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            spool.prepare_files(Some(x));
+            let mut got = Vec::new();
+            x.drain(&mut got);
+            if got.is_empty() && !spool.preparing() {
+                return;
+            }
+            assert!(std::time::Instant::now() < give_up, "the writes never end");
+            for mut c in got {
+                assert!(prepare_owns(c.tag));
+                tamper(&mut c);
+                spool.prepared(c, Some(x));
+            }
+        }
+    }
+
+    fn on_disk(d: &tempfile::TempDir, id: &QueueId) -> Option<String> {
+        fs::read_to_string(d.path().join("queue").join(format!("{}.state", id.0))).ok()
+    }
+
+    fn recorded_then_written(mut x: Executor) {
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[1], &[], Some(deferral(1, "451 busy")))
+            .unwrap();
+        // Nothing is written on the reactor, and the recorded state is what reads see.
+        assert_eq!(on_disk(&d, &id), None);
+        assert!(
+            spool.states_submittable(),
+            "the reactor must come back for it"
+        );
+        let e = spool.read_entry(&id).unwrap();
+        assert_eq!((e.attempts, e.last_error.as_deref()), (1, Some("451 busy")));
+        assert_eq!(e.rcpts, vec![RcptState::Pending, RcptState::Delivered]);
+        turns(&mut spool, &mut x, &mut |_| {});
+        assert!(!spool.states_submittable());
+        let text = on_disk(&d, &id).expect("the state file");
+        assert!(text.contains("451 busy"), "{text}");
+        assert!(names(&d.path().join("tmp")).is_empty());
+        // Read back from the file now, the same; and after a restart.
+        let e = spool.read_entry(&id).unwrap();
+        assert_eq!((e.attempts, e.last_error.as_deref()), (1, Some("451 busy")));
+        drop(spool);
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let e = spool.read_entry(&id).unwrap();
+        assert_eq!(e.rcpts, vec![RcptState::Pending, RcptState::Delivered]);
+        assert_eq!(e.attempts, 1);
+    }
+
+    #[test]
+    fn a_record_is_written_in_the_executor_inline() {
+        recorded_then_written(Executor::Inline(Inline::new()));
+    }
+
+    #[test]
+    fn a_record_is_written_in_the_executor_helper() {
+        recorded_then_written(crate::exec::tests::helper());
+    }
+
+    #[test]
+    fn a_record_is_written_in_the_executor_uring() {
+        if let Some(x) = crate::exec::tests::uring() {
+            recorded_then_written(x);
+        }
+    }
+
+    /// A second record while the first is being written waits for it, merges with it, and
+    /// is what ends on disk.
+    #[test]
+    fn a_newer_record_made_during_a_write_ends_on_disk() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[1], &[], Some(deferral(1, "first")))
+            .unwrap();
+        spool.prepare_files(Some(&mut x));
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(2, "second")))
+            .unwrap();
+        let e = spool.read_entry(&id).unwrap();
+        assert_eq!((e.attempts, e.last_error.as_deref()), (2, Some("second")));
+        assert_eq!(e.rcpts[1], RcptState::Delivered, "merged with the first");
+        turns(&mut spool, &mut x, &mut |_| {});
+        let text = on_disk(&d, &id).unwrap();
+        assert!(text.contains("second") && !text.contains("first"), "{text}");
+        drop(spool);
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        let e = spool.read_entry(&id).unwrap();
+        assert_eq!(e.attempts, 2);
+        assert_eq!(e.rcpts[1], RcptState::Delivered);
+    }
+
+    /// An entry removed while its state is being written leaves no state file behind.
+    #[test]
+    fn an_entry_removed_during_its_write_leaves_nothing() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[1], &[], Some(deferral(1, "x")))
+            .unwrap();
+        spool.prepare_files(Some(&mut x));
+        spool.remove(&id).unwrap();
+        turns(&mut spool, &mut x, &mut |_| {});
+        let left: Vec<String> = names(&d.path().join("queue"))
+            .into_iter()
+            .filter(|n| n.starts_with(&id.0))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(names(&d.path().join("tmp")).is_empty());
+        // Removed before its write even started: nothing is written at all.
+        let id2 = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+        spool
+            .record_attempt(&id2, &[], &[], Some(deferral(1, "y")))
+            .unwrap();
+        spool.remove(&id2).unwrap();
+        assert!(!spool.states_submittable());
+        turns(&mut spool, &mut x, &mut |_| {});
+        assert_eq!(on_disk(&d, &id2), None);
+    }
+
+    /// A write whose sync fails leaves the file as it was, keeps the recorded state for reads
+    /// (the next attempt must not forget who got the message), and the next record writes.
+    #[test]
+    fn a_failed_write_is_kept_for_reads_and_written_by_the_next_record() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[1], &[], Some(deferral(1, "x")))
+            .unwrap();
+        let mut failed = 0;
+        // Fail the data sync: the third operation (open, write, fdatasync).
+        let mut seen = 0;
+        turns(&mut spool, &mut x, &mut |c| {
+            seen += 1;
+            if seen == 3 {
+                c.result = Err(Errno(libc::EIO));
+                failed += 1;
+            }
+        });
+        assert_eq!(failed, 1);
+        assert_eq!(on_disk(&d, &id), None);
+        assert!(
+            !spool.preparing(),
+            "a failed write is not retried on its own"
+        );
+        let e = spool.read_entry(&id).unwrap();
+        assert_eq!(e.rcpts[1], RcptState::Delivered);
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(2, "again")))
+            .unwrap();
+        turns(&mut spool, &mut x, &mut |_| {});
+        let text = on_disk(&d, &id).unwrap();
+        assert!(text.contains("again"), "{text}");
+        drop(spool);
+        let (mut spool, _) = Spool::open(d.path()).unwrap();
+        assert_eq!(
+            spool.read_entry(&id).unwrap().rcpts[1],
+            RcptState::Delivered
+        );
+    }
+
+    /// The helper process gone with a step (`EPIPE`): the write is made with blocking calls.
+    #[test]
+    fn a_write_lost_with_the_helper_is_made_at_once() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(1, "lost")))
+            .unwrap();
+        let mut seen = 0;
+        turns(&mut spool, &mut x, &mut |c| {
+            seen += 1;
+            if seen == 2 {
+                c.result = Err(Errno(libc::EPIPE));
+            }
+        });
+        assert!(on_disk(&d, &id).unwrap().contains("lost"));
+        assert!(!spool.preparing());
+    }
+
+    fn entry_files(d: &tempfile::TempDir, id: &QueueId) -> Vec<String> {
+        names(&d.path().join("queue"))
+            .into_iter()
+            .filter(|n| n.starts_with(&id.0))
+            .collect()
+    }
+
+    /// An entry with a state file and a hold marker is removed in the executor: nothing of
+    /// it is left in `queue/`, nothing was removed before the turn, and its file is emptied
+    /// in `free/` for reuse.
+    fn removed_with_its_state(mut x: Executor) {
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[1], &[], Some(deferral(1, "x")))
+            .unwrap();
+        turns(&mut spool, &mut x, &mut |_| {});
+        assert!(spool.hold(&id).unwrap());
+        let free_before = names(&d.path().join("free")).len();
+        spool.remove(&id).unwrap();
+        assert_eq!(
+            entry_files(&d, &id).len(),
+            3,
+            "nothing is removed on the reactor"
+        );
+        assert!(spool.states_submittable());
+        turns(&mut spool, &mut x, &mut |_| {});
+        assert!(
+            entry_files(&d, &id).is_empty(),
+            "{:?}",
+            entry_files(&d, &id)
+        );
+        let free = names(&d.path().join("free"));
+        assert_eq!(free.len(), free_before + 1);
+        for f in free {
+            assert_eq!(
+                fs::metadata(d.path().join("free").join(f)).unwrap().len(),
+                0
+            );
+        }
+        drop(spool);
+        let (_, ids) = Spool::open(d.path()).unwrap();
+        assert!(ids.is_empty());
+    }
+
+    #[test]
+    fn an_entry_with_a_state_is_removed_in_the_executor_inline() {
+        removed_with_its_state(Executor::Inline(Inline::new()));
+    }
+
+    #[test]
+    fn an_entry_with_a_state_is_removed_in_the_executor_helper() {
+        removed_with_its_state(crate::exec::tests::helper());
+    }
+
+    #[test]
+    fn an_entry_with_a_state_is_removed_in_the_executor_uring() {
+        if let Some(x) = crate::exec::tests::uring() {
+            removed_with_its_state(x);
+        }
+    }
+
+    /// A removal whose step the helper never answered (`EPIPE`) is finished with blocking
+    /// calls; one removed at shutdown before its turn came is carried out by `finish_removals`.
+    #[test]
+    fn removals_lost_with_the_helper_or_left_at_shutdown_are_done() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        let id2 = store(&mut spool, &env(&["a@x"]), b"m\r\n");
+        for i in [&id, &id2] {
+            spool
+                .record_attempt(i, &[], &[], Some(deferral(1, "x")))
+                .unwrap();
+        }
+        turns(&mut spool, &mut x, &mut |_| {});
+        spool.remove(&id).unwrap();
+        let mut seen = 0;
+        turns(&mut spool, &mut x, &mut |c| {
+            seen += 1;
+            if seen == 2 {
+                // The directory sync, after the message file's rename.
+                c.result = Err(Errno(libc::EPIPE));
+            }
+        });
+        assert!(
+            entry_files(&d, &id).is_empty(),
+            "{:?}",
+            entry_files(&d, &id)
+        );
+        spool.remove(&id2).unwrap();
+        spool.finish_removals(Some(&mut x));
+        assert!(!spool.preparing());
+        assert!(
+            entry_files(&d, &id2).is_empty(),
+            "{:?}",
+            entry_files(&d, &id2)
+        );
+    }
+
+    /// A message file that cannot be removed keeps its state file (its progress is not lost).
+    #[test]
+    fn a_removal_that_fails_keeps_the_state() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[1], &[], Some(deferral(1, "x")))
+            .unwrap();
+        turns(&mut spool, &mut x, &mut |_| {});
+        spool.remove(&id).unwrap();
+        let mut seen = 0;
+        turns(&mut spool, &mut x, &mut |c| {
+            seen += 1;
+            if seen == 1 {
+                c.result = Err(Errno(libc::EIO));
+            }
+        });
+        // The inline executor did rename the file; the failure said it did not: the state
+        // stays, whatever happened to the message file.
+        assert!(on_disk(&d, &id).is_some());
+    }
+
+    fn logged() -> Vec<String> {
+        super::super::state::LOGGED.with(|l| std::mem::take(&mut *l.borrow_mut()))
+    }
+
+    /// The line that says an attempt was recorded is logged once its state is on disk (a
+    /// `postling -q` after it shows what it says), and at once where records are blocking.
+    #[test]
+    fn the_recorded_line_waits_for_the_write() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        logged();
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(1, "later")))
+            .unwrap();
+        spool.log_when_recorded(&id, format!("{id}: deferred for 1h"));
+        assert!(logged().is_empty());
+        spool.prepare_files(Some(&mut x));
+        // A second record while the first is written: its line waits for its own write.
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(2, "later still")))
+            .unwrap();
+        spool.log_when_recorded(&id, format!("{id}: deferred again"));
+        let mut lines = Vec::new();
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        while lines.len() < 2 {
+            assert!(std::time::Instant::now() < give_up);
+            let mut got = Vec::new();
+            x.drain(&mut got);
+            for c in got {
+                spool.prepared(c, Some(&mut x));
+                for line in logged() {
+                    let text = on_disk(&d, &id).unwrap_or_default();
+                    let on_time = if lines.is_empty() {
+                        text.contains("later") && !text.contains("later still")
+                    } else {
+                        text.contains("later still")
+                    };
+                    assert!(on_time, "{line} logged with {text:?} on disk");
+                    lines.push(line);
+                }
+            }
+            spool.prepare_files(Some(&mut x));
+        }
+        assert_eq!(
+            lines,
+            vec![
+                format!("{id}: deferred for 1h"),
+                format!("{id}: deferred again")
+            ]
+        );
+        // Without an executor for file operations the record is on disk at once, and so is
+        // its line.
+        let (d2, mut plain) = {
+            let d = tempfile::tempdir().unwrap();
+            let (s, _) = Spool::open(d.path()).unwrap();
+            (d, s)
+        };
+        let id2 = store(&mut plain, &env(&["a@x"]), b"m\r\n");
+        plain
+            .record_attempt(&id2, &[], &[], Some(deferral(1, "now")))
+            .unwrap();
+        assert!(on_disk(&d2, &id2).is_some());
+        plain.log_when_recorded(&id2, "now".into());
+        assert_eq!(logged(), vec!["now".to_string()]);
+    }
+
+    /// More records at once than the executor takes operations: the rest wait for room (no
+    /// blocking call, no record lost), and every one ends on disk.
+    #[test]
+    fn more_records_than_the_executor_takes_all_end_on_disk() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, _) = setup(&mut x);
+        let n = limits::EXEC_MAX_IN_FLIGHT + 44;
+        let ids: Vec<QueueId> = (0..n)
+            .map(|_| store(&mut spool, &env(&["a@x"]), b"m\r\n"))
+            .collect();
+        turns(&mut spool, &mut x, &mut |_| {});
+        for id in &ids {
+            spool
+                .record_attempt(id, &[], &[], Some(deferral(1, "many")))
+                .unwrap();
+        }
+        spool.prepare_files(Some(&mut x));
+        assert!(!spool.states_submittable(), "blocked until a completion");
+        assert!(ids.iter().all(|id| on_disk(&d, id).is_none()));
+        turns(&mut spool, &mut x, &mut |_| {});
+        for id in &ids {
+            assert!(on_disk(&d, id).is_some_and(|t| t.contains("many")), "{id}");
+        }
+        for id in &ids {
+            spool.remove(id).unwrap();
+        }
+        turns(&mut spool, &mut x, &mut |_| {});
+        assert!(ids.iter().all(|id| entry_files(&d, id).is_empty()));
+    }
+
+    /// A step the executor has no room for waits for the next turn, then goes on.
+    #[test]
+    fn a_step_without_room_waits_for_the_next_turn() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(1, "room")))
+            .unwrap();
+        spool.prepare_files(Some(&mut x));
+        let mut got = Vec::new();
+        x.drain(&mut got);
+        assert_eq!(got.len(), 1, "the open");
+        // Someone else takes every place before the open's completion is handed on.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut filler = 0;
+        while x
+            .submit(
+                77,
+                crate::exec::DiskOp::Unlink {
+                    dir: None,
+                    path: std::ffi::CString::new(
+                        tmp.path().join("none").as_os_str().as_encoded_bytes(),
+                    )
+                    .unwrap(),
+                },
+            )
+            .is_ok()
+        {
+            filler += 1;
+        }
+        assert_eq!(filler, limits::EXEC_MAX_IN_FLIGHT);
+        for c in got {
+            spool.prepared(c, Some(&mut x));
+        }
+        assert!(spool.preparing());
+        assert!(
+            !spool.states_submittable(),
+            "no spinning while the executor is full"
+        );
+        let mut others = Vec::new();
+        x.drain(&mut others);
+        assert!(others.iter().all(|c| c.tag == 77));
+        turns(&mut spool, &mut x, &mut |_| {});
+        assert!(on_disk(&d, &id).unwrap().contains("room"));
+    }
+
+    /// Shutdown writes what was recorded: after `finish_removals` it is on disk.
+    #[test]
+    fn shutdown_writes_what_was_recorded() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(1, "at shutdown")))
+            .unwrap();
+        spool.finish_removals(Some(&mut x));
+        assert!(!spool.preparing());
+        assert!(on_disk(&d, &id).unwrap().contains("at shutdown"));
+    }
+}
