@@ -288,7 +288,7 @@ pub fn apply(
             Err(e) => out.push(Line::failed(format!("cannot list the queue: {e}"))),
         },
         Command::Bounce(ids) => each(ids, &mut out, spool, &mut |id, spool| {
-            let mut store = SpoolStore::new(spool);
+            let mut store = SpoolStore::immediate(spool);
             match engine.return_to_sender(id, &mut store, wall) {
                 Ok(n) => Line::ok(format!("{id}: returned to the sender ({n} recipient(s))")),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Line::unknown(id),
@@ -303,7 +303,7 @@ pub fn apply(
 }
 
 fn delete(id: &QueueId, spool: &mut Spool, engine: &mut Engine) -> Line {
-    match spool.remove(id) {
+    match spool.remove_now(id) {
         Ok(()) => {
             engine.forget(id);
             info!("{id}: removed by postling queue delete");

@@ -10,11 +10,26 @@ pub struct SpoolStore<'a> {
     pub spool: &'a mut Spool,
     /// The last loaded entry, so each local target does not re-read the envelope header.
     last: Option<QueueEntry>,
+    /// Removals are done before `remove` returns (`Spool::remove_now`).
+    immediate: bool,
 }
 
 impl<'a> SpoolStore<'a> {
     pub fn new(spool: &'a mut Spool) -> SpoolStore<'a> {
-        SpoolStore { spool, last: None }
+        SpoolStore {
+            spool,
+            last: None,
+            immediate: false,
+        }
+    }
+
+    /// For the administrator's commands: an entry removed is gone from the disk when
+    /// `remove` returns.
+    pub fn immediate(spool: &'a mut Spool) -> SpoolStore<'a> {
+        SpoolStore {
+            immediate: true,
+            ..SpoolStore::new(spool)
+        }
     }
 }
 
@@ -68,7 +83,11 @@ impl QueueStore for SpoolStore<'_> {
     }
 
     fn remove(&mut self, id: &QueueId) -> io::Result<()> {
-        self.spool.remove(id)
+        if self.immediate {
+            self.spool.remove_now(id)
+        } else {
+            self.spool.remove(id)
+        }
     }
 
     fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {

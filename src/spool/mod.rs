@@ -1161,6 +1161,17 @@ impl Spool {
     /// executor runs file operations all of this happens there, at the next turn
     /// (`prepare`, `state`).
     pub fn remove(&mut self, id: &QueueId) -> io::Result<()> {
+        self.remove_in(id, self.ahead.offload)
+    }
+
+    /// `remove` with blocking calls, done when it returns: for the administrator's commands
+    /// (`postling queue delete`, `bounce`), whose answer, and a `postling -q` after it, must
+    /// find the entry gone.
+    pub fn remove_now(&mut self, id: &QueueId) -> io::Result<()> {
+        self.remove_in(id, false)
+    }
+
+    fn remove_in(&mut self, id: &QueueId, later: bool) -> io::Result<()> {
         check_id(id)?;
         self.fresh.remove(id);
         self.state_removed(id);
@@ -1169,7 +1180,7 @@ impl Spool {
         // message now: only its name here goes, its inode is never reused (nor emptied, so
         // it never goes to free/, in the executor or here).
         let linked = fs::symlink_metadata(&path).is_ok_and(|m| m.nlink() > 1);
-        if self.ahead.offload {
+        if later {
             let held = self.held.remove(id);
             let stated = self.stated.remove(id);
             if held || stated {

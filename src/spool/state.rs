@@ -298,6 +298,10 @@ impl Spool {
         let Some(mut f) = self.states.flights.remove(&number) else {
             return;
         };
+        if f.step == Step::Close {
+            // Closed whatever the outcome: never closed again (its number may be reused).
+            f.file = None;
+        }
         let next = match (f.step, result) {
             (Step::Open, Ok(Outcome::Opened(file))) => {
                 f.file = Some(file);
@@ -316,10 +320,7 @@ impl Spool {
                 })
             }
             (Step::Sync, Ok(_)) => Some(Step::Close),
-            (Step::Close, Ok(_)) => {
-                f.file = None;
-                Some(Step::Rename)
-            }
+            (Step::Close, Ok(_)) => Some(Step::Rename),
             (Step::Rename, Ok(_)) => Some(Step::DirSync),
             (Step::DirSync, Ok(_)) => None,
             (step, Ok(other)) => {

@@ -2217,6 +2217,25 @@ mod state_writes {
         assert!(on_disk(&d, &id).unwrap().contains("room"));
     }
 
+    /// The administrator's removal is done when it returns, executor or not.
+    #[test]
+    fn remove_now_is_done_when_it_returns() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(1, "x")))
+            .unwrap();
+        turns(&mut spool, &mut x, &mut |_| {});
+        assert!(spool.hold(&id).unwrap());
+        spool.remove_now(&id).unwrap();
+        assert!(
+            entry_files(&d, &id).is_empty(),
+            "{:?}",
+            entry_files(&d, &id)
+        );
+        assert!(!spool.states_submittable());
+    }
+
     /// Shutdown writes what was recorded: after `finish_removals` it is on disk.
     #[test]
     fn shutdown_writes_what_was_recorded() {
