@@ -1824,22 +1824,31 @@ mod state_writes {
         assert_eq!(e.attempts, 1);
     }
 
-    #[test]
-    fn a_record_is_written_in_the_executor_inline() {
-        recorded_then_written(Executor::Inline(Inline::new()));
+    /// `$name` as a test of its own on each backend.
+    macro_rules! on_every_backend {
+        ($name:ident) => {
+            mod $name {
+                use crate::exec::{Executor, Inline};
+                #[test]
+                fn inline() {
+                    super::$name(Executor::Inline(Inline::new()));
+                }
+                #[test]
+                fn helper() {
+                    super::$name(crate::exec::tests::helper());
+                }
+                #[test]
+                fn uring() {
+                    if let Some(x) = crate::exec::tests::uring() {
+                        super::$name(x);
+                    }
+                }
+            }
+        };
     }
 
-    #[test]
-    fn a_record_is_written_in_the_executor_helper() {
-        recorded_then_written(crate::exec::tests::helper());
-    }
-
-    #[test]
-    fn a_record_is_written_in_the_executor_uring() {
-        if let Some(x) = crate::exec::tests::uring() {
-            recorded_then_written(x);
-        }
-    }
+    on_every_backend!(recorded_then_written);
+    on_every_backend!(removed_with_its_state);
 
     /// A second record while the first is being written waits for it, merges with it, and
     /// is what ends on disk.
@@ -1997,23 +2006,6 @@ mod state_writes {
         drop(spool);
         let (_, ids) = Spool::open(d.path()).unwrap();
         assert!(ids.is_empty());
-    }
-
-    #[test]
-    fn an_entry_with_a_state_is_removed_in_the_executor_inline() {
-        removed_with_its_state(Executor::Inline(Inline::new()));
-    }
-
-    #[test]
-    fn an_entry_with_a_state_is_removed_in_the_executor_helper() {
-        removed_with_its_state(crate::exec::tests::helper());
-    }
-
-    #[test]
-    fn an_entry_with_a_state_is_removed_in_the_executor_uring() {
-        if let Some(x) = crate::exec::tests::uring() {
-            removed_with_its_state(x);
-        }
     }
 
     /// A removal whose step the helper never answered (`EPIPE`) is finished with blocking
