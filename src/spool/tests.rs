@@ -1791,6 +1791,18 @@ mod state_writes {
         }
     }
 
+    /// `turns`, with the `n`th completion (from 1) failed with `errno`.
+    fn turns_failing(spool: &mut Spool, x: &mut Executor, n: usize, errno: i32) {
+        let mut seen = 0;
+        turns(spool, x, &mut |c| {
+            seen += 1;
+            if seen == n {
+                c.result = Err(Errno(errno));
+            }
+        });
+        assert!(seen >= n, "only {seen} completions");
+    }
+
     fn on_disk(d: &tempfile::TempDir, id: &QueueId) -> Option<String> {
         fs::read_to_string(d.path().join("queue").join(format!("{}.state", id.0))).ok()
     }
@@ -1887,11 +1899,7 @@ mod state_writes {
         spool.prepare_files(Some(&mut x));
         spool.remove(&id).unwrap();
         turns(&mut spool, &mut x, &mut |_| {});
-        let left: Vec<String> = names(&d.path().join("queue"))
-            .into_iter()
-            .filter(|n| n.starts_with(&id.0))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert_gone(&d, &id);
         assert!(names(&d.path().join("tmp")).is_empty());
         // Removed before its write even started: nothing is written at all.
         let id2 = store(&mut spool, &env(&["a@x"]), b"m\r\n");
@@ -1913,17 +1921,8 @@ mod state_writes {
         spool
             .record_attempt(&id, &[1], &[], Some(deferral(1, "x")))
             .unwrap();
-        let mut failed = 0;
         // Fail the data sync: the third operation (open, write, fdatasync).
-        let mut seen = 0;
-        turns(&mut spool, &mut x, &mut |c| {
-            seen += 1;
-            if seen == 3 {
-                c.result = Err(Errno(libc::EIO));
-                failed += 1;
-            }
-        });
-        assert_eq!(failed, 1);
+        turns_failing(&mut spool, &mut x, 3, libc::EIO);
         assert_eq!(on_disk(&d, &id), None);
         assert!(
             !spool.preparing(),
@@ -1953,13 +1952,7 @@ mod state_writes {
         spool
             .record_attempt(&id, &[], &[], Some(deferral(1, "lost")))
             .unwrap();
-        let mut seen = 0;
-        turns(&mut spool, &mut x, &mut |c| {
-            seen += 1;
-            if seen == 2 {
-                c.result = Err(Errno(libc::EPIPE));
-            }
-        });
+        turns_failing(&mut spool, &mut x, 2, libc::EPIPE);
         assert!(on_disk(&d, &id).unwrap().contains("lost"));
         assert!(!spool.preparing());
     }
@@ -1969,6 +1962,11 @@ mod state_writes {
             .into_iter()
             .filter(|n| n.starts_with(&id.0))
             .collect()
+    }
+
+    fn assert_gone(d: &tempfile::TempDir, id: &QueueId) {
+        let left = entry_files(d, id);
+        assert!(left.is_empty(), "{id}: {left:?} left in queue/");
     }
 
     /// An entry with a state file and a hold marker is removed in the executor: nothing of
@@ -1990,11 +1988,7 @@ mod state_writes {
         );
         assert!(spool.states_submittable());
         turns(&mut spool, &mut x, &mut |_| {});
-        assert!(
-            entry_files(&d, &id).is_empty(),
-            "{:?}",
-            entry_files(&d, &id)
-        );
+        assert_gone(&d, &id);
         let free = names(&d.path().join("free"));
         assert_eq!(free.len(), free_before + 1);
         for f in free {
@@ -2022,27 +2016,12 @@ mod state_writes {
         }
         turns(&mut spool, &mut x, &mut |_| {});
         spool.remove(&id).unwrap();
-        let mut seen = 0;
-        turns(&mut spool, &mut x, &mut |c| {
-            seen += 1;
-            if seen == 2 {
-                // The directory sync, after the message file's rename.
-                c.result = Err(Errno(libc::EPIPE));
-            }
-        });
-        assert!(
-            entry_files(&d, &id).is_empty(),
-            "{:?}",
-            entry_files(&d, &id)
-        );
+        turns_failing(&mut spool, &mut x, 2, libc::EPIPE);
+        assert_gone(&d, &id);
         spool.remove(&id2).unwrap();
         spool.finish_removals(Some(&mut x));
         assert!(!spool.preparing());
-        assert!(
-            entry_files(&d, &id2).is_empty(),
-            "{:?}",
-            entry_files(&d, &id2)
-        );
+        assert_gone(&d, &id2);
     }
 
     /// A message file that cannot be removed keeps its state file (its progress is not lost).
@@ -2055,13 +2034,7 @@ mod state_writes {
             .unwrap();
         turns(&mut spool, &mut x, &mut |_| {});
         spool.remove(&id).unwrap();
-        let mut seen = 0;
-        turns(&mut spool, &mut x, &mut |c| {
-            seen += 1;
-            if seen == 1 {
-                c.result = Err(Errno(libc::EIO));
-            }
-        });
+        turns_failing(&mut spool, &mut x, 1, libc::EIO);
         // The inline executor did rename the file; the failure said it did not: the state
         // stays, whatever happened to the message file.
         assert!(on_disk(&d, &id).is_some());
@@ -2160,7 +2133,9 @@ mod state_writes {
             spool.remove(id).unwrap();
         }
         turns(&mut spool, &mut x, &mut |_| {});
-        assert!(ids.iter().all(|id| entry_files(&d, id).is_empty()));
+        for id in &ids {
+            assert_gone(&d, id);
+        }
     }
 
     /// A step the executor has no room for waits for the next turn, then goes on.
@@ -2220,11 +2195,7 @@ mod state_writes {
         turns(&mut spool, &mut x, &mut |_| {});
         assert!(spool.hold(&id).unwrap());
         spool.remove_now(&id).unwrap();
-        assert!(
-            entry_files(&d, &id).is_empty(),
-            "{:?}",
-            entry_files(&d, &id)
-        );
+        assert_gone(&d, &id);
         assert!(!spool.states_submittable());
     }
 
