@@ -30,11 +30,13 @@
 //! backend receives a copy of it with the request.
 //!
 //! Its callers today are the reactor (`reactor::begin_check`, `finish_checks`): POP password
-//! checks, the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions, and
-//! the delivery engine's Maildir commits (`deliver::local::Maildirs::commit_pump`: the data
-//! and directory syncs of the reactor's own descriptors, `submit_sync`). The short cache of successful checks that keeps clients looping USER/PASS with a
-//! right password from making the helper rehash belongs to the caller that knows the user
-//! (`auth::cache`, held by `hosts::Services`), not to the executor.
+//! checks, the POP mailbox jobs (`mailbox::job`): opening a Maildir and QUIT's deletions, the
+//! delivery engine's Maildir commits (`deliver::local::Maildirs::commit_pump`: the data and
+//! directory syncs of the reactor's own descriptors, `submit_sync`), and the spool: its group
+//! commit, the files it makes ahead, its removals and its state files (`spool::commit`,
+//! `spool::prepare`, `spool::state`). The short cache of successful checks that keeps clients
+//! looping USER/PASS with a right password from making the helper rehash belongs to the caller
+//! that knows the user (`auth::cache`, held by `hosts::Services`), not to the executor.
 
 mod helper;
 mod inline;

@@ -49,8 +49,7 @@ use super::smtp_addr::{self, ArgError};
 use super::{AuthRequest, Completion, Ctx, Next, OutBuf, Step};
 use crate::daemon::events;
 use crate::limits;
-use crate::mail::RcptVerdict;
-use crate::mail::{BodyType, Envelope, QueueId, SpoolError};
+use crate::mail::{BodyType, Envelope, QueueId, RcptVerdict, SpoolError};
 
 /// Settings shared by all SMTP sessions (swapped as a whole on reload).
 #[derive(Clone, Debug)]

@@ -1111,8 +1111,11 @@ impl Spool {
             }
         }
         let text = format::state_encode(&st);
-        if !self.ahead.offload {
-            return self.write_state(id, &state_path, &text);
+        if !self.ahead.offload && !self.state_in_flight(id) {
+            self.write_state(id, &state_path, &text)?;
+            // The file has the newest state now: no older text waits to be written.
+            self.state_superseded(id);
+            return Ok(());
         }
         // In the executor (`state`): from here on the recorded state, not the cached fresh
         // envelope, is the truth.

@@ -359,8 +359,8 @@ impl Spool {
         self.ahead.offload && self.states.submittable()
     }
 
-    /// Are files on their way, state writes or removals not yet done (their completions will wake the
-    /// reactor, or the next turn submits them)?
+    /// Are files on their way, state writes or removals not yet done (their completions will
+    /// wake the reactor, or the next turn submits them)?
     pub fn preparing(&self) -> bool {
         self.states.busy()
             || self.ahead.in_flight > 0

@@ -146,6 +146,23 @@ impl Spool {
         self.states.newest.get(id).map(|n| n.text.as_str())
     }
 
+    /// Is a write of `id`'s state in the executor now (a blocking write could be overtaken
+    /// by its rename)?
+    pub(super) fn state_in_flight(&self, id: &QueueId) -> bool {
+        self.states.newest.get(id).is_some_and(|n| n.busy)
+    }
+
+    /// `id`'s state was written with blocking calls, newer than any text kept here (one
+    /// whose write failed, or one queued before the executor went away): that text goes.
+    pub(super) fn state_superseded(&mut self, id: &QueueId) {
+        if let Some(n) = self.states.newest.remove(id) {
+            if n.queued {
+                self.states.queued.retain(|q| q != id);
+            }
+            log_notes(n.notes);
+        }
+    }
+
     /// Records `text` as `id`'s state, to be written in the executor (`submit_states`).
     pub(super) fn state_later(&mut self, id: &QueueId, text: String) {
         let n = self.states.newest.entry(id.clone()).or_insert(Newest {
@@ -600,7 +617,7 @@ impl Spool {
                         continue;
                     }
                     Gone::Hold => {
-                        self.removal_finished(&r, None);
+                        self.removal_finished(&r, Some(exec));
                         return true;
                     }
                     // A path that is no C string: not one of ours.

@@ -1944,6 +1944,33 @@ mod state_writes {
         );
     }
 
+    /// A kept text never hides a newer state written with blocking calls (the executor gone
+    /// for file operations after the failure).
+    #[test]
+    fn a_blocking_record_supersedes_a_kept_text() {
+        let mut x = Executor::Inline(Inline::new());
+        let (d, mut spool, id) = setup(&mut x);
+        spool
+            .record_attempt(&id, &[1], &[], Some(deferral(1, "kept")))
+            .unwrap();
+        turns_failing(&mut spool, &mut x, 3, libc::EIO);
+        assert_eq!(on_disk(&d, &id), None);
+        // No executor for file operations from now on.
+        spool.prepare_files(None);
+        spool
+            .record_attempt(&id, &[], &[], Some(deferral(2, "blocking")))
+            .unwrap();
+        assert!(on_disk(&d, &id).unwrap().contains("blocking"));
+        let e = spool.read_entry(&id).unwrap();
+        assert_eq!((e.attempts, e.last_error.as_deref()), (2, Some("blocking")));
+        assert_eq!(
+            e.rcpts[1],
+            RcptState::Delivered,
+            "merged with the kept text"
+        );
+        assert!(!spool.preparing());
+    }
+
     /// The helper process gone with a step (`EPIPE`): the write is made with blocking calls.
     #[test]
     fn a_write_lost_with_the_helper_is_made_at_once() {
