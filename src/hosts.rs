@@ -89,6 +89,10 @@ pub struct Services {
     pickup: Option<Pickup>,
     /// Remote delivery (attached by the reactor, which owns the poll its sockets are in).
     outbound: Option<crate::outbound::Outbound>,
+    /// Outcomes of remote delivery not yet settled: settled a slice of a turn at a time
+    /// (`limits::WORK_SLICE`), since a destination that refuses every connection answers for
+    /// all its queued messages at once.
+    remote_results: std::collections::VecDeque<(QueueId, Vec<RemoteOutcome>)>,
     /// Test hook (`POSTLING_TEST_ABORT_AFTER_PICKUP_COMMIT` set at start): SIGKILL itself
     /// between a pickup's commit and its drop file's unlink, the crash the start-up scan must
     /// survive (tests/integration/test_sendmail.py).
@@ -213,6 +217,7 @@ impl Services {
             slot_ticket: HashMap::new(),
             next_ticket: 0,
             outbound: None,
+            remote_results: std::collections::VecDeque::new(),
         };
         Ok((services, warnings))
     }
@@ -709,16 +714,19 @@ impl Services {
                 }
             }
         }
-        let results = self
-            .outbound
-            .as_mut()
-            .map(|o| o.take_results())
-            .unwrap_or_default();
-        if !results.is_empty() {
-            let mut store = SpoolStore::new(&mut self.spool);
-            for (id, outcomes) in results {
-                self.engine
-                    .remote_done(&id, outcomes, &mut store, now, wall);
+        if let Some(o) = self.outbound.as_mut() {
+            self.remote_results.extend(o.take_results());
+        }
+        if self.remote_results.is_empty() {
+            return;
+        }
+        let until = Instant::now() + limits::WORK_SLICE;
+        let mut store = SpoolStore::new(&mut self.spool);
+        while let Some((id, outcomes)) = self.remote_results.pop_front() {
+            self.engine
+                .remote_done(&id, outcomes, &mut store, now, wall);
+            if Instant::now() >= until {
+                break;
             }
         }
     }
@@ -757,6 +765,12 @@ impl Services {
         let mut exec = exec;
         self.spool.commit_flush_with(exec.as_deref_mut());
         let mut store = SpoolStore::new(&mut self.spool);
+        // Remote outcomes not yet settled: what a remote server took must be recorded.
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        while let Some((id, outcomes)) = self.remote_results.pop_front() {
+            self.engine
+                .remote_done(&id, outcomes, &mut store, now, wall);
+        }
         self.engine
             .finish_batch(&mut store, &self.directory, SystemTime::now());
         self.spool.finish_removals(exec);
@@ -768,6 +782,7 @@ impl Services {
         if self.engine.has_work(now)
             || self.spool.free_excess()
             || self.spool.states_submittable()
+            || !self.remote_results.is_empty()
             || self.mailbox_jobs.runnable()
         {
             return Some(Duration::ZERO);
@@ -800,6 +815,7 @@ impl Services {
         self.rcpt_budget.forget_drained(now);
         self.spool.release_memory();
         self.engine.schedule.shrink();
+        self.remote_results.shrink_to_fit();
         self.incoming.shrink_to_fit();
         self.incoming_env.shrink_to_fit();
         self.queued_lines.shrink_to_fit();
