@@ -101,6 +101,8 @@ struct Flight {
     written: usize,
     /// Log lines for when this flight's text is on disk.
     notes: Vec<String>,
+    /// Why the write failed (while its temp file is discarded).
+    failed: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +113,10 @@ enum Step {
     Close,
     Rename,
     DirSync,
+    /// After a failure: the file is closed (if it was open), then `tmp/<id>.state` is
+    /// unlinked, before the entry may have another write.
+    DiscardClose,
+    DiscardUnlink,
 }
 
 impl StateWrites {
@@ -240,6 +246,7 @@ impl Spool {
                 file: None,
                 written: 0,
                 notes: std::mem::take(&mut n.notes),
+                failed: None,
             };
             let Some(op) = self.state_op(&flight) else {
                 self.state_inline(&id, flight.notes);
@@ -286,7 +293,11 @@ impl Spool {
                 SyncMode::File => DiskOp::Fdatasync { file },
                 SyncMode::Filesystem => DiskOp::Syncfs { file },
             },
-            (Step::Close, Some(file)) => DiskOp::Close { file },
+            (Step::Close | Step::DiscardClose, Some(file)) => DiskOp::Close { file },
+            (Step::DiscardUnlink, _) => DiskOp::Unlink {
+                dir: None,
+                path: tmp,
+            },
             (Step::Rename, _) => DiskOp::Rename {
                 from_dir: None,
                 from: tmp,
@@ -315,11 +326,17 @@ impl Spool {
         let Some(mut f) = self.states.flights.remove(&number) else {
             return;
         };
-        if f.step == Step::Close {
+        if matches!(f.step, Step::Close | Step::DiscardClose) {
             // Closed whatever the outcome: never closed again (its number may be reused).
             f.file = None;
         }
         let next = match (f.step, result) {
+            (Step::DiscardClose, _) => Some(Step::DiscardUnlink),
+            (Step::DiscardUnlink, _) => {
+                let why = f.failed.take().unwrap_or_default();
+                self.state_failed(f, &why, exec);
+                return;
+            }
             (Step::Open, Ok(Outcome::Opened(file))) => {
                 f.file = Some(file);
                 Some(if f.text.is_empty() {
@@ -341,7 +358,7 @@ impl Spool {
             (Step::Rename, Ok(_)) => Some(Step::DirSync),
             (Step::DirSync, Ok(_)) => None,
             (step, Ok(other)) => {
-                self.state_failed(f, &format!("{step:?} gave {other:?}"), exec);
+                self.state_discard(number, f, format!("{step:?} gave {other:?}"), exec);
                 return;
             }
             (_, Err(e)) if e.0 == libc::EPIPE => {
@@ -351,7 +368,7 @@ impl Spool {
             }
             (step, Err(e)) => {
                 let why = format!("{step:?}: {}", std::io::Error::from(e));
-                self.state_failed(f, &why, exec);
+                self.state_discard(number, f, why, exec);
                 return;
             }
         };
@@ -403,12 +420,47 @@ impl Spool {
                 self.states.blocked = true;
                 false
             }
+            Err(_) if f.failed.is_some() => {
+                // Discarding without the executor: the unlink here (a close is lost with it).
+                let _ = std::fs::remove_file(self.state_tmp_path(&f.id));
+                let why = f.failed.take().unwrap_or_default();
+                self.state_failed(f, &why, None);
+                true
+            }
             Err(_) => {
                 if let Some(file) = f.file.take() {
                     self.state_cleanup(DiskOp::Close { file }, Some(exec));
                 }
                 self.state_takeover(f);
                 true
+            }
+        }
+    }
+
+    /// A step failed: the temp file is closed and unlinked (in the executor, as the next
+    /// steps of this write, so a later write of the entry cannot race it), then the failure
+    /// is recorded (`state_failed`).
+    fn state_discard(
+        &mut self,
+        number: u64,
+        mut f: Flight,
+        why: String,
+        exec: Option<&mut Executor>,
+    ) {
+        f.failed = Some(why);
+        f.step = if f.file.is_some() {
+            Step::DiscardClose
+        } else {
+            Step::DiscardUnlink
+        };
+        match exec {
+            Some(exec) => {
+                self.state_step(number, f, exec);
+            }
+            None => {
+                let _ = std::fs::remove_file(self.state_tmp_path(&f.id));
+                let why = f.failed.take().unwrap_or_default();
+                self.state_failed(f, &why, None);
             }
         }
     }

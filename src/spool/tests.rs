@@ -1925,6 +1925,10 @@ mod state_writes {
         turns_failing(&mut spool, &mut x, 3, libc::EIO);
         assert_eq!(on_disk(&d, &id), None);
         assert!(
+            names(&d.path().join("tmp")).is_empty(),
+            "the temp file is discarded"
+        );
+        assert!(
             !spool.preparing(),
             "a failed write is not retried on its own"
         );
