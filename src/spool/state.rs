@@ -18,8 +18,8 @@
 //! the message twice, as when a crash comes between the remote server's `250` and the record.
 //! One write per entry is in flight at a time: a newer state for an entry being written waits
 //! for that write to end, then goes out (only the newest). A write that fails keeps its text
-//! here, so reads still see it (as the engine's memory of the recipients done did), and is
-//! logged; the entry's next record writes again. An entry removed while its write is in
+//! here, so reads still see it (as the engine's memory of the recipients done did), is
+//! logged, and has its temp file closed and unlinked; the entry's next record writes again. An entry removed while its write is in
 //! flight has its state file unlinked once the write ends (a crash in between leaves an
 //! orphan state file, which `Spool::open` removes).
 //!
