@@ -1128,7 +1128,7 @@ impl Spool {
     /// Replaces the state file: temp file, fdatasync, rename over the old, fsync `queue/`.
     fn write_state(&mut self, id: &QueueId, dest: &Path, text: &str) -> io::Result<()> {
         check_state_size(id, text)?;
-        let tmp = self.tmp.join(format!("{}{STATE_SUFFIX}", id.0));
+        let tmp = self.state_tmp_path(id);
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)

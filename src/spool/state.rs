@@ -754,40 +754,22 @@ impl Spool {
         }
     }
 
-    /// The rest of `r` with blocking calls.
-    fn removal_inline(&mut self, mut r: Removal) {
-        if r.step == Gone::Message {
-            let path = self.message_path(&r.id);
-            let moved = match r.recycled {
-                Some(n) => std::fs::rename(&path, self.free_path(n)),
-                None => std::fs::remove_file(&path),
-            };
-            match moved {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => r.recycled = None,
-                Err(e) => return super::prepare::removal_failed(Some(&path), &e),
-            }
-            r.step = Gone::DirSync;
+    /// The rest of `r` with blocking calls: `Spool::remove_now`, told of the state file and
+    /// marker, skips what is done already (a file already gone is not an error). A message
+    /// file the executor moved into `free/` is then emptied.
+    fn removal_inline(&mut self, r: Removal) {
+        if r.stated {
+            self.stated.insert(r.id.clone());
         }
-        if r.step == Gone::DirSync {
-            if let Err(e) = self.sync_queue_dir() {
-                log::warn!("{}: removal: {e}; start-up removes what is left", r.id);
-                return self.removal_finished(&r, None);
-            }
-            r.step = Gone::State;
+        if r.held {
+            self.held.insert(r.id.clone());
         }
-        for (had, path) in [
-            (r.stated && r.step == Gone::State, self.state_path(&r.id)),
-            (r.held, self.hold_path(&r.id)),
-        ] {
-            if had
-                && let Err(e) = std::fs::remove_file(&path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                log::warn!("spool: cannot remove {}: {e}", path.display());
-            }
+        if let Err(e) = self.remove_now(&r.id) {
+            super::prepare::removal_failed(Some(&self.message_path(&r.id)), &e);
         }
-        self.removal_finished(&r, None);
+        if r.step != Gone::Message {
+            self.removal_finished(&r, None);
+        }
     }
 
     /// The removal is done: a recycled file is emptied for reuse.
@@ -804,7 +786,7 @@ impl Spool {
         }
     }
 
-    fn state_tmp_path(&self, id: &QueueId) -> std::path::PathBuf {
+    pub(super) fn state_tmp_path(&self, id: &QueueId) -> std::path::PathBuf {
         self.tmp.join(format!("{}{STATE_SUFFIX}", id.0))
     }
 }
