@@ -437,6 +437,9 @@ pub const EXEC_READDIR_MAX_NAMES: usize = 256;
 /// than the counting (1,000 files: 22 ms of a POP3 login, one at a time); 32 of 4 KiB are
 /// about 0.25 ms of the helper's time, the most another client's request waits behind one.
 pub const EXEC_WIRE_SIZE_BATCH: usize = 32;
+/// The trace lines of one Maildir copy made in the executor (`Return-Path:` and
+/// `Delivered-To:`, each with an address of at most a few hundred octets).
+pub const EXEC_COPY_HEAD_MAX: usize = 4096;
 /// Longest name of one directory entry (Linux NAME_MAX): the names a `WireSize` counts.
 pub const FILE_NAME_MAX: usize = 255;
 /// Longest path in a request: Linux's PATH_MAX, which includes the terminating NUL.

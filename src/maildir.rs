@@ -11,8 +11,11 @@
 //! entry alone (`unique_name`), so every attempt at one entry names its copy the same way,
 //! which makes delivery idempotent across a crash.
 
-use std::fs::DirBuilder;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{DirBuilder, File};
 use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -211,6 +214,80 @@ pub fn open_sub(user: &str, dir: &Dir, name: &str) -> Result<Dir, String> {
     make_sub(user, dir, name)?;
     dir.open_dir(name)
         .map_err(|e| refusal(user, "cannot open", &path(), &e))
+}
+
+/// Where a Maildir copy's bytes come from: `len` octets of the queued file `path` from
+/// `offset` (the message data), with CRLF line ends (`lf_form` false: each CRLF becomes LF
+/// as it is copied) or already in the Maildir form (`lf_form`: copied as they are; see
+/// `crate::lf`, whose forward step leaves that form unchanged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopySource {
+    pub path: CString,
+    pub offset: u64,
+    pub len: u64,
+    pub lf_form: bool,
+}
+
+/// The bytes a copy reads and writes at a time.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// Creates `name` in the open directory `dir` (never through a symbolic link, never over an
+/// existing file; mode 0600) and writes `head` then the data of `source` into it in the
+/// Maildir form. Returns the file, not yet synced, with its size on disk and as POP3 sends it
+/// (`S=`, `W=`). A file that could not be written whole is removed again. Blocking: the
+/// disk executor runs it (`exec::DiskOp::MaildirCopy`), and delivery's blocking path.
+pub fn write_copy(
+    dir: RawFd,
+    name: &CStr,
+    head: &[u8],
+    source: &CopySource,
+) -> io::Result<(File, u64, u64)> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated name alive for the call; the descriptor returned is new and
+    // owned by the File alone.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let file = unsafe { File::from_raw_fd(fd) };
+    match fill_copy(&file, head, source) {
+        Ok((size, wire)) => Ok((file, size, wire)),
+        Err(e) => {
+            drop(file);
+            // SAFETY: as above; the file this call created.
+            unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
+            Err(e)
+        }
+    }
+}
+
+fn fill_copy(out: &File, head: &[u8], source: &CopySource) -> io::Result<(u64, u64)> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut from = File::open(OsStr::from_bytes(source.path.as_bytes()))?;
+    from.seek(SeekFrom::Start(source.offset))?;
+    let mut from = from.take(source.len);
+    let mut w = io::BufWriter::with_capacity(COPY_CHUNK, out);
+    // Bytes written, and the POP3 size: every LF not preceded by CR counts twice.
+    let (mut size, mut wire, mut last) = (0u64, 0u64, b'\n');
+    let mut put = |bytes: &[u8]| -> io::Result<()> {
+        if let Some(&b) = bytes.last() {
+            wire += bytes.len() as u64 + crate::lf::wire_extra(bytes, last);
+            size += bytes.len() as u64;
+            last = b;
+        }
+        w.write_all(bytes)
+    };
+    put(head)?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    if source.lf_form {
+        crate::lf::read_chunks(&mut from, &mut buf, &mut put)?;
+    } else {
+        let mut lf = crate::lf::LfWriter::default();
+        crate::lf::read_chunks(&mut from, &mut buf, &mut |chunk| lf.feed(chunk, &mut put))?;
+        lf.finish(&mut put)?;
+    }
+    w.flush()?;
+    Ok((size, wire))
 }
 
 #[cfg(test)]

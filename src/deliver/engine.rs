@@ -17,7 +17,7 @@ use crate::date::rfc5322_date;
 use crate::directory::{Directory, ResolveError, Resolved};
 use crate::limits;
 use crate::mail::{BodyType, Envelope, QueueId, SpoolError};
-use crate::maildir::MessageKey;
+use crate::maildir::{CopySource, MessageKey};
 use crate::spool::Deferral;
 
 /// One queue entry as delivery sees it.
@@ -51,6 +51,9 @@ pub trait QueueStore {
     /// The stored message data (CRLF line endings, whatever the form of the file), from its
     /// first byte.
     fn open_data(&mut self, id: &QueueId) -> io::Result<Box<dyn Read>>;
+    /// Where a Maildir copy of the data is read from (the queued file, its data's offset,
+    /// length and form): the copy is made in the disk executor, not on the event loop.
+    fn copy_source(&mut self, id: &QueueId) -> io::Result<CopySource>;
     /// Durably records the recipients finished in this attempt and, in `deferral`, when to
     /// try the rest, each pending recipient's last reason and whether the delay warning went.
     fn record_attempt(
@@ -768,13 +771,13 @@ impl Engine {
                                 users.insert(user.clone(), target.clone());
                                 return target;
                             }
-                            let target = match store.open_data(&id) {
-                                Ok(mut data) => match self.maildirs.stage(
+                            let target = match store.copy_source(&id) {
+                                Ok(source) => match self.maildirs.stage(
                                     user,
                                     &unique,
                                     &entry.envelope.sender,
                                     rcpt,
-                                    &mut data,
+                                    source,
                                     wall,
                                 ) {
                                     Ok(s) => {

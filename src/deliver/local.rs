@@ -22,18 +22,20 @@
 //! executor's sync of the same `new/`), and for it only `new/` is synced. When the link fails
 //! (another file system), the file is copied in the same commit.
 //!
-//! A batch's commit waits for the disk in the executor, not on the reactor
-//! (`Maildirs::commit_pump`): the data syncs of all its files are submitted, then, once all
-//! are in, the synced files are renamed into `new/` (relative to the same descriptors), then
-//! each `new/` directory's sync is submitted; a file counts as delivered only when the sync
-//! of its `new/` is in. A failure at any step is a temporary failure of the files it
+//! Staging writes nothing (`stage` opens the user's directories and notes what to copy); a
+//! batch's commit makes its files and waits for the disk in the executor, not on the reactor
+//! (`Maildirs::commit_pump`): every copy is created in `tmp/`, written and synced
+//! (`exec::DiskOp::MaildirCopy`, given the `tmp/` descriptor) and every link made, then,
+//! once all are in, the copies are renamed into `new/` (relative to the same descriptors),
+//! then each `new/` directory's sync is submitted; a file counts as delivered only when the
+//! sync of its `new/` is in. A failure at any step is a temporary failure of the files it
 //! concerns only. Without an executor (tests, shutdown), `commit_step` does the same with
-//! blocking calls. The files are still created and written on the reactor (`stage`).
+//! blocking calls.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -45,8 +47,8 @@ use crate::dirfd::{Dir, Kind};
 use crate::durable::{self, SyncMode};
 use crate::exec::{DiskOp, Errno, Executor, Handle, Outcome as ExecOutcome, Reject};
 use crate::maildir::{
-    self, MessageKey, make_sub, open_sub, open_user_dir, queue_id_of, safe_mailbox_name,
-    unique_part,
+    self, CopySource, MessageKey, make_sub, open_sub, open_user_dir, queue_id_of,
+    safe_mailbox_name, unique_part,
 };
 
 pub struct Maildirs {
@@ -209,19 +211,18 @@ impl Maildirs {
         Ok(dirs)
     }
 
-    /// Delivers one message read from `data` (as stored in the spool: CRLF line endings) to
-    /// `user` as the file `unique` (see `unique_name`). Returns only after the file is
-    /// durable in `new/`.
+    /// Delivers one queued message (`source`) to `user` as the file `unique` (see
+    /// `unique_name`) with blocking calls. Returns only after the file is durable in `new/`.
     pub fn deliver(
         &mut self,
         user: &str,
         unique: &str,
         return_path: &str,
         delivered_to: &str,
-        data: &mut dyn Read,
+        source: CopySource,
         now: SystemTime,
     ) -> Outcome {
-        match self.stage(user, unique, return_path, delivered_to, data, now) {
+        match self.stage(user, unique, return_path, delivered_to, source, now) {
             Ok(staged) => self
                 .commit(vec![staged])
                 .pop()
@@ -245,16 +246,18 @@ impl Maildirs {
         )
     }
 
-    /// First half of a delivery: writes the message into `tmp/` and starts its writeback,
-    /// without waiting for the disk. `commit` finishes a whole batch of these, so the waits
-    /// for the disk overlap and each `new/` directory is synced once per batch.
+    /// First half of a delivery: checks the user name, opens (or makes) the Maildir and
+    /// stages a copy of the queued message (`source`) into its `tmp/`, to be written by the
+    /// commit: in the disk executor with the other files of the batch (`commit_pump`), or
+    /// with blocking calls (`commit_step`). The copy's name in `new/` carries its sizes, known
+    /// once it is written.
     pub fn stage(
         &mut self,
         user: &str,
         unique: &str,
         return_path: &str,
         delivered_to: &str,
-        data: &mut dyn Read,
+        source: CopySource,
         now: SystemTime,
     ) -> Result<Staged, Outcome> {
         if !safe_mailbox_name(user) {
@@ -262,53 +265,27 @@ impl Maildirs {
                 "5.1.3 mailbox name {user:?} is not allowed"
             )));
         }
-        let mut dirs = self.dirs_for(user, now)?;
-        let tmp_name = self.tmp_name(now);
-        let file = match crate::turnstat::timed("maildir.create", || {
-            dirs.tmp.create_file(&tmp_name, 0o600)
-        }) {
-            Ok(f) => f,
-            // The Maildir was removed since it was opened in this batch: open (make) it again.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.open.remove(user);
-                self.ready.remove(user);
-                dirs = self.dirs_for(user, now)?;
-                dirs.tmp
-                    .create_file(&tmp_name, 0o600)
-                    .map_err(|e| temporary("cannot create", &dirs.tmp.path().join(&tmp_name), &e))?
-            }
-            Err(e) => {
-                return Err(temporary(
-                    "cannot create",
-                    &dirs.tmp.path().join(&tmp_name),
-                    &e,
-                ));
-            }
-        };
-        match crate::turnstat::timed("maildir.write", || {
-            write_lf(file, return_path, delivered_to, data)
-        }) {
-            Ok((file, size, wire_size)) => {
-                if self.sync_mode == SyncMode::File {
-                    crate::turnstat::timed("maildir.writeback", || durable::start_writeback(&file));
-                }
-                Ok(Staged {
-                    name: maildir::sized_name(unique, size, wire_size),
-                    dirs,
-                    tmp: tmp_name,
-                    file: Some(file),
-                    link: None,
-                })
-            }
-            Err(e) => {
-                let _ = dirs.tmp.remove_file(&tmp_name);
-                Err(temporary(
-                    "cannot write",
-                    &dirs.tmp.path().join(&tmp_name),
-                    &e,
-                ))
-            }
+        let dirs = self.dirs_for(user, now)?;
+        let head = crate::lf::maildir_head(return_path, delivered_to).into_bytes();
+        if head.len() > crate::limits::EXEC_COPY_HEAD_MAX {
+            return Err(Outcome::Permanent(
+                "5.1.3 address too long for a Maildir trace line".into(),
+            ));
         }
+        Ok(Staged {
+            dirs,
+            tmp: self.tmp_name(now),
+            name: String::new(),
+            file: None,
+            made: false,
+            link: None,
+            copy: Some(Copy {
+                unique: unique.to_string(),
+                head,
+                source,
+                instead_of_link: None,
+            }),
+        })
     }
 
     /// First half of a delivery by link: `queued` is the spool's file of the entry, in the
@@ -340,16 +317,18 @@ impl Maildirs {
             tmp: String::new(),
             name: maildir::sized_name(unique, size, wire_size),
             file: None,
+            made: false,
             link: Some(queued.to_path_buf()),
+            copy: None,
         })
     }
 
     /// A link into `new/` that failed with `e`: the queued file's bytes (already the Maildir
-    /// form) are copied into `tmp/` instead, to be synced and renamed like any copy. The
-    /// descriptor of the copy, to sync; on failure the staged file stays a failed link.
-    fn copy_instead(&mut self, s: &mut Staged, e: &io::Error) -> io::Result<std::os::fd::RawFd> {
+    /// form) are to be copied into `tmp/` instead, then synced and renamed like any copy.
+    /// False (the staged file stays a failed link) if its path cannot name a file.
+    fn copy_instead(&mut self, s: &mut Staged, e: &io::Error) -> bool {
         let Some(queued) = s.link.clone() else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            return false;
         };
         let exdev = e.raw_os_error() == Some(libc::EXDEV);
         if !exdev || !self.links_cross_filesystems {
@@ -360,18 +339,65 @@ impl Maildirs {
             );
         }
         self.links_cross_filesystems |= exdev;
-        let tmp = self.tmp_name(SystemTime::now());
-        let mut out = s.dirs.tmp.create_file(&tmp, 0o600)?;
-        let copied = File::open(&queued).and_then(|mut from| io::copy(&mut from, &mut out));
-        if let Err(e) = copied {
-            let _ = s.dirs.tmp.remove_file(&tmp);
-            return Err(e);
-        }
-        let fd = out.as_raw_fd();
-        s.file = Some(out);
-        s.tmp = tmp;
+        let Ok(path) = CString::new(queued.as_os_str().as_bytes()) else {
+            return false;
+        };
+        s.copy = Some(Copy {
+            unique: unique_part(&s.name).to_string(),
+            head: Vec::new(),
+            source: CopySource {
+                path,
+                offset: 0,
+                len: u64::MAX,
+                lf_form: true,
+            },
+            instead_of_link: Some(queued),
+        });
+        s.tmp = self.tmp_name(SystemTime::now());
         s.link = None;
-        Ok(fd)
+        true
+    }
+
+    /// A staged copy written with blocking calls (`commit_step`): into a fresh name in
+    /// `tmp/` (an executor's copy cut short may have left the earlier one), then its writeback
+    /// started. A copy the executor made already is opened to be synced.
+    fn copy_now(&mut self, s: &mut Staged) -> io::Result<()> {
+        if s.made {
+            s.file = Some(s.dirs.tmp.open_read(&s.tmp)?);
+            s.made = false;
+            return Ok(());
+        }
+        let Some(copy) = s.copy.take() else {
+            return Ok(());
+        };
+        s.tmp = self.tmp_name(SystemTime::now());
+        let made = CString::new(s.tmp.as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+            .and_then(|name| {
+                crate::turnstat::timed("maildir.write", || {
+                    maildir::write_copy(
+                        s.dirs.tmp.as_file().as_raw_fd(),
+                        &name,
+                        &copy.head,
+                        &copy.source,
+                    )
+                })
+            });
+        match made {
+            Ok((file, size, wire)) => {
+                if self.sync_mode == SyncMode::File {
+                    durable::start_writeback(&file);
+                }
+                s.name = maildir::sized_name(&copy.unique, size, wire);
+                s.file = Some(file);
+                Ok(())
+            }
+            Err(e) => {
+                // (Named for the failure's message.)
+                s.copy = Some(copy);
+                Err(e)
+            }
+        }
     }
 
     /// The blocking form of a staged link (`commit_step`): made now, or copied instead.
@@ -382,7 +408,12 @@ impl Maildirs {
         match s.dirs.new.link_from(queued, &s.name) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return self.copy_instead(s, &e).map(|_| ()),
+            Err(e) => {
+                if !self.copy_instead(s, &e) {
+                    return Err(e);
+                }
+                return self.copy_now(s);
+            }
         }
         s.link = None;
         Ok(())
@@ -419,9 +450,14 @@ impl Maildirs {
                     SyncMode::File => c.next..(c.next + 1).min(c.staged.len()),
                     SyncMode::Filesystem => c.next..c.staged.len(),
                 };
-                let mut link_errors: Vec<Option<io::Error>> = Vec::new();
+                let mut make_errors: Vec<Option<io::Error>> = Vec::new();
                 for s in &mut c.staged[range.clone()] {
-                    link_errors.push(self.link_now(s).err());
+                    let made = if s.link.is_some() {
+                        self.link_now(s)
+                    } else {
+                        self.copy_now(s)
+                    };
+                    make_errors.push(made.err());
                 }
                 // (A link has nothing to sync: `Ok` without a call.)
                 let files: Vec<&File> = c.staged[range.clone()]
@@ -431,8 +467,8 @@ impl Maildirs {
                 let mut results = durable::files(self.sync_mode, &files).into_iter();
                 let results: Vec<io::Result<()>> = c.staged[range.clone()]
                     .iter()
-                    .zip(link_errors)
-                    .map(|(s, link_error)| match (&s.file, link_error) {
+                    .zip(make_errors)
+                    .map(|(s, make_error)| match (&s.file, make_error) {
                         (Some(_), _) => results.next().unwrap_or(Ok(())),
                         (None, Some(e)) => Err(e),
                         (None, None) => Ok(()),
@@ -454,10 +490,11 @@ impl Maildirs {
                     if m.is_err() {
                         continue;
                     }
-                    let moved = match s.file {
-                        Some(_) => s.dirs.tmp.rename_to(&s.tmp, &s.dirs.new, &s.name),
+                    let moved = if s.file.is_some() || s.made {
+                        s.dirs.tmp.rename_to(&s.tmp, &s.dirs.new, &s.name)
+                    } else {
                         // Linked into `new/` at the data stage.
-                        None => Ok(()),
+                        Ok(())
                     };
                     *m = match moved {
                         // Identified by the open directory, not its path: a Maildir made
@@ -488,13 +525,15 @@ impl Maildirs {
     }
 
     /// One turn of a commit through the disk executor; true when it is finished. The same
-    /// order as `commit_step`, without waiting: the data syncs of every staged file are
-    /// submitted, and only when all of their completions are in (`Commit::complete`) are the
-    /// synced files renamed into `new/` (on the reactor: a rename does not wait for the
-    /// disk), then each `new/` directory's sync is submitted, and the commit is finished when
-    /// those are in. Operations the executor has no room for are submitted at a later turn.
-    /// With `fsync = filesystem` each stage is one `syncfs` per filesystem (the helper
-    /// process makes it: io_uring has none).
+    /// order as `commit_step`, without waiting: every staged copy (written and synced in
+    /// one operation) and link is submitted, and only when all of their completions are in
+    /// (`Commit::complete`; a failed link is copied, `settle_links`) are the copies renamed
+    /// into `new/` under the names their sizes give (on the reactor: a rename does not wait
+    /// for the disk), then each `new/` directory's sync is submitted, and the commit is
+    /// finished when those are in. Operations the executor has no room for are submitted at
+    /// a later turn. With `fsync = filesystem` the copies are not synced one by one: each
+    /// stage ends with one `syncfs` per filesystem (the helper process makes it: io_uring
+    /// has none).
     pub fn commit_pump(&mut self, c: &mut Commit, exec: &mut Executor) -> bool {
         if !exec.runs_file_ops() {
             // (One whose helper process died ends with blocking calls.)
@@ -509,41 +548,28 @@ impl Maildirs {
                 Stage::Data => {
                     if c.synced.len() != c.staged.len() {
                         c.synced = c.staged.iter().map(|_| None).collect();
+                        c.copied = c.staged.iter().map(|_| None).collect();
                     }
                     while c.submitted < c.staged.len() {
                         let i = c.submitted;
-                        if c.staged[i].link.is_some() {
-                            // A link: made here, nothing to sync.
-                            match Self::link_op(&c.staged[i]) {
-                                Some(link) => match exec.submit_own(commit_tag(DATA, i), link) {
-                                    Ok(()) => c.in_flight += 1,
-                                    Err(r) if r.reason == Reject::Full => break,
-                                    Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
-                                },
-                                // (A NUL in a name: no such file can be linked.)
-                                None => c.synced[i] = Some(Err(Errno(libc::EINVAL))),
-                            }
-                            c.submitted += 1;
-                            continue;
-                        }
-                        let Some(fd) = c.staged[i].file.as_ref().map(|f| f.as_raw_fd()) else {
-                            c.synced[i] = Some(Ok(()));
-                            c.submitted += 1;
-                            continue;
+                        // A link (nothing to sync) or a copy (written, and synced but with
+                        // `fsync = filesystem`), made in the executor.
+                        let op = if c.staged[i].link.is_some() {
+                            Self::link_op(&c.staged[i])
+                        } else {
+                            Self::copy_op(&c.staged[i], !per_filesystem)
                         };
-                        if per_filesystem && c.covered_by_syncfs(fd, i) {
-                            c.submitted += 1;
-                            continue;
-                        }
-                        match Self::submit_data_sync(exec, commit_tag(DATA, i), fd, per_filesystem)
-                        {
-                            Ok(()) => c.in_flight += 1,
-                            Err(r) if r.reason == Reject::Full => {
-                                // (Asked again next turn: it may not lead twice.)
-                                c.fs_leaders.retain(|&(_, l)| l != i);
-                                break;
+                        match op {
+                            Some(op) => match exec.submit_own(commit_tag(DATA, i), op) {
+                                Ok(()) => c.in_flight += 1,
+                                Err(r) if r.reason == Reject::Full => break,
+                                Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
+                            },
+                            // (A NUL in a name: no such file can be made.)
+                            None if c.staged[i].link.is_some() => {
+                                c.synced[i] = Some(Err(Errno(libc::EINVAL)))
                             }
-                            Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
+                            None => c.synced[i] = Some(Ok(())),
                         }
                         c.submitted += 1;
                     }
@@ -551,7 +577,11 @@ impl Maildirs {
                         break false;
                     }
                     if self.settle_links(c, exec, per_filesystem) {
-                        // Copies made for failed links: their syncs are in flight.
+                        // Copies made for failed links: in flight.
+                        break false;
+                    }
+                    if Self::settle_copies(c, exec, per_filesystem) {
+                        // With `fsync = filesystem`: the copies' `syncfs`s, in flight.
                         break false;
                     }
                     for &(i, leader) in &c.fs_followers {
@@ -630,9 +660,23 @@ impl Maildirs {
         })
     }
 
+    /// The executor's operation for a staged copy not yet made: written into `tmp/`, a
+    /// descriptor the reactor owns, and synced where `sync`.
+    fn copy_op(s: &Staged, sync: bool) -> Option<DiskOp> {
+        let copy = s.copy.as_ref()?;
+        Some(DiskOp::MaildirCopy {
+            dir: Handle::own(s.dirs.tmp.as_file()),
+            name: CString::new(s.tmp.as_bytes()).ok()?,
+            head: copy.head.clone().into(),
+            source: Box::new(copy.source.clone()),
+            sync,
+        })
+    }
+
     /// Once the data stage's completions are in: each link made (or found made by an earlier
-    /// attempt: EEXIST) is done; each that failed is copied instead (`copy_instead`) and the
-    /// copy's sync submitted. True when such syncs are in flight (the stage waits for them).
+    /// attempt: EEXIST) is done; each that failed is to be copied instead (`copy_instead`),
+    /// and the copy is submitted. True when such copies are in flight (the stage waits for
+    /// them).
     fn settle_links(&mut self, c: &mut Commit, exec: &mut Executor, per_filesystem: bool) -> bool {
         let mut waiting = false;
         for i in 0..c.staged.len() {
@@ -648,15 +692,53 @@ impl Maildirs {
                 Some(Err(e)) => e,
                 None => Errno(libc::EIO),
             };
-            let fd = match self.copy_instead(&mut c.staged[i], &io::Error::from(e)) {
-                Ok(fd) => fd,
-                Err(copy) => {
-                    c.synced[i] = Some(Err(Errno(copy.raw_os_error().unwrap_or(libc::EIO))));
-                    continue;
-                }
-            };
+            if !self.copy_instead(&mut c.staged[i], &io::Error::from(e)) {
+                continue;
+            }
             c.synced[i] = None;
-            match Self::submit_data_sync(exec, commit_tag(DATA, i), fd, per_filesystem) {
+            let op = Self::copy_op(&c.staged[i], !per_filesystem);
+            match op.map(|op| exec.submit_own(commit_tag(DATA, i), op)) {
+                Some(Ok(())) => {
+                    c.in_flight += 1;
+                    waiting = true;
+                }
+                _ => c.synced[i] = Some(Err(Errno(libc::EAGAIN))),
+            }
+        }
+        waiting
+    }
+
+    /// Once every copy's completion is in: each copy made gets its name in `new/` (its sizes
+    /// are known now). With `fsync = filesystem` the copies were not synced: one `syncfs` per
+    /// filesystem of their `tmp/`s is submitted (true: the stage waits for them), once.
+    fn settle_copies(c: &mut Commit, exec: &mut Executor, per_filesystem: bool) -> bool {
+        let mut made = Vec::new();
+        for (i, s) in c.staged.iter_mut().enumerate() {
+            let (Some(copy), Some(Ok(()))) = (&s.copy, c.synced[i]) else {
+                continue;
+            };
+            let Some(&Some((size, wire))) = c.copied.get(i) else {
+                c.synced[i] = Some(Err(Errno(libc::EIO)));
+                continue;
+            };
+            s.name = maildir::sized_name(&copy.unique, size, wire);
+            s.copy = None;
+            s.made = true;
+            made.push(i);
+        }
+        if !per_filesystem || made.is_empty() {
+            return false;
+        }
+        // The data stage made no `syncfs` before this one: every leader is a copy's.
+        c.fs_leaders.clear();
+        let mut waiting = false;
+        for i in made {
+            let fd = c.staged[i].dirs.tmp.as_file().as_raw_fd();
+            if c.covered_by_syncfs(fd, i) {
+                continue;
+            }
+            c.synced[i] = None;
+            match exec.submit_syncfs(commit_tag(DATA, i), fd) {
                 Ok(()) => {
                     c.in_flight += 1;
                     waiting = true;
@@ -665,21 +747,6 @@ impl Maildirs {
             }
         }
         waiting
-    }
-
-    /// A staged file's data sync through the executor: `fdatasync`, or with `fsync = filesystem`
-    /// a `syncfs` of its filesystem.
-    fn submit_data_sync(
-        exec: &mut Executor,
-        tag: u64,
-        fd: std::os::fd::RawFd,
-        per_filesystem: bool,
-    ) -> Result<(), crate::exec::Rejected> {
-        if per_filesystem {
-            exec.submit_syncfs(tag, fd)
-        } else {
-            exec.submit_sync(tag, fd, true)
-        }
     }
 
     /// Makes the renames into the next `new/` durable (per file), or all of them (syncfs,
@@ -762,6 +829,8 @@ pub struct Commit {
     submitted: usize,
     in_flight: usize,
     synced: Vec<Option<Result<(), Errno>>>,
+    /// Per staged file, a copy's sizes on disk and as POP3 sends it, once made.
+    copied: Vec<Option<(u64, u64)>>,
     /// `fsync = filesystem`, through the executor: one `syncfs` per filesystem and stage.
     /// The files (or directories) that submitted it, by device, and those that share its
     /// outcome: (follower, leader) indexes of the current stage.
@@ -787,6 +856,7 @@ impl Commit {
             submitted: 0,
             in_flight: 0,
             synced: Vec::new(),
+            copied: Vec::new(),
             fs_leaders: Vec::new(),
             fs_followers: Vec::new(),
             blocking: false,
@@ -829,6 +899,11 @@ impl Commit {
         }
         let kind = (tag & !COMMIT_TAG_BIT) >> 32;
         let index = (tag & 0xffff_ffff) as usize;
+        if let (Ok(ExecOutcome::Copied { size, wire }), Some(slot)) =
+            (&result, self.copied.get_mut(index))
+        {
+            *slot = Some((*size, *wire));
+        }
         let result = result.map(|_| ());
         match (self.stage, kind) {
             (Stage::Data, DATA) if index < self.submitted => {
@@ -904,27 +979,44 @@ impl Commit {
     }
 }
 
-/// A message written to a Maildir's `tmp/`, or a queued file already linked into its
+/// A copy of a queued message into a Maildir's `tmp/`, or a queued file to link into its
 /// `new/`, waiting for `Maildirs::commit`.
 pub struct Staged {
     /// The user's Maildir directories, held until the commit is done.
     dirs: Rc<UserDirs>,
     /// The file name in `tmp/` (empty for a link).
     tmp: String,
-    /// The final name in `new/`.
+    /// The final name in `new/` (for a copy, set once it is written: it carries the sizes).
     name: String,
-    /// The copy in `tmp/`; None for a link (the queued file's data is durable already, and
-    /// once linked its name is in `new/`: only `new/` is left to sync).
+    /// A copy to write at the commit; None once it is written (or for a link).
+    copy: Option<Copy>,
+    /// The copy in `tmp/`, written with blocking calls (`commit_step`); None for a link (the
+    /// queued file's data is durable already, and once linked its name is in `new/`: only
+    /// `new/` is left to sync) and for a copy the executor made.
     file: Option<File>,
+    /// The executor wrote the copy into `tmp/` (and synced it, but with `fsync =
+    /// filesystem`, which syncs it after).
+    made: bool,
     /// A link to make at the commit: the queued file. None once it is made (or replaced by a
     /// copy); still there after the data stage only if neither could be made.
     link: Option<PathBuf>,
 }
 
+/// What a staged copy is made of: the trace lines and the queued data, and the unique part of
+/// its name (the sizes follow once it is written).
+struct Copy {
+    unique: String,
+    head: Vec<u8>,
+    source: CopySource,
+    /// Made instead of a link to this queued file, which failed (`copy_instead`).
+    instead_of_link: Option<PathBuf>,
+}
+
 /// Why a staged file failed at the data stage: a link that could neither be made nor copied,
 /// or a copy not written or synced (which is removed from `tmp/`).
 fn failed_data(s: &Staged, e: &io::Error) -> Outcome {
-    if let Some(queued) = &s.link {
+    let copied_from = s.copy.as_ref().and_then(|c| c.instead_of_link.as_ref());
+    if let Some(queued) = s.link.as_ref().or(copied_from) {
         return temporary(
             &format!("cannot link or copy {} into", queued.display()),
             &s.dirs.new.path().join(&s.name),
@@ -935,36 +1027,27 @@ fn failed_data(s: &Staged, e: &io::Error) -> Outcome {
     temporary("cannot write", &s.dirs.tmp.path().join(&s.tmp), e)
 }
 
-/// Writes the trace headers and the message with CRLF turned into LF and returns the file
-/// with (bytes on disk, bytes as POP3 will send them). Not yet synced.
-fn write_lf(
-    file: File,
-    return_path: &str,
-    delivered_to: &str,
-    data: &mut dyn Read,
-) -> io::Result<(File, u64, u64)> {
-    let mut w = BufWriter::with_capacity(64 * 1024, file);
-    let mut size = 0u64;
-    let mut lfs = 0u64;
-    let head = crate::lf::maildir_head(return_path, delivered_to);
-    w.write_all(head.as_bytes())?;
-    size += head.len() as u64;
-    lfs += 2;
-    let mut buf = [0u8; 16 * 1024];
-    let mut lf = crate::lf::LfWriter::default();
-    let mut out = |b: &[u8]| w.write_all(b);
-    crate::lf::read_chunks(data, &mut buf, &mut |chunk| lf.feed(chunk, &mut out))?;
-    lf.finish(&mut out)?;
-    size += lf.size;
-    lfs += lf.lfs;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    Ok((file, size, size + lfs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+
+    /// Queued data for a copy (as the spool keeps it: CRLF line ends), in a file of its own
+    /// outside every Maildir root.
+    fn src(data: &[u8]) -> CopySource {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!("postling-local-tests-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+        fs::write(&path, data).unwrap();
+        CopySource {
+            path: CString::new(path.as_os_str().as_bytes()).unwrap(),
+            offset: 0,
+            len: data.len() as u64,
+            lf_form: false,
+        }
+    }
 
     /// A unique name as `unique_name` makes them, for tests about other things.
     const UNIQUE: &str = "1700000000.M1Q000000000001H00000000.h";
@@ -1039,14 +1122,7 @@ mod tests {
         for _ in 0..2 {
             // A new process each time: the crash and the restart.
             let mut m = Maildirs::new(root.path(), "h");
-            let out = m.deliver(
-                "u",
-                &unique,
-                "",
-                "u@h",
-                &mut &b"x\r\n"[..],
-                SystemTime::now(),
-            );
+            let out = m.deliver("u", &unique, "", "u@h", src(b"x\r\n"), SystemTime::now());
             assert_eq!(out, Outcome::Delivered);
         }
         assert_eq!(names(&root.path().join("u/new")).len(), 1);
@@ -1062,7 +1138,7 @@ mod tests {
         let two = m.unique_name(&key("0ABCDEFGHJK2", &rcpts));
         let never = m.unique_name(&key("0ABCDEFGHJK3", &rcpts));
         for u in [&one, &two] {
-            let out = m.deliver("u", u, "", "u@h", &mut &b"x\r\n"[..], SystemTime::now());
+            let out = m.deliver("u", u, "", "u@h", src(b"x\r\n"), SystemTime::now());
             assert_eq!(out, Outcome::Delivered);
         }
         // A reader took `two` into cur/ and flagged it seen.
@@ -1116,7 +1192,7 @@ mod tests {
             &unique,
             "bob@example.org",
             "alice@example.test",
-            &mut &msg[..],
+            src(msg),
             SystemTime::now(),
         );
         assert_eq!(out, Outcome::Delivered);
@@ -1149,32 +1225,21 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
     }
 
+    /// The copy reads the queued data 64 KiB at a time: a CR LF whose CR ends one read is
+    /// still one line end, a CR CR LF stays CR LF, and a CR at the very end stays.
     #[test]
     fn crlf_split_across_reads_is_still_one_line_end() {
-        struct Trickle<'a>(&'a [u8]);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                if self.0.is_empty() {
-                    return Ok(0);
-                }
-                buf[0] = self.0[0];
-                self.0 = &self.0[1..];
-                Ok(1)
-            }
-        }
         let root = tempfile::tempdir().unwrap();
         let mut m = Maildirs::new(root.path(), "h");
-        let out = m.deliver(
-            "u",
-            UNIQUE,
-            "",
-            "u@h",
-            &mut Trickle(b"a\r\nb\r\r\nc\r"),
-            SystemTime::now(),
-        );
+        let mut data = vec![b'a'; 64 * 1024 - 1];
+        data.extend(b"\r\nb\r\r\nc\r");
+        let out = m.deliver("u", UNIQUE, "", "u@h", src(&data), SystemTime::now());
         assert_eq!(out, Outcome::Delivered);
         let body = fs::read(only_file(&root.path().join("u/new"))).unwrap();
-        assert_eq!(body, b"Return-Path: <>\nDelivered-To: u@h\na\nb\r\nc\r");
+        let mut expected = b"Return-Path: <>\nDelivered-To: u@h\n".to_vec();
+        expected.extend(vec![b'a'; 64 * 1024 - 1]);
+        expected.extend(b"\nb\r\nc\r");
+        assert_eq!(body, expected);
     }
 
     #[test]
@@ -1182,7 +1247,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let mut m = Maildirs::new(&root.path().join("mail"), "h");
         for bad in ["../etc", "a/b", ".hidden", "", "x\0y", "a\nb"] {
-            let out = m.deliver(bad, UNIQUE, "", "x", &mut &b"x\r\n"[..], SystemTime::now());
+            let out = m.deliver(bad, UNIQUE, "", "x", src(b"x\r\n"), SystemTime::now());
             assert!(matches!(out, Outcome::Permanent(_)), "{bad:?}");
         }
         assert!(!root.path().join("mail").exists());
@@ -1206,14 +1271,7 @@ mod tests {
             .set_modified(long_ago)
             .unwrap();
         let mut m = Maildirs::new(root.path(), "h");
-        let out = m.deliver(
-            "u",
-            UNIQUE,
-            "",
-            "u@h",
-            &mut &b"x\r\n"[..],
-            SystemTime::now(),
-        );
+        let out = m.deliver("u", UNIQUE, "", "u@h", src(b"x\r\n"), SystemTime::now());
         assert_eq!(out, Outcome::Delivered);
         assert!(!stale.exists());
         assert!(fresh.exists());
@@ -1223,16 +1281,8 @@ mod tests {
     fn a_maildir_removed_after_a_delivery_is_made_again() {
         let root = tempfile::tempdir().unwrap();
         let mut m = Maildirs::new(root.path(), "h");
-        let deliver = |m: &mut Maildirs| {
-            m.deliver(
-                "u",
-                UNIQUE,
-                "",
-                "u@h",
-                &mut &b"x\r\n"[..],
-                SystemTime::now(),
-            )
-        };
+        let deliver =
+            |m: &mut Maildirs| m.deliver("u", UNIQUE, "", "u@h", src(b"x\r\n"), SystemTime::now());
         assert_eq!(deliver(&mut m), Outcome::Delivered);
         fs::remove_dir_all(root.path().join("u")).unwrap();
         assert_eq!(deliver(&mut m), Outcome::Delivered);
@@ -1251,7 +1301,7 @@ mod tests {
             UNIQUE,
             "",
             "carol@h",
-            &mut &b"x\r\n"[..],
+            src(b"x\r\n"),
             SystemTime::now(),
         );
         assert!(matches!(out, Outcome::Temporary(_)), "{out:?}");
@@ -1268,14 +1318,7 @@ mod tests {
 
     fn deliver_x(m: &mut Maildirs, user: &str) -> Outcome {
         let unique = fresh_unique();
-        m.deliver(
-            user,
-            &unique,
-            "",
-            "x@h",
-            &mut &b"x\r\n"[..],
-            SystemTime::now(),
-        )
+        m.deliver(user, &unique, "", "x@h", src(b"x\r\n"), SystemTime::now())
     }
 
     fn refused(out: Outcome, user: &str, link: &Path) {
@@ -1344,7 +1387,7 @@ mod tests {
                 &fresh_unique(),
                 "",
                 "u@h",
-                &mut &b"x\r\n"[..],
+                src(b"x\r\n"),
                 SystemTime::now(),
             )
             .unwrap();
@@ -1362,28 +1405,25 @@ mod tests {
     }
 
     #[test]
-    fn a_maildir_removed_within_a_batch_is_made_again_for_the_rest_of_it() {
+    fn a_maildir_removed_within_a_batch_fails_it_for_now_and_is_made_again_by_the_next() {
         for mode in [SyncMode::File, SyncMode::Filesystem] {
             let root = tempfile::tempdir().unwrap();
             let mut m = Maildirs::new(root.path(), "h");
             m.set_sync_mode(mode);
             let stage = |m: &mut Maildirs| {
                 let unique = fresh_unique();
-                m.stage(
-                    "u",
-                    &unique,
-                    "",
-                    "u@h",
-                    &mut &b"x\r\n"[..],
-                    SystemTime::now(),
-                )
+                m.stage("u", &unique, "", "u@h", src(b"x\r\n"), SystemTime::now())
             };
             let first = stage(&mut m).unwrap();
             fs::remove_dir_all(root.path().join("u")).unwrap();
             let second = stage(&mut m).unwrap();
+            // Written at the commit, into the directories the batch opened: both fail for
+            // now (the entries are tried again), and the next batch makes the Maildir again.
             let out = m.commit(vec![first, second]);
             assert!(matches!(out[0], Outcome::Temporary(_)), "{out:?}");
-            assert_eq!(out[1], Outcome::Delivered, "{mode:?}");
+            assert!(matches!(out[1], Outcome::Temporary(_)), "{out:?}");
+            let third = stage(&mut m).unwrap();
+            assert_eq!(m.commit(vec![third]), vec![Outcome::Delivered], "{mode:?}");
             assert_eq!(fs::read_dir(root.path().join("u/new")).unwrap().count(), 1);
         }
     }
@@ -1398,7 +1438,7 @@ mod tests {
             &fresh_unique(),
             "",
             &format!("{user}@h"),
-            &mut &b"x\r\n"[..],
+            src(b"x\r\n"),
             SystemTime::now(),
         )
         .unwrap()
@@ -1551,12 +1591,25 @@ mod tests {
             stage_for(&mut m, "v"),
             stage_for(&mut m, "u"),
         ];
+        // Staging writes nothing: the copies are made by the commit, in the executor.
+        let in_tmp = |u: &str| {
+            fs::read_dir(root.path().join(u).join("tmp"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(in_tmp("u") + in_tmp("v"), 0);
         let mut exec = Executor::Inline(Inline::new());
         let mut c = Commit::new(staged);
-        // First turn: every file's data sync, and nothing in new/ yet.
+        // First turn: every file copied and synced, and nothing in new/ yet.
         assert!(!m.commit_pump(&mut c, &mut exec));
         assert!(c.waiting());
         let data = drain(&mut exec);
+        assert!(
+            data.iter()
+                .all(|d| matches!(d.result, Ok(ExecOutcome::Copied { size: 36, wire: 39 }))),
+            "{data:?}"
+        );
+        assert_eq!((in_tmp("u"), in_tmp("v")), (2, 1));
         let kinds = |v: &[Completion]| {
             let mut k: Vec<(u64, u64)> = v
                 .iter()
@@ -1590,6 +1643,13 @@ mod tests {
         assert!(m.commit_pump(&mut c, &mut exec));
         assert_eq!(c.outcomes(), vec![Outcome::Delivered; 3]);
         assert!(m.open.is_empty(), "the batch's directories are let go");
+        // Each copy is named with the sizes the executor reported.
+        let names: Vec<String> = fs::read_dir(root.path().join("u/new"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(",S=36,W=39")), "{names:?}");
+        assert_eq!(in_tmp("u") + in_tmp("v"), 0);
     }
 
     #[test]
@@ -1700,9 +1760,10 @@ mod tests {
         assert!(!crate::mailbox::job::owns(commit_tag(DIR, 3)));
     }
 
-    /// `fsync = filesystem`: one syncfs per filesystem in each stage, in the executor (two
-    /// Maildirs on one filesystem: one for the three files' data, one for both `new/`); a
-    /// failed one fails every file it covered.
+    /// `fsync = filesystem`: the copies are written without a sync of their own, then one
+    /// syncfs per filesystem in each stage, in the executor (two Maildirs on one filesystem:
+    /// one for the three files' data, one for both `new/`); a failed one fails every file it
+    /// covered.
     #[test]
     fn with_fsync_filesystem_one_syncfs_per_filesystem_and_stage_in_the_executor() {
         let root = tempfile::tempdir().unwrap();
@@ -1715,6 +1776,14 @@ mod tests {
         ];
         let mut exec = Executor::Inline(Inline::new());
         let mut c = Commit::new(staged);
+        assert!(!m.commit_pump(&mut c, &mut exec));
+        assert!(c.waiting());
+        let copies = drain(&mut exec);
+        assert_eq!(copies.len(), 3, "three copies");
+        for d in copies {
+            assert!(matches!(d.result, Ok(ExecOutcome::Copied { .. })));
+            c.complete(d.tag, d.result);
+        }
         assert!(!m.commit_pump(&mut c, &mut exec));
         assert!(c.waiting());
         let data = drain(&mut exec);

@@ -4,6 +4,7 @@ use std::io::{self, Read};
 
 use super::engine::{Entry, Linkable, QueueStore};
 use crate::mail::{Envelope, QueueId, SpoolError};
+use crate::maildir::CopySource;
 use crate::spool::{Deferral, QueueEntry, Spool};
 
 pub struct SpoolStore<'a> {
@@ -64,6 +65,13 @@ impl QueueStore for SpoolStore<'_> {
         match &self.last {
             Some(e) if e.id == *id => e.read_data(),
             _ => self.spool.read_entry(id)?.read_data(),
+        }
+    }
+
+    fn copy_source(&mut self, id: &QueueId) -> io::Result<CopySource> {
+        match &self.last {
+            Some(e) if e.id == *id => e.copy_source(),
+            _ => self.spool.read_entry(id)?.copy_source(),
         }
     }
 

@@ -645,7 +645,9 @@ fn names_socket(op: &DiskOp) -> bool {
         | DiskOp::Link {
             from_dir, to_dir, ..
         } => dir_is(from_dir) || dir_is(to_dir),
-        DiskOp::ReadDir { dir, .. } | DiskOp::WireSize { dir, .. } => is(dir),
+        DiskOp::ReadDir { dir, .. }
+        | DiskOp::WireSize { dir, .. }
+        | DiskOp::MaildirCopy { dir, .. } => is(dir),
         DiskOp::VerifyPassword { .. } | DiskOp::Rest => false,
     }
 }
@@ -681,6 +683,22 @@ fn serve(sock: RawFd) -> i32 {
                             paths,
                         }
                     }
+                    (
+                        DiskOp::MaildirCopy {
+                            name,
+                            head,
+                            source,
+                            sync,
+                            ..
+                        },
+                        Some(fd),
+                    ) if req.fd_attached => DiskOp::MaildirCopy {
+                        dir: Handle(fd.as_raw_fd()),
+                        name,
+                        head,
+                        source,
+                        sync,
+                    },
                     // `Executor::submit_own`: the parent's descriptor, passed along.
                     (DiskOp::Fdatasync { .. }, Some(fd)) if req.fd_attached => DiskOp::Fdatasync {
                         file: Handle(fd.as_raw_fd()),

@@ -13,9 +13,9 @@
 //!   tests of callers, never for serving.
 //!
 //! Two kinds of work always go to a helper process, so one exists in every serving mode:
-//! `VerifyPassword` (SHA512-CRYPT is CPU time), `ReadDir` (io_uring has no getdents) and
-//! `WireSize` (a read-and-count loop); for the last two the uring backend passes the
-//! directory's descriptor over the socket with SCM_RIGHTS.
+//! `VerifyPassword` (SHA512-CRYPT is CPU time), `ReadDir` (io_uring has no getdents),
+//! `WireSize` (a read-and-count loop) and `MaildirCopy` (a read-and-write loop); for the last
+//! three the uring backend passes the directory's descriptor over the socket with SCM_RIGHTS.
 //!
 //! Files are named by a `Handle`: a real descriptor on the uring and inline sides, a helper-side
 //! descriptor number on the helper side. Callers never look inside; they get handles from
@@ -49,6 +49,8 @@ mod wire;
 pub(crate) mod tests;
 
 use std::ffi::CString;
+
+use crate::maildir::CopySource;
 use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
@@ -158,6 +160,21 @@ pub enum DiskOp {
     /// A batch, because one file is a few microseconds of work and a round trip to the
     /// helper several times that: 1,000 files one at a time took 22 ms of a POP3 login.
     WireSize { dir: Handle, paths: Vec<CString> },
+    /// A Maildir copy of a queued message (`maildir::write_copy`): `name` created in the open
+    /// directory `dir` (a Maildir's `tmp/`; never through a symlink, never over a file),
+    /// `head` and the data of `source` written into it in the Maildir form, then `fdatasync`
+    /// where `sync`, then closed → `Outcome::Copied`. A copy that fails leaves no file. A
+    /// read-and-write loop: it runs in a helper process on the uring backend too, and `dir`
+    /// is the caller's own descriptor (`Executor::submit_own`), which travels with the
+    /// request. `head` is at most `limits::EXEC_COPY_HEAD_MAX` bytes.
+    MaildirCopy {
+        dir: Handle,
+        name: CString,
+        // (Boxed: the operation stays as small as the others.)
+        head: Box<[u8]>,
+        source: Box<CopySource>,
+        sync: bool,
+    },
     /// Checks `password` against the stored credential (`None`: an unknown user, checked
     /// against a dummy hash in the same time) with `auth::verify` → `Outcome::Verified`.
     /// Always runs in a helper process (the inline backend runs it at submit).
@@ -193,6 +210,11 @@ pub enum Outcome {
     /// `WireSize`: octets as POP sends each file, or why it could not be counted.
     Sizes(Vec<Result<u64, Errno>>),
     Verified(bool),
+    /// `MaildirCopy`: the copy's size on disk and as POP3 sends it (`S=`, `W=`).
+    Copied {
+        size: u64,
+        wire: u64,
+    },
 }
 
 /// An operation's failure: the errno of the failing call. `EPIPE` means the helper process
@@ -390,12 +412,15 @@ impl Executor {
     }
 
     /// Starts `op`, an `Fdatasync`, `Fsync` or `Syncfs` of a descriptor this process owns
-    /// (`Handle::own`), or a `Link` from a path into a directory it owns, not one the executor
+    /// (`Handle::own`), a `Link` from a path into a directory it owns or a `MaildirCopy` into
+    /// one, not one the executor
     /// opened: the helper backend gets a copy of the descriptor with the request (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
     /// operation is refused (`TooLarge`, handed back unchanged).
     pub fn submit_own(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
         let fd = match &op {
             DiskOp::Fdatasync { file } | DiskOp::Fsync { file } | DiskOp::Syncfs { file } => file.0,
+            // A Maildir copy into a `tmp/` the caller owns.
+            DiskOp::MaildirCopy { dir, .. } => dir.0,
             // A link into a directory the caller owns, from a path (the Maildir delivery of a
             // queued file in the Maildir form).
             DiskOp::Link {
@@ -537,6 +562,13 @@ fn check_sizes(op: &DiskOp) -> Result<(), Reject> {
                 && paths
                     .iter()
                     .all(|p| p.as_bytes().len() <= crate::limits::FILE_NAME_MAX)
+        }
+        DiskOp::MaildirCopy {
+            name, head, source, ..
+        } => {
+            name.as_bytes().len() <= crate::limits::FILE_NAME_MAX
+                && path_ok(&source.path)
+                && head.len() <= crate::limits::EXEC_COPY_HEAD_MAX
         }
         DiskOp::Rename { from, to, .. }
         | DiskOp::RenameNoReplace { from, to, .. }

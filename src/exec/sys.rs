@@ -96,6 +96,24 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
                     .collect(),
             ))
         }
+        DiskOp::MaildirCopy {
+            dir,
+            name,
+            head,
+            source,
+            sync,
+        } => {
+            let to_errno = |e: std::io::Error| Errno(e.raw_os_error().unwrap_or(libc::EIO));
+            let (file, size, wire) =
+                crate::maildir::write_copy(dir.0, &name, &head, &source).map_err(to_errno)?;
+            if sync && let Err(e) = file.sync_data() {
+                drop(file);
+                // SAFETY: a NUL-terminated name alive for the call; the file just made.
+                unsafe { libc::unlinkat(dir.0, name.as_ptr(), 0) };
+                return Err(to_errno(e));
+            }
+            Ok(Outcome::Copied { size, wire })
+        }
         DiskOp::VerifyPassword { hash, password } => {
             Ok(Outcome::Verified(auth::verify(hash.as_ref(), &password)))
         }

@@ -886,6 +886,122 @@ fn a_link_into_a_reactor_directory_is_made_on_every_backend() {
     }
 }
 
+/// `submit_own` with a `MaildirCopy` (a Maildir copy of a queued message, into a `tmp/` the
+/// reactor owns), on every backend: CRLF data becomes LF after the trace lines, the sizes are
+/// those of the file (`S=`) and as POP3 sends it (`W=`), a source already in the Maildir form
+/// is copied as it is, a name taken is EEXIST (the file there untouched), a symlink in its
+/// place is never written through, and a copy that fails leaves no file.
+#[test]
+fn a_maildir_copy_is_made_into_a_reactor_directory_on_every_backend() {
+    use crate::maildir::CopySource;
+    let tmp = tempfile::tempdir().unwrap();
+    // Data after a 5-byte envelope; a CRLF split across the copy's 64 KiB chunks; a bare LF.
+    let mut crlf = b"ENVL\n".to_vec();
+    crlf.extend(b"Subject: s\r\n\r\n");
+    crlf.resize(5 + 64 * 1024 - 1, b'x');
+    crlf.extend(b"\r\nbare\nend\r\n");
+    let queued = tmp.path().join("queued");
+    std::fs::write(&queued, &crlf).unwrap();
+    let lf_form = tmp.path().join("lf-form");
+    std::fs::write(&lf_form, b"Return-Path: <>\nDelivered-To: u@h\nbody\n").unwrap();
+    let source = |p: &std::path::Path, offset: u64, len: u64, lf_form: bool| CopySource {
+        path: CString::new(p.as_os_str().as_encoded_bytes()).unwrap(),
+        offset,
+        len,
+        lf_form,
+    };
+    let head = b"Return-Path: <a@b>\nDelivered-To: c@d\n".to_vec();
+    let mut expected = head.clone();
+    expected.extend(b"Subject: s\n\n");
+    // (The data's x run: what is left of 64 KiB - 1 after the 14 octets of its first lines.)
+    expected.resize(head.len() + 12 + (64 * 1024 - 1 - 14), b'x');
+    expected.extend(b"\nbare\nend\n");
+    // Every LF of the expected copy is sent as CRLF by POP3.
+    let lfs = expected.iter().filter(|&&b| b == b'\n').count() as u64;
+    let mut backends = vec![("inline", inline()), ("helper", helper())];
+    backends.extend(uring().map(|u| ("uring", u)));
+    for (name, exec) in backends {
+        let dir_path = tmp.path().join(format!("tmp-{name}"));
+        std::fs::create_dir(&dir_path).unwrap();
+        std::fs::write(dir_path.join("taken"), b"old").unwrap();
+        symlink(tmp.path().join("elsewhere"), dir_path.join("link")).unwrap();
+        let dir = std::fs::File::open(&dir_path).unwrap();
+        let mut d = Driver::new(exec);
+        let copy = |to: &str, source: CopySource, head: &[u8], sync: bool| DiskOp::MaildirCopy {
+            dir: Handle::own(&dir),
+            name: c(to),
+            head: head.into(),
+            source: Box::new(source),
+            sync,
+        };
+        let whole = crlf.len() as u64 - 5;
+        d.exec
+            .submit_own(1, copy("a", source(&queued, 5, whole, false), &head, true))
+            .unwrap();
+        d.exec
+            .submit_own(2, copy("b", source(&lf_form, 0, 1 << 20, true), b"", false))
+            .unwrap();
+        d.exec
+            .submit_own(
+                3,
+                copy("taken", source(&queued, 5, whole, false), &head, true),
+            )
+            .unwrap();
+        d.exec
+            .submit_own(
+                4,
+                copy("link", source(&queued, 5, whole, false), &head, true),
+            )
+            .unwrap();
+        d.exec
+            .submit_own(
+                5,
+                copy(
+                    "c",
+                    source(&tmp.path().join("gone"), 0, 9, false),
+                    &head,
+                    true,
+                ),
+            )
+            .unwrap();
+        let got = d.wait_sorted(5);
+        let len = expected.len() as u64;
+        assert_eq!(
+            got,
+            vec![
+                (
+                    1,
+                    Ok(Outcome::Copied {
+                        size: len,
+                        wire: len + lfs
+                    })
+                ),
+                (2, Ok(Outcome::Copied { size: 39, wire: 42 })),
+                (3, Err(Errno(libc::EEXIST))),
+                (4, Err(Errno(libc::EEXIST))),
+                (5, Err(Errno(libc::ENOENT))),
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            std::fs::read(dir_path.join("a")).unwrap(),
+            expected,
+            "{name}"
+        );
+        assert_eq!(
+            std::fs::read(dir_path.join("b")).unwrap(),
+            std::fs::read(&lf_form).unwrap(),
+            "{name}"
+        );
+        assert_eq!(std::fs::read(dir_path.join("taken")).unwrap(), b"old");
+        assert!(!tmp.path().join("elsewhere").exists(), "{name}");
+        assert!(
+            !dir_path.join("c").exists(),
+            "{name}: a failed copy leaves no file"
+        );
+    }
+}
+
 /// The rest's completion is dropped by the reactor: no job that reads completions may take
 /// its tag for one of its own (the file preparation once used the same bit).
 #[test]

@@ -8,9 +8,10 @@
 //! when io_uring_setup is refused (`kernel.io_uring_disabled`, a seccomp profile, an old
 //! kernel) or the probe finds an opcode used here missing.
 //!
-//! `ReadDir` (io_uring has no getdents), `WireSize` (a read-and-count loop) and
-//! `VerifyPassword` (CPU work) go to the helper process this backend also holds; the directory
-//! descriptor of a `ReadDir` or `WireSize` travels with its frame.
+//! `ReadDir` (io_uring has no getdents), `WireSize` (a read-and-count loop), `MaildirCopy` (a
+//! read-and-write loop) and `VerifyPassword` (CPU work) go to the helper process this backend
+//! also holds; the directory descriptor of a `ReadDir`, `WireSize` or `MaildirCopy` travels
+//! with its frame.
 //!
 //! The reactor's poll may return EINTR while operations are in flight (the kernel runs
 //! io_uring's task work for this thread by interrupting its wait, as a signal would); the
@@ -171,6 +172,7 @@ impl Uring {
         match op {
             DiskOp::ReadDir { dir, .. }
             | DiskOp::WireSize { dir, .. }
+            | DiskOp::MaildirCopy { dir, .. }
             | DiskOp::Syncfs { file: dir } => {
                 return self.helper.submit_with_fd(tag, op, Some(dir.0));
             }
@@ -377,6 +379,7 @@ fn entry(op: &DiskOp, done: usize) -> Option<squeue::Entry> {
         DiskOp::Close { file } => opcode::Close::new(types::Fd(file.0)).build(),
         DiskOp::ReadDir { .. }
         | DiskOp::WireSize { .. }
+        | DiskOp::MaildirCopy { .. }
         | DiskOp::Syncfs { .. }
         | DiskOp::VerifyPassword { .. }
         | DiskOp::Rest => {

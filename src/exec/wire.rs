@@ -7,12 +7,13 @@
 //! Requests: paths are `u16` length + bytes (no NUL), a write's data `u32` length + bytes,
 //! handles `i32` (`AT_FDCWD` for "no directory"). Replies: an errno, `Done`, a handle, `Written`
 //! (the parent kept its buffer, so no data comes back), a batch of names (a `d_type` byte and
-//! a `u8` length each), a size, or a verdict.
+//! a `u8` length each), sizes, a copy's two sizes, or a verdict.
 
 use std::ffi::CString;
 
 use super::{DiskOp, Errno, Handle, Outcome, dir_fd};
 use crate::auth::Credential;
+use crate::maildir::CopySource;
 
 const OPEN: u8 = 1;
 const WRITE: u8 = 2;
@@ -29,6 +30,7 @@ const RENAME_NOREPLACE: u8 = 12;
 const WIRE_SIZE: u8 = 13;
 const REST: u8 = 14;
 const SYNCFS: u8 = 15;
+const MAILDIR_COPY: u8 = 16;
 
 const R_ERR: u8 = 0;
 const R_DONE: u8 = 1;
@@ -37,6 +39,7 @@ const R_WRITTEN: u8 = 3;
 const R_NAMES: u8 = 4;
 const R_VERIFIED: u8 = 5;
 const R_SIZES: u8 = 6;
+const R_COPIED: u8 = 7;
 
 struct Out(Vec<u8>);
 
@@ -133,7 +136,8 @@ fn open_frame(msg: &[u8]) -> Option<(u64, u8, In<'_>)> {
     Some((seq, kind, r))
 }
 
-/// Encodes a request. For a `ReadDir`, `WireSize`, `Fdatasync` or `Fsync` whose descriptor travels with the frame (SCM_RIGHTS),
+/// Encodes a request. For a `ReadDir`, `WireSize`, `MaildirCopy`, `Fdatasync` or `Fsync` whose
+/// descriptor travels with the frame (SCM_RIGHTS),
 /// `fd_attached` is true and the helper uses the descriptor it receives instead.
 pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8> {
     match op {
@@ -239,6 +243,25 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             for p in paths {
                 o.bytes16(p.as_bytes());
             }
+            o.finish()
+        }
+        DiskOp::MaildirCopy {
+            dir,
+            name,
+            head,
+            source,
+            sync,
+        } => {
+            let mut o = Out::new(seq, MAILDIR_COPY);
+            o.i32(dir.0);
+            o.u8(u8::from(fd_attached));
+            o.bytes16(name.as_bytes());
+            o.bytes16(head);
+            o.bytes16(source.path.as_bytes());
+            o.u64(source.offset);
+            o.u64(source.len);
+            o.u8(u8::from(source.lf_form));
+            o.u8(u8::from(*sync));
             o.finish()
         }
         DiskOp::VerifyPassword { hash, password } => {
@@ -372,6 +395,29 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
                 }
                 DiskOp::WireSize { dir, paths }
             }
+            MAILDIR_COPY => {
+                let dir = Handle(r.i32()?);
+                fd_attached = r.u8()? != 0;
+                let name = r.path()?;
+                let head = r.bytes16()?.into();
+                let path = r.path()?;
+                let offset = r.u64()?;
+                let len = r.u64()?;
+                let lf_form = r.u8()? != 0;
+                let sync = r.u8()? != 0;
+                DiskOp::MaildirCopy {
+                    dir,
+                    name,
+                    head,
+                    source: Box::new(CopySource {
+                        path,
+                        offset,
+                        len,
+                        lf_form,
+                    }),
+                    sync,
+                }
+            }
             VERIFY => {
                 let hash = match r.u8()? {
                     0 => None,
@@ -446,6 +492,12 @@ pub(super) fn encode_reply(seq: u64, result: &Result<Outcome, Errno>) -> Vec<u8>
             }
             o.finish()
         }
+        Ok(Outcome::Copied { size, wire }) => {
+            let mut o = Out::new(seq, R_COPIED);
+            o.u64(*size);
+            o.u64(*wire);
+            o.finish()
+        }
         Ok(Outcome::Verified(ok)) => {
             let mut o = Out::new(seq, R_VERIFIED);
             o.u8(u8::from(*ok));
@@ -496,6 +548,10 @@ pub(super) fn decode_reply(msg: &[u8]) -> Option<(u64, Result<Outcome, Errno>)> 
             Ok(Outcome::Sizes(sizes))
         }
         R_VERIFIED => Ok(Outcome::Verified(r.u8()? != 0)),
+        R_COPIED => Ok(Outcome::Copied {
+            size: r.u64()?,
+            wire: r.u64()?,
+        }),
         _ => return None,
     };
     if !r.0.is_empty() {

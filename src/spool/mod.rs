@@ -351,6 +351,19 @@ impl QueueEntry {
         Ok(Some((size, size + extra)))
     }
 
+    /// Where a Maildir copy of the data is read from (`maildir::write_copy`, in the disk
+    /// executor): the message file from the data's first byte, in the file's form.
+    pub fn copy_source(&self) -> io::Result<crate::maildir::CopySource> {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(crate::maildir::CopySource {
+            path: std::ffi::CString::new(self.path.as_os_str().as_bytes())
+                .map_err(|_| bad("a NUL in the spool's path"))?,
+            offset: self.data_offset,
+            len: self.data_len,
+            lf_form: self.is_maildir_form(),
+        })
+    }
+
     /// The message file. The data starts at `data_offset()`, after the envelope header.
     pub fn data_path(&self) -> &Path {
         &self.path

@@ -98,6 +98,29 @@ impl QueueStore for FakeQueue {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         Ok(Box::new(io::Cursor::new(e.data.clone())))
     }
+    /// The entry's data written to a file of its own (outside every Maildir root), as the
+    /// spool keeps it: the copy is read from a file.
+    fn copy_source(&mut self, id: &QueueId) -> io::Result<CopySource> {
+        use std::os::unix::ffi::OsStrExt;
+        let e = self
+            .entries
+            .get(id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let dir = std::env::temp_dir().join(format!("postling-fakeq-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        // (Tests run in parallel, each queue numbering its entries from 1.)
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{}-{n}", id.0));
+        fs::write(&path, &e.data)?;
+        Ok(CopySource {
+            path: std::ffi::CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            offset: 0,
+            len: e.data.len() as u64,
+            lf_form: false,
+        })
+    }
     fn record_attempt(
         &mut self,
         id: &QueueId,

@@ -51,6 +51,30 @@ fn frames_round_trip_and_refuse_lies() {
             dir: Handle(6),
             paths: vec![],
         },
+        DiskOp::MaildirCopy {
+            dir: Handle(7),
+            name: c("1.M2P3Q4.h"),
+            head: b"Return-Path: <a@b>\nDelivered-To: c@d\n"[..].into(),
+            source: Box::new(crate::maildir::CopySource {
+                path: c("/spool/queue/X"),
+                offset: 1 << 33,
+                len: u64::MAX,
+                lf_form: true,
+            }),
+            sync: false,
+        },
+        DiskOp::MaildirCopy {
+            dir: Handle(7),
+            name: c("n"),
+            head: vec![b'h'; limits::EXEC_COPY_HEAD_MAX].into(),
+            source: Box::new(crate::maildir::CopySource {
+                path: c(&"p".repeat(limits::EXEC_PATH_MAX - 1)),
+                offset: 0,
+                len: 0,
+                lf_form: false,
+            }),
+            sync: true,
+        },
         DiskOp::Link {
             from_dir: None,
             from: c("a"),
@@ -125,6 +149,10 @@ fn frames_round_trip_and_refuse_lies() {
         ])),
         Ok(Outcome::Sizes(vec![])),
         Ok(Outcome::Verified(true)),
+        Ok(Outcome::Copied {
+            size: 1 << 40,
+            wire: u64::MAX,
+        }),
     ];
     for r in replies {
         let frame = wire::encode_reply(3, &r);
