@@ -614,7 +614,15 @@ impl Services {
         let mut out = Vec::new();
         let committed = self.spool.commit_work(deadline, exec);
         let at = Instant::now();
+        let wall = SystemTime::now();
         for (ticket, r) in committed {
+            if crate::deliver::engine::owns_ticket(ticket) {
+                // A bounce or delay warning: its entry's settling goes on.
+                let mut store = SpoolStore::with_group_commit(&mut self.spool);
+                self.engine
+                    .notice_committed(ticket, r, &mut store, at, wall);
+                continue;
+            }
             let line = self.queued_lines.remove(&ticket);
             if let Ok(id) = &r {
                 if let Some(line) = line {
@@ -651,7 +659,7 @@ impl Services {
             return;
         }
         self.directory_fresh();
-        let mut store = SpoolStore::new(&mut self.spool);
+        let mut store = SpoolStore::with_group_commit(&mut self.spool);
         self.engine.work(
             limits::DELIVERIES_PER_TURN,
             &mut store,
@@ -708,7 +716,7 @@ impl Services {
                             note: None,
                         })
                         .collect();
-                    let mut store = SpoolStore::new(&mut self.spool);
+                    let mut store = SpoolStore::with_group_commit(&mut self.spool);
                     self.engine
                         .remote_done(&job.id, outcomes, &mut store, now, wall);
                 }
@@ -721,7 +729,7 @@ impl Services {
             return;
         }
         let until = Instant::now() + limits::WORK_SLICE;
-        let mut store = SpoolStore::new(&mut self.spool);
+        let mut store = SpoolStore::with_group_commit(&mut self.spool);
         while let Some((id, outcomes)) = self.remote_results.pop_front() {
             self.engine
                 .remote_done(&id, outcomes, &mut store, now, wall);
@@ -763,10 +771,18 @@ impl Services {
     /// delivered again after the restart).
     pub fn finish_in_flight(&mut self, exec: Option<&mut Executor>) {
         let mut exec = exec;
-        self.spool.commit_flush_with(exec.as_deref_mut());
+        let committed = self.spool.commit_flush_with(exec.as_deref_mut());
+        // From here every notice is committed before `enqueue` returns.
         let mut store = SpoolStore::new(&mut self.spool);
-        // Remote outcomes not yet settled: what a remote server took must be recorded.
         let (now, wall) = (Instant::now(), SystemTime::now());
+        // Notices that were in the group commit: their entries' settling goes on.
+        for (ticket, r) in committed {
+            if crate::deliver::engine::owns_ticket(ticket) {
+                self.engine
+                    .notice_committed(ticket, r, &mut store, now, wall);
+            }
+        }
+        // Remote outcomes not yet settled: what a remote server took must be recorded.
         while let Some((id, outcomes)) = self.remote_results.pop_front() {
             self.engine
                 .remote_done(&id, outcomes, &mut store, now, wall);
@@ -794,6 +810,7 @@ impl Services {
     pub fn at_rest(&self, now: Instant) -> bool {
         self.outbound.as_ref().is_none_or(|o| o.idle())
             && self.engine.parked_len() == 0
+            && self.engine.notices_len() == 0
             && !self.spool.commit_pending()
             && !self.spool.preparing()
             && !self.pickup_pending()

@@ -72,8 +72,33 @@ pub trait QueueStore {
         info!("{line}");
     }
     fn remove(&mut self, id: &QueueId) -> io::Result<()>;
-    /// Queue a new message (a bounce) and make it durable before returning its id.
-    fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError>;
+    /// Queues a new message (a bounce or a delay warning): durable before this returns
+    /// (`Enqueued::Durable`), or handed to the spool's group commit under `ticket`, whose
+    /// outcome comes back through `Engine::notice_committed` (`Enqueued::Committing`).
+    fn enqueue(
+        &mut self,
+        envelope: &Envelope,
+        data: &[u8],
+        ticket: usize,
+    ) -> Result<Enqueued, SpoolError>;
+}
+
+/// Where a queued notice stands when `QueueStore::enqueue` returns.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// On disk, with this id.
+    Durable(QueueId),
+    /// In the group commit, as this id: durable (or failed) once its ticket comes back.
+    Committing(QueueId),
+}
+
+/// Set in the commit ticket of every notice the engine queues (`QueueStore::enqueue`), so the
+/// group commit's outcomes are told from the SMTP sessions' (which count up from 1).
+pub const NOTICE_TICKET_BIT: usize = 1 << (usize::BITS - 1);
+
+/// Is this group-commit ticket one of the engine's notices?
+pub fn owns_ticket(ticket: usize) -> bool {
+    ticket & NOTICE_TICKET_BIT != 0
 }
 
 pub struct DeliveryPolicy {
@@ -194,6 +219,37 @@ pub struct Engine {
     remote_jobs: Vec<RemoteJob>,
     /// Parked entries an administrator removed: their outbound work must stop.
     cancelled: Vec<QueueId>,
+    /// Entries whose settling waits for a notice to the sender (a bounce, a delay warning) to
+    /// be committed, by the notice's ticket: never staged again until settled.
+    notices: HashMap<usize, Settlement>,
+    next_notice: usize,
+}
+
+/// An entry's attempt being settled (`Engine::settle`): its outcomes, what follows from them,
+/// and how far settling got. Kept while a notice to its sender is being committed.
+struct Settlement {
+    /// Every target resolved (`Target::Done`).
+    attempt: Attempt,
+    delivered: Vec<usize>,
+    failed: Vec<(usize, String)>,
+    /// The last temporary reason, for the deferral.
+    temporary: Option<String>,
+    /// The reason of each recipient that stays pending (`postling -q`, the delay warning).
+    rcpt_errors: Vec<(usize, String)>,
+    bounce: Option<QueueId>,
+    /// The notice being committed: a bounce (the failures are logged and recorded once it is
+    /// durable) or the delay warning (the deferral is recorded once it is durable).
+    waiting_for: Notice,
+    /// The record being made (deferral stage): what is done, and when the warning went.
+    record: Option<Recorded>,
+    /// The size of the notice being committed, for the log.
+    notice_size: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Notice {
+    Bounce,
+    DelayWarning,
 }
 
 /// Recipients of an entry that are done: delivered, and failed with the reason; and when its
@@ -273,6 +329,70 @@ impl Engine {
             parked: HashMap::new(),
             remote_jobs: Vec::new(),
             cancelled: Vec::new(),
+            notices: HashMap::new(),
+            next_notice: 0,
+        }
+    }
+
+    /// A ticket for a notice's commit (`QueueStore::enqueue`).
+    fn notice_ticket(&mut self) -> usize {
+        self.next_notice = self.next_notice.wrapping_add(1) & !NOTICE_TICKET_BIT;
+        self.next_notice | NOTICE_TICKET_BIT
+    }
+
+    /// Is an entry's settling waiting for a notice to its sender to be committed?
+    pub fn awaits_notice(&self, id: &QueueId) -> bool {
+        self.notices.values().any(|s| s.attempt.id == *id)
+    }
+
+    /// Notices being committed.
+    pub fn notices_len(&self) -> usize {
+        self.notices.len()
+    }
+
+    /// The group commit's outcome for a notice (`owns_ticket`): settling its entry goes on.
+    pub fn notice_committed(
+        &mut self,
+        ticket: usize,
+        result: Result<QueueId, SpoolError>,
+        store: &mut dyn QueueStore,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let Some(mut s) = self.notices.remove(&ticket) else {
+            // Its entry was removed meanwhile (`forget`): the notice still goes out.
+            if let Ok(new_id) = result {
+                self.schedule.due_now(new_id);
+            }
+            return;
+        };
+        let id = s.attempt.id.clone();
+        match (s.waiting_for, result) {
+            (Notice::Bounce, Ok(new_id)) => {
+                self.bounce_queued(&new_id, s.notice_size);
+                s.bounce = Some(new_id);
+                self.settle_outcomes(s, store, now, wall);
+            }
+            (Notice::Bounce, Err(e)) => {
+                s.bounce = None;
+                s.bounce_not_queued(&id, &e);
+                self.settle_outcomes(s, store, now, wall);
+            }
+            (Notice::DelayWarning, r) => {
+                let mut record = s.record.take().unwrap_or_default();
+                record.delay_warned = match r {
+                    Ok(new_id) => {
+                        let env = &s.attempt.entry.envelope;
+                        self.delay_warning_queued(&id, env, &new_id, s.notice_size, wall);
+                        Some(wall)
+                    }
+                    Err(e) => {
+                        warn!("{id}: cannot queue the delay warning: {e:?}; will retry");
+                        None
+                    }
+                };
+                self.settle_deferral(s, record, store, now, wall);
+            }
         }
     }
 
@@ -360,7 +480,7 @@ impl Engine {
 
     /// Makes a queued entry due now (`postling queue flush ID`); a held one stays held.
     pub fn flush_one(&mut self, id: QueueId) {
-        if self.held.contains_key(&id) || self.parked.contains_key(&id) {
+        if self.held.contains_key(&id) || self.parked.contains_key(&id) || self.awaits_notice(&id) {
             return;
         }
         self.schedule.remove(&id);
@@ -372,6 +492,8 @@ impl Engine {
         if self.parked.remove(id).is_some() {
             self.cancelled.push(id.clone());
         }
+        // A notice being committed still goes out; the entry is not settled any further.
+        self.notices.retain(|_, s| s.attempt.id != *id);
         self.schedule.remove(id);
         self.held.remove(id);
         self.unrecorded.remove(id);
@@ -388,7 +510,8 @@ impl Engine {
     /// fails with `5.0.0 returned by the administrator`, a delivery status notification is
     /// queued for the sender (none for the null sender), and the entry is removed. Returns
     /// how many recipients were returned. NotFound if the entry does not exist. Call between
-    /// batches.
+    /// batches, with a store whose notices are durable when queued (`SpoolStore::immediate`):
+    /// the entry is removed right after.
     pub fn return_to_sender(
         &mut self,
         id: &QueueId,
@@ -411,8 +534,18 @@ impl Engine {
         } else if env.sender.is_empty() {
             info!("{id}: returned by postling queue bounce; no bounce for the null sender");
         } else {
-            match self.bounce(id, env, &failed, store, wall) {
-                Ok(new_id) => bounce_id = Some(new_id),
+            let ticket = self.notice_ticket();
+            match self.bounce(id, env, &failed, store, wall, ticket) {
+                Ok((Enqueued::Durable(new_id), size)) => {
+                    self.bounce_queued(&new_id, size);
+                    bounce_id = Some(new_id);
+                }
+                Ok((Enqueued::Committing(new_id), _)) => {
+                    return Err(io::Error::other(format!(
+                        "{new_id}: the bounce is not durable yet (a store that commits notices \
+                         in the group commit)"
+                    )));
+                }
                 Err(e) => {
                     return Err(io::Error::other(format!("cannot queue the bounce: {e:?}")));
                 }
@@ -670,9 +803,9 @@ impl Engine {
             // Held since it was scheduled: it waits for `release`, out of the schedule.
             return None;
         }
-        if self.parked.contains_key(&id) {
-            // Its remote part is still out (`queue flush` of every entry): it is settled,
-            // and rescheduled, when that ends.
+        if self.parked.contains_key(&id) || self.awaits_notice(&id) {
+            // Its remote part is still out, or a notice to its sender is being committed
+            // (`queue flush` of every entry): it is settled, and rescheduled, when that ends.
             return None;
         }
         match store.load(&id) {
@@ -816,15 +949,7 @@ impl Engine {
     /// Hands an entry's remote addresses to outbound delivery once its local copies are
     /// committed; it is settled by `remote_done`.
     fn park(&mut self, mut attempt: Attempt, committed: &[Outcome]) {
-        for (_, targets) in &mut attempt.rcpts {
-            for t in targets.iter_mut() {
-                if let Target::Staged(i) = *t {
-                    *t = Target::Done(committed.get(i).cloned().unwrap_or_else(|| {
-                        Outcome::Temporary("the Maildir commit reported nothing".into())
-                    }));
-                }
-            }
-        }
+        resolve_staged(&mut attempt, committed);
         let env = &attempt.entry.envelope;
         self.remote_jobs.push(RemoteJob {
             id: attempt.id.clone(),
@@ -836,34 +961,32 @@ impl Engine {
         self.parked.insert(attempt.id.clone(), Parked { attempt });
     }
 
-    /// Decides what happens to one entry once its Maildir files are committed.
+    /// Decides what happens to one entry once its Maildir files are committed: the outcome
+    /// of each recipient, then (`settle_outcomes`) the bounce for those that failed, the log,
+    /// and the removal or the deferral record (`settle_deferral`). A notice to the sender
+    /// that the spool commits in its group commit (`Enqueued::Committing`) holds the rest
+    /// until it is durable (`notice_committed`): the failures are recorded only once their
+    /// bounce is safe, and a deferral only once its delay warning is.
     fn settle(
         &mut self,
-        attempt: Attempt,
+        mut attempt: Attempt,
         outcomes: &[Outcome],
         store: &mut dyn QueueStore,
         now: Instant,
         wall: SystemTime,
     ) {
-        let Attempt {
-            id,
-            entry,
-            rcpts,
-            finals,
-            remote: _,
-        } = attempt;
-        self.settled(&id);
-        let env = &entry.envelope;
+        resolve_staged(&mut attempt, outcomes);
+        self.settled(&attempt.id);
+        let env = &attempt.entry.envelope;
         let expired =
             wall.duration_since(env.arrival).unwrap_or_default() >= self.policy.queue_lifetime;
         let mut delivered = Vec::new();
         let mut failed: Vec<(usize, String)> = Vec::new();
         let mut temporary: Option<String> = None;
-        // The reason of each recipient that stays pending (`postling -q`, the delay warning).
         let mut rcpt_errors: Vec<(usize, String)> = Vec::new();
-        for (idx, targets) in &rcpts {
+        for (idx, targets) in &attempt.rcpts {
             let rcpt = env.recipients.get(*idx).map_or("", String::as_str);
-            match combine(targets, outcomes) {
+            match combine(targets, &[]) {
                 Outcome::Delivered => delivered.push(*idx),
                 Outcome::Permanent(r) => failed.push((*idx, r)),
                 Outcome::Temporary(r) if expired => failed.push((
@@ -879,41 +1002,75 @@ impl Engine {
                 }
             }
         }
-
-        let mut bounce_id = None;
-        if !failed.is_empty() {
-            if env.sender.is_empty() {
+        let mut s = Settlement {
+            attempt,
+            delivered,
+            failed,
+            temporary,
+            rcpt_errors,
+            bounce: None,
+            waiting_for: Notice::Bounce,
+            record: None,
+            notice_size: 0,
+        };
+        if !s.failed.is_empty() {
+            let id = s.attempt.id.clone();
+            if s.attempt.entry.envelope.sender.is_empty() {
                 info!(
                     "{id}: {} recipient(s) failed; no bounce for the null sender",
-                    failed.len()
+                    s.failed.len()
                 );
             } else {
-                match self.bounce(&id, env, &failed, store, wall) {
-                    Ok(new_id) => bounce_id = Some(new_id),
-                    Err(e) => {
-                        // Keep the failed recipients pending so the bounce is not lost; retry
-                        // later.
-                        warn!("{id}: cannot queue the bounce: {e:?}; will retry");
-                        temporary.get_or_insert_with(|| format!("cannot queue bounce: {e:?}"));
-                        let why = format!("its bounce cannot be queued: {e:?}");
-                        rcpt_errors.extend(failed.iter().map(|(i, _)| (*i, why.clone())));
-                        failed.clear();
+                let env = s.attempt.entry.envelope.clone();
+                let ticket = self.notice_ticket();
+                match self.bounce(&id, &env, &s.failed, store, wall, ticket) {
+                    Ok((Enqueued::Durable(new_id), size)) => {
+                        self.bounce_queued(&new_id, size);
+                        s.bounce = Some(new_id);
                     }
+                    Ok((Enqueued::Committing(new_id), size)) => {
+                        s.bounce = Some(new_id);
+                        s.notice_size = size;
+                        self.await_notice(s, Notice::Bounce, ticket);
+                        return;
+                    }
+                    Err(e) => s.bounce_not_queued(&id, &e),
                 }
             }
         }
+        self.settle_outcomes(s, store, now, wall);
+    }
+
+    /// Holds `s` until its notice's commit comes back under `ticket` (`notice_committed`).
+    fn await_notice(&mut self, mut s: Settlement, notice: Notice, ticket: usize) {
+        s.waiting_for = notice;
+        self.notices.insert(ticket, s);
+    }
+
+    /// With the bounce queued (or not): logs each copy's outcome, then removes the entry if
+    /// every recipient is done, else goes on to its deferral (`settle_deferral`), queueing
+    /// the delay warning first if it is due.
+    fn settle_outcomes(
+        &mut self,
+        mut s: Settlement,
+        store: &mut dyn QueueStore,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let id = s.attempt.id.clone();
+        let env = &s.attempt.entry.envelope;
         let delay = wall.duration_since(env.arrival).unwrap_or_default();
-        for ((idx, targets), labels) in rcpts.iter().zip(&finals) {
+        for ((idx, targets), labels) in s.attempt.rcpts.iter().zip(&s.attempt.finals) {
             let orig = env.recipients.get(*idx).map_or("", String::as_str);
-            let bounced = failed
+            let bounced = s
+                .failed
                 .iter()
                 .find(|(f, _)| f == idx)
                 .map(|(_, r)| r.as_str());
             for (target, fin) in targets.iter().zip(labels) {
                 let outcome = match target {
                     Target::Done(o) => Some(o),
-                    Target::Staged(i) => outcomes.get(*i),
-                    Target::Remote(_) => None,
+                    Target::Staged(_) | Target::Remote(_) => None,
                 };
                 let (status, reason) = match (outcome, bounced) {
                     (Some(Outcome::Delivered), _) => (
@@ -938,10 +1095,10 @@ impl Engine {
                 }));
             }
         }
-        if let Some(new_id) = &bounce_id {
+        if let Some(new_id) = &s.bounce {
             events::log(&events::bounce_notice(&id.0, &new_id.0));
         }
-        if delivered.len() + failed.len() == entry.pending.len() {
+        if s.delivered.len() + s.failed.len() == s.attempt.entry.pending.len() {
             self.unrecorded.remove(&id);
             match crate::turnstat::timed("deliver.settle.remove", || store.remove(&id)) {
                 Ok(()) => events::log(&events::removed(&id.0)),
@@ -949,28 +1106,56 @@ impl Engine {
             }
             return;
         }
-        let attempts = entry.attempts + 1;
-        let delay = backoff(attempts, self.policy.retry_min, self.policy.retry_max);
-        let reason = temporary.unwrap_or_else(|| "temporary failure".into());
-        let mut done = self.unrecorded.remove(&id).unwrap_or_default();
-        done.delivered.extend(delivered);
-        done.failed.extend(failed);
-        if !entry.delay_warned && done.delay_warned.is_none() {
+        let mut record = self.unrecorded.remove(&id).unwrap_or_default();
+        record.delivered.extend(std::mem::take(&mut s.delivered));
+        record.failed.extend(std::mem::take(&mut s.failed));
+        if !s.attempt.entry.delay_warned && record.delay_warned.is_none() {
             // Queued before it is recorded (see `delay_warning`).
-            done.delay_warned = self.delay_warning(&id, env, &rcpt_errors, store, wall);
+            let ticket = self.notice_ticket();
+            let env = s.attempt.entry.envelope.clone();
+            match self.delay_warning(&id, &env, &s.rcpt_errors, store, wall, ticket) {
+                Some((Enqueued::Durable(new_id), size)) => {
+                    self.delay_warning_queued(&id, &env, &new_id, size, wall);
+                    record.delay_warned = Some(wall);
+                }
+                Some((Enqueued::Committing(_), size)) => {
+                    s.record = Some(record);
+                    s.notice_size = size;
+                    self.await_notice(s, Notice::DelayWarning, ticket);
+                    return;
+                }
+                None => {}
+            }
         }
+        self.settle_deferral(s, record, store, now, wall);
+    }
+
+    /// Records the attempt of an entry with recipients still pending (`record`: what is done
+    /// now and before) and schedules its next attempt.
+    fn settle_deferral(
+        &mut self,
+        s: Settlement,
+        record: Recorded,
+        store: &mut dyn QueueStore,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let id = s.attempt.id;
+        let attempts = s.attempt.entry.attempts + 1;
+        let delay = backoff(attempts, self.policy.retry_min, self.policy.retry_max);
+        let reason = s.temporary.unwrap_or_else(|| "temporary failure".into());
         let deferral = Deferral {
             attempts,
             last_error: &reason,
             next_attempt: wall + delay,
-            rcpt_errors: &rcpt_errors,
-            delay_warned: done.delay_warned,
+            rcpt_errors: &s.rcpt_errors,
+            delay_warned: record.delay_warned,
         };
-        if let Err(e) = store.record_attempt(&id, &done.delivered, &done.failed, &deferral) {
+        if let Err(e) = store.record_attempt(&id, &record.delivered, &record.failed, &deferral) {
             warn!(
                 "{id}: cannot record the delivery attempt: {e}; the recipients done are kept in memory"
             );
-            self.unrecorded.insert(id.clone(), done);
+            self.unrecorded.insert(id.clone(), record);
         }
         store.log_when_recorded(
             &id,
@@ -995,6 +1180,8 @@ impl Engine {
         }
     }
 
+    /// Builds the bounce for `failed` and queues it (`QueueStore::enqueue`, under `ticket`);
+    /// with its size.
     fn bounce(
         &mut self,
         id: &QueueId,
@@ -1002,7 +1189,8 @@ impl Engine {
         failed: &[(usize, String)],
         store: &mut dyn QueueStore,
         wall: SystemTime,
-    ) -> Result<QueueId, SpoolError> {
+        ticket: usize,
+    ) -> Result<(Enqueued, u64), SpoolError> {
         let failed: Vec<FailedRecipient> = failed
             .iter()
             .map(|(idx, reason)| {
@@ -1025,15 +1213,41 @@ impl Engine {
             original_headers: bounce::header_section(&head),
         });
         let bounce_env = self.notice_envelope(env, wall);
-        let new_id = store.enqueue(&bounce_env, &report)?;
-        events::log(&events::queued(
-            &new_id.0,
-            "",
-            report.len() as u64,
-            bounce_env.recipients.len(),
-        ));
+        let queued = store.enqueue(&bounce_env, &report, ticket)?;
+        Ok((queued, report.len() as u64))
+    }
+
+    /// A bounce of `size` octets is durable: logged, and due for delivery.
+    fn bounce_queued(&mut self, new_id: &QueueId, size: u64) {
+        events::log(&events::queued(&new_id.0, "", size, 1));
         self.schedule.due_now(new_id.clone());
-        Ok(new_id)
+    }
+}
+
+impl Settlement {
+    /// The bounce could not be queued: the failed recipients stay pending, so the bounce is
+    /// not lost, and are tried again later.
+    fn bounce_not_queued(&mut self, id: &QueueId, e: &SpoolError) {
+        warn!("{id}: cannot queue the bounce: {e:?}; will retry");
+        self.temporary
+            .get_or_insert_with(|| format!("cannot queue bounce: {e:?}"));
+        let why = format!("its bounce cannot be queued: {e:?}");
+        self.rcpt_errors
+            .extend(self.failed.iter().map(|(i, _)| (*i, why.clone())));
+        self.failed.clear();
+    }
+}
+
+/// Turns each target staged in this batch into its commit's outcome (`committed`, by index).
+fn resolve_staged(attempt: &mut Attempt, committed: &[Outcome]) {
+    for (_, targets) in &mut attempt.rcpts {
+        for t in targets.iter_mut() {
+            if let Target::Staged(i) = *t {
+                *t = Target::Done(committed.get(i).cloned().unwrap_or_else(|| {
+                    Outcome::Temporary("the Maildir commit reported nothing".into())
+                }));
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read};
 
-use super::engine::{Entry, Linkable, QueueStore};
+use super::engine::{Enqueued, Entry, Linkable, QueueStore};
 use crate::mail::{Envelope, QueueId, SpoolError};
 use crate::maildir::CopySource;
 use crate::spool::{Deferral, QueueEntry, Spool};
@@ -13,6 +13,9 @@ pub struct SpoolStore<'a> {
     last: Option<QueueEntry>,
     /// Removals are done before `remove` returns (`Spool::remove_now`).
     immediate: bool,
+    /// Notices (bounces, delay warnings) go to the group commit (`Enqueued::Committing`);
+    /// else each is committed on its own before `enqueue` returns.
+    notices_in_group: bool,
 }
 
 impl<'a> SpoolStore<'a> {
@@ -21,6 +24,16 @@ impl<'a> SpoolStore<'a> {
             spool,
             last: None,
             immediate: false,
+            notices_in_group: false,
+        }
+    }
+
+    /// For delivery while the server runs: a notice is committed in the group commit, whose
+    /// outcome the caller hands to `Engine::notice_committed` (its ticket `owns_ticket`).
+    pub fn with_group_commit(spool: &'a mut Spool) -> SpoolStore<'a> {
+        SpoolStore {
+            notices_in_group: true,
+            ..SpoolStore::new(spool)
         }
     }
 
@@ -98,9 +111,19 @@ impl QueueStore for SpoolStore<'_> {
         }
     }
 
-    fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
+    fn enqueue(
+        &mut self,
+        envelope: &Envelope,
+        data: &[u8],
+        ticket: usize,
+    ) -> Result<Enqueued, SpoolError> {
         let mut inc = self.spool.begin(envelope)?;
         self.spool.append(&mut inc, data);
-        self.spool.commit_one(inc)
+        if self.notices_in_group {
+            let id = inc.id().clone();
+            self.spool.commit_enqueue(inc, ticket)?;
+            return Ok(Enqueued::Committing(id));
+        }
+        self.spool.commit_one(inc).map(Enqueued::Durable)
     }
 }

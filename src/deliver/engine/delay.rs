@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use log::{info, warn};
 
-use super::{Engine, QueueStore, human, split_status};
+use super::{Engine, Enqueued, QueueStore, human, split_status};
 use crate::daemon::events;
 use crate::date::rfc5322_date;
 use crate::deliver::bounce::{self, FailedRecipient};
@@ -25,7 +25,8 @@ impl Engine {
     /// Queues the delay warning for an entry being deferred if it is due: warnings are on,
     /// the sender is not the null sender, recipients are pending (`pending`: each with its
     /// last reason) and the entry has waited `delay_warning_time`. The caller checks that
-    /// none went before. Returns when it was queued; `None` when not due or not queued.
+    /// none went before. Queued under `ticket` (`QueueStore::enqueue`): returns where it
+    /// stands and its size; `None` when not due or not queued.
     pub(super) fn delay_warning(
         &mut self,
         id: &QueueId,
@@ -33,7 +34,8 @@ impl Engine {
         pending: &[(usize, String)],
         store: &mut dyn QueueStore,
         wall: SystemTime,
-    ) -> Option<SystemTime> {
+        ticket: usize,
+    ) -> Option<(Enqueued, u64)> {
         let after = self.policy.delay_warning;
         let age = wall.duration_since(env.arrival).unwrap_or_default();
         if after.is_zero() || age < after || env.sender.is_empty() || pending.is_empty() {
@@ -68,22 +70,33 @@ impl Engine {
             &rfc5322_date(until),
         );
         let notice_env = self.notice_envelope(env, wall);
-        match store.enqueue(&notice_env, &report) {
-            Ok(new_id) => {
-                events::log(&events::queued(&new_id.0, "", report.len() as u64, 1));
-                events::log(&events::delay_notice(&id.0, &new_id.0));
-                info!(
-                    "{id}: not delivered after {}: delay warning queued as {new_id}",
-                    human(age)
-                );
-                self.schedule.due_now(new_id);
-                Some(wall)
-            }
+        match store.enqueue(&notice_env, &report, ticket) {
+            Ok(queued) => Some((queued, report.len() as u64)),
             Err(e) => {
                 warn!("{id}: cannot queue the delay warning: {e:?}; will retry");
                 None
             }
         }
+    }
+
+    /// The delay warning about `id` (`size` octets) is durable as `new_id`: logged, and due
+    /// for delivery.
+    pub(super) fn delay_warning_queued(
+        &mut self,
+        id: &QueueId,
+        env: &Envelope,
+        new_id: &QueueId,
+        size: u64,
+        wall: SystemTime,
+    ) {
+        let age = wall.duration_since(env.arrival).unwrap_or_default();
+        events::log(&events::queued(&new_id.0, "", size, 1));
+        events::log(&events::delay_notice(&id.0, &new_id.0));
+        info!(
+            "{id}: not delivered after {}: delay warning queued as {new_id}",
+            human(age)
+        );
+        self.schedule.due_now(new_id.clone());
     }
 }
 

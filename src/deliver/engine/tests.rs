@@ -45,6 +45,10 @@ struct FakeQueue {
     records_fail: bool,
     /// `enqueue` fails as on a full spool.
     enqueue_fails: bool,
+    /// `enqueue` hands notices to a group commit (`Enqueued::Committing`), noted here with
+    /// their tickets until the test says how their commit ended.
+    group_commit: bool,
+    committing: Vec<(usize, QueueId)>,
 }
 
 impl FakeQueue {
@@ -153,12 +157,23 @@ impl QueueStore for FakeQueue {
         self.removed.push(id.clone());
         Ok(())
     }
-    fn enqueue(&mut self, envelope: &Envelope, data: &[u8]) -> Result<QueueId, SpoolError> {
+    fn enqueue(
+        &mut self,
+        envelope: &Envelope,
+        data: &[u8],
+        ticket: usize,
+    ) -> Result<Enqueued, SpoolError> {
         if self.enqueue_fails {
             return Err(SpoolError::Full);
         }
         self.bounces.push((envelope.clone(), data.to_vec()));
-        Ok(QueueId(format!("BOUNCE{:06}", self.bounces.len())))
+        let id = QueueId(format!("BOUNCE{:06}", self.bounces.len()));
+        if self.group_commit {
+            assert!(owns_ticket(ticket));
+            self.committing.push((ticket, id.clone()));
+            return Ok(Enqueued::Committing(id));
+        }
+        Ok(Enqueued::Durable(id))
     }
 }
 
@@ -1376,4 +1391,151 @@ fn a_batch_waiting_for_its_commit_does_not_wake_the_reactor_for_the_next_due_ent
         w.engine.complete(c);
     }
     assert_eq!(w.engine.timeout(now), Some(Duration::ZERO));
+}
+
+// ---- notices committed in the spool's group commit (issue 11) ----------------------------
+
+impl World {
+    /// Hands the engine the group commit's outcome for every notice it queued, `ok` or full.
+    fn commit_notices(&mut self, ok: bool, wall: SystemTime) {
+        for (ticket, id) in std::mem::take(&mut self.queue.committing) {
+            let result = if ok { Ok(id) } else { Err(SpoolError::Full) };
+            self.engine
+                .notice_committed(ticket, result, &mut self.queue, Instant::now(), wall);
+        }
+    }
+}
+
+/// A bounce committed in the group commit: the entry whose recipients failed is removed only
+/// once the bounce is durable, is never attempted again meanwhile, and the bounce is due
+/// then.
+#[test]
+fn a_bounce_in_the_group_commit_holds_the_removal_until_it_is_durable() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    w.queue.group_commit = true;
+    let id = w.queue.add(
+        "s@example.org",
+        &["ghost@example.test", "carol@example.test"],
+    );
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert_eq!(count(&w.mail, "carol"), 1);
+    assert_eq!(
+        w.queue.committing.len(),
+        1,
+        "the bounce is in the group commit"
+    );
+    assert!(w.queue.removed.is_empty() && w.queue.recorded.is_empty());
+    assert!(w.engine.awaits_notice(&id));
+    assert!(w.engine.schedule.next_due(Instant::now()).is_none());
+    // A flush of the queue meanwhile does not attempt it again.
+    w.engine.flush_one(id.clone());
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    assert_eq!(count(&w.mail, "carol"), 1);
+    assert!(w.queue.removed.is_empty());
+    assert_eq!(w.queue.bounces.len(), 1, "no second bounce");
+    w.commit_notices(true, SystemTime::now());
+    assert_eq!(w.queue.removed, vec![id.clone()]);
+    assert!(!w.engine.awaits_notice(&id));
+    assert_eq!(w.engine.notices_len(), 0);
+    assert_eq!(
+        w.engine.schedule.next_due(Instant::now()),
+        Some(QueueId("BOUNCE000001".into())),
+        "the bounce is due once durable"
+    );
+}
+
+/// A bounce whose commit fails (a full spool): its recipients stay pending, recorded with the
+/// reason, and the entry is tried again later; nothing is lost.
+#[test]
+fn a_bounce_whose_commit_fails_keeps_its_recipients_pending() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    w.queue.group_commit = true;
+    let id = w.queue.add(
+        "s@example.org",
+        &["ghost@example.test", "carol@example.test"],
+    );
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    w.commit_notices(false, SystemTime::now());
+    assert!(w.queue.removed.is_empty());
+    let r = &w.queue.recorded[0];
+    assert_eq!(
+        (&r.id, r.delivered.as_slice(), r.failed.len()),
+        (&id, &[1][..], 0)
+    );
+    assert!(
+        r.rcpt_errors
+            .iter()
+            .any(|(i, why)| *i == 0 && why.contains("bounce cannot be queued")),
+        "{:?}",
+        r.rcpt_errors
+    );
+    assert!(!w.engine.awaits_notice(&id));
+    assert!(
+        w.engine.schedule.timeout(Instant::now()).is_some(),
+        "tried again later"
+    );
+}
+
+/// A delay warning committed in the group commit: the deferral is recorded (with the warning)
+/// only once the warning is durable; one whose commit fails is recorded as not sent.
+#[test]
+fn a_delay_warning_in_the_group_commit_is_recorded_once_durable() {
+    let mut w = delaying_world();
+    w.queue.group_commit = true;
+    let id = w.queue.add("s@example.org", &["bob@example.test"]);
+    let arrival = w.queue.entries[&id].env.arrival;
+    let at = arrival + Duration::from_secs(3601);
+    w.run_at(at);
+    assert_eq!(w.warnings().len(), 1);
+    assert!(
+        w.queue.recorded.is_empty(),
+        "not recorded before the warning is durable"
+    );
+    assert!(w.engine.awaits_notice(&id));
+    w.commit_notices(true, at);
+    assert_eq!(w.queue.recorded.len(), 1);
+    assert_eq!(w.queue.recorded[0].delay_warned, Some(at));
+    // Not warned again at the next deferral.
+    w.run_at(arrival + Duration::from_secs(7200));
+    assert!(w.queue.committing.is_empty());
+    assert_eq!(w.warnings().len(), 1);
+
+    let mut w = delaying_world();
+    w.queue.group_commit = true;
+    let id = w.queue.add("s@example.org", &["bob@example.test"]);
+    let arrival = w.queue.entries[&id].env.arrival;
+    w.run_at(arrival + Duration::from_secs(3601));
+    w.commit_notices(false, arrival + Duration::from_secs(3601));
+    assert_eq!(w.queue.recorded.len(), 1);
+    assert_eq!(
+        w.queue.recorded[0].delay_warned, None,
+        "not sent: tried again"
+    );
+    w.run_at(arrival + Duration::from_secs(7200));
+    assert_eq!(
+        w.queue.committing.len(),
+        1,
+        "queued again at the next deferral"
+    );
+}
+
+/// An entry removed by the administrator while its bounce is being committed: the bounce
+/// still goes out, and nothing more happens to the entry.
+#[test]
+fn a_bounce_being_committed_for_a_deleted_entry_still_goes_out() {
+    let mut w = world(ALIASES, Duration::from_secs(3600));
+    w.queue.group_commit = true;
+    let id = w.queue.add("s@example.org", &["ghost@example.test"]);
+    w.engine.schedule.due_now(id.clone());
+    w.run(8);
+    w.engine.forget(&id);
+    w.commit_notices(true, SystemTime::now());
+    assert!(w.queue.removed.is_empty() && w.queue.recorded.is_empty());
+    assert_eq!(
+        w.engine.schedule.next_due(Instant::now()),
+        Some(QueueId("BOUNCE000001".into()))
+    );
 }
