@@ -288,7 +288,7 @@ enum Phase {
     /// The batch's Maildir files are being made durable: in the disk executor when the
     /// reactor has one (the steps stop while its completions are out), else one blocking
     /// sync per step.
-    Committing(Commit),
+    Committing(Box<Commit>),
     /// One outcome per staged file; entries are settled one per step.
     Settling(Vec<Outcome>),
 }
@@ -736,8 +736,9 @@ impl Engine {
                         }
                     }
                     None => {
-                        batch.phase =
-                            Phase::Committing(Commit::new(std::mem::take(&mut batch.staged)))
+                        batch.phase = Phase::Committing(Box::new(Commit::new(std::mem::take(
+                            &mut batch.staged,
+                        ))))
                     }
                 }
             }

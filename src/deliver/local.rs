@@ -557,7 +557,7 @@ impl Maildirs {
                         let op = if c.staged[i].link.is_some() {
                             Self::link_op(&c.staged[i])
                         } else {
-                            Self::copy_op(&c.staged[i], !per_filesystem)
+                            Self::copy_op(&c.staged[i])
                         };
                         match op {
                             Some(op) => match exec.submit_own(commit_tag(DATA, i), op) {
@@ -576,7 +576,7 @@ impl Maildirs {
                     if c.in_flight > 0 || c.submitted < c.staged.len() {
                         break false;
                     }
-                    if self.settle_links(c, exec, per_filesystem) {
+                    if self.settle_links(c, exec) {
                         // Copies made for failed links: in flight.
                         break false;
                     }
@@ -661,15 +661,16 @@ impl Maildirs {
     }
 
     /// The executor's operation for a staged copy not yet made: written into `tmp/`, a
-    /// descriptor the reactor owns, and synced where `sync`.
-    fn copy_op(s: &Staged, sync: bool) -> Option<DiskOp> {
+    /// descriptor the reactor owns, its writeback started; its sync follows
+    /// (`settle_copies`), together with the others'.
+    fn copy_op(s: &Staged) -> Option<DiskOp> {
         let copy = s.copy.as_ref()?;
         Some(DiskOp::MaildirCopy {
             dir: Handle::own(s.dirs.tmp.as_file()),
             name: CString::new(s.tmp.as_bytes()).ok()?,
             head: copy.head.clone().into(),
             source: Box::new(copy.source.clone()),
-            sync,
+            sync: false,
         })
     }
 
@@ -677,7 +678,7 @@ impl Maildirs {
     /// attempt: EEXIST) is done; each that failed is to be copied instead (`copy_instead`),
     /// and the copy is submitted. True when such copies are in flight (the stage waits for
     /// them).
-    fn settle_links(&mut self, c: &mut Commit, exec: &mut Executor, per_filesystem: bool) -> bool {
+    fn settle_links(&mut self, c: &mut Commit, exec: &mut Executor) -> bool {
         let mut waiting = false;
         for i in 0..c.staged.len() {
             if c.staged[i].link.is_none() {
@@ -696,7 +697,7 @@ impl Maildirs {
                 continue;
             }
             c.synced[i] = None;
-            let op = Self::copy_op(&c.staged[i], !per_filesystem);
+            let op = Self::copy_op(&c.staged[i]);
             match op.map(|op| exec.submit_own(commit_tag(DATA, i), op)) {
                 Some(Ok(())) => {
                     c.in_flight += 1;
@@ -709,8 +710,12 @@ impl Maildirs {
     }
 
     /// Once every copy's completion is in: each copy made gets its name in `new/` (its sizes
-    /// are known now). With `fsync = filesystem` the copies were not synced: one `syncfs` per
-    /// filesystem of their `tmp/`s is submitted (true: the stage waits for them), once.
+    /// are known now), and its data sync is submitted: an `fdatasync` of each (the copy opened
+    /// again here, in the `tmp/` the reactor holds: a lookup, no wait for the disk), all at
+    /// once, so the disk gets their flushes together (one at a time in the helper process,
+    /// 2,000 two-recipient messages took 2.3-2.5 s to deliver instead of 1.7-1.8 s); with
+    /// `fsync = filesystem` one `syncfs` per filesystem of their `tmp/`s. True while the stage
+    /// waits for them (those the executor had no room for go at a later turn).
     fn settle_copies(c: &mut Commit, exec: &mut Executor, per_filesystem: bool) -> bool {
         let mut made = Vec::new();
         for (i, s) in c.staged.iter_mut().enumerate() {
@@ -726,27 +731,46 @@ impl Maildirs {
             s.made = true;
             made.push(i);
         }
-        if !per_filesystem || made.is_empty() {
-            return false;
-        }
-        // The data stage made no `syncfs` before this one: every leader is a copy's.
-        c.fs_leaders.clear();
-        let mut waiting = false;
-        for i in made {
-            let fd = c.staged[i].dirs.tmp.as_file().as_raw_fd();
-            if c.covered_by_syncfs(fd, i) {
-                continue;
-            }
-            c.synced[i] = None;
-            match exec.submit_syncfs(commit_tag(DATA, i), fd) {
-                Ok(()) => {
-                    c.in_flight += 1;
-                    waiting = true;
+        if per_filesystem && !made.is_empty() {
+            // The data stage made no `syncfs` before this one: every leader is a copy's.
+            c.fs_leaders.clear();
+            for i in made {
+                let fd = c.staged[i].dirs.tmp.as_file().as_raw_fd();
+                if c.covered_by_syncfs(fd, i) {
+                    continue;
                 }
-                Err(_) => c.synced[i] = Some(Err(Errno(libc::EAGAIN))),
+                c.synced[i] = None;
+                match exec.submit_syncfs(commit_tag(DATA, i), fd) {
+                    Ok(()) => c.in_flight += 1,
+                    Err(_) => c.synced[i] = Some(Err(Errno(libc::EAGAIN))),
+                }
+            }
+            return c.in_flight > 0;
+        }
+        for i in made {
+            let s = &mut c.staged[i];
+            match s.dirs.tmp.open_read(&s.tmp) {
+                Ok(f) => {
+                    s.file = Some(f);
+                    c.synced[i] = None;
+                    c.to_sync.push_back(i);
+                }
+                Err(e) => c.synced[i] = Some(Err(Errno(e.raw_os_error().unwrap_or(libc::EIO)))),
             }
         }
-        waiting
+        while let Some(&i) = c.to_sync.front() {
+            let Some(fd) = c.staged[i].file.as_ref().map(|f| f.as_raw_fd()) else {
+                c.to_sync.pop_front();
+                continue;
+            };
+            match exec.submit_sync(commit_tag(DATA, i), fd, true) {
+                Ok(()) => c.in_flight += 1,
+                Err(r) if r.reason == Reject::Full => break,
+                Err(_) => c.synced[i] = Some(Err(Errno(libc::EPIPE))),
+            }
+            c.to_sync.pop_front();
+        }
+        c.in_flight > 0 || !c.to_sync.is_empty()
     }
 
     /// Makes the renames into the next `new/` durable (per file), or all of them (syncfs,
@@ -831,6 +855,8 @@ pub struct Commit {
     synced: Vec<Option<Result<(), Errno>>>,
     /// Per staged file, a copy's sizes on disk and as POP3 sends it, once made.
     copied: Vec<Option<(u64, u64)>>,
+    /// Copies made whose `fdatasync` the executor had no room for yet (`settle_copies`).
+    to_sync: std::collections::VecDeque<usize>,
     /// `fsync = filesystem`, through the executor: one `syncfs` per filesystem and stage.
     /// The files (or directories) that submitted it, by device, and those that share its
     /// outcome: (follower, leader) indexes of the current stage.
@@ -857,6 +883,7 @@ impl Commit {
             in_flight: 0,
             synced: Vec::new(),
             copied: Vec::new(),
+            to_sync: std::collections::VecDeque::new(),
             fs_leaders: Vec::new(),
             fs_followers: Vec::new(),
             blocking: false,
@@ -1456,7 +1483,7 @@ mod tests {
     }
 
     /// A link the executor reports failed (EXDEV, put in place of the link's own answer) is
-    /// replaced by a copy in the same commit: the link, the copy's sync, the sync of `new/`.
+    /// replaced by a copy in the same commit: the link, the copy, its sync, the sync of `new/`.
     /// Entries in the Maildir form are copied from then on, without trying.
     #[test]
     fn through_the_executor_a_failed_link_is_copied_in_the_same_commit() {
@@ -1472,7 +1499,10 @@ mod tests {
         let mut rounds = 0;
         while !m.commit_pump(&mut c, &mut exec) {
             rounds += 1;
-            assert!(rounds <= 3, "the link, the copy's sync, the sync of new/");
+            assert!(
+                rounds <= 4,
+                "the link, the copy, its sync, the sync of new/"
+            );
             for d in drain(&mut exec) {
                 let result = if rounds == 1 {
                     Err(Errno(libc::EXDEV))
@@ -1482,7 +1512,7 @@ mod tests {
                 c.complete(d.tag, result);
             }
         }
-        assert_eq!(rounds, 3);
+        assert_eq!(rounds, 4);
         assert_eq!(c.outcomes(), vec![Outcome::Delivered]);
         let (bytes, ino) = only_new(root.path());
         assert_eq!(bytes, MAILDIR_FORM);
@@ -1542,6 +1572,18 @@ mod tests {
     /// Runs a commit through the inline executor, letting `tamper` change each completion
     /// (kind DATA or DIR, index, result) and, between the data syncs and the renames, act on
     /// the staged files; returns the outcomes.
+    /// Every file of the data stage is done (made and synced, or failed): its next pump
+    /// renames.
+    fn data_done(c: &Commit) -> bool {
+        c.in_flight == 0
+            && c.to_sync.is_empty()
+            && c.synced.len() == c.staged.len()
+            && c.synced.iter().all(Option::is_some)
+            && c.staged.iter().zip(&c.synced).all(|(s, r)| {
+                r.is_some_and(|r| r.is_err()) || (s.copy.is_none() && s.link.is_none())
+            })
+    }
+
     fn pump_commit(
         m: &mut Maildirs,
         staged: Vec<Staged>,
@@ -1551,12 +1593,13 @@ mod tests {
         let mut exec = Executor::Inline(Inline::new());
         let mut c = Commit::new(staged);
         let mut rounds = 0;
+        let mut renames_next = false;
         while !m.commit_pump(&mut c, &mut exec) {
             assert!(c.waiting(), "a commit not finished waits for completions");
             rounds += 1;
             assert!(
-                rounds <= 2,
-                "one round of data syncs, one of directory syncs"
+                rounds <= 3,
+                "one round of copies (and links), one of their data syncs, one of directory syncs"
             );
             let done = drain(&mut exec);
             assert!(!done.is_empty());
@@ -1572,9 +1615,10 @@ mod tests {
                 };
                 c.complete(d.tag, result);
             }
-            if rounds == 1 {
-                // Every data sync is in; the next pump renames.
+            if !renames_next && data_done(&c) {
+                // Every copy is made and synced; the next pump renames.
                 assert_eq!(c.stage, Stage::Data);
+                renames_next = true;
                 before_renames(&c);
             }
         }
@@ -1600,14 +1644,15 @@ mod tests {
         assert_eq!(in_tmp("u") + in_tmp("v"), 0);
         let mut exec = Executor::Inline(Inline::new());
         let mut c = Commit::new(staged);
-        // First turn: every file copied and synced, and nothing in new/ yet.
+        // First turn: every file copied (in the helper), nothing in new/ yet.
         assert!(!m.commit_pump(&mut c, &mut exec));
         assert!(c.waiting());
-        let data = drain(&mut exec);
+        let copies = drain(&mut exec);
         assert!(
-            data.iter()
+            copies
+                .iter()
                 .all(|d| matches!(d.result, Ok(ExecOutcome::Copied { size: 36, wire: 39 }))),
-            "{data:?}"
+            "{copies:?}"
         );
         assert_eq!((in_tmp("u"), in_tmp("v")), (2, 1));
         let kinds = |v: &[Completion]| {
@@ -1618,6 +1663,15 @@ mod tests {
             k.sort();
             k
         };
+        assert_eq!(kinds(&copies), vec![(DATA, 0), (DATA, 1), (DATA, 2)]);
+        for d in copies {
+            c.complete(d.tag, d.result);
+        }
+        // Then every copy's data sync, all at once.
+        assert!(!m.commit_pump(&mut c, &mut exec));
+        assert!(c.waiting());
+        let data = drain(&mut exec);
+        assert!(data.iter().all(|d| d.result == Ok(ExecOutcome::Done)));
         assert_eq!(kinds(&data), vec![(DATA, 0), (DATA, 1), (DATA, 2)]);
         assert_eq!(in_new(root.path(), "u") + in_new(root.path(), "v"), 0);
         // Until the last data sync is in, nothing is renamed.
@@ -1721,20 +1775,22 @@ mod tests {
 
     #[test]
     fn a_commit_cut_short_finishes_with_blocking_calls_and_ignores_late_completions() {
-        for cut_after in [0, 1] {
+        // Cut while the copies, their data syncs, or the directory syncs are out.
+        for cut_after in [0, 1, 2] {
             let root = tempfile::tempdir().unwrap();
             let mut m = Maildirs::new(root.path(), "h");
             let staged = vec![stage_for(&mut m, "u"), stage_for(&mut m, "v")];
             let mut exec = Executor::Inline(Inline::new());
             let mut c = Commit::new(staged);
             assert!(!m.commit_pump(&mut c, &mut exec));
-            if cut_after == 1 {
+            for _ in 0..cut_after {
                 for d in drain(&mut exec) {
                     c.complete(d.tag, d.result);
                 }
                 assert!(!m.commit_pump(&mut c, &mut exec));
-                assert_eq!(c.stage, Stage::Dirs);
             }
+            let expected = [Stage::Data, Stage::Data, Stage::Dirs][cut_after];
+            assert_eq!(c.stage, expected, "{cut_after}");
             // Shutdown: what was in flight is done again, without the executor.
             c.finish_blocking();
             assert!(!c.waiting());

@@ -163,10 +163,10 @@ pub enum DiskOp {
     /// A Maildir copy of a queued message (`maildir::write_copy`): `name` created in the open
     /// directory `dir` (a Maildir's `tmp/`; never through a symlink, never over a file),
     /// `head` and the data of `source` written into it in the Maildir form, then `fdatasync`
-    /// where `sync`, then closed → `Outcome::Copied`. A copy that fails leaves no file. A
-    /// read-and-write loop: it runs in a helper process on the uring backend too, and `dir`
-    /// is the caller's own descriptor (`Executor::submit_own`), which travels with the
-    /// request. `head` is at most `limits::EXEC_COPY_HEAD_MAX` bytes.
+    /// where `sync` (else its writeback is started), then closed → `Outcome::Copied`. A copy
+    /// that fails leaves no file. A read-and-write loop: it runs in a helper process on the
+    /// uring backend too, and `dir` is the caller's own descriptor (`Executor::submit_own`),
+    /// which travels with the request. `head` is at most `limits::EXEC_COPY_HEAD_MAX` bytes.
     MaildirCopy {
         dir: Handle,
         name: CString,

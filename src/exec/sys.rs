@@ -106,7 +106,10 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
             let to_errno = |e: std::io::Error| Errno(e.raw_os_error().unwrap_or(libc::EIO));
             let (file, size, wire) =
                 crate::maildir::write_copy(dir.0, &name, &head, &source).map_err(to_errno)?;
-            if sync && let Err(e) = file.sync_data() {
+            if !sync {
+                // (Synced by the caller, soon: its data is on the way meanwhile.)
+                crate::durable::start_writeback(&file);
+            } else if let Err(e) = file.sync_data() {
                 drop(file);
                 // SAFETY: a NUL-terminated name alive for the call; the file just made.
                 unsafe { libc::unlinkat(dir.0, name.as_ptr(), 0) };
