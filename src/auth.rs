@@ -4,7 +4,7 @@
 //!
 //! Schemes (the credential is everything after the first `:` of a users-file line):
 //! - `{SHA512-CRYPT}$6$[rounds=N$]SALT$HASH`: glibc's SHA-crypt, what `openssl passwd -6` and
-//!   `mkpasswd -m sha-512` print. Checked with the RustCrypto `sha-crypt` crate. Rounds above
+//!   `mkpasswd -m sha-512` print. Checked by `auth::shacrypt` (on ring's SHA-512). Rounds above
 //!   `limits::SHA512_CRYPT_MAX_ROUNDS` are refused when the file is loaded, so a hostile or
 //!   careless users file cannot make one login stall the reactor.
 //! - `{PLAIN}secret`: compared in constant time over a fixed-size padded buffer, so neither the
@@ -16,10 +16,11 @@
 
 pub mod cache;
 mod passwd;
+mod shacrypt;
 
 pub use passwd::passwd_main;
 
-use sha_crypt::{ROUNDS_DEFAULT, ROUNDS_MIN, Sha512Params, sha512_crypt_b64};
+use shacrypt::{ROUNDS_DEFAULT, ROUNDS_MIN, sha512_crypt_b64};
 use subtle::ConstantTimeEq;
 
 use crate::limits;
@@ -39,7 +40,7 @@ const SCHEME_PLAIN: &str = "PLAIN";
 const CRYPT_ALPHABET: &[u8; 64] =
     b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// SHA-crypt keeps at most 16 salt characters.
-const SALT_LEN: usize = 16;
+const SALT_LEN: usize = shacrypt::SALT_MAX;
 /// 64 digest bytes in crypt base-64.
 const HASH_LEN: usize = 86;
 /// Checked for unknown users and burned beside `{PLAIN}` checks so all take the same time.
@@ -136,18 +137,11 @@ fn parse_sha512_crypt(s: &str) -> Result<CryptParts<'_>, String> {
 
 /// True if `password` crypts to `parts.hash`; the comparison is constant-time.
 fn crypt_matches(parts: &CryptParts<'_>, password: &[u8]) -> bool {
-    let Ok(params) = Sha512Params::new(parts.rounds) else {
-        return false;
-    };
     // SHA-crypt's cost grows with the password; nothing longer can arrive over POP anyway.
     let candidate = password.get(..limits::PASSWORD_MAX).unwrap_or(password);
-    match sha512_crypt_b64(candidate, parts.salt.as_bytes(), &params) {
-        Ok(computed) => {
-            let same: bool = computed.as_bytes().ct_eq(parts.hash.as_bytes()).into();
-            same && candidate.len() == password.len()
-        }
-        Err(_) => false,
-    }
+    let computed = sha512_crypt_b64(candidate, parts.salt.as_bytes(), parts.rounds);
+    let same: bool = computed.as_bytes().ct_eq(parts.hash.as_bytes()).into();
+    same && candidate.len() == password.len()
 }
 
 /// One SHA-crypt of the default cost whose result is thrown away.
@@ -206,8 +200,7 @@ pub fn hash_password(password: &[u8]) -> Result<String, String> {
         ));
     }
     let salt = random_salt()?;
-    let hash = sha512_crypt_b64(password, salt.as_bytes(), &Sha512Params::default())
-        .map_err(|e| format!("cannot hash: {e:?}"))?;
+    let hash = sha512_crypt_b64(password, salt.as_bytes(), ROUNDS_DEFAULT);
     Ok(format!("{{{SCHEME_SHA512_CRYPT}}}$6${salt}${hash}"))
 }
 

@@ -19,16 +19,35 @@ const EX_OSERR: u8 = 71;
 const EX_CONFIG: u8 = 78;
 const DEFAULT_CONFIG: &str = "/etc/postling/postling.conf";
 
-fn usage(opts: &getopts::Options) -> String {
-    opts.usage(&format!(
-        "Usage: postling [-c FILE] [-f] [-t] [-q] [-v] [-V] [-h]\n\
-         \x20      postling [-c FILE] queue list | flush [ID...] | hold ID... | release ID...\n\
-         \x20                               | delete ID...|all | bounce ID...\n\
-         \x20      postling passwd USER   (reads a password from stdin, prints the users-file line)\n\
-         \x20      postling [-c FILE] sendmail [-t] [-i] [-f ADDR] [-F NAME] [-bm|-bs|-bp|-q] [RCPT...]\n\
-         \x20      (also installed as sendmail and mailq; see doc/operations.md)\n\
-         A small SMTP, POP3 and POP2 mail server. Config file default: {DEFAULT_CONFIG}"
-    ))
+/// The help text. Written out rather than made by `getopts::Options::usage`, whose formatting
+/// (with the unicode-width tables) cost about 10 KB of a binary that must stay within 3 MiB.
+const USAGE: &str = "\
+Usage: postling [-c FILE] [-f] [-t] [-q] [-v] [-V] [-h]
+       postling [-c FILE] queue list | flush [ID...] | hold ID... | release ID...
+                                | delete ID...|all | bounce ID...
+       postling passwd USER   (reads a password from stdin, prints the users-file line)
+       postling [-c FILE] sendmail [-t] [-i] [-f ADDR] [-F NAME] [-bm|-bs|-bp|-q] [RCPT...]
+       (also installed as sendmail and mailq; see doc/operations.md)
+A small SMTP, POP3 and POP2 mail server. Config file default: /etc/postling/postling.conf
+
+Options:
+    -c FILE             config file (default /etc/postling/postling.conf)
+    -f                  stay in the foreground
+    -t                  check the config (and the files it names) and exit
+    -q                  print the mail queue and exit
+    -v                  more logging (debug)
+    -V                  print the version and exit
+    -h                  print this help and exit
+";
+
+/// The options `USAGE` lists.
+fn options() -> getopts::Options {
+    let mut opts = getopts::Options::new();
+    opts.optopt("c", "", "", "FILE");
+    for flag in ["f", "t", "q", "v", "V", "h"] {
+        opts.optflag(flag, "", "");
+    }
+    opts
 }
 
 fn main() -> ExitCode {
@@ -49,32 +68,16 @@ fn main() -> ExitCode {
     if let Some((config, rest)) = sendmail_words(&args) {
         return postling::sendmail::main(rest, false, config);
     }
-    let mut opts = getopts::Options::new();
-    opts.optopt(
-        "c",
-        "",
-        "config file (default /etc/postling/postling.conf)",
-        "FILE",
-    );
-    opts.optflag("f", "", "stay in the foreground");
-    opts.optflag(
-        "t",
-        "",
-        "check the config (and the files it names) and exit",
-    );
-    opts.optflag("q", "", "print the mail queue and exit");
-    opts.optflag("v", "", "more logging (debug)");
-    opts.optflag("V", "", "print the version and exit");
-    opts.optflag("h", "", "print this help and exit");
+    let opts = options();
     let m = match opts.parse(&args) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("postling: {e}\n{}", usage(&opts));
+            eprintln!("postling: {e}\n{USAGE}");
             return ExitCode::from(EX_USAGE);
         }
     };
     if m.opt_present("h") {
-        print!("{}", usage(&opts));
+        print!("{USAGE}");
         return ExitCode::SUCCESS;
     }
     if m.opt_present("V") {
@@ -85,13 +88,13 @@ fn main() -> ExitCode {
         Some((first, rest)) if first == "queue" => match rest.first().map(String::as_str) {
             Some("list") if rest.len() == 1 => Some(None),
             Some("list") => {
-                eprintln!("postling: queue list takes no arguments\n{}", usage(&opts));
+                eprintln!("postling: queue list takes no arguments\n{USAGE}");
                 return ExitCode::from(EX_USAGE);
             }
             _ => match postling::control::Command::parse(rest) {
                 Ok(cmd) => Some(Some(cmd)),
                 Err(e) => {
-                    eprintln!("postling: {e}\n{}", usage(&opts));
+                    eprintln!("postling: {e}\n{USAGE}");
                     return ExitCode::from(EX_USAGE);
                 }
             },
@@ -99,11 +102,7 @@ fn main() -> ExitCode {
         _ => None,
     };
     if queue_cmd.is_none() && !m.free.is_empty() {
-        eprintln!(
-            "postling: unexpected argument '{}'\n{}",
-            m.free[0],
-            usage(&opts)
-        );
+        eprintln!("postling: unexpected argument '{}'\n{USAGE}", m.free[0]);
         return ExitCode::from(EX_USAGE);
     }
     let path = PathBuf::from(m.opt_str("c").unwrap_or_else(|| DEFAULT_CONFIG.to_string()));

@@ -34,7 +34,7 @@ fn scheme_names_are_case_insensitive() {
 
 #[test]
 fn explicit_rounds_are_honoured() {
-    let params = Sha512Params::new(1000).unwrap();
+    let params = sha_crypt::Sha512Params::new(1000).unwrap();
     let hashed = sha_crypt::sha512_simple("pw", &params).unwrap();
     assert!(hashed.starts_with("$6$rounds=1000$"), "{hashed}");
     let cred = parse_credential(&format!("{{SHA512-CRYPT}}{hashed}")).unwrap();
