@@ -37,7 +37,7 @@ use crate::exec::{DiskOp, Errno, Outcome};
 use crate::limits;
 use crate::mail::{Envelope, MailboxDone, MailboxError, QueueId, RcptVerdict, SpoolError};
 use crate::mailbox::Mailbox;
-use crate::mailbox::job::{Job, Jobs};
+use crate::mailbox::job::{Job, JobResult, Jobs};
 use crate::pickup::{Loaded, Pickup, PickupSettings};
 use crate::proto::smtp::SmtpHost;
 use crate::proto::{AuthRequest, AuthVerdict, MailboxRequest, PopHost};
@@ -533,7 +533,20 @@ impl Services {
             }
             Some(MailboxRequest::Update(deleted)) => match self.mailboxes.remove(&slot) {
                 Some(m) => Ok(Job::update(m, &deleted)),
-                None => Err(MailboxError::Temporary("no mailbox open".into())),
+                None => {
+                    let why = MailboxError::Temporary("no mailbox open".into());
+                    let result = JobResult::Updated(Err(why));
+                    return self.mailbox_jobs.answer(slot, conn, result);
+                }
+            },
+            // The mailbox goes with the job and comes back when the read is done.
+            Some(MailboxRequest::Warm) => match self.mailboxes.remove(&slot) {
+                Some(m) => Ok(Job::warm(m)),
+                None => {
+                    return self
+                        .mailbox_jobs
+                        .answer(slot, conn, JobResult::Warmed(None));
+                }
             },
             None => Err(MailboxError::Temporary(
                 "a session awaited mailbox work it did not ask for".into(),

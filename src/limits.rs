@@ -440,6 +440,11 @@ pub const EXEC_WIRE_SIZE_BATCH: usize = 32;
 /// The trace lines of one Maildir copy made in the executor (`Return-Path:` and
 /// `Delivered-To:`, each with an address of at most a few hundred octets).
 pub const EXEC_COPY_HEAD_MAX: usize = 4096;
+/// The most one `DiskOp::Warm` reads into the page cache.
+pub const EXEC_WARM_MAX: u64 = 1024 * 1024;
+/// What a POP message read that would wait for the disk has read into the page cache before
+/// it is tried again (`mailbox::Mailbox::read`): the kernel's own readahead goes on from there.
+pub const POP_WARM_WINDOW: u64 = 128 * 1024;
 /// Longest name of one directory entry (Linux NAME_MAX): the names a `WireSize` counts.
 pub const FILE_NAME_MAX: usize = 255;
 /// Longest path in a request: Linux's PATH_MAX, which includes the terminating NUL.

@@ -107,4 +107,7 @@ pub enum MailboxDone {
     Opened(Result<Vec<MessageInfo>, MailboxError>),
     /// Every marked message is gone (the lock is released either way), or what went wrong.
     Updated(Result<(), MailboxError>),
+    /// The part of a message a read would have waited for is in memory now (or the read in
+    /// failed: the next read says how); the transfer goes on.
+    Warmed,
 }

@@ -20,6 +20,13 @@
 //!   POP3's STAT and LIST, where a wrong `W=` misleads only a size display (RETR streams the
 //!   whole file up to its terminator). POP2 announces the exact length of the text it sends, so
 //!   it asks `wire_size`, which always counts the file.
+//! - A message is read for RETR and TOP without waiting for the disk (`preadv2` with
+//!   `RWF_NOWAIT`): bytes not in the page cache are a `WouldBlock`, and the read that brings
+//!   them in (`limits::POP_WARM_WINDOW` of them, `exec::DiskOp::Warm`) is a request the session
+//!   waits for (`MailboxRequest::Warm`, run by `job`) while other clients are served. The read
+//!   after it may wait (a plain `pread`), so a page dropped again meanwhile cannot make the
+//!   transfer go round in circles. Where the kernel or file system refuses `RWF_NOWAIT`, reads
+//!   are plain `pread`s. POP2's `wire_size` still reads its one message on the reactor.
 //! - No symbolic link is followed at or below `<root>/<user>` (see `crate::dirfd`): the
 //!   Maildir, `new/` and `cur/` are opened with `O_NOFOLLOW` and held by the `Mailbox`; every
 //!   listing, rename, open and unlink is relative to them. A symlink in their place fails the
@@ -108,6 +115,11 @@ pub struct Mailbox {
     messages: Vec<Message>,
     /// The message being read, kept open between `read` calls.
     current: Option<(usize, File)>,
+    /// A `read` would have waited for the disk: the part of the current message to bring into
+    /// the page cache (offset, length) before it is tried again (`take_warm`).
+    warm: Option<(u64, u64)>,
+    /// The next `read` may wait for the disk (once a warm-up ended, whatever its outcome).
+    may_wait: bool,
 }
 
 fn temporary(what: &str, path: &Path, e: &io::Error) -> MailboxError {
@@ -158,6 +170,41 @@ fn wire_size(data: &mut dyn Read) -> io::Result<u64> {
     }
 }
 
+/// Whether `preadv2(RWF_NOWAIT)` was refused (an old kernel, a file system without it): from
+/// then on reads are plain `pread`s.
+static NOWAIT_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `pread` that never waits for the disk: `WouldBlock` when the bytes at `offset` are not in
+/// the page cache (a short count when only some are). A plain `pread` where `RWF_NOWAIT` is
+/// refused.
+pub(crate) fn read_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::sync::atomic::Ordering;
+    if NOWAIT_REFUSED.load(Ordering::Relaxed) {
+        return file.read_at(buf, offset);
+    }
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec describing `buf`, alive and writable for the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+            log::info!("pop: reads without waiting are not supported here ({e}); using pread");
+            NOWAIT_REFUSED.store(true, Ordering::Relaxed);
+            file.read_at(buf, offset)
+        }
+        _ => Err(e),
+    }
+}
+
 /// Sequential reads by `pread`, so the shared file position never matters.
 struct ReadAt<'a> {
     file: &'a File,
@@ -196,6 +243,8 @@ impl Mailbox {
             _lock: lock,
             messages: Vec::new(),
             current: None,
+            warm: None,
+            may_wait: false,
         })
     }
 
@@ -207,20 +256,44 @@ impl Mailbox {
         let mut exec = crate::exec::Executor::Inline(crate::exec::Inline::new());
         match job::run_to_end(job, &mut exec) {
             job::JobResult::Opened(r) => r,
-            job::JobResult::Updated(_) => Err(MailboxError::Temporary("not an opening".into())),
+            _ => Err(MailboxError::Temporary("not an opening".into())),
         }
     }
 
     /// Reads bytes of snapshot message `index` from `offset`; 0 at end of file. A message
-    /// removed since the snapshot is an error.
+    /// removed since the snapshot is an error. Bytes not in the page cache are `WouldBlock`:
+    /// `take_warm` then says what to read in (`exec::DiskOp::Warm`) before calling again.
     pub fn read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let may_wait = std::mem::take(&mut self.may_wait);
         let file = self.open_current(index)?;
         loop {
-            match file.read_at(buf, offset) {
+            let r = if may_wait {
+                file.read_at(buf, offset)
+            } else {
+                read_nowait(file, buf, offset)
+            };
+            match r {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.warm = Some((offset, crate::limits::POP_WARM_WINDOW));
+                    return Err(e);
+                }
                 other => return other,
             }
         }
+    }
+
+    /// What a `read` that said `WouldBlock` needs read into the page cache: the open file of
+    /// the message and the part of it. Taken once.
+    pub fn take_warm(&mut self) -> Option<(&File, u64, u64)> {
+        let (offset, len) = self.warm.take()?;
+        self.current.as_ref().map(|(_, f)| (f, offset, len))
+    }
+
+    /// The warm-up `take_warm` asked for ended (`ok`: the bytes are in the page cache): the
+    /// next `read` may wait for the disk, so the transfer moves on whatever happened to them.
+    pub fn warmed(&mut self) {
+        self.may_wait = true;
     }
 
     /// The POP size of snapshot message `index` counted from the file itself, never from a
@@ -251,7 +324,18 @@ impl Mailbox {
         let mut exec = crate::exec::Executor::Inline(crate::exec::Inline::new());
         match job::run_to_end(job::Job::update(self, deleted), &mut exec) {
             job::JobResult::Updated(r) => r,
-            job::JobResult::Opened(_) => Err(MailboxError::Temporary("not an update".into())),
+            _ => Err(MailboxError::Temporary("not an update".into())),
+        }
+    }
+
+    /// Reads in what the last `read` could not get without waiting, at once, on an inline
+    /// executor (for tests; the server runs `job::Job::warm`).
+    #[cfg(test)]
+    pub fn warm_now(self) -> Option<Mailbox> {
+        let mut exec = crate::exec::Executor::Inline(crate::exec::Inline::new());
+        match job::run_to_end(job::Job::warm(self), &mut exec) {
+            job::JobResult::Warmed(m) => m,
+            _ => None,
         }
     }
 

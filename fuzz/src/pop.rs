@@ -76,6 +76,11 @@ pub struct FakeMailbox {
     updated: bool,
     /// A read failed (injected): the session must close, possibly mid-message.
     read_failed: bool,
+    /// Flags 0x30 together: messages are not in memory. A read at or past `warm_until` (of
+    /// that message) says `WouldBlock` and notes `wants_warm`; a `MailboxRequest::Warm`
+    /// brings 512 more octets in. No read may come while a read-in is pending.
+    warm_until: (usize, u64),
+    wants_warm: Option<u64>,
 }
 
 impl FakeMailbox {
@@ -87,7 +92,23 @@ impl FakeMailbox {
             open: None,
             updated: false,
             read_failed: false,
+            warm_until: (0, 0),
+            wants_warm: None,
         }
+    }
+
+    fn cold(&self) -> bool {
+        self.flags & 0x30 == 0x30
+    }
+
+    /// The answer to `MailboxRequest::Warm`.
+    fn warm(&mut self) -> MailboxDone {
+        let at = self
+            .wants_warm
+            .take()
+            .expect("a read-in no read asked for");
+        self.warm_until.1 = at + 512;
+        MailboxDone::Warmed
     }
 }
 
@@ -166,9 +187,26 @@ impl PopHost for FakeMailbox {
             self.read_failed = true;
             return Err(io::Error::other("injected read error"));
         }
+        let mut limit = u64::MAX;
+        if self.cold() {
+            assert!(
+                self.wants_warm.is_none(),
+                "a read while its read-in is pending"
+            );
+            if self.warm_until.0 != index {
+                self.warm_until = (index, 0);
+            }
+            if offset >= self.warm_until.1 {
+                self.wants_warm = Some(offset);
+                return Err(io::Error::from(io::ErrorKind::WouldBlock));
+            }
+            limit = self.warm_until.1 - offset;
+        }
         let raw = &self.messages[index].1;
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(raw.len());
-        let mut n = (raw.len() - start).min(buf.len());
+        let mut n = (raw.len() - start)
+            .min(buf.len())
+            .min(usize::try_from(limit).unwrap_or(usize::MAX));
         if self.flags & 0x10 != 0 {
             n = n.min(7);
         }
@@ -275,6 +313,7 @@ macro_rules! pop_session {
                     MailboxRequest::Update(deleted) => {
                         MailboxDone::Updated(host.update_mailbox(&deleted))
                     }
+                    MailboxRequest::Warm => host.warm(),
                 };
                 Completion::Mailbox(done)
             }

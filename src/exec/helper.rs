@@ -632,6 +632,7 @@ fn names_socket(op: &DiskOp) -> bool {
             dir_is(dir)
         }
         DiskOp::Write { file, .. }
+        | DiskOp::Warm { file, .. }
         | DiskOp::Fdatasync { file }
         | DiskOp::Fsync { file }
         | DiskOp::Syncfs { file }
@@ -699,6 +700,13 @@ fn serve(sock: RawFd) -> i32 {
                         source,
                         sync,
                     },
+                    (DiskOp::Warm { offset, len, .. }, Some(fd)) if req.fd_attached => {
+                        DiskOp::Warm {
+                            file: Handle(fd.as_raw_fd()),
+                            offset,
+                            len,
+                        }
+                    }
                     // `Executor::submit_own`: the parent's descriptor, passed along.
                     (DiskOp::Fdatasync { .. }, Some(fd)) if req.fd_attached => DiskOp::Fdatasync {
                         file: Handle(fd.as_raw_fd()),

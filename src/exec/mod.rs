@@ -14,8 +14,9 @@
 //!
 //! Two kinds of work always go to a helper process, so one exists in every serving mode:
 //! `VerifyPassword` (SHA512-CRYPT is CPU time), `ReadDir` (io_uring has no getdents),
-//! `WireSize` (a read-and-count loop) and `MaildirCopy` (a read-and-write loop); for the last
-//! three the uring backend passes the directory's descriptor over the socket with SCM_RIGHTS.
+//! `WireSize` (a read-and-count loop), `MaildirCopy` (a read-and-write loop) and `Warm` (a read
+//! into the helper's own buffer); for the last four the uring backend passes the descriptor
+//! over the socket with SCM_RIGHTS.
 //!
 //! Files are named by a `Handle`: a real descriptor on the uring and inline sides, a helper-side
 //! descriptor number on the helper side. Callers never look inside; they get handles from
@@ -175,6 +176,13 @@ pub enum DiskOp {
         source: Box<CopySource>,
         sync: bool,
     },
+    /// Reads `len` bytes of the open `file` from `offset` (fewer at its end) and discards them:
+    /// they are in the page cache when this completes → `Outcome::Done`. For a POP client's
+    /// message that was not in memory: the reactor reads without waiting (`RWF_NOWAIT`) and
+    /// leaves the wait to this. Runs in a helper process on the uring backend too (a read
+    /// into a buffer the request would have to own); `file` is the caller's own descriptor
+    /// (`Executor::submit_own`). At most `limits::EXEC_WARM_MAX` bytes.
+    Warm { file: Handle, offset: u64, len: u64 },
     /// Checks `password` against the stored credential (`None`: an unknown user, checked
     /// against a dummy hash in the same time) with `auth::verify` → `Outcome::Verified`.
     /// Always runs in a helper process (the inline backend runs it at submit).
@@ -413,7 +421,7 @@ impl Executor {
 
     /// Starts `op`, an `Fdatasync`, `Fsync` or `Syncfs` of a descriptor this process owns
     /// (`Handle::own`), a `Link` from a path into a directory it owns or a `MaildirCopy` into
-    /// one, not one the executor
+    /// one, or a `Warm` of a file it has open, not one the executor
     /// opened: the helper backend gets a copy of the descriptor with the request (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
     /// operation is refused (`TooLarge`, handed back unchanged).
     pub fn submit_own(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
@@ -421,6 +429,8 @@ impl Executor {
             DiskOp::Fdatasync { file } | DiskOp::Fsync { file } | DiskOp::Syncfs { file } => file.0,
             // A Maildir copy into a `tmp/` the caller owns.
             DiskOp::MaildirCopy { dir, .. } => dir.0,
+            // A POP message the caller has open.
+            DiskOp::Warm { file, .. } => file.0,
             // A link into a directory the caller owns, from a path (the Maildir delivery of a
             // queued file in the Maildir form).
             DiskOp::Link {
@@ -435,6 +445,9 @@ impl Executor {
                 });
             }
         };
+        if let Err(reason) = check_sizes(&op) {
+            return Err(Rejected { reason, op });
+        }
         match self {
             Executor::Inline(i) => i.submit(tag, op),
             Executor::Uring(u) => u.submit(tag, op),
@@ -574,6 +587,7 @@ fn check_sizes(op: &DiskOp) -> Result<(), Reject> {
         | DiskOp::RenameNoReplace { from, to, .. }
         | DiskOp::Link { from, to, .. } => path_ok(from) && path_ok(to),
         DiskOp::Write { data, .. } => data.len() <= EXEC_WRITE_MAX,
+        DiskOp::Warm { len, .. } => *len <= crate::limits::EXEC_WARM_MAX,
         DiskOp::VerifyPassword { hash, password } => {
             let cred_len = match hash {
                 None => 0,

@@ -117,6 +117,7 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
             }
             Ok(Outcome::Copied { size, wire })
         }
+        DiskOp::Warm { file, offset, len } => warm(file.0, offset, len),
         DiskOp::VerifyPassword { hash, password } => {
             Ok(Outcome::Verified(auth::verify(hash.as_ref(), &password)))
         }
@@ -130,6 +131,33 @@ pub(super) fn run(op: DiskOp) -> Result<Outcome, Errno> {
 
 fn done(_: libc::c_int) -> Outcome {
     Outcome::Done
+}
+
+/// Reads `len` bytes of `fd` from `offset` (to its end if shorter) into a scratch buffer:
+/// `DiskOp::Warm`.
+fn warm(fd: i32, mut offset: u64, len: u64) -> Result<Outcome, Errno> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = offset.saturating_add(len);
+    while offset < end {
+        let want = buf
+            .len()
+            .min(usize::try_from(end - offset).unwrap_or(usize::MAX));
+        let off = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
+        // SAFETY: the pointer and length describe `buf`, alive for the call.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), want, off) };
+        if n < 0 {
+            let e = Errno::last();
+            if e.0 == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        offset += n as u64;
+    }
+    Ok(Outcome::Done)
 }
 
 /// pwrite until every byte is written (a short write is continued, EINTR retried).

@@ -1002,6 +1002,68 @@ fn a_maildir_copy_is_made_into_a_reactor_directory_on_every_backend() {
     }
 }
 
+/// `submit_own` with a `Warm` (a POP message not in memory): a file the reactor has open is
+/// read into the page cache on every backend (the helper reads its copy of the descriptor);
+/// past the end is no error, a directory is EISDIR, and more than a warm may read is refused.
+#[test]
+fn a_reactor_file_is_warmed_on_every_backend() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("message");
+    std::fs::write(&path, vec![b'x'; 300 * 1024]).unwrap();
+    let mut backends = vec![("inline", inline()), ("helper", helper())];
+    backends.extend(uring().map(|u| ("uring", u)));
+    for (name, exec) in backends {
+        let file = std::fs::File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: a plain descriptor call.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let mut buf = [0u8; 4096];
+        let cold = crate::mailbox::read_nowait(&file, &mut buf, 200 * 1024);
+        assert_eq!(
+            cold.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "{name}: dropped from the cache"
+        );
+        let dir = std::fs::File::open(tmp.path()).unwrap();
+        let warm = |file: &std::fs::File, offset: u64, len: u64| DiskOp::Warm {
+            file: Handle::own(file),
+            offset,
+            len,
+        };
+        let mut d = Driver::new(exec);
+        d.exec
+            .submit_own(1, warm(&file, 128 * 1024, 128 * 1024))
+            .unwrap();
+        d.exec.submit_own(2, warm(&file, 1 << 30, 4096)).unwrap();
+        d.exec.submit_own(3, warm(&dir, 0, 4096)).unwrap();
+        let got = d.wait_sorted(3);
+        assert_eq!(
+            got,
+            vec![
+                (1, Ok(Outcome::Done)),
+                (2, Ok(Outcome::Done)),
+                (3, Err(Errno(libc::EISDIR)))
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            crate::mailbox::read_nowait(&file, &mut buf, 200 * 1024).unwrap(),
+            4096,
+            "{name}: in the cache now"
+        );
+        let too_much = warm(&file, 0, crate::limits::EXEC_WARM_MAX + 1);
+        assert!(matches!(
+            d.exec.submit_own(4, too_much),
+            Err(Rejected {
+                reason: Reject::TooLarge,
+                ..
+            })
+        ));
+    }
+}
+
 /// The rest's completion is dropped by the reactor: no job that reads completions may take
 /// its tag for one of its own (the file preparation once used the same bit).
 #[test]

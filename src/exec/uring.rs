@@ -9,9 +9,9 @@
 //! kernel) or the probe finds an opcode used here missing.
 //!
 //! `ReadDir` (io_uring has no getdents), `WireSize` (a read-and-count loop), `MaildirCopy` (a
-//! read-and-write loop) and `VerifyPassword` (CPU work) go to the helper process this backend
-//! also holds; the directory descriptor of a `ReadDir`, `WireSize` or `MaildirCopy` travels
-//! with its frame.
+//! read-and-write loop), `Warm` (a read into a buffer of the helper's) and `VerifyPassword`
+//! (CPU work) go to the helper process this backend also holds; the descriptor of a
+//! `ReadDir`, `WireSize`, `MaildirCopy` or `Warm` travels with its frame.
 //!
 //! The reactor's poll may return EINTR while operations are in flight (the kernel runs
 //! io_uring's task work for this thread by interrupting its wait, as a signal would); the
@@ -173,6 +173,7 @@ impl Uring {
             DiskOp::ReadDir { dir, .. }
             | DiskOp::WireSize { dir, .. }
             | DiskOp::MaildirCopy { dir, .. }
+            | DiskOp::Warm { file: dir, .. }
             | DiskOp::Syncfs { file: dir } => {
                 return self.helper.submit_with_fd(tag, op, Some(dir.0));
             }
@@ -380,6 +381,7 @@ fn entry(op: &DiskOp, done: usize) -> Option<squeue::Entry> {
         DiskOp::ReadDir { .. }
         | DiskOp::WireSize { .. }
         | DiskOp::MaildirCopy { .. }
+        | DiskOp::Warm { .. }
         | DiskOp::Syncfs { .. }
         | DiskOp::VerifyPassword { .. }
         | DiskOp::Rest => {

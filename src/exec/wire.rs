@@ -31,6 +31,7 @@ const WIRE_SIZE: u8 = 13;
 const REST: u8 = 14;
 const SYNCFS: u8 = 15;
 const MAILDIR_COPY: u8 = 16;
+const WARM: u8 = 17;
 
 const R_ERR: u8 = 0;
 const R_DONE: u8 = 1;
@@ -136,8 +137,8 @@ fn open_frame(msg: &[u8]) -> Option<(u64, u8, In<'_>)> {
     Some((seq, kind, r))
 }
 
-/// Encodes a request. For a `ReadDir`, `WireSize`, `MaildirCopy`, `Fdatasync` or `Fsync` whose
-/// descriptor travels with the frame (SCM_RIGHTS),
+/// Encodes a request. For a `ReadDir`, `WireSize`, `MaildirCopy`, `Warm`, `Fdatasync` or `Fsync`
+/// whose descriptor travels with the frame (SCM_RIGHTS),
 /// `fd_attached` is true and the helper uses the descriptor it receives instead.
 pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8> {
     match op {
@@ -262,6 +263,14 @@ pub(super) fn encode_request(seq: u64, op: &DiskOp, fd_attached: bool) -> Vec<u8
             o.u64(source.len);
             o.u8(u8::from(source.lf_form));
             o.u8(u8::from(*sync));
+            o.finish()
+        }
+        DiskOp::Warm { file, offset, len } => {
+            let mut o = Out::new(seq, WARM);
+            o.i32(file.0);
+            o.u8(u8::from(fd_attached));
+            o.u64(*offset);
+            o.u64(*len);
             o.finish()
         }
         DiskOp::VerifyPassword { hash, password } => {
@@ -416,6 +425,15 @@ pub(super) fn decode_request(msg: &[u8]) -> Result<Request, Option<u64>> {
                         lf_form,
                     }),
                     sync,
+                }
+            }
+            WARM => {
+                let file = Handle(r.i32()?);
+                fd_attached = r.u8()? != 0;
+                DiskOp::Warm {
+                    file,
+                    offset: r.u64()?,
+                    len: r.u64()?,
                 }
             }
             VERIFY => {

@@ -75,6 +75,8 @@ enum Purpose {
     Unlink(usize),
     Sync,
     Close,
+    /// Reading part of the message being sent into the page cache.
+    Warm,
 }
 
 #[derive(Debug)]
@@ -114,6 +116,10 @@ enum Phase {
     /// Freeing the job's list of messages, a step a turn (one allocation each: 60,000 of them
     /// freed at once held the reactor for 3 ms).
     Release,
+    /// A warm-up: its one read (`op`: the descriptor the mailbox holds, and the part).
+    Warm {
+        op: Option<DiskOp>,
+    },
     Done,
 }
 
@@ -121,6 +127,7 @@ enum Phase {
 enum Kind {
     Open,
     Update,
+    Warm,
 }
 
 /// One opening or UPDATE of one mailbox (sans-I/O: it says which operation comes next and is
@@ -181,6 +188,25 @@ impl Job {
             .filter(|i| mailbox.messages[*i].sub == Sub::New && deleted.binary_search(i).is_err())
             .collect();
         Job::new(Kind::Update, mailbox, deleted, kept_new)
+    }
+
+    /// A read of the message being sent into the page cache (`Mailbox::take_warm`): the part
+    /// a read without waiting could not get. Nothing to read ends at once.
+    pub fn warm(mut mailbox: Mailbox) -> Job {
+        let op = mailbox.take_warm().map(|(file, offset, len)| DiskOp::Warm {
+            file: Handle::own(file),
+            offset,
+            len,
+        });
+        // (`new` would close the message file, which the read needs.)
+        let current = mailbox.current.take();
+        let mut job = Job::new(Kind::Warm, mailbox, Vec::new(), Vec::new());
+        job.mailbox.current = current;
+        job.phase = match op {
+            Some(op) => Phase::Warm { op: Some(op) },
+            None => Phase::Done,
+        };
+        job
     }
 
     fn new(kind: Kind, mut mailbox: Mailbox, deleted: Vec<usize>, kept_new: Vec<usize>) -> Job {
@@ -303,6 +329,7 @@ impl Job {
                 match self.kind {
                     // The snapshot an UPDATE was given.
                     Kind::Update => cut(&mut self.mailbox.messages),
+                    Kind::Warm => true,
                     // An opening's own list (its names taken into the snapshot unless it
                     // stopped), and a snapshot that goes to no one.
                     Kind::Open if self.stopping() => {
@@ -441,6 +468,8 @@ impl Job {
                     .or_else(|| self.cur.take())?;
                 Some((Purpose::Close, DiskOp::Close { file }))
             }
+            // (A warm-up whose client left is not started.)
+            Phase::Warm { op } if !self.cancelled => op.take().map(|op| (Purpose::Warm, op)),
             _ => None,
         }
     }
@@ -487,10 +516,11 @@ impl Job {
         let stop = match self.kind {
             Kind::Open => self.error.is_some() || self.cancelled,
             Kind::Update => self.error.is_some() && opening,
+            Kind::Warm => false,
         };
         self.phase = match self.phase {
             Phase::Close => Phase::Release,
-            Phase::Release | Phase::Done => Phase::Done,
+            Phase::Release | Phase::Done | Phase::Warm { .. } => Phase::Done,
             _ if stop => Phase::Close,
             Phase::OpenUser { .. } => Phase::OpenSubs { sent: 0 },
             Phase::OpenSubs { .. } => match self.kind {
@@ -498,7 +528,7 @@ impl Job {
                     sub: Sub::New,
                     cursor: Some(0),
                 },
-                Kind::Update => Phase::Unlink { next: 0 },
+                Kind::Update | Kind::Warm => Phase::Unlink { next: 0 },
             },
             Phase::List { sub: Sub::New, .. } => Phase::List {
                 sub: Sub::Cur,
@@ -648,6 +678,16 @@ impl Job {
                 self.fail("cannot sync a directory of", &path, e);
             }
             (Purpose::Close, _) | (Purpose::Sync, Ok(_)) => {}
+            // Either way the next read may wait (`Mailbox::warmed`), and says what failed.
+            (Purpose::Warm, r) => {
+                if let Err(e) = r {
+                    info!(
+                        "{}: reading a message in failed: {e}",
+                        self.mailbox.dir.display()
+                    );
+                }
+                self.mailbox.warmed();
+            }
             (p, Ok(other)) => {
                 warn!("mailbox: {p:?} answered {other:?}");
                 self.error.get_or_insert_with(|| {
@@ -685,6 +725,12 @@ impl Job {
                     Some(e) => JobResult::Updated(Err(e)),
                 }
             }
+            // A job with nothing to read, or one whose read never went: the next read may wait.
+            Kind::Warm => {
+                let mut mailbox = self.mailbox;
+                mailbox.warmed();
+                JobResult::Warmed(Some(mailbox))
+            }
         }
     }
 }
@@ -698,6 +744,8 @@ fn cstring(s: &str) -> CString {
 pub enum JobResult {
     Opened(Result<(Mailbox, Vec<MessageInfo>), MailboxError>),
     Updated(Result<(), MailboxError>),
+    /// The mailbox back, its message read in (None: there was no open mailbox).
+    Warmed(Option<Mailbox>),
 }
 
 impl JobResult {
@@ -707,6 +755,7 @@ impl JobResult {
             JobResult::Opened(Ok((m, infos))) => (Some(m), MailboxDone::Opened(Ok(infos))),
             JobResult::Opened(Err(e)) => (None, MailboxDone::Opened(Err(e))),
             JobResult::Updated(r) => (None, MailboxDone::Updated(r)),
+            JobResult::Warmed(m) => (m, MailboxDone::Warmed),
         }
     }
 }
@@ -746,18 +795,12 @@ impl Jobs {
         Jobs::default()
     }
 
-    /// Starts a job for the connection `conn` in `slot` (or records the immediate result).
+    /// Starts a job for the connection `conn` in `slot` (an opening that failed at once is
+    /// answered so).
     pub fn start(&mut self, slot: usize, conn: u64, job: Result<Job, MailboxError>) {
         let job = match job {
             Ok(j) => j,
-            Err(e) => {
-                self.ready.push(Finished {
-                    slot,
-                    conn,
-                    result: JobResult::Opened(Err(e)),
-                });
-                return;
-            }
+            Err(e) => return self.answer(slot, conn, JobResult::Opened(Err(e))),
         };
         self.next_job += 1;
         self.jobs.insert(
@@ -769,6 +812,11 @@ impl Jobs {
                 detached: false,
             },
         );
+    }
+
+    /// Answers the connection `conn` in `slot` without a job (its request could not start).
+    pub fn answer(&mut self, slot: usize, conn: u64, result: JobResult) {
+        self.ready.push(Finished { slot, conn, result });
     }
 
     /// Jobs in progress or results not yet taken.
@@ -851,7 +899,13 @@ impl Jobs {
                     e.job.complete(purpose, Err(Errno(libc::ENXIO)));
                     continue;
                 };
-                match exec.submit(tag, op) {
+                // A warm-up reads a descriptor of the reactor's (the message the mailbox holds).
+                let submitted = if matches!(op, DiskOp::Warm { .. }) {
+                    exec.submit_own(tag, op)
+                } else {
+                    exec.submit(tag, op)
+                };
+                match submitted {
                     Ok(()) => {
                         self.tags.insert(tag, (id, purpose));
                     }

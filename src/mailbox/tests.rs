@@ -887,3 +887,46 @@ fn a_full_executor_makes_a_job_wait_not_fail() {
     let (f, _) = turns(&mut jobs, &mut exec);
     assert!(matches!(f.result, JobResult::Opened(Ok((_, ref i))) if i.len() == 10));
 }
+
+/// Writes `path` out and drops it from the page cache, as a message delivered long ago.
+fn drop_from_cache(path: &Path) {
+    let f = File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: a plain descriptor call.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+}
+
+/// A message that is not in the page cache is not read on the reactor: the read says
+/// `WouldBlock` and names the part to read in; once that is read in (`Job::warm`, in the
+/// executor) the transfer goes on, and the message arrives whole and byte for byte.
+#[test]
+fn a_message_not_in_memory_is_read_in_first() {
+    let root = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+    let name = "1.M1P1Q1.h,S=524288,W=524288:2,";
+    put(root.path(), "bob", "cur", name, &data);
+    drop_from_cache(&root.path().join("bob/cur").join(name));
+    let (mut mb, _) = Mailbox::open(root.path(), "bob").unwrap();
+    let mut buf = [0u8; 4096];
+    let e = mb.read(0, 0, &mut buf).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    assert!(mb.warm.is_some(), "the part to read in is noted");
+    let mut out = Vec::new();
+    let mut warms = 0;
+    loop {
+        match mb.read(0, out.len() as u64, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                warms += 1;
+                mb = mb.warm_now().unwrap();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(out, data);
+    // At most one read in per window (the kernel's readahead may make it fewer).
+    let windows = (data.len() as u64).div_ceil(crate::limits::POP_WARM_WINDOW);
+    assert!((1..=windows).contains(&warms), "{warms} read-ins");
+}

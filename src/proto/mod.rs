@@ -108,6 +108,9 @@ pub enum MailboxRequest {
     Open(String),
     /// UPDATE state: remove these messages (0-based snapshot indices) and release the lock.
     Update(Vec<usize>),
+    /// A message being sent is not in memory (`message_read` said `WouldBlock`): read in the
+    /// part the host noted, then resume the transfer.
+    Warm,
 }
 
 /// A password check a POP session waits for (`Next::AwaitAuth`). The password is wiped when

@@ -59,6 +59,13 @@ enum State {
         current: u64,
         size: Option<u64>,
     },
+    /// RETR waits for its first bytes to be read in (`Fill::Waiting` from `start`): nothing
+    /// of its text is written yet.
+    Starting {
+        stream: MessageStream,
+        current: u64,
+        size: u64,
+    },
     /// RETR's text in flight.
     Sending {
         stream: MessageStream,
@@ -82,6 +89,9 @@ pub struct Pop2Session {
     errors: u32,
     /// Logins are accepted (POP2 has no TLS: a loopback client, or `allow_plaintext_auth`).
     clear_login_ok: bool,
+    /// The message being sent must be read in first: `step` returns `Next::AwaitMailbox`
+    /// and `take_mailbox` says `MailboxRequest::Warm`.
+    warm_wanted: bool,
 }
 
 impl Pop2Session {
@@ -94,6 +104,7 @@ impl Pop2Session {
             inbox: true,
             errors: 0,
             clear_login_ok: true,
+            warm_wanted: false,
         }
     }
 
@@ -124,6 +135,10 @@ impl Pop2Session {
     ) -> Step {
         let mut consumed = 0;
         loop {
+            if self.warm_wanted {
+                // (Cleared by `take_mailbox`; resumed with `MailboxDone::Warmed`.)
+                return Step::new(consumed, Next::AwaitMailbox);
+            }
             match &mut self.state {
                 State::Closed => return Step::new(consumed, Next::Close),
                 State::Verifying(_) => return Step::new(consumed, Next::AwaitAuth),
@@ -132,9 +147,25 @@ impl Pop2Session {
                     let left = wake_at.saturating_duration_since(ctx.now);
                     return Step::new(consumed, Next::Sleep(left));
                 }
+                State::Starting { .. } => {
+                    let State::Starting {
+                        stream,
+                        current,
+                        size,
+                    } = std::mem::replace(&mut self.state, State::Closed)
+                    else {
+                        continue;
+                    };
+                    self.start_stream(current, size, stream, out, host);
+                    continue;
+                }
                 State::Sending { stream, current } => match stream.fill(host, out) {
                     Fill::Full => return Step::new(consumed, Next::NeedOutput),
                     Fill::Done => self.state = State::Xfer { current: *current },
+                    Fill::Waiting => {
+                        self.warm_wanted = true;
+                        continue;
+                    }
                     Fill::Failed(e) => {
                         warn!("pop2: reading a message failed mid-transfer ({e}); closing");
                         self.state = State::Closed;
@@ -197,6 +228,9 @@ impl Pop2Session {
 
     /// The mailbox work `Next::AwaitMailbox` asks for; taken once.
     pub fn take_mailbox(&mut self) -> Option<MailboxRequest> {
+        if std::mem::take(&mut self.warm_wanted) {
+            return Some(MailboxRequest::Warm);
+        }
         match &mut self.state {
             State::AwaitingMailbox(request) => request.take(),
             _ => None,
@@ -341,6 +375,8 @@ impl Pop2Session {
                 warn!("pop2: mailbox open failed: {why}");
                 out.push(b"- mailbox unavailable, try again later\r\n");
             }
+            // (Not awaited in this state: returned above.)
+            MailboxDone::Warmed => {}
             MailboxDone::Updated(Ok(())) => {
                 out.push(b"+ postling POP2 server signing off\r\n");
             }
@@ -411,10 +447,30 @@ impl Pop2Session {
         let (Some(size), Some(index)) = (size, self.index(current)) else {
             return self.error(out, "no message to retrieve (send READ first)");
         };
-        let mut stream = MessageStream::pop2(index, size);
+        let stream = MessageStream::pop2(index, size);
+        self.start_stream(current, size, stream, out, host);
+    }
+
+    /// Starts sending RETR's text (from the SIZE state it was asked in, `Selected`).
+    fn start_stream(
+        &mut self,
+        current: u64,
+        size: u64,
+        mut stream: MessageStream,
+        out: &mut OutBuf,
+        host: &mut dyn PopHost,
+    ) {
         match stream.start(host, out, b"") {
             Ok(Fill::Done) => self.state = State::Xfer { current },
             Ok(Fill::Full) => self.state = State::Sending { stream, current },
+            Ok(Fill::Waiting) => {
+                self.warm_wanted = true;
+                self.state = State::Starting {
+                    stream,
+                    current,
+                    size,
+                };
+            }
             Ok(Fill::Failed(e)) => {
                 warn!("pop2: reading message {current} failed mid-transfer ({e}); closing");
                 self.state = State::Closed;
@@ -422,6 +478,10 @@ impl Pop2Session {
             Err(e) => {
                 warn!("pop2: cannot read message {current}: {e}");
                 out.push(b"- cannot read that message now\r\n");
+                self.state = State::Selected {
+                    current,
+                    size: Some(size),
+                };
             }
         }
     }

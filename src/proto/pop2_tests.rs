@@ -511,3 +511,29 @@ fn helo_and_quit_wait_for_the_mailbox_work() {
             .ends_with("- some deleted messages were not removed\r\n")
     );
 }
+
+/// POP2's RETR of a message not in memory: read in (`MailboxRequest::Warm`) and sent byte for
+/// byte as from a warm mailbox.
+#[test]
+fn a_message_not_in_memory_is_read_in_and_sent_the_same() {
+    let run = |cold: Option<u64>| {
+        let mut host = host();
+        host.add_body("big", Body::Synthetic { len: 50_000 });
+        host.cold_window = cold;
+        let mut h = Harness::new(session(), host);
+        assert_eq!(say(&mut h, "HELO bob bob-pw"), "#4\r\n");
+        let mut wire = Vec::new();
+        for cmd in ["READ 4", "RETR", "ACKS", "RETR", "ACKD"] {
+            wire.extend(h.exchange(format!("{cmd}\r\n").as_bytes()));
+        }
+        (wire, h.host.warms)
+    };
+    let (warm, warms) = run(None);
+    assert_eq!(warms, 0);
+    let (cold, warms) = run(Some(8 * 1024));
+    assert_eq!(
+        String::from_utf8_lossy(&cold),
+        String::from_utf8_lossy(&warm)
+    );
+    assert!(warms >= 7, "{warms}");
+}

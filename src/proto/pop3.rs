@@ -108,10 +108,20 @@ enum State {
         uidl: bool,
         next: usize,
     },
+    /// RETR or TOP waits for its first bytes to be read in (`Fill::Waiting` from `start`):
+    /// nothing of its reply is written yet. Boxed: the other states stay small.
+    Starting(Box<Starting>),
     /// RETR or TOP body in flight.
     Sending(MessageStream),
     /// Nothing more is read; the reactor closes once the output is flushed.
     Closed,
+}
+
+/// A RETR or TOP to start again once its first bytes are in memory.
+struct Starting {
+    stream: MessageStream,
+    status: ArrayVec<u8, 64>,
+    number: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -172,6 +182,9 @@ pub struct Pop3Session {
     clear_login_ok: bool,
     /// STLS was accepted: `step` returns `Next::StartTls` after its reply.
     stls_accepted: bool,
+    /// The message being sent must be read in first: `step` returns `Next::AwaitMailbox`
+    /// and `take_mailbox` says `MailboxRequest::Warm`.
+    warm_wanted: bool,
 }
 
 impl Pop3Session {
@@ -186,6 +199,7 @@ impl Pop3Session {
             tls: false,
             stls_accepted: false,
             clear_login_ok: true,
+            warm_wanted: false,
         }
     }
 
@@ -255,6 +269,10 @@ impl Pop3Session {
     ) -> Step {
         let mut consumed = 0;
         loop {
+            if self.warm_wanted {
+                // (Cleared by `take_mailbox`; resumed with `MailboxDone::Warmed`.)
+                return Step::new(consumed, Next::AwaitMailbox);
+            }
             match &mut self.state {
                 State::Closed => return Step::new(consumed, Next::Close),
                 State::Verifying(_) => return Step::new(consumed, Next::AwaitAuth),
@@ -263,9 +281,26 @@ impl Pop3Session {
                     let left = wake_at.saturating_duration_since(ctx.now);
                     return Step::new(consumed, Next::Sleep(left));
                 }
+                State::Starting(_) => {
+                    let State::Starting(s) = std::mem::replace(&mut self.state, State::Transaction)
+                    else {
+                        continue;
+                    };
+                    let Starting {
+                        stream,
+                        status,
+                        number,
+                    } = *s;
+                    self.start_stream(number, stream, status, out, host);
+                    continue;
+                }
                 State::Sending(stream) => match stream.fill(host, out) {
                     Fill::Full => return Step::new(consumed, Next::NeedOutput),
                     Fill::Done => self.state = State::Transaction,
+                    Fill::Waiting => {
+                        self.warm_wanted = true;
+                        continue;
+                    }
                     Fill::Failed(e) => {
                         warn!("pop3: reading a message failed mid-transfer ({e}); closing");
                         self.state = State::Closed;
@@ -368,6 +403,9 @@ impl Pop3Session {
 
     /// The mailbox work `Next::AwaitMailbox` asks for; taken once.
     pub fn take_mailbox(&mut self) -> Option<MailboxRequest> {
+        if std::mem::take(&mut self.warm_wanted) {
+            return Some(MailboxRequest::Warm);
+        }
         match &mut self.state {
             State::AwaitingMailbox(request) => request.take(),
             _ => None,
@@ -594,6 +632,8 @@ impl Pop3Session {
                 self.signed_off(result, out);
                 self.state = State::Closed;
             }
+            // (Not awaited in this state: returned above.)
+            MailboxDone::Warmed => {}
         }
     }
 
@@ -758,7 +798,7 @@ impl Pop3Session {
             .and_then(|d| d.info(index))
             .map_or(0, |m| m.size);
         let mut status = ArrayVec::<u8, 64>::new();
-        let mut stream = match top_lines {
+        let stream = match top_lines {
             None => {
                 let _ =
                     std::io::Write::write_fmt(&mut status, format_args!("+OK {size} octets\r\n"));
@@ -769,9 +809,29 @@ impl Pop3Session {
                 MessageStream::top(index, lines)
             }
         };
+        self.start_stream(number, stream, status, out, host);
+    }
+
+    /// Starts sending a RETR or TOP reply (from TRANSACTION): the state it leads to.
+    fn start_stream(
+        &mut self,
+        number: u64,
+        mut stream: MessageStream,
+        status: ArrayVec<u8, 64>,
+        out: &mut OutBuf,
+        host: &mut dyn PopHost,
+    ) {
         match stream.start(host, out, &status) {
-            Ok(Fill::Done) => {}
+            Ok(Fill::Done) => self.state = State::Transaction,
             Ok(Fill::Full) => self.state = State::Sending(stream),
+            Ok(Fill::Waiting) => {
+                self.warm_wanted = true;
+                self.state = State::Starting(Box::new(Starting {
+                    stream,
+                    status,
+                    number,
+                }));
+            }
             Ok(Fill::Failed(e)) => {
                 warn!("pop3: reading message {number} failed mid-transfer ({e}); closing");
                 self.state = State::Closed;
@@ -779,6 +839,7 @@ impl Pop3Session {
             Err(e) => {
                 warn!("pop3: cannot read message {number}: {e}");
                 out.push(b"-ERR [SYS/TEMP] cannot read that message now\r\n");
+                self.state = State::Transaction;
             }
         }
     }

@@ -685,3 +685,56 @@ mod tls_rules {
         assert_eq!(next, Next::NeedOutput);
     }
 }
+
+/// Messages not in memory: each read that would wait is a `MailboxRequest::Warm` the session
+/// waits for (nothing else is read or written meanwhile), and the transfer is byte for byte
+/// the one a warm mailbox gives, for RETR and TOP, big and small.
+#[test]
+fn a_message_not_in_memory_is_read_in_and_sent_the_same() {
+    let run = |cold: Option<u64>| {
+        let mut host = host();
+        host.add_body("big", Body::Synthetic { len: 100_000 });
+        host.cold_window = cold;
+        let mut h = Harness::new(session(), host);
+        h.exchange(b"USER bob\r\nPASS bob-pw\r\n");
+        let mut wire = Vec::new();
+        for cmd in ["RETR 4", "RETR 2", "TOP 4 3", "RETR 1", "NOOP"] {
+            wire.extend(h.exchange(format!("{cmd}\r\n").as_bytes()));
+        }
+        (wire, h.host.warms, h.mailbox_requests.clone())
+    };
+    let (warm, warms, _) = run(None);
+    assert_eq!(warms, 0);
+    let (cold, warms, requests) = run(Some(16 * 1024));
+    assert_eq!(
+        String::from_utf8_lossy(&cold),
+        String::from_utf8_lossy(&warm)
+    );
+    assert!(warm.ends_with(b"+OK\r\n"));
+    // The big message in 16 KiB windows, the others (and TOP's head) in one each.
+    let windows = Body::Synthetic { len: 100_000 }
+        .file_len()
+        .div_ceil(16 * 1024);
+    assert_eq!(u64::from(warms), windows + 3);
+    let asked = requests
+        .iter()
+        .filter(|r| **r == MailboxRequest::Warm)
+        .count();
+    assert_eq!(asked as u64, windows + 3);
+}
+
+/// A RETR whose first bytes were not in memory and then cannot be read is answered `-ERR`
+/// as before (nothing of it was written), and the session goes on.
+#[test]
+fn a_message_read_in_that_then_fails_is_answered_err() {
+    let mut h = logged_in();
+    h.host.cold_window = Some(4096);
+    h.host.read_error_at = Some(0);
+    assert_eq!(
+        say(&mut h, "RETR 1"),
+        "-ERR [SYS/TEMP] cannot read that message now\r\n"
+    );
+    assert_eq!(h.host.warms, 1);
+    h.host.read_error_at = None;
+    assert_eq!(say(&mut h, "NOOP"), "+OK\r\n");
+}

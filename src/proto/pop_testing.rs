@@ -32,7 +32,8 @@ pub enum Body {
 const SYNTH_HEAD: &[u8] = b"Subject: big\n\n";
 
 impl Body {
-    fn len(&self) -> u64 {
+    /// The octets of the file.
+    pub fn file_len(&self) -> u64 {
         match self {
             Body::Bytes(b) => b.len() as u64,
             Body::Synthetic { len } => *len,
@@ -109,6 +110,14 @@ pub struct FakeHost {
     pub listed_sizes: Vec<(usize, u64)>,
     /// `message_size` fails.
     pub size_error: bool,
+    /// Messages are not in memory: a read at or past `warm_until` says `WouldBlock`, and a
+    /// `MailboxRequest::Warm` brings this many more octets in (from where the read was).
+    pub cold_window: Option<u64>,
+    /// The message and the offset up to which it is "in memory" (`cold_window`).
+    pub warm_until: (usize, u64),
+    /// Where a read said `WouldBlock`, for the warm-up to start at.
+    pub wants_warm: Option<u64>,
+    pub warms: u32,
 }
 
 impl FakeHost {
@@ -158,6 +167,12 @@ impl FakeHost {
         match request {
             MailboxRequest::Open(user) => MailboxDone::Opened(self.open_mailbox(user)),
             MailboxRequest::Update(deleted) => MailboxDone::Updated(self.update_mailbox(deleted)),
+            MailboxRequest::Warm => {
+                let at = self.wants_warm.take().expect("a warm-up no read asked for");
+                self.warm_until.1 = at + self.cold_window.unwrap_or(0);
+                self.warms += 1;
+                MailboxDone::Warmed
+            }
         }
     }
 
@@ -196,6 +211,15 @@ impl PopHost for FakeHost {
     fn message_read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.reads += 1;
         self.largest_read_buf = self.largest_read_buf.max(buf.len());
+        if self.cold_window.is_some() {
+            if self.warm_until.0 != index {
+                self.warm_until = (index, 0);
+            }
+            if offset >= self.warm_until.1 {
+                self.wants_warm = Some(offset);
+                return Err(io::Error::from(io::ErrorKind::WouldBlock));
+            }
+        }
         if self.read_error_at.is_some_and(|at| offset >= at) {
             return Err(io::Error::other("injected read error"));
         }
@@ -204,10 +228,14 @@ impl PopHost for FakeHost {
             .get(index)
             .ok_or_else(|| io::Error::other("no such index"))?
             .1;
-        let len = body.len();
+        let len = body.file_len();
         let mut limit = len;
         if let Some(at) = self.read_error_at {
             limit = limit.min(at);
+        }
+        if self.cold_window.is_some() {
+            // What is "in memory" and no more, as a read that does not wait gives it.
+            limit = limit.min(self.warm_until.1);
         }
         let n = (limit.saturating_sub(offset))
             .min(buf.len() as u64)

@@ -9,6 +9,10 @@
 //! All state between fills lives in `MessageStream` (a few dozen bytes): a 100 MiB message
 //! costs no more memory than a small one.
 //!
+//! A read that would wait for the disk (`message_read` says `WouldBlock`) is `Fill::Waiting`:
+//! the session asks for the bytes to be read in (`MailboxRequest::Warm`) and calls again once
+//! they are; `start` has then written nothing, so its error can still be answered in-band.
+//!
 //! A read error after the first chunk cannot be reported in-band (the `+OK` and part of the
 //! body are already on the wire), so `fill` returns `Fill::Failed` and the session closes the
 //! connection: the client sees a message without its terminator and discards it, and nothing
@@ -37,6 +41,10 @@ pub enum Fill {
     /// Reading the file failed (or it ended before its listed POP2 size). The connection must
     /// be closed: what was already sent cannot be taken back.
     Failed(io::Error),
+    /// The next bytes are not in memory (`message_read` said `WouldBlock`): have them read in
+    /// (`MailboxRequest::Warm`), then call `fill` (or, from `start`, `start`) again. Nothing
+    /// was lost: the stream stands where it stood.
+    Waiting,
 }
 
 /// One message being sent. Create it with `retr`, `top` or `pop2`, call `start` once with the
@@ -108,7 +116,11 @@ impl MessageStream {
         let mut chunk = [0u8; limits::POP_STREAM_CHUNK];
         let room = out.free().saturating_sub(status.len());
         if let Some(want) = self.read_size(room) {
-            let n = self.read(host, chunk.get_mut(..want).unwrap_or_default())?;
+            let n = match self.read(host, chunk.get_mut(..want).unwrap_or_default()) {
+                // Nothing written: `start` is called again once the bytes are in.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::Waiting),
+                r => r?,
+            };
             out.push(status);
             self.convert(chunk.get(..n).unwrap_or_default(), out)?;
         } else {
@@ -132,6 +144,7 @@ impl MessageStream {
             };
             let n = match self.read(host, chunk.get_mut(..want).unwrap_or_default()) {
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Fill::Waiting,
                 Err(e) => return Fill::Failed(e),
             };
             if let Err(e) = self.convert(chunk.get(..n).unwrap_or_default(), out) {

@@ -97,3 +97,45 @@ def test_code_is_unmapped_after_the_last_log_summary_of_a_burst(server_factory, 
     wait_for(unmapped_after_summary, 10, "the daemon's madvise after the summary")
     os.kill(daemon, signal.SIGTERM)
     assert s.proc.wait(20) == 0
+
+
+def test_a_message_not_in_memory_is_read_in_by_the_helper(server_factory, tmp_path):
+    """RETR of a message that is not in the page cache (delivered long ago): the daemon reads
+    without waiting (preadv2 with RWF_NOWAIT, which says EAGAIN), the helper process reads the
+    part in, and the client gets the message byte for byte."""
+    import poplib
+    from pathlib import Path
+
+    trace = tmp_path / "reads.trace"
+    s = server_factory(auth_failure_delay="1s").start(
+        prefix=("strace", "-f", "-qq", "-o", str(trace), "-e", "trace=pread64,preadv2"))
+    daemon = daemon_pid(s)
+    helper = children(daemon)
+    assert len(helper) == 1, helper
+    body = b"".join(b"line %07d of a message read from the disk\n" % i for i in range(40_000))
+    data = b"Subject: cold\n\n" + body
+    cur = Path(s.settings["mailbox_dir"]) / "bob" / "cur"
+    for sub in ("tmp", "new", "cur"):
+        (cur.parent / sub).mkdir(parents=True, exist_ok=True)
+    # A W= in the name: the login does not read the file to size it.
+    wire = len(data) + data.count(b"\n")
+    path = cur / f"1.M1P1Q1.h,S={len(data)},W={wire}:2,"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    p = poplib.POP3("127.0.0.1", s.pop3_port, timeout=10)
+    p.user("bob")
+    p.pass_("bob-pw")
+    _, lines, _ = p.retr(1)
+    p.quit()
+    assert b"\n".join(lines) + b"\n" == data
+    os.kill(daemon, signal.SIGTERM)
+    assert s.proc.wait(20) == 0
+    calls = trace.read_text().splitlines()
+    nowait_refused = [l for l in calls if l.startswith(f"{daemon} ")
+                      and "preadv2(" in l and "RWF_NOWAIT" in l and "EAGAIN" in l]
+    assert nowait_refused, "the daemon never found the message out of memory"
+    helper_reads = [l for l in calls if l.startswith(f"{helper[0]} ") and "pread64(" in l]
+    assert helper_reads, "the helper read nothing in"

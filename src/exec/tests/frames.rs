@@ -75,6 +75,11 @@ fn frames_round_trip_and_refuse_lies() {
             }),
             sync: true,
         },
+        DiskOp::Warm {
+            file: Handle(11),
+            offset: u64::MAX - 5,
+            len: limits::EXEC_WARM_MAX,
+        },
         DiskOp::Link {
             from_dir: None,
             from: c("a"),
