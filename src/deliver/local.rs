@@ -265,13 +265,13 @@ impl Maildirs {
                 "5.1.3 mailbox name {user:?} is not allowed"
             )));
         }
-        let dirs = self.dirs_for(user, now)?;
         let head = crate::lf::maildir_head(return_path, delivered_to).into_bytes();
         if head.len() > crate::limits::EXEC_COPY_HEAD_MAX {
             return Err(Outcome::Permanent(
                 "5.1.3 address too long for a Maildir trace line".into(),
             ));
         }
+        let dirs = self.dirs_for(user, now)?;
         Ok(Staged {
             dirs,
             tmp: self.tmp_name(now),
@@ -1279,6 +1279,11 @@ mod tests {
         }
         assert!(!root.path().join("mail").exists());
         assert!(!root.path().join("etc").exists());
+        // Trace lines longer than a copy's request may carry: refused before anything is made.
+        let long = format!("{}@h", "x".repeat(crate::limits::EXEC_COPY_HEAD_MAX));
+        let out = m.deliver("u", UNIQUE, "", &long, src(b"x\r\n"), SystemTime::now());
+        assert!(matches!(out, Outcome::Permanent(_)), "{out:?}");
+        assert!(!root.path().join("mail").exists());
     }
 
     #[test]
@@ -1636,11 +1641,7 @@ mod tests {
             stage_for(&mut m, "u"),
         ];
         // Staging writes nothing: the copies are made by the commit, in the executor.
-        let in_tmp = |u: &str| {
-            fs::read_dir(root.path().join(u).join("tmp"))
-                .unwrap()
-                .count()
-        };
+        let in_tmp = |u: &str| names(&root.path().join(u).join("tmp")).len();
         assert_eq!(in_tmp("u") + in_tmp("v"), 0);
         let mut exec = Executor::Inline(Inline::new());
         let mut c = Commit::new(staged);
@@ -1698,11 +1699,11 @@ mod tests {
         assert_eq!(c.outcomes(), vec![Outcome::Delivered; 3]);
         assert!(m.open.is_empty(), "the batch's directories are let go");
         // Each copy is named with the sizes the executor reported.
-        let names: Vec<String> = fs::read_dir(root.path().join("u/new"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(names.iter().all(|n| n.ends_with(",S=36,W=39")), "{names:?}");
+        let in_new = names(&root.path().join("u/new"));
+        assert!(
+            in_new.iter().all(|n| n.ends_with(",S=36,W=39")),
+            "{in_new:?}"
+        );
         assert_eq!(in_tmp("u") + in_tmp("v"), 0);
     }
 
