@@ -422,6 +422,12 @@ impl MemoryMailbox {
             MailboxRequest::Update(deleted) => MailboxDone::Updated(self.mailbox_update(&deleted)),
             // (Its messages are in memory: a read never says `WouldBlock`.)
             MailboxRequest::Warm => MailboxDone::Warmed,
+            MailboxRequest::Size(index) if index < self.count => {
+                MailboxDone::Sized(Ok(self.wire_size))
+            }
+            MailboxRequest::Size(_) => {
+                MailboxDone::Sized(Err(MailboxError::Temporary("no such message".into())))
+            }
         }
     }
 
@@ -455,12 +461,6 @@ impl PopHost for MemoryMailbox {
         let n = rest.len().min(buf.len());
         buf[..n].copy_from_slice(&rest[..n]);
         Ok(n)
-    }
-    fn message_size(&mut self, index: usize) -> io::Result<u64> {
-        if index >= self.count {
-            return Err(io::Error::other("no such message"));
-        }
-        Ok(self.wire_size)
     }
     fn mailbox_release(&mut self) {}
 }

@@ -548,6 +548,15 @@ impl Services {
                         .answer(slot, conn, JobResult::Warmed(None));
                 }
             },
+            // The same: the count runs on the mailbox's own directory.
+            Some(MailboxRequest::Size(index)) => match self.mailboxes.remove(&slot) {
+                Some(m) => Ok(Job::size(m, index)),
+                None => {
+                    let why = MailboxError::Temporary("no mailbox open".into());
+                    let result = JobResult::Sized(None, Err(why));
+                    return self.mailbox_jobs.answer(slot, conn, result);
+                }
+            },
             None => Err(MailboxError::Temporary(
                 "a session awaited mailbox work it did not ask for".into(),
             )),
@@ -1178,13 +1187,6 @@ impl PopHost for PopHostFor<'_> {
     ) -> std::io::Result<usize> {
         match self.services.mailboxes.get_mut(&self.slot) {
             Some(m) => m.read(index, offset, buf),
-            None => Err(std::io::Error::other("no mailbox open")),
-        }
-    }
-
-    fn message_size(&mut self, index: usize) -> std::io::Result<u64> {
-        match self.services.mailboxes.get_mut(&self.slot) {
-            Some(m) => m.wire_size(index),
             None => Err(std::io::Error::other("no mailbox open")),
         }
     }

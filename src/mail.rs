@@ -84,8 +84,8 @@ pub struct MessageInfo {
     /// The Maildir unique name (before `:2,`): the UIDL.
     pub uid: Box<str>,
     /// Size in octets as sent: with CRLF line endings, before dot-stuffing. Taken from a
-    /// Maildir `W=` when the name has one, so only good for listings (see
-    /// `proto::PopHost::message_size`).
+    /// Maildir `W=` when the name has one, so only good for listings (POP2 has a message
+    /// counted: `proto::MailboxRequest::Size`).
     pub size: u64,
 }
 
@@ -110,4 +110,7 @@ pub enum MailboxDone {
     /// The part of a message a read would have waited for is in memory now (or the read in
     /// failed: the next read says how); the transfer goes on.
     Warmed,
+    /// The octets a POP2 RETR of the message will send (`MailboxRequest::Size`), or why it
+    /// could not be counted.
+    Sized(Result<u64, MailboxError>),
 }

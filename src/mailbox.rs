@@ -19,14 +19,14 @@
 //!   file once: its length plus one per LF not preceded by CR. These snapshot sizes serve
 //!   POP3's STAT and LIST, where a wrong `W=` misleads only a size display (RETR streams the
 //!   whole file up to its terminator). POP2 announces the exact length of the text it sends, so
-//!   it asks `wire_size`, which always counts the file.
+//!   it has the file counted whatever its name says (`job::Job::size`, in the executor).
 //! - A message is read for RETR and TOP without waiting for the disk (`preadv2` with
 //!   `RWF_NOWAIT`): bytes not in the page cache are a `WouldBlock`, and the read that brings
 //!   them in (`limits::POP_WARM_WINDOW` of them, `exec::DiskOp::Warm`) is a request the session
 //!   waits for (`MailboxRequest::Warm`, run by `job`) while other clients are served. The read
 //!   after it may wait (a plain `pread`), so a page dropped again meanwhile cannot make the
 //!   transfer go round in circles. Where the kernel or file system refuses `RWF_NOWAIT`, reads
-//!   are plain `pread`s. POP2's `wire_size` still reads its one message on the reactor.
+//!   are plain `pread`s.
 //! - No symbolic link is followed at or below `<root>/<user>` (see `crate::dirfd`): the
 //!   Maildir, `new/` and `cur/` are opened with `O_NOFOLLOW` and held by the `Mailbox`; every
 //!   listing, rename, open and unlink is relative to them. A symlink in their place fails the
@@ -35,7 +35,7 @@
 
 use std::cmp::Ordering;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -146,30 +146,6 @@ fn lock(dir: &Dir) -> Result<File, MailboxError> {
     }
 }
 
-/// Length plus one CR for every LF that POP will expand to CRLF.
-fn wire_size(data: &mut dyn Read) -> io::Result<u64> {
-    let mut buf = [0u8; 16 * 1024];
-    let mut size = 0u64;
-    let mut previous = 0u8;
-    loop {
-        let n = match data.read(&mut buf) {
-            Ok(0) => return Ok(size),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let chunk = &buf[..n];
-        size += n as u64;
-        for i in memchr::memchr_iter(b'\n', chunk) {
-            let before = if i == 0 { previous } else { chunk[i - 1] };
-            if before != b'\r' {
-                size += 1;
-            }
-        }
-        previous = chunk[n - 1];
-    }
-}
-
 /// Whether `preadv2(RWF_NOWAIT)` was refused (an old kernel, a file system without it): from
 /// then on reads are plain `pread`s.
 static NOWAIT_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -202,20 +178,6 @@ pub(crate) fn read_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Resul
             file.read_at(buf, offset)
         }
         _ => Err(e),
-    }
-}
-
-/// Sequential reads by `pread`, so the shared file position never matters.
-struct ReadAt<'a> {
-    file: &'a File,
-    offset: u64,
-}
-
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.offset)?;
-        self.offset += n as u64;
-        Ok(n)
     }
 }
 
@@ -296,14 +258,6 @@ impl Mailbox {
         self.may_wait = true;
     }
 
-    /// The POP size of snapshot message `index` counted from the file itself, never from a
-    /// `W=` in its name (which anyone writing into the Maildir may get wrong). For POP2, whose
-    /// `=size` reply promises the exact length before the text.
-    pub fn wire_size(&mut self, index: usize) -> io::Result<u64> {
-        let file = self.open_current(index)?;
-        wire_size(&mut ReadAt { file, offset: 0 })
-    }
-
     /// The open file of snapshot message `index`, opened now unless it is the current one.
     fn open_current(&mut self, index: usize) -> io::Result<&File> {
         if self.current.as_ref().map(|(i, _)| *i) != Some(index) {
@@ -336,6 +290,17 @@ impl Mailbox {
         match job::run_to_end(job::Job::warm(self), &mut exec) {
             job::JobResult::Warmed(m) => m,
             _ => None,
+        }
+    }
+
+    /// Counts snapshot message `index` as POP2 sends it, at once, on an inline executor (for
+    /// tests; the server runs `job::Job::size`).
+    #[cfg(test)]
+    pub fn size_now(self, index: usize) -> (Option<Mailbox>, Result<u64, MailboxError>) {
+        let mut exec = crate::exec::Executor::Inline(crate::exec::Inline::new());
+        match job::run_to_end(job::Job::size(self, index), &mut exec) {
+            job::JobResult::Sized(m, r) => (m, r),
+            _ => (None, Err(MailboxError::Temporary("not a count".into()))),
         }
     }
 

@@ -110,6 +110,14 @@ impl FakeMailbox {
         self.warm_until.1 = at + 512;
         MailboxDone::Warmed
     }
+
+    /// The answer to `MailboxRequest::Size` (POP2's count of one message).
+    fn size(&mut self, index: usize) -> MailboxDone {
+        let count = self.open.expect("a message sized without an open mailbox");
+        assert!(!self.updated, "a size after the update");
+        assert!(index < count, "size of message {index} of {count}");
+        MailboxDone::Sized(Ok(wire_size(&self.messages[index].1)))
+    }
 }
 
 impl FakeMailbox {
@@ -214,13 +222,6 @@ impl PopHost for FakeMailbox {
         Ok(n)
     }
 
-    fn message_size(&mut self, index: usize) -> io::Result<u64> {
-        let count = self.open.expect("a message sized without an open mailbox");
-        assert!(!self.updated, "a size after the update");
-        assert!(index < count, "size of message {index} of {count}");
-        Ok(wire_size(&self.messages[index].1))
-    }
-
     fn mailbox_release(&mut self) {
         self.open = None;
     }
@@ -314,6 +315,7 @@ macro_rules! pop_session {
                         MailboxDone::Updated(host.update_mailbox(&deleted))
                     }
                     MailboxRequest::Warm => host.warm(),
+                    MailboxRequest::Size(index) => host.size(index),
                 };
                 Completion::Mailbox(done)
             }

@@ -421,7 +421,7 @@ impl Executor {
 
     /// Starts `op`, an `Fdatasync`, `Fsync` or `Syncfs` of a descriptor this process owns
     /// (`Handle::own`), a `Link` from a path into a directory it owns or a `MaildirCopy` into
-    /// one, or a `Warm` of a file it has open, not one the executor
+    /// one, a `WireSize` of names in one, or a `Warm` of a file it has open, not one the executor
     /// opened: the helper backend gets a copy of the descriptor with the request (SCM_RIGHTS). The caller keeps the descriptor open until the completion. Any other
     /// operation is refused (`TooLarge`, handed back unchanged).
     pub fn submit_own(&mut self, tag: u64, op: DiskOp) -> Result<(), Rejected> {
@@ -431,6 +431,8 @@ impl Executor {
             DiskOp::MaildirCopy { dir, .. } => dir.0,
             // A POP message the caller has open.
             DiskOp::Warm { file, .. } => file.0,
+            // POP2's count of a message in a Maildir directory the caller has open.
+            DiskOp::WireSize { dir, .. } => dir.0,
             // A link into a directory the caller owns, from a path (the Maildir delivery of a
             // queued file in the Maildir form).
             DiskOp::Link {

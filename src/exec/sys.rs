@@ -245,7 +245,6 @@ fn read_dir(fd: i32, cursor: u64, max: usize) -> Result<Outcome, Errno> {
 /// One file of a `WireSize`: opens without following a symlink (and without blocking on a
 /// FIFO), refuses anything but a regular file, and counts.
 fn wire_size(dir: i32, path: &std::ffi::CStr, buf: &mut [u8]) -> Result<u64, Errno> {
-    use std::io::Read;
     use std::os::fd::FromRawFd;
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
     // SAFETY: `path` is a NUL-terminated string alive for the call.
@@ -258,24 +257,15 @@ fn wire_size(dir: i32, path: &std::ffi::CStr, buf: &mut [u8]) -> Result<u64, Err
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Errno(libc::EINVAL));
     }
-    let (mut size, mut previous) = (0u64, 0u8);
-    loop {
-        let n = match file.read(buf) {
-            Ok(0) => return Ok(size),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Errno(e.raw_os_error().unwrap_or(libc::EIO))),
-        };
-        let chunk = &buf[..n];
-        size += n as u64;
-        for i in memchr::memchr_iter(b'\n', chunk) {
-            let before = if i == 0 { previous } else { chunk[i - 1] };
-            if before != b'\r' {
-                size += 1;
-            }
-        }
-        previous = chunk[n - 1];
-    }
+    // The byte before the first is no CR: a leading LF counts.
+    let (mut extra, mut previous) = (0u64, 0u8);
+    let read = crate::lf::read_chunks(&mut file, buf, &mut |chunk| {
+        extra += crate::lf::wire_extra(chunk, previous);
+        previous = chunk.last().copied().unwrap_or(previous);
+        Ok(())
+    });
+    read.map(|n| n + extra)
+        .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 fn field<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {

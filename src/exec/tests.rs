@@ -249,6 +249,17 @@ fn maildir_ops(exec: Executor) {
     let big: Vec<u8> = b"x\n".repeat(20_000);
     std::fs::write(p.join("big"), &big).unwrap();
     assert_eq!(size(&mut d, "big"), Ok(60_000));
+    // A CR that ends one read and the LF that starts the next are one line end; an LF that
+    // starts a read after something else is one more octet.
+    let chunk = 16 * 1024;
+    let mut split = vec![b'x'; chunk - 1];
+    split.extend_from_slice(b"\r\n\n");
+    std::fs::write(p.join("split"), &split).unwrap();
+    assert_eq!(size(&mut d, "split"), Ok(split.len() as u64 + 1));
+    let mut lf_first = vec![b'x'; chunk];
+    lf_first.extend_from_slice(b"\n\n");
+    std::fs::write(p.join("lf-first"), &lf_first).unwrap();
+    assert_eq!(size(&mut d, "lf-first"), Ok(lf_first.len() as u64 + 2));
     // A batch answers each name in order, a failure only for its own.
     assert_eq!(
         sizes(&mut d, &["big", "gone", "plain", "link", "empty"]),
@@ -1061,6 +1072,31 @@ fn a_reactor_file_is_warmed_on_every_backend() {
                 ..
             })
         ));
+    }
+}
+
+/// `submit_own` with a `WireSize` (POP2's count of one message): names in a directory the
+/// reactor has open are counted on every backend (the helper with its copy of the descriptor).
+#[test]
+fn a_reactor_directory_is_counted_in_on_every_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 6 octets, two of the LFs bare.
+    std::fs::write(tmp.path().join("m"), b"a\nb\r\n\n").unwrap();
+    let mut backends = vec![("inline", inline()), ("helper", helper())];
+    backends.extend(uring().map(|u| ("uring", u)));
+    for (name, exec) in backends {
+        let dir = std::fs::File::open(tmp.path()).unwrap();
+        let mut d = Driver::new(exec);
+        let op = DiskOp::WireSize {
+            dir: Handle::own(&dir),
+            paths: vec![c("m"), c("gone")],
+        };
+        d.exec.submit_own(1, op).unwrap();
+        assert_eq!(
+            d.wait_sorted(1),
+            vec![(1, Ok(Outcome::Sizes(vec![Ok(8), Err(Errno(libc::ENOENT))])))],
+            "{name}"
+        );
     }
 }
 

@@ -77,6 +77,8 @@ enum Purpose {
     Close,
     /// Reading part of the message being sent into the page cache.
     Warm,
+    /// Counting one message for POP2 (`WireSize` of one file in a directory of the mailbox's).
+    Measure,
 }
 
 #[derive(Debug)]
@@ -116,8 +118,10 @@ enum Phase {
     /// Freeing the job's list of messages, a step a turn (one allocation each: 60,000 of them
     /// freed at once held the reactor for 3 ms).
     Release,
-    /// A warm-up: its one read (`op`: the descriptor the mailbox holds, and the part).
-    Warm {
+    /// A warm-up or a count: its one operation, on a descriptor the mailbox holds (the
+    /// message's file, and the part to read; or its directory, and its name).
+    Single {
+        purpose: Purpose,
         op: Option<DiskOp>,
     },
     Done,
@@ -128,6 +132,7 @@ enum Kind {
     Open,
     Update,
     Warm,
+    Size,
 }
 
 /// One opening or UPDATE of one mailbox (sans-I/O: it says which operation comes next and is
@@ -165,6 +170,9 @@ pub struct Job {
     error: Option<MailboxError>,
     /// The connection went away: an opening stops (an UPDATE does not).
     cancelled: bool,
+    /// POP2's count: the snapshot index of the message, and its size once it came.
+    measuring: usize,
+    measured: Option<u64>,
 }
 
 impl Job {
@@ -203,8 +211,38 @@ impl Job {
         let mut job = Job::new(Kind::Warm, mailbox, Vec::new(), Vec::new());
         job.mailbox.current = current;
         job.phase = match op {
-            Some(op) => Phase::Warm { op: Some(op) },
+            Some(op) => Phase::Single {
+                purpose: Purpose::Warm,
+                op: Some(op),
+            },
             None => Phase::Done,
+        };
+        job
+    }
+
+    /// POP2's count of snapshot message `index` as it is sent (a `WireSize` of its name in
+    /// the mailbox's own `new/` or `cur/`, run by the helper process: it reads the whole file).
+    pub fn size(mut mailbox: Mailbox, index: usize) -> Job {
+        let op = mailbox
+            .message_at(index)
+            .map(|(dir, name)| DiskOp::WireSize {
+                dir: Handle::own(dir.as_file()),
+                paths: vec![cstring(name)],
+            });
+        // (Kept open: the RETR that usually follows reads it.)
+        let current = mailbox.current.take();
+        let mut job = Job::new(Kind::Size, mailbox, Vec::new(), Vec::new());
+        job.mailbox.current = current;
+        job.measuring = index;
+        job.phase = match op {
+            Ok(op) => Phase::Single {
+                purpose: Purpose::Measure,
+                op: Some(op),
+            },
+            Err(e) => {
+                job.error = Some(MailboxError::Temporary(e.to_string()));
+                Phase::Done
+            }
         };
         job
     }
@@ -238,6 +276,8 @@ impl Job {
             touched: [false, false],
             error: None,
             cancelled: false,
+            measuring: 0,
+            measured: None,
         }
     }
 
@@ -329,7 +369,7 @@ impl Job {
                 match self.kind {
                     // The snapshot an UPDATE was given.
                     Kind::Update => cut(&mut self.mailbox.messages),
-                    Kind::Warm => true,
+                    Kind::Warm | Kind::Size => true,
                     // An opening's own list (its names taken into the snapshot unless it
                     // stopped), and a snapshot that goes to no one.
                     Kind::Open if self.stopping() => {
@@ -468,8 +508,8 @@ impl Job {
                     .or_else(|| self.cur.take())?;
                 Some((Purpose::Close, DiskOp::Close { file }))
             }
-            // (A warm-up whose client left is not started.)
-            Phase::Warm { op } if !self.cancelled => op.take().map(|op| (Purpose::Warm, op)),
+            // (A warm-up or count whose client left is not started.)
+            Phase::Single { purpose, op } if !self.cancelled => op.take().map(|op| (*purpose, op)),
             _ => None,
         }
     }
@@ -516,11 +556,11 @@ impl Job {
         let stop = match self.kind {
             Kind::Open => self.error.is_some() || self.cancelled,
             Kind::Update => self.error.is_some() && opening,
-            Kind::Warm => false,
+            Kind::Warm | Kind::Size => false,
         };
         self.phase = match self.phase {
             Phase::Close => Phase::Release,
-            Phase::Release | Phase::Done | Phase::Warm { .. } => Phase::Done,
+            Phase::Release | Phase::Done | Phase::Single { .. } => Phase::Done,
             _ if stop => Phase::Close,
             Phase::OpenUser { .. } => Phase::OpenSubs { sent: 0 },
             Phase::OpenSubs { .. } => match self.kind {
@@ -528,7 +568,7 @@ impl Job {
                     sub: Sub::New,
                     cursor: Some(0),
                 },
-                Kind::Update | Kind::Warm => Phase::Unlink { next: 0 },
+                Kind::Update | Kind::Warm | Kind::Size => Phase::Unlink { next: 0 },
             },
             Phase::List { sub: Sub::New, .. } => Phase::List {
                 sub: Sub::Cur,
@@ -688,6 +728,12 @@ impl Job {
                 }
                 self.mailbox.warmed();
             }
+            (Purpose::Measure, Ok(Outcome::Sizes(sizes))) => match sizes.first() {
+                Some(Ok(size)) => self.measured = Some(*size),
+                Some(Err(e)) => self.measure_failed(*e),
+                None => self.measure_failed(Errno(libc::EIO)),
+            },
+            (Purpose::Measure, Err(e)) => self.measure_failed(e),
             (p, Ok(other)) => {
                 warn!("mailbox: {p:?} answered {other:?}");
                 self.error.get_or_insert_with(|| {
@@ -731,7 +777,23 @@ impl Job {
                 mailbox.warmed();
                 JobResult::Warmed(Some(mailbox))
             }
+            Kind::Size => {
+                let size = match (self.error.take(), self.measured) {
+                    (Some(e), _) => Err(e),
+                    (None, Some(size)) => Ok(size),
+                    (None, None) => Err(MailboxError::Temporary("the count never ran".into())),
+                };
+                JobResult::Sized(Some(self.mailbox), size)
+            }
         }
+    }
+
+    fn measure_failed(&mut self, e: Errno) {
+        let path = match self.mailbox.messages.get(self.measuring) {
+            Some(m) => self.path_of(m.sub, &m.file),
+            None => self.mailbox.dir.clone(),
+        };
+        self.fail("cannot count", &path, e);
     }
 }
 
@@ -746,6 +808,8 @@ pub enum JobResult {
     Updated(Result<(), MailboxError>),
     /// The mailbox back, its message read in (None: there was no open mailbox).
     Warmed(Option<Mailbox>),
+    /// The mailbox back (None: there was none) and POP2's count of one message.
+    Sized(Option<Mailbox>, Result<u64, MailboxError>),
 }
 
 impl JobResult {
@@ -756,6 +820,7 @@ impl JobResult {
             JobResult::Opened(Err(e)) => (None, MailboxDone::Opened(Err(e))),
             JobResult::Updated(r) => (None, MailboxDone::Updated(r)),
             JobResult::Warmed(m) => (m, MailboxDone::Warmed),
+            JobResult::Sized(m, r) => (m, MailboxDone::Sized(r)),
         }
     }
 }
@@ -899,8 +964,9 @@ impl Jobs {
                     e.job.complete(purpose, Err(Errno(libc::ENXIO)));
                     continue;
                 };
-                // A warm-up reads a descriptor of the reactor's (the message the mailbox holds).
-                let submitted = if matches!(op, DiskOp::Warm { .. }) {
+                // A warm-up or a count uses a descriptor of the reactor's (the message, or the
+                // directory, the mailbox holds).
+                let submitted = if matches!(purpose, Purpose::Warm | Purpose::Measure) {
                     exec.submit_own(tag, op)
                 } else {
                     exec.submit(tag, op)

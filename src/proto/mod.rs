@@ -111,6 +111,11 @@ pub enum MailboxRequest {
     /// A message being sent is not in memory (`message_read` said `WouldBlock`): read in the
     /// part the host noted, then resume the transfer.
     Warm,
+    /// POP2's READ: count snapshot message `index` (0-based) as it is sent (CRLF line
+    /// endings, before dot-stuffing) from the file itself, never from a `W=` in its name:
+    /// the `=size` reply promises exactly that many octets. Reading a whole message, so not
+    /// on the reactor.
+    Size(usize),
 }
 
 /// A password check a POP session waits for (`Next::AwaitAuth`). The password is wiped when
@@ -156,16 +161,13 @@ impl Drop for AuthRequest {
 /// Services a POP3 or POP2 session needs from the reactor for one call. (Passwords are not
 /// checked here: that is a `Next::AwaitAuth` request, since it takes CPU time. Unknown users
 /// and wrong passwords must be indistinguishable: same verdict, same work; per-address
-/// throttling is the reactor's business. Opening a mailbox and QUIT's deletions are not here
-/// either: they grow with the mailbox, so they are a `Next::AwaitMailbox` request.)
+/// throttling is the reactor's business. Opening a mailbox, QUIT's deletions and POP2's exact
+/// sizing are not here either: they grow with the mailbox or the message, so they are a
+/// `Next::AwaitMailbox` request.)
 pub trait PopHost {
     /// Read raw bytes of snapshot message `index` (0-based) from byte `offset` of its file.
     /// Returns 0 at end of file.
     fn message_read(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
-    /// The size of snapshot message `index` as sent (CRLF line endings, before dot-stuffing),
-    /// counted from the file itself: what `message_read` will return, converted. POP2 needs it
-    /// exact before it sends the text; `MessageInfo.size` may come from a file name.
-    fn message_size(&mut self, index: usize) -> io::Result<u64>;
     /// Release the lock without deleting anything (QUIT in AUTHORIZATION, drop, timeout).
     fn mailbox_release(&mut self);
 }

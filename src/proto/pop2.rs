@@ -18,8 +18,9 @@
 //! - Messages are numbered 1.. over the login snapshot. `READ [n]` makes n (default: the
 //!   current one) current and answers `=size` (`=0`: no such message, or deleted). `RETR`
 //!   sends exactly `size` octets with CRLF line ends, no dot-stuffing, no terminator. The size
-//!   is counted from the file when it is announced (`PopHost::message_size`), never taken from
-//!   the login listing, whose Maildir `W=` may lie: a wrong size would cut the text short (and
+//!   is counted from the file when it is announced (a `MailboxRequest::Size` the session
+//!   waits for, since it reads the whole message), never taken from the login listing, whose
+//!   Maildir `W=` may lie: a wrong size would cut the text short (and
 //!   `ACKD` delete the rest) or leave the client waiting for octets that never come. `ACKS`
 //!   keeps it, `ACKD` marks it deleted, both move on and answer `=size` of the next; `NACK`
 //!   keeps it current and answers its `=size` again.
@@ -53,6 +54,13 @@ enum State {
     Delaying {
         wake_at: Instant,
         then: Delayed,
+    },
+    /// READ or an acknowledgement made `current` the current message: its exact size is being
+    /// counted (`MailboxRequest::Size`, with the reactor once `take_mailbox` took it); the
+    /// `=size` reply waits for it.
+    Sizing {
+        current: u64,
+        request: Option<MailboxRequest>,
     },
     /// NMBR (`size` None) or SIZE (`=size` of `current` was sent: exactly what RETR sends).
     Selected {
@@ -142,7 +150,9 @@ impl Pop2Session {
             match &mut self.state {
                 State::Closed => return Step::new(consumed, Next::Close),
                 State::Verifying(_) => return Step::new(consumed, Next::AwaitAuth),
-                State::AwaitingMailbox(_) => return Step::new(consumed, Next::AwaitMailbox),
+                State::AwaitingMailbox(_) | State::Sizing { .. } => {
+                    return Step::new(consumed, Next::AwaitMailbox);
+                }
                 State::Delaying { wake_at, .. } => {
                     let left = wake_at.saturating_duration_since(ctx.now);
                     return Step::new(consumed, Next::Sleep(left));
@@ -232,7 +242,7 @@ impl Pop2Session {
             return Some(MailboxRequest::Warm);
         }
         match &mut self.state {
-            State::AwaitingMailbox(request) => request.take(),
+            State::AwaitingMailbox(request) | State::Sizing { request, .. } => request.take(),
             _ => None,
         }
     }
@@ -289,7 +299,7 @@ impl Pop2Session {
             _ if cmd.is("HELO") => self.error(out, "already logged in"),
             // XFER: RFC 937 allows only the acknowledgements (and QUIT) here.
             State::Xfer { current } if cmd.is("ACKS") => {
-                self.acknowledge(current.saturating_add(1), out, host)
+                self.acknowledge(current.saturating_add(1), out)
             }
             State::Xfer { current } if cmd.is("ACKD") => {
                 if let Some(index) = self.index(current) {
@@ -297,12 +307,12 @@ impl Pop2Session {
                         drop.delete(index);
                     }
                 }
-                self.acknowledge(current.saturating_add(1), out, host);
+                self.acknowledge(current.saturating_add(1), out);
             }
-            State::Xfer { current } if cmd.is("NACK") => self.acknowledge(current, out, host),
+            State::Xfer { current } if cmd.is("NACK") => self.acknowledge(current, out),
             State::Xfer { .. } => self.error(out, "send ACKS, ACKD or NACK"),
             _ if cmd.is("FOLD") => self.fold(&cmd, out),
-            _ if cmd.is("READ") => self.read(&cmd, out, host),
+            _ if cmd.is("READ") => self.read(&cmd, out),
             State::Selected { current, size } if cmd.is("RETR") => {
                 self.retr(current, size, out, host)
             }
@@ -346,8 +356,12 @@ impl Pop2Session {
         }
     }
 
-    /// The mailbox was opened (answer HELO) or updated (answer QUIT), or could not be.
+    /// The mailbox was opened (answer HELO) or updated (answer QUIT), or could not be; or the
+    /// current message was counted (answer READ or the acknowledgement).
     fn mailbox_done(&mut self, done: MailboxDone, ctx: Ctx, out: &mut OutBuf) {
+        if let State::Sizing { current, .. } = self.state {
+            return self.sized(current, done, out);
+        }
         if !matches!(self.state, State::AwaitingMailbox(_)) {
             return;
         }
@@ -376,7 +390,7 @@ impl Pop2Session {
                 out.push(b"- mailbox unavailable, try again later\r\n");
             }
             // (Not awaited in this state: returned above.)
-            MailboxDone::Warmed => {}
+            MailboxDone::Warmed | MailboxDone::Sized(_) => {}
             MailboxDone::Updated(Ok(())) => {
                 out.push(b"+ postling POP2 server signing off\r\n");
             }
@@ -403,7 +417,7 @@ impl Pop2Session {
         };
     }
 
-    fn read(&mut self, cmd: &Command<'_>, out: &mut OutBuf, host: &mut dyn PopHost) {
+    fn read(&mut self, cmd: &Command<'_>, out: &mut OutBuf) {
         let current = match (&self.state, cmd.exact_args::<1>()) {
             (_, Some([arg])) => match parse_number(arg) {
                 Some(n) => n,
@@ -414,23 +428,45 @@ impl Pop2Session {
             }
             _ => return self.error(out, "syntax: READ [n]"),
         };
-        self.acknowledge(current, out, host);
+        self.acknowledge(current, out);
     }
 
-    /// Makes `current` the current message and answers its `=size` (SIZE state). The size is
-    /// counted from the file now, never taken from the listing (a Maildir `W=` may lie): RETR
-    /// sends exactly this many octets. A message that is gone, or whose file cannot be read,
-    /// is `=0` and cannot be retrieved.
-    fn acknowledge(&mut self, current: u64, out: &mut OutBuf, host: &mut dyn PopHost) {
-        let size = self
-            .index(current)
-            .and_then(|index| match host.message_size(index) {
-                Ok(size) => Some(size),
-                Err(e) => {
-                    warn!("pop2: cannot size message {current}: {e}");
-                    None
-                }
-            });
+    /// Makes `current` the current message and answers its `=size` (SIZE state) once it is
+    /// counted from the file (`MailboxRequest::Size`), never taken from the listing (a Maildir
+    /// `W=` may lie): RETR sends exactly this many octets. A message that is not there is
+    /// `=0` at once.
+    fn acknowledge(&mut self, current: u64, out: &mut OutBuf) {
+        match self.index(current) {
+            Some(index) => {
+                self.state = State::Sizing {
+                    current,
+                    request: Some(MailboxRequest::Size(index)),
+                };
+            }
+            None => {
+                out.push(b"=0\r\n");
+                self.state = State::Selected {
+                    current,
+                    size: None,
+                };
+            }
+        }
+    }
+
+    /// The count `acknowledge` asked for: a message whose file cannot be read (gone since
+    /// the login, say) is `=0` and cannot be retrieved.
+    fn sized(&mut self, current: u64, done: MailboxDone, out: &mut OutBuf) {
+        let size = match done {
+            MailboxDone::Sized(Ok(size)) => Some(size),
+            MailboxDone::Sized(Err(e)) => {
+                warn!("pop2: cannot size message {current}: {e:?}");
+                None
+            }
+            other => {
+                warn!("pop2: sizing message {current} was answered {other:?}");
+                None
+            }
+        };
         push_fmt(out, format_args!("={}\r\n", size.unwrap_or(0)));
         self.state = State::Selected { current, size };
     }

@@ -512,6 +512,50 @@ fn helo_and_quit_wait_for_the_mailbox_work() {
     );
 }
 
+/// READ and each acknowledgement wait for the message to be counted (`MailboxRequest::Size`,
+/// the reading of a whole file, off the reactor): nothing is answered and no line is read
+/// meanwhile, even one already sent; a message not there is `=0` without a request.
+#[test]
+fn read_and_acknowledgements_wait_for_the_count() {
+    use crate::mail::MailboxDone;
+    use crate::proto::MailboxRequest;
+    let mut h = logged_in();
+    h.auto_mailbox = false;
+    h.mailbox_requests.clear();
+    let before = h.wire.len();
+    h.send(b"READ 2\r\nRETR\r\n");
+    assert_eq!(h.run(), Stop::AwaitMailbox);
+    assert_eq!(h.mailbox_requests, vec![MailboxRequest::Size(1)]);
+    assert_eq!(h.wire.len(), before, "no =size before the count");
+    assert!(h.host.sized.is_empty());
+    // (The pipelined RETR is read once the count came.)
+    h.mailbox_done(MailboxDone::Sized(Ok(wire_size(TWO))));
+    assert_eq!(h.run(), Stop::NeedInput);
+    let body_two = b"Subject: two\r\n\r\n.dot stays\r\nno final newline";
+    assert_eq!(
+        &h.wire[before..],
+        [format!("={}\r\n", wire_size(TWO)).as_bytes(), body_two].concat()
+    );
+    h.send(b"ACKS\r\n");
+    assert_eq!(h.run(), Stop::AwaitMailbox);
+    assert_eq!(h.mailbox_requests[1], MailboxRequest::Size(2));
+    // A count that failed: `=0`, and RETR refuses.
+    h.mailbox_done(MailboxDone::Sized(Err(MailboxError::Temporary(
+        "gone".into(),
+    ))));
+    assert_eq!(h.run(), Stop::NeedInput);
+    assert!(h.wire_str().ends_with("=0\r\n"));
+    h.auto_mailbox = true;
+    assert_eq!(
+        say(&mut h, "RETR"),
+        "- no message to retrieve (send READ first)\r\n"
+    );
+    // Past the last message, or a deleted one: `=0` at once, nothing counted.
+    assert_eq!(say(&mut h, "READ 9"), "=0\r\n");
+    assert_eq!(h.mailbox_requests.len(), 2);
+    assert!(h.host.sized.is_empty());
+}
+
 /// POP2's RETR of a message not in memory: read in (`MailboxRequest::Warm`) and sent byte for
 /// byte as from a warm mailbox.
 #[test]

@@ -632,8 +632,8 @@ impl Pop3Session {
                 self.signed_off(result, out);
                 self.state = State::Closed;
             }
-            // (Not awaited in this state: returned above.)
-            MailboxDone::Warmed => {}
+            // (Not awaited in this state: returned above; POP3 never asks for a count.)
+            MailboxDone::Warmed | MailboxDone::Sized(_) => {}
         }
     }
 

@@ -108,8 +108,10 @@ pub struct FakeHost {
     /// `(index, size)`: `open_mailbox` lists the message with this size instead of its real
     /// one (a Maildir `W=` that lies).
     pub listed_sizes: Vec<(usize, u64)>,
-    /// `message_size` fails.
+    /// `MailboxRequest::Size` fails.
     pub size_error: bool,
+    /// The `MailboxRequest::Size` indices answered, in order.
+    pub sized: Vec<usize>,
     /// Messages are not in memory: a read at or past `warm_until` says `WouldBlock`, and a
     /// `MailboxRequest::Warm` brings this many more octets in (from where the read was).
     pub cold_window: Option<u64>,
@@ -173,7 +175,20 @@ impl FakeHost {
                 self.warms += 1;
                 MailboxDone::Warmed
             }
+            MailboxRequest::Size(index) => MailboxDone::Sized(self.size_message(*index)),
         }
+    }
+
+    /// Count message `index` as POP2 sends it.
+    pub fn size_message(&mut self, index: usize) -> Result<u64, MailboxError> {
+        self.sized.push(index);
+        if self.size_error {
+            return Err(MailboxError::Temporary("injected size error".into()));
+        }
+        self.messages
+            .get(index)
+            .map(|(_, body)| body.wire_size())
+            .ok_or_else(|| MailboxError::Temporary("no such index".into()))
     }
 
     /// Lock the user's mailbox and take a snapshot of its messages.
@@ -248,16 +263,6 @@ impl PopHost for FakeHost {
             }
         }
         Ok(n)
-    }
-
-    fn message_size(&mut self, index: usize) -> io::Result<u64> {
-        if self.size_error {
-            return Err(io::Error::other("injected size error"));
-        }
-        self.messages
-            .get(index)
-            .map(|(_, body)| body.wire_size())
-            .ok_or_else(|| io::Error::other("no such index"))
     }
 
     fn mailbox_release(&mut self) {

@@ -139,3 +139,46 @@ def test_a_message_not_in_memory_is_read_in_by_the_helper(server_factory, tmp_pa
     assert nowait_refused, "the daemon never found the message out of memory"
     helper_reads = [l for l in calls if l.startswith(f"{helper[0]} ") and "pread64(" in l]
     assert helper_reads, "the helper read nothing in"
+
+
+def test_pop2_counts_a_message_in_the_helper(server_factory, tmp_path):
+    """POP2's READ announces the exact size of a message, which means reading all of it: the
+    helper process opens and counts the file (its W= lies here) before the daemon opens it to
+    send it, and the client gets that many octets."""
+    import socket
+    from conftest import free_port
+    from pathlib import Path
+
+    trace = tmp_path / "opens.trace"
+    s = server_factory(auth_failure_delay="1s")
+    s.pop2_port = free_port()
+    s.settings["pop2_listen"] = f"127.0.0.1:{s.pop2_port}"
+    s.write_config()
+    s.start(prefix=("strace", "-f", "-qq", "-o", str(trace), "-e", "trace=openat"))
+    daemon = daemon_pid(s)
+    helper = children(daemon)
+    assert len(helper) == 1, helper
+    data = b"Subject: counted\n\n" + b"a line of the message\n" * 5_000
+    new = Path(s.settings["mailbox_dir"]) / "bob" / "new"
+    for sub in ("tmp", "new", "cur"):
+        (new.parent / sub).mkdir(parents=True, exist_ok=True)
+    name = "1.M1P1Q1.h,W=7"
+    (new / name).write_bytes(data)
+    expected = data.replace(b"\n", b"\r\n")
+    with socket.create_connection(("127.0.0.1", s.pop2_port), timeout=10) as c:
+        f = c.makefile("rb")
+        assert f.readline().startswith(b"+")
+        c.sendall(b"HELO bob bob-pw\r\n")
+        assert f.readline() == b"#1\r\n"
+        c.sendall(b"READ 1\r\n")
+        assert f.readline() == b"=%d\r\n" % len(expected)
+        c.sendall(b"RETR\r\n")
+        assert f.read(len(expected)) == expected
+        c.sendall(b"ACKS\r\nQUIT\r\n")
+        assert f.readline() == b"=0\r\n"
+        assert f.readline().startswith(b"+")
+    os.kill(daemon, signal.SIGTERM)
+    assert s.proc.wait(20) == 0
+    opens = [l for l in trace.read_text().splitlines() if f'"{name}"' in l]
+    assert opens and opens[0].startswith(f"{helper[0]} "), opens
+    assert any(l.startswith(f"{daemon} ") for l in opens), "RETR reads on the daemon"
