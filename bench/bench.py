@@ -43,6 +43,9 @@ TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 # bench/run builds it with scripts/build-release (static, as installed) and names it here.
 BIN = Path(os.environ.get("POSTLING_BENCH_BIN", TARGET_DIR / "release" / "postling"))
 
+# What `--disk-io both` measures again with the helper process (the rest does not touch the disk
+# executor, or measures the peers' side: parsers, pop3 as a whole, footprint, tls, relay, deferred).
+BACKEND_FIGURES = ["durability", "smtp1", "smtp20", "idle", "memory", "authflood", "bigbox"]
 FIGURES = ["parsers", "durability", "smtp1", "smtp20", "pop3", "idle", "memory", "deferred", "footprint", "tls",
            "authflood", "relay", "bigbox"]
 SIZE = 4096
@@ -1137,9 +1140,10 @@ def main():
     ap.add_argument("--relay-stall", type=int, default=30,
                     help="seconds without a new message at the sink before a relay round fails (default 30)")
     ap.add_argument("--bigbox-messages", type=int, help="messages in the bigbox mailbox (default 60000, --quick 10000)")
-    ap.add_argument("--disk-io", choices=("auto", "uring", "helper"), default="auto",
+    ap.add_argument("--disk-io", choices=("auto", "uring", "helper", "both"), default="auto",
                     help="postling's disk_io backend (default auto); figures measured with another are "
-                         "kept as FIGURE@BACKEND and shown in a table of their own")
+                         "kept as FIGURE@BACKEND and shown in a table of their own; both: every figure "
+                         "with auto, then the backend's own figures again with the helper, in one run")
     ap.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
                     help=f"run only these figures ({', '.join(FIGURES)}); the others keep their last results")
     args = ap.parse_args()
@@ -1167,154 +1171,171 @@ def main():
     # A trash left by an interrupted run is deleted now, before anything is measured.
     shutil.rmtree(WORK / "trash", ignore_errors=True)
     set_trash(WORK / "trash")
-    run = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds,
-           "memory_rounds": args.memory_rounds,
-           "messages": args.messages, "idle_seconds": args.idle_seconds, "connections": args.connections,
-           "pop_count": pop_count, "big_size": big_size, "deferred_count": deferred_count, "quick": q,
-           "tls_seconds": args.tls_seconds, "tls_parallel": args.tls_parallel, "tls_hold": args.tls_hold,
-           "flood_seconds": args.flood_seconds, "flood_connections": args.flood_connections,
-           "relay_sessions": 20, "relay_hold": args.relay_hold, "relay_stall": args.relay_stall,
-           "bigbox_messages": args.bigbox_messages, "disk_io": args.disk_io}
     info = machine()
 
-    def record(name, measure):
-        """Runs one figure; an error is logged and recorded, and the run goes on."""
-        if name not in figures:
-            return
-        key = name if args.disk_io == "auto" else f"{name}@{args.disk_io}"
-        log(f"{key}:")
-        try:
-            results[key] = {"run": run, "data": measure()}
-        except (KeyboardInterrupt, Stop):
-            raise
-        except Exception as e:
-            log(f"{key} failed: {e!r}")
-            results[key] = {"run": run, "error": repr(e)[:500]}
+    def measure(backend, figures):
+        """One pass over `figures` with postling on `backend`."""
+        run = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rounds": args.rounds,
+               "memory_rounds": args.memory_rounds,
+               "messages": args.messages, "idle_seconds": args.idle_seconds, "connections": args.connections,
+               "pop_count": pop_count, "big_size": big_size, "deferred_count": deferred_count, "quick": q,
+               "tls_seconds": args.tls_seconds, "tls_parallel": args.tls_parallel, "tls_hold": args.tls_hold,
+               "flood_seconds": args.flood_seconds, "flood_connections": args.flood_connections,
+               "relay_sessions": 20, "relay_hold": args.relay_hold, "relay_stall": args.relay_stall,
+               "bigbox_messages": args.bigbox_messages, "disk_io": backend}
 
-    record("parsers", lambda: parsers(q))
-
-    guard = EtcPostfixGuard(WORK)
-    guard.save()
-    pl = Postling(WORK, BIN, (free_port(), free_port()), disk_io=args.disk_io)
-    pf = Postfix(WORK, free_port(), maxproc=args.connections[1] + 100)
-    dc = Dovecot(WORK, free_port())
-    started = []
-    try:
-        needs = set(figures) - {"parsers", "footprint"}
-        if needs:
-            for s in (pl, pf, dc):
-                s.setup()
-            for s in (pl, pf, dc):
-                started.append(s)  # before start(): a half-started server is still stopped
-                s.start()
-            for s in (pl, pf):  # warm-up, not measured
-                smtp_load(s, 5, 200)
-        smtp = (pl, pf)
-        record("durability", lambda: {s.name: durability(s) for s in smtp})
-        record("smtp1", lambda: alternate(args.rounds, smtp, lambda s: smtp_load(s, 1, args.messages), "smtp1"))
-        record("smtp20", lambda: alternate(args.rounds, smtp,
-                                           lambda s: smtp_load(s, 20, args.messages, side=True, ledger=True), "smtp20"))
-
-        def pop3():
-            data = alternate(args.rounds, (pl, dc), lambda s: pop3_run(s, pop_count, big_size), "pop3")
-            data["client_ceiling"] = pop3_client_ceiling(pop_count, big_size)
-            return data
-        record("pop3", pop3)
-        record("idle", lambda: alternate(args.rounds, smtp, lambda s: idle_window(s, args.idle_seconds), "idle"))
-
-        def memory(s):
-            settle(s)
-            rss, pss = procstat.memory_kib(s.pids())
-            out = {"rss_idle": rss, "pss_idle": pss, "processes_idle": len(s.pids())}
-            if s is pf:
-                out["rss_idle_with_dovecot"] = rss + procstat.memory_kib(dc.pids())[0]
-            for n in args.connections:
-                h = hold_idle(s, n)
-                out.update({f"{k}_{n}": v for k, v in h.items()})
-            return out
-        record("memory", lambda: alternate(args.memory_rounds, smtp, memory, "memory"))
-
-        def deferred():
-            setup = {s.name: make_deferred(s, deferred_count) for s in smtp}
-            log(f"  deferred queues: {setup}")
-            data = alternate(args.rounds, smtp, lambda s: idle_window(s, args.idle_seconds), "deferred")
-            data["setup"] = setup
-            data["after"] = {s.name: dict(zip(("queued", "deferred"), s.queue())) for s in smtp}
-            return data
-        record("deferred", deferred)
-        record("footprint", footprint)
-
-        def flood():
-            both = (types.SimpleNamespace(name="postling", pop=pl, smtp=pl),
-                    types.SimpleNamespace(name="dovecot", pop=dc, smtp=pf))
-            return alternate(args.rounds, both, lambda s: authflood(s.pop, s.smtp, args.flood_seconds,
-                                                                     args.flood_connections), "authflood")
-        record("authflood", flood)
-
-        def big():
-            both = (types.SimpleNamespace(name="postling", pop=pl, smtp=pl),
-                    types.SimpleNamespace(name="dovecot", pop=dc, smtp=pf))
-            return alternate(args.rounds, both, lambda s: bigbox(s.pop, s.smtp, args.bigbox_messages), "bigbox")
-        record("bigbox", big)
-
-        def tls():
-            # The servers are set up again with TLS (an ECDSA certificate first), so that the
-            # other figures measure them without it.
-            certs = make_certs(WORK / "tls")
-            for s in (pl, pf, dc):
-                s.stop()
-            pl.smtps_port, pf.smtps_port, dc.pop3s_port = free_port(), free_port(), free_port()
-            for s in (pl, pf, dc):
-                s.tls = certs["ecdsa"][:2]
-                s.setup()
-                s.start()
-            ports = {pl: (pl.smtps_port, b"220", pl.smtp_port), pf: (pf.smtps_port, b"220", pf.smtp_port),
-                     dc: (dc.pop3s_port, b"+OK", None)}
-            data = {"probe": {}}
-            # Memory first, while Postfix has no smtpd process of its smtps service yet.
-            data["hold"] = {s.name: [hold_tls(s, port, greet, args.tls_hold)] for s, (port, greet, _) in ports.items()}
-            for s in ports:
-                log(f"  tls hold {s.name}: {brief(data['hold'][s.name][0])}")
-            for kind in ("ecdsa", "rsa"):
-                cert, key, der = certs[kind]
-                for s, (port, greet, _) in ports.items():
-                    if s.tls[0] != cert:
-                        s.use_cert(cert, key)
-                    deadline = time.time() + 30
-                    while True:
-                        probe = tls_probe(port, greet)
-                        if probe[0] == der:
-                            break
-                        if time.time() > deadline:
-                            raise RuntimeError(f"{s.name} still presents the old certificate")
-                        time.sleep(0.2)
-                    data["probe"][f"{s.name}_{kind}"] = list(probe[1:])
-                data[kind] = alternate(args.rounds, list(ports), lambda s: tls_flood(
-                    s, ports[s][0], ports[s][1], args.tls_seconds, args.tls_parallel, ports[s][2]), f"tls {kind}")
-            return data
-        record("tls", tls)
-        # Last: it sets postling and Postfix up again as relays (and leaves them stopped).
-        record("relay", lambda: relay_figure(smtp, args.rounds, 20, args.messages, args.relay_hold,
-                                             args.relay_stall))
-    except KeyboardInterrupt:
-        log("interrupted: stopping the servers")
-        raise
-    finally:
-        # A second Ctrl-C must not cut the cleanup short.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        for s in reversed(started):
+        def record(name, measure):
+            """Runs one figure; an error is logged and recorded, and the run goes on."""
+            if name not in figures:
+                return
+            key = name if backend == "auto" else f"{name}@{backend}"
+            log(f"{key}:")
             try:
+                results[key] = {"run": run, "data": measure()}
+            except (KeyboardInterrupt, Stop):
+                raise
+            except Exception as e:
+                log(f"{key} failed: {e!r}")
+                results[key] = {"run": run, "error": repr(e)[:500]}
+
+        record("parsers", lambda: parsers(q))
+
+        guard = EtcPostfixGuard(WORK)
+        guard.save()
+        pl = Postling(WORK, BIN, (free_port(), free_port()), disk_io=backend)
+        pf = Postfix(WORK, free_port(), maxproc=args.connections[1] + 100)
+        dc = Dovecot(WORK, free_port())
+        started = []
+        try:
+            needs = set(figures) - {"parsers", "footprint"}
+            if needs:
+                for s in (pl, pf, dc):
+                    s.setup()
+                for s in (pl, pf, dc):
+                    started.append(s)  # before start(): a half-started server is still stopped
+                    s.start()
+                for s in (pl, pf):  # warm-up, not measured
+                    smtp_load(s, 5, 200)
+            smtp = (pl, pf)
+            record("durability", lambda: {s.name: durability(s) for s in smtp})
+            record("smtp1", lambda: alternate(args.rounds, smtp, lambda s: smtp_load(s, 1, args.messages), "smtp1"))
+            record("smtp20", lambda: alternate(args.rounds, smtp,
+                                               lambda s: smtp_load(s, 20, args.messages, side=True, ledger=True), "smtp20"))
+
+            def pop3():
+                data = alternate(args.rounds, (pl, dc), lambda s: pop3_run(s, pop_count, big_size), "pop3")
+                data["client_ceiling"] = pop3_client_ceiling(pop_count, big_size)
+                return data
+            record("pop3", pop3)
+            record("idle", lambda: alternate(args.rounds, smtp, lambda s: idle_window(s, args.idle_seconds), "idle"))
+
+            def memory(s):
+                settle(s)
+                rss, pss = procstat.memory_kib(s.pids())
+                out = {"rss_idle": rss, "pss_idle": pss, "processes_idle": len(s.pids())}
                 if s is pf:
-                    pf.purge_queue()
-                s.stop()
-            except Exception as e:  # keep stopping the others
-                log(f"stopping {s.name}: {e}")
-        if guard.restore():
-            log("/etc/postfix had changed during the run and was restored")
-        for s in (pl, pf, dc):
-            for sub in ("mail", "spool", "queue"):
-                shutil.rmtree(Path(s.dir) / sub, ignore_errors=True)
+                    out["rss_idle_with_dovecot"] = rss + procstat.memory_kib(dc.pids())[0]
+                for n in args.connections:
+                    h = hold_idle(s, n)
+                    out.update({f"{k}_{n}": v for k, v in h.items()})
+                return out
+            record("memory", lambda: alternate(args.memory_rounds, smtp, memory, "memory"))
+
+            def deferred():
+                setup = {s.name: make_deferred(s, deferred_count) for s in smtp}
+                log(f"  deferred queues: {setup}")
+                data = alternate(args.rounds, smtp, lambda s: idle_window(s, args.idle_seconds), "deferred")
+                data["setup"] = setup
+                data["after"] = {s.name: dict(zip(("queued", "deferred"), s.queue())) for s in smtp}
+                return data
+            record("deferred", deferred)
+            record("footprint", footprint)
+
+            def flood():
+                both = (types.SimpleNamespace(name="postling", pop=pl, smtp=pl),
+                        types.SimpleNamespace(name="dovecot", pop=dc, smtp=pf))
+                return alternate(args.rounds, both, lambda s: authflood(s.pop, s.smtp, args.flood_seconds,
+                                                                         args.flood_connections), "authflood")
+            record("authflood", flood)
+
+            def big():
+                both = (types.SimpleNamespace(name="postling", pop=pl, smtp=pl),
+                        types.SimpleNamespace(name="dovecot", pop=dc, smtp=pf))
+                return alternate(args.rounds, both, lambda s: bigbox(s.pop, s.smtp, args.bigbox_messages), "bigbox")
+            record("bigbox", big)
+
+            def tls():
+                # The servers are set up again with TLS (an ECDSA certificate first), so that the
+                # other figures measure them without it.
+                certs = make_certs(WORK / "tls")
+                for s in (pl, pf, dc):
+                    s.stop()
+                pl.smtps_port, pf.smtps_port, dc.pop3s_port = free_port(), free_port(), free_port()
+                for s in (pl, pf, dc):
+                    s.tls = certs["ecdsa"][:2]
+                    s.setup()
+                    s.start()
+                ports = {pl: (pl.smtps_port, b"220", pl.smtp_port), pf: (pf.smtps_port, b"220", pf.smtp_port),
+                         dc: (dc.pop3s_port, b"+OK", None)}
+                data = {"probe": {}}
+                # Memory first, while Postfix has no smtpd process of its smtps service yet.
+                data["hold"] = {s.name: [hold_tls(s, port, greet, args.tls_hold)] for s, (port, greet, _) in ports.items()}
+                for s in ports:
+                    log(f"  tls hold {s.name}: {brief(data['hold'][s.name][0])}")
+                for kind in ("ecdsa", "rsa"):
+                    cert, key, der = certs[kind]
+                    for s, (port, greet, _) in ports.items():
+                        if s.tls[0] != cert:
+                            s.use_cert(cert, key)
+                        deadline = time.time() + 30
+                        while True:
+                            probe = tls_probe(port, greet)
+                            if probe[0] == der:
+                                break
+                            if time.time() > deadline:
+                                raise RuntimeError(f"{s.name} still presents the old certificate")
+                            time.sleep(0.2)
+                        data["probe"][f"{s.name}_{kind}"] = list(probe[1:])
+                    data[kind] = alternate(args.rounds, list(ports), lambda s: tls_flood(
+                        s, ports[s][0], ports[s][1], args.tls_seconds, args.tls_parallel, ports[s][2]), f"tls {kind}")
+                return data
+            record("tls", tls)
+            # Last: it sets postling and Postfix up again as relays (and leaves them stopped).
+            record("relay", lambda: relay_figure(smtp, args.rounds, 20, args.messages, args.relay_hold,
+                                                 args.relay_stall))
+        except KeyboardInterrupt:
+            log("interrupted: stopping the servers")
+            raise
+        finally:
+            # A second Ctrl-C must not cut the cleanup short.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            for s in reversed(started):
+                try:
+                    if s is pf:
+                        pf.purge_queue()
+                    s.stop()
+                except Exception as e:  # keep stopping the others
+                    log(f"stopping {s.name}: {e}")
+            if guard.restore():
+                log("/etc/postfix had changed during the run and was restored")
+            # Into the trash, deleted after the last pass: a mass deletion now would slow the
+            # next pass's file creations (see the note on the harness's deletions).
+            for s in (pl, pf, dc):
+                for sub in ("mail", "spool", "queue"):
+                    discard(Path(s.dir) / sub)
+
+    try:
+        if args.disk_io == "both":
+            measure("auto", figures)
+            # The figures that depend on the backend, again with the helper process.
+            again = [f for f in figures if f in BACKEND_FIGURES]
+            if again:
+                log(f"again with disk_io = helper: {' '.join(again)}")
+                measure("helper", again)
+        else:
+            measure(args.disk_io, figures)
+    finally:
         empty_trash()
     info["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     out = {"machine": info, "figures": results}
