@@ -5,15 +5,18 @@
 //! (`flock` on `spool_dir` itself, see `lock_spool`). A running daemon holds it for its
 //! whole life, so while it runs a command is never carried out by the command-line process:
 //! that sends the request over the Unix socket `spool_dir/control.sock` and the daemon's
-//! reactor carries it out between two delivery batches (`apply` with its own spool and
-//! engine), so no command ever touches an entry that is being attempted. With no daemon the
+//! reactor carries it out between two delivery batches (`Progress`, a slice of its entries per
+//! turn, with its own spool and engine, starting no batch until it is done), so no command
+//! ever touches an entry that is being attempted, and one over thousands of entries does not
+//! hold the other clients. With no daemon the
 //! command takes the lock itself (a daemon starting meanwhile waits for it) and runs the same
 //! `apply` on the spool directly. Either way every change is one of the spool's own
 //! transitions (a hold marker created or unlinked, an entry removed, a bounce committed).
 //!
 //! The socket lives in `spool_dir` (mode 0700, owned by the user the daemon runs as), so only
 //! that user and root can reach it. Protocol: one request line (`hold ID ID…`), then the
-//! reply lines (`ok TEXT`, `unknown TEXT`, `failed TEXT`), then the daemon closes.
+//! reply lines (`ok TEXT`, `unknown TEXT`, `failed TEXT`, written as they come), then the
+//! daemon closes.
 
 pub mod cli;
 
@@ -180,10 +183,10 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-/// Carries out `cmd` on the spool and the engine: in the daemon between delivery batches
-/// (`running` true), or in the command's own process holding the spool lock with no daemon
-/// (`running` false: nothing is scheduled there, and the daemon attempts every entry that is
-/// not held when it starts).
+/// Carries out `cmd` on the spool and the engine, all of it at once: in the command's own
+/// process holding the spool lock with no daemon (`running` false: nothing is scheduled there,
+/// and the daemon attempts every entry that is not held when it starts). The daemon runs the
+/// same steps a slice at a time (`Progress`).
 pub fn apply(
     cmd: &Command,
     spool: &mut Spool,
@@ -191,34 +194,113 @@ pub fn apply(
     running: bool,
     wall: SystemTime,
 ) -> Vec<Line> {
+    let mut progress = Progress::new(cmd.clone());
     let mut out = Vec::new();
-    let each = |ids: &[QueueId],
-                out: &mut Vec<Line>,
-                spool: &mut Spool,
-                f: &mut dyn FnMut(&QueueId, &mut Spool) -> Line| {
-        for id in ids {
-            if !spool.contains(id) {
-                out.push(Line::unknown(id));
-                continue;
-            }
-            out.push(f(id, spool));
+    while !progress.step(spool, engine, running, wall, Instant::now(), &mut out) {}
+    out
+}
+
+/// A queue command being carried out in the daemon, a slice of its entries at a time between
+/// delivery batches (`running` true), so that a command over thousands of entries (each a
+/// file created or removed and a sync of `queue/`) never holds the other clients for more
+/// than a slice; delivery waits until the command is done (the reactor starts no batch
+/// meanwhile), so it never acts on an entry being attempted.
+pub struct Progress {
+    cmd: Command,
+    /// The entries to act on, in the order given (`DeleteAll`: listed at the first step).
+    ids: Vec<QueueId>,
+    next: usize,
+    started: bool,
+}
+
+impl Progress {
+    pub fn new(cmd: Command) -> Progress {
+        let ids = match &cmd {
+            Command::Flush(ids)
+            | Command::Hold(ids)
+            | Command::Release(ids)
+            | Command::Delete(ids)
+            | Command::Bounce(ids) => ids.clone(),
+            Command::DeleteAll => Vec::new(),
+        };
+        Progress {
+            cmd,
+            ids,
+            next: 0,
+            started: false,
         }
-    };
+    }
+
+    /// Acts on entries until `deadline` has passed (on one at least), appending a reply line
+    /// for each to `out`; true when the command is done.
+    pub fn step(
+        &mut self,
+        spool: &mut Spool,
+        engine: &mut Engine,
+        running: bool,
+        wall: SystemTime,
+        deadline: Instant,
+        out: &mut Vec<Line>,
+    ) -> bool {
+        if !std::mem::replace(&mut self.started, true) {
+            match &self.cmd {
+                Command::Flush(ids) if ids.is_empty() => {
+                    out.push(flush_all(engine, running));
+                    return true;
+                }
+                Command::DeleteAll => match spool.ids() {
+                    Ok(ids) if ids.is_empty() => {
+                        out.push(Line::ok("the queue is empty".into()));
+                        return true;
+                    }
+                    Ok(ids) => self.ids = ids,
+                    Err(e) => {
+                        out.push(Line::failed(format!("cannot list the queue: {e}")));
+                        return true;
+                    }
+                },
+                _ => {}
+            }
+        }
+        while let Some(id) = self.ids.get(self.next) {
+            self.next += 1;
+            out.push(match &self.cmd {
+                Command::DeleteAll => delete(id, spool, engine),
+                _ if !spool.contains(id) => Line::unknown(id),
+                cmd => act(cmd, id, spool, engine, running, wall),
+            });
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        self.next >= self.ids.len()
+    }
+}
+
+fn flush_all(engine: &mut Engine, running: bool) -> Line {
+    if running {
+        let n = engine.schedule.len();
+        engine.schedule.flush();
+        info!("queue run requested by postling queue flush: {n} message(s) due now");
+        Line::ok(format!("{n} message(s) due now"))
+    } else {
+        Line::ok(
+            "no daemon running: every message that is not held is attempted when it starts".into(),
+        )
+    }
+}
+
+/// One entry of a command (that the spool holds).
+fn act(
+    cmd: &Command,
+    id: &QueueId,
+    spool: &mut Spool,
+    engine: &mut Engine,
+    running: bool,
+    wall: SystemTime,
+) -> Line {
     match cmd {
-        Command::Flush(ids) if ids.is_empty() => {
-            if running {
-                let n = engine.schedule.len();
-                engine.schedule.flush();
-                info!("queue run requested by postling queue flush: {n} message(s) due now");
-                out.push(Line::ok(format!("{n} message(s) due now")));
-            } else {
-                out.push(Line::ok(
-                    "no daemon running: every message that is not held is attempted when it starts"
-                        .into(),
-                ));
-            }
-        }
-        Command::Flush(ids) => each(ids, &mut out, spool, &mut |id, spool| {
+        Command::Flush(_) => {
             if spool.is_held(id) {
                 Line::ok(format!(
                     "{id}: held; it stays held (release it to deliver it)"
@@ -229,65 +311,42 @@ pub fn apply(
             } else {
                 Line::ok(format!("{id}: attempted when the daemon starts"))
             }
-        }),
-        Command::Hold(ids) => each(
-            ids,
-            &mut out,
-            spool,
-            &mut |id, spool| match spool.hold(id) {
-                Ok(created) => {
-                    engine.hold(id.clone());
-                    if created {
-                        info!("{id}: held by postling queue hold");
-                        Line::ok(format!("{id}: held"))
-                    } else {
-                        Line::ok(format!("{id}: held already"))
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Line::unknown(id),
-                Err(e) => {
-                    warn!("{id}: cannot hold: {e}");
-                    Line::failed(format!("{id}: cannot hold: {e}"))
-                }
-            },
-        ),
-        Command::Release(ids) => each(
-            ids,
-            &mut out,
-            spool,
-            &mut |id, spool| match spool.release(id) {
-                Ok(true) => {
-                    info!("{id}: released by postling queue release");
-                    if running {
-                        engine.release(id.clone());
-                        Line::ok(format!("{id}: released, due now"))
-                    } else {
-                        Line::ok(format!("{id}: released, attempted when the daemon starts"))
-                    }
-                }
-                Ok(false) => Line::ok(format!("{id}: was not held")),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Line::unknown(id),
-                Err(e) => {
-                    warn!("{id}: cannot release: {e}");
-                    Line::failed(format!("{id}: cannot release: {e}"))
-                }
-            },
-        ),
-        Command::Delete(ids) => each(ids, &mut out, spool, &mut |id, spool| {
-            delete(id, spool, engine)
-        }),
-        Command::DeleteAll => match spool.ids() {
-            Ok(ids) => {
-                if ids.is_empty() {
-                    out.push(Line::ok("the queue is empty".into()));
-                }
-                for id in &ids {
-                    out.push(delete(id, spool, engine));
+        }
+        Command::Hold(_) => match spool.hold(id) {
+            Ok(created) => {
+                engine.hold(id.clone());
+                if created {
+                    info!("{id}: held by postling queue hold");
+                    Line::ok(format!("{id}: held"))
+                } else {
+                    Line::ok(format!("{id}: held already"))
                 }
             }
-            Err(e) => out.push(Line::failed(format!("cannot list the queue: {e}"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Line::unknown(id),
+            Err(e) => {
+                warn!("{id}: cannot hold: {e}");
+                Line::failed(format!("{id}: cannot hold: {e}"))
+            }
         },
-        Command::Bounce(ids) => each(ids, &mut out, spool, &mut |id, spool| {
+        Command::Release(_) => match spool.release(id) {
+            Ok(true) => {
+                info!("{id}: released by postling queue release");
+                if running {
+                    engine.release(id.clone());
+                    Line::ok(format!("{id}: released, due now"))
+                } else {
+                    Line::ok(format!("{id}: released, attempted when the daemon starts"))
+                }
+            }
+            Ok(false) => Line::ok(format!("{id}: was not held")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Line::unknown(id),
+            Err(e) => {
+                warn!("{id}: cannot release: {e}");
+                Line::failed(format!("{id}: cannot release: {e}"))
+            }
+        },
+        Command::Delete(_) | Command::DeleteAll => delete(id, spool, engine),
+        Command::Bounce(_) => {
             let mut store = SpoolStore::immediate(spool);
             match engine.return_to_sender(id, &mut store, wall) {
                 Ok(n) => Line::ok(format!("{id}: returned to the sender ({n} recipient(s))")),
@@ -297,9 +356,8 @@ pub fn apply(
                     Line::failed(format!("{id}: cannot return to the sender: {e}"))
                 }
             }
-        }),
+        }
     }
-    out
 }
 
 fn delete(id: &QueueId, spool: &mut Spool, engine: &mut Engine) -> Line {
@@ -377,6 +435,13 @@ struct Client {
     request: Option<Result<Command, String>>,
     output: Vec<u8>,
     written: usize,
+    /// Its command is being carried out: reply lines are written as they come, and the
+    /// deadline waits until the last of them is out.
+    working: bool,
+    /// Some reply line was queued (a command that says nothing is answered `ok`).
+    answered: bool,
+    /// The reply is complete: the client goes once `output` is written.
+    finished: bool,
     /// Dropped when still connected by then.
     deadline: Instant,
 }
@@ -435,6 +500,9 @@ impl ControlServer {
                             request: None,
                             output: Vec::new(),
                             written: 0,
+                            working: false,
+                            answered: false,
+                            finished: false,
                             deadline: now + limits::CONTROL_CLIENT_TIMEOUT,
                         });
                     }
@@ -449,7 +517,7 @@ impl ControlServer {
         let Some(c) = self.client.as_mut() else {
             return;
         };
-        let done = if c.deadline <= now {
+        let done = if c.deadline <= now && !c.working {
             warn!("control: client did not finish in time; dropped");
             true
         } else {
@@ -468,14 +536,18 @@ impl ControlServer {
         self.backlog = true;
     }
 
-    /// A request waiting to be carried out (parse errors are answered at once).
+    /// A request waiting to be carried out (parse errors are answered at once); its reply
+    /// comes through `reply_part`.
     pub fn take_request(&mut self) -> Option<Command> {
         let c = self.client.as_mut()?;
-        if !c.output.is_empty() {
+        if c.finished || c.working {
             return None;
         }
         match c.request.take()? {
-            Ok(cmd) => Some(cmd),
+            Ok(cmd) => {
+                c.working = true;
+                Some(cmd)
+            }
             Err(e) => {
                 c.set_reply(&[Line::failed(e)]);
                 None
@@ -483,12 +555,28 @@ impl ControlServer {
         }
     }
 
-    /// The reply to the request `take_request` gave; written now as far as the socket takes.
-    pub fn reply(&mut self, lines: &[Line], registry: &Registry) {
+    /// Reply lines to the request `take_request` gave (`done`: the last of them), written
+    /// now as far as the socket takes; the client has `limits::CONTROL_CLIENT_TIMEOUT` from
+    /// the last to read them all. (A client gone meanwhile is not told.)
+    pub fn reply_part(&mut self, lines: &[Line], done: bool, registry: &Registry, now: Instant) {
         let Some(c) = self.client.as_mut() else {
             return;
         };
-        c.set_reply(lines);
+        if !c.working {
+            return;
+        }
+        for line in lines {
+            c.output.extend_from_slice(line.encode().as_bytes());
+            c.answered = true;
+        }
+        if done {
+            if !c.answered {
+                c.output.extend_from_slice(b"ok\n");
+            }
+            c.working = false;
+            c.finished = true;
+            c.deadline = now + limits::CONTROL_CLIENT_TIMEOUT;
+        }
         if c.write_reply() {
             self.drop_client(registry);
         }
@@ -515,7 +603,7 @@ impl Drop for ControlServer {
 impl Client {
     /// Reads until the request line is complete; true when the client is to be dropped.
     fn read_request(&mut self) -> bool {
-        if self.request.is_some() || !self.output.is_empty() {
+        if self.request.is_some() || self.finished || self.working {
             return false;
         }
         let mut buf = [0u8; 4096];
@@ -561,13 +649,12 @@ impl Client {
         self.written = 0;
         self.input = Vec::new();
         self.request = None;
+        self.finished = true;
     }
 
-    /// Writes what the socket takes; true when the reply is out (or cannot be delivered).
+    /// Writes what the socket takes; true when the whole reply is out (or cannot be
+    /// delivered).
     fn write_reply(&mut self) -> bool {
-        if self.output.is_empty() {
-            return false;
-        }
         while self.written < self.output.len() {
             match self
                 .stream
@@ -580,7 +667,10 @@ impl Client {
                 Err(_) => return true,
             }
         }
-        true
+        // All written so far (more may come while the command runs).
+        self.output.clear();
+        self.written = 0;
+        self.finished
     }
 }
 

@@ -873,19 +873,26 @@ impl Services {
         self.engine.busy()
     }
 
-    /// Carries out a `postling queue` command (between delivery batches).
-    pub fn control(&mut self, cmd: &crate::control::Command) -> Vec<crate::control::Line> {
-        let lines = crate::control::apply(
-            cmd,
+    /// Carries out the next slice of a `postling queue` command (between delivery batches,
+    /// until `deadline`), appending its reply lines to `out`; true when it is done.
+    pub fn control_step(
+        &mut self,
+        work: &mut crate::control::Progress,
+        deadline: Instant,
+        out: &mut Vec<crate::control::Line>,
+    ) -> bool {
+        let done = work.step(
             &mut self.spool,
             &mut self.engine,
             true,
             SystemTime::now(),
+            deadline,
+            out,
         );
         // Entries removed while out with remote delivery: stop that now, before their spool
         // files can be reused.
         self.shuttle_remote(Instant::now(), SystemTime::now());
-        lines
+        done
     }
 
     /// SIGUSR2: every queued message is due now.

@@ -36,7 +36,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::buf::Pool;
 use crate::config::Config;
 use crate::conn::{Conn, LINGER, Phase, Proto, Session, TlsTransport};
-use crate::control::ControlServer;
+use crate::control::{ControlServer, Progress};
 use crate::daemon::flood;
 use crate::deadline::Deadlines;
 use crate::exec::{DiskOp, Errno, Executor, Outcome, Reject};
@@ -115,6 +115,8 @@ pub struct Reactor {
     code_release_due: bool,
     /// `spool_dir/control.sock`, where `postling queue` sends its commands.
     control: ControlServer,
+    /// The queue command being carried out, a slice a turn (delivery waits for it).
+    control_work: Option<Progress>,
     /// Runs password checks (and later file operations) off the reactor; see the module doc.
     exec: Option<Executor>,
     /// Password checks in the executor, by tag (the connection's id).
@@ -337,6 +339,7 @@ impl Reactor {
             rested: false,
             code_release_due: false,
             control,
+            control_work: None,
             exec: None,
             checks: HashMap::new(),
             handshakes: 0,
@@ -438,14 +441,16 @@ impl Reactor {
             self.services
                 .pickup_work(Instant::now() + limits::WORK_SLICE);
             turnstat::mark(Part::Pickup);
-            self.exec_batching(true);
-            self.services.deliver(
-                now,
-                SystemTime::now(),
-                Instant::now() + limits::WORK_SLICE,
-                self.exec.as_mut(),
-            );
-            self.exec_batching(false);
+            if self.control_work.is_none() {
+                self.exec_batching(true);
+                self.services.deliver(
+                    now,
+                    SystemTime::now(),
+                    Instant::now() + limits::WORK_SLICE,
+                    self.exec.as_mut(),
+                );
+                self.exec_batching(false);
+            }
             // After the sessions and the deliveries: files for the messages begun this turn
             // are made ahead, and the entries removed this turn go to free/ (`spool::prepare`).
             self.exec_batching(true);
@@ -599,15 +604,26 @@ impl Reactor {
 
     /// `postling queue`: accepts and reads a command, and carries it out when no delivery
     /// batch is in progress (so it never acts on an entry being attempted; a batch lasts
-    /// milliseconds, and the poll does not wait while one runs).
+    /// milliseconds, and the poll does not wait while one runs), a slice of its entries per
+    /// turn (`control::Progress`).
     fn serve_control(&mut self, now: Instant) {
         self.control.turn(self.poll.registry(), now);
         if self.services.delivery_busy() {
             return;
         }
-        if let Some(cmd) = self.control.take_request() {
-            let lines = self.services.control(&cmd);
-            self.control.reply(&lines, self.poll.registry());
+        if self.control_work.is_none() {
+            self.control_work = self.control.take_request().map(Progress::new);
+        }
+        if let Some(work) = self.control_work.as_mut() {
+            // A slice of its entries a turn; delivery waits until the command is done.
+            let mut lines = Vec::new();
+            let deadline = Instant::now() + limits::WORK_SLICE;
+            let done = self.services.control_step(work, deadline, &mut lines);
+            if done {
+                self.control_work = None;
+            }
+            self.control
+                .reply_part(&lines, done, self.poll.registry(), now);
         }
         // A parse error is answered by the next `turn`; a finished client makes room.
         self.control.turn(self.poll.registry(), now);
@@ -615,6 +631,7 @@ impl Reactor {
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if self.services.commit_runnable()
+            || self.control_work.is_some()
             || self.services.pickup_pending()
             || self.backlog_waiting()
             || !self.again.is_empty()

@@ -184,6 +184,48 @@ fn every_command_on_a_spool_unknown_ids_reported_the_rest_done() {
     assert!(r[0].text.contains("empty"));
 }
 
+/// The daemon's way: a step whose deadline has passed acts on one entry, in the order given;
+/// `delete all` lists the queue at its first step; the last step says the command is done.
+#[test]
+fn a_command_runs_one_slice_at_a_time() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut spool, _) = Spool::open(&d.path().join("spool")).unwrap();
+    let mut eng = engine(&d.path().join("mail"));
+    let ids: Vec<QueueId> = (0..3)
+        .map(|_| queue(&mut spool, "s@example.org", &["alice@example.test"]))
+        .collect();
+    let unknown = QueueId("01K0VS027V6M".into());
+    let now = SystemTime::now();
+    let past = Instant::now();
+    let mut hold = Progress::new(Command::Hold(vec![
+        ids[2].clone(),
+        unknown.clone(),
+        ids[0].clone(),
+    ]));
+    let mut lines = Vec::new();
+    assert!(!hold.step(&mut spool, &mut eng, true, now, past, &mut lines));
+    assert_eq!(lines.len(), 1);
+    assert!(spool.is_held(&ids[2]) && !spool.is_held(&ids[0]));
+    assert!(!hold.step(&mut spool, &mut eng, true, now, past, &mut lines));
+    assert!(hold.step(&mut spool, &mut eng, true, now, past, &mut lines));
+    let statuses: Vec<Status> = lines.iter().map(|l| l.status).collect();
+    assert_eq!(statuses, [Status::Ok, Status::Unknown, Status::Ok]);
+    assert!(lines[0].text.starts_with(&ids[2].0) && lines[2].text.starts_with(&ids[0].0));
+    assert!(spool.is_held(&ids[0]) && !spool.is_held(&ids[1]));
+
+    // With time left, one step does it all.
+    let mut lines = Vec::new();
+    let later = Instant::now() + Duration::from_secs(60);
+    let mut all = Progress::new(Command::DeleteAll);
+    assert!(all.step(&mut spool, &mut eng, true, now, later, &mut lines));
+    assert_eq!(lines.len(), 3);
+    assert!(spool.ids().unwrap().is_empty());
+    let mut lines = Vec::new();
+    let mut empty = Progress::new(Command::DeleteAll);
+    assert!(empty.step(&mut spool, &mut eng, true, now, past, &mut lines));
+    assert!(lines[0].text.contains("empty"), "{lines:?}");
+}
+
 #[test]
 fn the_spool_lock_is_exclusive() {
     let d = tempfile::tempdir().unwrap();

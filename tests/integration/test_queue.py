@@ -130,6 +130,47 @@ def test_delete_removes_without_a_bounce(server_factory):
     assert "empty" in listing(s).lower()
 
 
+def test_a_long_command_is_carried_out_in_slices_while_mail_flows(server_factory):
+    """`queue hold` of 300 deferred entries, each named ten times (a marker created and
+    queue/ synced, or found held already): the daemon carries it out a slice per turn and
+    writes the reply lines as they come. The reply is whole and in order, every entry is held,
+    and a message sent while the command runs is accepted and delivered."""
+    import socket
+    s, _block = blocked(server_factory)
+    s.start()
+    ids = [send(s, ["bob@example.test"], f"m{i}") for i in range(300)]
+    s.wait_log(f"{ids[-1]}: deferred")
+    spool = Path(s.settings["spool_dir"])
+    # The daemon's own way to a socket whose path may be too long for an address.
+    dir_fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY)
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(30)
+    c.connect(f"/proc/self/fd/{dir_fd}/control.sock")
+    os.close(dir_fd)
+    # Many more than a slice's worth: the same ids over and over (each a hold attempt).
+    c.sendall(("hold " + " ".join(ids * 10) + "\n").encode())
+    first = c.recv(65536)
+    assert first.startswith(b"ok "), first
+    meanwhile = send(s, ["alice@example.test"], "meanwhile")
+    rest = b""
+    while True:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    c.close()
+    reply = (first + rest).decode().splitlines()
+    assert len(reply) == 3000, len(reply)
+    assert all(l.startswith("ok ") for l in reply), [l for l in reply if not l.startswith("ok ")][:3]
+    assert [l.split(":")[0][3:] for l in reply] == ids * 10
+    assert sum(l.endswith(": held") for l in reply) == 300
+    assert "held already" in reply[-1]
+    held = {p.name.split(".")[0] for p in spool.rglob("*.hold")}
+    assert held == set(ids)
+    wait_maildir(s, "alice", 1)
+    s.wait_log(f"{meanwhile}: removed")
+
+
 def test_bounce_returns_the_message_to_its_sender(server_factory):
     s, _ = blocked(server_factory)
     s.start()
