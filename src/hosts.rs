@@ -747,10 +747,17 @@ impl Services {
         if let Some(o) = self.outbound.as_mut() {
             self.remote_results.extend(o.take_results());
         }
+        self.settle_remote_results(now, wall, Instant::now() + limits::WORK_SLICE);
+    }
+
+    /// Settles remote outcomes (reading each entry's state, recording the new one) until
+    /// `until` has passed, one at least: a refusing destination answers for all its queued
+    /// messages at once, and settling them all in one turn took milliseconds. The rest wait
+    /// for the next turn (`delivery_timeout` is zero meanwhile), or for shutdown.
+    fn settle_remote_results(&mut self, now: Instant, wall: SystemTime, until: Instant) {
         if self.remote_results.is_empty() {
             return;
         }
-        let until = Instant::now() + limits::WORK_SLICE;
         let mut store = SpoolStore::with_group_commit(&mut self.spool);
         while let Some((id, outcomes)) = self.remote_results.pop_front() {
             self.engine
@@ -1207,6 +1214,123 @@ impl PopHost for PopHostFor<'_> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Services on a spool of `n` messages for a remote address, their remote parts handed
+    /// out (as remote delivery takes them) and back with `outcome` for each.
+    fn with_remote_outcomes(
+        n: usize,
+        outcome: crate::deliver::Outcome,
+    ) -> (tempfile::TempDir, Services, Vec<QueueId>) {
+        let d = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults(&d.path().join("postling.conf"));
+        config.spool_dir = d.path().join("spool");
+        config.mailbox_dir = d.path().join("mail");
+        config.users_file = d.path().join("users");
+        config.aliases_file = d.path().join("aliases");
+        std::fs::write(&config.users_file, "").unwrap();
+        std::fs::write(&config.aliases_file, "").unwrap();
+        std::fs::create_dir_all(&config.spool_dir).unwrap();
+        let ids: Vec<QueueId> = {
+            let (mut spool, _) = Spool::open(&config.spool_dir).unwrap();
+            (0..n)
+                .map(|_| {
+                    let mut inc = spool
+                        .begin(&Envelope {
+                            sender: "s@example.org".into(),
+                            recipients: vec!["far@elsewhere.test".into()],
+                            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                            helo: "localhost".into(),
+                            arrival: SystemTime::now(),
+                            smtputf8: false,
+                            body: crate::mail::BodyType::SevenBit,
+                            pickup: None,
+                        })
+                        .unwrap();
+                    inc.append(b"Subject: x\r\n\r\nbody\r\n");
+                    spool.commit_one(inc).unwrap()
+                })
+                .collect()
+        };
+        let (mut s, _) = Services::start(&config).unwrap();
+        let now = Instant::now();
+        let mut store = SpoolStore::with_group_commit(&mut s.spool);
+        let far = now + Duration::from_secs(30);
+        s.engine.work(
+            100,
+            &mut store,
+            &s.directory,
+            now,
+            SystemTime::now(),
+            far,
+            None,
+        );
+        let jobs = s.engine.take_remote_jobs();
+        assert_eq!(jobs.len(), n);
+        for job in jobs {
+            let back = vec![RemoteOutcome {
+                tag: 0,
+                outcome: outcome.clone(),
+                relay: "sink.test[127.0.0.1]:25".into(),
+                note: None,
+            }];
+            s.remote_results.push_back((job.id, back));
+        }
+        assert_eq!(s.engine.parked_len(), n);
+        (d, s, ids)
+    }
+
+    /// Remote outcomes are settled one slice of a turn at a time: past its deadline a turn
+    /// settles one, and the reactor comes back at once while any wait.
+    #[test]
+    fn remote_outcomes_are_settled_a_slice_at_a_time() {
+        let (_d, mut s, ids) = with_remote_outcomes(3, crate::deliver::Outcome::Delivered);
+        let past = Instant::now();
+        for left in (0..3).rev() {
+            assert_eq!(s.delivery_timeout(Instant::now()), Some(Duration::ZERO));
+            s.settle_remote_results(Instant::now(), SystemTime::now(), past);
+            assert_eq!(s.remote_results.len(), left);
+            assert_eq!(s.engine.parked_len(), left);
+        }
+        // With time left, all at once.
+        let (_d2, mut s2, _) = with_remote_outcomes(4, crate::deliver::Outcome::Delivered);
+        let later = Instant::now() + Duration::from_secs(30);
+        s2.settle_remote_results(Instant::now(), SystemTime::now(), later);
+        assert!(s2.remote_results.is_empty());
+        assert_eq!(s2.engine.parked_len(), 0);
+        s.finish_in_flight(None);
+        for id in &ids {
+            assert!(!s.spool.contains(id), "{id}: delivered, removed");
+        }
+    }
+
+    /// Shutdown settles every remote outcome still waiting: what a remote server took is not
+    /// sent again after the restart, and a deferral is recorded.
+    #[test]
+    fn shutdown_settles_the_remote_outcomes_left() {
+        let (_d, mut s, ids) = with_remote_outcomes(3, crate::deliver::Outcome::Delivered);
+        s.settle_remote_results(Instant::now(), SystemTime::now(), Instant::now());
+        assert_eq!(s.remote_results.len(), 2);
+        s.finish_in_flight(None);
+        assert!(s.remote_results.is_empty());
+        assert_eq!(s.engine.parked_len(), 0);
+        for id in &ids {
+            assert!(!s.spool.contains(id), "{id}: delivered, removed");
+        }
+        let why = "4.4.1 sink.test: connection refused";
+        let temporary = crate::deliver::Outcome::Temporary(why.into());
+        let (d, mut s, ids) = with_remote_outcomes(2, temporary);
+        s.finish_in_flight(None);
+        assert_eq!(s.engine.parked_len(), 0);
+        drop(s);
+        // What a restart finds: both still queued, each with its deferral recorded.
+        let (mut spool, _) = Spool::open(&d.path().join("spool")).unwrap();
+        for id in &ids {
+            let entry = spool.read_entry(id).unwrap();
+            assert_eq!(entry.attempts, 1, "{id}");
+            let why = entry.last_error.unwrap_or_default();
+            assert!(why.contains("connection refused"), "{id}: {why}");
+        }
+    }
 
     #[test]
     fn start_up_removes_a_drop_file_already_queued_and_picks_up_the_rest() {
