@@ -152,13 +152,8 @@ def test_a_long_command_is_carried_out_in_slices_while_mail_flows(server_factory
     first = c.recv(65536)
     assert first.startswith(b"ok "), first
     meanwhile = send(s, ["alice@example.test"], "meanwhile")
-    rest = b""
-    while True:
-        chunk = c.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    c.close()
+    with c, c.makefile("rb") as f:
+        rest = f.read()  # to the daemon's close
     reply = (first + rest).decode().splitlines()
     assert len(reply) == 3000, len(reply)
     assert all(l.startswith("ok ") for l in reply), [l for l in reply if not l.startswith("ok ")][:3]
