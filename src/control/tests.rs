@@ -255,3 +255,70 @@ fn long_socket_paths_go_through_the_open_directory() {
     std::os::unix::net::UnixStream::connect(&addr).unwrap();
     drop(l);
 }
+
+/// Turns as the reactor's, each after the poll said something is ready, until a request.
+fn request(poll: &mut mio::Poll, server: &mut ControlServer, at: Instant) -> Option<Command> {
+    let mut events = mio::Events::with_capacity(4);
+    for _ in 0..50 {
+        server.turn(poll.registry(), at);
+        if let Some(cmd) = server.take_request() {
+            return Some(cmd);
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        for e in events.iter() {
+            server.ready(e.token());
+        }
+    }
+    None
+}
+
+/// The daemon's end of the socket: a command's reply lines reach the client as they come,
+/// the client's deadline does not drop it while its command runs (however long), the last
+/// part ends the reply, and a command that said nothing is answered `ok`.
+#[test]
+fn the_reply_streams_and_the_deadline_waits_for_the_command() {
+    use std::io::{BufRead, BufReader, Write};
+    let d = tempfile::tempdir().unwrap();
+    let poll = mio::Poll::new().unwrap();
+    let mut server = ControlServer::bind(d.path(), poll.registry()).unwrap();
+    let connect = || {
+        let c = std::os::unix::net::UnixStream::connect(d.path().join(SOCKET_NAME)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    };
+    let mut poll = poll;
+    let mut client = connect();
+    client.write_all(b"hold A B\n").unwrap();
+    let now = Instant::now();
+    let cmd = request(&mut poll, &mut server, now);
+    let id = |s: &str| QueueId(s.into());
+    assert_eq!(cmd, Some(Command::Hold(vec![id("A"), id("B")])));
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    server.reply_part(&[Line::ok("A: held".into())], false, poll.registry(), now);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(
+        line, "ok A: held\n",
+        "the first part before the command ends"
+    );
+    // Long past the client's deadline, still carrying out its command: kept.
+    let late = now + limits::CONTROL_CLIENT_TIMEOUT * 3;
+    server.turn(poll.registry(), late);
+    assert!(server.take_request().is_none(), "one command at a time");
+    server.reply_part(&[Line::ok("B: held".into())], true, poll.registry(), late);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert_eq!(rest, "ok B: held\n", "the rest, then the daemon closes");
+
+    let mut quiet = connect();
+    quiet.write_all(b"flush\n").unwrap();
+    assert_eq!(
+        request(&mut poll, &mut server, late),
+        Some(Command::Flush(vec![]))
+    );
+    server.reply_part(&[], true, poll.registry(), late);
+    let mut all = String::new();
+    std::io::Read::read_to_string(&mut quiet, &mut all).unwrap();
+    assert_eq!(all, "ok\n");
+}

@@ -134,7 +134,8 @@ def test_a_long_command_is_carried_out_in_slices_while_mail_flows(server_factory
     """`queue hold` of 300 deferred entries, each named ten times (a marker created and
     queue/ synced, or found held already): the daemon carries it out a slice per turn and
     writes the reply lines as they come. The reply is whole and in order, every entry is held,
-    and a message sent while the command runs is accepted and delivered."""
+    and a message sent while the command runs is accepted, and delivered only once the command
+    is done."""
     import socket
     s, _block = blocked(server_factory)
     s.start()
@@ -164,6 +165,12 @@ def test_a_long_command_is_carried_out_in_slices_while_mail_flows(server_factory
     assert held == set(ids)
     wait_maildir(s, "alice", 1)
     s.wait_log(f"{meanwhile}: removed")
+    # Accepted while the command ran (perhaps), but delivered only after its last entry.
+    log = s.log().splitlines()
+    holds = [i for i, l in enumerate(log) if "held by postling queue hold" in l]
+    delivered = [i for i, l in enumerate(log) if f"{meanwhile}:" in l and "status=sent" in l]
+    assert len(holds) == 300 and len(delivered) == 1, (len(holds), delivered)
+    assert delivered[0] > holds[-1], "\n".join(log[delivered[0] - 3:delivered[0] + 3])
 
 
 def test_bounce_returns_the_message_to_its_sender(server_factory):
